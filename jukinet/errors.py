@@ -1,0 +1,101 @@
+"""Typed domain errors and their one translation into gRPC statuses.
+
+Domain code raises these; the server's error interceptor turns them into a
+status with a machine-readable reason in trailing metadata
+(``jukinet-reason``, and ``jukinet-field`` for bad input). Anything else
+becomes INTERNAL with a generic message and is logged in full on the server.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class JukinetError(Exception):
+    """Base of every error a node reports to its caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "internal"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Trailing metadata that carries the machine-readable reason."""
+        return (("jukinet-reason", self.reason),)
+
+
+class InvalidArgument(JukinetError):
+    """Bad input: names the field and why."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "invalid-argument"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*super().metadata(), ("jukinet-field", self.field))
+
+
+class NotFound(JukinetError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "not-found"
+
+
+class AlreadyExists(JukinetError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "already-exists"
+
+
+class FailedPrecondition(JukinetError):
+    """The request is well formed but the current state does not allow it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "failed-precondition"
+
+
+class SequenceGap(FailedPrecondition):
+    """A delivery skipped ahead: the sender must rewind to ``expected``."""
+
+    reason = "sequence-gap"
+
+    def __init__(self, origin: str, expected: int, got: int) -> None:
+        super().__init__(f"origin {origin}: expected sequence {expected}, got {got}")
+        self.origin = origin
+        self.expected = expected
+        self.got = got
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*super().metadata(), ("jukinet-expected-sequence", str(self.expected)))
+
+
+class PermissionDenied(JukinetError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "permission-denied"
+
+
+class Unauthenticated(JukinetError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "unauthenticated"
+
+
+class ResourceExhausted(JukinetError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "resource-exhausted"
+
+
+class Unavailable(JukinetError):
+    """A dependency (the next tier, the database) cannot be reached now."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "unavailable"
+
+
+class ConfigError(Exception):
+    """A node cannot start: one clear line says why."""

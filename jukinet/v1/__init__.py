@@ -1,0 +1,1 @@
+"""Generated from protos/jukinet/v1; never edited by hand."""
