@@ -72,7 +72,11 @@ class SequenceGap(FailedPrecondition):
         self.got = got
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (*super().metadata(), ("jukinet-expected-sequence", str(self.expected)))
+        return (
+            *super().metadata(),
+            ("jukinet-origin", self.origin),
+            ("jukinet-expected-sequence", str(self.expected)),
+        )
 
 
 class PermissionDenied(JukinetError):

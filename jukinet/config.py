@@ -1,0 +1,225 @@
+"""Node configuration: one frozen dataclass per node, read from a TOML file and
+``JUKINET_*`` environment variables, checked before anything starts.
+
+A file looks like::
+
+    listen = "127.0.0.1:50131"
+    database_url = "sqlite+aiosqlite:///var/national.db"
+    metrics_listen = "127.0.0.1:9131"     # optional
+
+    [tls]
+    ca = "pki/ca.pem"
+    cert = "pki/national.pem"
+    key = "pki/national.key"
+    crl = "pki/crl.pem"                    # optional
+
+Relative paths are taken from the file's folder. Every key can be overridden by
+an environment variable: ``JUKINET_DATABASE_URL``, ``JUKINET_TLS_CERT`` ...
+Any problem is a :class:`~jukinet.errors.ConfigError` with one line saying what.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jukinet.codes import is_valid_local_government_code
+from jukinet.errors import ConfigError
+from jukinet.tls import TlsFiles
+
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def _check_hostport(name: str, value: str) -> None:
+    if not _HOSTPORT.match(value) or int(value.rsplit(":", 1)[1]) > 65535:
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """Settings every node has."""
+
+    listen: str
+    database_url: str
+    tls: TlsFiles
+    metrics_listen: str = ""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_hostport("listen", self.listen)
+        if self.metrics_listen:
+            _check_hostport("metrics_listen", self.metrics_listen)
+        if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ConfigError(
+                "database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NationalConfig(NodeConfig):
+    """The national node."""
+
+    max_pool_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.max_pool_size <= 1_000_000:
+            raise ConfigError("max_pool_size: must be between 1 and 1000000")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefectureConfig(NodeConfig):
+    """A prefecture node: its two-digit code and where the national node listens."""
+
+    prefecture_code: str
+    national_target: str
+    push_batch_size: int = 500
+    push_window: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not re.fullmatch(r"\d\d", self.prefecture_code) or not (
+            1 <= int(self.prefecture_code) <= 47
+        ):
+            raise ConfigError("prefecture_code: must be two digits, 01 to 47")
+        _check_hostport("national_target", self.national_target)
+        _check_batching(self.push_batch_size, self.push_window)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MunicipalConfig(NodeConfig):
+    """A municipal node: its local government code and its prefecture's address."""
+
+    local_government_code: str
+    prefecture_target: str
+    pool_low_watermark: int = 200
+    pool_refill_size: int = 1000
+    push_batch_size: int = 500
+    push_window: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_valid_local_government_code(self.local_government_code):
+            raise ConfigError(
+                f"local_government_code: {self.local_government_code!r} is not a valid code"
+            )
+        _check_hostport("prefecture_target", self.prefecture_target)
+        if not 0 <= self.pool_low_watermark < self.pool_refill_size <= 100_000:
+            raise ConfigError("pool: need 0 <= pool_low_watermark < pool_refill_size <= 100000")
+        _check_batching(self.push_batch_size, self.push_window)
+
+
+def _check_batching(batch: int, window: int) -> None:
+    if not 1 <= batch <= 10_000:
+        raise ConfigError("push_batch_size: must be between 1 and 10000")
+    if not 1 <= window <= 64:
+        raise ConfigError("push_window: must be between 1 and 64")
+
+
+C = TypeVar("C", bound=NodeConfig)
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    if kind is int or kind == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a whole number")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected text, got {value!r}")
+    return value
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def load_config(
+    cls: type[C],
+    path: str | os.PathLike[str] | None,
+    environ: Mapping[str, str] | None = None,
+) -> C:
+    """Read ``cls`` from a TOML file (optional) overlaid with ``JUKINET_*`` variables."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+        base = file.resolve().parent
+    tls_raw = raw.pop("tls", {})
+    if not isinstance(tls_raw, dict):
+        raise ConfigError("tls: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "tls"}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name in fields:
+        value = env.get(f"JUKINET_{name.upper()}", raw.get(name))
+        if value is not None:
+            kind = hints[name]
+            if isinstance(kind, types.UnionType):
+                kind = str
+            values[name] = _convert(name, kind, value)
+    tls_values: dict[str, Path | None] = {}
+    for key in ("ca", "cert", "key", "crl"):
+        value = env.get(f"JUKINET_TLS_{key.upper()}", tls_raw.pop(key, None))
+        if value is not None:
+            if not isinstance(value, str):
+                raise ConfigError(f"tls.{key}: expected a path")
+            tls_values[key] = _resolve(base, value)
+    if tls_raw:
+        raise ConfigError(f"unknown tls setting(s): {', '.join(sorted(tls_raw))}")
+    for key in ("ca", "cert", "key"):
+        if key not in tls_values:
+            raise ConfigError(f"tls.{key}: missing (set it in [tls] or JUKINET_TLS_{key.upper()})")
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+    url = values.get("database_url", "")
+    if url.startswith("sqlite+aiosqlite:///") and not url.startswith("sqlite+aiosqlite:////"):
+        relative = url.removeprefix("sqlite+aiosqlite:///")
+        if relative and relative != ":memory:":
+            values["database_url"] = f"sqlite+aiosqlite:///{_resolve(base, relative)}"
+    tls = TlsFiles(
+        ca=tls_values["ca"],  # type: ignore[arg-type]
+        cert=tls_values["cert"],  # type: ignore[arg-type]
+        key=tls_values["key"],  # type: ignore[arg-type]
+        crl=tls_values.get("crl"),
+    )
+    return cls(tls=tls, **values)
+
+
+__all__ = [
+    "MunicipalConfig",
+    "NationalConfig",
+    "NodeConfig",
+    "PrefectureConfig",
+    "load_config",
+]

@@ -1,0 +1,88 @@
+"""Database engines for the nodes: SQLite (embedded default) and PostgreSQL.
+
+Each node owns one database and runs as one process. Writes go through
+:meth:`Database.write`, which serialises them inside the process: on SQLite
+that is the only way to write anyway, and on PostgreSQL it makes counters and
+cursors race-free without row-lock choreography, while the work that does not
+need the lock (parsing, validation) happens outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from jukinet.errors import ConfigError
+
+
+class Database:
+    """One node's database: an async engine and a write lock."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigError(f"database_url: cannot parse {url!r}: {exc}") from None
+        self.url = url
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            # Each aiosqlite connection owns a thread; a small pool is plenty and
+            # ":memory:" would give every connection its own empty database.
+            if parsed.database in (None, "", ":memory:"):
+                raise ConfigError("database_url: SQLite needs a file path")
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = pool_size
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed on success, rolled back on any error."""
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only unit of work (no lock; WAL readers do not block the writer)."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def migrate(self, versions: Path) -> None:
+        """Bring the schema to the newest revision in ``versions`` (Alembic)."""
+        from jukinet.migrate import upgrade
+
+        async with self._write_lock, self.engine.begin() as conn:
+            await conn.run_sync(upgrade, versions)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the writer; synchronous=FULL makes every
+    # commit durable before an acknowledgement leaves the node.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def null_pool_engine(url: str) -> AsyncEngine:
+    """An engine without pooling, for one-off administrative work."""
+    return create_async_engine(url, poolclass=NullPool)

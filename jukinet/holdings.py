@@ -1,0 +1,427 @@
+"""The identity records an upper tier holds, their history, and the delivery
+cursors: storage shared by the prefecture and the national node.
+
+:meth:`HoldingStore.apply_batch` is the receiving half of delivery: in one
+transaction it skips what was already applied, refuses a gap, checks codes
+against the pools, folds each notification into the records
+(:mod:`jukinet.holding_rules`), appends history and advances the cursors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jukinet.db import Database
+from jukinet.errors import InvalidArgument, NotFound, SequenceGap
+from jukinet.holding_rules import Held, decide
+from jukinet.v1 import common_pb2, delivery_pb2
+from jukinet.validation import NEW_CODE_REASONS
+
+
+@dataclass(frozen=True)
+class HoldingTables:
+    identities: Table
+    history: Table
+    cursors: Table
+    issued_codes: Table
+
+
+def define_holdings(metadata: MetaData) -> HoldingTables:
+    """Add the holding tables to a node's metadata."""
+    identities = Table(
+        "identities",
+        metadata,
+        Column("resident_code", String(11), primary_key=True),
+        Column("local_government_code", String(6), nullable=False),
+        Column("name", String(100), nullable=False),
+        Column("name_kana", String(100), nullable=False),
+        Column("former_surname", String(100), nullable=False),
+        Column("alias", String(100), nullable=False),
+        Column("birth_date", String(10), nullable=False),
+        Column("sex", SmallInteger, nullable=False),
+        Column("address", String(200), nullable=False),
+        Column("status", SmallInteger, nullable=False),
+        Column("replaced_by", String(11), nullable=False),
+        Column("registered_since", String(10), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Index("ix_identities_lg", "local_government_code"),
+        Index("ix_identities_replaced_by", "replaced_by"),
+    )
+    history = Table(
+        "identity_history",
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+               autoincrement=True),
+        Column("resident_code", String(11), nullable=False),
+        Column("origin_code", String(6), nullable=False),
+        Column("origin_sequence", BigInteger, nullable=False),
+        Column("kind", SmallInteger, nullable=False),
+        Column("reason", SmallInteger, nullable=False),
+        Column("effective_date", String(10), nullable=False),
+        Column("recorded_at", DateTime(timezone=True), nullable=False),
+        Column("applied_at", DateTime(timezone=True), nullable=False),
+        Column("changed_current", Boolean, nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        # The database itself refuses a notification applied twice.
+        UniqueConstraint("origin_code", "origin_sequence", name="uq_history_origin"),
+        Index("ix_history_resident", "resident_code"),
+    )
+    cursors = Table(
+        "origin_cursors",
+        metadata,
+        Column("origin_code", String(6), primary_key=True),
+        Column("last_sequence", BigInteger, nullable=False),
+    )
+    issued_codes = Table(
+        "issued_codes",
+        metadata,
+        Column("resident_code", String(11), primary_key=True),
+        Column("municipality_code", String(6), nullable=False),
+        Column("request_id", String(64), nullable=False),
+        Column("issued_at", DateTime(timezone=True), nullable=False),
+        Index("ix_issued_request", "request_id"),
+    )
+    return HoldingTables(identities, history, cursors, issued_codes)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _held_row(h: Held, at: dt.datetime) -> dict[str, object]:
+    return {
+        "resident_code": h.resident_code,
+        "local_government_code": h.local_government_code,
+        "name": h.name,
+        "name_kana": h.name_kana,
+        "former_surname": h.former_surname,
+        "alias": h.alias,
+        "birth_date": h.birth_date,
+        "sex": h.sex,
+        "address": h.address,
+        "status": h.status,
+        "replaced_by": h.replaced_by,
+        "registered_since": h.registered_since,
+        "updated_at": at,
+    }
+
+
+_HELD_FIELDS = tuple(f for f in Held.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    applied: int
+    duplicates: int
+    applied_notifications: tuple[tuple[common_pb2.Notification, bytes], ...]
+    lags: tuple[float, ...]
+
+
+class HoldingStore:
+    """Reads and writes of the holding tables."""
+
+    def __init__(self, db: Database, tables: HoldingTables) -> None:
+        self.db = db
+        self.t = tables
+
+    async def _load(self, conn: AsyncConnection, codes: set[str]) -> dict[str, Held]:
+        t = self.t.identities
+        out: dict[str, Held] = {}
+        code_list = sorted(codes)
+        for i in range(0, len(code_list), 500):
+            rows = await conn.execute(
+                select(*(t.c[f] for f in _HELD_FIELDS)).where(
+                    t.c.resident_code.in_(code_list[i : i + 500])
+                )
+            )
+            for row in rows:
+                held = Held(*row)
+                out[held.resident_code] = held
+        return out
+
+    async def _pool_owners(self, conn: AsyncConnection, codes: set[str]) -> dict[str, str]:
+        t = self.t.issued_codes
+        out: dict[str, str] = {}
+        code_list = sorted(codes)
+        for i in range(0, len(code_list), 500):
+            rows = await conn.execute(
+                select(t.c.resident_code, t.c.municipality_code).where(
+                    t.c.resident_code.in_(code_list[i : i + 500])
+                )
+            )
+            out.update({r[0]: r[1] for r in rows})
+        return out
+
+    async def apply_batch(
+        self,
+        conn: AsyncConnection,
+        entries: Sequence[common_pb2.Notification],
+        *,
+        all_codes_known: bool,
+    ) -> BatchResult:
+        """Apply validated notifications in order, inside the caller's write transaction.
+
+        ``all_codes_known``: this tier issued every code there is (the national
+        node), so any code must be in ``issued_codes``; a prefecture knows only
+        its own municipalities' pools.
+        """
+        cursors_t = self.t.cursors
+        origins = sorted({n.origin_code for n in entries})
+        rows = await conn.execute(
+            select(cursors_t.c.origin_code, cursors_t.c.last_sequence).where(
+                cursors_t.c.origin_code.in_(origins)
+            )
+        )
+        cursor = {r[0]: int(r[1]) for r in rows}
+        known_origins = set(cursor)
+        fresh: list[common_pb2.Notification] = []
+        duplicates = 0
+        for n in entries:
+            last = cursor.get(n.origin_code, 0)
+            if n.sequence <= last:
+                duplicates += 1
+            elif n.sequence == last + 1:
+                cursor[n.origin_code] = n.sequence
+                fresh.append(n)
+            else:
+                raise SequenceGap(n.origin_code, last + 1, n.sequence)
+        if not fresh:
+            return BatchResult(0, duplicates, (), ())
+
+        codes = {n.record.resident_code for n in fresh} | {
+            n.previous_resident_code for n in fresh if n.previous_resident_code
+        }
+        states = await self._load(conn, codes)
+        existed = set(states)
+        owners = await self._pool_owners(conn, codes)
+        now = _now()
+        changed: dict[str, Held] = {}
+        history: list[dict[str, object]] = []
+        applied: list[tuple[common_pb2.Notification, bytes]] = []
+        lags: list[float] = []
+        for i, n in enumerate(fresh):
+            code = n.record.resident_code
+            field = f"entries[{i}].notification.record.resident_code"
+            owner = owners.get(code)
+            if n.reason in NEW_CODE_REASONS:
+                if owner != n.origin_code:
+                    raise InvalidArgument(field, f"{code} is not in the pool of {n.origin_code}")
+                if code in states and n.reason != common_pb2.CHANGE_REASON_CODE_CHANGE:
+                    raise InvalidArgument(field, f"{code} is already in use")
+            elif all_codes_known and owner is None:
+                raise InvalidArgument(field, f"{code} was never issued")
+            decision = decide(states, n)
+            for held in decision.states:
+                states[held.resident_code] = held
+                changed[held.resident_code] = held
+            payload = n.SerializeToString()
+            recorded = dt.datetime.fromisoformat(n.recorded_at)
+            history.append(
+                {
+                    "resident_code": code,
+                    "origin_code": n.origin_code,
+                    "origin_sequence": n.sequence,
+                    "kind": n.kind,
+                    "reason": n.reason,
+                    "effective_date": n.effective_date,
+                    "recorded_at": recorded,
+                    "applied_at": now,
+                    "changed_current": decision.changed_current,
+                    "payload": payload,
+                }
+            )
+            applied.append((n, payload))
+            lags.append((now - recorded).total_seconds())
+
+        await self._store(conn, changed, existed, now)
+        await conn.execute(insert(self.t.history), history)
+        updates = [
+            {"o": o, "s": cursor[o]} for o in origins if o in known_origins and o in cursor
+        ]
+        inserts = [
+            {"origin_code": o, "last_sequence": cursor[o]}
+            for o in origins
+            if o not in known_origins and o in cursor
+        ]
+        if updates:
+            await conn.execute(
+                update(cursors_t)
+                .where(cursors_t.c.origin_code == bindparam("o"))
+                .values(last_sequence=bindparam("s")),
+                updates,
+            )
+        if inserts:
+            await conn.execute(insert(cursors_t), inserts)
+        return BatchResult(len(fresh), duplicates, tuple(applied), tuple(lags))
+
+    async def _store(
+        self, conn: AsyncConnection, changed: dict[str, Held], existed: set[str], now: dt.datetime
+    ) -> None:
+        t = self.t.identities
+        new_rows = [_held_row(h, now) for c, h in changed.items() if c not in existed]
+        upd_rows = [
+            {**{f"v_{k}": v for k, v in _held_row(h, now).items()}, "k": c}
+            for c, h in changed.items()
+            if c in existed
+        ]
+        if new_rows:
+            await conn.execute(insert(t), new_rows)
+        if upd_rows:
+            values = {col: bindparam(f"v_{col}") for col in _held_row_columns()}
+            await conn.execute(
+                update(t).where(t.c.resident_code == bindparam("k")).values(**values), upd_rows
+            )
+
+    async def record_issued(
+        self, conn: AsyncConnection, codes: Sequence[str], municipality: str, request_id: str
+    ) -> None:
+        """Remember codes handed to a municipality (the pool check relies on it)."""
+        if not codes:
+            return
+        now = _now()
+        await conn.execute(
+            insert(self.t.issued_codes),
+            [
+                {"resident_code": c, "municipality_code": municipality, "request_id": request_id,
+                 "issued_at": now}
+                for c in codes
+            ],
+        )
+
+    async def issued_for_request(
+        self, conn: AsyncConnection, request_id: str
+    ) -> tuple[str, list[str]] | None:
+        """The municipality and codes of an earlier pool request with this id."""
+        t = self.t.issued_codes
+        rows = (
+            await conn.execute(
+                select(t.c.resident_code, t.c.municipality_code)
+                .where(t.c.request_id == request_id)
+                .order_by(t.c.resident_code)
+            )
+        ).all()
+        if not rows:
+            return None
+        return rows[0][1], [r[0] for r in rows]
+
+    async def existing_codes(self, conn: AsyncConnection, codes: Sequence[str]) -> set[str]:
+        t = self.t.issued_codes
+        rows = await conn.execute(select(t.c.resident_code).where(t.c.resident_code.in_(codes)))
+        return set(rows.scalars())
+
+    # -- reads -------------------------------------------------------------
+
+    async def get_identity(self, resident_code: str) -> delivery_pb2.GetIdentityResponse:
+        """The record as held now, with the history of every code it has had."""
+        t, h = self.t.identities, self.t.history
+        async with self.db.read() as conn:
+            states = await self._load(conn, {resident_code})
+            if resident_code not in states:
+                raise NotFound(f"no identity record for {resident_code}")
+            # Walk code changes both ways so that an old code shows the whole life.
+            chain = {resident_code}
+            frontier = {resident_code}
+            while frontier:
+                rows = await conn.execute(
+                    select(t.c.resident_code, t.c.replaced_by).where(
+                        or_(t.c.resident_code.in_(frontier), t.c.replaced_by.in_(frontier))
+                    )
+                )
+                found = set()
+                for code, replaced_by in rows:
+                    found.add(code)
+                    if replaced_by:
+                        found.add(replaced_by)
+                frontier = found - chain
+                chain |= found
+            history_rows = await conn.execute(
+                select(h.c.payload, h.c.applied_at, h.c.changed_current)
+                .where(h.c.resident_code.in_(chain))
+                .order_by(h.c.id)
+            )
+            history = [
+                delivery_pb2.HistoryEntry(
+                    notification=common_pb2.Notification.FromString(payload),
+                    applied_at=_iso(applied_at),
+                    changed_current=bool(changed_current),
+                )
+                for payload, applied_at, changed_current in history_rows
+            ]
+            updated = await conn.scalar(
+                select(t.c.updated_at).where(t.c.resident_code == resident_code)
+            )
+        held = states[resident_code]
+        return delivery_pb2.GetIdentityResponse(
+            identity=_state(held, updated), history=history
+        )
+
+    async def export(
+        self, municipality: str, page_size: int
+    ) -> AsyncIterator[list[delivery_pb2.IdentityState]]:
+        """Every held record (of one municipality, if given), in pages, ordered by code."""
+        t = self.t.identities
+        after = ""
+        while True:
+            query = select(*(t.c[f] for f in _HELD_FIELDS), t.c.updated_at).where(
+                t.c.resident_code > after
+            )
+            if municipality:
+                query = query.where(t.c.local_government_code == municipality)
+            async with self.db.read() as conn:
+                rows = (await conn.execute(query.order_by(t.c.resident_code).limit(page_size))).all()
+            if not rows:
+                return
+            yield [_state(Held(*r[:-1]), r[-1]) for r in rows]
+            after = rows[-1][0]
+
+    async def delivery_status(self, conn: AsyncConnection) -> tuple[list[tuple[str, int]], int]:
+        c = self.t.cursors
+        rows = await conn.execute(select(c.c.origin_code, c.c.last_sequence).order_by(c.c.origin_code))
+        held = await conn.scalar(select(func.count()).select_from(self.t.identities))
+        return [(r[0], int(r[1])) for r in rows], int(held or 0)
+
+
+def _held_row_columns() -> tuple[str, ...]:
+    return (*_HELD_FIELDS, "updated_at")
+
+
+def _iso(value: dt.datetime | None) -> str:
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.isoformat()
+
+
+def _state(held: Held, updated: dt.datetime | None) -> delivery_pb2.IdentityState:
+    return delivery_pb2.IdentityState(
+        record=held.to_record(),
+        status=held.status,  # type: ignore[arg-type]
+        replaced_by=held.replaced_by,
+        updated_at=_iso(updated),
+    )
+

@@ -1,0 +1,473 @@
+"""The one server interceptor: who is calling, may they, and how errors leave.
+
+:class:`AuthInterceptor` wraps every method handler (all four cardinalities)
+so that, when a call runs, it
+
+1. reads the verified peer certificate from ``context.auth_context()``,
+2. refuses it (UNAUTHENTICATED) if it is missing, revoked, or does not carry
+   exactly one valid ``jukinet://`` URI SAN,
+3. checks the per-method rule table, deny by default (PERMISSION_DENIED with
+   ``jukinet-reason`` in the trailing metadata); the gRPC health service is
+   open to any authenticated caller,
+4. makes the caller's :class:`~jukinet.identity.Identity` available to the
+   handler through :func:`current_identity`, and
+5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
+   becomes its status, reason and metadata; anything else becomes INTERNAL
+   "internal error" and is logged in full on ``jukinet.rpc``.
+
+Authorization failures are raised as JukinetErrors too, so every status a
+caller can see leaves through the same translation code.
+
+The check has to run inside the wrapped behaviour rather than in
+``intercept_service`` itself: grpc.aio hands interceptors only the method
+name and metadata, the peer certificate is reachable only from the call's
+ServicerContext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+
+import grpc
+import grpc.aio
+from cryptography import x509
+
+from jukinet.errors import JukinetError, PermissionDenied, Unauthenticated
+from jukinet.identity import (
+    NATIONAL_ORG,
+    Identity,
+    Kind,
+    is_municipality_code,
+    is_prefecture_code,
+    parse_identity_uri,
+)
+
+Rule: TypeAlias = Callable[[Identity], bool]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+RevokedSource: TypeAlias = "frozenset[int] | Callable[[], frozenset[int]]"
+DenialHook: TypeAlias = Callable[[str, str], None]
+
+HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
+
+# Reasons in the ``jukinet-reason`` trailing metadata of refused calls.
+REASON_NO_CERTIFICATE = "no-client-certificate"
+REASON_BAD_CERTIFICATE = "bad-certificate"
+REASON_REVOKED = "revoked-certificate"
+REASON_WRONG_IDENTITY = "wrong-identity"
+REASON_NO_RULE = "no-rule"
+
+_log = logging.getLogger("jukinet.rpc")
+
+_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "jukinet_identity", default=None
+)
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    # grpc.aio.ServerInterceptor is generic only in the type stubs.
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+def current_identity() -> Identity:
+    """The authenticated caller of the RPC being handled.
+
+    Raises RuntimeError outside a handler reached through AuthInterceptor:
+    that is a wiring bug, and guessing an identity would be a security bug.
+    """
+    identity = _identity.get()
+    if identity is None:
+        raise RuntimeError("no authenticated caller: not inside an RPC behind AuthInterceptor")
+    return identity
+
+
+# --- rules ---------------------------------------------------------------------
+
+
+def allow(*kinds: Kind) -> Rule:
+    """Any identity of one of ``kinds``."""
+    wanted = frozenset(kinds)
+    if not wanted:
+        raise ValueError("allow() needs at least one kind")
+    return lambda identity: identity.kind in wanted
+
+
+def authenticated() -> Rule:
+    """Any caller with a valid federation certificate."""
+    return lambda identity: True
+
+
+def exactly(*identities: Identity) -> Rule:
+    """Exactly these identities."""
+    wanted = frozenset(identities)
+    return lambda identity: identity in wanted
+
+
+def municipality_of_prefecture(prefecture: str) -> Rule:
+    """A municipal node whose local government code starts with ``prefecture``."""
+    if not is_prefecture_code(prefecture):
+        raise ValueError(f"not a prefecture code: {prefecture!r}")
+    return lambda identity: (
+        identity.kind is Kind.MUNICIPALITY and identity.prefecture_code == prefecture
+    )
+
+
+def agency(*codes: str) -> Rule:
+    """An agency; with ``codes``, only those agencies."""
+    wanted = frozenset(codes)
+    return lambda identity: identity.kind is Kind.AGENCY and (not wanted or identity.code in wanted)
+
+
+def operator_of(org: str) -> Rule:
+    """An operator of ``org``: a municipality code, a prefecture code or ``national``."""
+    if not (org == NATIONAL_ORG or is_prefecture_code(org) or is_municipality_code(org)):
+        raise ValueError(f"not an operator organisation: {org!r}")
+    return lambda identity: identity.kind is Kind.OPERATOR and identity.code == org
+
+
+def operator_in_prefecture(prefecture: str) -> Rule:
+    """An operator of ``prefecture`` itself or of any of its municipalities."""
+    if not is_prefecture_code(prefecture):
+        raise ValueError(f"not a prefecture code: {prefecture!r}")
+    return lambda identity: (
+        identity.kind is Kind.OPERATOR and identity.prefecture_code == prefecture
+    )
+
+
+def any_of(*rules: Rule) -> Rule:
+    """Allowed if any of ``rules`` allows (none given: nobody)."""
+    return lambda identity: any(rule(identity) for rule in rules)
+
+
+def all_of(*rules: Rule) -> Rule:
+    """Allowed only if every one of ``rules`` allows (none given: nobody)."""
+    if not rules:
+        # all() of nothing is True; an empty conjunction must not open a door.
+        return lambda identity: False
+    return lambda identity: all(rule(identity) for rule in rules)
+
+
+# --- peer certificates -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Peer:
+    serial: int | None
+    identity: Identity | None
+    problem: str
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_peer(pem: bytes) -> _Peer:
+    """Serial and identity of a PEM certificate, parsed once per distinct certificate.
+
+    gRPC does expose URI SANs (``peer_uri``) in the auth context, but it
+    flattens them together with other SAN kinds and its exact keys have varied
+    across releases; parsing the certificate is the authoritative reading.
+    Results are cached (bounded) because every call on a connection carries
+    the same certificate bytes. Problems are returned, not raised, so that
+    a bad certificate is cached like a good one.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return _Peer(None, None, "peer certificate cannot be parsed")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = [
+            uri
+            for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if uri.lower().startswith("jukinet:")
+        ]
+    except x509.ExtensionNotFound:
+        uris = []
+    except ValueError:
+        return _Peer(cert.serial_number, None, "peer certificate has a malformed subjectAltName")
+    if len(uris) != 1:
+        return _Peer(
+            cert.serial_number,
+            None,
+            f"peer certificate has {len(uris)} jukinet URI SANs, expected exactly one",
+        )
+    try:
+        return _Peer(cert.serial_number, parse_identity_uri(uris[0]), "")
+    except ValueError as exc:
+        return _Peer(cert.serial_number, None, f"peer certificate identity: {exc}")
+
+
+def _first(values: Iterable[bytes] | None) -> bytes | None:
+    for value in values or ():
+        return bytes(value)
+    return None
+
+
+# --- the interceptor ---------------------------------------------------------------
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """Authenticate, authorize and translate errors for every call on a server.
+
+    ``rules`` maps full method names (``/jukinet.v1.PrefectureService/PushNotifications``)
+    to a :data:`Rule`; methods without a rule are refused, except the gRPC
+    health service, which any authenticated caller may use unless the table
+    says otherwise. ``revoked`` is a set of revoked serial numbers or a
+    callable returning the current set (e.g. :class:`jukinet.tls.RevocationList`).
+    ``on_denied(method, reason)`` is told about every refused call (metrics).
+    """
+
+    def __init__(
+        self,
+        rules: Mapping[str, Rule],
+        *,
+        revoked: RevokedSource = frozenset(),
+        on_denied: DenialHook | None = None,
+    ) -> None:
+        for method in rules:
+            # A typo in a method name would silently deny that method forever;
+            # catch the commonest one (a missing leading slash) at start-up.
+            if re.fullmatch(r"/[A-Za-z0-9_.]+/[A-Za-z0-9_]+", method) is None:
+                raise ValueError(
+                    f"rule key {method!r} is not a full method name /pkg.Service/Method"
+                )
+        self._rules = dict(rules)
+        self._revoked: Callable[[], frozenset[int]] = (
+            revoked if callable(revoked) else (lambda: revoked)
+        )
+        self._on_denied = on_denied
+
+    async def intercept_service(  # type: ignore[override]  # the stub omits None
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Wrap the handler so the checks run when the call does."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            # Nobody serves this method: gRPC answers UNIMPLEMENTED, and
+            # there is no behaviour to guard.
+            return None
+        method = handler_call_details.method
+        return _wrap_handler(handler, method, functools.partial(self._authorize, method))
+
+    def _authorize(self, method: str, context: Context) -> Identity:
+        """The caller's identity if it may call ``method``; raises JukinetError if not."""
+        try:
+            return self._check(method, context)
+        except JukinetError as err:
+            if self._on_denied is not None:
+                self._on_denied(method, err.reason)
+            raise
+
+    def _check(self, method: str, context: Context) -> Identity:
+        pem = _first(context.auth_context().get("x509_pem_cert"))
+        if pem is None:
+            # Only reachable on a server port without require_client_auth
+            # (or an insecure one): refuse rather than trust the network.
+            raise Unauthenticated("no client certificate", reason=REASON_NO_CERTIFICATE)
+        peer = _parse_peer(pem)
+        if peer.serial is not None and peer.serial in self._revoked():
+            raise Unauthenticated(
+                f"client certificate serial {peer.serial:x} is revoked", reason=REASON_REVOKED
+            )
+        if peer.identity is None:
+            raise Unauthenticated(peer.problem, reason=REASON_BAD_CERTIFICATE)
+        identity = peer.identity
+        rule = self._rules.get(method)
+        if rule is None and method.startswith(HEALTH_SERVICE_PREFIX):
+            return identity
+        if rule is None:
+            raise PermissionDenied(
+                f"{identity.uri} may not call {method}: no rule allows it",
+                reason=REASON_NO_RULE,
+            )
+        if not rule(identity):
+            raise PermissionDenied(
+                f"{identity.uri} may not call {method}", reason=REASON_WRONG_IDENTITY
+            )
+        return identity
+
+
+# --- handler wrapping ----------------------------------------------------------------
+
+Authorize: TypeAlias = Callable[[Context], Identity]
+
+
+async def _translate(exc: BaseException, method: str, context: Context) -> NoReturn:
+    """Abort the call with the status ``exc`` stands for; re-raise what is not ours."""
+    if isinstance(exc, JukinetError):
+        await context.abort(exc.code, exc.message, exc.metadata())
+    if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
+        # The handler aborted on its own, or the call is being torn down
+        # (CancelledError, GeneratorExit, KeyboardInterrupt): not an error to report.
+        raise exc
+    if isinstance(exc, NotImplementedError):
+        # The generated servicer base class raises this for methods a node
+        # does not implement; that is UNIMPLEMENTED, not a server fault.
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "method not implemented",
+            (("jukinet-reason", "unimplemented"),),
+        )
+    caller = _identity.get()
+    _log.error(
+        "unhandled %s in %s (caller %s)",
+        type(exc).__name__,
+        method,
+        caller.uri if caller is not None else "unknown",
+        exc_info=exc,
+    )
+    # The message stays generic: exception text can carry personal data or
+    # internals that must not reach another organisation.
+    await context.abort(
+        grpc.StatusCode.INTERNAL, "internal error", (("jukinet-reason", "internal"),)
+    )
+
+
+def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:
+    return _identity.set(authorize(context))
+
+
+def _unbind(token: contextvars.Token[Identity | None] | None) -> None:
+    if token is None:
+        return
+    # An async generator can be finalised from another context (gRPC closing
+    # it from a fresh task), where reset() raises ValueError. Each RPC runs in
+    # its own task with its own context copy, so there is nothing to restore.
+    with contextlib.suppress(ValueError):
+        _identity.reset(token)
+
+
+_DONE = object()
+
+
+def _blocking_requests(
+    requests: AsyncIterator[Any], loop: asyncio.AbstractEventLoop
+) -> Iterator[Any]:
+    """Let a synchronous handler (in a worker thread) read an async request stream."""
+
+    async def receive() -> Any:
+        return await anext(requests)
+
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(receive(), loop).result()
+        except StopAsyncIteration:
+            return
+
+
+async def _call_unary(
+    behavior: Callable[..., Any], request: Any, context: Context, streaming: bool
+) -> Any:
+    if inspect.iscoroutinefunction(behavior):
+        return await behavior(request, context)
+    # A synchronous handler would block the event loop; run it in a thread as
+    # gRPC itself would. to_thread copies the context, so the identity goes along.
+    if streaming:
+        request = _blocking_requests(request, asyncio.get_running_loop())
+    result = await asyncio.to_thread(behavior, request, context)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _unary_response(
+    behavior: Callable[..., Any], method: str, authorize: Authorize, streaming: bool
+) -> Callable[..., Awaitable[Any]]:
+    async def guarded(request: Any, context: Context) -> Any:
+        token = None
+        try:
+            token = _bind(authorize, context)
+            return await _call_unary(behavior, request, context, streaming)
+        except BaseException as exc:
+            await _translate(exc, method, context)
+        finally:
+            _unbind(token)
+
+    return guarded
+
+
+def _stream_response(
+    behavior: Callable[..., Any], method: str, authorize: Authorize, streaming: bool
+) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(behavior):
+        # A reader/writer-style handler (context.write) returns nothing;
+        # keep it a coroutine so gRPC drives it the same way.
+        return _unary_response(behavior, method, authorize, streaming)
+
+    async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+        token = None
+        responses: Any = None
+        try:
+            token = _bind(authorize, context)
+            if inspect.isasyncgenfunction(behavior):
+                responses = behavior(request, context)
+                async for response in responses:
+                    yield response
+            else:
+                if streaming:
+                    request = _blocking_requests(request, asyncio.get_running_loop())
+                # A synchronous handler: each step runs in a worker thread (as
+                # gRPC would run it) so a blocking body cannot stall the loop.
+                responses = await asyncio.to_thread(behavior, request, context)
+                if hasattr(responses, "__aiter__"):
+                    async for response in responses:
+                        yield response
+                else:
+                    responses = iter(responses)
+                    while (item := await asyncio.to_thread(next, responses, _DONE)) is not _DONE:
+                        yield item
+        except BaseException as exc:
+            await _translate(exc, method, context)
+        finally:
+            # Close the handler's generator here, in this call, so its own
+            # cleanup (finally blocks, transactions) runs now and not at GC.
+            if inspect.isasyncgen(responses):
+                await responses.aclose()
+            elif inspect.isgenerator(responses):
+                # ValueError: still running in its worker thread after a
+                # cancellation; it stops at its next step on its own.
+                with contextlib.suppress(ValueError):
+                    responses.close()
+            _unbind(token)
+
+    return guarded
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, authorize: Authorize
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler, with every cardinality's behaviour guarded."""
+    kwargs: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _unary_response(handler.unary_unary, method, authorize, False), **kwargs
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _unary_response(handler.stream_unary, method, authorize, True), **kwargs
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _stream_response(handler.unary_stream, method, authorize, False), **kwargs
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            _stream_response(handler.stream_stream, method, authorize, True), **kwargs
+        )
+    # A handler with no behaviour cannot be served; refuse to pass it through
+    # unguarded rather than guess.
+    raise ValueError(f"method handler for {method} has no behaviour")

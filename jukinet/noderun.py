@@ -1,0 +1,39 @@
+"""The shared ``__main__`` of every node: parse arguments, load and check the
+config, run until signalled; a bad config is one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from jukinet.config import NodeConfig, load_config
+from jukinet.errors import ConfigError
+from jukinet.server import App, run_until_signalled
+
+C = TypeVar("C", bound=NodeConfig)
+
+
+def run_node(
+    name: str, config_type: type[C], make_app: Callable[[C], App], argv: list[str] | None = None
+) -> int:
+    parser = argparse.ArgumentParser(prog=f"jukinet {name}", description=f"Run a {name} node.")
+    parser.add_argument("--config", help="TOML config file (JUKINET_* variables override it)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(config_type, args.config)
+        logging.basicConfig(
+            level=config.log_level.upper(),
+            format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        )
+        app = make_app(config)
+        asyncio.run(run_until_signalled(app, name))
+    except ConfigError as exc:
+        print(f"jukinet {name}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,608 @@
+"""The federation's private PKI: one root CA, leaf certificates, a CRL.
+
+Everything is ECDSA P-256 with SHA-256. A PKI directory holds
+
+    ca.pem, ca.key          the root CA (10 years, may sign leaves only)
+    crl.pem                 the CA-signed revocation list (always present)
+    <name>.pem, <name>.key  one leaf per node, agency or operator
+
+Each leaf carries its caller identity as a ``jukinet://`` URI SAN (the only
+thing a node trusts about its caller), serverAuth + clientAuth, and for nodes
+the DNS ``localhost`` and IP ``127.0.0.1`` SANs so that a local federation
+verifies host names without turning verification off.
+
+Private keys are written with mode 0600 via a temporary file and an atomic
+rename, so a crash never leaves a half-written or world-readable key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from jukinet.identity import NATIONAL_ORG, Identity, Kind, parse_identity_uri
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca.key"
+CRL_FILE = "crl.pem"
+
+CA_DAYS = 3650
+# 397 days: the longest lifetime browsers accept for TLS leaves; a habit worth
+# keeping even in a private PKI, because it forces rotation to be routine.
+NODE_DAYS = 397
+CRL_DAYS = 30
+# A certificate with less than this left is treated as due for renewal by
+# issue_federation, so that re-running it before expiry rotates in time.
+RENEW_BEFORE = dt.timedelta(days=30)
+# Back-date notBefore a little: freshly issued certificates must verify on a
+# peer whose clock is slightly behind.
+_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RESERVED_NAMES = frozenset({"ca", "crl"})
+_SERVER_KINDS = frozenset({Kind.MUNICIPALITY, Kind.PREFECTURE, Kind.NATIONAL, Kind.GATEWAY})
+_LOCAL_HOSTS = ("localhost", "127.0.0.1")
+_ORGANIZATION = "jukinet"
+
+
+@dataclass(frozen=True)
+class Issued:
+    """One leaf certificate written (or kept) in a PKI directory."""
+
+    name: str
+    identity: Identity
+    cert_path: Path
+    key_path: Path
+    serial: int
+    not_after: dt.datetime
+    created: bool = True
+
+    def describe(self) -> str:
+        """One human-readable line for the CLI."""
+        verb = "wrote" if self.created else "kept "
+        return (
+            f"{verb} {self.cert_path} ({self.identity.uri}, serial {self.serial:x}, "
+            f"expires {self.not_after:%Y-%m-%d})"
+        )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp already creates 0600; fchmod anyway so the mode never
+        # depends on the platform or on a later change of that default.
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    """Write a certificate or CRL atomically, readable by everyone."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _check_name(name: str) -> None:
+    # The name becomes a file name: refuse anything that could leave the
+    # directory or clobber the CA's own files.
+    if _NAME_RE.fullmatch(name) is None or name.lower() in _RESERVED_NAMES:
+        raise ValueError(f"bad certificate name {name!r}: use letters, digits, '.', '_', '-'")
+
+
+def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path, key_path = directory / CA_CERT, directory / CA_KEY
+    if not cert_path.exists() or not key_path.exists():
+        raise FileNotFoundError(f"no CA in {directory} (run `jukinet pki init --dir {directory}`)")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path}: CA key is not an EC key")
+    return cert, key
+
+
+def _ski(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+
+
+def _host_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def create_ca(
+    directory: Path | str, common_name: str = "jukinet root CA", *, days: int = CA_DAYS
+) -> x509.Certificate:
+    """Create the root CA (``ca.pem``, ``ca.key``) and an empty ``crl.pem``.
+
+    Refuses (FileExistsError) to replace an existing CA: every certificate
+    of the federation would silently stop verifying.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / CA_CERT, directory / CA_KEY
+    for path in (cert_path, key_path):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists: refusing to replace the CA")
+    key = _new_key()
+    now = _now()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        # pathlen 0: the root signs leaves directly; no intermediate can be
+        # minted from a leaf key or from a stolen intermediate.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    # Key first: a ca.pem without its key would make the directory look
+    # initialised while being unable to issue anything.
+    _write_private(key_path, _key_pem(key))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    _write_crl(directory, cert, key, [], crl_number=1)
+    return cert
+
+
+def issue(
+    directory: Path | str,
+    identity: Identity,
+    name: str,
+    days: int = NODE_DAYS,
+    *,
+    hosts: Sequence[str] | None = None,
+) -> Issued:
+    """Issue a leaf for ``identity`` as ``<name>.pem`` / ``<name>.key`` next to ``ca.pem``.
+
+    ``hosts`` are the DNS names / IP addresses the certificate may serve as;
+    by default ``localhost`` and ``127.0.0.1`` for nodes (which run servers)
+    and none for agencies and operators (which are only clients). The
+    lifetime is clipped to the CA's: a leaf cannot outlive its issuer.
+    """
+    directory = Path(directory)
+    _check_name(name)
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    ca_cert, ca_key = _load_ca(directory)
+    if hosts is None:
+        hosts = _LOCAL_HOSTS if identity.kind in _SERVER_KINDS else ()
+    key = _new_key()
+    now = _now()
+    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    sans: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(identity.uri),
+        *_host_names(hosts),
+    ]
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+            # X.509 caps commonName at 64 characters; the URI SAN, not the
+            # CN, is what identifies the caller, so truncating is harmless.
+            x509.NameAttribute(NameOID.COMMON_NAME, name[:64]),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            # ECDHE supplies the key exchange, so the leaf key only signs.
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        # Critical: the URI SAN is the identity, and the subject carries no
+        # host name, so a verifier that cannot read SANs must refuse it.
+        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    # Key before certificate: readers pair them by name, and a new
+    # certificate next to an old key would fail every handshake.
+    _write_private(key_path, _key_pem(key))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return Issued(name, identity, cert_path, key_path, cert.serial_number, not_after)
+
+
+def certificate_identity(cert: x509.Certificate) -> Identity:
+    """The identity in a certificate's single ``jukinet://`` URI SAN; ValueError otherwise."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ValueError("certificate has no subjectAltName") from None
+    uris = [
+        u
+        for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if u.startswith("jukinet:")
+    ]
+    if len(uris) != 1:
+        raise ValueError(f"certificate has {len(uris)} jukinet URI SANs, expected exactly 1")
+    return parse_identity_uri(uris[0])
+
+
+def _read_crl(directory: Path) -> x509.CertificateRevocationList | None:
+    path = directory / CRL_FILE
+    if not path.exists():
+        return None
+    return x509.load_pem_x509_crl(path.read_bytes())
+
+
+def _write_crl(
+    directory: Path,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    revoked: Iterable[x509.RevokedCertificate],
+    *,
+    crl_number: int,
+) -> None:
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - _CLOCK_SKEW)
+        # Informational: nodes read the file on change and do not refuse a
+        # stale CRL (that would take the whole federation down when nobody
+        # re-signs it); `jukinet pki revoke` re-signs it whenever it runs.
+        .next_update(now + dt.timedelta(days=CRL_DAYS))
+        .add_extension(x509.CRLNumber(crl_number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
+            critical=False,
+        )
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _write_public(directory / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
+
+
+def revoke(directory: Path | str, name: str) -> int:
+    """Add ``<name>.pem``'s serial to the CA-signed ``crl.pem``; returns the serial.
+
+    Revoking an already revoked certificate is a no-op (the CRL is re-signed).
+    """
+    directory = Path(directory)
+    _check_name(name)
+    ca_cert, ca_key = _load_ca(directory)
+    cert_path = directory / f"{name}.pem"
+    if not cert_path.exists():
+        raise FileNotFoundError(f"no certificate {cert_path}")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    crl = _read_crl(directory)
+    entries: list[x509.RevokedCertificate] = list(crl) if crl is not None else []
+    number = 1
+    if crl is not None:
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+        except x509.ExtensionNotFound:
+            number = 1
+    if all(e.serial_number != cert.serial_number for e in entries):
+        entries.append(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(_now())
+            .build()
+        )
+    _write_crl(directory, ca_cert, ca_key, entries, crl_number=number)
+    return cert.serial_number
+
+
+def load_revoked_serials(path: Path | str, *, ca: Path | str | None = None) -> frozenset[int]:
+    """The serial numbers listed in a PEM CRL.
+
+    With ``ca`` (the CA certificate's path) the CRL's issuer and signature
+    are checked first, and ValueError raised if they do not match: an
+    unsigned or foreign CRL could otherwise un-revoke a certificate.
+    """
+    crl = x509.load_pem_x509_crl(Path(path).read_bytes())
+    if ca is not None:
+        ca_cert = x509.load_pem_x509_certificate(Path(ca).read_bytes())
+        ca_public = ca_cert.public_key()
+        if crl.issuer != ca_cert.subject or not isinstance(ca_public, ec.EllipticCurvePublicKey):
+            raise ValueError(f"{path}: CRL was not issued by {ca}")
+        if not crl.is_signature_valid(ca_public):
+            raise ValueError(f"{path}: CRL signature does not verify against {ca}")
+    return frozenset(entry.serial_number for entry in crl)
+
+
+def cert_name(identity: Identity) -> str:
+    """The conventional file name (without extension) for an identity's certificate."""
+    if identity.kind in (Kind.NATIONAL, Kind.GATEWAY):
+        return str(identity.kind.value)
+    if identity.kind is Kind.OPERATOR:
+        return f"operator-{identity.code}-{identity.operator_id}"
+    return f"{identity.kind.value}-{identity.code}"
+
+
+@dataclass(frozen=True)
+class FederationSpec:
+    """Which certificates a (developer) federation needs.
+
+    The national node and the gateway are always included; every
+    municipality's prefecture is added even when not listed. With
+    ``operators`` an ``admin`` operator is issued for every municipality,
+    every prefecture and the national node.
+    """
+
+    prefectures: Sequence[str] = ()
+    municipalities: Sequence[str] = ()
+    agencies: Sequence[str] = ()
+    operators: bool = False
+    operator_id: str = "admin"
+    extra: Sequence[Identity] = field(default_factory=tuple)
+
+    def identities(self) -> list[Identity]:
+        """Every identity to issue, in a stable order, without duplicates."""
+        municipalities = [Identity.municipality(c) for c in self.municipalities]
+        prefecture_codes = [*self.prefectures, *(m.code[:2] for m in municipalities)]
+        prefectures = [Identity.prefecture(c) for c in prefecture_codes]
+        wanted: list[Identity] = [Identity.national(), Identity.gateway()]
+        wanted += prefectures + municipalities
+        wanted += [Identity.agency(c) for c in self.agencies]
+        if self.operators:
+            orgs = [NATIONAL_ORG, *(p.code for p in prefectures), *(m.code for m in municipalities)]
+            wanted += [Identity.operator(org, self.operator_id) for org in orgs]
+        wanted += self.extra
+        return list(dict.fromkeys(wanted))
+
+
+def _still_good(
+    directory: Path,
+    name: str,
+    identity: Identity,
+    ca_cert: x509.Certificate,
+    revoked: frozenset[int],
+) -> Issued | None:
+    """The existing ``<name>`` certificate if it can be kept as is, else None."""
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    if not cert_path.exists() or not key_path.exists():
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert.verify_directly_issued_by(ca_cert)
+        if certificate_identity(cert) != identity:
+            return None
+    except (ValueError, TypeError, InvalidSignature):
+        return None
+    if key.public_key() != cert.public_key():
+        return None
+    if cert.serial_number in revoked:
+        return None
+    if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
+        return None
+    return Issued(
+        name, identity, cert_path, key_path, cert.serial_number, cert.not_valid_after_utc, False
+    )
+
+
+def issue_federation(
+    directory: Path | str,
+    spec: FederationSpec,
+    *,
+    days: int = NODE_DAYS,
+    ca_common_name: str = "jukinet root CA",
+) -> list[Issued]:
+    """Create the CA if needed and every certificate ``spec`` lists.
+
+    Idempotent: a certificate already present, issued by this CA, for the
+    same identity, with a matching key, not revoked and not close to expiry
+    is kept; anything else is (re)issued.
+    """
+    directory = Path(directory)
+    if not (directory / CA_CERT).exists():
+        create_ca(directory, ca_common_name)
+    ca_cert, _ = _load_ca(directory)
+    crl = _read_crl(directory)
+    revoked = frozenset(e.serial_number for e in crl) if crl is not None else frozenset()
+    results: list[Issued] = []
+    for identity in spec.identities():
+        name = cert_name(identity)
+        kept = _still_good(directory, name, identity, ca_cert, revoked)
+        results.append(kept if kept is not None else issue(directory, identity, name, days))
+    return results
+
+
+# --- command line -------------------------------------------------------------
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    cert = create_ca(args.dir, args.common_name)
+    print(
+        f"wrote {Path(args.dir) / CA_CERT} (root CA {args.common_name!r}, "
+        f"expires {cert.not_valid_after_utc:%Y-%m-%d}) and {Path(args.dir) / CRL_FILE}"
+    )
+    return 0
+
+
+def _cmd_issue(args: argparse.Namespace) -> int:
+    identity = parse_identity_uri(args.identity)
+    name = args.name or cert_name(identity)
+    hosts = args.host if args.host else None
+    print(issue(args.dir, identity, name, args.days, hosts=hosts).describe())
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    serial = revoke(args.dir, args.name)
+    cert, crl = Path(args.dir) / f"{args.name}.pem", Path(args.dir) / CRL_FILE
+    print(f"revoked {cert} (serial {serial:x}) in {crl}")
+    return 0
+
+
+def _cmd_federation(args: argparse.Namespace) -> int:
+    spec = FederationSpec(
+        prefectures=args.prefecture,
+        municipalities=args.municipality,
+        agencies=args.agency,
+        operators=args.operators,
+    )
+    for issued in issue_federation(args.dir, spec, days=args.days):
+        print(issued.describe())
+    return 0
+
+
+_Command = Callable[[argparse.Namespace], int]
+
+
+def _friendly(func: _Command) -> _Command:
+    """Turn expected failures (bad input, missing files) into one line and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (ValueError, OSError) as exc:
+            print(f"jukinet pki: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``pki init|issue|revoke|federation`` to a ``jukinet`` subcommand parser.
+
+    Every leaf parser sets ``func``: it takes the parsed Namespace and returns
+    the exit code (0, or 1 with one line on stderr).
+    """
+    pki = subparsers.add_parser("pki", help="manage the federation's private PKI")
+    commands = pki.add_subparsers(dest="pki_command", required=True, metavar="COMMAND")
+
+    def with_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--dir", required=True, type=Path, help="PKI directory")
+        return parser
+
+    init = with_dir(commands.add_parser("init", help="create the root CA and an empty CRL"))
+    init.add_argument("--common-name", default="jukinet root CA", help="CA subject CN")
+    init.set_defaults(func=_friendly(_cmd_init))
+
+    one = with_dir(commands.add_parser("issue", help="issue one certificate"))
+    one.add_argument("--identity", required=True, help="e.g. jukinet://municipality/312011")
+    one.add_argument("--name", help="file name without .pem (default: from the identity)")
+    one.add_argument("--days", type=int, default=NODE_DAYS, help=f"lifetime (default {NODE_DAYS})")
+    one.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="DNS name or IP the server answers as (repeatable; default for nodes: "
+        "localhost and 127.0.0.1, none for agencies and operators)",
+    )
+    one.set_defaults(func=_friendly(_cmd_issue))
+
+    rev = with_dir(commands.add_parser("revoke", help="revoke a certificate (adds it to crl.pem)"))
+    rev.add_argument("--name", required=True, help="file name without .pem")
+    rev.set_defaults(func=_friendly(_cmd_revoke))
+
+    fed = with_dir(
+        commands.add_parser("federation", help="CA plus every certificate a federation needs")
+    )
+    fed.add_argument("--prefecture", action="append", default=[], metavar="CODE")
+    fed.add_argument("--municipality", action="append", default=[], metavar="CODE")
+    fed.add_argument("--agency", action="append", default=[], metavar="CODE")
+    fed.add_argument(
+        "--operators", action="store_true", help="also an admin operator per organisation"
+    )
+    fed.add_argument("--days", type=int, default=NODE_DAYS, help=f"lifetime (default {NODE_DAYS})")
+    fed.set_defaults(func=_friendly(_cmd_federation))

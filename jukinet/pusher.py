@@ -1,0 +1,163 @@
+"""Delivers a node's outbox to the next tier over one long-lived stream.
+
+Batches go out back to back, up to ``window`` unacknowledged at a time; each
+acknowledgement is recorded durably before the window moves. After any break
+(the receiver down, a restart of either side) the pusher reconnects with
+backoff and resumes after the last recorded acknowledgement; the receiver
+ignores what it already has. When the receiver reports a gap it names the
+origin sequence it expects, and the pusher rewinds to the entry that carried it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from jukinet.db import Database
+from jukinet.metrics import NodeMetrics
+from jukinet.outbox import Outbox
+from jukinet.v1 import common_pb2, delivery_pb2
+
+log = logging.getLogger("jukinet.pusher")
+
+StreamOpener = Callable[[], Any]
+"""Opens one PushNotifications stream-stream call (a grpc.aio call object)."""
+
+
+class Pusher:
+    """Pushes one outbox to one receiver until stopped."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        outbox: Outbox,
+        open_stream: StreamOpener,
+        metrics: NodeMetrics,
+        batch_size: int = 500,
+        window: int = 4,
+        idle_poll: float = 1.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._open_stream = open_stream
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._window = window
+        self._idle_poll = idle_poll
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+        self.connected = False
+
+    def wake(self) -> None:
+        """Tell the pusher there is something new (called after an outbox commit)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Push until cancelled."""
+        backoff = 0.05
+        while True:
+            try:
+                await self._session()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                self.connected = False
+                if await self._handle_refusal(exc):
+                    backoff = 0.05
+                    continue
+                log.warning("push stream broke: %s %s", exc.code().name, exc.details())
+            except Exception:
+                self.connected = False
+                log.exception("push stream failed")
+            self._metrics.push_reconnects.inc()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _handle_refusal(self, exc: grpc.aio.AioRpcError) -> bool:
+        """Rewind after a sequence gap; True when delivery can resume at once."""
+        meta = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+        if meta.get("jukinet-reason") != "sequence-gap":
+            return False
+        origin = meta.get("jukinet-origin", "")
+        expected = int(meta.get("jukinet-expected-sequence", "0"))
+        async with self._db.write() as conn:
+            located = await self._outbox.locate(conn, origin, expected)
+            if located is None:
+                log.error(
+                    "receiver expects %s #%d, which this outbox never carried", origin, expected
+                )
+                return False
+            await self._outbox.rewind(conn, located - 1)
+        log.warning("receiver expects %s #%d: rewinding to entry %d", origin, expected, located)
+        return True
+
+    async def _session(self) -> None:
+        call = self._open_stream()
+        async with self._db.read() as conn:
+            status = await self._outbox.status(conn)
+        next_after = status.acknowledged_through
+        in_flight: deque[int] = deque()
+        room = asyncio.Condition()
+
+        async def receive() -> None:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise ConnectionError("receiver closed the stream")
+                ack = response.acknowledged_through
+                async with self._db.write() as conn:
+                    await self._outbox.acknowledge(conn, ack)
+                self.connected = True
+                self._metrics.notifications_pushed.inc(response.applied + response.duplicates)
+                async with room:
+                    while in_flight and in_flight[0] <= ack:
+                        in_flight.popleft()
+                    room.notify_all()
+
+        receiver = asyncio.create_task(receive())
+        try:
+            while True:
+                async with room:
+                    await room.wait_for(lambda: len(in_flight) < self._window or receiver.done())
+                if receiver.done():
+                    receiver.result()
+                async with self._db.read() as conn:
+                    rows = await self._outbox.read_after(conn, next_after, self._batch_size)
+                    status = await self._outbox.status(conn)
+                self._metrics.outbox_backlog.set(status.backlog)
+                if not rows:
+                    self._wake.clear()
+                    waiter = asyncio.create_task(self._wake.wait())
+                    done, _ = await asyncio.wait(
+                        {waiter, receiver},
+                        timeout=self._idle_poll,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    waiter.cancel()
+                    continue
+                request = delivery_pb2.PushNotificationsRequest(
+                    entries=[
+                        delivery_pb2.OutboxEntry(
+                            outbox_sequence=seq,
+                            notification=common_pb2.Notification.FromString(payload),
+                        )
+                        for seq, payload in rows
+                    ]
+                )
+                await call.write(request)
+                next_after = rows[-1][0]
+                async with room:
+                    in_flight.append(next_after)
+        finally:
+            receiver.cancel()
+            call.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)

@@ -1,0 +1,264 @@
+"""Mutual-TLS helpers: load a node's certificate files, build gRPC credentials.
+
+Every connection in the federation is mutual TLS against the one private CA:
+servers demand a client certificate, clients verify the server's host name
+against its SANs. Loading is done once at start-up and fails with one clear
+:class:`~jukinet.errors.ConfigError` line (missing file, not PEM, expired,
+key not matching, not issued by the CA, revoked) instead of a handshake
+failure much later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from jukinet.errors import ConfigError
+
+ChannelOption = tuple[str, Any]
+
+# Long-lived streams (the pusher's PushNotifications) can sit idle for a long
+# time; without keepalive a dead peer or a NAT/load balancer that silently
+# dropped the connection is only noticed at the next write, possibly never.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+CLIENT_OPTIONS: tuple[ChannelOption, ...] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # Keep probing an idle channel too, so a reconnect happens before the
+    # next notification has to wait for it.
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Default 2: after two pings without data the client stops pinging, which
+    # defeats keepalive on a quiet stream.
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+# Servers must tolerate the clients' ping rate, or they answer with GOAWAY
+# "too_many_pings" and tear down the very streams keepalive is protecting.
+# The minimum interval is below KEEPALIVE_TIME_MS to leave room for jitter.
+SERVER_OPTIONS: tuple[ChannelOption, ...] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """The PEM bytes of a node's TLS files, checked for consistency."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+    crl: bytes | None
+    revoked_serials: frozenset[int]
+    not_after: dt.datetime
+
+
+def _read(label: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"tls.{label}: {path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"tls.{label}: {path}: is a directory, expected a PEM file") from None
+    except OSError as exc:
+        raise ConfigError(f"tls.{label}: {path}: cannot read ({exc.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"tls.{label}: {path}: not a PEM file")
+    return data
+
+
+def _check_validity(label: str, path: Path, cert: x509.Certificate, now: dt.datetime) -> None:
+    if now > cert.not_valid_after_utc:
+        expired = cert.not_valid_after_utc
+        raise ConfigError(
+            f"tls.{label}: {path}: certificate expired on {expired:%Y-%m-%d %H:%M} UTC"
+        )
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(
+            f"tls.{label}: {path}: certificate not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where a node's CA certificate, own certificate/key and (optional) CRL live."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    crl: Path | None = None
+
+    def load(self) -> TlsMaterial:
+        """Read and check every file; ConfigError with one clear line if anything is off."""
+        now = dt.datetime.now(dt.UTC)
+        ca_pem = _read("ca", self.ca)
+        cert_pem = _read("cert", self.cert)
+        key_pem = _read("key", self.key)
+        try:
+            ca = x509.load_pem_x509_certificate(ca_pem)
+        except ValueError:
+            raise ConfigError(f"tls.ca: {self.ca}: not a PEM certificate") from None
+        try:
+            # The first certificate in the file is the leaf; anything after
+            # it would be a chain, which this single-level PKI never has.
+            cert = x509.load_pem_x509_certificates(cert_pem)[0]
+        except ValueError:
+            raise ConfigError(f"tls.cert: {self.cert}: not a PEM certificate") from None
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError(f"tls.key: {self.key}: not an unencrypted PEM private key") from None
+        _check_validity("ca", self.ca, ca, now)
+        _check_validity("cert", self.cert, cert, now)
+        if key.public_key() != cert.public_key():
+            raise ConfigError(f"tls.key: {self.key}: does not match the certificate {self.cert}")
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ConfigError(f"tls.cert: {self.cert}: not issued by the CA in {self.ca}") from None
+        crl_pem: bytes | None = None
+        revoked: frozenset[int] = frozenset()
+        if self.crl is not None:
+            crl_pem = _read("crl", self.crl)
+            revoked = _parse_crl(self.crl, crl_pem, ca)
+            if cert.serial_number in revoked:
+                raise ConfigError(f"tls.cert: {self.cert}: certificate is revoked in {self.crl}")
+        return TlsMaterial(ca_pem, cert_pem, key_pem, crl_pem, revoked, cert.not_valid_after_utc)
+
+    def revoked_serials(self) -> frozenset[int]:
+        """The serials revoked by the CRL (empty without one); ConfigError if it is bad."""
+        if self.crl is None:
+            return frozenset()
+        ca = x509.load_pem_x509_certificate(_read("ca", self.ca))
+        return _parse_crl(self.crl, _read("crl", self.crl), ca)
+
+
+def _parse_crl(path: Path, pem: bytes, ca: x509.Certificate) -> frozenset[int]:
+    try:
+        crl = x509.load_pem_x509_crl(pem)
+    except ValueError:
+        raise ConfigError(f"tls.crl: {path}: not a PEM CRL") from None
+    ca_key = ca.public_key()
+    # An unverified CRL is worse than none: a forged one could hide a
+    # revocation. Only the federation's CA may speak here.
+    if (
+        crl.issuer != ca.subject
+        or not isinstance(ca_key, ec.EllipticCurvePublicKey)
+        or not crl.is_signature_valid(ca_key)
+    ):
+        raise ConfigError(f"tls.crl: {path}: not signed by the CA")
+    return frozenset(entry.serial_number for entry in crl)
+
+
+class RevocationList:
+    """The revoked serials of a CRL file, re-read when the file changes.
+
+    Callable, so it can be handed to :class:`jukinet.interceptors.AuthInterceptor`
+    as its ``revoked`` source: a revocation takes effect on running nodes
+    without a restart. The file's mtime is checked at most every
+    ``check_every`` seconds so the hot path is a clock read. A CRL that
+    becomes unreadable or invalid keeps the last good list (failing open to
+    "nothing revoked" would un-revoke everything; failing closed would take
+    the node down over a bad copy).
+    """
+
+    def __init__(self, files: TlsFiles, *, check_every: float = 5.0) -> None:
+        self._files = files
+        self._check_every = check_every
+        self._lock = threading.Lock()
+        self._serials = files.revoked_serials()
+        self._mtime = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> float | None:
+        if self._files.crl is None:
+            return None
+        try:
+            return os.stat(self._files.crl).st_mtime
+        except OSError:
+            return None
+
+    def __call__(self) -> frozenset[int]:
+        """The current revoked serials."""
+        if self._files.crl is None:
+            return self._serials
+        now = time.monotonic()
+        if now - self._checked < self._check_every:
+            return self._serials
+        with self._lock:
+            self._checked = now
+            mtime = self._stat()
+            if mtime is not None and mtime != self._mtime:
+                try:
+                    self._serials = self._files.revoked_serials()
+                    self._mtime = mtime
+                except ConfigError:
+                    pass  # keep the last good list; see the class docstring
+        return self._serials
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Server credentials that demand and verify a client certificate from our CA."""
+    material = files.load()
+    return grpc.ssl_server_credentials(
+        [(material.key, material.cert)],
+        root_certificates=material.ca,
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Client credentials: trust only our CA and present our own certificate."""
+    material = files.load()
+    return grpc.ssl_channel_credentials(
+        root_certificates=material.ca,
+        private_key=material.key,
+        certificate_chain=material.cert,
+    )
+
+
+def merge_options(
+    defaults: Sequence[ChannelOption], overrides: Sequence[ChannelOption]
+) -> list[ChannelOption]:
+    """``defaults`` with any option named in ``overrides`` replaced by the override."""
+    merged = dict(defaults)
+    merged.update(dict(overrides))
+    return list(merged.items())
+
+
+def secure_channel(
+    target: str,
+    files: TlsFiles,
+    *,
+    options: Sequence[ChannelOption] = (),
+) -> grpc.aio.Channel:
+    """An mTLS ``grpc.aio`` channel to ``target`` (e.g. ``127.0.0.1:50051``).
+
+    The server's host name is verified against its certificate's SANs with no
+    override: gRPC matches an IP target against the certificate's IP SANs
+    (nodes get ``127.0.0.1``) and a name against its DNS SANs (``localhost``),
+    which tests/integration/test_mtls_auth.py checks for both forms.
+    ``options`` override the keepalive defaults by name.
+    """
+    return grpc.aio.secure_channel(
+        target, channel_credentials(files), options=merge_options(CLIENT_OPTIONS, options)
+    )

@@ -1,0 +1,180 @@
+"""Checks on the fields that cross the network, shared by every tier.
+
+Every check raises :class:`~jukinet.errors.InvalidArgument` naming the field,
+so bad input is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+
+from jukinet.codes import check_local_government_code, check_resident_code
+from jukinet.errors import InvalidArgument
+from jukinet.localgov import lookup
+from jukinet.v1 import common_pb2
+
+MAX_NAME = 100
+MAX_ADDRESS = 200
+EARLIEST_BIRTH = dt.date(1870, 1, 1)
+# How far ahead an effective date may lie: a moving-out notice may be filed
+# before the planned move (assumed: up to 30 days ahead).
+MAX_EFFECTIVE_AHEAD = dt.timedelta(days=30)
+
+# Which kind each reason belongs to (DOMAIN.md, "The identity-confirmation record").
+REASON_KIND: dict[int, int] = {
+    common_pb2.CHANGE_REASON_MOVE_IN: common_pb2.CHANGE_KIND_CREATED,
+    common_pb2.CHANGE_REASON_SPECIAL_MOVE_IN: common_pb2.CHANGE_KIND_CREATED,
+    common_pb2.CHANGE_REASON_BIRTH: common_pb2.CHANGE_KIND_CREATED,
+    common_pb2.CHANGE_REASON_MOVE_IN_FROM_ABROAD: common_pb2.CHANGE_KIND_CREATED,
+    common_pb2.CHANGE_REASON_EX_OFFICIO_ENTRY: common_pb2.CHANGE_KIND_CREATED,
+    common_pb2.CHANGE_REASON_MOVE_OUT: common_pb2.CHANGE_KIND_REMOVED,
+    common_pb2.CHANGE_REASON_MOVE_ABROAD: common_pb2.CHANGE_KIND_REMOVED,
+    common_pb2.CHANGE_REASON_DEATH: common_pb2.CHANGE_KIND_REMOVED,
+    common_pb2.CHANGE_REASON_DECLARED_MISSING: common_pb2.CHANGE_KIND_REMOVED,
+    common_pb2.CHANGE_REASON_EX_OFFICIO_REMOVAL: common_pb2.CHANGE_KIND_REMOVED,
+    common_pb2.CHANGE_REASON_RELOCATION: common_pb2.CHANGE_KIND_AMENDED,
+    common_pb2.CHANGE_REASON_NAME_CHANGE: common_pb2.CHANGE_KIND_AMENDED,
+    common_pb2.CHANGE_REASON_ADDRESS_RENAMED: common_pb2.CHANGE_KIND_AMENDED,
+    common_pb2.CHANGE_REASON_CODE_CHANGE: common_pb2.CHANGE_KIND_AMENDED,
+    common_pb2.CHANGE_REASON_EX_OFFICIO_AMENDMENT: common_pb2.CHANGE_KIND_AMENDED,
+}
+
+# Reasons whose resident code must be a fresh one from the origin's own pool.
+NEW_CODE_REASONS = frozenset(
+    {
+        common_pb2.CHANGE_REASON_BIRTH,
+        common_pb2.CHANGE_REASON_EX_OFFICIO_ENTRY,
+        common_pb2.CHANGE_REASON_CODE_CHANGE,
+    }
+)
+
+_KANA = re.compile(r"^[\u3041-\u3096\u30a1-\u30fa\u30fc\u30fb\u3000 ・=＝ー]*$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def today() -> dt.date:
+    """The current date in Japan, where every register date is kept."""
+    return dt.datetime.now(dt.timezone(dt.timedelta(hours=9))).date()
+
+
+def check_date(value: str, field: str) -> dt.date:
+    """An ISO date (YYYY-MM-DD) that exists on the calendar."""
+    if not _ISO_DATE.match(value):
+        raise InvalidArgument(field, f"expected a date as YYYY-MM-DD, got {value!r}")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(field, f"{value} is not a date on the calendar") from None
+
+
+def check_birth_date(value: str, field: str = "birth_date") -> dt.date:
+    """A birth date: on the calendar, not in the future, not absurdly old."""
+    date = check_date(value, field)
+    if date > today():
+        raise InvalidArgument(field, f"{value} is in the future")
+    if date < EARLIEST_BIRTH:
+        raise InvalidArgument(field, f"{value} is before {EARLIEST_BIRTH.isoformat()}")
+    return date
+
+
+def check_effective_date(value: str, field: str = "effective_date") -> dt.date:
+    """The date a change took effect: not before 1870, at most 30 days ahead."""
+    date = check_date(value, field)
+    if date > today() + MAX_EFFECTIVE_AHEAD:
+        raise InvalidArgument(field, f"{value} is more than 30 days ahead")
+    if date < EARLIEST_BIRTH:
+        raise InvalidArgument(field, f"{value} is before {EARLIEST_BIRTH.isoformat()}")
+    return date
+
+
+def _check_text(value: str, field: str, limit: int, *, required: bool) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"is {len(value)} characters; at most {limit} allowed")
+    for ch in value:
+        if unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"}:
+            raise InvalidArgument(field, f"contains a control or unassigned character U+{ord(ch):04X}")
+    if value != value.strip():
+        raise InvalidArgument(field, "must not begin or end with white space")
+    return value
+
+
+def check_name(value: str, field: str = "name", *, required: bool = True) -> str:
+    """A name in its original characters (variation selectors allowed)."""
+    return _check_text(value, field, MAX_NAME, required=required)
+
+
+def check_kana(value: str, field: str = "name_kana") -> str:
+    """A reading in kana (may be empty)."""
+    _check_text(value, field, MAX_NAME, required=False)
+    if not _KANA.match(value):
+        raise InvalidArgument(field, "must be written in kana")
+    return value
+
+
+def check_address(value: str, field: str = "address") -> str:
+    return _check_text(value, field, MAX_ADDRESS, required=True)
+
+
+def check_sex(value: int, field: str = "sex") -> int:
+    if value not in (common_pb2.SEX_MALE, common_pb2.SEX_FEMALE):
+        raise InvalidArgument(field, f"unknown or unset value {value}")
+    return value
+
+
+def check_known_local_government(code: str, field: str) -> str:
+    """A valid code of a local government that exists."""
+    check_local_government_code(code, field)
+    if lookup(code) is None:
+        raise InvalidArgument(field, f"{code} is not a known local government")
+    return code
+
+
+def check_identity_record(record: common_pb2.IdentityRecord, prefix: str = "record") -> None:
+    """Every field of an identity-confirmation record."""
+    check_resident_code(record.resident_code, f"{prefix}.resident_code")
+    check_name(record.name, f"{prefix}.name")
+    check_kana(record.name_kana, f"{prefix}.name_kana")
+    check_name(record.former_surname, f"{prefix}.former_surname", required=False)
+    check_name(record.alias, f"{prefix}.alias", required=False)
+    check_birth_date(record.birth_date, f"{prefix}.birth_date")
+    check_sex(record.sex, f"{prefix}.sex")
+    check_address(record.address, f"{prefix}.address")
+    check_known_local_government(record.local_government_code, f"{prefix}.local_government_code")
+
+
+def check_notification(n: common_pb2.Notification, prefix: str = "notification") -> None:
+    """A notification as it travels: origin, numbering, kind and reason, record."""
+    check_known_local_government(n.origin_code, f"{prefix}.origin_code")
+    if n.sequence < 1:
+        raise InvalidArgument(f"{prefix}.sequence", "must be 1 or more")
+    if n.kind not in (
+        common_pb2.CHANGE_KIND_CREATED,
+        common_pb2.CHANGE_KIND_REMOVED,
+        common_pb2.CHANGE_KIND_AMENDED,
+    ):
+        raise InvalidArgument(f"{prefix}.kind", f"unknown or unset value {n.kind}")
+    expected_kind = REASON_KIND.get(n.reason)
+    if expected_kind is None:
+        raise InvalidArgument(f"{prefix}.reason", f"unknown or unset value {n.reason}")
+    if expected_kind != n.kind:
+        raise InvalidArgument(f"{prefix}.reason", "does not belong to the notification's kind")
+    check_effective_date(n.effective_date, f"{prefix}.effective_date")
+    try:
+        dt.datetime.fromisoformat(n.recorded_at)
+    except ValueError:
+        raise InvalidArgument(f"{prefix}.recorded_at", "expected an RFC 3339 time") from None
+    check_identity_record(n.record, f"{prefix}.record")
+    if n.record.local_government_code != n.origin_code:
+        raise InvalidArgument(
+            f"{prefix}.record.local_government_code", "must be the origin municipality"
+        )
+    if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
+        check_resident_code(n.previous_resident_code, f"{prefix}.previous_resident_code")
+        if n.previous_resident_code == n.record.resident_code:
+            raise InvalidArgument(f"{prefix}.previous_resident_code", "equals the new code")
+    elif n.previous_resident_code:
+        raise InvalidArgument(f"{prefix}.previous_resident_code", "only for a code change")

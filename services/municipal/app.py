@@ -1,0 +1,116 @@
+"""Wiring of a municipal node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import grpc
+
+from jukinet.config import MunicipalConfig
+from jukinet.db import Database
+from jukinet.identity import Identity, Kind
+from jukinet.interceptors import Rule
+from jukinet.metrics import NodeMetrics
+from jukinet.outbox import Outbox
+from jukinet.pusher import Pusher
+from jukinet.server import RunningServer, start_server
+from jukinet.tls import secure_channel
+from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc
+from services.municipal import models
+from services.municipal.register import PoolKeeper, Register
+from services.municipal.servicer import MunicipalServicer
+
+SERVICE = "jukinet.v1.MunicipalService"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+OPERATOR_METHODS = (
+    "RegisterBirth", "MoveIn", "Relocate", "ChangeName", "MoveOut", "RecordDeath",
+    "ChangeResidentCode", "EnterExOfficio", "Amend", "RemoveExOfficio", "GetResident",
+    "ExportResidents", "ImportResidents", "GetStatus",
+)
+
+
+def rules(local_government_code: str) -> dict[str, Rule]:
+    """Operators of this municipality, and no one else, run the register."""
+
+    def own_operator(identity: Identity) -> bool:
+        return identity.kind is Kind.OPERATOR and identity.code == local_government_code
+
+    return {f"/{SERVICE}/{m}": own_operator for m in OPERATOR_METHODS}
+
+
+class MunicipalApp:
+    """A municipal node: register, code pool keeper, pusher, server."""
+
+    def __init__(self, config: MunicipalConfig) -> None:
+        self.config = config
+        self.metrics = NodeMetrics("municipal")
+        self.db = Database(config.database_url)
+        self.outbox = Outbox(models.outbox)
+        self._channel: grpc.aio.Channel | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: RunningServer | None = None
+        self.pusher: Pusher | None = None
+        self.register: Register | None = None
+
+    async def start(self) -> int:
+        await self.db.migrate(MIGRATIONS)
+        self._channel = secure_channel(self.config.prefecture_target, self.config.tls)
+        prefecture = prefecture_pb2_grpc.PrefectureServiceStub(self._channel)
+        pool = PoolKeeper(
+            db=self.db,
+            municipality=self.config.local_government_code,
+            prefecture=prefecture,
+            metrics=self.metrics,
+            low_watermark=self.config.pool_low_watermark,
+            refill_size=self.config.pool_refill_size,
+        )
+        pusher = Pusher(
+            db=self.db,
+            outbox=self.outbox,
+            open_stream=prefecture.PushNotifications,
+            metrics=self.metrics,
+            batch_size=self.config.push_batch_size,
+            window=self.config.push_window,
+        )
+        self.pusher = pusher
+        register = Register(
+            db=self.db,
+            outbox=self.outbox,
+            pool=pool,
+            municipality=self.config.local_government_code,
+            metrics=self.metrics,
+            on_commit=pusher.wake,
+        )
+        self.register = register
+
+        def add(server: grpc.aio.Server) -> None:
+            municipal_pb2_grpc.add_MunicipalServiceServicer_to_server(
+                MunicipalServicer(register, self.db, self.outbox), server
+            )
+
+        self._server = await start_server(
+            config=self.config,
+            rules=rules(self.config.local_government_code),
+            register=add,
+            service_names=[SERVICE],
+            metrics=self.metrics,
+        )
+        self._tasks = [
+            asyncio.create_task(pusher.run(), name="pusher"),
+            asyncio.create_task(pool.run(), name="pool-keeper"),
+        ]
+        return self._server.port
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.stop()
+        if self._channel is not None:
+            await self._channel.close()
+        await self.db.close()

@@ -1,0 +1,155 @@
+"""Rules of the municipal register that need no I/O: checking what an operator
+entered, and turning a register change into its notification."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from jukinet.errors import FailedPrecondition, InvalidArgument
+from jukinet.v1 import common_pb2, municipal_pb2
+from jukinet.validation import (
+    REASON_KIND,
+    check_address,
+    check_birth_date,
+    check_kana,
+    check_name,
+    check_sex,
+)
+
+ACTIVE = municipal_pb2.RESIDENT_STATUS_ACTIVE
+REMOVED = municipal_pb2.RESIDENT_STATUS_REMOVED
+
+
+@dataclass(frozen=True)
+class Person:
+    """Checked identifying details."""
+
+    name: str
+    name_kana: str
+    former_surname: str
+    alias: str
+    birth_date: str
+    sex: int
+    address: str
+
+    def to_proto(self) -> municipal_pb2.PersonDetails:
+        return municipal_pb2.PersonDetails(
+            name=self.name,
+            name_kana=self.name_kana,
+            former_surname=self.former_surname,
+            alias=self.alias,
+            birth_date=self.birth_date,
+            sex=self.sex,  # type: ignore[arg-type]
+            address=self.address,
+        )
+
+
+def check_person(p: municipal_pb2.PersonDetails, prefix: str = "person") -> Person:
+    """Every field an operator enters for a person."""
+    return Person(
+        name=check_name(p.name, f"{prefix}.name"),
+        name_kana=check_kana(p.name_kana, f"{prefix}.name_kana"),
+        former_surname=check_name(p.former_surname, f"{prefix}.former_surname", required=False),
+        alias=check_name(p.alias, f"{prefix}.alias", required=False),
+        birth_date=check_birth_date(p.birth_date, f"{prefix}.birth_date").isoformat(),
+        sex=check_sex(p.sex, f"{prefix}.sex"),
+        address=check_address(p.address, f"{prefix}.address"),
+    )
+
+
+@dataclass(frozen=True)
+class ResidentState:
+    """A register entry as stored."""
+
+    id: int
+    resident_code: str
+    person: Person
+    household_id: str
+    status: int
+    registered_on: str
+    removed_on: str
+    last_reason: int
+
+    def require_active(self) -> None:
+        if self.status != ACTIVE:
+            raise FailedPrecondition(
+                f"resident {self.resident_code} is not currently registered here",
+                reason="not-registered",
+            )
+
+    def to_proto(self, local_government_code: str) -> municipal_pb2.Resident:
+        return municipal_pb2.Resident(
+            resident_code=self.resident_code,
+            person=self.person.to_proto(),
+            household_id=self.household_id,
+            status=self.status,  # type: ignore[arg-type]
+            registered_on=self.registered_on,
+            removed_on=self.removed_on,
+            last_reason=self.last_reason,  # type: ignore[arg-type]
+            local_government_code=local_government_code,
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """One register change to announce: who (as it stands after), why, when."""
+
+    resident_code: str
+    person: Person
+    reason: int
+    effective_date: str
+    previous_resident_code: str = ""
+
+
+def build_notification(
+    origin: str, sequence: int, change: Change, recorded_at: dt.datetime
+) -> common_pb2.Notification:
+    """The notification for ``change``, numbered ``sequence``."""
+    p = change.person
+    return common_pb2.Notification(
+        origin_code=origin,
+        sequence=sequence,
+        kind=REASON_KIND[change.reason],  # type: ignore[arg-type]
+        reason=change.reason,  # type: ignore[arg-type]
+        effective_date=change.effective_date,
+        recorded_at=recorded_at.isoformat(),
+        record=common_pb2.IdentityRecord(
+            resident_code=change.resident_code,
+            name=p.name,
+            name_kana=p.name_kana,
+            former_surname=p.former_surname,
+            alias=p.alias,
+            birth_date=p.birth_date,
+            sex=p.sex,  # type: ignore[arg-type]
+            address=p.address,
+            local_government_code=origin,
+        ),
+        previous_resident_code=change.previous_resident_code,
+    )
+
+
+MOVE_IN_REASON = {
+    municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC: common_pb2.CHANGE_REASON_MOVE_IN,
+    municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC_SPECIAL: common_pb2.CHANGE_REASON_SPECIAL_MOVE_IN,
+    municipal_pb2.MOVE_IN_ORIGIN_ABROAD: common_pb2.CHANGE_REASON_MOVE_IN_FROM_ABROAD,
+}
+
+REMOVAL_REASON = {
+    municipal_pb2.REMOVAL_GROUND_EX_OFFICIO: common_pb2.CHANGE_REASON_EX_OFFICIO_REMOVAL,
+    municipal_pb2.REMOVAL_GROUND_DECLARED_MISSING: common_pb2.CHANGE_REASON_DECLARED_MISSING,
+}
+
+
+def move_in_reason(origin: int) -> int:
+    try:
+        return MOVE_IN_REASON[origin]
+    except KeyError:
+        raise InvalidArgument("origin", f"unknown or unset value {origin}") from None
+
+
+def removal_reason(ground: int) -> int:
+    try:
+        return REMOVAL_REASON[ground]
+    except KeyError:
+        raise InvalidArgument("ground", f"unknown or unset value {ground}") from None

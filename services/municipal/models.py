@@ -1,0 +1,74 @@
+"""Tables of a municipal node: the resident register, the resident-code pool,
+and the outbox of notifications to the prefecture."""
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+)
+
+from jukinet.outbox import define_outbox
+
+metadata = MetaData()
+
+residents = Table(
+    "residents",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("resident_code", String(11), nullable=False, unique=True),
+    # Key of the row in the register this one was migrated from (bulk import).
+    Column("source_id", String(64), nullable=True, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("name_kana", String(100), nullable=False),
+    Column("former_surname", String(100), nullable=False),
+    Column("alias", String(100), nullable=False),
+    Column("birth_date", String(10), nullable=False),
+    Column("sex", SmallInteger, nullable=False),
+    Column("address", String(200), nullable=False),
+    Column("household_id", String(32), nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("registered_on", String(10), nullable=False),
+    Column("removed_on", String(10), nullable=False),
+    Column("last_reason", SmallInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_residents_household", "household_id"),
+)
+
+# Codes a resident had before a code change, so the old code still finds them.
+previous_codes = Table(
+    "previous_codes",
+    metadata,
+    Column("resident_code", String(11), primary_key=True),
+    Column("resident_id", BigInteger, nullable=False),
+    Column("replaced_by", String(11), nullable=False),
+    Column("changed_on", String(10), nullable=False),
+)
+
+code_pool = Table(
+    "code_pool",
+    metadata,
+    Column("resident_code", String(11), primary_key=True),
+    Column("request_id", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+    Index("ix_code_pool_free", "used_at"),
+)
+
+# Pool requests sent to the prefecture; an unfinished one is retried with the
+# same id after a crash, so the codes it obtained are never lost.
+pool_requests = Table(
+    "pool_requests",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("fulfilled_at", DateTime(timezone=True), nullable=True),
+)
+
+outbox = define_outbox(metadata)

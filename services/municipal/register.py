@@ -1,0 +1,486 @@
+"""The register's operations: each checks its input, changes the register and
+writes its notification in one transaction, then wakes the pusher.
+
+Resident codes come from the pool the prefecture handed down; the
+:class:`PoolKeeper` refills it before it runs dry (and at once when an
+operation needs more codes than are left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jukinet.codes import check_resident_code
+from jukinet.db import Database
+from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from jukinet.metrics import NodeMetrics
+from jukinet.outbox import Outbox, PendingEntry
+from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, prefecture_pb2_grpc
+from jukinet.validation import (
+    check_address,
+    check_birth_date,
+    check_effective_date,
+    check_kana,
+    check_known_local_government,
+    check_name,
+)
+from services.municipal import repository as repo
+from services.municipal.logic import (
+    ACTIVE,
+    REMOVED,
+    Change,
+    Person,
+    ResidentState,
+    build_notification,
+    check_person,
+    move_in_reason,
+    removal_reason,
+)
+
+log = logging.getLogger("jukinet.municipal")
+
+R = common_pb2
+
+
+class PoolKeeper:
+    """Keeps the resident-code pool above its low watermark."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        municipality: str,
+        prefecture: prefecture_pb2_grpc.PrefectureServiceStub,
+        metrics: NodeMetrics,
+        low_watermark: int,
+        refill_size: int,
+    ) -> None:
+        self._db = db
+        self._municipality = municipality
+        self._prefecture = prefecture
+        self._metrics = metrics
+        self._low = low_watermark
+        self._refill = refill_size
+        self._lock = asyncio.Lock()
+        self._wanted = asyncio.Event()
+
+    def poke(self) -> None:
+        """Ask the background loop to check the pool."""
+        self._wanted.set()
+
+    async def ensure(self, needed: int) -> None:
+        """Make sure ``needed`` codes are free, refilling now if they are not."""
+        async with self._db.read() as conn:
+            free = await repo.free_codes(conn)
+        self._metrics.code_pool.set(free)
+        if free >= needed:
+            return
+        try:
+            await self._fill(max(self._refill, needed - free + self._low))
+        except Exception as exc:
+            raise Unavailable(
+                f"the resident-code pool is short ({free} free, {needed} needed) and the "
+                f"prefecture could not be reached: {exc}"
+            ) from exc
+
+    async def _fill(self, count: int) -> None:
+        async with self._lock:
+            async with self._db.write() as conn:
+                pending = await repo.pending_pool_request(conn)
+                if pending is None:
+                    pending = (uuid.uuid4().hex, count)
+                    await repo.add_pool_request(conn, *pending)
+            request_id, size = pending
+            response = await self._prefecture.AllocateCodePool(
+                delivery_pb2.AllocateCodePoolRequest(
+                    municipality_code=self._municipality, count=size, request_id=request_id
+                ),
+                timeout=30,
+            )
+            async with self._db.write() as conn:
+                added = await repo.fulfil_pool_request(conn, request_id, response.resident_codes)
+                free = await repo.free_codes(conn)
+            self._metrics.code_pool.set(free)
+            log.info("code pool refilled with %d codes (%d free)", added, free)
+
+    async def run(self) -> None:
+        """Refill whenever the pool falls below the watermark; retry with backoff."""
+        backoff = 0.5
+        while True:
+            try:
+                async with self._db.read() as conn:
+                    free = await repo.free_codes(conn)
+                self._metrics.code_pool.set(free)
+                if free < self._low or await self._has_pending():
+                    await self._fill(self._refill)
+                backoff = 0.5
+                self._wanted.clear()
+                try:
+                    await asyncio.wait_for(self._wanted.wait(), timeout=5)
+                except TimeoutError:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("code pool refill failed: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+
+    async def _has_pending(self) -> bool:
+        async with self._db.read() as conn:
+            return await repo.pending_pool_request(conn) is not None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_household() -> str:
+    return secrets.token_hex(8)
+
+
+class Register:
+    """The operations on one municipality's register."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        outbox: Outbox,
+        pool: PoolKeeper,
+        municipality: str,
+        metrics: NodeMetrics,
+        on_commit: Callable[[], None],
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.pool = pool
+        self.municipality = municipality
+        self.metrics = metrics
+        self._on_commit = on_commit
+
+    # -- plumbing ------------------------------------------------------------
+
+    async def _announce(self, conn: AsyncConnection, changes: Sequence[Change]) -> int:
+        """Write the notifications of ``changes``; returns the last sequence."""
+        if not changes:
+            return 0
+        first = await self.outbox.reserve(conn, len(changes))
+        now = _now()
+        entries = []
+        for i, change in enumerate(changes):
+            n = build_notification(self.municipality, first + i, change, now)
+            entries.append(
+                PendingEntry(self.municipality, 0, change.resident_code, n.SerializeToString())
+            )
+        await self.outbox.append(conn, first, entries)
+        self.metrics.notifications_written.inc(len(changes))
+        return first + len(changes) - 1
+
+    def _committed(self) -> None:
+        self._on_commit()
+        self.pool.poke()
+
+    async def _take_code(self, conn: AsyncConnection) -> str:
+        codes = await repo.take_codes(conn, 1)
+        if not codes:
+            raise Unavailable("the resident-code pool is empty; it is being refilled")
+        return codes[0]
+
+    async def _resident(self, conn: AsyncConnection, code: str, field: str = "resident_code") -> ResidentState:
+        check_resident_code(code, field)
+        resident = await repo.resident_by_code(conn, code)
+        if resident is None:
+            raise NotFound(f"no resident with code {code} in {self.municipality}")
+        return resident
+
+    async def _household(self, conn: AsyncConnection, household_id: str) -> str:
+        if not household_id:
+            return _new_household()
+        if len(household_id) > 32 or not await repo.household_exists(conn, household_id):
+            raise InvalidArgument("household_id", f"no current household {household_id!r}")
+        return household_id
+
+    # -- creations -----------------------------------------------------------
+
+    async def register_birth(self, req: municipal_pb2.RegisterBirthRequest) -> tuple[ResidentState, int]:
+        person = check_person(req.person)
+        await self.pool.ensure(1)
+        async with self.db.write() as conn:
+            household = await self._household(conn, req.household_id)
+            code = await self._take_code(conn)
+            resident = await repo.insert_resident(
+                conn, code, person, household, person.birth_date, R.CHANGE_REASON_BIRTH
+            )
+            seq = await self._announce(
+                conn, [Change(code, person, R.CHANGE_REASON_BIRTH, person.birth_date)]
+            )
+        self._committed()
+        return resident, seq
+
+    async def enter_ex_officio(
+        self, req: municipal_pb2.EnterExOfficioRequest
+    ) -> tuple[ResidentState, int]:
+        person = check_person(req.person)
+        effective = check_effective_date(req.effective_date).isoformat()
+        await self.pool.ensure(1)
+        async with self.db.write() as conn:
+            household = await self._household(conn, req.household_id)
+            code = await self._take_code(conn)
+            reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
+            resident = await repo.insert_resident(conn, code, person, household, effective, reason)
+            seq = await self._announce(conn, [Change(code, person, reason, effective)])
+        self._committed()
+        return resident, seq
+
+    async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
+        person = check_person(req.person)
+        reason = move_in_reason(req.origin)
+        effective = check_effective_date(req.effective_date).isoformat()
+        domestic = req.origin != municipal_pb2.MOVE_IN_ORIGIN_ABROAD
+        if domestic:
+            if not req.resident_code:
+                raise InvalidArgument("resident_code", "required for a move from another municipality")
+            check_known_local_government(
+                req.previous_local_government_code, "previous_local_government_code"
+            )
+            if req.previous_local_government_code == self.municipality:
+                raise InvalidArgument(
+                    "previous_local_government_code", "a move within the municipality is Relocate"
+                )
+        elif req.previous_local_government_code:
+            raise InvalidArgument("previous_local_government_code", "not for a move from abroad")
+        if req.resident_code:
+            check_resident_code(req.resident_code)
+        else:
+            await self.pool.ensure(1)
+        async with self.db.write() as conn:
+            household = await self._household(conn, req.household_id)
+            code = req.resident_code or await self._take_code(conn)
+            existing = await repo.resident_by_code(conn, code) if req.resident_code else None
+            if existing is not None and existing.resident_code != code:
+                raise InvalidArgument("resident_code", f"{code} was replaced by {existing.resident_code}")
+            if existing is not None and existing.status == ACTIVE:
+                raise AlreadyExists(f"resident {code} is already registered here", reason="already-registered")
+            if existing is not None:
+                # Moving back: the old entry is reopened rather than duplicated.
+                await repo.update_resident(
+                    conn, existing.id, **repo.person_values(person), household_id=household,
+                    status=ACTIVE, registered_on=effective, removed_on="", last_reason=reason,
+                )
+                resident = ResidentState(existing.id, code, person, household, ACTIVE, effective, "", reason)
+            else:
+                resident = await repo.insert_resident(conn, code, person, household, effective, reason)
+            seq = await self._announce(conn, [Change(code, person, reason, effective)])
+        self._committed()
+        return resident, seq
+
+    # -- amendments ----------------------------------------------------------
+
+    async def relocate(self, req: municipal_pb2.RelocateRequest) -> tuple[list[ResidentState], int]:
+        address = check_address(req.new_address, "new_address")
+        effective = check_effective_date(req.effective_date).isoformat()
+        async with self.db.write() as conn:
+            resident = await self._resident(conn, req.resident_code)
+            resident.require_active()
+            movers = (
+                await repo.household_members(conn, resident.household_id)
+                if req.whole_household
+                else [resident]
+            )
+            changes = []
+            updated = []
+            for m in movers:
+                person = _replace(m.person, address=address)
+                await repo.update_resident(conn, m.id, address=address, last_reason=R.CHANGE_REASON_RELOCATION)
+                changes.append(Change(m.resident_code, person, R.CHANGE_REASON_RELOCATION, effective))
+                updated.append(_with(m, person=person, last_reason=R.CHANGE_REASON_RELOCATION))
+            seq = await self._announce(conn, changes)
+        self._committed()
+        return updated, seq
+
+    async def change_name(self, req: municipal_pb2.ChangeNameRequest) -> tuple[ResidentState, int]:
+        name = check_name(req.name, "name")
+        kana = check_kana(req.name_kana, "name_kana")
+        former = check_name(req.former_surname, "former_surname", required=False)
+        effective = check_effective_date(req.effective_date).isoformat()
+        reason = R.CHANGE_REASON_NAME_CHANGE
+        async with self.db.write() as conn:
+            resident = await self._resident(conn, req.resident_code)
+            resident.require_active()
+            person = _replace(resident.person, name=name, name_kana=kana, former_surname=former)
+            await repo.update_resident(conn, resident.id, **repo.person_values(person), last_reason=reason)
+            seq = await self._announce(conn, [Change(resident.resident_code, person, reason, effective)])
+        self._committed()
+        return _with(resident, person=person, last_reason=reason), seq
+
+    async def amend(self, req: municipal_pb2.AmendRequest) -> tuple[ResidentState, int]:
+        person = check_person(req.person)
+        effective = check_effective_date(req.effective_date).isoformat()
+        reason = R.CHANGE_REASON_EX_OFFICIO_AMENDMENT
+        async with self.db.write() as conn:
+            resident = await self._resident(conn, req.resident_code)
+            resident.require_active()
+            await repo.update_resident(conn, resident.id, **repo.person_values(person), last_reason=reason)
+            seq = await self._announce(conn, [Change(resident.resident_code, person, reason, effective)])
+        self._committed()
+        return _with(resident, person=person, last_reason=reason), seq
+
+    async def change_code(
+        self, req: municipal_pb2.ChangeResidentCodeRequest
+    ) -> tuple[ResidentState, str, int]:
+        effective = check_effective_date(req.effective_date).isoformat()
+        reason = R.CHANGE_REASON_CODE_CHANGE
+        await self.pool.ensure(1)
+        async with self.db.write() as conn:
+            resident = await self._resident(conn, req.resident_code)
+            resident.require_active()
+            if resident.resident_code != req.resident_code:
+                raise InvalidArgument("resident_code", f"was already replaced by {resident.resident_code}")
+            new = await self._take_code(conn)
+            await repo.update_resident(conn, resident.id, resident_code=new, last_reason=reason)
+            await repo.record_code_change(conn, resident.id, resident.resident_code, new, effective)
+            seq = await self._announce(
+                conn, [Change(new, resident.person, reason, effective, resident.resident_code)]
+            )
+        self._committed()
+        return _with(resident, resident_code=new, last_reason=reason), resident.resident_code, seq
+
+    # -- removals ------------------------------------------------------------
+
+    async def _remove(self, code: str, reason: int, effective: str) -> tuple[ResidentState, int]:
+        async with self.db.write() as conn:
+            resident = await self._resident(conn, code)
+            resident.require_active()
+            await repo.update_resident(
+                conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
+            )
+            seq = await self._announce(conn, [Change(resident.resident_code, resident.person, reason, effective)])
+        self._committed()
+        return _with(resident, status=REMOVED, removed_on=effective, last_reason=reason), seq
+
+    async def move_out(self, req: municipal_pb2.MoveOutRequest) -> tuple[ResidentState, int]:
+        effective = check_effective_date(req.effective_date).isoformat()
+        if req.abroad:
+            if req.destination_local_government_code:
+                raise InvalidArgument("destination_local_government_code", "not for a move abroad")
+            reason = R.CHANGE_REASON_MOVE_ABROAD
+        else:
+            check_known_local_government(
+                req.destination_local_government_code, "destination_local_government_code"
+            )
+            if req.destination_local_government_code == self.municipality:
+                raise InvalidArgument("destination_local_government_code", "a move within the municipality is Relocate")
+            reason = R.CHANGE_REASON_MOVE_OUT
+        return await self._remove(req.resident_code, reason, effective)
+
+    async def record_death(self, req: municipal_pb2.RecordDeathRequest) -> tuple[ResidentState, int]:
+        date = check_birth_date(req.date_of_death, "date_of_death").isoformat()
+        return await self._remove(req.resident_code, R.CHANGE_REASON_DEATH, date)
+
+    async def remove_ex_officio(
+        self, req: municipal_pb2.RemoveExOfficioRequest
+    ) -> tuple[ResidentState, int]:
+        reason = removal_reason(req.ground)
+        effective = check_effective_date(req.effective_date).isoformat()
+        return await self._remove(req.resident_code, reason, effective)
+
+    # -- bulk import ---------------------------------------------------------
+
+    async def import_rows(
+        self, rows: Sequence[municipal_pb2.ImportRow]
+    ) -> municipal_pb2.ImportResidentsResponse:
+        """Load a batch of an existing register in one transaction.
+
+        Rows already loaded (same source_id) are skipped, so an interrupted import
+        resumes by sending the file again; a bad row is reported with its line and
+        the good rows still load. Each row becomes an ex-officio entry (職権記載)
+        with a fresh code from the pool.
+        """
+        rejected: list[municipal_pb2.RejectedRow] = []
+        good: list[tuple[municipal_pb2.ImportRow, Person, str]] = []
+        seen: set[str] = set()
+        for row in rows:
+            try:
+                if not row.source_id or len(row.source_id) > 64:
+                    raise InvalidArgument("source_id", "must be 1 to 64 characters")
+                if row.source_id in seen:
+                    raise InvalidArgument("source_id", "appears twice in the batch")
+                person = check_person(row.person)
+                registered = check_effective_date(
+                    row.registered_on or person.birth_date, "registered_on"
+                ).isoformat()
+                if row.household_id and len(row.household_id) > 32:
+                    raise InvalidArgument("household_id", "at most 32 characters")
+            except InvalidArgument as exc:
+                rejected.append(
+                    municipal_pb2.RejectedRow(
+                        line=row.line, source_id=row.source_id, field=exc.field, reason=exc.problem
+                    )
+                )
+                continue
+            seen.add(row.source_id)
+            good.append((row, person, registered))
+        if good:
+            await self.pool.ensure(len(good))
+        async with self.db.write() as conn:
+            present = await repo.existing_source_ids(conn, [r.source_id for r, _, _ in good])
+            todo = [g for g in good if g[0].source_id not in present]
+            codes = await repo.take_codes(conn, len(todo))
+            if len(codes) < len(todo):
+                raise Unavailable("the resident-code pool ran short; retry the batch")
+            reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
+            await repo.insert_residents(
+                conn,
+                [
+                    {
+                        "resident_code": code,
+                        "source_id": row.source_id,
+                        **repo.person_values(person),
+                        "household_id": row.household_id or _new_household(),
+                        "status": ACTIVE,
+                        "registered_on": registered,
+                        "removed_on": "",
+                        "last_reason": reason,
+                    }
+                    for code, (row, person, registered) in zip(codes, todo, strict=True)
+                ],
+            )
+            await self._announce(
+                conn,
+                [
+                    Change(code, person, reason, registered)
+                    for code, (_, person, registered) in zip(codes, todo, strict=True)
+                ],
+            )
+        if todo:
+            self._committed()
+        return municipal_pb2.ImportResidentsResponse(
+            imported=len(todo), already_present=len(good) - len(todo), rejected=rejected
+        )
+
+    # -- reads ---------------------------------------------------------------
+
+    async def get(self, code: str) -> tuple[ResidentState, list[common_pb2.Notification]]:
+        async with self.db.read() as conn:
+            resident = await self._resident(conn, code)
+            codes = await repo.codes_of(conn, resident)
+            payloads = await self.outbox.payloads_for(conn, codes)
+        return resident, [common_pb2.Notification.FromString(p) for p in payloads]
+
+
+def _replace(person: Person, **changes: object) -> Person:
+    return dataclasses.replace(person, **changes)  # type: ignore[arg-type]
+
+
+def _with(resident: ResidentState, **changes: object) -> ResidentState:
+    return dataclasses.replace(resident, **changes)  # type: ignore[arg-type]
+

@@ -1,0 +1,231 @@
+"""The municipal node's SQL: residents, the code pool, pool requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.municipal import models
+from services.municipal.logic import ACTIVE, REMOVED, Person, ResidentState
+
+R = models.residents
+_COLUMNS = (
+    R.c.id,
+    R.c.resident_code,
+    R.c.name,
+    R.c.name_kana,
+    R.c.former_surname,
+    R.c.alias,
+    R.c.birth_date,
+    R.c.sex,
+    R.c.address,
+    R.c.household_id,
+    R.c.status,
+    R.c.registered_on,
+    R.c.removed_on,
+    R.c.last_reason,
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _state(row: Row[Any]) -> ResidentState:
+    return ResidentState(
+        id=row[0],
+        resident_code=row[1],
+        person=Person(row[2], row[3], row[4], row[5], row[6], row[7], row[8]),
+        household_id=row[9],
+        status=row[10],
+        registered_on=row[11],
+        removed_on=row[12],
+        last_reason=row[13],
+    )
+
+
+def person_values(p: Person) -> dict[str, object]:
+    return {
+        "name": p.name,
+        "name_kana": p.name_kana,
+        "former_surname": p.former_surname,
+        "alias": p.alias,
+        "birth_date": p.birth_date,
+        "sex": p.sex,
+        "address": p.address,
+    }
+
+
+async def resident_by_code(conn: AsyncConnection, code: str) -> ResidentState | None:
+    """The entry with this code, or with a code it had before a code change."""
+    row = (await conn.execute(select(*_COLUMNS).where(R.c.resident_code == code))).first()
+    if row is None:
+        resident_id = await conn.scalar(
+            select(models.previous_codes.c.resident_id).where(
+                models.previous_codes.c.resident_code == code
+            )
+        )
+        if resident_id is None:
+            return None
+        row = (await conn.execute(select(*_COLUMNS).where(R.c.id == resident_id))).first()
+    return None if row is None else _state(row)
+
+
+async def household_members(conn: AsyncConnection, household_id: str) -> list[ResidentState]:
+    rows = await conn.execute(
+        select(*_COLUMNS)
+        .where(R.c.household_id == household_id, R.c.status == ACTIVE)
+        .order_by(R.c.id)
+    )
+    return [_state(r) for r in rows]
+
+
+async def household_exists(conn: AsyncConnection, household_id: str) -> bool:
+    found = await conn.scalar(
+        select(R.c.id).where(R.c.household_id == household_id, R.c.status == ACTIVE).limit(1)
+    )
+    return found is not None
+
+
+async def insert_resident(
+    conn: AsyncConnection,
+    code: str,
+    person: Person,
+    household_id: str,
+    registered_on: str,
+    reason: int,
+    source_id: str | None = None,
+) -> ResidentState:
+    values = {
+        "resident_code": code,
+        "source_id": source_id,
+        **person_values(person),
+        "household_id": household_id,
+        "status": ACTIVE,
+        "registered_on": registered_on,
+        "removed_on": "",
+        "last_reason": reason,
+        "updated_at": _now(),
+    }
+    result = await conn.execute(insert(R).values(**values).returning(R.c.id))
+    resident_id = int(result.scalar_one())
+    return ResidentState(resident_id, code, person, household_id, ACTIVE, registered_on, "", reason)
+
+
+async def insert_residents(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
+    """Bulk insert (one executemany); rows carry every column but id."""
+    if rows:
+        now = _now()
+        await conn.execute(insert(R), [{**r, "updated_at": now} for r in rows])
+
+
+async def update_resident(conn: AsyncConnection, resident_id: int, **values: object) -> None:
+    await conn.execute(update(R).where(R.c.id == resident_id).values(**values, updated_at=_now()))
+
+
+async def record_code_change(
+    conn: AsyncConnection, resident_id: int, old: str, new: str, on: str
+) -> None:
+    await conn.execute(
+        insert(models.previous_codes).values(
+            resident_code=old, resident_id=resident_id, replaced_by=new, changed_on=on
+        )
+    )
+
+
+async def codes_of(conn: AsyncConnection, resident: ResidentState) -> list[str]:
+    """Every code the resident has had, current first."""
+    rows = await conn.execute(
+        select(models.previous_codes.c.resident_code).where(
+            models.previous_codes.c.resident_id == resident.id
+        )
+    )
+    return [resident.resident_code, *rows.scalars()]
+
+
+async def existing_source_ids(conn: AsyncConnection, source_ids: Sequence[str]) -> set[str]:
+    out: set[str] = set()
+    for i in range(0, len(source_ids), 500):
+        rows = await conn.execute(
+            select(R.c.source_id).where(R.c.source_id.in_(source_ids[i : i + 500]))
+        )
+        out.update(s for s in rows.scalars() if s is not None)
+    return out
+
+
+async def export_page(conn: AsyncConnection, after_id: int, limit: int) -> list[ResidentState]:
+    rows = await conn.execute(select(*_COLUMNS).where(R.c.id > after_id).order_by(R.c.id).limit(limit))
+    return [_state(r) for r in rows]
+
+
+async def resident_counts(conn: AsyncConnection) -> tuple[int, int]:
+    rows = await conn.execute(select(R.c.status, func.count()).group_by(R.c.status))
+    counts = {int(s): int(c) for s, c in rows}
+    return counts.get(ACTIVE, 0), counts.get(REMOVED, 0)
+
+
+# -- code pool --------------------------------------------------------------
+
+P = models.code_pool
+
+
+async def free_codes(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(select(func.count()).select_from(P).where(P.c.used_at.is_(None))) or 0)
+
+
+async def take_codes(conn: AsyncConnection, count: int) -> list[str]:
+    """Mark ``count`` unused codes as used and return them (fewer if the pool is short)."""
+    codes = list(
+        (
+            await conn.execute(
+                select(P.c.resident_code).where(P.c.used_at.is_(None)).order_by(P.c.resident_code).limit(count)
+            )
+        ).scalars()
+    )
+    now = _now()
+    for i in range(0, len(codes), 500):
+        await conn.execute(
+            update(P).where(P.c.resident_code.in_(codes[i : i + 500])).values(used_at=now)
+        )
+    return codes
+
+
+async def in_pool(conn: AsyncConnection, code: str) -> bool:
+    return await conn.scalar(select(P.c.resident_code).where(P.c.resident_code == code)) is not None
+
+
+async def pending_pool_request(conn: AsyncConnection) -> tuple[str, int] | None:
+    Q = models.pool_requests
+    row = (
+        await conn.execute(
+            select(Q.c.request_id, Q.c.count).where(Q.c.fulfilled_at.is_(None)).order_by(Q.c.requested_at).limit(1)
+        )
+    ).first()
+    return None if row is None else (row[0], int(row[1]))
+
+
+async def add_pool_request(conn: AsyncConnection, request_id: str, count: int) -> None:
+    await conn.execute(
+        insert(models.pool_requests).values(request_id=request_id, count=count, requested_at=_now())
+    )
+
+
+async def fulfil_pool_request(conn: AsyncConnection, request_id: str, codes: Sequence[str]) -> int:
+    """Store the codes of a request (once) and close it; returns how many were new."""
+    Q = models.pool_requests
+    done = await conn.scalar(
+        select(Q.c.fulfilled_at).where(and_(Q.c.request_id == request_id, Q.c.fulfilled_at.is_not(None)))
+    )
+    if done is not None:
+        return 0
+    now = _now()
+    if codes:
+        await conn.execute(
+            insert(P), [{"resident_code": c, "request_id": request_id, "received_at": now} for c in codes]
+        )
+    await conn.execute(update(Q).where(Q.c.request_id == request_id).values(fulfilled_at=now))
+    return len(codes)

@@ -1,0 +1,26 @@
+"""Rules of a prefecture node that need no I/O."""
+
+from __future__ import annotations
+
+from jukinet.errors import PermissionDenied
+from jukinet.identity import Identity
+from jukinet.v1 import common_pb2
+
+
+def authorize_municipal_origin(caller: Identity, n: common_pb2.Notification, prefix: str) -> None:
+    """A municipality sends only its own notifications (its prefecture is checked
+    by the method table before any of this runs)."""
+    if n.origin_code != caller.code:
+        raise PermissionDenied(
+            f"{prefix}.origin_code: {caller.uri} may not send notifications of {n.origin_code}",
+            reason="foreign-origin",
+        )
+
+
+def authorize_pool_request(caller: Identity, municipality_code: str) -> None:
+    """A municipality asks for codes for itself only."""
+    if municipality_code != caller.code:
+        raise PermissionDenied(
+            f"municipality_code: {caller.uri} may not ask for codes of {municipality_code}",
+            reason="foreign-origin",
+        )

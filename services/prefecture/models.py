@@ -1,0 +1,11 @@
+"""Tables of a prefecture node: the holdings of its municipalities' residents,
+the codes it handed down, and the relay outbox to the national node."""
+
+from sqlalchemy import MetaData
+
+from jukinet.holdings import define_holdings
+from jukinet.outbox import define_outbox
+
+metadata = MetaData()
+holdings = define_holdings(metadata)
+outbox = define_outbox(metadata)

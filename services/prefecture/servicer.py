@@ -1,0 +1,85 @@
+"""gRPC surface of a prefecture node."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from jukinet.db import Database
+from jukinet.holding_service import HoldingService
+from jukinet.interceptors import current_identity
+from jukinet.metrics import NodeMetrics
+from jukinet.outbox import Outbox
+from jukinet.v1 import delivery_pb2, national_pb2_grpc, prefecture_pb2_grpc
+from jukinet.validation import check_known_local_government
+from services.national.logic import check_pool_request
+from services.prefecture.logic import authorize_pool_request
+
+MAX_POOL = 100_000
+
+
+class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
+    def __init__(
+        self,
+        db: Database,
+        holding: HoldingService,
+        outbox: Outbox,
+        national: national_pb2_grpc.NationalServiceStub,
+        metrics: NodeMetrics,
+    ) -> None:
+        self._db = db
+        self._holding = holding
+        self._outbox = outbox
+        self._national = national
+        self._metrics = metrics
+
+    async def PushNotifications(  # noqa: N802
+        self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
+    ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
+        async for response in self._holding.push(request_iterator):
+            yield response
+
+    async def AllocateCodePool(  # noqa: N802
+        self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
+    ) -> delivery_pb2.AllocateCodePoolResponse:
+        """Obtain a pool from the national node and remember it for the pool check."""
+        caller = current_identity()
+        check_known_local_government(request.municipality_code, "municipality_code")
+        check_pool_request(request.count, request.request_id, MAX_POOL)
+        authorize_pool_request(caller, request.municipality_code)
+        store = self._holding.store
+        async with self._db.read() as conn:
+            earlier = await store.issued_for_request(conn, request.request_id)
+        if earlier is not None and earlier[0] == request.municipality_code:
+            return delivery_pb2.AllocateCodePoolResponse(resident_codes=earlier[1])
+        # The national call is idempotent by request_id, so a crash between it and
+        # the write below only means the municipality asks again and gets the same.
+        response: delivery_pb2.AllocateCodePoolResponse = await self._national.AllocateCodePool(
+            request, timeout=30
+        )
+        async with self._db.write() as conn:
+            if await store.issued_for_request(conn, request.request_id) is None:
+                await store.record_issued(
+                    conn, list(response.resident_codes), request.municipality_code,
+                    request.request_id,
+                )
+        self._metrics.codes_issued.inc(len(response.resident_codes))
+        return response
+
+    async def GetIdentity(  # noqa: N802
+        self, request: delivery_pb2.GetIdentityRequest, context: Any
+    ) -> delivery_pb2.GetIdentityResponse:
+        return await self._holding.get_identity(request)
+
+    async def ExportIdentities(  # noqa: N802
+        self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
+    ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
+        async for page in self._holding.export(request):
+            yield page
+
+    async def GetDeliveryStatus(  # noqa: N802
+        self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
+    ) -> delivery_pb2.GetDeliveryStatusResponse:
+        async with self._db.read() as conn:
+            status = await self._outbox.status(conn)
+        return await self._holding.delivery_status(status.last_sequence, status.acknowledged_through)

@@ -1,0 +1,66 @@
+"""Shared fixtures: the database backends, a PKI per session, federations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.federation import PG_ADMIN_DSN, Federation, federation, issue_certificates
+
+MUNICIPALITIES = ["312011", "312029", "131016"]
+AGENCIES = ["nenkin", "mofa-passport"]
+
+
+def _pg_wanted() -> bool:
+    return os.environ.get("JUKINET_TEST_PG", "").lower() != "skip"
+
+
+def _pg_dsn() -> str:
+    return os.environ.get("JUKINET_TEST_PG_DSN", PG_ADMIN_DSN)
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> None:
+    """PostgreSQL must answer; it is never silently skipped unless asked."""
+
+    async def ping() -> None:
+        conn = await asyncpg.connect(_pg_dsn(), timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:  # pragma: no cover - reported as a failure
+        pytest.fail(
+            f"PostgreSQL at {_pg_dsn()} is unreachable ({exc}); start it, or set "
+            "JUKINET_TEST_PG=skip to run the SQLite path only",
+            pytrace=False,
+        )
+
+
+def backends() -> list[str]:
+    return ["sqlite", "postgres"] if _pg_wanted() else ["sqlite"]
+
+
+@pytest.fixture(params=backends())
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("pg_available")
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    issue_certificates(d, MUNICIPALITIES, AGENCIES)
+    return d
+
+
+@pytest.fixture
+async def fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[Federation]:
+    async for f in federation(tmp_path, backend, MUNICIPALITIES, pki_dir):
+        yield f

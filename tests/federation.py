@@ -1,0 +1,206 @@
+"""A whole federation inside the test process: real servers on 127.0.0.1 port 0,
+real mTLS with certificates from the project's PKI, real databases (SQLite
+files or fresh PostgreSQL databases)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+
+from jukinet import pki
+from jukinet.client import tls_files
+from jukinet.config import MunicipalConfig, NationalConfig, PrefectureConfig
+from jukinet.tls import secure_channel
+from jukinet.v1 import (
+    delivery_pb2,
+    municipal_pb2,
+    municipal_pb2_grpc,
+    national_pb2_grpc,
+    prefecture_pb2_grpc,
+)
+from services.municipal.app import MunicipalApp
+from services.national.app import NationalApp
+from services.prefecture.app import PrefectureApp
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class Databases:
+    """Hands out one database URL per node, and drops what it created."""
+
+    def __init__(self, backend: str, workdir: Path, admin_dsn: str = PG_ADMIN_DSN) -> None:
+        self.backend = backend
+        self.workdir = workdir
+        self.admin_dsn = admin_dsn
+        self.created: list[str] = []
+
+    async def url(self, node: str) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite+aiosqlite:///{self.workdir / (node + '.db')}"
+        name = f"jk_{node.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        self.created.append(name)
+        base = self.admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        return f"{base}/{name}"
+
+    async def drop_all(self) -> None:
+        if not self.created:
+            return
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            for name in self.created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@dataclass
+class Federation:
+    """Running nodes and operator channels to each."""
+
+    pki_dir: Path
+    databases: Databases
+    national: NationalApp | None = None
+    national_port: int = 0
+    prefectures: dict[str, PrefectureApp] = field(default_factory=dict)
+    prefecture_ports: dict[str, int] = field(default_factory=dict)
+    municipalities: dict[str, MunicipalApp] = field(default_factory=dict)
+    municipal_ports: dict[str, int] = field(default_factory=dict)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def channel(self, port: int, cert_name: str) -> grpc.aio.Channel:
+        ch = secure_channel(f"127.0.0.1:{port}", tls_files(self.pki_dir, cert_name))
+        self.channels.append(ch)
+        return ch
+
+    def operator(self, code: str) -> municipal_pb2_grpc.MunicipalServiceStub:
+        ch = self.channel(self.municipal_ports[code], f"operator-{code}-admin")
+        return municipal_pb2_grpc.MunicipalServiceStub(ch)
+
+    def prefecture_operator(self, code: str) -> prefecture_pb2_grpc.PrefectureServiceStub:
+        ch = self.channel(self.prefecture_ports[code], f"operator-{code}-admin")
+        return prefecture_pb2_grpc.PrefectureServiceStub(ch)
+
+    def national_operator(self) -> national_pb2_grpc.NationalServiceStub:
+        ch = self.channel(self.national_port, "operator-national-admin")
+        return national_pb2_grpc.NationalServiceStub(ch)
+
+    async def start_national(self) -> None:
+        config = NationalConfig(
+            listen=f"127.0.0.1:{self.national_port}",
+            database_url=await self._url("national"),
+            tls=self._tls("national"),
+        )
+        self.national = NationalApp(config)
+        self.national_port = await self.national.start()
+
+    async def start_prefecture(self, code: str, port: int = 0) -> None:
+        config = PrefectureConfig(
+            listen=f"127.0.0.1:{port or self.prefecture_ports.get(code, 0)}",
+            database_url=await self._url(f"prefecture-{code}"),
+            tls=self._tls(f"prefecture-{code}"),
+            prefecture_code=code,
+            national_target=f"127.0.0.1:{self.national_port}",
+            push_batch_size=200,
+        )
+        app = PrefectureApp(config)
+        self.prefectures[code] = app
+        self.prefecture_ports[code] = await app.start()
+
+    async def start_municipality(self, code: str, **overrides: Any) -> None:
+        settings: dict[str, Any] = {
+            "pool_low_watermark": 20,
+            "pool_refill_size": 100,
+            "push_batch_size": 200,
+        }
+        settings.update(overrides)
+        config = MunicipalConfig(
+            listen="127.0.0.1:0",
+            database_url=await self._url(f"municipality-{code}"),
+            tls=self._tls(f"municipality-{code}"),
+            local_government_code=code,
+            prefecture_target=f"127.0.0.1:{self.prefecture_ports[code[:2]]}",
+            **settings,
+        )
+        app = MunicipalApp(config)
+        self.municipalities[code] = app
+        self.municipal_ports[code] = await app.start()
+
+    _urls: dict[str, str] = field(default_factory=dict)
+
+    async def _url(self, node: str) -> str:
+        # A restarted node gets its own database back.
+        if node not in self._urls:
+            self._urls[node] = await self.databases.url(node)
+        return self._urls[node]
+
+    def _tls(self, name: str) -> Any:
+        return tls_files(self.pki_dir, name)
+
+    async def stop(self) -> None:
+        for ch in self.channels:
+            await ch.close()
+        for m in self.municipalities.values():
+            await m.stop()
+        for p in self.prefectures.values():
+            await p.stop()
+        if self.national is not None:
+            await self.national.stop()
+
+    async def wait_delivered(self, timeout: float = 30.0) -> None:
+        """Until the national node has applied every municipal notification."""
+        national = self.national_operator()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            want = {}
+            for code in self.municipalities:
+                status = await self.operator(code).GetStatus(municipal_pb2.GetMunicipalStatusRequest())
+                want[code] = status.last_sequence
+            got_status = await national.GetDeliveryStatus(delivery_pb2.GetDeliveryStatusRequest())
+            got = {c.origin_code: c.last_sequence for c in got_status.applied}
+            if all(got.get(c, 0) >= s for c, s in want.items()):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not delivered in {timeout}s: want {want}, national has {got}")
+            await asyncio.sleep(0.05)
+
+
+def issue_certificates(pki_dir: Path, municipalities: list[str], agencies: list[str] = ()) -> None:  # type: ignore[assignment]
+    pki.issue_federation(
+        pki_dir,
+        pki.FederationSpec(
+            municipalities=municipalities, agencies=list(agencies), operators=True,
+            prefectures=["13", "31"],
+        ),
+    )
+
+
+async def federation(
+    tmp: Path, backend: str, municipalities: list[str], pki_dir: Path
+) -> AsyncIterator[Federation]:
+    dbs = Databases(backend, tmp)
+    fed = Federation(pki_dir=pki_dir, databases=dbs)
+    try:
+        await fed.start_national()
+        for pref in sorted({m[:2] for m in municipalities}):
+            await fed.start_prefecture(pref)
+        for m in municipalities:
+            await fed.start_municipality(m)
+        yield fed
+    finally:
+        await fed.stop()
+        await dbs.drop_all()
+
+
+PersonFactory = Callable[..., municipal_pb2.PersonDetails]

@@ -1,0 +1,604 @@
+"""Real grpc.aio servers on 127.0.0.1 with real mutual TLS: authentication,
+the per-method authorization table, and error translation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from jukinet import pki
+from jukinet.errors import ConfigError, InvalidArgument, SequenceGap
+from jukinet.identity import Identity, Kind
+from jukinet.interceptors import (
+    AuthInterceptor,
+    Rule,
+    agency,
+    all_of,
+    allow,
+    any_of,
+    authenticated,
+    current_identity,
+    exactly,
+    municipality_of_prefecture,
+    operator_in_prefecture,
+    operator_of,
+)
+from jukinet.tls import SERVER_OPTIONS, RevocationList, TlsFiles, secure_channel, server_credentials
+from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
+
+SERVICE = "/jukinet.v1.PrefectureService/"
+STATUS = SERVICE + "GetDeliveryStatus"
+ALLOCATE = SERVICE + "AllocateCodePool"
+GET_IDENTITY = SERVICE + "GetIdentity"
+EXPORT = SERVICE + "ExportIdentities"
+PUSH = SERVICE + "PushNotifications"
+
+RULES: dict[str, Rule] = {
+    STATUS: any_of(municipality_of_prefecture("31"), operator_of("31")),
+    ALLOCATE: municipality_of_prefecture("31"),
+    GET_IDENTITY: allow(Kind.MUNICIPALITY),
+    EXPORT: allow(Kind.MUNICIPALITY),
+    PUSH: municipality_of_prefecture("31"),
+}
+
+TIMEOUT = 10
+
+
+class ProbeServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
+    """A prefecture that reports who called and fails on demand."""
+
+    def __init__(self) -> None:
+        self.seen: list[Identity] = []
+
+    async def GetDeliveryStatus(
+        self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
+    ) -> delivery_pb2.GetDeliveryStatusResponse:
+        identity = current_identity()
+        self.seen.append(identity)
+        return delivery_pb2.GetDeliveryStatusResponse(
+            applied=[delivery_pb2.OriginCursor(origin_code=identity.uri)]
+        )
+
+    async def AllocateCodePool(
+        self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
+    ) -> delivery_pb2.AllocateCodePoolResponse:
+        raise SequenceGap(current_identity().code, 5, 7)
+
+    async def GetIdentity(
+        self, request: delivery_pb2.GetIdentityRequest, context: Any
+    ) -> delivery_pb2.GetIdentityResponse:
+        raise RuntimeError("secret detail: resident 123456789012")
+
+    async def ExportIdentities(
+        self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
+    ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
+        yield delivery_pb2.ExportIdentitiesResponse()
+        raise InvalidArgument("page_size", "must be at most 1000")
+
+    async def PushNotifications(
+        self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
+    ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
+        async for batch in request_iterator:
+            # The identity stays visible for the whole life of the stream.
+            self.seen.append(current_identity())
+            yield delivery_pb2.PushNotificationsResponse(acknowledged_through=len(batch.entries))
+
+
+class BareServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
+    """Only GetDeliveryStatus; the rest are the generated (synchronous) stubs."""
+
+    async def GetDeliveryStatus(
+        self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
+    ) -> delivery_pb2.GetDeliveryStatusResponse:
+        return delivery_pb2.GetDeliveryStatusResponse()
+
+
+# --- PKI fixtures ---------------------------------------------------------------------
+
+
+class Pki:
+    """A federation PKI in a temporary directory, plus a foreign one."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "pki"
+        self.foreign = root / "foreign"
+        spec = pki.FederationSpec(
+            municipalities=["312011", "312029", "131016"], agencies=["nta"], operators=True
+        )
+        pki.issue_federation(self.dir, spec)
+        pki.issue(self.dir, Identity.municipality("312037"), "revoked-312037")
+        pki.revoke(self.dir, "revoked-312037")
+        pki.create_ca(self.foreign, "impostor CA")
+        pki.issue(self.foreign, Identity.municipality("312011"), "municipality-312011")
+
+    def files(self, name: str, *, directory: Path | None = None) -> TlsFiles:
+        d = directory or self.dir
+        return TlsFiles(ca=self.dir / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key")
+
+    def server_files(self) -> TlsFiles:
+        return TlsFiles(
+            ca=self.dir / "ca.pem",
+            cert=self.dir / "prefecture-31.pem",
+            key=self.dir / "prefecture-31.key",
+            crl=self.dir / "crl.pem",
+        )
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("mtls"))
+
+
+StartServer = Callable[..., Awaitable[tuple[int, ProbeServicer]]]
+
+
+@pytest.fixture
+async def start_server(federation: Pki) -> AsyncIterator[StartServer]:
+    servers: list[grpc.aio.Server] = []
+
+    async def start(
+        rules: Mapping[str, Rule] = RULES,
+        servicer: prefecture_pb2_grpc.PrefectureServiceServicer | None = None,
+        revoked: Any = None,
+    ) -> tuple[int, Any]:
+        files = federation.server_files()
+        interceptor = AuthInterceptor(
+            rules, revoked=revoked if revoked is not None else RevocationList(files)
+        )
+        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
+        servicer = servicer if servicer is not None else ProbeServicer()
+        prefecture_pb2_grpc.add_PrefectureServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(files))
+        await server.start()
+        servers.append(server)
+        return port, servicer
+
+    yield start
+    for server in servers:
+        await server.stop(None)
+
+
+def reason(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    return {k: v for k, v in err.trailing_metadata() or () if isinstance(v, str)}
+
+
+async def get_status(
+    port: int, files: TlsFiles, *, host: str = "127.0.0.1"
+) -> delivery_pb2.GetDeliveryStatusResponse:
+    async with secure_channel(f"{host}:{port}", files) as channel:
+        stub = prefecture_pb2_grpc.PrefectureServiceStub(channel)
+        return await stub.GetDeliveryStatus(
+            delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
+        )
+
+
+async def status_error(port: int, files: TlsFiles, *, channel_credentials: Any = None) -> Any:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        if channel_credentials is None:
+            await get_status(port, files)
+        else:
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials) as ch:
+                stub = prefecture_pb2_grpc.PrefectureServiceStub(ch)
+                await stub.GetDeliveryStatus(
+                    delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
+                )
+    return info.value
+
+
+# --- authentication and authorization ------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_right_identity_succeeds_and_handler_sees_it(
+    federation: Pki, start_server: StartServer, host: str
+) -> None:
+    # Host name verification stays on: 127.0.0.1 matches the IP SAN,
+    # localhost the DNS SAN, with no ssl_target_name_override.
+    port, servicer = await start_server()
+    response = await get_status(port, federation.files("municipality-312011"), host=host)
+    assert [c.origin_code for c in response.applied] == ["jukinet://municipality/312011"]
+    assert servicer.seen == [Identity.municipality("312011")]
+
+
+async def test_any_of_lets_an_operator_of_the_prefecture_in(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, servicer = await start_server()
+    await get_status(port, federation.files("operator-31-admin"))
+    assert servicer.seen == [Identity.operator("31", "admin")]
+
+
+async def test_no_client_certificate_fails_the_handshake(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, servicer = await start_server()
+    only_trust = grpc.ssl_channel_credentials(
+        root_certificates=(federation.dir / "ca.pem").read_bytes()
+    )
+    err = await status_error(port, federation.files("x"), channel_credentials=only_trust)
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert servicer.seen == []
+
+
+async def test_client_certificate_from_another_ca_fails_the_handshake(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, servicer = await start_server()
+    # Trusts our CA (so the server checks out) but presents an impostor's
+    # certificate naming a legitimate municipality. Built by hand: TlsFiles
+    # would refuse a certificate not issued by the CA it is given.
+    impostor = grpc.ssl_channel_credentials(
+        root_certificates=(federation.dir / "ca.pem").read_bytes(),
+        private_key=(federation.foreign / "municipality-312011.key").read_bytes(),
+        certificate_chain=(federation.foreign / "municipality-312011.pem").read_bytes(),
+    )
+    err = await status_error(port, federation.files("x"), channel_credentials=impostor)
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert servicer.seen == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["national", "prefecture-31", "gateway", "agency-nta", "operator-312011-admin"],
+)
+async def test_wrong_tier_is_permission_denied(
+    federation: Pki, start_server: StartServer, name: str
+) -> None:
+    port, servicer = await start_server()
+    err = await status_error(port, federation.files(name))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert reason(err)["jukinet-reason"] == "wrong-identity"
+    assert STATUS in err.details()
+    assert "jukinet://" in err.details()
+    assert servicer.seen == []
+
+
+async def test_wrong_prefecture_is_permission_denied(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, servicer = await start_server()
+    err = await status_error(port, federation.files("municipality-131016"))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert reason(err)["jukinet-reason"] == "wrong-identity"
+    assert "jukinet://municipality/131016" in err.details()
+    assert servicer.seen == []
+
+
+async def test_revoked_certificate_is_unauthenticated(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, servicer = await start_server()
+    err = await status_error(port, federation.files("revoked-312037"))
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert reason(err)["jukinet-reason"] == "revoked-certificate"
+    assert servicer.seen == []
+
+
+async def test_revocation_takes_effect_on_a_running_server(
+    federation: Pki, start_server: StartServer, tmp_path: Path
+) -> None:
+    # A private copy of the PKI so revoking here does not leak into other tests.
+    private = tmp_path / "pki"
+    shutil.copytree(federation.dir, private)
+    files = TlsFiles(
+        private / "ca.pem",
+        private / "prefecture-31.pem",
+        private / "prefecture-31.key",
+        private / "crl.pem",
+    )
+    port, servicer = await start_server(revoked=RevocationList(files, check_every=0))
+    client = TlsFiles(
+        private / "ca.pem", private / "municipality-312029.pem", private / "municipality-312029.key"
+    )
+    await get_status(port, client)
+    pki.revoke(private, "municipality-312029")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await get_status(port, client)
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert len(servicer.seen) == 1
+
+
+async def test_method_missing_from_the_table_is_denied(
+    federation: Pki, start_server: StartServer
+) -> None:
+    rules = {k: v for k, v in RULES.items() if k != STATUS}
+    port, servicer = await start_server(rules)
+    err = await status_error(port, federation.files("municipality-312011"))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert reason(err)["jukinet-reason"] == "no-rule"
+    assert servicer.seen == []
+
+
+async def test_health_check_is_open_to_any_authenticated_identity(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, _ = await start_server()
+    for name in ("agency-nta", "national", "municipality-131016"):
+        async with secure_channel(f"127.0.0.1:{port}", federation.files(name)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            # Watch is a reader/writer (context.write) streaming handler.
+            call = stub.Watch(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            first = await call.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            call.cancel()
+
+
+async def test_health_check_still_refuses_a_revoked_certificate(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, _ = await start_server()
+    files = federation.files("revoked-312037")
+    async with secure_channel(f"127.0.0.1:{port}", files) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+            )
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_bidirectional_stream_is_authorized_and_sees_the_identity(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, servicer = await start_server()
+
+    async def batches() -> AsyncIterator[delivery_pb2.PushNotificationsRequest]:
+        for n in (1, 2, 3):
+            yield delivery_pb2.PushNotificationsRequest(
+                entries=[delivery_pb2.OutboxEntry(outbox_sequence=i) for i in range(n)]
+            )
+
+    files = federation.files("municipality-312011")
+    async with secure_channel(f"127.0.0.1:{port}", files) as channel:
+        call = prefecture_pb2_grpc.PrefectureServiceStub(channel).PushNotifications(
+            batches(), timeout=TIMEOUT
+        )
+        acks = [r.acknowledged_through async for r in call]
+    assert acks == [1, 2, 3]
+    assert servicer.seen == [Identity.municipality("312011")] * 3
+
+    files = federation.files("municipality-131016")
+    async with secure_channel(f"127.0.0.1:{port}", files) as channel:
+        # Reader/writer style, without writing: a grpc.aio client that is still
+        # writing when the server ends the call can report INTERNAL "Internal
+        # error from Core" instead of the server's status (grpc/grpc#36066).
+        call = prefecture_pb2_grpc.PrefectureServiceStub(channel).PushNotifications(timeout=TIMEOUT)
+        assert await call.code() is grpc.StatusCode.PERMISSION_DENIED
+        metadata = dict(await call.trailing_metadata() or ())
+    assert metadata["jukinet-reason"] == "wrong-identity"
+    assert len(servicer.seen) == 3
+
+
+# --- error translation ---------------------------------------------------------------
+
+
+async def test_jukinet_error_becomes_its_status_and_metadata(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, _ = await start_server()
+    async with secure_channel(f"127.0.0.1:{port}", federation.files("municipality-312011")) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await prefecture_pb2_grpc.PrefectureServiceStub(ch).AllocateCodePool(
+                delivery_pb2.AllocateCodePoolRequest(), timeout=TIMEOUT
+            )
+    err = info.value
+    assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert err.details() == "origin 312011: expected sequence 5, got 7"
+    assert (
+        reason(err).items()
+        >= {
+            "jukinet-reason": "sequence-gap",
+            "jukinet-expected-sequence": "5",
+        }.items()
+    )
+
+
+async def test_jukinet_error_in_a_response_stream_after_a_message(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, _ = await start_server()
+    async with secure_channel(f"127.0.0.1:{port}", federation.files("municipality-131016")) as ch:
+        call = prefecture_pb2_grpc.PrefectureServiceStub(ch).ExportIdentities(
+            delivery_pb2.ExportIdentitiesRequest(), timeout=TIMEOUT
+        )
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for response in call:
+                received.append(response)
+    assert len(received) == 1
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(info.value) == {
+        "jukinet-reason": "invalid-argument",
+        "jukinet-field": "page_size",
+    }
+
+
+async def test_unexpected_exception_is_internal_and_logged(
+    federation: Pki, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = await start_server()
+    caplog.set_level(logging.ERROR, logger="jukinet.rpc")
+    async with secure_channel(f"127.0.0.1:{port}", federation.files("municipality-131016")) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await prefecture_pb2_grpc.PrefectureServiceStub(ch).GetIdentity(
+                delivery_pb2.GetIdentityRequest(), timeout=TIMEOUT
+            )
+    err = info.value
+    assert err.code() is grpc.StatusCode.INTERNAL
+    assert err.details() == "internal error"
+    assert "secret" not in (err.debug_error_string() or "")
+    records = [r for r in caplog.records if r.name == "jukinet.rpc"]
+    assert len(records) == 1
+    assert GET_IDENTITY in records[0].getMessage()
+    assert "jukinet://municipality/131016" in records[0].getMessage()
+    assert records[0].exc_info is not None
+    assert "secret detail" in caplog.text  # the full traceback stays on the server
+
+
+async def test_generated_stub_of_an_unimplemented_method_is_unimplemented(
+    federation: Pki, start_server: StartServer
+) -> None:
+    port, _ = await start_server(servicer=BareServicer())
+    files = federation.files("municipality-312011")
+    async with secure_channel(f"127.0.0.1:{port}", files) as ch:
+        stub = prefecture_pb2_grpc.PrefectureServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.AllocateCodePool(delivery_pb2.AllocateCodePoolRequest(), timeout=TIMEOUT)
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+        async def one() -> AsyncIterator[delivery_pb2.PushNotificationsRequest]:
+            yield delivery_pb2.PushNotificationsRequest()
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            _ = [r async for r in stub.PushNotifications(one(), timeout=TIMEOUT)]
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+# --- pieces --------------------------------------------------------------------------
+
+
+def test_current_identity_outside_an_rpc_raises() -> None:
+    with pytest.raises(RuntimeError):
+        current_identity()
+
+
+def test_rule_builders() -> None:
+    m31 = Identity.municipality("312011")
+    m13 = Identity.municipality("131016")
+    op31 = Identity.operator("31", "admin")
+    op_m31 = Identity.operator("312011", "clerk")
+    nta = Identity.agency("nta")
+    assert allow(Kind.MUNICIPALITY)(m13)
+    assert not allow(Kind.PREFECTURE, Kind.NATIONAL)(m13)
+    assert municipality_of_prefecture("31")(m31)
+    assert not municipality_of_prefecture("31")(m13)
+    assert not municipality_of_prefecture("31")(op31)
+    assert operator_of("31")(op31) and not operator_of("31")(op_m31)
+    assert operator_of("312011")(op_m31)
+    assert operator_in_prefecture("31")(op31) and operator_in_prefecture("31")(op_m31)
+    assert not operator_in_prefecture("13")(op31)
+    assert agency()(nta) and agency("nta")(nta) and not agency("mhlw")(nta)
+    assert exactly(m31)(m31) and not exactly(m31)(m13)
+    assert authenticated()(nta)
+    assert any_of(allow(Kind.AGENCY), operator_of("31"))(op31)
+    assert not any_of()(m31)
+    assert all_of(allow(Kind.MUNICIPALITY), municipality_of_prefecture("13"))(m13)
+    assert not all_of()(m31)
+    with pytest.raises(ValueError):
+        municipality_of_prefecture("48")
+    with pytest.raises(ValueError):
+        operator_of("312012")
+    with pytest.raises(ValueError):
+        allow()
+
+
+def test_rule_table_keys_must_be_full_method_names() -> None:
+    with pytest.raises(ValueError):
+        AuthInterceptor({"jukinet.v1.PrefectureService/GetDeliveryStatus": authenticated()})
+
+
+# --- TLS files -----------------------------------------------------------------------
+
+
+def test_tls_files_load_checks_everything(federation: Pki, tmp_path: Path) -> None:
+    good = federation.server_files()
+    material = good.load()
+    assert material.revoked_serials  # the revoked test certificate
+    assert material.cert.startswith(b"-----BEGIN CERTIFICATE-----")
+
+    def fails(files: TlsFiles, *words: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            files.load()
+        message = str(info.value)
+        assert "\n" not in message
+        for word in words:
+            assert word in message
+
+    missing = tmp_path / "nope.pem"
+    fails(TlsFiles(good.ca, missing, good.key), "tls.cert", "file not found")
+    not_pem = tmp_path / "junk.pem"
+    not_pem.write_text("hello")
+    fails(TlsFiles(not_pem, good.cert, good.key), "tls.ca", "not a PEM")
+    fails(TlsFiles(good.ca, good.cert, federation.dir / "national.key"), "does not match")
+    foreign = federation.files("municipality-312011", directory=federation.foreign)
+    fails(TlsFiles(good.ca, foreign.cert, foreign.key), "not issued by the CA")
+    fails(
+        TlsFiles(
+            good.ca,
+            federation.dir / "revoked-312037.pem",
+            federation.dir / "revoked-312037.key",
+            good.crl,
+        ),
+        "revoked",
+    )
+    foreign_crl = federation.foreign / "crl.pem"
+    fails(TlsFiles(good.ca, good.cert, good.key, foreign_crl), "tls.crl", "not signed by the CA")
+    fails(TlsFiles(tmp_path, good.cert, good.key), "tls.ca", "directory")
+
+    expired_cert, expired_key = _expired_leaf(federation.dir, tmp_path)
+    fails(TlsFiles(good.ca, expired_cert, expired_key), "tls.cert", "expired")
+
+
+def _expired_leaf(ca_dir: Path, out: Path) -> tuple[Path, Path]:
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = out / "old.pem", out / "old.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_channel_to_a_server_with_a_foreign_certificate_fails(
+    federation: Pki, tmp_path: Path
+) -> None:
+    # The client verifies the server as strictly as the server verifies the client.
+    pki.create_ca(tmp_path, "impostor CA")
+    pki.issue(tmp_path, Identity.prefecture("31"), "prefecture-31")
+    impostor = TlsFiles(
+        tmp_path / "ca.pem", tmp_path / "prefecture-31.pem", tmp_path / "prefecture-31.key"
+    )
+    server = grpc.aio.server(interceptors=[AuthInterceptor(RULES)])
+    servicer = ProbeServicer()
+    prefecture_pb2_grpc.add_PrefectureServiceServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(impostor))
+    await server.start()
+    try:
+        err = await status_error(port, federation.files("municipality-312011"))
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
+        assert servicer.seen == []
+    finally:
+        await server.stop(None)
