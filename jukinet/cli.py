@@ -58,7 +58,9 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=env.get("JUKINET_TARGET"), help="host:port of the node")
     parser.add_argument("--pki", default=env.get("JUKINET_PKI", "pki"), help="PKI folder")
     parser.add_argument(
-        "--as", dest="identity", default=env.get("JUKINET_AS"),
+        "--as",
+        dest="identity",
+        default=env.get("JUKINET_AS"),
         help="certificate name in the PKI folder, e.g. operator-312011-admin",
     )
 
@@ -85,12 +87,16 @@ def _person(args: argparse.Namespace) -> municipal_pb2.PersonDetails:
     )
 
 
-Call = Callable[[grpc.aio.Channel, argparse.Namespace], Awaitable[Message | None]]
+# Stub calls are typed loosely by the generated stubs; each returns a response message.
+Call = Callable[[grpc.aio.Channel, argparse.Namespace], Any]
 
 
 def _run_call(args: argparse.Namespace, call: Call) -> int:
     if not args.target or not args.identity:
-        print("jukinet: --target and --as are required (or JUKINET_TARGET / JUKINET_AS)", file=sys.stderr)
+        print(
+            "jukinet: --target and --as are required (or JUKINET_TARGET / JUKINET_AS)",
+            file=sys.stderr,
+        )
         return 2
 
     async def go() -> int:
@@ -101,7 +107,7 @@ def _run_call(args: argparse.Namespace, call: Call) -> int:
             print(f"jukinet: {describe_error(exc)}", file=sys.stderr)
             return 1
         finally:
-            await channel.close()
+            await channel.close(grace=None)
         if result is not None:
             _print(result)
         return 0
@@ -113,7 +119,7 @@ def _run_call(args: argparse.Namespace, call: Call) -> int:
         return 2
 
 
-def _municipal(channel: grpc.aio.Channel) -> municipal_pb2_grpc.MunicipalServiceStub:
+def _municipal(channel: grpc.aio.Channel) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
     return municipal_pb2_grpc.MunicipalServiceStub(channel)
 
 
@@ -127,7 +133,7 @@ def _resident_commands(sub: Any) -> None:
         p.set_defaults(func=lambda a: _run_call(a, call))
         return p
 
-    def birth(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def birth(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).RegisterBirth(
             municipal_pb2.RegisterBirthRequest(person=_person(a), household_id=a.household)
         )
@@ -136,7 +142,7 @@ def _resident_commands(sub: Any) -> None:
     _person_options(p)
     p.add_argument("--household", default="", help="join this household (default: a new one)")
 
-    def move_in(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def move_in(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         origin = {
             "domestic": municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC,
             "special": municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC_SPECIAL,
@@ -144,8 +150,11 @@ def _resident_commands(sub: Any) -> None:
         }[a.origin]
         return _municipal(ch).MoveIn(
             municipal_pb2.MoveInRequest(
-                person=_person(a), origin=origin, resident_code=a.code,
-                previous_local_government_code=a.previous, household_id=a.household,
+                person=_person(a),
+                origin=origin,
+                resident_code=a.code,
+                previous_local_government_code=a.previous,
+                household_id=a.household,
                 effective_date=a.date,
             )
         )
@@ -158,10 +167,12 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("--household", default="")
     p.add_argument("--date", required=True, help="effective date YYYY-MM-DD")
 
-    def relocate(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def relocate(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).Relocate(
             municipal_pb2.RelocateRequest(
-                resident_code=a.code, new_address=a.address, effective_date=a.date,
+                resident_code=a.code,
+                new_address=a.address,
+                effective_date=a.date,
                 whole_household=a.household,
             )
         )
@@ -172,11 +183,14 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("--date", required=True)
     p.add_argument("--household", action="store_true", help="move the whole household")
 
-    def rename(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def rename(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).ChangeName(
             municipal_pb2.ChangeNameRequest(
-                resident_code=a.code, name=a.name, name_kana=a.kana,
-                former_surname=a.former_surname, effective_date=a.date,
+                resident_code=a.code,
+                name=a.name,
+                name_kana=a.kana,
+                former_surname=a.former_surname,
+                effective_date=a.date,
             )
         )
 
@@ -187,11 +201,13 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("--former-surname", default="")
     p.add_argument("--date", required=True)
 
-    def move_out(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def move_out(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).MoveOut(
             municipal_pb2.MoveOutRequest(
-                resident_code=a.code, destination_local_government_code=a.to or "",
-                abroad=a.abroad, effective_date=a.date,
+                resident_code=a.code,
+                destination_local_government_code=a.to or "",
+                abroad=a.abroad,
+                effective_date=a.date,
             )
         )
 
@@ -201,7 +217,7 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("--abroad", action="store_true")
     p.add_argument("--date", required=True)
 
-    def death(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def death(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).RecordDeath(
             municipal_pb2.RecordDeathRequest(resident_code=a.code, date_of_death=a.date)
         )
@@ -210,7 +226,7 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("code")
     p.add_argument("--date", required=True)
 
-    def change_code(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def change_code(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).ChangeResidentCode(
             municipal_pb2.ChangeResidentCodeRequest(
                 resident_code=a.code, ex_officio=a.ex_officio, effective_date=a.date
@@ -222,7 +238,7 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("--ex-officio", action="store_true")
     p.add_argument("--date", required=True)
 
-    def enter(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def enter(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).EnterExOfficio(
             municipal_pb2.EnterExOfficioRequest(
                 person=_person(a), household_id=a.household, effective_date=a.date
@@ -234,9 +250,11 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("--household", default="")
     p.add_argument("--date", required=True)
 
-    def amend(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def amend(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).Amend(
-            municipal_pb2.AmendRequest(resident_code=a.code, person=_person(a), effective_date=a.date)
+            municipal_pb2.AmendRequest(
+                resident_code=a.code, person=_person(a), effective_date=a.date
+            )
         )
 
     p = op("amend", "ex-officio correction (職権修正), all details", amend)
@@ -244,13 +262,15 @@ def _resident_commands(sub: Any) -> None:
     _person_options(p)
     p.add_argument("--date", required=True)
 
-    def remove(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def remove(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         ground = {
             "ex-officio": municipal_pb2.REMOVAL_GROUND_EX_OFFICIO,
             "missing": municipal_pb2.REMOVAL_GROUND_DECLARED_MISSING,
         }[a.ground]
         return _municipal(ch).RemoveExOfficio(
-            municipal_pb2.RemoveExOfficioRequest(resident_code=a.code, ground=ground, effective_date=a.date)
+            municipal_pb2.RemoveExOfficioRequest(
+                resident_code=a.code, ground=ground, effective_date=a.date
+            )
         )
 
     p = op("remove", "ex-officio removal (職権消除, 失踪宣告)", remove)
@@ -258,13 +278,13 @@ def _resident_commands(sub: Any) -> None:
     p.add_argument("--ground", choices=["ex-officio", "missing"], default="ex-officio")
     p.add_argument("--date", required=True)
 
-    def show(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def show(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).GetResident(municipal_pb2.GetResidentRequest(resident_code=a.code))
 
     p = op("show", "a register entry and its notifications", show)
     p.add_argument("code")
 
-    def status(ch: grpc.aio.Channel, a: argparse.Namespace) -> Awaitable[Message]:
+    def status(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).GetStatus(municipal_pb2.GetMunicipalStatusRequest())
 
     op("status", "the node's register, pool and delivery counts", status)
@@ -333,7 +353,8 @@ def _run_commands(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jukinet", description=__doc__.splitlines()[0] if __doc__ else None,
+        prog="jukinet",
+        description=__doc__.splitlines()[0] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -4,6 +4,7 @@ certificate from a PKI directory, and readable gRPC errors."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import grpc
 
@@ -23,9 +24,19 @@ def connect(target: str, pki_dir: Path | str, name: str) -> grpc.aio.Channel:
     return secure_channel(target, files)
 
 
+def error_metadata(exc: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The text entries of a failed call's trailing metadata."""
+    out: dict[str, str] = {}
+    for item in exc.trailing_metadata() or ():
+        key, value = cast(tuple[str, str | bytes], item)
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
 def describe_error(exc: grpc.aio.AioRpcError) -> str:
     """One line: status, message and the machine-readable reason and field."""
-    meta = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+    meta = error_metadata(exc)
     extra = ", ".join(
         f"{k.removeprefix('jukinet-')}={v}" for k, v in meta.items() if k.startswith("jukinet-")
     )

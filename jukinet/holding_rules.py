@@ -118,7 +118,9 @@ def decide(states: Mapping[str, Held], n: common_pb2.Notification) -> Decision:
             out.append(dataclasses.replace(old, status=SUPERSEDED, replaced_by=code))
         if _may_register(current, n):
             since = old.registered_since if old is not None else n.effective_date
-            out.append(dataclasses.replace(Held.from_notification(n, ACTIVE), registered_since=since))
+            out.append(
+                dataclasses.replace(Held.from_notification(n, ACTIVE), registered_since=since)
+            )
         return Decision(tuple(out), bool(out))
     # Other amendments: only while the record is registered at the origin.
     if not _belongs_to_origin(current, n) or (current is not None and current.status != ACTIVE):

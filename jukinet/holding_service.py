@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jukinet.codes import check_resident_code
+from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database
 from jukinet.errors import InvalidArgument, JukinetError
 from jukinet.holdings import HoldingStore
@@ -18,7 +18,7 @@ from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
 from jukinet.v1 import common_pb2, delivery_pb2
-from jukinet.validation import check_local_government_code, check_notification
+from jukinet.validation import check_notification
 
 AuthorizeOrigin = Callable[[Identity, common_pb2.Notification, str], None]
 """Raises PermissionDenied when the caller may not send this notification."""

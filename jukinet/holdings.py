@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -74,8 +75,9 @@ def define_holdings(metadata: MetaData) -> HoldingTables:
     history = Table(
         "identity_history",
         metadata,
-        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-               autoincrement=True),
+        Column(
+            "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
         Column("resident_code", String(11), nullable=False),
         Column("origin_code", String(6), nullable=False),
         Column("origin_sequence", BigInteger, nullable=False),
@@ -259,9 +261,7 @@ class HoldingStore:
 
         await self._store(conn, changed, existed, now)
         await conn.execute(insert(self.t.history), history)
-        updates = [
-            {"o": o, "s": cursor[o]} for o in origins if o in known_origins and o in cursor
-        ]
+        updates = [{"o": o, "s": cursor[o]} for o in origins if o in known_origins and o in cursor]
         inserts = [
             {"origin_code": o, "last_sequence": cursor[o]}
             for o in origins
@@ -291,7 +291,7 @@ class HoldingStore:
         if new_rows:
             await conn.execute(insert(t), new_rows)
         if upd_rows:
-            values = {col: bindparam(f"v_{col}") for col in _held_row_columns()}
+            values: dict[str, Any] = {col: bindparam(f"v_{col}") for col in _held_row_columns()}
             await conn.execute(
                 update(t).where(t.c.resident_code == bindparam("k")).values(**values), upd_rows
             )
@@ -306,8 +306,12 @@ class HoldingStore:
         await conn.execute(
             insert(self.t.issued_codes),
             [
-                {"resident_code": c, "municipality_code": municipality, "request_id": request_id,
-                 "issued_at": now}
+                {
+                    "resident_code": c,
+                    "municipality_code": municipality,
+                    "request_id": request_id,
+                    "issued_at": now,
+                }
                 for c in codes
             ],
         )
@@ -375,9 +379,7 @@ class HoldingStore:
                 select(t.c.updated_at).where(t.c.resident_code == resident_code)
             )
         held = states[resident_code]
-        return delivery_pb2.GetIdentityResponse(
-            identity=_state(held, updated), history=history
-        )
+        return delivery_pb2.GetIdentityResponse(identity=_state(held, updated), history=history)
 
     async def export(
         self, municipality: str, page_size: int
@@ -392,7 +394,9 @@ class HoldingStore:
             if municipality:
                 query = query.where(t.c.local_government_code == municipality)
             async with self.db.read() as conn:
-                rows = (await conn.execute(query.order_by(t.c.resident_code).limit(page_size))).all()
+                rows = (
+                    await conn.execute(query.order_by(t.c.resident_code).limit(page_size))
+                ).all()
             if not rows:
                 return
             yield [_state(Held(*r[:-1]), r[-1]) for r in rows]
@@ -400,7 +404,9 @@ class HoldingStore:
 
     async def delivery_status(self, conn: AsyncConnection) -> tuple[list[tuple[str, int]], int]:
         c = self.t.cursors
-        rows = await conn.execute(select(c.c.origin_code, c.c.last_sequence).order_by(c.c.origin_code))
+        rows = await conn.execute(
+            select(c.c.origin_code, c.c.last_sequence).order_by(c.c.origin_code)
+        )
         held = await conn.scalar(select(func.count()).select_from(self.t.identities))
         return [(r[0], int(r[1])) for r in rows], int(held or 0)
 
@@ -424,4 +430,3 @@ def _state(held: Held, updated: dt.datetime | None) -> delivery_pb2.IdentityStat
         replaced_by=held.replaced_by,
         updated_at=_iso(updated),
     )
-

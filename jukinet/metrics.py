@@ -29,7 +29,9 @@ class NodeMetrics:
             registry=r,
         )
         self.denials = Counter(
-            "jukinet_denials", "Calls refused, by method and reason", ["method", "reason"],
+            "jukinet_denials",
+            "Calls refused, by method and reason",
+            ["method", "reason"],
             registry=r,
         )
         self.notifications = Counter(
@@ -42,7 +44,9 @@ class NodeMetrics:
             "jukinet_notifications_written", "Notifications written by this node", registry=r
         )
         self.notifications_pushed = Counter(
-            "jukinet_notifications_pushed", "Notifications acknowledged by the next tier", registry=r
+            "jukinet_notifications_pushed",
+            "Notifications acknowledged by the next tier",
+            registry=r,
         )
         self.outbox_backlog = Gauge(
             "jukinet_outbox_backlog", "Outbox entries not yet acknowledged", registry=r

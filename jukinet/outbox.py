@@ -41,8 +41,12 @@ def define_outbox(metadata: MetaData) -> OutboxTables:
     entries = Table(
         "outbox",
         metadata,
-        Column("sequence", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-               autoincrement=False),
+        Column(
+            "sequence",
+            BigInteger().with_variant(Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=False,
+        ),
         Column("origin_code", String(6), nullable=False),
         Column("origin_sequence", BigInteger, nullable=False),
         Column("resident_code", String(11), nullable=False),
@@ -88,7 +92,9 @@ class Outbox:
         self.tables = tables
 
     async def _ensure_state(self, conn: AsyncConnection) -> None:
-        exists = await conn.scalar(select(self.tables.state.c.id).where(self.tables.state.c.id == 1))
+        exists = await conn.scalar(
+            select(self.tables.state.c.id).where(self.tables.state.c.id == 1)
+        )
         if exists is None:
             await conn.execute(
                 insert(self.tables.state).values(id=1, last_sequence=0, acknowledged_through=0)
@@ -169,7 +175,9 @@ class Outbox:
             update(state).where(state.c.id == 1).values(acknowledged_through=to_after)
         )
 
-    async def locate(self, conn: AsyncConnection, origin_code: str, origin_sequence: int) -> int | None:
+    async def locate(
+        self, conn: AsyncConnection, origin_code: str, origin_sequence: int
+    ) -> int | None:
         """The outbox sequence that carried (origin, origin_sequence), if any."""
         t = self.tables.entries
         value = await conn.scalar(
@@ -179,7 +187,9 @@ class Outbox:
         )
         return None if value is None else int(value)
 
-    async def payloads_for(self, conn: AsyncConnection, resident_codes: Sequence[str]) -> list[bytes]:
+    async def payloads_for(
+        self, conn: AsyncConnection, resident_codes: Sequence[str]
+    ) -> list[bytes]:
         """Every entry about these residents, in order."""
         t = self.tables.entries
         rows = await conn.execute(

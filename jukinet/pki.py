@@ -316,7 +316,7 @@ def certificate_identity(cert: x509.Certificate) -> Identity:
     uris = [
         u
         for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-        if u.startswith("jukinet:")
+        if u.lower().startswith("jukinet:")
     ]
     if len(uris) != 1:
         raise ValueError(f"certificate has {len(uris)} jukinet URI SANs, expected exactly 1")

@@ -31,7 +31,7 @@ Choices made here, and why:
   given version of Faker's and Japan Post's data; an upgrade of either may
   change them.
 
-Speed: about 100,000 people in 0.6 s, or in households in 0.7 s, on one core
+Speed: 100,000 people (singly or in households) take about 0.5-0.9 s on one core
 (the first call in a process also loads the postal data: about 1 s more).
 """
 

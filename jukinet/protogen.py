@@ -1,7 +1,7 @@
 """Generate the Python code for protos/ into jukinet/v1, or check it has not drifted.
 
-    python -m jukinet.protogen jukinet/v1          # regenerate
-    python -m jukinet.protogen --check jukinet/v1  # exit 1 if the committed code differs
+python -m jukinet.protogen jukinet/v1          # regenerate
+python -m jukinet.protogen --check jukinet/v1  # exit 1 if the committed code differs
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def _generate(out_root: Path) -> None:
 
     scripts = Path(sysconfig.get_path("scripts"))
     include = str(resources.files("grpc_tools") / "_proto")
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto")
+    )
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -40,7 +42,9 @@ def _generate(out_root: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    (out_root / PACKAGE_DIR / "__init__.py").write_text('"""Generated from protos/jukinet/v1; never edited by hand."""\n')
+    (out_root / PACKAGE_DIR / "__init__.py").write_text(
+        '"""Generated from protos/jukinet/v1; never edited by hand."""\n'
+    )
 
 
 def _differences(generated: Path, committed: Path) -> list[str]:
@@ -56,7 +60,9 @@ def _differences(generated: Path, committed: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the committed code has drifted")
+    parser.add_argument(
+        "--check", action="store_true", help="fail if the committed code has drifted"
+    )
     parser.add_argument("target", nargs="?", default=str(PACKAGE_DIR))
     args = parser.parse_args(argv)
     target = ROOT / args.target
@@ -68,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             target.mkdir(parents=True, exist_ok=True)
             drift = _differences(generated, target)
             if drift:
-                print("generated code differs from protos/ for: " + ", ".join(drift), file=sys.stderr)
+                print(
+                    "generated code differs from protos/ for: " + ", ".join(drift), file=sys.stderr
+                )
                 print("run `make protos` and commit the result", file=sys.stderr)
                 return 1
             print("generated code matches protos/")

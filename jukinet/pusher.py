@@ -15,10 +15,11 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
+from jukinet.client import error_metadata
 from jukinet.db import Database
 from jukinet.metrics import NodeMetrics
 from jukinet.outbox import Outbox
@@ -26,7 +27,10 @@ from jukinet.v1 import common_pb2, delivery_pb2
 
 log = logging.getLogger("jukinet.pusher")
 
-StreamOpener = Callable[[], Any]
+# grpc.aio.EOF is missing from the type stubs.
+_EOF: Any = cast(Any, grpc.aio).EOF
+
+StreamOpener = Callable[..., Any]
 """Opens one PushNotifications stream-stream call (a grpc.aio call object)."""
 
 
@@ -84,7 +88,7 @@ class Pusher:
 
     async def _handle_refusal(self, exc: grpc.aio.AioRpcError) -> bool:
         """Rewind after a sequence gap; True when delivery can resume at once."""
-        meta = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+        meta = error_metadata(exc)
         if meta.get("jukinet-reason") != "sequence-gap":
             return False
         origin = meta.get("jukinet-origin", "")
@@ -111,7 +115,7 @@ class Pusher:
         async def receive() -> None:
             while True:
                 response = await call.read()
-                if response is grpc.aio.EOF:
+                if response is _EOF:
                     raise ConnectionError("receiver closed the stream")
                 ack = response.acknowledged_through
                 async with self._db.write() as conn:
@@ -137,7 +141,7 @@ class Pusher:
                 if not rows:
                     self._wake.clear()
                     waiter = asyncio.create_task(self._wake.wait())
-                    done, _ = await asyncio.wait(
+                    await asyncio.wait(
                         {waiter, receiver},
                         timeout=self._idle_poll,
                         return_when=asyncio.FIRST_COMPLETED,

@@ -96,7 +96,9 @@ def _check_text(value: str, field: str, limit: int, *, required: bool) -> str:
         raise InvalidArgument(field, f"is {len(value)} characters; at most {limit} allowed")
     for ch in value:
         if unicodedata.category(ch) in {"Cc", "Cs", "Co", "Cn"}:
-            raise InvalidArgument(field, f"contains a control or unassigned character U+{ord(ch):04X}")
+            raise InvalidArgument(
+                field, f"contains a control or unassigned character U+{ord(ch):04X}"
+            )
     if value != value.strip():
         raise InvalidArgument(field, "must not begin or end with white space")
     return value

@@ -150,7 +150,7 @@ class Federation:
 
     async def stop(self) -> None:
         for ch in self.channels:
-            await ch.close()
+            await ch.close(grace=None)
         for m in self.municipalities.values():
             await m.stop()
         for p in self.prefectures.values():
@@ -158,21 +158,25 @@ class Federation:
         if self.national is not None:
             await self.national.stop()
 
-    async def wait_delivered(self, timeout: float = 30.0) -> None:
+    async def wait_delivered(self, within: float = 30.0) -> None:
         """Until the national node has applied every municipal notification."""
         national = self.national_operator()
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             want = {}
             for code in self.municipalities:
-                status = await self.operator(code).GetStatus(municipal_pb2.GetMunicipalStatusRequest())
+                status = await self.operator(code).GetStatus(
+                    municipal_pb2.GetMunicipalStatusRequest()
+                )
                 want[code] = status.last_sequence
             got_status = await national.GetDeliveryStatus(delivery_pb2.GetDeliveryStatusRequest())
             got = {c.origin_code: c.last_sequence for c in got_status.applied}
             if all(got.get(c, 0) >= s for c, s in want.items()):
                 return
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"not delivered in {timeout}s: want {want}, national has {got}")
+                raise AssertionError(
+                    f"not delivered in {timeout}s: want {want}, national has {got}"
+                )
             await asyncio.sleep(0.05)
 
 
@@ -180,7 +184,9 @@ def issue_certificates(pki_dir: Path, municipalities: list[str], agencies: list[
     pki.issue_federation(
         pki_dir,
         pki.FederationSpec(
-            municipalities=municipalities, agencies=list(agencies), operators=True,
+            municipalities=municipalities,
+            agencies=list(agencies),
+            operators=True,
             prefectures=["13", "31"],
         ),
     )

@@ -25,9 +25,20 @@ from services.municipal.servicer import MunicipalServicer
 SERVICE = "jukinet.v1.MunicipalService"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 OPERATOR_METHODS = (
-    "RegisterBirth", "MoveIn", "Relocate", "ChangeName", "MoveOut", "RecordDeath",
-    "ChangeResidentCode", "EnterExOfficio", "Amend", "RemoveExOfficio", "GetResident",
-    "ExportResidents", "ImportResidents", "GetStatus",
+    "RegisterBirth",
+    "MoveIn",
+    "Relocate",
+    "ChangeName",
+    "MoveOut",
+    "RecordDeath",
+    "ChangeResidentCode",
+    "EnterExOfficio",
+    "Amend",
+    "RemoveExOfficio",
+    "GetResident",
+    "ExportResidents",
+    "ImportResidents",
+    "GetStatus",
 )
 
 
@@ -56,8 +67,9 @@ class MunicipalApp:
 
     async def start(self) -> int:
         await self.db.migrate(MIGRATIONS)
-        self._channel = secure_channel(self.config.prefecture_target, self.config.tls)
-        prefecture = prefecture_pb2_grpc.PrefectureServiceStub(self._channel)
+        channel = secure_channel(self.config.prefecture_target, self.config.tls)
+        self._channel = channel
+        prefecture = prefecture_pb2_grpc.PrefectureServiceStub(channel)
         pool = PoolKeeper(
             db=self.db,
             municipality=self.config.local_government_code,
@@ -112,5 +124,5 @@ class MunicipalApp:
         if self._server is not None:
             await self._server.stop()
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(grace=None)
         await self.db.close()

@@ -129,13 +129,13 @@ def build_notification(
     )
 
 
-MOVE_IN_REASON = {
+MOVE_IN_REASON: dict[int, int] = {
     municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC: common_pb2.CHANGE_REASON_MOVE_IN,
     municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC_SPECIAL: common_pb2.CHANGE_REASON_SPECIAL_MOVE_IN,
     municipal_pb2.MOVE_IN_ORIGIN_ABROAD: common_pb2.CHANGE_REASON_MOVE_IN_FROM_ABROAD,
 }
 
-REMOVAL_REASON = {
+REMOVAL_REASON: dict[int, int] = {
     municipal_pb2.REMOVAL_GROUND_EX_OFFICIO: common_pb2.CHANGE_REASON_EX_OFFICIO_REMOVAL,
     municipal_pb2.REMOVAL_GROUND_DECLARED_MISSING: common_pb2.CHANGE_REASON_DECLARED_MISSING,
 }

@@ -20,7 +20,9 @@ metadata = MetaData()
 residents = Table(
     "residents",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("resident_code", String(11), nullable=False, unique=True),
     # Key of the row in the register this one was migrated from (bulk import).
     Column("source_id", String(64), nullable=True, unique=True),

@@ -9,6 +9,7 @@ operation needs more codes than are left).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -58,7 +59,7 @@ class PoolKeeper:
         *,
         db: Database,
         municipality: str,
-        prefecture: prefecture_pb2_grpc.PrefectureServiceStub,
+        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
         metrics: NodeMetrics,
         low_watermark: int,
         refill_size: int,
@@ -123,10 +124,8 @@ class PoolKeeper:
                     await self._fill(self._refill)
                 backoff = 0.5
                 self._wanted.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wanted.wait(), timeout=5)
-                except TimeoutError:
-                    pass
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -195,7 +194,9 @@ class Register:
             raise Unavailable("the resident-code pool is empty; it is being refilled")
         return codes[0]
 
-    async def _resident(self, conn: AsyncConnection, code: str, field: str = "resident_code") -> ResidentState:
+    async def _resident(
+        self, conn: AsyncConnection, code: str, field: str = "resident_code"
+    ) -> ResidentState:
         check_resident_code(code, field)
         resident = await repo.resident_by_code(conn, code)
         if resident is None:
@@ -211,7 +212,9 @@ class Register:
 
     # -- creations -----------------------------------------------------------
 
-    async def register_birth(self, req: municipal_pb2.RegisterBirthRequest) -> tuple[ResidentState, int]:
+    async def register_birth(
+        self, req: municipal_pb2.RegisterBirthRequest
+    ) -> tuple[ResidentState, int]:
         person = check_person(req.person)
         await self.pool.ensure(1)
         async with self.db.write() as conn:
@@ -248,7 +251,9 @@ class Register:
         domestic = req.origin != municipal_pb2.MOVE_IN_ORIGIN_ABROAD
         if domestic:
             if not req.resident_code:
-                raise InvalidArgument("resident_code", "required for a move from another municipality")
+                raise InvalidArgument(
+                    "resident_code", "required for a move from another municipality"
+                )
             check_known_local_government(
                 req.previous_local_government_code, "previous_local_government_code"
             )
@@ -267,18 +272,32 @@ class Register:
             code = req.resident_code or await self._take_code(conn)
             existing = await repo.resident_by_code(conn, code) if req.resident_code else None
             if existing is not None and existing.resident_code != code:
-                raise InvalidArgument("resident_code", f"{code} was replaced by {existing.resident_code}")
+                raise InvalidArgument(
+                    "resident_code", f"{code} was replaced by {existing.resident_code}"
+                )
             if existing is not None and existing.status == ACTIVE:
-                raise AlreadyExists(f"resident {code} is already registered here", reason="already-registered")
+                raise AlreadyExists(
+                    f"resident {code} is already registered here", reason="already-registered"
+                )
             if existing is not None:
                 # Moving back: the old entry is reopened rather than duplicated.
                 await repo.update_resident(
-                    conn, existing.id, **repo.person_values(person), household_id=household,
-                    status=ACTIVE, registered_on=effective, removed_on="", last_reason=reason,
+                    conn,
+                    existing.id,
+                    **repo.person_values(person),
+                    household_id=household,
+                    status=ACTIVE,
+                    registered_on=effective,
+                    removed_on="",
+                    last_reason=reason,
                 )
-                resident = ResidentState(existing.id, code, person, household, ACTIVE, effective, "", reason)
+                resident = ResidentState(
+                    existing.id, code, person, household, ACTIVE, effective, "", reason
+                )
             else:
-                resident = await repo.insert_resident(conn, code, person, household, effective, reason)
+                resident = await repo.insert_resident(
+                    conn, code, person, household, effective, reason
+                )
             seq = await self._announce(conn, [Change(code, person, reason, effective)])
         self._committed()
         return resident, seq
@@ -300,8 +319,12 @@ class Register:
             updated = []
             for m in movers:
                 person = _replace(m.person, address=address)
-                await repo.update_resident(conn, m.id, address=address, last_reason=R.CHANGE_REASON_RELOCATION)
-                changes.append(Change(m.resident_code, person, R.CHANGE_REASON_RELOCATION, effective))
+                await repo.update_resident(
+                    conn, m.id, address=address, last_reason=R.CHANGE_REASON_RELOCATION
+                )
+                changes.append(
+                    Change(m.resident_code, person, R.CHANGE_REASON_RELOCATION, effective)
+                )
                 updated.append(_with(m, person=person, last_reason=R.CHANGE_REASON_RELOCATION))
             seq = await self._announce(conn, changes)
         self._committed()
@@ -317,8 +340,12 @@ class Register:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             person = _replace(resident.person, name=name, name_kana=kana, former_surname=former)
-            await repo.update_resident(conn, resident.id, **repo.person_values(person), last_reason=reason)
-            seq = await self._announce(conn, [Change(resident.resident_code, person, reason, effective)])
+            await repo.update_resident(
+                conn, resident.id, **repo.person_values(person), last_reason=reason
+            )
+            seq = await self._announce(
+                conn, [Change(resident.resident_code, person, reason, effective)]
+            )
         self._committed()
         return _with(resident, person=person, last_reason=reason), seq
 
@@ -329,8 +356,12 @@ class Register:
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
-            await repo.update_resident(conn, resident.id, **repo.person_values(person), last_reason=reason)
-            seq = await self._announce(conn, [Change(resident.resident_code, person, reason, effective)])
+            await repo.update_resident(
+                conn, resident.id, **repo.person_values(person), last_reason=reason
+            )
+            seq = await self._announce(
+                conn, [Change(resident.resident_code, person, reason, effective)]
+            )
         self._committed()
         return _with(resident, person=person, last_reason=reason), seq
 
@@ -344,7 +375,9 @@ class Register:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             if resident.resident_code != req.resident_code:
-                raise InvalidArgument("resident_code", f"was already replaced by {resident.resident_code}")
+                raise InvalidArgument(
+                    "resident_code", f"was already replaced by {resident.resident_code}"
+                )
             new = await self._take_code(conn)
             await repo.update_resident(conn, resident.id, resident_code=new, last_reason=reason)
             await repo.record_code_change(conn, resident.id, resident.resident_code, new, effective)
@@ -363,7 +396,9 @@ class Register:
             await repo.update_resident(
                 conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
             )
-            seq = await self._announce(conn, [Change(resident.resident_code, resident.person, reason, effective)])
+            seq = await self._announce(
+                conn, [Change(resident.resident_code, resident.person, reason, effective)]
+            )
         self._committed()
         return _with(resident, status=REMOVED, removed_on=effective, last_reason=reason), seq
 
@@ -378,11 +413,16 @@ class Register:
                 req.destination_local_government_code, "destination_local_government_code"
             )
             if req.destination_local_government_code == self.municipality:
-                raise InvalidArgument("destination_local_government_code", "a move within the municipality is Relocate")
+                raise InvalidArgument(
+                    "destination_local_government_code",
+                    "a move within the municipality is Relocate",
+                )
             reason = R.CHANGE_REASON_MOVE_OUT
         return await self._remove(req.resident_code, reason, effective)
 
-    async def record_death(self, req: municipal_pb2.RecordDeathRequest) -> tuple[ResidentState, int]:
+    async def record_death(
+        self, req: municipal_pb2.RecordDeathRequest
+    ) -> tuple[ResidentState, int]:
         date = check_birth_date(req.date_of_death, "date_of_death").isoformat()
         return await self._remove(req.resident_code, R.CHANGE_REASON_DEATH, date)
 
@@ -483,4 +523,3 @@ def _replace(person: Person, **changes: object) -> Person:
 
 def _with(resident: ResidentState, **changes: object) -> ResidentState:
     return dataclasses.replace(resident, **changes)  # type: ignore[arg-type]
-

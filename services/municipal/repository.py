@@ -35,7 +35,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _state(row: Row[Any]) -> ResidentState:
+def _state(row: Any) -> ResidentState:
     return ResidentState(
         id=row[0],
         resident_code=row[1],
@@ -158,7 +158,9 @@ async def existing_source_ids(conn: AsyncConnection, source_ids: Sequence[str]) 
 
 
 async def export_page(conn: AsyncConnection, after_id: int, limit: int) -> list[ResidentState]:
-    rows = await conn.execute(select(*_COLUMNS).where(R.c.id > after_id).order_by(R.c.id).limit(limit))
+    rows = await conn.execute(
+        select(*_COLUMNS).where(R.c.id > after_id).order_by(R.c.id).limit(limit)
+    )
     return [_state(r) for r in rows]
 
 
@@ -174,7 +176,9 @@ P = models.code_pool
 
 
 async def free_codes(conn: AsyncConnection) -> int:
-    return int(await conn.scalar(select(func.count()).select_from(P).where(P.c.used_at.is_(None))) or 0)
+    return int(
+        await conn.scalar(select(func.count()).select_from(P).where(P.c.used_at.is_(None))) or 0
+    )
 
 
 async def take_codes(conn: AsyncConnection, count: int) -> list[str]:
@@ -182,7 +186,10 @@ async def take_codes(conn: AsyncConnection, count: int) -> list[str]:
     codes = list(
         (
             await conn.execute(
-                select(P.c.resident_code).where(P.c.used_at.is_(None)).order_by(P.c.resident_code).limit(count)
+                select(P.c.resident_code)
+                .where(P.c.used_at.is_(None))
+                .order_by(P.c.resident_code)
+                .limit(count)
             )
         ).scalars()
     )
@@ -202,7 +209,10 @@ async def pending_pool_request(conn: AsyncConnection) -> tuple[str, int] | None:
     Q = models.pool_requests
     row = (
         await conn.execute(
-            select(Q.c.request_id, Q.c.count).where(Q.c.fulfilled_at.is_(None)).order_by(Q.c.requested_at).limit(1)
+            select(Q.c.request_id, Q.c.count)
+            .where(Q.c.fulfilled_at.is_(None))
+            .order_by(Q.c.requested_at)
+            .limit(1)
         )
     ).first()
     return None if row is None else (row[0], int(row[1]))
@@ -218,14 +228,17 @@ async def fulfil_pool_request(conn: AsyncConnection, request_id: str, codes: Seq
     """Store the codes of a request (once) and close it; returns how many were new."""
     Q = models.pool_requests
     done = await conn.scalar(
-        select(Q.c.fulfilled_at).where(and_(Q.c.request_id == request_id, Q.c.fulfilled_at.is_not(None)))
+        select(Q.c.fulfilled_at).where(
+            and_(Q.c.request_id == request_id, Q.c.fulfilled_at.is_not(None))
+        )
     )
     if done is not None:
         return 0
     now = _now()
     if codes:
         await conn.execute(
-            insert(P), [{"resident_code": c, "request_id": request_id, "received_at": now} for c in codes]
+            insert(P),
+            [{"resident_code": c, "request_id": request_id, "received_at": now} for c in codes],
         )
     await conn.execute(update(Q).where(Q.c.request_id == request_id).values(fulfilled_at=now))
     return len(codes)

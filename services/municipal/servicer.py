@@ -24,60 +24,83 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
         self._outbox = outbox
         self._lg = register.municipality
 
-    async def RegisterBirth(self, request: pb.RegisterBirthRequest, context: Any) -> pb.RegisterBirthResponse:  # noqa: N802
+    async def RegisterBirth(
+        self, request: pb.RegisterBirthRequest, context: Any
+    ) -> pb.RegisterBirthResponse:
         resident, seq = await self._r.register_birth(request)
-        return pb.RegisterBirthResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
+        return pb.RegisterBirthResponse(
+            resident=resident.to_proto(self._lg), notification_sequence=seq
+        )
 
-    async def MoveIn(self, request: pb.MoveInRequest, context: Any) -> pb.MoveInResponse:  # noqa: N802
+    async def MoveIn(self, request: pb.MoveInRequest, context: Any) -> pb.MoveInResponse:
         resident, seq = await self._r.move_in(request)
         return pb.MoveInResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
-    async def Relocate(self, request: pb.RelocateRequest, context: Any) -> pb.RelocateResponse:  # noqa: N802
+    async def Relocate(self, request: pb.RelocateRequest, context: Any) -> pb.RelocateResponse:
         residents, seq = await self._r.relocate(request)
         return pb.RelocateResponse(
             residents=[r.to_proto(self._lg) for r in residents], last_notification_sequence=seq
         )
 
-    async def ChangeName(self, request: pb.ChangeNameRequest, context: Any) -> pb.ChangeNameResponse:  # noqa: N802
+    async def ChangeName(
+        self, request: pb.ChangeNameRequest, context: Any
+    ) -> pb.ChangeNameResponse:
         resident, seq = await self._r.change_name(request)
-        return pb.ChangeNameResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
+        return pb.ChangeNameResponse(
+            resident=resident.to_proto(self._lg), notification_sequence=seq
+        )
 
-    async def MoveOut(self, request: pb.MoveOutRequest, context: Any) -> pb.MoveOutResponse:  # noqa: N802
+    async def MoveOut(self, request: pb.MoveOutRequest, context: Any) -> pb.MoveOutResponse:
         resident, seq = await self._r.move_out(request)
         return pb.MoveOutResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
-    async def RecordDeath(self, request: pb.RecordDeathRequest, context: Any) -> pb.RecordDeathResponse:  # noqa: N802
+    async def RecordDeath(
+        self, request: pb.RecordDeathRequest, context: Any
+    ) -> pb.RecordDeathResponse:
         resident, seq = await self._r.record_death(request)
-        return pb.RecordDeathResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
+        return pb.RecordDeathResponse(
+            resident=resident.to_proto(self._lg), notification_sequence=seq
+        )
 
-    async def ChangeResidentCode(  # noqa: N802
+    async def ChangeResidentCode(
         self, request: pb.ChangeResidentCodeRequest, context: Any
     ) -> pb.ChangeResidentCodeResponse:
         resident, previous, seq = await self._r.change_code(request)
         return pb.ChangeResidentCodeResponse(
-            resident=resident.to_proto(self._lg), previous_resident_code=previous,
+            resident=resident.to_proto(self._lg),
+            previous_resident_code=previous,
             notification_sequence=seq,
         )
 
-    async def EnterExOfficio(self, request: pb.EnterExOfficioRequest, context: Any) -> pb.EnterExOfficioResponse:  # noqa: N802
+    async def EnterExOfficio(
+        self, request: pb.EnterExOfficioRequest, context: Any
+    ) -> pb.EnterExOfficioResponse:
         resident, seq = await self._r.enter_ex_officio(request)
-        return pb.EnterExOfficioResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
+        return pb.EnterExOfficioResponse(
+            resident=resident.to_proto(self._lg), notification_sequence=seq
+        )
 
-    async def Amend(self, request: pb.AmendRequest, context: Any) -> pb.AmendResponse:  # noqa: N802
+    async def Amend(self, request: pb.AmendRequest, context: Any) -> pb.AmendResponse:
         resident, seq = await self._r.amend(request)
         return pb.AmendResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
-    async def RemoveExOfficio(  # noqa: N802
+    async def RemoveExOfficio(
         self, request: pb.RemoveExOfficioRequest, context: Any
     ) -> pb.RemoveExOfficioResponse:
         resident, seq = await self._r.remove_ex_officio(request)
-        return pb.RemoveExOfficioResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
+        return pb.RemoveExOfficioResponse(
+            resident=resident.to_proto(self._lg), notification_sequence=seq
+        )
 
-    async def GetResident(self, request: pb.GetResidentRequest, context: Any) -> pb.GetResidentResponse:  # noqa: N802
+    async def GetResident(
+        self, request: pb.GetResidentRequest, context: Any
+    ) -> pb.GetResidentResponse:
         resident, notifications = await self._r.get(request.resident_code)
-        return pb.GetResidentResponse(resident=resident.to_proto(self._lg), notifications=notifications)
+        return pb.GetResidentResponse(
+            resident=resident.to_proto(self._lg), notifications=notifications
+        )
 
-    async def ExportResidents(  # noqa: N802
+    async def ExportResidents(
         self, request: pb.ExportResidentsRequest, context: Any
     ) -> AsyncIterator[pb.ExportResidentsResponse]:
         if request.page_size > MAX_PAGE:
@@ -92,7 +115,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
             yield pb.ExportResidentsResponse(residents=[r.to_proto(self._lg) for r in residents])
             after = residents[-1].id
 
-    async def ImportResidents(  # noqa: N802
+    async def ImportResidents(
         self, request_iterator: AsyncIterator[pb.ImportResidentsRequest], context: Any
     ) -> AsyncIterator[pb.ImportResidentsResponse]:
         async for request in request_iterator:
@@ -100,7 +123,9 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
                 raise InvalidArgument("rows", f"at most {MAX_IMPORT_BATCH} per message")
             yield await self._r.import_rows(request.rows)
 
-    async def GetStatus(self, request: pb.GetMunicipalStatusRequest, context: Any) -> pb.GetMunicipalStatusResponse:  # noqa: N802
+    async def GetStatus(
+        self, request: pb.GetMunicipalStatusRequest, context: Any
+    ) -> pb.GetMunicipalStatusResponse:
         async with self._db.read() as conn:
             status = await self._outbox.status(conn)
             free = await repo.free_codes(conn)

@@ -37,13 +37,13 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
         self._metrics = metrics
         self._max_pool_size = max_pool_size
 
-    async def PushNotifications(  # noqa: N802
+    async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
     ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
         async for response in self._holding.push(request_iterator):
             yield response
 
-    async def AllocateCodePool(  # noqa: N802
+    async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
     ) -> delivery_pb2.AllocateCodePoolResponse:
         caller = current_identity()
@@ -57,24 +57,27 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
             )
         async with self._db.write() as conn:
             codes = await allocate_pool(
-                self._holding.store, conn, request.municipality_code, request.count,
+                self._holding.store,
+                conn,
+                request.municipality_code,
+                request.count,
                 request.request_id,
             )
         self._metrics.codes_issued.inc(len(codes))
         return delivery_pb2.AllocateCodePoolResponse(resident_codes=codes)
 
-    async def GetIdentity(  # noqa: N802
+    async def GetIdentity(
         self, request: delivery_pb2.GetIdentityRequest, context: Any
     ) -> delivery_pb2.GetIdentityResponse:
         return await self._holding.get_identity(request)
 
-    async def ExportIdentities(  # noqa: N802
+    async def ExportIdentities(
         self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
     ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
         async for page in self._holding.export(request):
             yield page
 
-    async def GetDeliveryStatus(  # noqa: N802
+    async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
         return await self._holding.delivery_status()

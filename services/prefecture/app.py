@@ -92,8 +92,9 @@ class PrefectureApp:
 
     async def start(self) -> int:
         await self.db.migrate(MIGRATIONS)
-        self._channel = secure_channel(self.config.national_target, self.config.tls)
-        national = national_pb2_grpc.NationalServiceStub(self._channel)
+        channel = secure_channel(self.config.national_target, self.config.tls)
+        self._channel = channel
+        national = national_pb2_grpc.NationalServiceStub(channel)
         self._pusher = Pusher(
             db=self.db,
             outbox=self.outbox,
@@ -127,5 +128,5 @@ class PrefectureApp:
         if self._server is not None:
             await self._server.stop()
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(grace=None)
         await self.db.close()

@@ -24,7 +24,7 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
         db: Database,
         holding: HoldingService,
         outbox: Outbox,
-        national: national_pb2_grpc.NationalServiceStub,
+        national: national_pb2_grpc.NationalServiceAsyncStub,
         metrics: NodeMetrics,
     ) -> None:
         self._db = db
@@ -33,13 +33,13 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
         self._national = national
         self._metrics = metrics
 
-    async def PushNotifications(  # noqa: N802
+    async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
     ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
         async for response in self._holding.push(request_iterator):
             yield response
 
-    async def AllocateCodePool(  # noqa: N802
+    async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
     ) -> delivery_pb2.AllocateCodePoolResponse:
         """Obtain a pool from the national node and remember it for the pool check."""
@@ -60,26 +60,30 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
         async with self._db.write() as conn:
             if await store.issued_for_request(conn, request.request_id) is None:
                 await store.record_issued(
-                    conn, list(response.resident_codes), request.municipality_code,
+                    conn,
+                    list(response.resident_codes),
+                    request.municipality_code,
                     request.request_id,
                 )
         self._metrics.codes_issued.inc(len(response.resident_codes))
         return response
 
-    async def GetIdentity(  # noqa: N802
+    async def GetIdentity(
         self, request: delivery_pb2.GetIdentityRequest, context: Any
     ) -> delivery_pb2.GetIdentityResponse:
         return await self._holding.get_identity(request)
 
-    async def ExportIdentities(  # noqa: N802
+    async def ExportIdentities(
         self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
     ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
         async for page in self._holding.export(request):
             yield page
 
-    async def GetDeliveryStatus(  # noqa: N802
+    async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
         async with self._db.read() as conn:
             status = await self._outbox.status(conn)
-        return await self._holding.delivery_status(status.last_sequence, status.acknowledged_through)
+        return await self._holding.delivery_status(
+            status.last_sequence, status.acknowledged_through
+        )
