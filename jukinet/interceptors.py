@@ -33,6 +33,7 @@ import functools
 import inspect
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
@@ -230,6 +231,7 @@ class AuthInterceptor(_ServerInterceptor):
         *,
         revoked: RevokedSource = frozenset(),
         on_denied: DenialHook | None = None,
+        on_finished: FinishHook | None = None,
     ) -> None:
         for method in rules:
             # A typo in a method name would silently deny that method forever;
@@ -243,6 +245,7 @@ class AuthInterceptor(_ServerInterceptor):
             revoked if callable(revoked) else (lambda: revoked)
         )
         self._on_denied = on_denied
+        self._on_finished = on_finished
 
     async def intercept_service(  # type: ignore[override]  # the stub omits None
         self,
@@ -258,7 +261,9 @@ class AuthInterceptor(_ServerInterceptor):
             # there is no behaviour to guard.
             return None
         method = handler_call_details.method
-        return _wrap_handler(handler, method, functools.partial(self._authorize, method))
+        return _wrap_handler(
+            handler, method, functools.partial(self._authorize, method), self._on_finished
+        )
 
     def _authorize(self, method: str, context: Context) -> Identity:
         """The caller's identity if it may call ``method``; raises JukinetError if not."""
@@ -301,6 +306,36 @@ class AuthInterceptor(_ServerInterceptor):
 # --- handler wrapping ----------------------------------------------------------------
 
 Authorize: TypeAlias = Callable[[Context], Identity]
+FinishHook: TypeAlias = Callable[[str, str, float], None]
+"""Told (method, status code name, seconds) when a call ends: RPC metrics."""
+
+
+def _status_name(exc: BaseException | None) -> str:
+    if exc is None:
+        return "OK"
+    if isinstance(exc, JukinetError):
+        return exc.code.name
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    if isinstance(exc, NotImplementedError):
+        return "UNIMPLEMENTED"
+    return "INTERNAL"
+
+
+class _Timer:
+    """Measures one call and reports it to the finish hook, if any."""
+
+    __slots__ = ("_hook", "_method", "_start", "failure")
+
+    def __init__(self, hook: FinishHook | None, method: str) -> None:
+        self._hook = hook
+        self._method = method
+        self._start = time.perf_counter()
+        self.failure: BaseException | None = None
+
+    def done(self) -> None:
+        if self._hook is not None:
+            self._hook(self._method, _status_name(self.failure), time.perf_counter() - self._start)
 
 
 async def _translate(exc: BaseException, method: str, context: Context) -> NoReturn:
@@ -382,32 +417,44 @@ async def _call_unary(
 
 
 def _unary_response(
-    behavior: Callable[..., Any], method: str, authorize: Authorize, streaming: bool
+    behavior: Callable[..., Any],
+    method: str,
+    authorize: Authorize,
+    streaming: bool,
+    on_finished: FinishHook | None,
 ) -> Callable[..., Awaitable[Any]]:
     async def guarded(request: Any, context: Context) -> Any:
         token = None
+        timer = _Timer(on_finished, method)
         try:
             token = _bind(authorize, context)
             return await _call_unary(behavior, request, context, streaming)
         except BaseException as exc:
+            timer.failure = exc
             await _translate(exc, method, context)
         finally:
             _unbind(token)
+            timer.done()
 
     return guarded
 
 
 def _stream_response(
-    behavior: Callable[..., Any], method: str, authorize: Authorize, streaming: bool
+    behavior: Callable[..., Any],
+    method: str,
+    authorize: Authorize,
+    streaming: bool,
+    on_finished: FinishHook | None,
 ) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(behavior):
         # A reader/writer-style handler (context.write) returns nothing;
         # keep it a coroutine so gRPC drives it the same way.
-        return _unary_response(behavior, method, authorize, streaming)
+        return _unary_response(behavior, method, authorize, streaming, on_finished)
 
     async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
         token = None
         responses: Any = None
+        timer = _Timer(on_finished, method)
         try:
             token = _bind(authorize, context)
             if inspect.isasyncgenfunction(behavior):
@@ -428,8 +475,10 @@ def _stream_response(
                     while (item := await asyncio.to_thread(next, responses, _DONE)) is not _DONE:
                         yield item
         except BaseException as exc:
+            timer.failure = exc
             await _translate(exc, method, context)
         finally:
+            timer.done()
             # Close the handler's generator here, in this call, so its own
             # cleanup (finally blocks, transactions) runs now and not at GC.
             if inspect.isasyncgen(responses):
@@ -445,7 +494,10 @@ def _stream_response(
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str, authorize: Authorize
+    handler: grpc.RpcMethodHandler[Any, Any],
+    method: str,
+    authorize: Authorize,
+    on_finished: FinishHook | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler, with every cardinality's behaviour guarded."""
     kwargs: dict[str, Any] = {
@@ -454,19 +506,19 @@ def _wrap_handler(
     }
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _unary_response(handler.unary_unary, method, authorize, False), **kwargs
+            _unary_response(handler.unary_unary, method, authorize, False, on_finished), **kwargs
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _unary_response(handler.stream_unary, method, authorize, True), **kwargs
+            _unary_response(handler.stream_unary, method, authorize, True, on_finished), **kwargs
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _stream_response(handler.unary_stream, method, authorize, False), **kwargs
+            _stream_response(handler.unary_stream, method, authorize, False, on_finished), **kwargs
         )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            _stream_response(handler.stream_stream, method, authorize, True), **kwargs
+            _stream_response(handler.stream_stream, method, authorize, True, on_finished), **kwargs
         )
     # A handler with no behaviour cannot be served; refuse to pass it through
     # unguarded rather than guess.

@@ -67,6 +67,11 @@ class NodeMetrics:
             "jukinet_codes_issued", "Resident codes minted or handed down", registry=r
         )
 
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        """Count one finished RPC and its handling time."""
+        self.rpcs.labels(method, code).inc()
+        self.rpc_latency.labels(method).observe(seconds)
+
     def serve(self, listen: str) -> WSGIServer:
         """Serve /metrics over HTTP on host:port in a background thread."""
         host, port = listen.rsplit(":", 1)

@@ -60,6 +60,7 @@ async def start_server(
                 rules,
                 revoked=revoked,
                 on_denied=lambda method, reason: metrics.denials.labels(method, reason).inc(),
+                on_finished=metrics.observe_rpc,
             )
         ],
         options=[
