@@ -243,7 +243,9 @@ def issue(
         raise ValueError(f"days must be at least 1, got {days}")
     ca_cert, ca_key = _load_ca(directory)
     if hosts is None:
-        hosts = _LOCAL_HOSTS if identity.kind in _SERVER_KINDS else ()
+        # Nodes also answer to their certificate name, which is the service name
+        # in deploy/ (compose and Kubernetes): national, prefecture-31 ...
+        hosts = (*_LOCAL_HOSTS, name) if identity.kind in _SERVER_KINDS else ()
     key = _new_key()
     now = _now()
     not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)

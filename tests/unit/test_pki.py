@@ -67,7 +67,7 @@ def test_node_leaf_contents(ca_dir: Path) -> None:
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
         "jukinet://municipality/312011"
     ]
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "municipality-312011"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
