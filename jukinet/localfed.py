@@ -1,0 +1,242 @@
+"""A federation of real node processes on 127.0.0.1: what the demo, the
+end-to-end tests and the benchmark run.
+
+It writes a PKI, one TOML config per node (own port, own metrics port, own
+database) and starts each node as ``python -m services.<tier> --config FILE``
+with its output in ``<workdir>/logs/<node>.log``. Nodes can be stopped,
+killed (SIGKILL) and restarted on the same port and database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from jukinet import pki
+from jukinet.client import tls_files
+from jukinet.tls import secure_channel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Node:
+    """One node of the local federation."""
+
+    name: str  # certificate name: national, prefecture-31, municipality-312011
+    tier: str  # national | prefecture | municipal
+    code: str  # "national", "31", "312011"
+    port: int
+    metrics_port: int
+    database_url: str
+    config_path: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def operator(self) -> str:
+        """The certificate name of this node's operator."""
+        return f"operator-{self.code}-admin"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+class LocalFederation:
+    """National, the prefectures of ``municipalities``, and the municipalities."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        municipalities: Sequence[str],
+        *,
+        database_url: Callable[[str], str] | None = None,
+        settings: dict[str, dict[str, Any]] | None = None,
+        agencies: Sequence[str] = (),
+    ) -> None:
+        self.workdir = workdir
+        self.pki_dir = workdir / "pki"
+        self.logs = workdir / "logs"
+        self.municipality_codes = list(municipalities)
+        self.prefecture_codes = sorted({m[:2] for m in municipalities})
+        self.agencies = list(agencies)
+        self._database_url = database_url or (
+            lambda name: f"sqlite+aiosqlite:///{workdir / 'data' / (name + '.db')}"
+        )
+        self._settings = settings or {}
+        self.nodes: dict[str, Node] = {}
+
+    # -- set-up --------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Certificates, ports and config files for every node."""
+        for d in (self.workdir, self.logs, self.workdir / "data", self.workdir / "config"):
+            d.mkdir(parents=True, exist_ok=True)
+        pki.issue_federation(
+            self.pki_dir,
+            pki.FederationSpec(
+                municipalities=self.municipality_codes,
+                agencies=self.agencies,
+                operators=True,
+            ),
+        )
+        self._add("national", "national", "national", {})
+        national = self.nodes["national"].target
+        for p in self.prefecture_codes:
+            self._add(
+                f"prefecture-{p}",
+                "prefecture",
+                p,
+                {"prefecture_code": p, "national_target": national},
+            )
+        for m in self.municipality_codes:
+            self._add(
+                f"municipality-{m}",
+                "municipal",
+                m,
+                {
+                    "local_government_code": m,
+                    "prefecture_target": self.nodes[f"prefecture-{m[:2]}"].target,
+                },
+            )
+
+    def _add(self, name: str, tier: str, code: str, settings: dict[str, Any]) -> None:
+        node = Node(
+            name=name,
+            tier=tier,
+            code=code,
+            port=free_port(),
+            metrics_port=free_port(),
+            database_url=self._database_url(name),
+            config_path=self.workdir / "config" / f"{name}.toml",
+            settings={**settings, **self._settings.get(tier, {})},
+        )
+        lines = [
+            f"listen = {_toml_value(node.target)}",
+            f"metrics_listen = {_toml_value(f'127.0.0.1:{node.metrics_port}')}",
+            f"database_url = {_toml_value(node.database_url)}",
+            *(f"{k} = {_toml_value(v)}" for k, v in node.settings.items()),
+            "",
+            "[tls]",
+            f"ca = {_toml_value(str(self.pki_dir / 'ca.pem'))}",
+            f"cert = {_toml_value(str(self.pki_dir / (name + '.pem')))}",
+            f"key = {_toml_value(str(self.pki_dir / (name + '.key')))}",
+            f"crl = {_toml_value(str(self.pki_dir / 'crl.pem'))}",
+            "",
+        ]
+        node.config_path.write_text("\n".join(lines), encoding="utf-8")
+        self.nodes[name] = node
+
+    # -- processes -----------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        """Start (or restart) one node's process."""
+        node = self.nodes[name]
+        if node.process is not None and node.process.poll() is None:
+            raise RuntimeError(f"{name} is already running")
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        node.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{node.tier}", "--config", str(node.config_path)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+
+    async def wait_ready(self, name: str, within: float = 30.0) -> None:
+        """Until the node answers a health check over mTLS (or its process died)."""
+        node = self.nodes[name]
+        deadline = time.monotonic() + within
+        channel = secure_channel(node.target, tls_files(self.pki_dir, node.operator))
+        try:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with {node.process.returncode}; see {self.logs / name}.log"
+                    )
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not ready after {within}s; see its log")
+                await asyncio.sleep(0.1)
+        finally:
+            await channel.close(grace=None)
+
+    async def start_all(self) -> None:
+        """Start every node, upper tiers first, each once the one above is ready."""
+        self.start("national")
+        await self.wait_ready("national")
+        for p in self.prefecture_codes:
+            self.start(f"prefecture-{p}")
+        await asyncio.gather(*(self.wait_ready(f"prefecture-{p}") for p in self.prefecture_codes))
+        for m in self.municipality_codes:
+            self.start(f"municipality-{m}")
+        await asyncio.gather(
+            *(self.wait_ready(f"municipality-{m}") for m in self.municipality_codes)
+        )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: the node gets no chance to clean up."""
+        node = self.nodes[name]
+        if node.process is not None and node.process.poll() is None:
+            node.process.send_signal(signal.SIGKILL)
+            node.process.wait(timeout=10)
+
+    def stop(self, name: str, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not stopped within ``grace`` seconds."""
+        node = self.nodes[name]
+        if node.process is None or node.process.poll() is not None:
+            return
+        node.process.terminate()
+        try:
+            node.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        """Stop every node, lower tiers first."""
+        for name in reversed(list(self.nodes)):
+            self.stop(name)
+
+    def channel(self, name: str, cert: str | None = None) -> grpc.aio.Channel:
+        """An mTLS channel to node ``name``, by default as its operator."""
+        node = self.nodes[name]
+        return secure_channel(node.target, tls_files(self.pki_dir, cert or node.operator))
