@@ -69,7 +69,7 @@ class NodeConfig:
 class NationalConfig(NodeConfig):
     """The national node."""
 
-    max_pool_size: int = 10_000
+    max_pool_size: int = 100_000
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -101,5 +101,29 @@ class Unavailable(JukinetError):
     reason = "unavailable"
 
 
+class Upstream(JukinetError):
+    """The next tier refused or could not be reached; its status is passed on."""
+
+    reason = "upstream"
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def from_upstream(exc: grpc.aio.AioRpcError, peer: str) -> Upstream:
+    """Relay a failed call to ``peer``: its refusals keep their status, and an
+    unreachable peer is UNAVAILABLE (never INTERNAL: the caller should retry)."""
+    code = exc.code()
+    if code in (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    ):
+        code = grpc.StatusCode.UNAVAILABLE
+    return Upstream(code, f"{peer}: {exc.details()}")
+
+
 class ConfigError(Exception):
     """A node cannot start: one clear line says why."""

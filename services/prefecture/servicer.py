@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
 from jukinet.db import Database
+from jukinet.errors import from_upstream
 from jukinet.holding_service import HoldingService
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
@@ -54,9 +57,12 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
             return delivery_pb2.AllocateCodePoolResponse(resident_codes=earlier[1])
         # The national call is idempotent by request_id, so a crash between it and
         # the write below only means the municipality asks again and gets the same.
-        response: delivery_pb2.AllocateCodePoolResponse = await self._national.AllocateCodePool(
-            request, timeout=30
-        )
+        try:
+            response: delivery_pb2.AllocateCodePoolResponse = await self._national.AllocateCodePool(
+                request, timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_upstream(exc, "national node") from exc
         async with self._db.write() as conn:
             if await store.issued_for_request(conn, request.request_id) is None:
                 await store.record_issued(
