@@ -41,7 +41,6 @@ class HoldingService:
         store: HoldingStore,
         metrics: NodeMetrics,
         authorize_origin: AuthorizeOrigin,
-        all_codes_known: bool,
         on_applied: OnApplied | None = None,
         after_commit: Callable[[], None] | None = None,
     ) -> None:
@@ -49,7 +48,6 @@ class HoldingService:
         self.store = store
         self.metrics = metrics
         self._authorize_origin = authorize_origin
-        self._all_codes_known = all_codes_known
         self._on_applied = on_applied
         self._after_commit = after_commit
 
@@ -70,9 +68,7 @@ class HoldingService:
                 notifications.append(entry.notification)
             try:
                 async with self.db.write() as conn:
-                    result = await self.store.apply_batch(
-                        conn, notifications, all_codes_known=self._all_codes_known
-                    )
+                    result = await self.store.apply_batch(conn, notifications)
                     if self._on_applied is not None and result.applied_notifications:
                         await self._on_applied(conn, result.applied_notifications)
             except JukinetError:

@@ -178,18 +178,32 @@ class HoldingStore:
             out.update({r[0]: r[1] for r in rows})
         return out
 
+    async def _born(self, conn: AsyncConnection, codes: set[str]) -> set[str]:
+        """Codes already created with a fresh code (birth, entry, code change)."""
+        h = self.t.history
+        out: set[str] = set()
+        code_list = sorted(codes)
+        for i in range(0, len(code_list), 500):
+            rows = await conn.execute(
+                select(h.c.resident_code).where(
+                    h.c.resident_code.in_(code_list[i : i + 500]),
+                    h.c.reason.in_(sorted(NEW_CODE_REASONS)),
+                )
+            )
+            out.update(rows.scalars())
+        return out
+
     async def apply_batch(
         self,
         conn: AsyncConnection,
         entries: Sequence[common_pb2.Notification],
-        *,
-        all_codes_known: bool,
     ) -> BatchResult:
         """Apply validated notifications in order, inside the caller's write transaction.
 
-        ``all_codes_known``: this tier issued every code there is (the national
-        node), so any code must be in ``issued_codes``; a prefecture knows only
-        its own municipalities' pools.
+        A fresh code (birth, ex-officio entry, code change) must come from the
+        origin's own pool; the prefecture and the national node both check it,
+        so a notification the prefecture accepted is never refused above it
+        (which would stall the relay of every municipality behind it).
         """
         cursors_t = self.t.cursors
         origins = sorted({n.origin_code for n in entries})
@@ -220,6 +234,9 @@ class HoldingStore:
         states = await self._load(conn, codes)
         existed = set(states)
         owners = await self._pool_owners(conn, codes)
+        born = await self._born(
+            conn, {n.record.resident_code for n in fresh if n.reason in NEW_CODE_REASONS}
+        )
         now = _now()
         changed: dict[str, Held] = {}
         history: list[dict[str, object]] = []
@@ -232,10 +249,13 @@ class HoldingStore:
             if n.reason in NEW_CODE_REASONS:
                 if owner != n.origin_code:
                     raise InvalidArgument(field, f"{code} is not in the pool of {n.origin_code}")
-                if code in states and n.reason != common_pb2.CHANGE_REASON_CODE_CHANGE:
+                # A fresh code is given out once. The record may exist already
+                # when another municipality's move-in overtook this creation
+                # (order holds per origin only): refusing it would stall the
+                # stream for ever. Only a second fresh-code creation is refused.
+                if code in born:
                     raise InvalidArgument(field, f"{code} is already in use")
-            elif all_codes_known and owner is None:
-                raise InvalidArgument(field, f"{code} was never issued")
+                born.add(code)
             decision = decide(states, n)
             for held in decision.states:
                 states[held.resident_code] = held

@@ -157,7 +157,15 @@ class Pusher:
                         for seq, payload in rows
                     ]
                 )
-                await call.write(request)
+                try:
+                    await call.write(request)
+                except Exception:
+                    # A refusal (a gap, bad input) ends the stream while we write;
+                    # its real status arrives on the read side, so wait for it.
+                    done, _ = await asyncio.wait({receiver}, timeout=5)
+                    if done and not receiver.cancelled() and receiver.exception() is not None:
+                        receiver.result()
+                    raise
                 next_after = rows[-1][0]
                 async with room:
                     in_flight.append(next_after)

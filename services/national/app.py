@@ -55,7 +55,6 @@ class NationalApp:
             store=self.store,
             metrics=self.metrics,
             authorize_origin=authorize_prefecture_origin,
-            all_codes_known=True,
         )
         self._server: RunningServer | None = None
 

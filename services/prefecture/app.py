@@ -66,7 +66,6 @@ class PrefectureApp:
             store=self.store,
             metrics=self.metrics,
             authorize_origin=authorize_municipal_origin,
-            all_codes_known=False,
             on_applied=self._relay,
             after_commit=self._wake,
         )
