@@ -5,8 +5,8 @@ Order holds per municipality only: the two halves of a move (the new
 municipality's creation, the old one's removal) may arrive in either order.
 The rules make both orders end in the same state:
 
-* a creation registers the person at its origin, unless the record is active
-  at another municipality since a later effective date;
+* a creation registers the person at its origin, unless the record belongs to
+  another municipality since a later effective date;
 * a removal or amendment changes the record only while the record belongs to
   the municipality that sent it; otherwise it enters the history alone (a late
   move-out never removes the registration at the new municipality);
@@ -85,9 +85,10 @@ class Decision:
 
 
 def _may_register(current: Held | None, n: common_pb2.Notification) -> bool:
-    if current is None or current.status != ACTIVE:
-        return True
-    if current.local_government_code == n.origin_code:
+    # A creation elsewhere wins only if it is not older than the registration it
+    # replaces, whether that one is still active or already removed: a late
+    # birth notice must not undo a later move and death somewhere else.
+    if current is None or current.local_government_code == n.origin_code:
         return True
     return n.effective_date >= current.registered_since
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from jukinet import localgov
 from jukinet.config import NodeConfig, load_config
 from jukinet.errors import ConfigError
 from jukinet.server import App, run_until_signalled
@@ -29,6 +30,10 @@ def run_node(
             level=config.log_level.upper(),
             format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
         )
+        # Load the local-government list (Japan Post data, about 1.5 s) before
+        # serving: loaded lazily, it would block the event loop, and every
+        # call and stream of the node, at the first code it checks.
+        localgov.all_local_governments()
         app = make_app(config)
         asyncio.run(run_until_signalled(app, name))
     except ConfigError as exc:

@@ -113,18 +113,25 @@ class Pusher:
         room = asyncio.Condition()
 
         async def receive() -> None:
-            while True:
-                response = await call.read()
-                if response is _EOF:
-                    raise ConnectionError("receiver closed the stream")
-                ack = response.acknowledged_through
-                async with self._db.write() as conn:
-                    await self._outbox.acknowledge(conn, ack)
-                self.connected = True
-                self._metrics.notifications_pushed.inc(response.applied + response.duplicates)
+            try:
+                while True:
+                    response = await call.read()
+                    if response is _EOF:
+                        raise ConnectionError("receiver closed the stream")
+                    ack = response.acknowledged_through
+                    async with self._db.write() as conn:
+                        await self._outbox.acknowledge(conn, ack)
+                    self.connected = True
+                    self._metrics.notifications_pushed.inc(response.applied + response.duplicates)
+                    async with room:
+                        while in_flight and in_flight[0] <= ack:
+                            in_flight.popleft()
+                        room.notify_all()
+            finally:
+                # Wake the sender if it waits for room in a full window: it
+                # checks receiver.done() only when notified, and would
+                # otherwise wait for ever once the stream broke.
                 async with room:
-                    while in_flight and in_flight[0] <= ack:
-                        in_flight.popleft()
                     room.notify_all()
 
         receiver = asyncio.create_task(receive())

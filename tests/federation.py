@@ -174,9 +174,7 @@ class Federation:
             if all(got.get(c, 0) >= s for c, s in want.items()):
                 return
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(
-                    f"not delivered in {timeout}s: want {want}, national has {got}"
-                )
+                raise AssertionError(f"not delivered in {within}s: want {want}, national has {got}")
             await asyncio.sleep(0.05)
 
 

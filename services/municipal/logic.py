@@ -58,6 +58,13 @@ def check_person(p: municipal_pb2.PersonDetails, prefix: str = "person") -> Pers
     )
 
 
+def check_not_before_birth(date: str, person: Person, field: str) -> None:
+    """A register date of a person (entry, removal, death) cannot precede their birth."""
+    # ISO dates compare correctly as text.
+    if date < person.birth_date:
+        raise InvalidArgument(field, f"{date} is before the person's birth date")
+
+
 @dataclass(frozen=True)
 class ResidentState:
     """A register entry as stored."""

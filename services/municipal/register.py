@@ -41,6 +41,7 @@ from services.municipal.logic import (
     Person,
     ResidentState,
     build_notification,
+    check_not_before_birth,
     check_person,
     move_in_reason,
     removal_reason,
@@ -234,6 +235,7 @@ class Register:
     ) -> tuple[ResidentState, int]:
         person = check_person(req.person)
         effective = check_effective_date(req.effective_date).isoformat()
+        check_not_before_birth(effective, person, "effective_date")
         await self.pool.ensure(1)
         async with self.db.write() as conn:
             household = await self._household(conn, req.household_id)
@@ -248,6 +250,7 @@ class Register:
         person = check_person(req.person)
         reason = move_in_reason(req.origin)
         effective = check_effective_date(req.effective_date).isoformat()
+        check_not_before_birth(effective, person, "effective_date")
         domestic = req.origin != municipal_pb2.MOVE_IN_ORIGIN_ABROAD
         if domestic:
             if not req.resident_code:
@@ -389,10 +392,13 @@ class Register:
 
     # -- removals ------------------------------------------------------------
 
-    async def _remove(self, code: str, reason: int, effective: str) -> tuple[ResidentState, int]:
+    async def _remove(
+        self, code: str, reason: int, effective: str, field: str = "effective_date"
+    ) -> tuple[ResidentState, int]:
         async with self.db.write() as conn:
             resident = await self._resident(conn, code)
             resident.require_active()
+            check_not_before_birth(effective, resident.person, field)
             await repo.update_resident(
                 conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
             )
@@ -424,7 +430,7 @@ class Register:
         self, req: municipal_pb2.RecordDeathRequest
     ) -> tuple[ResidentState, int]:
         date = check_birth_date(req.date_of_death, "date_of_death").isoformat()
-        return await self._remove(req.resident_code, R.CHANGE_REASON_DEATH, date)
+        return await self._remove(req.resident_code, R.CHANGE_REASON_DEATH, date, "date_of_death")
 
     async def remove_ex_officio(
         self, req: municipal_pb2.RemoveExOfficioRequest
@@ -458,6 +464,7 @@ class Register:
                 registered = check_effective_date(
                     row.registered_on or person.birth_date, "registered_on"
                 ).isoformat()
+                check_not_before_birth(registered, person, "registered_on")
                 if row.household_id and len(row.household_id) > 32:
                     raise InvalidArgument("household_id", "at most 32 characters")
             except InvalidArgument as exc:

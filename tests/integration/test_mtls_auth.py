@@ -469,6 +469,62 @@ async def test_generated_stub_of_an_unimplemented_method_is_unimplemented(
         assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
+async def test_client_streaming_and_synchronous_handlers(
+    federation: Pki, start_server: StartServer
+) -> None:
+    # PrefectureService has no client-streaming method; a generic handler
+    # covers that cardinality, plus synchronous behaviours run in a thread.
+    async def count(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        n = sum([1 async for _ in requests])
+        return f"{current_identity().uri} sent {n}".encode()
+
+    def sync_count(requests: Any, context: Any) -> bytes:
+        return f"{current_identity().uri} sent {len(list(requests))}".encode()
+
+    def sync_echo(request: bytes, context: Any) -> Any:
+        yield request
+        yield current_identity().uri.encode()
+
+    handlers = {
+        "Count": grpc.stream_unary_rpc_method_handler(count),
+        "SyncCount": grpc.stream_unary_rpc_method_handler(sync_count),
+        "SyncEcho": grpc.unary_stream_rpc_method_handler(sync_echo),
+    }
+    files = federation.server_files()
+    rules = {f"/test.Probe/{m}": allow(Kind.MUNICIPALITY) for m in handlers}
+    server = grpc.aio.server(interceptors=[AuthInterceptor(rules)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Probe", handlers)])
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(files))
+    await server.start()
+
+    async def three() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x"
+
+    try:
+        async with secure_channel(
+            f"127.0.0.1:{port}", federation.files("municipality-131016")
+        ) as ch:
+            for method in ("Count", "SyncCount"):
+                call = ch.stream_unary(f"/test.Probe/{method}", None, None)
+                reply = await call(three(), timeout=TIMEOUT)
+                assert reply == b"jukinet://municipality/131016 sent 3"
+            echo = ch.unary_stream("/test.Probe/SyncEcho", None, None)
+            replies = [r async for r in echo(b"hi", timeout=TIMEOUT)]
+            assert replies == [b"hi", b"jukinet://municipality/131016"]
+        async with secure_channel(f"127.0.0.1:{port}", federation.files("national")) as ch:
+            call = ch.stream_unary("/test.Probe/Count", None, None)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(three(), timeout=TIMEOUT)
+            assert info.value.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                # grpc/grpc#36066: a client still writing may see this instead.
+                grpc.StatusCode.INTERNAL,
+            )
+    finally:
+        await server.stop(None)
+
+
 # --- pieces --------------------------------------------------------------------------
 
 

@@ -215,5 +215,5 @@ def test_fast_enough() -> None:
     n = sum(len(h.members) for h in gen.households(TOTTORI, 50_000))
     elapsed = time.perf_counter() - start
     assert n == 50_000
-    # Measured about 0.35 s; the bound only catches an order-of-magnitude slip.
+    # Measured about 0.25 s; the bound only catches an order-of-magnitude slip.
     assert elapsed < 5.0, elapsed

@@ -1,0 +1,677 @@
+"""Bulk import of an existing municipal register from CSV.
+
+::
+
+    jukinet import register.csv --target 127.0.0.1:50311 --pki pki \\
+        --as operator-312011-admin [--batch 1000] [--rejects rejected.csv]
+    jukinet import-sample register.csv --municipality 312011 --count 3000 [--seed 1]
+
+The CSV format
+--------------
+
+UTF-8, with or without a byte-order mark; the first row is a header naming
+the columns, in any order::
+
+    source_id,name,name_kana,former_surname,alias,birth_date,sex,address,household_id,registered_on
+
+=================  ========  ===========================================================
+column             required  content
+=================  ========  ===========================================================
+source_id          yes       the row's key in the old system (1-64 characters); it makes
+                             resuming safe: a row whose source_id is already in the
+                             register is skipped ("already present")
+name               yes       氏名 in its original characters, e.g. ``鳥取　花子``
+name_kana          no        reading in kana
+former_surname     no        旧氏, where registered
+alias              no        通称 of a foreign resident, where registered
+birth_date         yes       YYYY-MM-DD
+sex                yes       ``male``/``female``, ``1``/``2`` or ``男``/``女``
+address            yes       the full address, prefecture first
+household_id       no        the old system's household key (at most 32 characters):
+                             rows with the same value form one household (世帯);
+                             empty gives the row a household of its own
+registered_on      no        YYYY-MM-DD the entry took effect; empty: the birth date
+=================  ========  ===========================================================
+
+Columns marked "no" may be left out of the header altogether. Every data row
+must have as many fields as the header; blank lines are skipped. Quoting is
+standard CSV (RFC 4180), so a field may contain commas, quotes and line breaks.
+Lines are counted in the file as a text editor shows them (the header is line
+1), and every report names the line on which its row starts.
+
+How it runs
+-----------
+
+The file is read as a stream, never whole, and sent in batches of ``--batch``
+rows over one ``MunicipalService.ImportResidents`` stream, with at most
+``window`` batches unacknowledged (backpressure: a slow node slows the reader,
+it does not fill memory). The node loads each batch in one transaction and
+answers with what it imported, what it already had and what it rejected, with
+line, field and reason. Rows that cannot even be parsed here (wrong number of
+fields, an unknown sex value) are reported with their line and never sent.
+
+Resuming after an interruption (Ctrl-C, a broken connection, the node killed)
+is running the same command again: batches the node acknowledged are already
+present and are counted as such, the rest loads. A source_id that occurs twice
+in one file is reported as rejected within a batch and as already present
+across batches.
+
+Exit status: 0 when every row was imported or already present; 1 when some
+rows were rejected; 2 on a usage, file or connection problem (one line on
+stderr); 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import datetime as dt
+import itertools
+import os
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+import grpc
+from tqdm import tqdm
+
+from jukinet.client import connect, describe_error
+from jukinet.errors import ConfigError
+from jukinet.population import DEFAULT_AS_OF, PopulationGenerator
+from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
+
+__all__ = [
+    "COLUMNS",
+    "REQUIRED_COLUMNS",
+    "CsvFormatError",
+    "ImportSummary",
+    "Rejection",
+    "check_header",
+    "import_csv",
+    "parse_sex",
+    "read_batches",
+    "read_rows",
+    "register_cli",
+    "sample_rows",
+    "write_csv",
+    "write_rejections",
+    "write_sample",
+]
+
+COLUMNS: tuple[str, ...] = (
+    "source_id",
+    "name",
+    "name_kana",
+    "former_surname",
+    "alias",
+    "birth_date",
+    "sex",
+    "address",
+    "household_id",
+    "registered_on",
+)
+"""Every column the format knows, in the order :func:`write_sample` writes them."""
+
+REQUIRED_COLUMNS: frozenset[str] = frozenset({"source_id", "name", "birth_date", "sex", "address"})
+"""Columns the header must name."""
+
+DEFAULT_BATCH = 1000
+DEFAULT_WINDOW = 4
+# The node refuses larger messages (services/municipal/servicer.py).
+MAX_BATCH = 10_000
+
+_SEX: dict[str, int] = {
+    "male": common_pb2.SEX_MALE,
+    "1": common_pb2.SEX_MALE,
+    "男": common_pb2.SEX_MALE,
+    "female": common_pb2.SEX_FEMALE,
+    "2": common_pb2.SEX_FEMALE,
+    "女": common_pb2.SEX_FEMALE,
+}
+
+
+class CsvFormatError(Exception):
+    """The file as a whole cannot be imported (missing, not UTF-8, bad header)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One row that was not imported: where, which field, why."""
+
+    line: int
+    source_id: str
+    field: str
+    reason: str
+    local: bool = False
+    """True when the row was refused here and never sent to the node."""
+
+    def describe(self) -> str:
+        """One human-readable line."""
+        who = f" ({self.source_id})" if self.source_id else ""
+        return f"line {self.line}{who}: {self.field}: {self.reason}"
+
+
+@dataclass
+class ImportSummary:
+    """What an import did, counted as the node acknowledged it."""
+
+    imported: int = 0
+    already_present: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    rows_read: int = 0
+    """Data rows read from the file so far (sent or refused locally)."""
+    batches_acknowledged: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_done(self) -> int:
+        """Rows with a final outcome: imported, already present or rejected."""
+        return self.imported + self.already_present + len(self.rejected)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every row is in the register, 1 when some were rejected."""
+        return 1 if self.rejected else 0
+
+    def sorted_rejections(self) -> list[Rejection]:
+        """Rejections in file order."""
+        return sorted(self.rejected, key=lambda r: r.line)
+
+    def describe(self) -> str:
+        """The one-line summary."""
+        rate = self.rows_done / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"imported {self.imported}, already present {self.already_present}, "
+            f"rejected {len(self.rejected)} ({self.rows_done} rows in {self.seconds:.1f} s, "
+            f"{rate:,.0f} rows/s)"
+        )
+
+
+def parse_sex(value: str) -> int:
+    """The Sex enum value for a CSV sex field; ValueError for anything unknown."""
+    sex = _SEX.get(value.strip().lower())
+    if sex is None:
+        raise ValueError(f"expected male/female, 1/2 or 男/女, got {value!r}")
+    return sex
+
+
+def _header_index(header: Sequence[str]) -> dict[str, int]:
+    names = [h.strip().lower() for h in header]
+    unknown = [n for n in names if n not in COLUMNS]
+    if unknown:
+        raise CsvFormatError(
+            f"header: unknown column(s) {', '.join(repr(u) for u in unknown)}; "
+            f"known: {', '.join(COLUMNS)}"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CsvFormatError(f"header: column(s) named twice: {', '.join(twice)}")
+    missing = sorted(REQUIRED_COLUMNS - set(names))
+    if missing:
+        raise CsvFormatError(f"header: missing required column(s): {', '.join(missing)}")
+    return {n: i for i, n in enumerate(names)}
+
+
+def _row(
+    line: int, fields: Sequence[str], index: dict[str, int]
+) -> municipal_pb2.ImportRow | Rejection:
+    def get(name: str) -> str:
+        i = index.get(name)
+        return fields[i] if i is not None else ""
+
+    if len(fields) != len(index):
+        i = index["source_id"]
+        return Rejection(
+            line,
+            fields[i].strip() if i < len(fields) else "",
+            "columns",
+            f"expected {len(index)} fields as in the header, got {len(fields)}",
+            local=True,
+        )
+    source_id = get("source_id").strip()
+    try:
+        sex = parse_sex(get("sex"))
+    except ValueError as exc:
+        return Rejection(line, source_id, "sex", str(exc), local=True)
+    # Names and addresses go as written: the node checks them and names the
+    # field; only the structural fields are trimmed.
+    return municipal_pb2.ImportRow(
+        line=line,
+        source_id=source_id,
+        person=municipal_pb2.PersonDetails(
+            name=get("name"),
+            name_kana=get("name_kana"),
+            former_surname=get("former_surname"),
+            alias=get("alias"),
+            birth_date=get("birth_date").strip(),
+            sex=sex,  # type: ignore[arg-type]
+            address=get("address"),
+        ),
+        household_id=get("household_id").strip(),
+        registered_on=get("registered_on").strip(),
+    )
+
+
+def read_rows(
+    stream: IO[str], name: str = "<csv>"
+) -> Iterator[municipal_pb2.ImportRow | Rejection]:
+    """Parse an open text stream (opened with ``newline=""``) row by row.
+
+    Yields an ImportRow for every row that can be sent and a local
+    :class:`Rejection` for every row that cannot; raises
+    :class:`CsvFormatError` for a problem with the file as a whole.
+    """
+    reader = csv.reader(stream)
+    try:
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise CsvFormatError(f"{name}: empty file; expected a header row") from None
+        index = _header_index(header)
+        last_line = reader.line_num
+        while True:
+            line = last_line + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                last_line = reader.line_num
+                yield Rejection(line, "", "row", f"malformed CSV: {exc}", local=True)
+                continue
+            last_line = reader.line_num
+            if not fields or (len(fields) == 1 and not fields[0].strip() and len(index) > 1):
+                continue  # a blank line
+            yield _row(line, fields, index)
+    except UnicodeDecodeError as exc:
+        raise CsvFormatError(
+            f"{name}: not UTF-8 text near line {reader.line_num + 1}: {exc.reason}"
+        ) from None
+
+
+def check_header(path: Path | str) -> None:
+    """Raise :class:`CsvFormatError` unless ``path`` is a readable CSV with a good header."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            for _ in itertools.islice(read_rows(stream, str(path)), 1):
+                pass
+    except OSError as exc:
+        raise CsvFormatError(f"{path}: {exc.strerror or exc}") from None
+
+
+def read_batches(
+    path: Path | str, batch: int, summary: ImportSummary
+) -> Generator[list[municipal_pb2.ImportRow], None, None]:
+    """The file's sendable rows in lists of at most ``batch``.
+
+    Local rejections are added to ``summary`` as they are read, and every data
+    row counts in ``summary.rows_read``.
+    """
+    path = Path(path)
+    try:
+        stream = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise CsvFormatError(f"{path}: {exc.strerror or exc}") from None
+    with stream:
+        rows: list[municipal_pb2.ImportRow] = []
+        for item in read_rows(stream, str(path)):
+            summary.rows_read += 1
+            if isinstance(item, Rejection):
+                summary.rejected.append(item)
+                continue
+            rows.append(item)
+            if len(rows) >= batch:
+                yield rows
+                rows = []
+        if rows:
+            yield rows
+
+
+def _progress_bar(path: Path, enabled: bool, position: int | None) -> tqdm[Any]:
+    return tqdm(
+        desc=path.name,
+        unit=" rows",
+        unit_scale=False,
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=0.2,
+        position=position,
+        leave=True,
+    )
+
+
+async def import_csv(
+    channel: grpc.aio.Channel,
+    path: Path | str,
+    *,
+    batch: int = DEFAULT_BATCH,
+    window: int = DEFAULT_WINDOW,
+    progress: bool = True,
+    progress_position: int | None = None,
+    summary: ImportSummary | None = None,
+) -> ImportSummary:
+    """Import the CSV at ``path`` into the municipality ``channel`` leads to.
+
+    ``channel`` must present an operator certificate of that municipality.
+    At most ``window`` batches of ``batch`` rows are unacknowledged at any
+    time. With ``progress`` a tqdm bar (rows, rows/s) runs on stderr;
+    ``progress_position`` stacks several bars. Pass your own ``summary`` to
+    keep the counts acknowledged so far when the import is interrupted
+    (cancelled, or failing with :class:`grpc.aio.AioRpcError`).
+
+    Raises :class:`CsvFormatError` for a file that cannot be read as the
+    format requires; the node's refusal of the whole stream (permission,
+    unreachable) as :class:`grpc.aio.AioRpcError`.
+    """
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be between 1 and {MAX_BATCH}, got {batch}")
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    path = Path(path)
+    summary = summary if summary is not None else ImportSummary()
+    check_header(path)
+    batches = read_batches(path, batch, summary)
+    stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
+    started = time.perf_counter()
+    bar = _progress_bar(path, progress, progress_position)
+    slots = asyncio.Semaphore(window)
+    in_flight: deque[int] = deque()
+    # The stubs type the stream opener as taking a request iterator; grpc.aio
+    # also opens it without one, for write()/read().
+    call: grpc.aio.StreamStreamCall[
+        municipal_pb2.ImportResidentsRequest, municipal_pb2.ImportResidentsResponse
+    ] = cast(Any, stub.ImportResidents)()
+
+    def next_batch() -> list[municipal_pb2.ImportRow] | None:
+        return next(batches, None)
+
+    async def send() -> None:
+        while True:
+            # Reading and parsing run in a thread, so that a large batch does
+            # not stall the event loop (and the acknowledgements it reads).
+            rows = await asyncio.to_thread(next_batch)
+            if rows is None:
+                break
+            await slots.acquire()
+            in_flight.append(len(rows))
+            await call.write(municipal_pb2.ImportResidentsRequest(rows=rows))
+        await call.done_writing()
+
+    sender = asyncio.create_task(send(), name=f"import-send:{path.name}")
+    reader: asyncio.Future[object] | None = None
+    try:
+        while True:
+            reader = asyncio.ensure_future(call.read())
+            await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                # The sender finished first; it either failed (re-raised here)
+                # or closed the stream cleanly and the read will end.
+                failure = sender.exception()
+                if failure is not None:
+                    if isinstance(failure, grpc.aio.AioRpcError):
+                        # A refusal (permission, bad batch) ends the stream
+                        # while we write; its real status arrives on the read side.
+                        await asyncio.wait({reader}, timeout=5)
+                        if reader.done() and not reader.cancelled() and reader.exception():
+                            reader.result()
+                    reader.cancel()
+                    sender.result()
+                await reader
+            response = reader.result()
+            if not isinstance(response, municipal_pb2.ImportResidentsResponse):
+                break  # grpc.aio.EOF: the node closed the stream
+            if not in_flight:
+                raise RuntimeError("the node acknowledged more batches than were sent")
+            in_flight.popleft()
+            slots.release()
+            summary.imported += response.imported
+            summary.already_present += response.already_present
+            summary.rejected.extend(
+                Rejection(r.line, r.source_id, r.field, r.reason) for r in response.rejected
+            )
+            summary.batches_acknowledged += 1
+            bar.set_postfix(
+                imported=summary.imported,
+                present=summary.already_present,
+                rejected=len(summary.rejected),
+                refresh=False,
+            )
+            # Rows with an outcome: acknowledged ones and those refused locally.
+            bar.update(summary.rows_done - bar.n)
+        sender.result()
+        if in_flight:
+            raise RuntimeError(f"the stream ended with {len(in_flight)} batch(es) unacknowledged")
+        bar.update(summary.rows_done - bar.n)
+    finally:
+        if reader is not None and not reader.done():
+            reader.cancel()
+        if not sender.done():
+            sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        call.cancel()
+        with contextlib.suppress(ValueError):  # still running in its thread
+            batches.close()
+        summary.seconds = time.perf_counter() - started
+        bar.close()
+    return summary
+
+
+def write_rejections(path: Path | str, rejections: Sequence[Rejection]) -> None:
+    """Write rejected rows as CSV: line, source_id, field, reason, where."""
+    with Path(path).open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["line", "source_id", "field", "reason", "where"])
+        for r in sorted(rejections, key=lambda r: r.line):
+            writer.writerow(
+                [r.line, r.source_id, r.field, r.reason, "local" if r.local else "node"]
+            )
+
+
+# --- sample files -----------------------------------------------------------
+
+
+def sample_rows(
+    municipality: str, count: int, *, seed: int = 1, as_of: dt.date = DEFAULT_AS_OF
+) -> Iterator[dict[str, str]]:
+    """``count`` realistic rows for ``municipality``, household by household.
+
+    Members of a household share ``household_id`` and the address; the
+    entry dates follow the household (each member registered when the
+    household settled there, or at birth if later). The same arguments give
+    the same rows.
+    """
+    gen = PopulationGenerator(seed, as_of=as_of)
+    rng = random.Random(f"jukinet.importer/{seed}/{municipality}")
+    n = 0
+    for h, household in enumerate(gen.households(municipality, count), start=1):
+        settled = as_of - dt.timedelta(days=rng.randint(0, 40 * 365))
+        household_id = f"{municipality}-{seed}-H{h:07d}"
+        for person in household.members:
+            n += 1
+            yield {
+                "source_id": f"{municipality}-{seed}-{n:08d}",
+                "name": person.name,
+                "name_kana": person.name_kana,
+                "former_surname": "",
+                "alias": "",
+                "birth_date": person.birth_date.isoformat(),
+                "sex": person.sex,
+                "address": household.address,
+                "household_id": household_id,
+                "registered_on": max(settled, person.birth_date).isoformat(),
+            }
+
+
+def write_sample(
+    path: Path | str, municipality: str, count: int, *, seed: int = 1, bom: bool = False
+) -> int:
+    """Write :func:`sample_rows` as a CSV file with a header; returns the rows written."""
+    written = 0
+    with Path(path).open("w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in sample_rows(municipality, count, seed=seed):
+            writer.writerow(row)
+            written += 1
+    return written
+
+
+write_csv = write_sample
+"""Another name for :func:`write_sample` (what the benchmark calls)."""
+
+
+# --- command line -----------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BATCH}, got {value}")
+    return value
+
+
+async def _connect_and_import(args: argparse.Namespace, summary: ImportSummary) -> None:
+    channel = connect(args.target, args.pki, args.identity)
+    try:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout=args.connect_timeout)
+        except TimeoutError:
+            raise ConnectionError(
+                f"cannot reach {args.target} within {args.connect_timeout:g} s"
+            ) from None
+        await import_csv(
+            channel,
+            args.file,
+            batch=args.batch,
+            window=args.window,
+            progress=not args.quiet,
+            summary=summary,
+        )
+    finally:
+        await channel.close(None)
+
+
+def _report(summary: ImportSummary, rejects: Path | None, out: IO[str]) -> None:
+    print(summary.describe(), file=out)
+    rejected = summary.sorted_rejections()
+    if not rejected:
+        return
+    shown = rejected if rejects is None else rejected[:20]
+    print("rejected rows:", file=out)
+    for r in shown:
+        print(f"  {r.describe()}", file=out)
+    if rejects is not None:
+        write_rejections(rejects, rejected)
+        more = f" ({len(rejected) - len(shown)} more)" if len(rejected) > len(shown) else ""
+        print(f"all {len(rejected)} rejected rows written to {rejects}{more}", file=out)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    if not args.target or not args.identity:
+        print(
+            "jukinet import: --target and --as are required (or JUKINET_TARGET / JUKINET_AS)",
+            file=sys.stderr,
+        )
+        return 2
+    summary = ImportSummary()
+    try:
+        asyncio.run(_connect_and_import(args, summary))
+    except KeyboardInterrupt:
+        print(
+            f"\njukinet import: interrupted after {summary.rows_done} acknowledged rows "
+            f"({summary.imported} imported); run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except (ConfigError, CsvFormatError, ConnectionError) as exc:
+        print(f"jukinet import: {exc}", file=sys.stderr)
+        return 2
+    except grpc.aio.AioRpcError as exc:
+        print(f"jukinet import: {describe_error(exc)}", file=sys.stderr)
+        if summary.batches_acknowledged:
+            print(
+                f"jukinet import: {summary.imported + summary.already_present} rows were in "
+                f"the register before the failure; run the same command again to resume",
+                file=sys.stderr,
+            )
+        return 2
+    _report(summary, args.rejects, sys.stdout)
+    return summary.exit_code
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    try:
+        written = write_sample(
+            args.out, args.municipality, args.count, seed=args.seed, bom=args.bom
+        )
+    except Exception as exc:  # InvalidArgument for an unknown code, OSError
+        message = getattr(exc, "message", None) or str(exc)
+        print(f"jukinet import-sample: {message}", file=sys.stderr)
+        return 2
+    print(f"wrote {written} rows to {args.out}")
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``import`` and ``import-sample`` to a ``jukinet`` subcommand parser."""
+    env = os.environ
+    p = subparsers.add_parser(
+        "import",
+        help="bulk import an existing register from CSV",
+        description=__doc__.split("How it runs")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", type=Path, help="CSV file (see the format above)")
+    p.add_argument("--target", default=env.get("JUKINET_TARGET"), help="host:port of the node")
+    p.add_argument("--pki", default=env.get("JUKINET_PKI", "pki"), help="PKI folder")
+    p.add_argument(
+        "--as",
+        dest="identity",
+        default=env.get("JUKINET_AS"),
+        help="operator certificate in the PKI folder, e.g. operator-312011-admin",
+    )
+    p.add_argument(
+        "--batch",
+        type=_batch_size,
+        default=DEFAULT_BATCH,
+        help=f"rows per batch (default {DEFAULT_BATCH}, at most {MAX_BATCH})",
+    )
+    p.add_argument(
+        "--window",
+        type=_positive,
+        default=DEFAULT_WINDOW,
+        help=f"batches in flight (default {DEFAULT_WINDOW})",
+    )
+    p.add_argument("--rejects", type=Path, help="also write the rejected rows to this CSV file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_import)
+
+    s = subparsers.add_parser(
+        "import-sample", help="write a realistic register CSV (households, addresses)"
+    )
+    s.add_argument("out", type=Path, help="CSV file to write")
+    s.add_argument("--municipality", required=True, help="local government code, e.g. 312011")
+    s.add_argument("--count", type=int, required=True, help="number of residents")
+    s.add_argument("--seed", type=int, default=1, help="same seed, same people (default 1)")
+    s.add_argument("--bom", action="store_true", help="start the file with a UTF-8 BOM")
+    s.set_defaults(func=_cmd_sample)

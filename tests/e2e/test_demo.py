@@ -1,0 +1,172 @@
+"""`jukinet demo` end to end: six node processes, a day of life, reconciliation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jukinet.demo import reconcile
+from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+AGREE = "all tiers agree with the municipal registers"
+
+
+def _demo(workdir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "jukinet.cli", "demo",
+        "--population", "300", "--workdir", str(workdir), *extra,
+    ]  # fmt: skip
+
+
+def _node_processes(workdir: Path) -> list[int]:
+    """Processes whose command line names a config file of this demo (Linux /proc)."""
+    needle = str(workdir / "config").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.e2e
+def test_demo_tiers_agree(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    started = time.monotonic()
+    result = subprocess.run(
+        _demo(workdir), cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert AGREE in result.stdout, output
+    assert "転入" in result.stdout and "国外からの転入" in result.stdout
+    assert time.monotonic() - started < 120
+    # Every node wrote its log and is gone.
+    assert len(list((workdir / "logs").glob("*.log"))) == 6
+    if Path("/proc").is_dir():
+        assert _node_processes(workdir) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the node processes")
+def test_ctrl_c_stops_every_node(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        _demo(workdir, "--keep-running", "--quiet"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "keeps running" in line:
+                break
+        else:
+            pytest.fail("the demo ended before keeping the federation running:\n" + "".join(lines))
+        assert AGREE in "".join(lines)
+        assert len(_node_processes(workdir)) == 6
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, "".join(lines) + rest
+        assert _node_processes(workdir) == []
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --- the reconciliation rules, without processes ------------------------------------
+
+
+def _resident(code: str, lg: str, *, active: bool = True, **person: str) -> municipal_pb2.Resident:
+    details = {
+        "name": "鳥取\u3000花子",
+        "name_kana": "トットリ\u3000ハナコ",
+        "birth_date": "1990-04-01",
+        "sex": common_pb2.SEX_FEMALE,
+        "address": "鳥取県鳥取市東町1丁目1番1号",
+    }
+    details.update(person)
+    return municipal_pb2.Resident(
+        resident_code=code,
+        local_government_code=lg,
+        person=municipal_pb2.PersonDetails(**details),  # type: ignore[arg-type]
+        status=municipal_pb2.RESIDENT_STATUS_ACTIVE
+        if active
+        else municipal_pb2.RESIDENT_STATUS_REMOVED,
+    )
+
+
+def _held(
+    r: municipal_pb2.Resident, *, status: int | None = None, replaced_by: str = ""
+) -> delivery_pb2.IdentityState:
+    p = r.person
+    return delivery_pb2.IdentityState(
+        record=common_pb2.IdentityRecord(
+            resident_code=r.resident_code,
+            name=p.name,
+            name_kana=p.name_kana,
+            former_surname=p.former_surname,
+            alias=p.alias,
+            birth_date=p.birth_date,
+            sex=p.sex,
+            address=p.address,
+            local_government_code=r.local_government_code,
+        ),
+        status=status  # type: ignore[arg-type]
+        if status is not None
+        else common_pb2.RECORD_STATUS_ACTIVE
+        if r.status == municipal_pb2.RESIDENT_STATUS_ACTIVE
+        else common_pb2.RECORD_STATUS_REMOVED,
+        replaced_by=replaced_by,
+    )
+
+
+def test_reconcile_accepts_a_move_and_a_code_change() -> None:
+    stayed = _resident("12345678903", "312011")
+    left = _resident("24727059608", "312011", active=False)
+    arrived = _resident("24727059608", "131016", address="東京都千代田区1番地")
+    renumbered = _resident("62684917230", "131016")
+    old_code = _held(
+        _resident("50709964280", "131016"),
+        status=common_pb2.RECORD_STATUS_SUPERSEDED,
+        replaced_by="62684917230",
+    )
+    registers = {"312011": [stayed, left], "131016": [arrived, renumbered]}
+    national = [_held(stayed), _held(arrived), _held(renumbered), old_code]
+    tiers = {"national": (("312011", "131016"), national)}
+    assert reconcile(registers, tiers) == []
+
+
+def test_reconcile_reports_each_difference() -> None:
+    renamed = _resident("12345678903", "312011", name="鳥取\u3000次郎")
+    left = _resident("24727059608", "312011", active=False)
+    stray = _resident("62684917230", "312011")
+    missing = _resident("50709964280", "312011")
+    national = [
+        _held(_resident("12345678903", "312011")),  # the old name
+        _held(left, status=common_pb2.RECORD_STATUS_ACTIVE),  # removal not applied
+        _held(stray),  # in no register
+    ]
+    registers = {"312011": [renamed, left, missing]}
+    found = reconcile(registers, {"national": (("312011",), national)})
+    described = "\n".join(d.describe() for d in found)
+    assert "12345678903: name is '鳥取\\u3000花子', 鳥取市 has '鳥取\\u3000次郎'" in described
+    assert "24727059608: status active, but removed" in described
+    assert "50709964280: missing" in described
+    assert "62684917230: held (active, 鳥取市) but in no register" in described
+    assert len(found) == 4

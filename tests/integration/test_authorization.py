@@ -1,0 +1,544 @@
+"""Every authorization rule of the three node tiers, from its negative side:
+who is turned away, with which status and reason, and that nothing they sent
+was applied. Real nodes, real mutual TLS."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from jukinet import pki
+from jukinet.client import tls_files
+from jukinet.identity import Identity
+from jukinet.tls import TlsFiles, secure_channel
+from jukinet.v1 import (
+    common_pb2,
+    delivery_pb2,
+    municipal_pb2,
+    municipal_pb2_grpc,
+    national_pb2_grpc,
+    prefecture_pb2_grpc,
+)
+from tests.federation import Databases, Federation
+
+TIMEOUT = 15
+C = common_pb2
+M = municipal_pb2
+
+TOTTORI = "312011"
+YONAGO = "312029"
+CHIYODA = "131016"
+SOME_CODE = "12345678903"  # valid check digit
+
+STUBS: dict[str, Any] = {
+    "municipal": municipal_pb2_grpc.MunicipalServiceStub,
+    "prefecture": prefecture_pb2_grpc.PrefectureServiceStub,
+    "national": national_pb2_grpc.NationalServiceStub,
+}
+STREAM_STREAM = {"PushNotifications", "ImportResidents"}
+UNARY_STREAM = {"ExportIdentities", "ExportResidents"}
+
+
+def person() -> M.PersonDetails:
+    return M.PersonDetails(
+        name="鳥取 太郎",
+        name_kana="トットリ タロウ",
+        birth_date="1988-05-17",
+        sex=C.SEX_MALE,
+        address="鳥取県鳥取市東町1丁目220番地",
+    )
+
+
+def request_for(method: str) -> Any:
+    """A well-formed request: if authorization let it through, it would do something."""
+    return {
+        "RegisterBirth": M.RegisterBirthRequest(person=person()),
+        "GetResident": M.GetResidentRequest(resident_code=SOME_CODE),
+        "GetStatus": M.GetMunicipalStatusRequest(),
+        "ExportResidents": M.ExportResidentsRequest(),
+        "AllocateCodePool": delivery_pb2.AllocateCodePoolRequest(
+            municipality_code=TOTTORI, count=5, request_id="authz-probe-0001"
+        ),
+        "GetIdentity": delivery_pb2.GetIdentityRequest(resident_code=SOME_CODE),
+        "ExportIdentities": delivery_pb2.ExportIdentitiesRequest(),
+        "GetDeliveryStatus": delivery_pb2.GetDeliveryStatusRequest(),
+    }[method]
+
+
+def metadata(pairs: Any) -> dict[str, str]:
+    return {k: v for k, v in pairs or () if isinstance(v, str)}
+
+
+@dataclasses.dataclass
+class Outcome:
+    code: grpc.StatusCode
+    meta: dict[str, str]
+    details: str
+
+
+async def invoke(
+    channel: grpc.aio.Channel, tier: str, method: str, writes: list[Any] | None = None
+) -> Outcome:
+    """Call ``method`` and report the final status, whatever its cardinality."""
+    stub = STUBS[tier](channel)
+    rpc = getattr(stub, method)
+    if method in STREAM_STREAM:
+        # Reader/writer style: a client still writing when the server ends the
+        # call may see INTERNAL instead of the server's status (grpc/grpc#36066).
+        call = rpc(timeout=TIMEOUT)
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            for message in writes or ():
+                await call.write(message)
+            await call.done_writing()
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        return Outcome(
+            await call.code(), metadata(await call.trailing_metadata()), await call.details()
+        )
+    try:
+        if method in UNARY_STREAM:
+            async for _ in rpc(request_for(method), timeout=TIMEOUT):
+                pass
+        else:
+            await rpc(request_for(method), timeout=TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        return Outcome(err.code(), metadata(err.trailing_metadata()), err.details() or "")
+    return Outcome(grpc.StatusCode.OK, {}, "")
+
+
+def port_of(fed: Federation, tier: str, code: str = "") -> int:
+    if tier == "municipal":
+        return fed.municipal_ports[code]
+    if tier == "prefecture":
+        return fed.prefecture_ports[code]
+    return fed.national_port
+
+
+async def snapshot(fed: Federation) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for code in sorted(fed.municipalities):
+        s = await fed.operator(code).GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
+        out.append((code, s.last_sequence, s.active_residents, s.removed_residents))
+    for pref in sorted(fed.prefectures):
+        d = await fed.prefecture_operator(pref).GetDeliveryStatus(
+            delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
+        )
+        out.append((pref, d.SerializeToString(deterministic=True)))
+    d = await fed.national_operator().GetDeliveryStatus(
+        delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
+    )
+    out.append(("national", d.SerializeToString(deterministic=True)))
+    return tuple(out)
+
+
+def notification(origin: str, sequence: int, code: str) -> C.Notification:
+    return C.Notification(
+        origin_code=origin,
+        sequence=sequence,
+        kind=C.CHANGE_KIND_CREATED,
+        reason=C.CHANGE_REASON_BIRTH,
+        effective_date="2025-06-01",
+        recorded_at=dt.datetime.now(dt.UTC).isoformat(),
+        record=C.IdentityRecord(
+            resident_code=code,
+            name="米子 一子",
+            name_kana="ヨナゴ カズコ",
+            birth_date="2025-06-01",
+            sex=C.SEX_FEMALE,
+            address="鳥取県米子市加茂町1丁目1番地",
+            local_government_code=origin,
+        ),
+    )
+
+
+def push_batch(*notifications: C.Notification) -> delivery_pb2.PushNotificationsRequest:
+    return delivery_pb2.PushNotificationsRequest(
+        entries=[
+            delivery_pb2.OutboxEntry(outbox_sequence=i + 1, notification=n)
+            for i, n in enumerate(notifications)
+        ]
+    )
+
+
+# --- authentication: the handshake --------------------------------------------------
+
+
+TARGETS = [("municipal", TOTTORI), ("prefecture", "31"), ("national", "")]
+FIRST_METHOD = {
+    "municipal": "GetStatus",
+    "prefecture": "GetDeliveryStatus",
+    "national": "GetDeliveryStatus",
+}
+
+
+async def test_no_client_certificate_fails_the_handshake(fed: Federation) -> None:
+    ca = (fed.pki_dir / "ca.pem").read_bytes()
+    only_trust = grpc.ssl_channel_credentials(root_certificates=ca)
+    for tier, code in TARGETS:
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{port_of(fed, tier, code)}", only_trust
+        ) as channel:
+            outcome = await invoke(channel, tier, FIRST_METHOD[tier])
+        assert outcome.code == grpc.StatusCode.UNAVAILABLE, (tier, outcome)
+
+
+async def test_certificate_from_another_ca_fails_the_handshake(
+    fed: Federation, tmp_path: Path
+) -> None:
+    foreign = tmp_path / "foreign-pki"
+    # Same identities, same file names, another root: an impostor federation.
+    pki.issue_federation(
+        foreign,
+        pki.FederationSpec(municipalities=[TOTTORI], operators=True),
+        ca_common_name="impostor CA",
+    )
+    before = await snapshot(fed)
+    for (tier, code), name, method in [
+        (("municipal", TOTTORI), f"operator-{TOTTORI}-admin", "RegisterBirth"),
+        (("prefecture", "31"), f"municipality-{TOTTORI}", "AllocateCodePool"),
+        (("prefecture", "31"), "operator-31-admin", "GetDeliveryStatus"),
+        (("national", ""), "prefecture-31", "AllocateCodePool"),
+        (("national", ""), "operator-national-admin", "GetDeliveryStatus"),
+    ]:
+        # Trusts our CA (so the server checks out) but presents the impostor's
+        # certificate. Built by hand: TlsFiles refuses a foreign certificate.
+        impostor = grpc.ssl_channel_credentials(
+            root_certificates=(fed.pki_dir / "ca.pem").read_bytes(),
+            private_key=(foreign / f"{name}.key").read_bytes(),
+            certificate_chain=(foreign / f"{name}.pem").read_bytes(),
+        )
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{port_of(fed, tier, code)}", impostor
+        ) as channel:
+            outcome = await invoke(channel, tier, method)
+        assert outcome.code == grpc.StatusCode.UNAVAILABLE, (tier, name, method, outcome)
+    assert await snapshot(fed) == before
+
+
+# --- authorization: the per-method tables ------------------------------------------
+
+# (tier, node code, certificate name, method): every one must be refused.
+WRONG_CALLERS: list[tuple[str, str, str, str]] = [
+    # The national node's delivery and pools: prefectures only.
+    *[
+        ("national", "", name, method)
+        for method in ("PushNotifications", "AllocateCodePool")
+        for name in (
+            f"municipality-{TOTTORI}",
+            "agency-nenkin",
+            "gateway",
+            "operator-national-admin",
+            "operator-31-admin",
+            f"operator-{TOTTORI}-admin",
+            "national",
+        )
+    ],
+    # The national node's reads: national operators only.
+    *[
+        ("national", "", name, method)
+        for method in ("GetIdentity", "ExportIdentities", "GetDeliveryStatus")
+        for name in (
+            "operator-31-admin",
+            f"operator-{TOTTORI}-admin",
+            "prefecture-31",
+            f"municipality-{TOTTORI}",
+            "agency-nenkin",
+            "agency-mofa-passport",
+            "gateway",
+        )
+    ],
+    # A prefecture's delivery and pools: its own municipalities only.
+    *[
+        ("prefecture", "31", name, method)
+        for method in ("PushNotifications", "AllocateCodePool")
+        for name in (
+            f"municipality-{CHIYODA}",
+            "agency-nenkin",
+            "gateway",
+            "operator-31-admin",
+            f"operator-{TOTTORI}-admin",
+            "operator-national-admin",
+            "prefecture-31",
+            "prefecture-13",
+            "national",
+        )
+    ],
+    # A prefecture's reads: its own operators only.
+    *[
+        ("prefecture", "31", name, method)
+        for method in ("GetIdentity", "ExportIdentities", "GetDeliveryStatus")
+        for name in (
+            "operator-13-admin",
+            f"operator-{TOTTORI}-admin",
+            "operator-national-admin",
+            f"municipality-{TOTTORI}",
+            "prefecture-31",
+            "national",
+            "agency-nenkin",
+        )
+    ],
+    # A municipal node: its own operators only, for every method.
+    *[
+        ("municipal", TOTTORI, name, method)
+        for method in (
+            "RegisterBirth",
+            "GetResident",
+            "GetStatus",
+            "ExportResidents",
+            "ImportResidents",
+        )
+        for name in (
+            f"operator-{YONAGO}-admin",
+            f"operator-{CHIYODA}-admin",
+            "operator-31-admin",
+            "operator-national-admin",
+            f"municipality-{TOTTORI}",
+            f"municipality-{YONAGO}",
+            "prefecture-31",
+            "national",
+            "agency-nenkin",
+        )
+    ],
+]
+
+
+async def test_every_wrong_caller_is_permission_denied(fed: Federation) -> None:
+    before = await snapshot(fed)
+    failures = []
+    for tier, code, name, method in WRONG_CALLERS:
+        channel = fed.channel(port_of(fed, tier, code), name)
+        # A push that would be applied if it got through.
+        writes = (
+            [push_batch(notification(TOTTORI, 1, SOME_CODE))]
+            if method == "PushNotifications"
+            else [M.ImportResidentsRequest()]
+            if method == "ImportResidents"
+            else None
+        )
+        outcome = await invoke(channel, tier, method, writes)
+        if (
+            outcome.code != grpc.StatusCode.PERMISSION_DENIED
+            or outcome.meta.get("jukinet-reason") != "wrong-identity"
+            or method not in outcome.details
+        ):
+            failures.append((tier, name, method, outcome))
+    assert failures == []
+    assert await snapshot(fed) == before
+
+
+async def test_the_right_callers_get_in(fed: Federation) -> None:
+    """The positive side of the same table, so that the denials above mean something."""
+    for tier, code, name, method in [
+        ("municipal", TOTTORI, f"operator-{TOTTORI}-admin", "GetStatus"),
+        ("prefecture", "31", "operator-31-admin", "GetDeliveryStatus"),
+        ("prefecture", "13", "operator-13-admin", "ExportIdentities"),
+        ("national", "", "operator-national-admin", "ExportIdentities"),
+    ]:
+        outcome = await invoke(fed.channel(port_of(fed, tier, code), name), tier, method)
+        assert outcome.code == grpc.StatusCode.OK, (tier, name, method, outcome)
+    pool = await prefecture_pb2_grpc.PrefectureServiceStub(
+        fed.channel(fed.prefecture_ports["31"], f"municipality-{TOTTORI}")
+    ).AllocateCodePool(request_for("AllocateCodePool"), timeout=TIMEOUT)
+    assert len(pool.resident_codes) == 5
+
+
+async def test_municipality_of_another_prefecture_cannot_push(fed: Federation) -> None:
+    before = await snapshot(fed)
+    channel = fed.channel(fed.prefecture_ports["31"], f"municipality-{CHIYODA}")
+    for origin in (CHIYODA, TOTTORI):
+        outcome = await invoke(
+            channel,
+            "prefecture",
+            "PushNotifications",
+            [push_batch(notification(origin, 1, SOME_CODE))],
+        )
+        assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, outcome
+        assert outcome.meta["jukinet-reason"] == "wrong-identity"
+        assert f"jukinet://municipality/{CHIYODA}" in outcome.details
+    assert await snapshot(fed) == before
+
+
+@pytest.fixture
+async def yonago_stopped(fed: Federation) -> AsyncIterator[None]:
+    """Stop 312029's node so nothing of its own reaches the prefecture meanwhile."""
+    await fed.municipalities.pop(YONAGO).stop()
+    fed.municipal_ports.pop(YONAGO)
+    yield
+
+
+async def test_municipality_cannot_send_another_municipalitys_notifications(
+    fed: Federation, yonago_stopped: None
+) -> None:
+    # A code that really is in 312029's pool, so only the origin is wrong.
+    yonago = prefecture_pb2_grpc.PrefectureServiceStub(
+        fed.channel(fed.prefecture_ports["31"], f"municipality-{YONAGO}")
+    )
+    code = (
+        await yonago.AllocateCodePool(
+            delivery_pb2.AllocateCodePoolRequest(
+                municipality_code=YONAGO, count=1, request_id="authz-foreign-origin"
+            ),
+            timeout=TIMEOUT,
+        )
+    ).resident_codes[0]
+    before = await snapshot(fed)
+    channel = fed.channel(fed.prefecture_ports["31"], f"municipality-{TOTTORI}")
+    outcome = await invoke(
+        channel, "prefecture", "PushNotifications", [push_batch(notification(YONAGO, 1, code))]
+    )
+    assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, outcome
+    assert outcome.meta["jukinet-reason"] == "foreign-origin"
+    # Hidden behind an entry of its own: the whole batch is refused.
+    own = notification(TOTTORI, 1, SOME_CODE)
+    outcome = await invoke(
+        channel,
+        "prefecture",
+        "PushNotifications",
+        [push_batch(own, notification(YONAGO, 1, code))],
+    )
+    assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, outcome
+    assert outcome.meta["jukinet-reason"] == "foreign-origin"
+    assert await snapshot(fed) == before
+    # 312029 itself may send it.
+    outcome = await invoke(
+        fed.channel(fed.prefecture_ports["31"], f"municipality-{YONAGO}"),
+        "prefecture",
+        "PushNotifications",
+        [push_batch(notification(YONAGO, 1, code))],
+    )
+    assert outcome.code == grpc.StatusCode.OK, outcome
+
+
+async def test_prefecture_cannot_relay_another_prefectures_notifications(
+    fed: Federation,
+) -> None:
+    before = await snapshot(fed)
+    for name, origin in (("prefecture-31", CHIYODA), ("prefecture-13", TOTTORI)):
+        outcome = await invoke(
+            fed.channel(fed.national_port, name),
+            "national",
+            "PushNotifications",
+            [push_batch(notification(origin, 1, SOME_CODE))],
+        )
+        assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, (name, outcome)
+        assert outcome.meta["jukinet-reason"] == "foreign-origin"
+    assert await snapshot(fed) == before
+
+
+async def test_pool_only_for_ones_own(fed: Federation) -> None:
+    # A prefecture asks the national node for a municipality of another prefecture.
+    national_as_31 = national_pb2_grpc.NationalServiceStub(
+        fed.channel(fed.national_port, "prefecture-31")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await national_as_31.AllocateCodePool(
+            delivery_pb2.AllocateCodePoolRequest(
+                municipality_code=CHIYODA, count=5, request_id="authz-pool-other-pref"
+            ),
+            timeout=TIMEOUT,
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert metadata(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
+
+    # A municipality asks its prefecture for another municipality's pool.
+    for asker, other in ((TOTTORI, YONAGO), (YONAGO, TOTTORI)):
+        prefecture_as_m = prefecture_pb2_grpc.PrefectureServiceStub(
+            fed.channel(fed.prefecture_ports["31"], f"municipality-{asker}")
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await prefecture_as_m.AllocateCodePool(
+                delivery_pb2.AllocateCodePoolRequest(
+                    municipality_code=other, count=5, request_id=f"authz-pool-{asker}"
+                ),
+                timeout=TIMEOUT,
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert metadata(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
+    own = await national_as_31.AllocateCodePool(
+        delivery_pb2.AllocateCodePoolRequest(
+            municipality_code=YONAGO, count=5, request_id="authz-pool-yonago-own"
+        ),
+        timeout=TIMEOUT,
+    )
+    as_tottori = prefecture_pb2_grpc.PrefectureServiceStub(
+        fed.channel(fed.prefecture_ports["31"], f"municipality-{TOTTORI}")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await as_tottori.AllocateCodePool(
+            delivery_pb2.AllocateCodePoolRequest(
+                municipality_code=TOTTORI, count=5, request_id="authz-pool-yonago-own"
+            ),
+            timeout=TIMEOUT,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Refused by the national node and relayed by the prefecture with its status.
+    assert "request_id" in (info.value.details() or "")
+    assert len(own.resident_codes) == 5
+
+
+# --- revoked certificates -------------------------------------------------------------
+
+
+class CrlFederation(Federation):
+    """A federation whose nodes read the PKI's CRL."""
+
+    def _tls(self, name: str) -> TlsFiles:
+        return dataclasses.replace(tls_files(self.pki_dir, name), crl=self.pki_dir / "crl.pem")
+
+
+@pytest.fixture
+async def revoking_fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[CrlFederation]:
+    # A private copy of the session PKI, so revocations stay in this test.
+    private = tmp_path / "pki"
+    shutil.copytree(pki_dir, private)
+    pki.issue(private, Identity.operator(TOTTORI, "clerk"), f"operator-{TOTTORI}-clerk")
+    pki.revoke(private, f"operator-{TOTTORI}-admin")
+    pki.revoke(private, f"municipality-{YONAGO}")
+    dbs = Databases(backend, tmp_path)
+    fed = CrlFederation(pki_dir=private, databases=dbs)
+    try:
+        await fed.start_national()
+        await fed.start_prefecture("31")
+        await fed.start_municipality(TOTTORI)
+        yield fed
+    finally:
+        await fed.stop()
+        await dbs.drop_all()
+
+
+async def test_revoked_certificates_are_unauthenticated(revoking_fed: CrlFederation) -> None:
+    fed = revoking_fed
+    port = fed.municipal_ports[TOTTORI]
+    for method in ("GetStatus", "RegisterBirth", "ExportResidents"):
+        outcome = await invoke(fed.channel(port, f"operator-{TOTTORI}-admin"), "municipal", method)
+        assert outcome.code == grpc.StatusCode.UNAUTHENTICATED, (method, outcome)
+        assert outcome.meta["jukinet-reason"] == "revoked-certificate"
+    # Another operator of the same municipality, not revoked, is let in.
+    clerk = municipal_pb2_grpc.MunicipalServiceStub(fed.channel(port, f"operator-{TOTTORI}-clerk"))
+    born = await clerk.RegisterBirth(M.RegisterBirthRequest(person=person()), timeout=TIMEOUT)
+    assert born.notification_sequence == 1
+    status = await clerk.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
+    assert (status.last_sequence, status.active_residents) == (1, 1)
+
+    # A revoked municipality certificate cannot push or ask for codes.
+    revoked_node = secure_channel(
+        f"127.0.0.1:{fed.prefecture_ports['31']}", tls_files(fed.pki_dir, f"municipality-{YONAGO}")
+    )
+    fed.channels.append(revoked_node)
+    for method, writes in (
+        ("PushNotifications", [push_batch(notification(YONAGO, 1, SOME_CODE))]),
+        ("AllocateCodePool", None),
+    ):
+        outcome = await invoke(revoked_node, "prefecture", method, writes)
+        assert outcome.code == grpc.StatusCode.UNAUTHENTICATED, (method, outcome)
+        assert outcome.meta["jukinet-reason"] == "revoked-certificate"
