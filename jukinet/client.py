@@ -4,10 +4,10 @@ certificate from a PKI directory, and readable gRPC errors."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 import grpc
 
+from jukinet.errors import error_metadata
 from jukinet.tls import TlsFiles, secure_channel
 
 
@@ -22,16 +22,6 @@ def connect(target: str, pki_dir: Path | str, name: str) -> grpc.aio.Channel:
     files = tls_files(pki_dir, name)
     files.load()  # fail early, with one clear line, on a missing or bad file
     return secure_channel(target, files)
-
-
-def error_metadata(exc: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The text entries of a failed call's trailing metadata."""
-    out: dict[str, str] = {}
-    for item in exc.trailing_metadata() or ():
-        key, value = cast(tuple[str, str | bytes], item)
-        if isinstance(value, str):
-            out[key] = value
-    return out
 
 
 def describe_error(exc: grpc.aio.AioRpcError) -> str:

@@ -8,6 +8,8 @@ becomes INTERNAL with a generic message and is logged in full on the server.
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 
 
@@ -102,18 +104,27 @@ class Unavailable(JukinetError):
 
 
 class Upstream(JukinetError):
-    """The next tier refused or could not be reached; its status is passed on."""
+    """The next tier refused or could not be reached; its status is passed on,
+    with its machine-readable reason and field."""
 
     reason = "upstream"
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, details: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self._details = details
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if any(k == "jukinet-reason" for k, _ in self._details):
+            return self._details
+        return (*super().metadata(), *self._details)
 
 
 def from_upstream(exc: grpc.aio.AioRpcError, peer: str) -> Upstream:
-    """Relay a failed call to ``peer``: its refusals keep their status, and an
-    unreachable peer is UNAVAILABLE (never INTERNAL: the caller should retry)."""
+    """Relay a failed call to ``peer``: its refusals keep their status, reason and
+    field; an unreachable peer is UNAVAILABLE (never INTERNAL: the caller should retry)."""
     code = exc.code()
     if code in (
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -122,7 +133,18 @@ def from_upstream(exc: grpc.aio.AioRpcError, peer: str) -> Upstream:
         grpc.StatusCode.UNKNOWN,
     ):
         code = grpc.StatusCode.UNAVAILABLE
-    return Upstream(code, f"{peer}: {exc.details()}")
+    details = tuple((k, v) for k, v in error_metadata(exc).items() if k.startswith("jukinet-"))
+    return Upstream(code, f"{peer}: {exc.details()}", details)
+
+
+def error_metadata(exc: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The text entries of a failed call's trailing metadata."""
+    out: dict[str, str] = {}
+    for item in exc.trailing_metadata() or ():
+        key, value = cast(tuple[str, str | bytes], item)
+        if isinstance(value, str):
+            out[key] = value
+    return out
 
 
 class ConfigError(Exception):

@@ -19,8 +19,8 @@ from typing import Any, cast
 
 import grpc
 
-from jukinet.client import error_metadata
 from jukinet.db import Database
+from jukinet.errors import error_metadata
 from jukinet.metrics import NodeMetrics
 from jukinet.outbox import Outbox
 from jukinet.v1 import common_pb2, delivery_pb2
