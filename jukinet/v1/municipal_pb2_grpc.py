@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from jukinet.v1 import municipal_pb2 as jukinet_dot_v1_dot_municipal__pb2
+from jukinet.v1 import provision_pb2 as jukinet_dot_v1_dot_provision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -104,6 +105,11 @@ class MunicipalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_municipal__pb2.GetMunicipalStatusRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_municipal__pb2.GetMunicipalStatusResponse.FromString,
                 _registered_method=True)
+        self.DiscloseProvisions = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/DiscloseProvisions',
+                request_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
+                _registered_method=True)
 
 
 class MunicipalServiceServicer:
@@ -194,6 +200,14 @@ class MunicipalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiscloseProvisions(self, request, context):
+        """For a resident (current or former) at the counter: their record as the
+        national node holds it and who received it, when, why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MunicipalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +280,11 @@ def add_MunicipalServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=jukinet_dot_v1_dot_municipal__pb2.GetMunicipalStatusRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_municipal__pb2.GetMunicipalStatusResponse.SerializeToString,
+            ),
+            'DiscloseProvisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscloseProvisions,
+                    request_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -646,6 +665,33 @@ class MunicipalService:
             '/jukinet.v1.MunicipalService/GetStatus',
             jukinet_dot_v1_dot_municipal__pb2.GetMunicipalStatusRequest.SerializeToString,
             jukinet_dot_v1_dot_municipal__pb2.GetMunicipalStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscloseProvisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/DiscloseProvisions',
+            jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
+            jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ transaction; a pusher delivers them to the prefecture.
 from collections import abc as _abc
 from grpc import aio as _aio
 from jukinet.v1 import municipal_pb2 as _municipal_pb2
+from jukinet.v1 import provision_pb2 as _provision_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -49,6 +50,10 @@ class MunicipalServiceStub:
     ExportResidents: _grpc.UnaryStreamMultiCallable[_municipal_pb2.ExportResidentsRequest, _municipal_pb2.ExportResidentsResponse]
     ImportResidents: _grpc.StreamStreamMultiCallable[_municipal_pb2.ImportResidentsRequest, _municipal_pb2.ImportResidentsResponse]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.GetMunicipalStatusRequest, _municipal_pb2.GetMunicipalStatusResponse]
+    DiscloseProvisions: _grpc.UnaryUnaryMultiCallable[_provision_pb2.DiscloseRequest, _provision_pb2.DiscloseResponse]
+    """For a resident (current or former) at the counter: their record as the
+    national node holds it and who received it, when, why.
+    """
 
 @_typing.type_check_only
 class MunicipalServiceAsyncStub(MunicipalServiceStub):
@@ -68,6 +73,10 @@ class MunicipalServiceAsyncStub(MunicipalServiceStub):
     ExportResidents: _aio.UnaryStreamMultiCallable[_municipal_pb2.ExportResidentsRequest, _municipal_pb2.ExportResidentsResponse]  # type: ignore[assignment]
     ImportResidents: _aio.StreamStreamMultiCallable[_municipal_pb2.ImportResidentsRequest, _municipal_pb2.ImportResidentsResponse]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_municipal_pb2.GetMunicipalStatusRequest, _municipal_pb2.GetMunicipalStatusResponse]  # type: ignore[assignment]
+    DiscloseProvisions: _aio.UnaryUnaryMultiCallable[_provision_pb2.DiscloseRequest, _provision_pb2.DiscloseResponse]  # type: ignore[assignment]
+    """For a resident (current or former) at the counter: their record as the
+    national node holds it and who received it, when, why.
+    """
 
 class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -168,5 +177,15 @@ class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _municipal_pb2.GetMunicipalStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_municipal_pb2.GetMunicipalStatusResponse, _abc.Awaitable[_municipal_pb2.GetMunicipalStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DiscloseProvisions(
+        self,
+        request: _provision_pb2.DiscloseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.DiscloseResponse, _abc.Awaitable[_provision_pb2.DiscloseResponse]]:
+        """For a resident (current or former) at the counter: their record as the
+        national node holds it and who received it, when, why.
+        """
 
 def add_MunicipalServiceServicer_to_server(servicer: MunicipalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

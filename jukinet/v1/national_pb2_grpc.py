@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from jukinet.v1 import delivery_pb2 as jukinet_dot_v1_dot_delivery__pb2
+from jukinet.v1 import provision_pb2 as jukinet_dot_v1_dot_provision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -59,6 +60,31 @@ class NationalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusResponse.FromString,
                 _registered_method=True)
+        self.ProvideVerification = channel.unary_unary(
+                '/jukinet.v1.NationalService/ProvideVerification',
+                request_serializer=jukinet_dot_v1_dot_provision__pb2.ProvideVerificationRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_provision__pb2.ProvideVerificationResponse.FromString,
+                _registered_method=True)
+        self.ProvideRecord = channel.unary_unary(
+                '/jukinet.v1.NationalService/ProvideRecord',
+                request_serializer=jukinet_dot_v1_dot_provision__pb2.ProvideRecordRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_provision__pb2.ProvideRecordResponse.FromString,
+                _registered_method=True)
+        self.ProvideSearch = channel.unary_unary(
+                '/jukinet.v1.NationalService/ProvideSearch',
+                request_serializer=jukinet_dot_v1_dot_provision__pb2.ProvideSearchRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_provision__pb2.ProvideSearchResponse.FromString,
+                _registered_method=True)
+        self.RecordDenial = channel.unary_unary(
+                '/jukinet.v1.NationalService/RecordDenial',
+                request_serializer=jukinet_dot_v1_dot_provision__pb2.RecordDenialRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_provision__pb2.RecordDenialResponse.FromString,
+                _registered_method=True)
+        self.Disclose = channel.unary_unary(
+                '/jukinet.v1.NationalService/Disclose',
+                request_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
+                _registered_method=True)
 
 
 class NationalServiceServicer:
@@ -97,6 +123,39 @@ class NationalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProvideVerification(self, request, context):
+        """The gateway only: lookups for agencies, each recorded before it is answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProvideRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProvideSearch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordDenial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Disclose(self, request, context):
+        """A resident's own record and its provisions: prefectures relaying for a
+        municipality's counter, and national operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NationalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +183,31 @@ def add_NationalServiceServicer_to_server(servicer, server):
                     servicer.GetDeliveryStatus,
                     request_deserializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusResponse.SerializeToString,
+            ),
+            'ProvideVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvideVerification,
+                    request_deserializer=jukinet_dot_v1_dot_provision__pb2.ProvideVerificationRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_provision__pb2.ProvideVerificationResponse.SerializeToString,
+            ),
+            'ProvideRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvideRecord,
+                    request_deserializer=jukinet_dot_v1_dot_provision__pb2.ProvideRecordRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_provision__pb2.ProvideRecordResponse.SerializeToString,
+            ),
+            'ProvideSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvideSearch,
+                    request_deserializer=jukinet_dot_v1_dot_provision__pb2.ProvideSearchRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_provision__pb2.ProvideSearchResponse.SerializeToString,
+            ),
+            'RecordDenial': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDenial,
+                    request_deserializer=jukinet_dot_v1_dot_provision__pb2.RecordDenialRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_provision__pb2.RecordDenialResponse.SerializeToString,
+            ),
+            'Disclose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Disclose,
+                    request_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +345,141 @@ class NationalService:
             '/jukinet.v1.NationalService/GetDeliveryStatus',
             jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusRequest.SerializeToString,
             jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProvideVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/ProvideVerification',
+            jukinet_dot_v1_dot_provision__pb2.ProvideVerificationRequest.SerializeToString,
+            jukinet_dot_v1_dot_provision__pb2.ProvideVerificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProvideRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/ProvideRecord',
+            jukinet_dot_v1_dot_provision__pb2.ProvideRecordRequest.SerializeToString,
+            jukinet_dot_v1_dot_provision__pb2.ProvideRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProvideSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/ProvideSearch',
+            jukinet_dot_v1_dot_provision__pb2.ProvideSearchRequest.SerializeToString,
+            jukinet_dot_v1_dot_provision__pb2.ProvideSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDenial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/RecordDenial',
+            jukinet_dot_v1_dot_provision__pb2.RecordDenialRequest.SerializeToString,
+            jukinet_dot_v1_dot_provision__pb2.RecordDenialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Disclose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/Disclose',
+            jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
+            jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
             options,
             channel_credentials,
             insecure,

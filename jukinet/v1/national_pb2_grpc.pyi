@@ -8,6 +8,7 @@ nationwide-unique resident-code pools.
 from collections import abc as _abc
 from grpc import aio as _aio
 from jukinet.v1 import delivery_pb2 as _delivery_pb2
+from jukinet.v1 import provision_pb2 as _provision_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -41,6 +42,15 @@ class NationalServiceStub:
     """National operators."""
     ExportIdentities: _grpc.UnaryStreamMultiCallable[_delivery_pb2.ExportIdentitiesRequest, _delivery_pb2.ExportIdentitiesResponse]
     GetDeliveryStatus: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.GetDeliveryStatusRequest, _delivery_pb2.GetDeliveryStatusResponse]
+    ProvideVerification: _grpc.UnaryUnaryMultiCallable[_provision_pb2.ProvideVerificationRequest, _provision_pb2.ProvideVerificationResponse]
+    """The gateway only: lookups for agencies, each recorded before it is answered."""
+    ProvideRecord: _grpc.UnaryUnaryMultiCallable[_provision_pb2.ProvideRecordRequest, _provision_pb2.ProvideRecordResponse]
+    ProvideSearch: _grpc.UnaryUnaryMultiCallable[_provision_pb2.ProvideSearchRequest, _provision_pb2.ProvideSearchResponse]
+    RecordDenial: _grpc.UnaryUnaryMultiCallable[_provision_pb2.RecordDenialRequest, _provision_pb2.RecordDenialResponse]
+    Disclose: _grpc.UnaryUnaryMultiCallable[_provision_pb2.DiscloseRequest, _provision_pb2.DiscloseResponse]
+    """A resident's own record and its provisions: prefectures relaying for a
+    municipality's counter, and national operators.
+    """
 
 @_typing.type_check_only
 class NationalServiceAsyncStub(NationalServiceStub):
@@ -53,6 +63,15 @@ class NationalServiceAsyncStub(NationalServiceStub):
     """National operators."""
     ExportIdentities: _aio.UnaryStreamMultiCallable[_delivery_pb2.ExportIdentitiesRequest, _delivery_pb2.ExportIdentitiesResponse]  # type: ignore[assignment]
     GetDeliveryStatus: _aio.UnaryUnaryMultiCallable[_delivery_pb2.GetDeliveryStatusRequest, _delivery_pb2.GetDeliveryStatusResponse]  # type: ignore[assignment]
+    ProvideVerification: _aio.UnaryUnaryMultiCallable[_provision_pb2.ProvideVerificationRequest, _provision_pb2.ProvideVerificationResponse]  # type: ignore[assignment]
+    """The gateway only: lookups for agencies, each recorded before it is answered."""
+    ProvideRecord: _aio.UnaryUnaryMultiCallable[_provision_pb2.ProvideRecordRequest, _provision_pb2.ProvideRecordResponse]  # type: ignore[assignment]
+    ProvideSearch: _aio.UnaryUnaryMultiCallable[_provision_pb2.ProvideSearchRequest, _provision_pb2.ProvideSearchResponse]  # type: ignore[assignment]
+    RecordDenial: _aio.UnaryUnaryMultiCallable[_provision_pb2.RecordDenialRequest, _provision_pb2.RecordDenialResponse]  # type: ignore[assignment]
+    Disclose: _aio.UnaryUnaryMultiCallable[_provision_pb2.DiscloseRequest, _provision_pb2.DiscloseResponse]  # type: ignore[assignment]
+    """A resident's own record and its provisions: prefectures relaying for a
+    municipality's counter, and national operators.
+    """
 
 class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -92,5 +111,44 @@ class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _delivery_pb2.GetDeliveryStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_pb2.GetDeliveryStatusResponse, _abc.Awaitable[_delivery_pb2.GetDeliveryStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ProvideVerification(
+        self,
+        request: _provision_pb2.ProvideVerificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.ProvideVerificationResponse, _abc.Awaitable[_provision_pb2.ProvideVerificationResponse]]:
+        """The gateway only: lookups for agencies, each recorded before it is answered."""
+
+    @_abc_1.abstractmethod
+    def ProvideRecord(
+        self,
+        request: _provision_pb2.ProvideRecordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.ProvideRecordResponse, _abc.Awaitable[_provision_pb2.ProvideRecordResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ProvideSearch(
+        self,
+        request: _provision_pb2.ProvideSearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.ProvideSearchResponse, _abc.Awaitable[_provision_pb2.ProvideSearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordDenial(
+        self,
+        request: _provision_pb2.RecordDenialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.RecordDenialResponse, _abc.Awaitable[_provision_pb2.RecordDenialResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Disclose(
+        self,
+        request: _provision_pb2.DiscloseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.DiscloseResponse, _abc.Awaitable[_provision_pb2.DiscloseResponse]]:
+        """A resident's own record and its provisions: prefectures relaying for a
+        municipality's counter, and national operators.
+        """
 
 def add_NationalServiceServicer_to_server(servicer: NationalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from jukinet.v1 import delivery_pb2 as jukinet_dot_v1_dot_delivery__pb2
+from jukinet.v1 import provision_pb2 as jukinet_dot_v1_dot_provision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -59,6 +60,11 @@ class PrefectureServiceStub:
                 request_serializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusResponse.FromString,
                 _registered_method=True)
+        self.Disclose = channel.unary_unary(
+                '/jukinet.v1.PrefectureService/Disclose',
+                request_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
+                _registered_method=True)
 
 
 class PrefectureServiceServicer:
@@ -97,6 +103,14 @@ class PrefectureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Disclose(self, request, context):
+        """Municipalities of this prefecture, for a resident at their counter: relayed
+        to the national node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrefectureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +138,11 @@ def add_PrefectureServiceServicer_to_server(servicer, server):
                     servicer.GetDeliveryStatus,
                     request_deserializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusResponse.SerializeToString,
+            ),
+            'Disclose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Disclose,
+                    request_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +280,33 @@ class PrefectureService:
             '/jukinet.v1.PrefectureService/GetDeliveryStatus',
             jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusRequest.SerializeToString,
             jukinet_dot_v1_dot_delivery__pb2.GetDeliveryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Disclose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.PrefectureService/Disclose',
+            jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
+            jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
             options,
             channel_credentials,
             insecure,

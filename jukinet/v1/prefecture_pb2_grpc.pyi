@@ -8,6 +8,7 @@ keeps their identity records, relays upward and hands out code pools.
 from collections import abc as _abc
 from grpc import aio as _aio
 from jukinet.v1 import delivery_pb2 as _delivery_pb2
+from jukinet.v1 import provision_pb2 as _provision_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -41,6 +42,10 @@ class PrefectureServiceStub:
     """Operators of this prefecture."""
     ExportIdentities: _grpc.UnaryStreamMultiCallable[_delivery_pb2.ExportIdentitiesRequest, _delivery_pb2.ExportIdentitiesResponse]
     GetDeliveryStatus: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.GetDeliveryStatusRequest, _delivery_pb2.GetDeliveryStatusResponse]
+    Disclose: _grpc.UnaryUnaryMultiCallable[_provision_pb2.DiscloseRequest, _provision_pb2.DiscloseResponse]
+    """Municipalities of this prefecture, for a resident at their counter: relayed
+    to the national node.
+    """
 
 @_typing.type_check_only
 class PrefectureServiceAsyncStub(PrefectureServiceStub):
@@ -53,6 +58,10 @@ class PrefectureServiceAsyncStub(PrefectureServiceStub):
     """Operators of this prefecture."""
     ExportIdentities: _aio.UnaryStreamMultiCallable[_delivery_pb2.ExportIdentitiesRequest, _delivery_pb2.ExportIdentitiesResponse]  # type: ignore[assignment]
     GetDeliveryStatus: _aio.UnaryUnaryMultiCallable[_delivery_pb2.GetDeliveryStatusRequest, _delivery_pb2.GetDeliveryStatusResponse]  # type: ignore[assignment]
+    Disclose: _aio.UnaryUnaryMultiCallable[_provision_pb2.DiscloseRequest, _provision_pb2.DiscloseResponse]  # type: ignore[assignment]
+    """Municipalities of this prefecture, for a resident at their counter: relayed
+    to the national node.
+    """
 
 class PrefectureServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -92,5 +101,15 @@ class PrefectureServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _delivery_pb2.GetDeliveryStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_pb2.GetDeliveryStatusResponse, _abc.Awaitable[_delivery_pb2.GetDeliveryStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Disclose(
+        self,
+        request: _provision_pb2.DiscloseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provision_pb2.DiscloseResponse, _abc.Awaitable[_provision_pb2.DiscloseResponse]]:
+        """Municipalities of this prefecture, for a resident at their counter: relayed
+        to the national node.
+        """
 
 def add_PrefectureServiceServicer_to_server(servicer: PrefectureServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
