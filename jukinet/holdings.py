@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jukinet.db import Database
 from jukinet.errors import InvalidArgument, NotFound, SequenceGap
 from jukinet.holding_rules import Held, decide
+from jukinet.names import fold_kana, fold_name
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import NEW_CODE_REASONS
 
@@ -69,7 +70,13 @@ def define_holdings(metadata: MetaData) -> HoldingTables:
         Column("replaced_by", String(11), nullable=False),
         Column("registered_since", String(10), nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),
+        # Folded keys for search by the four basic items (jukinet.names); the
+        # name itself keeps its original characters.
+        Column("name_key", String(100), nullable=False, server_default=""),
+        Column("kana_key", String(100), nullable=False, server_default=""),
         Index("ix_identities_lg", "local_government_code"),
+        Index("ix_identities_name_key", "name_key", "birth_date"),
+        Index("ix_identities_kana_key", "kana_key", "birth_date"),
         Index("ix_identities_replaced_by", "replaced_by"),
     )
     history = Table(
@@ -129,10 +136,12 @@ def _held_row(h: Held, at: dt.datetime) -> dict[str, object]:
         "replaced_by": h.replaced_by,
         "registered_since": h.registered_since,
         "updated_at": at,
+        "name_key": fold_name(h.name),
+        "kana_key": fold_kana(h.name_kana),
     }
 
 
-_HELD_FIELDS = tuple(f for f in Held.__dataclass_fields__)
+HELD_FIELDS = tuple(f for f in Held.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -150,13 +159,14 @@ class HoldingStore:
         self.db = db
         self.t = tables
 
-    async def _load(self, conn: AsyncConnection, codes: set[str]) -> dict[str, Held]:
+    async def load(self, conn: AsyncConnection, codes: set[str]) -> dict[str, Held]:
+        """The held records of these codes (those that exist)."""
         t = self.t.identities
         out: dict[str, Held] = {}
         code_list = sorted(codes)
         for i in range(0, len(code_list), 500):
             rows = await conn.execute(
-                select(*(t.c[f] for f in _HELD_FIELDS)).where(
+                select(*(t.c[f] for f in HELD_FIELDS)).where(
                     t.c.resident_code.in_(code_list[i : i + 500])
                 )
             )
@@ -231,7 +241,7 @@ class HoldingStore:
         codes = {n.record.resident_code for n in fresh} | {
             n.previous_resident_code for n in fresh if n.previous_resident_code
         }
-        states = await self._load(conn, codes)
+        states = await self.load(conn, codes)
         existed = set(states)
         owners = await self._pool_owners(conn, codes)
         born = await self._born(
@@ -359,29 +369,35 @@ class HoldingStore:
 
     # -- reads -------------------------------------------------------------
 
+    async def chain(self, conn: AsyncConnection, resident_code: str) -> set[str]:
+        """Every code of the person who has (or had) ``resident_code``: code changes
+        are walked both ways, so an old code shows the whole life."""
+        t = self.t.identities
+        chain = {resident_code}
+        frontier = {resident_code}
+        while frontier:
+            rows = await conn.execute(
+                select(t.c.resident_code, t.c.replaced_by).where(
+                    or_(t.c.resident_code.in_(frontier), t.c.replaced_by.in_(frontier))
+                )
+            )
+            found = set()
+            for code, replaced_by in rows:
+                found.add(code)
+                if replaced_by:
+                    found.add(replaced_by)
+            frontier = found - chain
+            chain |= found
+        return chain
+
     async def get_identity(self, resident_code: str) -> delivery_pb2.GetIdentityResponse:
         """The record as held now, with the history of every code it has had."""
         t, h = self.t.identities, self.t.history
         async with self.db.read() as conn:
-            states = await self._load(conn, {resident_code})
+            states = await self.load(conn, {resident_code})
             if resident_code not in states:
                 raise NotFound(f"no identity record for {resident_code}")
-            # Walk code changes both ways so that an old code shows the whole life.
-            chain = {resident_code}
-            frontier = {resident_code}
-            while frontier:
-                rows = await conn.execute(
-                    select(t.c.resident_code, t.c.replaced_by).where(
-                        or_(t.c.resident_code.in_(frontier), t.c.replaced_by.in_(frontier))
-                    )
-                )
-                found = set()
-                for code, replaced_by in rows:
-                    found.add(code)
-                    if replaced_by:
-                        found.add(replaced_by)
-                frontier = found - chain
-                chain |= found
+            chain = await self.chain(conn, resident_code)
             history_rows = await conn.execute(
                 select(h.c.payload, h.c.applied_at, h.c.changed_current)
                 .where(h.c.resident_code.in_(chain))
@@ -408,7 +424,7 @@ class HoldingStore:
         t = self.t.identities
         after = ""
         while True:
-            query = select(*(t.c[f] for f in _HELD_FIELDS), t.c.updated_at).where(
+            query = select(*(t.c[f] for f in HELD_FIELDS), t.c.updated_at).where(
                 t.c.resident_code > after
             )
             if municipality:
@@ -432,7 +448,7 @@ class HoldingStore:
 
 
 def _held_row_columns() -> tuple[str, ...]:
-    return (*_HELD_FIELDS, "updated_at")
+    return (*HELD_FIELDS, "updated_at", "name_key", "kana_key")
 
 
 def _iso(value: dt.datetime | None) -> str:

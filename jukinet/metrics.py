@@ -63,6 +63,12 @@ class NodeMetrics:
         self.code_pool = Gauge(
             "jukinet_code_pool_available", "Unused resident codes in the pool", registry=r
         )
+        self.provisions = Counter(
+            "jukinet_provisions",
+            "Answers recorded for agencies, by agency, purpose, operation and result",
+            ["agency", "purpose", "operation", "result"],
+            registry=r,
+        )
         self.codes_issued = Counter(
             "jukinet_codes_issued", "Resident codes minted or handed down", registry=r
         )

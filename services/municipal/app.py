@@ -39,6 +39,7 @@ OPERATOR_METHODS = (
     "ExportResidents",
     "ImportResidents",
     "GetStatus",
+    "DiscloseProvisions",
 )
 
 
@@ -99,7 +100,7 @@ class MunicipalApp:
 
         def add(server: grpc.aio.Server) -> None:
             municipal_pb2_grpc.add_MunicipalServiceServicer_to_server(
-                MunicipalServicer(register, self.db, self.outbox), server
+                MunicipalServicer(register, self.db, self.outbox, prefecture), server
             )
 
         self._server = await start_server(

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
 from jukinet.db import Database
-from jukinet.errors import InvalidArgument
+from jukinet.errors import InvalidArgument, from_upstream
 from jukinet.outbox import Outbox
 from jukinet.v1 import municipal_pb2 as pb
-from jukinet.v1 import municipal_pb2_grpc
+from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc, provision_pb2
 from services.municipal import repository as repo
 from services.municipal.register import Register
 
@@ -18,8 +20,15 @@ MAX_PAGE = 5_000
 
 
 class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
-    def __init__(self, register: Register, db: Database, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        register: Register,
+        db: Database,
+        outbox: Outbox,
+        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
+    ) -> None:
         self._r = register
+        self._prefecture = prefecture
         self._db = db
         self._outbox = outbox
         self._lg = register.municipality
@@ -122,6 +131,19 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
             if len(request.rows) > MAX_IMPORT_BATCH:
                 raise InvalidArgument("rows", f"at most {MAX_IMPORT_BATCH} per message")
             yield await self._r.import_rows(request.rows)
+
+    async def DiscloseProvisions(
+        self, request: provision_pb2.DiscloseRequest, context: Any
+    ) -> provision_pb2.DiscloseResponse:
+        """For a resident at the counter: the national record and who received it."""
+        resident, _ = await self._r.get(request.resident_code)
+        try:
+            response: provision_pb2.DiscloseResponse = await self._prefecture.Disclose(
+                provision_pb2.DiscloseRequest(resident_code=resident.resident_code), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_upstream(exc, "prefecture node") from exc
+        return response
 
     async def GetStatus(
         self, request: pb.GetMunicipalStatusRequest, context: Any

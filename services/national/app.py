@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,7 @@ from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
 from services.national import models
+from services.national.provisions import ProvisionLog, retention_job
 from services.national.servicer import NationalServicer, authorize_prefecture_origin
 
 SERVICE = "jukinet.v1.NationalService"
@@ -30,6 +33,15 @@ def _national_operator(identity: Identity) -> bool:
     return identity.kind is Kind.OPERATOR and identity.code == "national"
 
 
+def _gateway(identity: Identity) -> bool:
+    return identity.kind is Kind.GATEWAY
+
+
+def _discloser(identity: Identity) -> bool:
+    """Prefectures relay a municipal counter's disclosure request; national operators."""
+    return _prefecture(identity) or _national_operator(identity)
+
+
 def rules() -> dict[str, Rule]:
     """Who may call each method."""
     m = f"/{SERVICE}/"
@@ -39,6 +51,11 @@ def rules() -> dict[str, Rule]:
         m + "GetIdentity": _national_operator,
         m + "ExportIdentities": _national_operator,
         m + "GetDeliveryStatus": _national_operator,
+        m + "ProvideVerification": _gateway,
+        m + "ProvideRecord": _gateway,
+        m + "ProvideSearch": _gateway,
+        m + "RecordDenial": _gateway,
+        m + "Disclose": _discloser,
     }
 
 
@@ -56,16 +73,22 @@ class NationalApp:
             metrics=self.metrics,
             authorize_origin=authorize_prefecture_origin,
         )
+        self.provisions = ProvisionLog(self.db)
+        self._retention: asyncio.Task[None] | None = None
         self._server: RunningServer | None = None
 
     def _register(self, server: grpc.aio.Server) -> None:
         national_pb2_grpc.add_NationalServiceServicer_to_server(
-            NationalServicer(self.db, self.holding, self.metrics, self.config.max_pool_size),
+            NationalServicer(
+                self.db, self.holding, self.metrics, self.config.max_pool_size, self.provisions
+            ),
             server,
         )
 
     async def start(self) -> int:
         await self.db.migrate(MIGRATIONS)
+        self.provisions.start()
+        self._retention = asyncio.create_task(retention_job(self.db), name="provision-retention")
         self._server = await start_server(
             config=self.config,
             rules=rules(),
@@ -78,4 +101,9 @@ class NationalApp:
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop()
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+        await self.provisions.stop()
         await self.db.close()

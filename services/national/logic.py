@@ -1,12 +1,19 @@
-"""Rules of the national node that need no I/O: minting resident codes."""
+"""Rules of the national node that need no I/O: minting resident codes, and
+comparing, minimising and ranking records for agencies."""
 
 from __future__ import annotations
 
 import random
 import re
+import unicodedata
+from collections.abc import Iterable, Sequence
 
-from jukinet.codes import new_resident_code
-from jukinet.errors import InvalidArgument
+from jukinet.codes import check_resident_code, new_resident_code
+from jukinet.errors import InvalidArgument, PermissionDenied
+from jukinet.holding_rules import Held
+from jukinet.names import fold_name, match_score
+from jukinet.v1 import common_pb2, gateway_pb2
+from jukinet.validation import check_address, check_date, check_kana, check_name, check_sex
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 
@@ -25,3 +32,117 @@ def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
     while len(out) < count:
         out.add(new_resident_code(rng))
     return sorted(out)
+
+
+# -- lookups for agencies -------------------------------------------------------
+
+FIELD_ORDER = (
+    "resident_code",
+    "name",
+    "name_kana",
+    "former_surname",
+    "alias",
+    "birth_date",
+    "sex",
+    "address",
+    "local_government_code",
+    "status",
+)
+_DASHES = str.maketrans({c: "-" for c in "‐‑‒–—―−ー－"})
+
+
+def fold_address(address: str) -> str:
+    """An address compared loosely: NFKC, no white space, one kind of dash."""
+    folded = unicodedata.normalize("NFKC", address)
+    return "".join(folded.split()).translate(_DASHES)
+
+
+def check_claim(claim: gateway_pb2.ClaimedIdentity, prefix: str = "claim") -> None:
+    """A claim names the resident code, or at least the name and the birth date."""
+    if claim.resident_code:
+        check_resident_code(claim.resident_code, f"{prefix}.resident_code")
+    elif not (claim.name and claim.birth_date):
+        raise InvalidArgument(prefix, "give the resident code, or at least name and birth date")
+    if claim.name:
+        check_name(claim.name, f"{prefix}.name")
+    if claim.name_kana:
+        check_kana(claim.name_kana, f"{prefix}.name_kana")
+    if claim.birth_date:
+        check_date(claim.birth_date, f"{prefix}.birth_date")
+    if claim.sex:
+        check_sex(claim.sex, f"{prefix}.sex")
+    if claim.address:
+        check_address(claim.address, f"{prefix}.address")
+
+
+def _item(claimed: object, matches: bool) -> int:
+    if not claimed:
+        return gateway_pb2.ITEM_MATCH_NOT_CLAIMED
+    return gateway_pb2.ITEM_MATCH_MATCH if matches else gateway_pb2.ITEM_MATCH_NO_MATCH
+
+
+def verify(claim: gateway_pb2.ClaimedIdentity, held: Held | None) -> gateway_pb2.Verification:
+    """Compare a claim with the identified record, item by item; no data leaves."""
+    if held is None:
+        return gateway_pb2.Verification(found=False)
+    return gateway_pb2.Verification(
+        found=True,
+        currently_registered=held.status == common_pb2.RECORD_STATUS_ACTIVE,
+        resident_code=_item(claim.resident_code, claim.resident_code == held.resident_code),  # type: ignore[arg-type]
+        name=_item(claim.name, fold_name(claim.name) == fold_name(held.name)),  # type: ignore[arg-type]
+        birth_date=_item(claim.birth_date, claim.birth_date == held.birth_date),  # type: ignore[arg-type]
+        sex=_item(claim.sex, claim.sex == held.sex),  # type: ignore[arg-type]
+        address=_item(claim.address, fold_address(claim.address) == fold_address(held.address)),  # type: ignore[arg-type]
+    )
+
+
+def choose_unique(claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[Held]) -> Held | None:
+    """The one record the four items identify, or None when none or several fit."""
+    fits = [
+        h
+        for h in candidates
+        if fold_name(claim.name) == fold_name(h.name)
+        and claim.birth_date == h.birth_date
+        and (not claim.sex or claim.sex == h.sex)
+    ]
+    if len(fits) > 1 and claim.address:
+        fits = [h for h in fits if fold_address(claim.address) == fold_address(h.address)]
+    return fits[0] if len(fits) == 1 else None
+
+
+def provided(held: Held, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
+    """The record holding only ``fields``; every other field stays empty."""
+    wanted = [f for f in FIELD_ORDER if f in set(fields)]
+    values: dict[str, object] = {"fields": wanted}
+    for f in wanted:
+        values[f] = held.status if f == "status" else getattr(held, f)
+    return gateway_pb2.ProvidedRecord(**values)  # type: ignore[arg-type]
+
+
+def search_score(query: gateway_pb2.SearchRequest, held: Held) -> int:
+    """Rank of a candidate: the name tier (exact > folded > reading) dominates,
+    then agreement of birth date, address and sex. 0 = not a candidate."""
+    base = match_score(query.name, query.name_kana or None, held.name, held.name_kana or None)
+    if base == 0:
+        return 0
+    score = base * 10
+    if query.birth_date:
+        score += 5 if query.birth_date == held.birth_date else 0
+    if query.address:
+        score += 3 if fold_address(query.address) == fold_address(held.address) else 0
+    if query.sex:
+        score += 1 if query.sex == held.sex else 0
+    return score
+
+
+def resolve_fields(allowed: Iterable[str], requested: Iterable[str]) -> tuple[str, ...]:
+    """The fields to return: those requested (all allowed when none are), each of
+    which must be allowed; the gateway has checked, this checks again."""
+    allowed_set = set(allowed)
+    requested_list = list(requested) or [f for f in FIELD_ORDER if f in allowed_set]
+    for f in requested_list:
+        if f not in allowed_set:
+            raise PermissionDenied(
+                f"field {f!r} is not allowed for this purpose", reason="field-not-allowed"
+            )
+    return tuple(f for f in FIELD_ORDER if f in set(requested_list))

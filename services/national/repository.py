@@ -1,11 +1,18 @@
-"""The national node's SQL beyond the shared holdings: minting code pools."""
+"""The national node's SQL beyond the shared holdings: minting code pools and
+looking records up for agencies."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.errors import InvalidArgument
-from jukinet.holdings import HoldingStore
+from jukinet.holding_rules import ACTIVE, REMOVED, SUPERSEDED, Held
+from jukinet.holdings import HELD_FIELDS, HoldingStore
+from jukinet.names import fold_kana, fold_name
+from jukinet.v1 import common_pb2
 from services.national.logic import mint_candidates
 
 
@@ -31,3 +38,65 @@ async def allocate_pool(
         await store.record_issued(conn, fresh, municipality, request_id)
         issued.extend(fresh)
     return sorted(issued)
+
+
+async def identify_by_codes(
+    store: HoldingStore, conn: AsyncConnection, codes: Sequence[str]
+) -> dict[str, Held | None]:
+    """The record each claimed code identifies; a code that was changed leads to
+    the record that replaced it (the person is found, the old code no longer fits)."""
+    held = await store.load(conn, set(codes))
+    out: dict[str, Held | None] = {}
+    for code in codes:
+        current = held.get(code)
+        for _ in range(16):  # a person changes code a handful of times at most
+            if current is None or current.status != SUPERSEDED or not current.replaced_by:
+                break
+            nxt = current.replaced_by
+            if nxt not in held:
+                held.update(await store.load(conn, {nxt}))
+            current = held.get(nxt)
+        out[code] = current
+    return out
+
+
+async def candidates(
+    store: HoldingStore,
+    conn: AsyncConnection,
+    *,
+    name: str,
+    kana: str,
+    birth_date: str,
+    limit: int,
+) -> list[Held]:
+    """Records whose folded name (or reading) matches, on the birth date if given."""
+    t = store.t.identities
+    keys = [t.c.name_key == fold_name(name)]
+    if kana:
+        keys.append(t.c.kana_key == fold_kana(kana))
+    query = select(*(t.c[f] for f in HELD_FIELDS)).where(or_(*keys))
+    if birth_date:
+        query = query.where(t.c.birth_date == birth_date)
+    rows = await conn.execute(query.limit(limit))
+    return [Held(*r) for r in rows]
+
+
+async def record_as_of(
+    store: HoldingStore, conn: AsyncConnection, resident_code: str, date: str
+) -> Held | None:
+    """The record as it stood at the end of ``date``, from its history."""
+    h = store.t.history
+    codes = await store.chain(conn, resident_code)
+    row = (
+        await conn.execute(
+            select(h.c.payload)
+            .where(h.c.resident_code.in_(codes), h.c.effective_date <= date, h.c.changed_current)
+            .order_by(h.c.effective_date.desc(), h.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return None
+    n = common_pb2.Notification.FromString(row[0])
+    status = REMOVED if n.kind == common_pb2.CHANGE_KIND_REMOVED else ACTIVE
+    return Held.from_notification(n, status)

@@ -5,17 +5,38 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from jukinet.codes import prefecture_of
+from jukinet.codes import check_resident_code, is_valid_resident_code, prefecture_of
 from jukinet.db import Database
-from jukinet.errors import PermissionDenied
+from jukinet.errors import InvalidArgument, NotFound, PermissionDenied
+from jukinet.holding_rules import Held
 from jukinet.holding_service import HoldingService
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
-from jukinet.v1 import common_pb2, delivery_pb2, national_pb2_grpc
-from jukinet.validation import check_known_local_government
-from services.national.logic import check_pool_request
-from services.national.repository import allocate_pool
+from jukinet.v1 import common_pb2, delivery_pb2, gateway_pb2, national_pb2_grpc, provision_pb2
+from jukinet.validation import (
+    check_date,
+    check_kana,
+    check_known_local_government,
+    check_name,
+    check_sex,
+)
+from services.national.logic import (
+    check_claim,
+    check_pool_request,
+    choose_unique,
+    provided,
+    resolve_fields,
+    search_score,
+    verify,
+)
+from services.national.provisions import ProvisionEntry, ProvisionLog, provisions_of
+from services.national.repository import (
+    allocate_pool,
+    candidates,
+    identify_by_codes,
+    record_as_of,
+)
 
 
 def authorize_prefecture_origin(caller: Identity, n: common_pb2.Notification, prefix: str) -> None:
@@ -28,14 +49,225 @@ def authorize_prefecture_origin(caller: Identity, n: common_pb2.Notification, pr
         )
 
 
+VERIFY_OPERATIONS = frozenset({"verify", "verify_batch"})
+MAX_ITEMS = 10_000
+MAX_CANDIDATES = 100
+
+
+def _outcome(claim: gateway_pb2.ClaimedIdentity, v: gateway_pb2.Verification) -> str:
+    if not v.found:
+        return "not-found"
+    items = (v.resident_code, v.name, v.birth_date, v.sex, v.address)
+    if any(i == gateway_pb2.ITEM_MATCH_NO_MATCH for i in items):
+        return "no-match"
+    return "match"
+
+
 class NationalServicer(national_pb2_grpc.NationalServiceServicer):
     def __init__(
-        self, db: Database, holding: HoldingService, metrics: NodeMetrics, max_pool_size: int
+        self,
+        db: Database,
+        holding: HoldingService,
+        metrics: NodeMetrics,
+        max_pool_size: int,
+        provisions: ProvisionLog,
     ) -> None:
         self._db = db
         self._holding = holding
+        self._store = holding.store
         self._metrics = metrics
         self._max_pool_size = max_pool_size
+        self._provisions = provisions
+
+    async def _record(self, entries: list[ProvisionEntry]) -> list[str]:
+        ids = await self._provisions.record(entries)
+        for e in entries:
+            self._metrics.provisions.labels(
+                e.agency_code, e.purpose_code, e.operation, e.result
+            ).inc()
+        return ids
+
+    # -- for the gateway -------------------------------------------------------
+
+    async def ProvideVerification(
+        self, request: provision_pb2.ProvideVerificationRequest, context: Any
+    ) -> provision_pb2.ProvideVerificationResponse:
+        ctx = request.context
+        if request.operation not in VERIFY_OPERATIONS:
+            raise InvalidArgument("operation", "must be verify or verify_batch")
+        if len(request.items) > MAX_ITEMS:
+            raise InvalidArgument("items", f"at most {MAX_ITEMS}")
+        for i, item in enumerate(request.items):
+            check_claim(item.claim, f"items[{i}].claim")
+        coded = [item.claim.resident_code for item in request.items if item.claim.resident_code]
+        async with self._db.read() as conn:
+            by_code = await identify_by_codes(self._store, conn, coded) if coded else {}
+            identified: list[Held | None] = []
+            for item in request.items:
+                claim = item.claim
+                if claim.resident_code:
+                    identified.append(by_code.get(claim.resident_code))
+                else:
+                    found = await candidates(
+                        self._store,
+                        conn,
+                        name=claim.name,
+                        kana="",
+                        birth_date=claim.birth_date,
+                        limit=MAX_CANDIDATES,
+                    )
+                    identified.append(choose_unique(claim, found))
+        results = []
+        entries = []
+        for item, held in zip(request.items, identified, strict=True):
+            verification = verify(item.claim, held)
+            results.append(
+                gateway_pb2.VerifyBatchResult(item_id=item.item_id, verification=verification)
+            )
+            code = held.resident_code if held is not None else item.claim.resident_code
+            entries.append(
+                ProvisionEntry(
+                    ctx.agency_code,
+                    ctx.purpose_code,
+                    request.operation,
+                    code,
+                    (),
+                    _outcome(item.claim, verification),
+                )
+            )
+        ids = await self._record(entries)
+        return provision_pb2.ProvideVerificationResponse(results=results, provision_ids=ids)
+
+    async def ProvideRecord(
+        self, request: provision_pb2.ProvideRecordRequest, context: Any
+    ) -> provision_pb2.ProvideRecordResponse:
+        ctx = request.context
+        check_resident_code(request.resident_code)
+        if request.as_of:
+            check_date(request.as_of, "as_of")
+        fields = resolve_fields(ctx.allowed_fields, request.fields)
+        async with self._db.read() as conn:
+            if request.as_of:
+                held = await record_as_of(self._store, conn, request.resident_code, request.as_of)
+            else:
+                held = (await identify_by_codes(self._store, conn, [request.resident_code]))[
+                    request.resident_code
+                ]
+        if held is None:
+            await self._record(
+                [
+                    ProvisionEntry(
+                        ctx.agency_code,
+                        ctx.purpose_code,
+                        "retrieve",
+                        request.resident_code,
+                        (),
+                        "not-found",
+                    )
+                ]
+            )
+            raise NotFound(
+                "no record for that resident code" + (" on that date" if request.as_of else "")
+            )
+        ids = await self._record(
+            [
+                ProvisionEntry(
+                    ctx.agency_code,
+                    ctx.purpose_code,
+                    "retrieve",
+                    held.resident_code,
+                    fields,
+                    "provided",
+                )
+            ]
+        )
+        return provision_pb2.ProvideRecordResponse(
+            record=provided(held, fields), provision_id=ids[0]
+        )
+
+    async def ProvideSearch(
+        self, request: provision_pb2.ProvideSearchRequest, context: Any
+    ) -> provision_pb2.ProvideSearchResponse:
+        ctx = request.context
+        query = request.query
+        check_name(query.name, "query.name")
+        if query.name_kana:
+            check_kana(query.name_kana, "query.name_kana")
+        if query.birth_date:
+            check_date(query.birth_date, "query.birth_date")
+        if query.sex:
+            check_sex(query.sex, "query.sex")
+        if not 1 <= request.max_candidates <= MAX_CANDIDATES:
+            raise InvalidArgument("max_candidates", f"must be between 1 and {MAX_CANDIDATES}")
+        fields = resolve_fields(ctx.allowed_fields, query.fields)
+        async with self._db.read() as conn:
+            found = await candidates(
+                self._store,
+                conn,
+                name=query.name,
+                kana=query.name_kana,
+                birth_date=query.birth_date,
+                limit=MAX_CANDIDATES * 4,
+            )
+        ranked = sorted(
+            ((search_score(query, h), h) for h in found), key=lambda p: (-p[0], p[1].resident_code)
+        )
+        chosen = [(score, h) for score, h in ranked if score > 0][: request.max_candidates]
+        if chosen:
+            entries = [
+                ProvisionEntry(
+                    ctx.agency_code,
+                    ctx.purpose_code,
+                    "search",
+                    h.resident_code,
+                    fields,
+                    "candidate",
+                )
+                for _, h in chosen
+            ]
+        else:
+            entries = [
+                ProvisionEntry(ctx.agency_code, ctx.purpose_code, "search", "", (), "not-found")
+            ]
+        ids = await self._record(entries)
+        return provision_pb2.ProvideSearchResponse(
+            candidates=[
+                gateway_pb2.SearchCandidate(record=provided(h, fields), score=score)
+                for score, h in chosen
+            ],
+            provision_id=ids[0],
+        )
+
+    async def RecordDenial(
+        self, request: provision_pb2.RecordDenialRequest, context: Any
+    ) -> provision_pb2.RecordDenialResponse:
+        code = request.resident_code if is_valid_resident_code(request.resident_code) else ""
+        ids = await self._record(
+            [
+                ProvisionEntry(
+                    request.agency_code[:32],
+                    request.purpose_code[:64],
+                    request.operation[:16],
+                    code,
+                    (),
+                    "denied",
+                    request.reason[:64],
+                )
+            ]
+        )
+        return provision_pb2.RecordDenialResponse(provision_id=ids[0])
+
+    # -- for the resident ------------------------------------------------------
+
+    async def Disclose(
+        self, request: provision_pb2.DiscloseRequest, context: Any
+    ) -> provision_pb2.DiscloseResponse:
+        check_resident_code(request.resident_code)
+        held = await self._store.get_identity(request.resident_code)
+        async with self._db.read() as conn:
+            codes = await self._store.chain(conn, request.resident_code)
+            provisions = await provisions_of(conn, sorted(codes))
+        return provision_pb2.DiscloseResponse(identity=held.identity, provisions=provisions)
 
     async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any

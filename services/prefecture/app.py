@@ -46,6 +46,7 @@ def rules(prefecture_code: str) -> dict[str, Rule]:
         m + "GetIdentity": own_operator,
         m + "ExportIdentities": own_operator,
         m + "GetDeliveryStatus": own_operator,
+        m + "Disclose": own_municipality,
     }
 
 

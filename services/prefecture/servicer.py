@@ -7,13 +7,14 @@ from typing import Any
 
 import grpc
 
+from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.errors import from_upstream
 from jukinet.holding_service import HoldingService
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
 from jukinet.outbox import Outbox
-from jukinet.v1 import delivery_pb2, national_pb2_grpc, prefecture_pb2_grpc
+from jukinet.v1 import delivery_pb2, national_pb2_grpc, prefecture_pb2_grpc, provision_pb2
 from jukinet.validation import check_known_local_government
 from services.national.logic import check_pool_request
 from services.prefecture.logic import authorize_pool_request
@@ -72,6 +73,19 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
                     request.request_id,
                 )
         self._metrics.codes_issued.inc(len(response.resident_codes))
+        return response
+
+    async def Disclose(
+        self, request: provision_pb2.DiscloseRequest, context: Any
+    ) -> provision_pb2.DiscloseResponse:
+        """Relay a municipal counter's disclosure request to the national node."""
+        check_resident_code(request.resident_code)
+        try:
+            response: provision_pb2.DiscloseResponse = await self._national.Disclose(
+                request, timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_upstream(exc, "national node") from exc
         return response
 
     async def GetIdentity(

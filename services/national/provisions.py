@@ -1,0 +1,182 @@
+"""Provision records, written before an answer leaves (group commit).
+
+Every lookup for an agency must be on record before its answer is sent. One
+transaction per request would cap the node at a few thousand commits a
+second, so :class:`ProvisionLog` lets one transaction serve every request
+waiting at that moment: a request hands its rows over and waits; the writer
+commits whatever has gathered, then wakes each waiter. No answer leaves before
+its row is committed, and if the write fails every waiter gets the failure
+(and therefore returns no data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from jukinet.db import Database
+from jukinet.errors import Unavailable
+from jukinet.v1 import provision_pb2
+from services.national import models
+
+log = logging.getLogger("jukinet.provisions")
+
+P = models.provisions
+RETENTION = dt.timedelta(days=7 * 365 + 2)  # seven years, leap days included
+
+
+@dataclass(frozen=True)
+class ProvisionEntry:
+    """One provision (or refusal) to record."""
+
+    agency_code: str
+    purpose_code: str
+    operation: str
+    resident_code: str
+    fields: tuple[str, ...]
+    result: str
+    reason: str = ""
+
+
+def new_provision_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ProvisionLog:
+    """Records provisions in shared transactions; see the module docstring."""
+
+    def __init__(self, db: Database, *, max_rows: int = 20_000) -> None:
+        self._db = db
+        self._max_rows = max_rows
+        self._pending: list[tuple[list[dict[str, object]], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="provision-log")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(Unavailable("the national node is stopping"))
+
+    async def record(self, entries: Sequence[ProvisionEntry]) -> list[str]:
+        """Commit ``entries`` (in a shared transaction) and return their ids."""
+        now = dt.datetime.now(dt.UTC)
+        ids = [new_provision_id() for _ in entries]
+        rows: list[dict[str, object]] = [
+            {
+                "provision_id": pid,
+                "provided_at": now,
+                "agency_code": e.agency_code,
+                "purpose_code": e.purpose_code,
+                "operation": e.operation,
+                "resident_code": e.resident_code,
+                "fields": ",".join(e.fields),
+                "result": e.result,
+                "reason": e.reason,
+            }
+            for pid, e in zip(ids, entries, strict=True)
+        ]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, future))
+        self._wake.set()
+        await future
+        return ids
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch: list[tuple[list[dict[str, object]], asyncio.Future[None]]] = []
+                size = 0
+                while self._pending and (not batch or size < self._max_rows):
+                    rows, future = self._pending.pop(0)
+                    batch.append((rows, future))
+                    size += len(rows)
+                try:
+                    async with self._db.write() as conn:
+                        await conn.execute(insert(P), [r for rows, _ in batch for r in rows])
+                except Exception as exc:
+                    log.error("provision records could not be written: %s", exc)
+                    failure = Unavailable(
+                        "the provision record could not be written; nothing is returned"
+                    )
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(failure)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+
+async def provisions_of(
+    conn: AsyncConnection, codes: Sequence[str]
+) -> list[provision_pb2.Provision]:
+    """Every provision of these codes (a resident's whole chain), oldest first."""
+    rows = await conn.execute(
+        select(
+            P.c.provision_id,
+            P.c.provided_at,
+            P.c.agency_code,
+            P.c.purpose_code,
+            P.c.operation,
+            P.c.resident_code,
+            P.c.fields,
+            P.c.result,
+        )
+        .where(P.c.resident_code.in_(codes))
+        .order_by(P.c.provided_at, P.c.id)
+    )
+    out = []
+    for pid, at, agency, purpose, operation, code, fields, result in rows:
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.UTC)
+        out.append(
+            provision_pb2.Provision(
+                provision_id=pid,
+                provided_at=at.isoformat(),
+                agency_code=agency,
+                purpose_code=purpose,
+                operation=operation,
+                resident_code=code,
+                fields=[f for f in fields.split(",") if f],
+                result=result,
+            )
+        )
+    return out
+
+
+async def purge_older_than(
+    db: Database, now: dt.datetime, retention: dt.timedelta = RETENTION
+) -> int:
+    """Delete provision records past their retention; returns how many."""
+    async with db.write() as conn:
+        result = await conn.execute(delete(P).where(P.c.provided_at < now - retention))
+    return int(result.rowcount or 0)
+
+
+async def retention_job(db: Database, every: float = 24 * 3600) -> None:
+    """Purge expired provision records once a day (and at start)."""
+    while True:
+        try:
+            purged = await purge_older_than(db, dt.datetime.now(dt.UTC))
+            if purged:
+                log.info("purged %d provision records older than seven years", purged)
+        except Exception:
+            log.exception("provision retention job failed")
+        await asyncio.sleep(every)
