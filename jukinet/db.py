@@ -10,12 +10,12 @@ need the lock (parsing, validation) happens outside it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import ARRAY, ColumnElement, String, any_, cast, event, literal
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -43,7 +43,6 @@ class Database:
         else:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = pool_size
-            kwargs["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -86,3 +85,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def null_pool_engine(url: str) -> AsyncEngine:
     """An engine without pooling, for one-off administrative work."""
     return create_async_engine(url, poolclass=NullPool)
+
+
+def one_of(
+    conn: AsyncConnection, column: ColumnElement[Any], values: Sequence[Any]
+) -> ColumnElement[bool]:
+    """``column IN values``, written so that PostgreSQL plans it well.
+
+    An IN list of bound parameters is a prepared statement whose generic plan is
+    fixed after a few runs; planned on a young, empty table it stays a full scan
+    as the table grows. PostgreSQL gets one array parameter instead
+    (``column = ANY($1)``), which keeps the index lookup and compiles once.
+    """
+    if conn.dialect.name == "postgresql":
+        item_type = column.type if isinstance(column.type, String) else String()
+        return column == any_(cast(literal(list(values), ARRAY(item_type)), ARRAY(item_type)))
+    return column.in_(values)

@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jukinet.db import Database
+from jukinet.db import Database, one_of
 from jukinet.errors import InvalidArgument, NotFound, SequenceGap
 from jukinet.holding_rules import Held, decide
 from jukinet.names import fold_kana, fold_name
@@ -167,7 +167,7 @@ class HoldingStore:
         for i in range(0, len(code_list), 500):
             rows = await conn.execute(
                 select(*(t.c[f] for f in HELD_FIELDS)).where(
-                    t.c.resident_code.in_(code_list[i : i + 500])
+                    one_of(conn, t.c.resident_code, code_list[i : i + 500])
                 )
             )
             for row in rows:
@@ -182,7 +182,7 @@ class HoldingStore:
         for i in range(0, len(code_list), 500):
             rows = await conn.execute(
                 select(t.c.resident_code, t.c.municipality_code).where(
-                    t.c.resident_code.in_(code_list[i : i + 500])
+                    one_of(conn, t.c.resident_code, code_list[i : i + 500])
                 )
             )
             out.update({r[0]: r[1] for r in rows})
@@ -196,7 +196,7 @@ class HoldingStore:
         for i in range(0, len(code_list), 500):
             rows = await conn.execute(
                 select(h.c.resident_code).where(
-                    h.c.resident_code.in_(code_list[i : i + 500]),
+                    one_of(conn, h.c.resident_code, code_list[i : i + 500]),
                     h.c.reason.in_(sorted(NEW_CODE_REASONS)),
                 )
             )
@@ -219,7 +219,7 @@ class HoldingStore:
         origins = sorted({n.origin_code for n in entries})
         rows = await conn.execute(
             select(cursors_t.c.origin_code, cursors_t.c.last_sequence).where(
-                cursors_t.c.origin_code.in_(origins)
+                one_of(conn, cursors_t.c.origin_code, origins)
             )
         )
         cursor = {r[0]: int(r[1]) for r in rows}
@@ -364,7 +364,9 @@ class HoldingStore:
 
     async def existing_codes(self, conn: AsyncConnection, codes: Sequence[str]) -> set[str]:
         t = self.t.issued_codes
-        rows = await conn.execute(select(t.c.resident_code).where(t.c.resident_code.in_(codes)))
+        rows = await conn.execute(
+            select(t.c.resident_code).where(one_of(conn, t.c.resident_code, codes))
+        )
         return set(rows.scalars())
 
     # -- reads -------------------------------------------------------------
@@ -378,7 +380,10 @@ class HoldingStore:
         while frontier:
             rows = await conn.execute(
                 select(t.c.resident_code, t.c.replaced_by).where(
-                    or_(t.c.resident_code.in_(frontier), t.c.replaced_by.in_(frontier))
+                    or_(
+                        one_of(conn, t.c.resident_code, sorted(frontier)),
+                        one_of(conn, t.c.replaced_by, sorted(frontier)),
+                    )
                 )
             )
             found = set()
@@ -400,7 +405,7 @@ class HoldingStore:
             chain = await self.chain(conn, resident_code)
             history_rows = await conn.execute(
                 select(h.c.payload, h.c.applied_at, h.c.changed_current)
-                .where(h.c.resident_code.in_(chain))
+                .where(one_of(conn, h.c.resident_code, sorted(chain)))
                 .order_by(h.c.id)
             )
             history = [

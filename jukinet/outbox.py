@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jukinet.db import one_of
+
 
 @dataclass(frozen=True)
 class OutboxTables:
@@ -193,6 +195,8 @@ class Outbox:
         """Every entry about these residents, in order."""
         t = self.tables.entries
         rows = await conn.execute(
-            select(t.c.payload).where(t.c.resident_code.in_(resident_codes)).order_by(t.c.sequence)
+            select(t.c.payload)
+            .where(one_of(conn, t.c.resident_code, resident_codes))
+            .order_by(t.c.sequence)
         )
         return [bytes(p) for p in rows.scalars()]

@@ -141,12 +141,14 @@ class Pusher:
                     await room.wait_for(lambda: len(in_flight) < self._window or receiver.done())
                 if receiver.done():
                     receiver.result()
+                # Cleared before reading: a commit that lands during the read
+                # sets it again, so it is never missed.
+                self._wake.clear()
                 async with self._db.read() as conn:
                     rows = await self._outbox.read_after(conn, next_after, self._batch_size)
                     status = await self._outbox.status(conn)
                 self._metrics.outbox_backlog.set(status.backlog)
                 if not rows:
-                    self._wake.clear()
                     waiter = asyncio.create_task(self._wake.wait())
                     await asyncio.wait(
                         {waiter, receiver},

@@ -73,16 +73,27 @@ class PoolKeeper:
         self._refill = refill_size
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()
+        # Free codes, kept in memory once counted: this process is the pool's only
+        # writer, and counting on every operation would cost more than the operation.
+        self._free: int | None = None
 
-    def poke(self) -> None:
-        """Ask the background loop to check the pool."""
-        self._wanted.set()
+    async def _count(self) -> int:
+        async with self._db.read() as conn:
+            self._free = await repo.free_codes(conn)
+        self._metrics.code_pool.set(self._free)
+        return self._free
+
+    def consumed(self, count: int) -> None:
+        """``count`` codes were used by a committed operation."""
+        if self._free is not None:
+            self._free -= count
+            self._metrics.code_pool.set(self._free)
+            if self._free < self._low:
+                self._wanted.set()
 
     async def ensure(self, needed: int) -> None:
         """Make sure ``needed`` codes are free, refilling now if they are not."""
-        async with self._db.read() as conn:
-            free = await repo.free_codes(conn)
-        self._metrics.code_pool.set(free)
+        free = self._free if self._free is not None else await self._count()
         if free >= needed:
             return
         try:
@@ -109,8 +120,7 @@ class PoolKeeper:
             )
             async with self._db.write() as conn:
                 added = await repo.fulfil_pool_request(conn, request_id, response.resident_codes)
-                free = await repo.free_codes(conn)
-            self._metrics.code_pool.set(free)
+            free = await self._count()
             log.info("code pool refilled with %d codes (%d free)", added, free)
 
     async def run(self) -> None:
@@ -118,9 +128,7 @@ class PoolKeeper:
         backoff = 0.5
         while True:
             try:
-                async with self._db.read() as conn:
-                    free = await repo.free_codes(conn)
-                self._metrics.code_pool.set(free)
+                free = await self._count()
                 if free < self._low or await self._has_pending():
                     await self._fill(self._refill)
                 backoff = 0.5
@@ -185,9 +193,10 @@ class Register:
         self.metrics.notifications_written.inc(len(changes))
         return first + len(changes) - 1
 
-    def _committed(self) -> None:
+    def _committed(self, codes_used: int = 0) -> None:
         self._on_commit()
-        self.pool.poke()
+        if codes_used:
+            self.pool.consumed(codes_used)
 
     async def _take_code(self, conn: AsyncConnection) -> str:
         codes = await repo.take_codes(conn, 1)
@@ -227,7 +236,7 @@ class Register:
             seq = await self._announce(
                 conn, [Change(code, person, R.CHANGE_REASON_BIRTH, person.birth_date)]
             )
-        self._committed()
+        self._committed(codes_used=1)
         return resident, seq
 
     async def enter_ex_officio(
@@ -243,7 +252,7 @@ class Register:
             reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
             resident = await repo.insert_resident(conn, code, person, household, effective, reason)
             seq = await self._announce(conn, [Change(code, person, reason, effective)])
-        self._committed()
+        self._committed(codes_used=1)
         return resident, seq
 
     async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
@@ -302,7 +311,7 @@ class Register:
                     conn, code, person, household, effective, reason
                 )
             seq = await self._announce(conn, [Change(code, person, reason, effective)])
-        self._committed()
+        self._committed(codes_used=0 if req.resident_code else 1)
         return resident, seq
 
     # -- amendments ----------------------------------------------------------
@@ -387,7 +396,7 @@ class Register:
             seq = await self._announce(
                 conn, [Change(new, resident.person, reason, effective, resident.resident_code)]
             )
-        self._committed()
+        self._committed(codes_used=1)
         return _with(resident, resident_code=new, last_reason=reason), resident.resident_code, seq
 
     # -- removals ------------------------------------------------------------
@@ -509,7 +518,7 @@ class Register:
                 ],
             )
         if todo:
-            self._committed()
+            self._committed(codes_used=len(codes))
         return municipal_pb2.ImportResidentsResponse(
             imported=len(todo), already_present=len(good) - len(todo), rejected=rejected
         )

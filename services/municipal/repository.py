@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jukinet.db import one_of
 from services.municipal import models
 from services.municipal.logic import ACTIVE, REMOVED, Person, ResidentState
 
@@ -151,7 +152,7 @@ async def existing_source_ids(conn: AsyncConnection, source_ids: Sequence[str]) 
     out: set[str] = set()
     for i in range(0, len(source_ids), 500):
         rows = await conn.execute(
-            select(R.c.source_id).where(R.c.source_id.in_(source_ids[i : i + 500]))
+            select(R.c.source_id).where(one_of(conn, R.c.source_id, source_ids[i : i + 500]))
         )
         out.update(s for s in rows.scalars() if s is not None)
     return out
@@ -186,17 +187,16 @@ async def take_codes(conn: AsyncConnection, count: int) -> list[str]:
     codes = list(
         (
             await conn.execute(
-                select(P.c.resident_code)
-                .where(P.c.used_at.is_(None))
-                .order_by(P.c.resident_code)
-                .limit(count)
+                # No ORDER BY: the codes are random anyway, and ordering would make
+                # every call walk past all the codes already used.
+                select(P.c.resident_code).where(P.c.used_at.is_(None)).limit(count)
             )
         ).scalars()
     )
     now = _now()
     for i in range(0, len(codes), 500):
         await conn.execute(
-            update(P).where(P.c.resident_code.in_(codes[i : i + 500])).values(used_at=now)
+            update(P).where(one_of(conn, P.c.resident_code, codes[i : i + 500])).values(used_at=now)
         )
     return codes
 

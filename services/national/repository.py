@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jukinet.db import one_of
 from jukinet.errors import InvalidArgument
 from jukinet.holding_rules import ACTIVE, REMOVED, SUPERSEDED, Held
 from jukinet.holdings import HELD_FIELDS, HoldingStore
@@ -90,7 +91,11 @@ async def record_as_of(
     row = (
         await conn.execute(
             select(h.c.payload)
-            .where(h.c.resident_code.in_(codes), h.c.effective_date <= date, h.c.changed_current)
+            .where(
+                one_of(conn, h.c.resident_code, sorted(codes)),
+                h.c.effective_date <= date,
+                h.c.changed_current,
+            )
             .order_by(h.c.effective_date.desc(), h.c.id.desc())
             .limit(1)
         )
