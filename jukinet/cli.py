@@ -328,7 +328,7 @@ def _identity_commands(sub: Any) -> None:
 
 def _run_commands(sub: Any) -> None:
     run = sub.add_parser("run", help="run a node from a config file")
-    run.add_argument("tier", choices=["national", "prefecture", "municipal"])
+    run.add_argument("tier", choices=["national", "prefecture", "municipal", "gateway"])
     run.add_argument("--config", help="TOML config file")
 
     def go(a: argparse.Namespace) -> int:
@@ -344,6 +344,11 @@ def _run_commands(sub: Any) -> None:
             from services.prefecture.app import PrefectureApp
 
             return run_node("prefecture", PrefectureConfig, PrefectureApp, argv)
+        if a.tier == "gateway":
+            from gateway.app import GatewayApp
+            from jukinet.config import GatewayConfig
+
+            return run_node("gateway", GatewayConfig, GatewayApp, argv)
         from services.municipal.app import MunicipalApp
 
         return run_node("municipal", MunicipalConfig, MunicipalApp, argv)

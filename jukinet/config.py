@@ -29,7 +29,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from jukinet.codes import is_valid_local_government_code
 from jukinet.errors import ConfigError
@@ -53,16 +53,23 @@ class NodeConfig:
     metrics_listen: str = ""
     log_level: str = "INFO"
 
+    # Settings holding a file path: relative ones are taken from the config
+    # file's folder, like the [tls] paths.
+    path_settings: ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self) -> None:
         _check_hostport("listen", self.listen)
         if self.metrics_listen:
             _check_hostport("metrics_listen", self.metrics_listen)
+        self._check_database_url()
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+
+    def _check_database_url(self) -> None:
         if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ConfigError(
                 "database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
             )
-        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +124,34 @@ class MunicipalConfig(NodeConfig):
         if not 0 <= self.pool_low_watermark < self.pool_refill_size <= 100_000:
             raise ConfigError("pool: need 0 <= pool_low_watermark < pool_refill_size <= 100000")
         _check_batching(self.push_batch_size, self.push_window)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig(NodeConfig):
+    """The agency gateway: where the national node listens, which purpose registry.
+
+    The gateway keeps no data, so it has no database: ``database_url`` must
+    stay unset. ``purposes`` is the statutory purpose registry (TOML); empty
+    means the one packaged with the gateway. ``batch_pipeline`` is how many
+    VerifyBatch messages of one stream may be at the national node at once.
+    """
+
+    database_url: str = ""
+    national_target: str
+    purposes: str = ""
+    batch_pipeline: int = 2
+
+    path_settings: ClassVar[tuple[str, ...]] = ("purposes",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_hostport("national_target", self.national_target)
+        if not 1 <= self.batch_pipeline <= 16:
+            raise ConfigError("batch_pipeline: must be between 1 and 16")
+
+    def _check_database_url(self) -> None:
+        if self.database_url:
+            raise ConfigError("database_url: the gateway keeps no data; remove this setting")
 
 
 def _check_batching(batch: int, window: int) -> None:
@@ -202,6 +237,9 @@ def load_config(
     ]
     if missing:
         raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+    for name in cls.path_settings:
+        if values.get(name):
+            values[name] = str(_resolve(base, values[name]))
     url = values.get("database_url", "")
     if url.startswith("sqlite+aiosqlite:///") and not url.startswith("sqlite+aiosqlite:////"):
         relative = url.removeprefix("sqlite+aiosqlite:///")
@@ -217,6 +255,7 @@ def load_config(
 
 
 __all__ = [
+    "GatewayConfig",
     "MunicipalConfig",
     "NationalConfig",
     "NodeConfig",

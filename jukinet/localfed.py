@@ -3,8 +3,9 @@ end-to-end tests and the benchmark run.
 
 It writes a PKI, one TOML config per node (own port, own metrics port, own
 database) and starts each node as ``python -m services.<tier> --config FILE``
-with its output in ``<workdir>/logs/<node>.log``. Nodes can be stopped,
-killed (SIGKILL) and restarted on the same port and database.
+(the agency gateway, optional: ``python -m gateway``, no database) with its
+output in ``<workdir>/logs/<node>.log``. Nodes can be stopped, killed
+(SIGKILL) and restarted on the same port and database.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def free_port() -> int:
 class Node:
     """One node of the local federation."""
 
-    name: str  # certificate name: national, prefecture-31, municipality-312011
-    tier: str  # national | prefecture | municipal
-    code: str  # "national", "31", "312011"
+    name: str  # certificate name: national, prefecture-31, municipality-312011, gateway
+    tier: str  # national | prefecture | municipal | gateway
+    code: str  # "national", "31", "312011", "gateway"
     port: int
     metrics_port: int
     database_url: str
@@ -59,8 +60,16 @@ class Node:
 
     @property
     def operator(self) -> str:
-        """The certificate name of this node's operator."""
+        """The certificate name of this node's operator (the gateway has none:
+        the national operator, who may check its health but call nothing else)."""
+        if self.tier == "gateway":
+            return "operator-national-admin"
         return f"operator-{self.code}-admin"
+
+    @property
+    def module(self) -> str:
+        """The module that runs this node (``python -m``)."""
+        return "gateway" if self.tier == "gateway" else f"services.{self.tier}"
 
 
 def _toml_value(value: Any) -> str:
@@ -83,6 +92,7 @@ class LocalFederation:
         database_url: Callable[[str], str] | None = None,
         settings: dict[str, dict[str, Any]] | None = None,
         agencies: Sequence[str] = (),
+        gateway: bool = False,
     ) -> None:
         self.workdir = workdir
         self.pki_dir = workdir / "pki"
@@ -90,6 +100,7 @@ class LocalFederation:
         self.municipality_codes = list(municipalities)
         self.prefecture_codes = sorted({m[:2] for m in municipalities})
         self.agencies = list(agencies)
+        self.with_gateway = gateway
         self._database_url = database_url or (
             lambda name: f"sqlite+aiosqlite:///{workdir / 'data' / (name + '.db')}"
         )
@@ -129,6 +140,8 @@ class LocalFederation:
                     "prefecture_target": self.nodes[f"prefecture-{m[:2]}"].target,
                 },
             )
+        if self.with_gateway:
+            self._add("gateway", "gateway", "gateway", {"national_target": national})
 
     def _add(self, name: str, tier: str, code: str, settings: dict[str, Any]) -> None:
         node = Node(
@@ -137,14 +150,15 @@ class LocalFederation:
             code=code,
             port=free_port(),
             metrics_port=free_port(),
-            database_url=self._database_url(name),
+            # The gateway keeps no data.
+            database_url="" if tier == "gateway" else self._database_url(name),
             config_path=self.workdir / "config" / f"{name}.toml",
             settings={**settings, **self._settings.get(tier, {})},
         )
         lines = [
             f"listen = {_toml_value(node.target)}",
             f"metrics_listen = {_toml_value(f'127.0.0.1:{node.metrics_port}')}",
-            f"database_url = {_toml_value(node.database_url)}",
+            *([f"database_url = {_toml_value(node.database_url)}"] if node.database_url else []),
             *(f"{k} = {_toml_value(v)}" for k, v in node.settings.items()),
             "",
             "[tls]",
@@ -167,7 +181,7 @@ class LocalFederation:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         node.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{node.tier}", "--config", str(node.config_path)],
+            [sys.executable, "-m", node.module, "--config", str(node.config_path)],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -203,9 +217,12 @@ class LocalFederation:
         """Start every node, upper tiers first, each once the one above is ready."""
         self.start("national")
         await self.wait_ready("national")
-        for p in self.prefecture_codes:
-            self.start(f"prefecture-{p}")
-        await asyncio.gather(*(self.wait_ready(f"prefecture-{p}") for p in self.prefecture_codes))
+        upper = [f"prefecture-{p}" for p in self.prefecture_codes]
+        if self.with_gateway:
+            upper.append("gateway")
+        for name in upper:
+            self.start(name)
+        await asyncio.gather(*(self.wait_ready(name) for name in upper))
         for m in self.municipality_codes:
             self.start(f"municipality-{m}")
         await asyncio.gather(

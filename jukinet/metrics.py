@@ -72,6 +72,20 @@ class NodeMetrics:
         self.codes_issued = Counter(
             "jukinet_codes_issued", "Resident codes minted or handed down", registry=r
         )
+        self.gateway_denials = Counter(
+            "jukinet_gateway_denials",
+            "Agency requests the gateway refused, by agency, purpose, operation and reason",
+            ["agency", "purpose", "operation", "reason"],
+            registry=r,
+        )
+        self.gateway_latency = Histogram(
+            "jukinet_gateway_operation_seconds",
+            "Gateway handling time of one agency operation (a VerifyBatch message), "
+            "national call included",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         """Count one finished RPC and its handling time."""

@@ -5,6 +5,7 @@ files or fresh PostgreSQL databases)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -14,12 +15,16 @@ from typing import Any
 import asyncpg
 import grpc
 
+from gateway.app import GatewayApp
+from gateway.quotas import Clock
+from gateway.registry import PurposeRegistry
 from jukinet import pki
 from jukinet.client import tls_files
-from jukinet.config import MunicipalConfig, NationalConfig, PrefectureConfig
+from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, PrefectureConfig
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
     delivery_pb2,
+    gateway_pb2_grpc,
     municipal_pb2,
     municipal_pb2_grpc,
     national_pb2_grpc,
@@ -78,6 +83,8 @@ class Federation:
     municipalities: dict[str, MunicipalApp] = field(default_factory=dict)
     municipal_ports: dict[str, int] = field(default_factory=dict)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    gateway: GatewayApp | None = None
+    gateway_port: int = 0
 
     def channel(self, port: int, cert_name: str) -> grpc.aio.Channel:
         ch = secure_channel(f"127.0.0.1:{port}", tls_files(self.pki_dir, cert_name))
@@ -95,6 +102,41 @@ class Federation:
     def national_operator(self) -> national_pb2_grpc.NationalServiceStub:
         ch = self.channel(self.national_port, "operator-national-admin")
         return national_pb2_grpc.NationalServiceStub(ch)
+
+    def agency(self, code: str) -> gateway_pb2_grpc.GatewayServiceAsyncStub:
+        """The gateway, as agency ``code`` (certificate ``agency-<code>``)."""
+        return self.gateway_as(f"agency-{code}")
+
+    def gateway_as(self, cert_name: str) -> gateway_pb2_grpc.GatewayServiceAsyncStub:
+        """The gateway, presenting any certificate of the PKI."""
+        return gateway_pb2_grpc.GatewayServiceStub(self.channel(self.gateway_port, cert_name))
+
+    async def start_gateway(
+        self,
+        *,
+        purposes: Path | None = None,
+        registry: PurposeRegistry | None = None,
+        clock: Clock | None = None,
+        batch_pipeline: int = 2,
+    ) -> int:
+        """Start the agency gateway in front of the national node (one per federation)."""
+        if self.gateway is not None:
+            raise RuntimeError("the gateway is already running")
+        config = GatewayConfig(
+            listen="127.0.0.1:0",
+            tls=self._tls("gateway"),
+            national_target=f"127.0.0.1:{self.national_port}",
+            purposes=str(purposes) if purposes is not None else "",
+            batch_pipeline=batch_pipeline,
+        )
+        self.gateway = GatewayApp(config, registry=registry, clock=clock or time.monotonic)
+        self.gateway_port = await self.gateway.start()
+        return self.gateway_port
+
+    async def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
+            self.gateway = None
 
     async def start_national(self) -> None:
         config = NationalConfig(
@@ -151,6 +193,7 @@ class Federation:
     async def stop(self) -> None:
         for ch in self.channels:
             await ch.close(grace=None)
+        await self.stop_gateway()
         for m in self.municipalities.values():
             await m.stop()
         for p in self.prefectures.values():

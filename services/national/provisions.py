@@ -74,6 +74,10 @@ class ProvisionLog:
 
     async def record(self, entries: Sequence[ProvisionEntry]) -> list[str]:
         """Commit ``entries`` (in a shared transaction) and return their ids."""
+        if not entries:
+            # Nothing to record (an empty batch); an empty insert would fail
+            # as INSERT ... DEFAULT VALUES.
+            return []
         now = dt.datetime.now(dt.UTC)
         ids = [new_provision_id() for _ in entries]
         rows: list[dict[str, object]] = [

@@ -1,0 +1,90 @@
+"""Wiring of the agency gateway: purpose registry, quotas, one channel to the
+national node, server. The gateway keeps no data of its own."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+
+from gateway.quotas import Clock, Quotas
+from gateway.registry import PurposeRegistry, load_registry
+from gateway.servicer import GatewayServicer
+from jukinet.config import GatewayConfig
+from jukinet.identity import Kind
+from jukinet.interceptors import Rule, allow
+from jukinet.metrics import NodeMetrics
+from jukinet.server import MAX_MESSAGE, RunningServer, start_server
+from jukinet.tls import secure_channel
+from jukinet.v1 import gateway_pb2_grpc, national_pb2_grpc
+
+SERVICE = "jukinet.v1.GatewayService"
+METHODS = ("Verify", "Retrieve", "Search", "VerifyBatch")
+
+
+def rules() -> dict[str, Rule]:
+    """Agencies only: a node or operator certificate is refused."""
+    agency = allow(Kind.AGENCY)
+    return {f"/{SERVICE}/{m}": agency for m in METHODS}
+
+
+class GatewayApp:
+    """The gateway node. ``registry`` and ``clock`` replace the configured
+    registry file and the quota clock (tests)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        registry: PurposeRegistry | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.metrics = NodeMetrics("gateway")
+        # Loaded here so that a bad registry stops the start with one clear line.
+        self.registry = (
+            registry
+            if registry is not None
+            else load_registry(Path(config.purposes) if config.purposes else None)
+        )
+        self.quotas = Quotas(clock=clock)
+        self._channel: grpc.aio.Channel | None = None
+        self._server: RunningServer | None = None
+
+    async def start(self) -> int:
+        # One long-lived channel to the national node, shared by every call.
+        channel = secure_channel(
+            self.config.national_target,
+            self.config.tls,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        self._channel = channel
+        servicer = GatewayServicer(
+            registry=self.registry,
+            national=national_pb2_grpc.NationalServiceStub(channel),
+            quotas=self.quotas,
+            metrics=self.metrics,
+            batch_pipeline=self.config.batch_pipeline,
+        )
+
+        def register(server: grpc.aio.Server) -> None:
+            gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+
+        self._server = await start_server(
+            config=self.config,
+            rules=rules(),
+            register=register,
+            service_names=[SERVICE],
+            metrics=self.metrics,
+        )
+        return self._server.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+        if self._channel is not None:
+            await self._channel.close(grace=None)

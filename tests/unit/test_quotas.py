@@ -1,0 +1,130 @@
+"""The gateway's token buckets, on a hand-driven clock."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from gateway.quotas import QUOTA_EXCEEDED, QuotaExceeded, Quotas, TokenBucket
+from gateway.registry import Purpose, load_registry
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def purpose(code: str) -> Purpose:
+    found = load_registry().get(code)
+    assert found is not None
+    return found
+
+
+def test_starts_full_and_refuses_when_empty(clock: FakeClock) -> None:
+    bucket = TokenBucket(2.0, 5, clock=clock)
+    assert [bucket.take() for _ in range(5)] == [0.0] * 5
+    # Empty: one token comes back after 1 / rate seconds; nothing is taken.
+    assert bucket.take() == pytest.approx(0.5)
+    assert bucket.take() == pytest.approx(0.5)
+    assert bucket.tokens == pytest.approx(0.0)
+
+
+def test_refills_at_the_rate(clock: FakeClock) -> None:
+    bucket = TokenBucket(2.0, 5, clock=clock)
+    for _ in range(5):
+        bucket.take()
+    clock.advance(0.25)  # half a token
+    assert bucket.take() == pytest.approx(0.25)
+    clock.advance(0.25)
+    assert bucket.take() == 0.0
+    assert bucket.take() == pytest.approx(0.5)
+    clock.advance(1.0)
+    assert bucket.take() == 0.0
+    assert bucket.take() == 0.0
+    assert bucket.take() > 0
+
+
+def test_never_holds_more_than_the_burst(clock: FakeClock) -> None:
+    bucket = TokenBucket(10.0, 3, clock=clock)
+    clock.advance(3600)
+    assert bucket.tokens == pytest.approx(3.0)
+    assert [bucket.take() for _ in range(3)] == [0.0] * 3
+    assert bucket.take() == pytest.approx(0.1)
+
+
+def test_sustained_rate_matches(clock: FakeClock) -> None:
+    """Over a long run, granted requests = burst + rate x elapsed time."""
+    bucket = TokenBucket(4.0, 10, clock=clock)
+    granted = 0
+    for _ in range(10_000):  # 100 s in steps of 10 ms, asking 5 times per step
+        for _ in range(5):
+            granted += bucket.take() == 0.0
+        clock.advance(0.01)
+    assert granted == pytest.approx(10 + 4.0 * 100, abs=1)
+
+
+def test_a_clock_stepping_back_neither_drains_nor_fills(clock: FakeClock) -> None:
+    bucket = TokenBucket(1.0, 2, clock=clock)
+    bucket.take()
+    clock.advance(-50)
+    assert bucket.tokens == pytest.approx(1.0)
+    clock.advance(0.5)
+    assert bucket.tokens == pytest.approx(1.5)
+
+
+def test_take_several(clock: FakeClock) -> None:
+    bucket = TokenBucket(1.0, 4, clock=clock)
+    assert bucket.take(3) == 0.0
+    assert bucket.take(3) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        bucket.take(5)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.0, 1), (-1.0, 1), (float("inf"), 1), (1.0, 0)])
+def test_bad_settings(rate: float, burst: int) -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(rate, burst)
+
+
+def test_one_bucket_per_agency_and_purpose(clock: FakeClock) -> None:
+    quotas = Quotas(clock=clock)
+    existence = purpose("NENKIN-EXISTENCE-CHECK")  # 10/s, burst 20
+    address = purpose("NENKIN-ADDRESS-CHANGE")  # 10/s, burst 20
+    for _ in range(existence.quota.burst):
+        quotas.charge("nenkin", existence)
+    with pytest.raises(QuotaExceeded) as caught:
+        quotas.charge("nenkin", existence)
+    # Another purpose of the same agency, and another agency, are untouched.
+    quotas.charge("nenkin", address)
+    quotas.charge("other", existence)
+    assert quotas.bucket("nenkin", existence) is quotas.bucket("nenkin", existence)
+    assert quotas.bucket("nenkin", existence) is not quotas.bucket("other", existence)
+
+    err = caught.value
+    assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.reason == QUOTA_EXCEEDED
+    assert err.retry_after_ms == 100  # one token at 10/s
+    assert dict(err.metadata()) == {"jukinet-reason": "quota-exceeded", "retry-after-ms": "100"}
+    assert "NENKIN-EXISTENCE-CHECK" in err.message
+
+    clock.advance(0.1)
+    quotas.charge("nenkin", existence)
+
+
+def test_retry_after_is_rounded_up_and_at_least_one_ms() -> None:
+    assert QuotaExceeded("a", "P", 0.0101).retry_after_ms == 11
+    assert QuotaExceeded("a", "P", 1e-9).retry_after_ms == 1
+    assert QuotaExceeded("a", "P", 2.5).retry_after_ms == 2500
