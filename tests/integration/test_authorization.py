@@ -102,9 +102,14 @@ async def invoke(
         with contextlib.suppress(grpc.aio.AioRpcError):
             while await call.read() is not grpc.aio.EOF:
                 pass
-        return Outcome(
+        outcome = Outcome(
             await call.code(), metadata(await call.trailing_metadata()), await call.details()
         )
+        if writes and outcome.code == grpc.StatusCode.INTERNAL and "from Core" in outcome.details:
+            # That race (grpc/grpc#36066) hid the server's status: ask again without
+            # writing, which still shows whether the call is refused.
+            return await invoke(channel, tier, method, None)
+        return outcome
     try:
         if method in UNARY_STREAM:
             async for _ in rpc(request_for(method), timeout=TIMEOUT):
