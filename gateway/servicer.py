@@ -92,11 +92,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def _purpose_label(self, purpose_code: str) -> str:
         # Metric labels only for registered purposes: a caller must not be able
         # to create time series by inventing purpose codes.
-        return (
-            purpose_code
-            if self._registry.get(purpose_code) is not None
-            else (UNKNOWN_PURPOSE_LABEL)
-        )
+        known = self._registry.get(purpose_code) is not None
+        return purpose_code if known else UNKNOWN_PURPOSE_LABEL
 
     async def _admit(
         self,
@@ -155,7 +152,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             targets.append("")
         limit = asyncio.Semaphore(DENIAL_CONCURRENCY)
 
-        async def record(code: str) -> bool:
+        async def record(code: str) -> grpc.aio.AioRpcError | None:
             async with limit:
                 try:
                     await self._national.RecordDenial(
@@ -169,18 +166,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         timeout=DENIAL_TIMEOUT,
                     )
                 except grpc.aio.AioRpcError as exc:
-                    log.error(
-                        "a denial could not be recorded at the national node: %s %s",
-                        exc.code().name,
-                        exc.details(),
-                    )
-                    return False
-                return True
+                    return exc
+                return None
 
-        results = await asyncio.gather(*(record(code) for code in targets))
-        if not all(results):
+        failures = [f for f in await asyncio.gather(*map(record, targets)) if f is not None]
+        if failures:
+            # The refusal stands all the same; the log is then its only record.
             log.error(
-                "%d of %d denial records were not written", results.count(False), len(results)
+                "%d of %d denial records could not be written at the national node: %s %s",
+                len(failures),
+                len(targets),
+                failures[0].code().name,
+                failures[0].details(),
             )
 
     async def _upstream(self, call: Awaitable[T]) -> T:

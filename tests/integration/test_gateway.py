@@ -1004,6 +1004,23 @@ async def test_disclosure_lists_exactly_the_residents_provisions(gw: Federation)
     await refused(mofa.Verify(verify_request("NO-SUCH-PURPOSE", claim_of(x, x_code))))
     expected_x.append((MOFA, "NO-SUCH-PURPOSE", "verify", [], "denied"))
     ids_x.append("")
+    # A refused batch is recorded once for each resident it names.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await batch_call(
+            mofa,
+            [
+                G.VerifyBatchRequest(
+                    purpose_code=EXISTENCE,
+                    items=[
+                        G.VerifyBatchItem(item_id="1", claim=claim_of(x, x_code)),
+                        G.VerifyBatchItem(item_id="2", claim=claim_of(x, x_code)),
+                        G.VerifyBatchItem(item_id="3", claim=claim_of(y)),
+                    ],
+                )
+            ],
+        )
+    expected_x.append((MOFA, EXISTENCE, "verify_batch", [], "denied"))
+    ids_x.append("")
     # Neither names the resident: not part of their disclosure.
     await mofa.Search(G.SearchRequest(purpose_code=PASSPORT, name="大山　十子"), timeout=TIMEOUT)
     await refused(mofa.Verify(verify_request(EXISTENCE, claim_of(x))))
