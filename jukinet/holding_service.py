@@ -6,6 +6,7 @@ do with applied notifications inside the same transaction (relay or not).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database
 from jukinet.errors import InvalidArgument, JukinetError
-from jukinet.holdings import HoldingStore
+from jukinet.holdings import BatchResult, HoldingStore
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
@@ -67,10 +68,10 @@ class HoldingService:
                 self._authorize_origin(caller, entry.notification, prefix)
                 notifications.append(entry.notification)
             try:
-                async with self.db.write() as conn:
-                    result = await self.store.apply_batch(conn, notifications)
-                    if self._on_applied is not None and result.applied_notifications:
-                        await self._on_applied(conn, result.applied_notifications)
+                # Shielded: a sender that goes away mid-batch must not cancel the
+                # transaction half-way; it completes (or fails) on its own, and the
+                # sender's resend is then a duplicate.
+                result = await asyncio.shield(asyncio.ensure_future(self._apply(notifications)))
             except JukinetError:
                 self.metrics.notifications.labels("refused").inc(len(notifications))
                 raise
@@ -85,6 +86,13 @@ class HoldingService:
                 applied=result.applied,
                 duplicates=result.duplicates,
             )
+
+    async def _apply(self, notifications: list[common_pb2.Notification]) -> BatchResult:
+        async with self.db.write() as conn:
+            result = await self.store.apply_batch(conn, notifications)
+            if self._on_applied is not None and result.applied_notifications:
+                await self._on_applied(conn, result.applied_notifications)
+        return result
 
     async def get_identity(
         self, request: delivery_pb2.GetIdentityRequest

@@ -104,6 +104,10 @@ class Pusher:
         log.warning("receiver expects %s #%d: rewinding to entry %d", origin, expected, located)
         return True
 
+    async def _acknowledge(self, through: int) -> None:
+        async with self._db.write() as conn:
+            await self._outbox.acknowledge(conn, through)
+
     async def _session(self) -> None:
         call = self._open_stream()
         async with self._db.read() as conn:
@@ -119,8 +123,8 @@ class Pusher:
                     if response is _EOF:
                         raise ConnectionError("receiver closed the stream")
                     ack = response.acknowledged_through
-                    async with self._db.write() as conn:
-                        await self._outbox.acknowledge(conn, ack)
+                    # Shielded: ending the session must not cut this write short.
+                    await asyncio.shield(asyncio.ensure_future(self._acknowledge(ack)))
                     self.connected = True
                     self._metrics.notifications_pushed.inc(response.applied + response.duplicates)
                     async with room:
