@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from jukinet.errors import ConfigError, PermissionDenied
+from jukinet.holding_rules import PROVIDABLE_FIELDS
 from jukinet.identity import Kind, parse_identity_uri
 
 PACKAGED_FILE = "purposes.toml"
@@ -41,20 +42,7 @@ OPERATIONS: frozenset[str] = frozenset(op.value for op in Operation)
 
 # Every item of the identity-confirmation record an answer may carry, plus the
 # record's status (active / removed / superseded).
-RECORD_FIELDS: frozenset[str] = frozenset(
-    {
-        "resident_code",
-        "name",
-        "name_kana",
-        "former_surname",
-        "alias",
-        "birth_date",
-        "sex",
-        "address",
-        "local_government_code",
-        "status",
-    }
-)
+RECORD_FIELDS: frozenset[str] = frozenset(PROVIDABLE_FIELDS)
 
 # Denial reasons, as sent in the ``jukinet-reason`` trailer.
 UNKNOWN_PURPOSE = "unknown-purpose"

@@ -27,6 +27,22 @@ REMOVED = common_pb2.RECORD_STATUS_REMOVED
 SUPERSEDED = common_pb2.RECORD_STATUS_SUPERSEDED
 
 
+# The fields of a held record that an answer to an agency may carry, in the
+# order answers list them: the identity-confirmation record and its status.
+PROVIDABLE_FIELDS = (
+    "resident_code",
+    "name",
+    "name_kana",
+    "former_surname",
+    "alias",
+    "birth_date",
+    "sex",
+    "address",
+    "local_government_code",
+    "status",
+)
+
+
 @dataclass(frozen=True)
 class Held:
     """One identity record as an upper tier holds it."""

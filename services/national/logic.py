@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from jukinet.codes import check_resident_code, new_resident_code
 from jukinet.errors import InvalidArgument, PermissionDenied
-from jukinet.holding_rules import Held
+from jukinet.holding_rules import PROVIDABLE_FIELDS, Held
 from jukinet.names import fold_name, match_score
 from jukinet.v1 import common_pb2, gateway_pb2
 from jukinet.validation import check_address, check_date, check_kana, check_name, check_sex
@@ -36,18 +36,7 @@ def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
 
 # -- lookups for agencies -------------------------------------------------------
 
-FIELD_ORDER = (
-    "resident_code",
-    "name",
-    "name_kana",
-    "former_surname",
-    "alias",
-    "birth_date",
-    "sex",
-    "address",
-    "local_government_code",
-    "status",
-)
+FIELD_ORDER = PROVIDABLE_FIELDS
 _DASHES = str.maketrans({c: "-" for c in "‐‑‒–—―−ー－"})
 
 
