@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -122,3 +123,27 @@ class HoldingService:
             outbox_acknowledged=outbox_acknowledged,
             identities_held=held,
         )
+
+
+class HoldingRpcs:
+    """The RPCs the prefecture and national servicers share word for word; a
+    servicer mixes this in before its generated base and sets ``_holding``."""
+
+    _holding: HoldingService
+
+    async def PushNotifications(
+        self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
+    ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
+        async for response in self._holding.push(request_iterator):
+            yield response
+
+    async def GetIdentity(
+        self, request: delivery_pb2.GetIdentityRequest, context: Any
+    ) -> delivery_pb2.GetIdentityResponse:
+        return await self._holding.get_identity(request)
+
+    async def ExportIdentities(
+        self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
+    ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
+        async for page in self._holding.export(request):
+            yield page

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from jukinet.codes import check_resident_code, is_valid_resident_code, prefecture_of
 from jukinet.db import Database
 from jukinet.errors import InvalidArgument, NotFound, PermissionDenied
 from jukinet.holding_rules import Held
-from jukinet.holding_service import HoldingService
+from jukinet.holding_service import HoldingRpcs, HoldingService
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
@@ -63,7 +62,7 @@ def _outcome(claim: gateway_pb2.ClaimedIdentity, v: gateway_pb2.Verification) ->
     return "match"
 
 
-class NationalServicer(national_pb2_grpc.NationalServiceServicer):
+class NationalServicer(HoldingRpcs, national_pb2_grpc.NationalServiceServicer):
     def __init__(
         self,
         db: Database,
@@ -269,12 +268,6 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
             provisions = await provisions_of(conn, sorted(codes))
         return provision_pb2.DiscloseResponse(identity=held.identity, provisions=provisions)
 
-    async def PushNotifications(
-        self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
-    ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
-        async for response in self._holding.push(request_iterator):
-            yield response
-
     async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
     ) -> delivery_pb2.AllocateCodePoolResponse:
@@ -297,17 +290,6 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
             )
         self._metrics.codes_issued.inc(len(codes))
         return delivery_pb2.AllocateCodePoolResponse(resident_codes=codes)
-
-    async def GetIdentity(
-        self, request: delivery_pb2.GetIdentityRequest, context: Any
-    ) -> delivery_pb2.GetIdentityResponse:
-        return await self._holding.get_identity(request)
-
-    async def ExportIdentities(
-        self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
-    ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
-        async for page in self._holding.export(request):
-            yield page
 
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any

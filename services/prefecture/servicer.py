@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -10,7 +9,7 @@ import grpc
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.errors import from_upstream
-from jukinet.holding_service import HoldingService
+from jukinet.holding_service import HoldingRpcs, HoldingService
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
 from jukinet.outbox import Outbox
@@ -22,7 +21,7 @@ from services.prefecture.logic import authorize_pool_request
 MAX_POOL = 100_000
 
 
-class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
+class PrefectureServicer(HoldingRpcs, prefecture_pb2_grpc.PrefectureServiceServicer):
     def __init__(
         self,
         db: Database,
@@ -36,12 +35,6 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
         self._outbox = outbox
         self._national = national
         self._metrics = metrics
-
-    async def PushNotifications(
-        self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
-    ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
-        async for response in self._holding.push(request_iterator):
-            yield response
 
     async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
@@ -87,17 +80,6 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
         except grpc.aio.AioRpcError as exc:
             raise from_upstream(exc, "national node") from exc
         return response
-
-    async def GetIdentity(
-        self, request: delivery_pb2.GetIdentityRequest, context: Any
-    ) -> delivery_pb2.GetIdentityResponse:
-        return await self._holding.get_identity(request)
-
-    async def ExportIdentities(
-        self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
-    ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
-        async for page in self._holding.export(request):
-            yield page
 
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
