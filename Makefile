@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck check-protos
 
-# Runs the whole suite. PostgreSQL tests use JUKINET_TEST_PG_URL (default: the
+# Runs the whole suite. PostgreSQL tests use JUKINET_TEST_PG_DSN (default: the
 # local server); set JUKINET_TEST_PG=skip on a machine without PostgreSQL.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -21,7 +21,7 @@ def _pg_wanted() -> bool:
 
 
 def _pg_dsn() -> str:
-    return os.environ.get("JUKINET_TEST_PG_DSN", PG_ADMIN_DSN)
+    return PG_ADMIN_DSN
 
 
 @pytest.fixture(scope="session")

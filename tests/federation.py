@@ -5,6 +5,7 @@ files or fresh PostgreSQL databases)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -34,7 +35,10 @@ from services.municipal.app import MunicipalApp
 from services.national.app import NationalApp
 from services.prefecture.app import PrefectureApp
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# The PostgreSQL server the tests create their databases on.
+PG_ADMIN_DSN = os.environ.get(
+    "JUKINET_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 class Databases:
