@@ -123,6 +123,8 @@ class PurposeDenied(PermissionDenied):
 
 def _show(value: object) -> str:
     """A caller-supplied value, quoted and cut short, for a denial message."""
+    if isinstance(value, enum.Enum):
+        value = value.value
     text = value if isinstance(value, str) else str(value)
     return repr(text[:64] + "…" if len(text) > 64 else text)
 

@@ -1,5 +1,6 @@
-"""``jukinet demo``: a whole federation on this machine, a day of life, and proof
-that every tier agrees with the municipal registers.
+"""``jukinet demo``: a whole federation on this machine, a day of life, agencies
+verifying residents through the gateway, and proof that every tier agrees with
+the municipal registers and that a resident's disclosure is complete.
 
 ::
 
@@ -7,27 +8,41 @@ that every tier agrees with the municipal registers.
 
 What it does, in order:
 
-1. creates a private PKI in the work folder (a certificate per node and an
-   ``admin`` operator per organisation);
-2. writes a TOML config per node (own SQLite file, own certificate, free ports
-   on 127.0.0.1 for gRPC and Prometheus) and starts the national node, the
-   prefectures 31 (鳥取県) and 13 (東京都) and the municipalities 鳥取市 312011,
-   米子市 312029 and 千代田区 131016, each as its own process
-   (``python -m services.<tier> --config FILE``, output in ``logs/<node>.log``),
-   waiting for each to answer a gRPC health check over mutual TLS;
+1. creates a private PKI in the work folder (a certificate per node, an
+   ``admin`` operator per organisation, and two agencies: 日本年金機構
+   ``nenkin`` and the passport office ``mofa-passport``);
+2. starts a :class:`jukinet.localfed.LocalFederation`: a TOML config per node
+   (own SQLite file, own certificate, free ports on 127.0.0.1 for gRPC and
+   Prometheus), the national node, the agency gateway, the prefectures 31
+   (鳥取県) and 13 (東京都) and the municipalities 鳥取市 312011, 米子市
+   312029 and 千代田区 131016, each as its own process (output in
+   ``logs/<node>.log``), waiting for each to answer a gRPC health check over
+   mutual TLS;
 3. loads a realistic population (:mod:`jukinet.population`, households sharing
    an address) through the bulk import (:func:`jukinet.importer.import_csv`);
 4. runs a day of life through the operator API: births into existing
    households, deaths, a household's relocation, a name change on marriage
    (with 旧氏), a resident-code change on request, moves within a prefecture
    and across prefectures (move-out at the old municipality, move-in with the
-   same resident code at the new one) and a move-in from abroad;
+   same resident code at the new one) and two move-ins from abroad, one of them
+   渡邊 和子, whose surname is registered with a variant kanji;
 5. waits until the national node has applied every municipal notification,
    prints what each tier holds and one moved resident's history as the
-   national node holds it;
-6. reconciles: every municipal register entry must match the records of its
-   prefecture and of the national node. Prints "all tiers agree with the
-   municipal registers", or every difference and exits 1.
+   national node holds it, and reconciles: every municipal register entry must
+   match the records of its prefecture and of the national node;
+6. the agencies at work through the gateway: 日本年金機構 runs its yearly
+   existence check of every recipient aged 65 or more as one VerifyBatch
+   stream (the day's deaths come back as no longer registered); the passport
+   office searches for 渡辺 和子 as she wrote her name and finds 渡邊 和子, then
+   verifies her four items; each agency is refused a purpose it does not hold
+   (PERMISSION_DENIED with its reason);
+7. prints 渡邊 和子's disclosure as her municipality's counter gets it: the
+   record the national node holds and every provision of it, refusals
+   included, and checks that it lists exactly the provisions the demo caused.
+
+It prints "all tiers agree with the municipal registers" and "the disclosure
+lists exactly the provisions made and refused", or every difference and
+exits 1.
 
 Every node process is stopped on the way out, on success, error or Ctrl-C.
 The work folder is wiped at the start; a folder that was not made by the
@@ -39,15 +54,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
-import json
 import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import unicodedata
@@ -59,23 +70,25 @@ from typing import IO, Any, TypeVar, cast
 
 import grpc
 from faker.providers.person.ja_JP import Provider as _JaPersonProvider
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
-import services
+from gateway.logic import verification_outcome
 from jukinet import localgov
-from jukinet.client import connect, describe_error
+from jukinet.client import describe_error
 from jukinet.errors import ConfigError
 from jukinet.importer import CsvFormatError, ImportSummary, import_csv, write_sample
-from jukinet.pki import FederationSpec, issue_federation
+from jukinet.localfed import LocalFederation, Node, NodeFailed
 from jukinet.population import NAME_SEPARATOR, PopulationGenerator
 from jukinet.v1 import (
     common_pb2,
     delivery_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
     municipal_pb2,
     municipal_pb2_grpc,
     national_pb2_grpc,
     prefecture_pb2_grpc,
+    provision_pb2,
 )
 from jukinet.validation import today
 
@@ -93,6 +106,10 @@ __all__ = [
 TOTTORI, YONAGO, CHIYODA = "312011", "312029", "131016"
 MUNICIPALITIES: tuple[str, ...] = (TOTTORI, YONAGO, CHIYODA)
 """The municipalities the demo runs: 鳥取市, 米子市 (鳥取県) and 千代田区 (東京都)."""
+PREFECTURES: tuple[str, ...] = ("31", "13")
+TIERS = ("national", "prefecture", "municipal", "gateway")
+AGREE = "all tiers agree with the municipal registers"
+DISCLOSED = "the disclosure lists exactly the provisions made and refused"
 
 # How the population is split, roughly as the three registers compare in size
 # (about 180,000, 146,000 and 68,000 residents).
@@ -117,8 +134,16 @@ REASON_JA: Mapping[int, str] = {
 }
 """The reason of a change (異動事由) as a register writes it."""
 
+RETURNEE = municipal_pb2.PersonDetails(
+    name="渡邊\u3000和子",
+    name_kana="ワタナベ\u3000カズコ",
+    birth_date="1957-04-12",
+    sex=common_pb2.SEX_FEMALE,
+    address="鳥取県米子市加茂町二丁目180番地",
+)
+"""Who comes home from abroad in the day of life; the agencies then look her up."""
+
 _MARKER = ".jukinet-demo"
-_READY_TIMEOUT = 60.0
 _DELIVERY_TIMEOUT = 120.0
 _RPC_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
@@ -136,245 +161,34 @@ def municipality_name(code: str) -> str:
     return found.name if found is not None else code
 
 
-# --- the nodes ----------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    """One node process of the demo federation."""
-
-    name: str  # national, prefecture-31, municipality-312011
-    tier: str  # national, prefecture, municipal
-    code: str  # "", "31", "312011"
-    port: int
-    metrics_port: int
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    _log_file: IO[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        """host:port of its gRPC server."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def operator(self) -> str:
-        """Certificate name of the organisation's admin operator."""
-        return f"operator-{self.code or 'national'}-admin"
-
-    @property
-    def config_path(self) -> Path:
-        """Its TOML config file."""
-        return self.workdir / "config" / f"{self.name}.toml"
-
-    @property
-    def log_path(self) -> Path:
-        """Where its stdout and stderr go."""
-        return self.workdir / "logs" / f"{self.name}.log"
-
-    @property
-    def database_path(self) -> Path:
-        """Its SQLite database file."""
-        return self.workdir / "data" / f"{self.name}.db"
-
-    @property
-    def label(self) -> str:
-        """Readable name: 鳥取市 (312011), 鳥取県 (31), national."""
-        if self.tier == "municipal":
-            return f"{municipality_name(self.code)} ({self.code})"
-        if self.tier == "prefecture":
-            return f"{localgov.prefecture_name(self.code)} ({self.code})"
-        return "全国センター (national)"
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The last lines of its log, for an error report."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _toml(value: object) -> str:
-    # JSON strings and integers are valid TOML basic strings and integers.
-    return json.dumps(value, ensure_ascii=False)
-
-
-def write_config(node: Node, pki: Path, upstream: Node | None) -> None:
-    """Write ``node``'s TOML config (see :mod:`jukinet.config` for the keys)."""
-    lines = [
-        f"listen = {_toml(node.target)}",
-        f"database_url = {_toml('sqlite+aiosqlite:///' + str(node.database_path))}",
-        f"metrics_listen = {_toml(f'127.0.0.1:{node.metrics_port}')}",
-        'log_level = "INFO"',
-    ]
-    if node.tier == "prefecture":
-        assert upstream is not None
-        lines += [
-            f"prefecture_code = {_toml(node.code)}",
-            f"national_target = {_toml(upstream.target)}",
-        ]
-    elif node.tier == "municipal":
-        assert upstream is not None
-        lines += [
-            f"local_government_code = {_toml(node.code)}",
-            f"prefecture_target = {_toml(upstream.target)}",
-        ]
-    cert = node.name
-    lines += [
-        "",
-        "[tls]",
-        f"ca = {_toml(str(pki / 'ca.pem'))}",
-        f"cert = {_toml(str(pki / (cert + '.pem')))}",
-        f"key = {_toml(str(pki / (cert + '.key')))}",
-        f"crl = {_toml(str(pki / 'crl.pem'))}",
-    ]
-    node.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that are free on 127.0.0.1 right now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the node gets SIGTERM if the demo dies without stopping it."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Processes:
-    """Starts node processes and makes sure every one of them is stopped."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.nodes: list[Node] = []
-
-    def start(self, node: Node) -> None:
-        """Start ``node`` (``python -m services.<tier> --config FILE``)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUKINET_")}
-        # The nodes import the services package from where this one comes from.
-        root = str(Path(next(iter(services.__path__))).resolve().parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        log = node.log_path.open("ab")
-        node._log_file = log
-        self.nodes.append(node)
-        node.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{node.tier}", "--config", str(node.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=env,
-            # Its own session: Ctrl-C reaches the demo, which stops the nodes
-            # in order, instead of every process at once.
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-
-    def stop_all(self, grace: float = _STOP_GRACE) -> None:
-        """SIGTERM every node, wait up to ``grace`` seconds, then SIGKILL."""
-        running = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
-        for node in running:
-            assert node.process is not None
-            with contextlib.suppress(ProcessLookupError):
-                node.process.terminate()
-        deadline = time.monotonic() + grace
-        for node in running:
-            assert node.process is not None
-            try:
-                node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    node.process.kill()
-                node.process.wait()
-        for node in self.nodes:
-            if node._log_file is not None:
-                node._log_file.close()
-                node._log_file = None
-
-
-async def wait_ready(node: Node, pki: Path, within: float = _READY_TIMEOUT) -> None:
-    """Until ``node`` prints its "ready on port" line and answers a health check."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        assert node.process is not None
-        code = node.process.poll()
-        if code is not None:
-            raise DemoError(f"{node.name} exited with status {code}:\n{node.log_tail()}")
-        with contextlib.suppress(OSError):
-            if "ready on port" in node.log_path.read_text(encoding="utf-8", errors="replace"):
-                break
-        if loop.time() > deadline:
-            raise DemoError(f"{node.name} not ready after {within:g} s:\n{node.log_tail()}")
-        await asyncio.sleep(0.05)
-    channel = connect(node.target, pki, node.operator)
-    try:
-        health = health_pb2_grpc.HealthStub(channel)
-        response = await health.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=max(1.0, deadline - loop.time())
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise DemoError(f"{node.name}: health check failed: {describe_error(exc)}") from None
-    finally:
-        await channel.close(None)
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        raise DemoError(f"{node.name}: health check says {response.status}")
-
-
-def plan_nodes(workdir: Path) -> list[Node]:
-    """The six nodes with fresh free ports, national first, municipalities last."""
-    ports = free_ports(12)
-    specs = [
-        ("national", "national", ""),
-        ("prefecture-31", "prefecture", "31"),
-        ("prefecture-13", "prefecture", "13"),
-        *((f"municipality-{c}", "municipal", c) for c in MUNICIPALITIES),
-    ]
-    return [
-        Node(name, tier, code, ports[2 * i], ports[2 * i + 1], workdir)
-        for i, (name, tier, code) in enumerate(specs)
-    ]
-
-
 # --- channels to the running federation -----------------------------------------
 
 
 class Operators:
     """Operator channels (the admin of each organisation) to the demo's nodes."""
 
-    def __init__(self, nodes: Sequence[Node], pki: Path) -> None:
+    def __init__(self, fed: LocalFederation) -> None:
+        self._fed = fed
         self._channels: list[grpc.aio.Channel] = []
-        self._by_code = {n.code: n for n in nodes}
-        self.pki = pki
         self.municipal = {
-            code: municipal_pb2_grpc.MunicipalServiceStub(self.channel(code))
+            code: municipal_pb2_grpc.MunicipalServiceStub(self.channel(f"municipality-{code}"))
             for code in MUNICIPALITIES
         }
         self.prefecture = {
-            code: prefecture_pb2_grpc.PrefectureServiceStub(self.channel(code))
-            for code in ("31", "13")
+            code: prefecture_pb2_grpc.PrefectureServiceStub(self.channel(f"prefecture-{code}"))
+            for code in PREFECTURES
         }
-        self.national = national_pb2_grpc.NationalServiceStub(self.channel(""))
+        self.national = national_pb2_grpc.NationalServiceStub(self.channel("national"))
 
-    def channel(self, code: str) -> grpc.aio.Channel:
-        """A new channel to the node of ``code`` ("" for national) as its admin."""
-        node = self._by_code[code]
-        ch = connect(node.target, self.pki, node.operator)
+    def channel(self, node: str, cert: str | None = None) -> grpc.aio.Channel:
+        """A new channel to ``node``, as its admin or as certificate ``cert``."""
+        ch = self._fed.channel(node, cert)
         self._channels.append(ch)
         return ch
+
+    def agency(self, code: str) -> gateway_pb2_grpc.GatewayServiceAsyncStub:
+        """The gateway, as agency ``code``."""
+        return gateway_pb2_grpc.GatewayServiceStub(self.channel("gateway", f"agency-{code}"))
 
     async def close(self) -> None:
         """Close every channel opened here."""
@@ -582,6 +396,7 @@ class DayOfLife:
     """What the day changed, for the report."""
 
     moved_resident: str = ""
+    returnee: str = ""  # 渡邊 和子, back from abroad: the agencies look her up
     lines: list[str] = field(default_factory=list)
 
 
@@ -843,6 +658,25 @@ async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
         f"{a.person.name} (通称 {a.person.alias}) from abroad → new code {a.resident_code}, "
         f"{a.person.address}",
     )
+
+    # 国外からの転入: a retired citizen comes home to 米子市. Her surname is
+    # registered with the variant kanji 邊, as in her family register.
+    home = await m[YONAGO].MoveIn(
+        municipal_pb2.MoveInRequest(
+            person=RETURNEE,
+            origin=municipal_pb2.MOVE_IN_ORIGIN_ABROAD,
+            effective_date=d.isoformat(),
+        ),
+        timeout=t,
+    )
+    r = home.resident
+    day.returnee = r.resident_code
+    say(
+        "国外からの転入",
+        YONAGO,
+        f"{r.person.name}, born {r.person.birth_date}, back from abroad → new code "
+        f"{r.resident_code}, {r.person.address}",
+    )
     return day
 
 
@@ -973,6 +807,263 @@ async def print_history(ops: Operators, code: str, out: IO[str]) -> None:
         )
 
 
+# --- national agencies through the gateway ------------------------------------------
+
+AGENCIES: Mapping[str, str] = {
+    "nenkin": "日本年金機構 (Japan Pension Service)",
+    "mofa-passport": "外務省 旅券 (passport office)",
+}
+"""The agencies of the demo, by the code their certificates name."""
+
+EXISTENCE_CHECK, PASSPORT = "NENKIN-EXISTENCE-CHECK", "MOFA-PASSPORT-ISSUE"
+_PENSION_AGE = 65
+_BATCH = 200
+_MATCH = {
+    gateway_pb2.ITEM_MATCH_MATCH: "✓",
+    gateway_pb2.ITEM_MATCH_NO_MATCH: "✗",
+    gateway_pb2.ITEM_MATCH_NOT_CLAIMED: "-",
+}
+_JST = dt.timezone(dt.timedelta(hours=9), "JST")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A provision the demo caused, as the resident's disclosure must list it."""
+
+    agency: str
+    purpose: str
+    operation: str
+    result: str
+
+
+def _items(v: gateway_pb2.Verification) -> str:
+    return "  ".join(
+        f"{label} {_MATCH.get(getattr(v, item), '?')}"
+        for label, item in (
+            ("code", "resident_code"),
+            ("name", "name"),
+            ("born", "birth_date"),
+            ("sex", "sex"),
+            ("address", "address"),
+        )
+    )
+
+
+async def _existence_check(
+    ops: Operators,
+    registers: Mapping[str, Sequence[municipal_pb2.Resident]],
+    returnee: str,
+    out: IO[str],
+) -> list[Expected]:
+    """日本年金機構's yearly check of every recipient aged 65 or more, as one stream."""
+    on = today()
+    recipients: dict[str, municipal_pb2.Resident] = {}
+    for code in MUNICIPALITIES:
+        for r in registers[code]:
+            if _age(r.person.birth_date, on) >= _PENSION_AGE:
+                recipients.setdefault(r.resident_code, r)
+    ordered = sorted(recipients.values(), key=lambda r: r.resident_code)
+    ids = {f"P{i:07d}": r for i, r in enumerate(ordered, 1)}
+    items = [
+        gateway_pb2.VerifyBatchItem(
+            item_id=item_id,
+            claim=gateway_pb2.ClaimedIdentity(
+                resident_code=r.resident_code, name=r.person.name, birth_date=r.person.birth_date
+            ),
+        )
+        for item_id, r in ids.items()
+    ]
+    messages = [items[i : i + _BATCH] for i in range(0, len(items), _BATCH)]
+
+    async def requests() -> AsyncIterator[gateway_pb2.VerifyBatchRequest]:
+        for chunk in messages:
+            yield gateway_pb2.VerifyBatchRequest(purpose_code=EXISTENCE_CHECK, items=chunk)
+
+    print(
+        f"  {AGENCIES['nenkin']}, {EXISTENCE_CHECK}: the yearly existence check (現況確認) of "
+        f"{len(items)} pension recipients aged {_PENSION_AGE}+, one VerifyBatch stream of "
+        f"{len(messages)} messages",
+        file=out,
+        flush=True,
+    )
+    stream = cast(
+        AsyncIterator[gateway_pb2.VerifyBatchResponse],
+        ops.agency("nenkin").VerifyBatch(requests(), timeout=_RPC_TIMEOUT),
+    )
+    results = [res async for response in stream for res in response.results]
+    if [res.item_id for res in results] != list(ids):
+        raise DemoError("the existence check did not answer every recipient once, in order")
+    gone = [res for res in results if not res.verification.currently_registered]
+    print(
+        f"    {len(results) - len(gone)} currently registered, {len(gone)} no longer "
+        "registered (no personal data comes back, only match / no match):",
+        file=out,
+    )
+    for res in gone:
+        r = ids[res.item_id]
+        print(f"      {res.item_id}  {r.person.name}, born {r.person.birth_date}", file=out)
+    result = {res.item_id: res for res in results}
+    mine = next(i for i, r in ids.items() if r.resident_code == returnee)
+    return [
+        Expected(
+            "nenkin",
+            EXISTENCE_CHECK,
+            "verify_batch",
+            verification_outcome(result[mine].verification),
+        )
+    ]
+
+
+async def _passport(
+    ops: Operators, returnee: municipal_pb2.Resident, out: IO[str]
+) -> list[Expected]:
+    """外務省's passport office checks an applicant who wrote 渡辺 for 渡邊."""
+    passport = ops.agency("mofa-passport")
+    surname, given = _split_name(returnee.person.name)
+    written = f"{surname.replace('邊', '辺')}{NAME_SEPARATOR}{given}"
+    p = returnee.person
+    print(
+        f"  {AGENCIES['mofa-passport']}, {PASSPORT}: {written} applies for a passport; "
+        "she does not know her resident code and writes 辺 on the form",
+        file=out,
+    )
+    found = await passport.Search(
+        gateway_pb2.SearchRequest(
+            purpose_code=PASSPORT, name=written, birth_date=p.birth_date, sex=p.sex
+        ),
+        timeout=_RPC_TIMEOUT,
+    )
+    for c in found.candidates:
+        rec = c.record
+        print(
+            f"    Search → {rec.name}, born {rec.birth_date}, {rec.address} "
+            f"(score {c.score}; fields {', '.join(rec.fields)})",
+            file=out,
+        )
+    verified = await passport.Verify(
+        gateway_pb2.VerifyRequest(
+            purpose_code=PASSPORT,
+            claim=gateway_pb2.ClaimedIdentity(
+                name=written, birth_date=p.birth_date, sex=p.sex, address=p.address
+            ),
+        ),
+        timeout=_RPC_TIMEOUT,
+    )
+    print(f"    Verify → {_items(verified.verification)}", file=out)
+    if not verified.verification.found or not found.candidates:
+        raise DemoError(f"the passport office could not find {returnee.person.name}")
+    return [
+        Expected("mofa-passport", PASSPORT, "search", "candidate"),
+        Expected("mofa-passport", PASSPORT, "verify", verification_outcome(verified.verification)),
+    ]
+
+
+async def _refusals(ops: Operators, code: str, out: IO[str]) -> list[Expected]:
+    """Each agency asks for a purpose the registry does not grant it and is refused."""
+    asks = (
+        ("nenkin", PASSPORT, "verify", "a Verify for the passport office's purpose"),
+        ("mofa-passport", EXISTENCE_CHECK, "verify", "a Verify for the pension existence check"),
+        ("nenkin", EXISTENCE_CHECK, "retrieve", "her whole record for the existence check"),
+    )
+    expected = []
+    for agency, purpose, operation, what in asks:
+        stub = ops.agency(agency)
+        try:
+            if operation == "retrieve":
+                await stub.Retrieve(
+                    gateway_pb2.RetrieveRequest(purpose_code=purpose, resident_code=code),
+                    timeout=_RPC_TIMEOUT,
+                )
+            else:
+                await stub.Verify(
+                    gateway_pb2.VerifyRequest(
+                        purpose_code=purpose,
+                        claim=gateway_pb2.ClaimedIdentity(resident_code=code),
+                    ),
+                    timeout=_RPC_TIMEOUT,
+                )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            print(f"  {AGENCIES[agency]} asks {what}: {describe_error(exc)}", file=out)
+            expected.append(Expected(agency, purpose, operation, "denied"))
+        else:
+            raise DemoError(f"{agency} was given {operation} for {purpose}: the registry is wrong")
+    return expected
+
+
+def _when(provided_at: str) -> str:
+    return dt.datetime.fromisoformat(provided_at).astimezone(_JST).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_disclosure(response: provision_pb2.DiscloseResponse, out: IO[str]) -> None:
+    """The record as the national node holds it and every provision of it."""
+    rec = response.identity.record
+    status = _STATUS_NAME.get(response.identity.status, str(response.identity.status))
+    print(
+        f"  {rec.name} ({rec.name_kana}), born {rec.birth_date}, code {rec.resident_code}: "
+        f"{status} at {municipality_name(rec.local_government_code)}, {rec.address}",
+        file=out,
+    )
+    header = ("when (JST)", "agency", "purpose", "operation", "result", "fields")
+    widths = (21, 16, 26, 14, 11)
+    print(
+        "    " + "".join(pad(h, w) for h, w in zip(header, widths, strict=False)) + header[-1],
+        file=out,
+    )
+    for pr in response.provisions:
+        row = (_when(pr.provided_at), pr.agency_code, pr.purpose_code, pr.operation, pr.result)
+        fields = ", ".join(pr.fields) or "(none)"
+        print(
+            "    " + "".join(pad(c, w) for c, w in zip(row, widths, strict=True)) + fields, file=out
+        )
+
+
+async def agency_lookups(
+    ops: Operators,
+    registers: Mapping[str, Sequence[municipal_pb2.Resident]],
+    day: DayOfLife,
+    out: IO[str],
+) -> list[Difference]:
+    """The agencies at work, then the returnee's disclosure at her counter.
+
+    Returns how the disclosure differs from the provisions the demo caused
+    (nothing, when it lists exactly those).
+    """
+    returnee = next(r for r in registers[YONAGO] if r.resident_code == day.returnee)
+    expected = await _existence_check(ops, registers, day.returnee, out)
+    expected += await _passport(ops, returnee, out)
+    expected += await _refusals(ops, day.returnee, out)
+
+    print(
+        f"\ndisclosure at the {municipality_name(YONAGO)} counter: what the national node holds "
+        f"of {returnee.person.name} and every provision of it (本人確認情報の提供状況の開示)",
+        file=out,
+    )
+    disclosed = await ops.municipal[YONAGO].DiscloseProvisions(
+        provision_pb2.DiscloseRequest(resident_code=day.returnee), timeout=_RPC_TIMEOUT
+    )
+    print_disclosure(disclosed, out)
+    return compare_disclosure(day.returnee, expected, disclosed.provisions)
+
+
+def compare_disclosure(
+    resident_code: str, expected: Iterable[Expected], listed: Iterable[provision_pb2.Provision]
+) -> list[Difference]:
+    """Each provision made but not listed, and each listed but never made."""
+    got = Counter(Expected(p.agency_code, p.purpose_code, p.operation, p.result) for p in listed)
+    want = Counter(expected)
+    return [
+        Difference(
+            "disclosure",
+            resident_code,
+            f"{what}: {e.agency} {e.purpose} {e.operation} {e.result}",
+        )
+        for what, diff in (("not listed", want - got), ("listed but never made", got - want))
+        for e in sorted(diff.elements(), key=str)
+    ]
+
+
 # --- the whole run -----------------------------------------------------------------
 
 
@@ -1022,49 +1113,39 @@ def population_split(total: int) -> dict[str, int]:
     return counts
 
 
-async def _main(args: argparse.Namespace, procs: Processes, timings: Timings, out: IO[str]) -> int:
-    workdir: Path = procs.workdir
-    pki = workdir / "pki"
+async def _main(
+    args: argparse.Namespace, fed: LocalFederation, timings: Timings, out: IO[str]
+) -> int:
+    workdir = fed.workdir
     counts = population_split(args.population)
 
     with timings.phase("pki"):
-        issue_federation(pki, FederationSpec(municipalities=MUNICIPALITIES, operators=True))
-    print(f"PKI: root CA and {len(list(pki.glob('*.pem'))) - 2} certificates in {pki}", file=out)
-
-    nodes = plan_nodes(workdir)
-    by_name = {n.name: n for n in nodes}
-    for node in nodes:
-        upstream = (
-            by_name["national"]
-            if node.tier == "prefecture"
-            else by_name[f"prefecture-{node.code[:2]}"]
-            if node.tier == "municipal"
-            else None
-        )
-        write_config(node, pki, upstream)
+        fed.prepare()
+    print(
+        f"PKI: root CA and {len(list(fed.pki_dir.glob('*.pem'))) - 2} certificates "
+        f"in {fed.pki_dir}",
+        file=out,
+    )
 
     # The CSVs are generated while the nodes start: both take a second or two.
     def make_csvs() -> None:
         for i, code in enumerate(MUNICIPALITIES):
             write_sample(workdir / "import" / f"{code}.csv", code, counts[code], seed=args.seed + i)
 
+    def started(node: Node) -> None:
+        print(
+            f"started {pad(node.label, 24)}{node.target:<17}"
+            f"metrics :{node.metrics_port}  log {node.log_path.relative_to(workdir)}",
+            file=out,
+            flush=True,
+        )
+
     with timings.phase("start"):
         generating = asyncio.ensure_future(asyncio.to_thread(make_csvs))
-        for tier in ("national", "prefecture", "municipal"):
-            group = [n for n in nodes if n.tier == tier]
-            for node in group:
-                procs.start(node)
-            await asyncio.gather(*(wait_ready(n, pki) for n in group))
-            for node in group:
-                print(
-                    f"started {pad(node.label, 24)}{node.target:<17}"
-                    f"metrics :{node.metrics_port}  log {node.log_path.relative_to(workdir)}",
-                    file=out,
-                    flush=True,
-                )
+        await fed.start_all(on_ready=started)
         await generating
 
-    ops = Operators(nodes, pki)
+    ops = Operators(fed)
     try:
         print(
             f"\nloading {args.population} residents "
@@ -1077,7 +1158,7 @@ async def _main(args: argparse.Namespace, procs: Processes, timings: Timings, ou
             summaries = await asyncio.gather(
                 *(
                     import_csv(
-                        ops.channel(code),
+                        ops.channel(f"municipality-{code}"),
                         workdir / "import" / f"{code}.csv",
                         progress=not args.quiet,
                         progress_position=i,
@@ -1102,7 +1183,7 @@ async def _main(args: argparse.Namespace, procs: Processes, timings: Timings, ou
 
         with timings.phase("reconcile"):
             registers = {c: await export_register(ops.municipal[c]) for c in MUNICIPALITIES}
-            prefectures = {p: await export_holdings(ops.prefecture[p]) for p in ("31", "13")}
+            prefectures = {p: await export_holdings(ops.prefecture[p]) for p in PREFECTURES}
             national = await export_holdings(ops.national)
             print("\nwhat each tier holds (records by the municipality they belong to)", file=out)
             print_table(registers, prefectures, national, out)
@@ -1118,40 +1199,58 @@ async def _main(args: argparse.Namespace, procs: Processes, timings: Timings, ou
                 "national": (MUNICIPALITIES, national),
             }
             differences = reconcile(registers, tiers)
+
+        print(
+            "\nnational agencies through the agency gateway, each for a statutory purpose "
+            "(住民基本台帳法 別表第一)",
+            file=out,
+            flush=True,
+        )
+        with timings.phase("agencies"):
+            disclosure = await agency_lookups(ops, registers, day, out)
+
         print("\nreconciliation", file=out)
+        for diff in differences + disclosure:
+            print(f"  {diff.describe()}", file=out)
         if differences:
-            for diff in differences:
-                print(f"  {diff.describe()}", file=out)
             print(f"{len(differences)} difference(s) between the tiers and the registers", file=out)
         else:
-            print("all tiers agree with the municipal registers", file=out)
+            print(AGREE, file=out)
+        if disclosure:
+            print(f"{len(disclosure)} difference(s) in the disclosure", file=out)
+        else:
+            print(DISCLOSED, file=out)
         print(f"\ndemo took {timings.describe()}", file=out, flush=True)
 
         if args.keep_running:
-            await _keep_running(nodes, pki, out)
-        return 1 if differences else 0
+            await _keep_running(fed, out)
+        return 1 if differences or disclosure else 0
     finally:
         await ops.close()
 
 
-async def _keep_running(nodes: Sequence[Node], pki: Path, out: IO[str]) -> None:
+async def _keep_running(fed: LocalFederation, out: IO[str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print("\nthe federation keeps running; Ctrl-C stops it", file=out)
-    for n in nodes:
+    for n in fed.nodes.values():
         print(
             f"  {pad(n.label, 24)}{n.target:<17}metrics http://127.0.0.1:{n.metrics_port}/",
             file=out,
         )
-    m = next(n for n in nodes if n.code == TOTTORI)
-    nat = next(n for n in nodes if n.tier == "national")
+    m = fed.nodes[f"municipality-{TOTTORI}"]
+    nat = fed.nodes["national"]
+    gw = fed.nodes["gateway"]
+    pki = fed.pki_dir
     print(
         "try:\n"
         f"  jukinet resident status --target {m.target} --pki {pki} --as {m.operator}\n"
         f"  jukinet identity status --tier national --target {nat.target} --pki {pki} "
-        f"--as {nat.operator}",
+        f"--as {nat.operator}\n"
+        f"  jukinet agency verify --purpose {EXISTENCE_CHECK} --code <resident code> "
+        f"--target {gw.target} --pki {pki} --as agency-nenkin",
         file=out,
         flush=True,
     )
@@ -1162,9 +1261,10 @@ async def _keep_running(nodes: Sequence[Node], pki: Path, out: IO[str]) -> None:
 def run_demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Run the demo as the CLI does; returns the exit status.
 
-    0: all tiers agree; 1: they disagree; 2: the demo could not run (a node
-    did not start, a call failed); 130: interrupted. Every node started is
-    stopped before this returns.
+    0: all tiers agree and the disclosure lists exactly the provisions made;
+    1: they disagree; 2: the demo could not run (a node did not start, a call
+    failed); 130: interrupted. Every node started is stopped before this
+    returns.
     """
     out = out or sys.stdout
     if args.population < 30:
@@ -1177,15 +1277,21 @@ def run_demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     except (DemoError, OSError) as exc:
         print(f"jukinet demo: {exc}", file=sys.stderr)
         return 2
-    procs = Processes(workdir)
+    fed = LocalFederation(
+        workdir,
+        MUNICIPALITIES,
+        settings={tier: {"log_level": "INFO"} for tier in TIERS},
+        agencies=tuple(AGENCIES),
+        gateway=True,
+    )
     # SIGTERM (kill, a CI timeout) stops the nodes like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return asyncio.run(_main(args, procs, timings, out))
+        return asyncio.run(_main(args, fed, timings, out))
     except KeyboardInterrupt:
         print("\njukinet demo: interrupted; stopping the nodes", file=sys.stderr)
         return 130
-    except DemoError as exc:
+    except (DemoError, NodeFailed) as exc:
         print(f"jukinet demo: {exc}", file=sys.stderr)
         return 2
     except grpc.aio.AioRpcError as exc:
@@ -1196,7 +1302,7 @@ def run_demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         print(f"jukinet demo: {exc}", file=sys.stderr)
         return 2
     finally:
-        procs.stop_all()
+        fed.stop_all(grace=_STOP_GRACE)
         signal.signal(signal.SIGTERM, previous)
 
 

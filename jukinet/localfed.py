@@ -6,11 +6,18 @@ database) and starts each node as ``python -m services.<tier> --config FILE``
 (the agency gateway, optional: ``python -m gateway``, no database) with its
 output in ``<workdir>/logs/<node>.log``. Nodes can be stopped, killed
 (SIGKILL) and restarted on the same port and database.
+
+Each node runs in its own session (Ctrl-C reaches the caller, which stops the
+nodes in order) and, on Linux, gets SIGTERM if the caller dies without
+stopping it. ``JUKINET_*`` variables of the caller's environment are not
+passed on: a node's settings come from its config file alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -25,11 +32,16 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from jukinet import pki
+from jukinet import localgov, pki
 from jukinet.client import tls_files
 from jukinet.tls import secure_channel
 
 ROOT = Path(__file__).resolve().parent.parent
+"""Where the ``jukinet``, ``services`` and ``gateway`` packages are."""
+
+
+class NodeFailed(RuntimeError):
+    """A node exited or did not become ready; the message ends with its log's tail."""
 
 
 def free_port() -> int:
@@ -51,6 +63,7 @@ class Node:
     metrics_port: int
     database_url: str
     config_path: Path
+    log_path: Path
     settings: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -70,6 +83,33 @@ class Node:
     def module(self) -> str:
         """The module that runs this node (``python -m``)."""
         return "gateway" if self.tier == "gateway" else f"services.{self.tier}"
+
+    @property
+    def label(self) -> str:
+        """Readable name: 鳥取市 (312011), 鳥取県 (31), 全国センター (national)."""
+        if self.tier == "municipal":
+            found = localgov.lookup(self.code)
+            return f"{found.name if found else self.code} ({self.code})"
+        if self.tier == "prefecture":
+            return f"{localgov.prefecture_name(self.code)} ({self.code})"
+        if self.tier == "gateway":
+            return "agency gateway"
+        return "全国センター (national)"
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of its log, for an error report."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: the node gets SIGTERM if its parent dies without stopping it."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _toml_value(value: Any) -> str:
@@ -153,6 +193,7 @@ class LocalFederation:
             # The gateway keeps no data.
             database_url="" if tier == "gateway" else self._database_url(name),
             config_path=self.workdir / "config" / f"{name}.toml",
+            log_path=self.logs / f"{name}.log",
             settings={**settings, **self._settings.get(tier, {})},
         )
         lines = [
@@ -178,14 +219,19 @@ class LocalFederation:
         node = self.nodes[name]
         if node.process is not None and node.process.poll() is None:
             raise RuntimeError(f"{name} is already running")
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JUKINET_")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
         node.process = subprocess.Popen(
             [sys.executable, "-m", node.module, "--config", str(node.config_path)],
-            cwd=ROOT,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.close()
 
@@ -198,8 +244,8 @@ class LocalFederation:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if node.process is not None and node.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {node.process.returncode}; see {self.logs / name}.log"
+                    raise NodeFailed(
+                        f"{name} exited with status {node.process.returncode}:\n" + node.log_tail()
                     )
                 try:
                     reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
@@ -208,26 +254,26 @@ class LocalFederation:
                 except grpc.aio.AioRpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not ready after {within}s; see its log")
+                    raise NodeFailed(f"{name} not ready after {within:g} s:\n" + node.log_tail())
                 await asyncio.sleep(0.1)
         finally:
             await channel.close(grace=None)
 
-    async def start_all(self) -> None:
-        """Start every node, upper tiers first, each once the one above is ready."""
-        self.start("national")
-        await self.wait_ready("national")
+    async def start_all(self, on_ready: Callable[[Node], None] | None = None) -> None:
+        """Start every node, upper tiers first, each once the one above is ready.
+
+        ``on_ready`` is called with each node once it answers its health check.
+        """
         upper = [f"prefecture-{p}" for p in self.prefecture_codes]
         if self.with_gateway:
             upper.append("gateway")
-        for name in upper:
-            self.start(name)
-        await asyncio.gather(*(self.wait_ready(name) for name in upper))
-        for m in self.municipality_codes:
-            self.start(f"municipality-{m}")
-        await asyncio.gather(
-            *(self.wait_ready(f"municipality-{m}") for m in self.municipality_codes)
-        )
+        for group in (["national"], upper, [f"municipality-{m}" for m in self.municipality_codes]):
+            for name in group:
+                self.start(name)
+            await asyncio.gather(*(self.wait_ready(name) for name in group))
+            for name in group:
+                if on_ready is not None:
+                    on_ready(self.nodes[name])
 
     def kill(self, name: str) -> None:
         """SIGKILL: the node gets no chance to clean up."""
@@ -248,10 +294,27 @@ class LocalFederation:
             node.process.kill()
             node.process.wait(timeout=10)
 
-    def stop_all(self) -> None:
-        """Stop every node, lower tiers first."""
-        for name in reversed(list(self.nodes)):
-            self.stop(name)
+    def stop_all(self, grace: float = 10.0) -> None:
+        """SIGTERM every node, lower tiers first; SIGKILL those still running
+        after ``grace`` seconds."""
+        running = [
+            n
+            for n in reversed(list(self.nodes.values()))
+            if n.process is not None and n.process.poll() is None
+        ]
+        for node in running:
+            assert node.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                node.process.terminate()
+        deadline = time.monotonic() + grace
+        for node in running:
+            assert node.process is not None
+            try:
+                node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    node.process.kill()
+                node.process.wait(timeout=10)
 
     def channel(self, name: str, cert: str | None = None) -> grpc.aio.Channel:
         """An mTLS channel to node ``name``, by default as its operator."""

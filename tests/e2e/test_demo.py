@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from jukinet.demo import reconcile
-from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2
+from jukinet.demo import AGREE, DISCLOSED, Expected, compare_disclosure, reconcile
+from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, provision_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
-AGREE = "all tiers agree with the municipal registers"
+NODES = 7  # national, gateway, two prefectures, three municipalities
 
 
 def _demo(workdir: Path, *extra: str) -> list[str]:
@@ -49,10 +49,20 @@ def test_demo_tiers_agree(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert AGREE in result.stdout, output
+    assert DISCLOSED in result.stdout, output
     assert "転入" in result.stdout and "国外からの転入" in result.stdout
+    # The passport office finds 渡邊 from 渡辺; each agency is refused a purpose
+    # it does not hold; the disclosure lists the refusals.
+    assert "Search → 渡邊\u3000和子" in result.stdout, output
+    assert result.stdout.count("PERMISSION_DENIED") == 3, output
+    assert "reason=agency-not-allowed" in result.stdout
+    assert "reason=operation-not-allowed" in result.stdout
+    disclosure = result.stdout.split("disclosure at the", 1)[1]
+    assert disclosure.count(" denied ") == 3, output
+    assert "verify_batch" in disclosure and "search" in disclosure
     assert time.monotonic() - started < 120
     # Every node wrote its log and is gone.
-    assert len(list((workdir / "logs").glob("*.log"))) == 6
+    assert len(list((workdir / "logs").glob("*.log"))) == NODES
     if Path("/proc").is_dir():
         assert _node_processes(workdir) == []
 
@@ -78,7 +88,7 @@ def test_ctrl_c_stops_every_node(tmp_path: Path) -> None:
         else:
             pytest.fail("the demo ended before keeping the federation running:\n" + "".join(lines))
         assert AGREE in "".join(lines)
-        assert len(_node_processes(workdir)) == 6
+        assert len(_node_processes(workdir)) == NODES
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, "".join(lines) + rest
@@ -170,3 +180,29 @@ def test_reconcile_reports_each_difference() -> None:
     assert "50709964280: missing" in described
     assert "62684917230: held (active, 鳥取市) but in no register" in described
     assert len(found) == 4
+
+
+def _provision(agency: str, purpose: str, operation: str, result: str) -> provision_pb2.Provision:
+    return provision_pb2.Provision(
+        agency_code=agency, purpose_code=purpose, operation=operation, result=result
+    )
+
+
+def test_disclosure_check_reports_missing_and_extra_provisions() -> None:
+    made = [
+        Expected("nenkin", "NENKIN-EXISTENCE-CHECK", "verify_batch", "match"),
+        Expected("mofa-passport", "MOFA-PASSPORT-ISSUE", "verify", "match"),
+        Expected("mofa-passport", "MOFA-PASSPORT-ISSUE", "verify", "match"),
+    ]
+    exact = [_provision(e.agency, e.purpose, e.operation, e.result) for e in made]
+    assert compare_disclosure("10389878907", made, exact) == []
+    listed = [
+        exact[0],
+        exact[1],  # one of the two verifications is missing
+        _provision("nenkin", "MOFA-PASSPORT-ISSUE", "verify", "denied"),  # never made
+    ]
+    found = [d.describe() for d in compare_disclosure("10389878907", made, listed)]
+    assert found == [
+        "disclosure: 10389878907: not listed: mofa-passport MOFA-PASSPORT-ISSUE verify match",
+        "disclosure: 10389878907: listed but never made: nenkin MOFA-PASSPORT-ISSUE verify denied",
+    ]

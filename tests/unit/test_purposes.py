@@ -126,6 +126,11 @@ def test_operation_allowed_iff_listed(registry: PurposeRegistry, code: str, oper
             assert denial.operation == operation
 
 
+def test_denial_names_the_operation_plainly(registry: PurposeRegistry) -> None:
+    denial = _denial(registry, "nenkin", "NENKIN-EXISTENCE-CHECK", Operation.RETRIEVE)
+    assert str(denial).endswith("does not allow operation 'retrieve'"), str(denial)
+
+
 @pytest.mark.parametrize("operation", ["", "VERIFY", "delete", "verify ", "retrieve_all"])
 def test_unknown_operation_is_not_allowed(registry: PurposeRegistry, operation: str) -> None:
     denial = _denial(registry, "mofa-passport", "MOFA-PASSPORT-ISSUE", operation)
