@@ -53,7 +53,8 @@ FIELD_NOT_ALLOWED = "field-not-allowed"
 _PURPOSE_CODE_RE = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
 _PURPOSE_CODE_MAX = 64
 
-_TOP_KEYS = frozenset({"purpose"})
+_TOP_KEYS = frozenset({"purpose", "agency"})
+_AGENCY_KEYS = ("code", "name")
 _PURPOSE_KEYS = ("code", "statute", "task", "agencies", "operations", "fields", "quota")
 _TEXT_KEYS = ("ja", "en")
 _QUOTA_KEYS = frozenset({"requests_per_second", "burst", "max_batch_size", "max_search_candidates"})
@@ -65,6 +66,15 @@ class Bilingual:
 
     ja: str
     en: str
+
+
+@dataclass(frozen=True)
+class Agency:
+    """A national agency: the code its certificate names, and its name as a
+    resident reads it in a disclosure."""
+
+    code: str
+    name: Bilingual
 
 
 @dataclass(frozen=True)
@@ -132,13 +142,23 @@ def _show(value: object) -> str:
 class PurposeRegistry:
     """The purposes by code; deny by default."""
 
-    def __init__(self, purposes: Iterable[Purpose]) -> None:
+    def __init__(self, purposes: Iterable[Purpose], agencies: Iterable[Agency] = ()) -> None:
         by_code: dict[str, Purpose] = {}
         for purpose in purposes:
             if purpose.code in by_code:
                 raise ConfigError(f"duplicate purpose code {purpose.code!r}")
             by_code[purpose.code] = purpose
         self._by_code: Mapping[str, Purpose] = MappingProxyType(by_code)
+        named: dict[str, Agency] = {}
+        for agency in agencies:
+            if agency.code in named:
+                raise ConfigError(f"duplicate agency code {agency.code!r}")
+            named[agency.code] = agency
+        self._agencies: Mapping[str, Agency] = MappingProxyType(named)
+
+    def agency(self, code: str) -> Agency | None:
+        """The agency with this code, if the registry names it."""
+        return self._agencies.get(code)
 
     def __len__(self) -> int:
         return len(self._by_code)
@@ -248,6 +268,8 @@ def parse_registry(text: str, *, source: str = "<purposes>") -> PurposeRegistry:
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: 'purpose' must be an array of tables ([[purpose]])")
 
+    agencies = _parse_agencies(document.get("agency"), source)
+
     purposes: list[Purpose] = []
     first_seen: dict[str, int] = {}
     for number, entry in enumerate(entries, start=1):
@@ -258,20 +280,58 @@ def parse_registry(text: str, *, source: str = "<purposes>") -> PurposeRegistry:
                 f"{purpose.code!r}, first defined in purpose #{first_seen[purpose.code]}"
             )
         first_seen[purpose.code] = number
+        for code in sorted(purpose.agencies - set(agencies)):
+            raise ConfigError(
+                f"{source}: purpose #{number} ({purpose.code}): agency {code!r} has no "
+                "[[agency]] entry (its name for disclosures)"
+            )
         purposes.append(purpose)
-    return PurposeRegistry(purposes)
+    return PurposeRegistry(purposes, agencies.values())
+
+
+def _parse_agencies(entries: object, source: str) -> dict[str, Agency]:
+    """The [[agency]] entries by code."""
+    if entries is None:
+        return {}
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: 'agency' must be an array of tables ([[agency]])")
+    found: dict[str, tuple[int, Agency]] = {}
+    for number, entry in enumerate(entries, start=1):
+        where = _Entry(source, number, "agency")
+        if not isinstance(entry, dict):
+            raise where.error("must be a table ([[agency]])")
+        unknown = sorted(set(entry) - set(_AGENCY_KEYS))
+        if unknown:
+            raise where.error(f"unknown key(s) {_keys(unknown)}")
+        for key in _AGENCY_KEYS:
+            if key not in entry:
+                raise where.error(f"missing {key}")
+        code = entry["code"]
+        if not isinstance(code, str) or not _is_agency_code(code):
+            raise where.error(
+                f"agency {code!r} is not a valid agency certificate identity "
+                "(jukinet://agency/<[a-z0-9-]{2,32}>)"
+            )
+        where.code = code
+        if code in found:
+            raise where.error(
+                f"duplicate agency code {code!r}, first defined in agency #{found[code][0]}"
+            )
+        found[code] = (number, Agency(code, _bilingual(where, entry, "name")))
+    return {code: agency for code, (_, agency) in found.items()}
 
 
 class _Entry:
     """Raises ConfigErrors that name the file and the entry."""
 
-    def __init__(self, source: str, number: int) -> None:
+    def __init__(self, source: str, number: int, kind: str = "purpose") -> None:
         self.source = source
         self.number = number
+        self.kind = kind
         self.code: str | None = None
 
     def error(self, problem: str) -> ConfigError:
-        label = f"purpose #{self.number}"
+        label = f"{self.kind} #{self.number}"
         if self.code is not None:
             label += f" ({self.code})"
         return ConfigError(f"{self.source}: {label}: {problem}")

@@ -1,18 +1,28 @@
-"""The ``jukinet`` command: certificates, nodes, the register, and the demo.
+"""The ``jukinet`` command: certificates, nodes, the register, agencies, and the demo.
 
-    jukinet pki federation --dir pki --municipality 312011 --operators
+    jukinet pki federation --dir pki --municipality 312011 --operators --agency nenkin
     jukinet run municipal --config municipality-312011.toml
     jukinet resident birth --target 127.0.0.1:50311 --pki pki --as operator-312011-admin \\
         --name "鳥取 花子" --kana "トットリ ハナコ" --birth-date 2026-11-01 --sex female \\
         --address "鳥取県鳥取市東町1丁目1番1号"
+    jukinet resident disclose 12345678903 --format table --target 127.0.0.1:50311 \\
+        --pki pki --as operator-312011-admin
     jukinet identity show 12345678903 --tier national --target 127.0.0.1:50100 \\
         --pki pki --as operator-national-admin
+    jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 12345678903 \\
+        --target 127.0.0.1:50400 --pki pki --as agency-nenkin
+    jukinet agency retrieve 12345678903 --purpose NENKIN-ADDRESS-CHANGE --as-of 2025-04-01 ...
+    jukinet agency search --purpose MOFA-PASSPORT-ISSUE --name "髙橋 一郎" \\
+        --birth-date 1970-01-01 --max 3 --target 127.0.0.1:50400 --pki pki --as agency-mofa-passport
+    jukinet agency verify-batch recipients.csv --purpose NENKIN-EXISTENCE-CHECK \\
+        --out results.jsonl ...
     jukinet import register.csv --target ... --pki pki --as operator-312011-admin
     jukinet demo
 
 Connection options may come from JUKINET_TARGET, JUKINET_PKI and JUKINET_AS.
-Output is JSON; errors are one line on stderr with the gRPC status, and a
-non-zero exit.
+Output is JSON (``agency verify-batch``: one JSON line per row; ``resident
+disclose --format table``: a table to print for the resident); errors are one
+line on stderr with the gRPC status and its reason, and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -38,15 +48,21 @@ from jukinet.v1 import (
     municipal_pb2_grpc,
     national_pb2_grpc,
     prefecture_pb2_grpc,
+    provision_pb2,
 )
 
 SEX = {"male": 1, "female": 2}
 
 
-def _print(message: Message) -> None:
+def _print(message: Message, *, all_fields: bool = False) -> None:
+    """``message`` as indented JSON; ``all_fields`` also prints false, zero and empty ones."""
     print(
         json.dumps(
-            json_format.MessageToDict(message, preserving_proto_field_name=True),
+            json_format.MessageToDict(
+                message,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=all_fields,
+            ),
             ensure_ascii=False,
             indent=2,
         )
@@ -91,7 +107,7 @@ def _person(args: argparse.Namespace) -> municipal_pb2.PersonDetails:
 Call = Callable[[grpc.aio.Channel, argparse.Namespace], Any]
 
 
-def _run_call(args: argparse.Namespace, call: Call) -> int:
+def _run_call(args: argparse.Namespace, call: Call, show: Callable[[Any], None] = _print) -> int:
     if not args.target or not args.identity:
         print(
             "jukinet: --target and --as are required (or JUKINET_TARGET / JUKINET_AS)",
@@ -109,7 +125,7 @@ def _run_call(args: argparse.Namespace, call: Call) -> int:
         finally:
             await channel.close(grace=None)
         if result is not None:
-            _print(result)
+            show(result)
         return 0
 
     try:
@@ -289,6 +305,36 @@ def _resident_commands(sub: Any) -> None:
 
     op("status", "the node's register, pool and delivery counts", status)
 
+    def disclose(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        return _municipal(ch).DiscloseProvisions(
+            provision_pb2.DiscloseRequest(resident_code=a.code)
+        )
+
+    p = op(
+        "disclose",
+        "for the resident at the counter: their record as the national node holds it, "
+        "and every provision of it (本人確認情報の提供状況の開示)",
+        disclose,
+    )
+    p.add_argument("code")
+    p.add_argument(
+        "--format",
+        choices=["json", "table"],
+        default="json",
+        help="json (default), or a table to print for the resident",
+    )
+    p.set_defaults(
+        func=lambda a: _run_call(
+            a, disclose, show=_print if a.format == "json" else _print_disclosure
+        )
+    )
+
+
+def _print_disclosure(response: provision_pb2.DiscloseResponse) -> None:
+    from gateway.disclosure import format_disclosure
+
+    print(format_disclosure(response))
+
 
 def _upper_stub(channel: grpc.aio.Channel, tier: str) -> Any:
     if tier == "national":
@@ -367,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_commands(sub)
     _resident_commands(sub)
     _identity_commands(sub)
-    from jukinet import demo, importer
+    from jukinet import agency_cli, demo, importer
 
+    agency_cli.register_cli(sub)
     importer.register_cli(sub)
     demo.register_cli(sub)
     return parser

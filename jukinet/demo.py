@@ -61,7 +61,6 @@ import shutil
 import signal
 import sys
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,13 +71,17 @@ import grpc
 from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
+from gateway.disclosure import format_disclosure
 from gateway.logic import verification_outcome
+from gateway.registry import load_registry
 from jukinet import localgov
 from jukinet.client import describe_error
+from jukinet.csvfile import CsvFormatError
 from jukinet.errors import ConfigError
-from jukinet.importer import CsvFormatError, ImportSummary, import_csv, write_sample
+from jukinet.importer import ImportSummary, import_csv, write_sample
 from jukinet.localfed import LocalFederation, Node, NodeFailed
 from jukinet.population import NAME_SEPARATOR, PopulationGenerator
+from jukinet.textwidth import pad
 from jukinet.v1 import (
     common_pb2,
     delivery_pb2,
@@ -358,16 +361,6 @@ def reconcile(
 
 
 # --- a day of life ----------------------------------------------------------------
-
-
-def display_width(text: str) -> int:
-    """Columns ``text`` takes in a terminal: wide (CJK) characters take two."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def pad(text: str, width: int) -> str:
-    """``text`` padded with spaces to ``width`` terminal columns (at least one space)."""
-    return text + " " * max(1, width - display_width(text))
 
 
 def _age(birth_date: str, on: dt.date) -> int:
@@ -809,11 +802,17 @@ async def print_history(ops: Operators, code: str, out: IO[str]) -> None:
 
 # --- national agencies through the gateway ------------------------------------------
 
-AGENCIES: Mapping[str, str] = {
-    "nenkin": "日本年金機構 (Japan Pension Service)",
-    "mofa-passport": "外務省 旅券 (passport office)",
-}
+AGENCIES = ("nenkin", "mofa-passport")
 """The agencies of the demo, by the code their certificates name."""
+REGISTRY = load_registry()
+"""The purpose registry the demo's gateway runs with (the packaged one)."""
+
+
+def agency_name(code: str) -> str:
+    """日本年金機構 for nenkin, as the purpose registry names it."""
+    agency = REGISTRY.agency(code)
+    return agency.name.ja if agency is not None else code
+
 
 EXISTENCE_CHECK, PASSPORT = "NENKIN-EXISTENCE-CHECK", "MOFA-PASSPORT-ISSUE"
 _PENSION_AGE = 65
@@ -823,7 +822,6 @@ _MATCH = {
     gateway_pb2.ITEM_MATCH_NO_MATCH: "✗",
     gateway_pb2.ITEM_MATCH_NOT_CLAIMED: "-",
 }
-_JST = dt.timezone(dt.timedelta(hours=9), "JST")
 
 
 @dataclass(frozen=True)
@@ -880,9 +878,9 @@ async def _existence_check(
             yield gateway_pb2.VerifyBatchRequest(purpose_code=EXISTENCE_CHECK, items=chunk)
 
     print(
-        f"  {AGENCIES['nenkin']}, {EXISTENCE_CHECK}: the yearly existence check (現況確認) of "
+        f"  {agency_name('nenkin')}, {EXISTENCE_CHECK}: the yearly existence check (現況確認) of "
         f"{len(items)} pension recipients aged {_PENSION_AGE}+, one VerifyBatch stream of "
-        f"{len(messages)} messages",
+        f"{len(messages)} message{'s' if len(messages) != 1 else ''}",
         file=out,
         flush=True,
     )
@@ -923,7 +921,7 @@ async def _passport(
     written = f"{surname.replace('邊', '辺')}{NAME_SEPARATOR}{given}"
     p = returnee.person
     print(
-        f"  {AGENCIES['mofa-passport']}, {PASSPORT}: {written} applies for a passport; "
+        f"  {agency_name('mofa-passport')}, {PASSPORT}: {written} applies for a passport; "
         "she does not know her resident code and writes 辺 on the form",
         file=out,
     )
@@ -985,38 +983,11 @@ async def _refusals(ops: Operators, code: str, out: IO[str]) -> list[Expected]:
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
                 raise
-            print(f"  {AGENCIES[agency]} asks {what}: {describe_error(exc)}", file=out)
+            print(f"  {agency_name(agency)} asks {what}: {describe_error(exc)}", file=out)
             expected.append(Expected(agency, purpose, operation, "denied"))
         else:
             raise DemoError(f"{agency} was given {operation} for {purpose}: the registry is wrong")
     return expected
-
-
-def _when(provided_at: str) -> str:
-    return dt.datetime.fromisoformat(provided_at).astimezone(_JST).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def print_disclosure(response: provision_pb2.DiscloseResponse, out: IO[str]) -> None:
-    """The record as the national node holds it and every provision of it."""
-    rec = response.identity.record
-    status = _STATUS_NAME.get(response.identity.status, str(response.identity.status))
-    print(
-        f"  {rec.name} ({rec.name_kana}), born {rec.birth_date}, code {rec.resident_code}: "
-        f"{status} at {municipality_name(rec.local_government_code)}, {rec.address}",
-        file=out,
-    )
-    header = ("when (JST)", "agency", "purpose", "operation", "result", "fields")
-    widths = (21, 16, 26, 14, 11)
-    print(
-        "    " + "".join(pad(h, w) for h, w in zip(header, widths, strict=False)) + header[-1],
-        file=out,
-    )
-    for pr in response.provisions:
-        row = (_when(pr.provided_at), pr.agency_code, pr.purpose_code, pr.operation, pr.result)
-        fields = ", ".join(pr.fields) or "(none)"
-        print(
-            "    " + "".join(pad(c, w) for c, w in zip(row, widths, strict=True)) + fields, file=out
-        )
 
 
 async def agency_lookups(
@@ -1043,7 +1014,8 @@ async def agency_lookups(
     disclosed = await ops.municipal[YONAGO].DiscloseProvisions(
         provision_pb2.DiscloseRequest(resident_code=day.returnee), timeout=_RPC_TIMEOUT
     )
-    print_disclosure(disclosed, out)
+    for line in format_disclosure(disclosed, REGISTRY).splitlines():
+        print(f"  {line}".rstrip(), file=out)
     return compare_disclosure(day.returnee, expected, disclosed.provisions)
 
 
@@ -1281,7 +1253,7 @@ def run_demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         workdir,
         MUNICIPALITIES,
         settings={tier: {"log_level": "INFO"} for tier in TIERS},
-        agencies=tuple(AGENCIES),
+        agencies=AGENCIES,
         gateway=True,
     )
     # SIGTERM (kill, a CI timeout) stops the nodes like Ctrl-C does.

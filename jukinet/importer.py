@@ -76,13 +76,14 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
 
 import grpc
-from tqdm import tqdm
 
 from jukinet.client import connect, describe_error
+from jukinet.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
 from jukinet.errors import ConfigError
 from jukinet.population import DEFAULT_AS_OF, PopulationGenerator
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
@@ -135,10 +136,6 @@ _SEX: dict[str, int] = {
     "2": common_pb2.SEX_FEMALE,
     "女": common_pb2.SEX_FEMALE,
 }
-
-
-class CsvFormatError(Exception):
-    """The file as a whole cannot be imported (missing, not UTF-8, bad header)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,23 +199,6 @@ def parse_sex(value: str) -> int:
     return sex
 
 
-def _header_index(header: Sequence[str]) -> dict[str, int]:
-    names = [h.strip().lower() for h in header]
-    unknown = [n for n in names if n not in COLUMNS]
-    if unknown:
-        raise CsvFormatError(
-            f"header: unknown column(s) {', '.join(repr(u) for u in unknown)}; "
-            f"known: {', '.join(COLUMNS)}"
-        )
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise CsvFormatError(f"header: column(s) named twice: {', '.join(twice)}")
-    missing = sorted(REQUIRED_COLUMNS - set(names))
-    if missing:
-        raise CsvFormatError(f"header: missing required column(s): {', '.join(missing)}")
-    return {n: i for i, n in enumerate(names)}
-
-
 def _row(
     line: int, fields: Sequence[str], index: dict[str, int]
 ) -> municipal_pb2.ImportRow | Rejection:
@@ -268,43 +248,22 @@ def read_rows(
     :class:`Rejection` for every row that cannot; raises
     :class:`CsvFormatError` for a problem with the file as a whole.
     """
-    reader = csv.reader(stream)
-    try:
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise CsvFormatError(f"{name}: empty file; expected a header row") from None
-        index = _header_index(header)
-        last_line = reader.line_num
-        while True:
-            line = last_line + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                last_line = reader.line_num
-                yield Rejection(line, "", "row", f"malformed CSV: {exc}", local=True)
-                continue
-            last_line = reader.line_num
-            if not fields or (len(fields) == 1 and not fields[0].strip() and len(index) > 1):
-                continue  # a blank line
-            yield _row(line, fields, index)
-    except UnicodeDecodeError as exc:
-        raise CsvFormatError(
-            f"{name}: not UTF-8 text near line {reader.line_num + 1}: {exc.reason}"
-        ) from None
+    index, rows = read_csv(
+        stream, name, partial(header_index, columns=COLUMNS, required=REQUIRED_COLUMNS)
+    )
+    for row in rows:
+        if row.malformed:
+            yield Rejection(row.line, "", "row", row.malformed, local=True)
+        else:
+            yield _row(row.line, row.fields, index)
 
 
 def check_header(path: Path | str) -> None:
     """Raise :class:`CsvFormatError` unless ``path`` is a readable CSV with a good header."""
     path = Path(path)
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as stream:
-            for _ in itertools.islice(read_rows(stream, str(path)), 1):
-                pass
-    except OSError as exc:
-        raise CsvFormatError(f"{path}: {exc.strerror or exc}") from None
+    with open_csv(path) as stream:
+        for _ in itertools.islice(read_rows(stream, str(path)), 1):
+            pass
 
 
 def read_batches(
@@ -316,11 +275,7 @@ def read_batches(
     row counts in ``summary.rows_read``.
     """
     path = Path(path)
-    try:
-        stream = path.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise CsvFormatError(f"{path}: {exc.strerror or exc}") from None
-    with stream:
+    with open_csv(path) as stream:
         rows: list[municipal_pb2.ImportRow] = []
         for item in read_rows(stream, str(path)):
             summary.rows_read += 1
@@ -333,20 +288,6 @@ def read_batches(
                 rows = []
         if rows:
             yield rows
-
-
-def _progress_bar(path: Path, enabled: bool, position: int | None) -> tqdm[Any]:
-    return tqdm(
-        desc=path.name,
-        unit=" rows",
-        unit_scale=False,
-        file=sys.stderr,
-        disable=not enabled,
-        dynamic_ncols=True,
-        mininterval=0.2,
-        position=position,
-        leave=True,
-    )
 
 
 async def import_csv(
@@ -382,7 +323,7 @@ async def import_csv(
     batches = read_batches(path, batch, summary)
     stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
     started = time.perf_counter()
-    bar = _progress_bar(path, progress, progress_position)
+    bar = progress_bar(path.name, enabled=progress, position=progress_position)
     slots = asyncio.Semaphore(window)
     in_flight: deque[int] = deque()
     # The stubs type the stream opener as taking a request iterator; grpc.aio
@@ -532,7 +473,8 @@ write_csv = write_sample
 # --- command line -----------------------------------------------------------
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -543,7 +485,7 @@ def _positive(text: str) -> int:
 
 
 def _batch_size(text: str) -> int:
-    value = _positive(text)
+    value = positive_int(text)
     if value > MAX_BATCH:
         raise argparse.ArgumentTypeError(f"at most {MAX_BATCH}, got {value}")
     return value
@@ -657,7 +599,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument(
         "--window",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_WINDOW,
         help=f"batches in flight (default {DEFAULT_WINDOW})",
     )

@@ -215,9 +215,13 @@ def entry(**overrides: str | None) -> str:
     return "[[purpose]]\n" + "\n".join(lines) + "\n"
 
 
-def write(tmp_path: Path, text: str) -> Path:
+NENKIN = '[[agency]]\ncode = "nenkin"\nname = { ja = "日本年金機構", en = "Japan Pension Service" }\n'
+
+
+def write(tmp_path: Path, text: str, *, agencies: str = NENKIN) -> Path:
+    """The registry ``text`` in a file, followed by the ``agencies`` entries."""
     path = tmp_path / "purposes.toml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text + agencies, encoding="utf-8")
     return path
 
 
@@ -367,6 +371,62 @@ STARTUP_ERRORS: list[tuple[str, str, list[str]]] = [
     ("purpose-not-array", 'purpose = "x"\n', ["array of tables"]),
     ("invalid-toml", entry() + "fields = [\n", ["invalid TOML"]),
 ]
+
+
+AGENCY_ERRORS = [
+    ("agency-without-entry", "", [P1, "agency 'nenkin' has no [[agency]] entry"]),
+    (
+        "duplicate-agency",
+        NENKIN + NENKIN,
+        ["agency #2 (nenkin)", "duplicate agency code 'nenkin', first defined in agency #1"],
+    ),
+    (
+        "agency-unknown-key",
+        NENKIN + "url = 'https://www.nenkin.go.jp/'\n",
+        ["agency #1", "unknown key(s) 'url'"],
+    ),
+    ("agency-missing-name", '[[agency]]\ncode = "nenkin"\n', ["agency #1", "missing name"]),
+    (
+        "agency-bad-code",
+        '[[agency]]\ncode = "Nenkin"\nname = { ja = "x", en = "y" }\n',
+        ["agency #1", "'Nenkin' is not a valid agency certificate identity"],
+    ),
+    (
+        "agency-name-without-en",
+        '[[agency]]\ncode = "nenkin"\nname = { ja = "日本年金機構" }\n',
+        ["agency #1 (nenkin)", "missing name.en"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("agencies", "expected"),
+    [pytest.param(text, expected, id=name) for name, text, expected in AGENCY_ERRORS],
+)
+def test_agency_entries_are_checked(tmp_path: Path, agencies: str, expected: list[str]) -> None:
+    path = write(tmp_path, entry(), agencies=agencies)
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    message = str(info.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message, message
+
+
+def test_agency_must_be_an_array_of_tables(tmp_path: Path) -> None:
+    path = write(tmp_path, 'agency = "nenkin"\n' + entry(), agencies="")
+    with pytest.raises(ConfigError, match=r"array of tables \(\[\[agency\]\]\)"):
+        load_registry(path)
+
+
+def test_every_packaged_agency_has_a_name(registry: PurposeRegistry) -> None:
+    for purpose in registry:
+        for code in purpose.agencies:
+            agency = registry.agency(code)
+            assert agency is not None, code
+            assert agency.name.ja and agency.name.en
+    assert registry.agency("nenkin").name.ja == "日本年金機構"  # type: ignore[union-attr]
+    assert registry.agency("nta") is None
 
 
 @pytest.mark.parametrize(
