@@ -50,6 +50,7 @@ class GatewayApp:
         )
         self.quotas = Quotas(clock=clock)
         self._channel: grpc.aio.Channel | None = None
+        self._servicer: GatewayServicer | None = None
         self._server: RunningServer | None = None
 
     async def start(self) -> int:
@@ -70,6 +71,7 @@ class GatewayApp:
             metrics=self.metrics,
             batch_pipeline=self.config.batch_pipeline,
         )
+        self._servicer = servicer
 
         def register(server: grpc.aio.Server) -> None:
             gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
@@ -86,5 +88,7 @@ class GatewayApp:
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop()
+        if self._servicer is not None:
+            await self._servicer.close()
         if self._channel is not None:
             await self._channel.close(grace=None)

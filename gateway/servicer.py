@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
+from gateway.coalescer import DEFAULT_WINDOW, VerifyCoalescer
 from gateway.logic import (
     check_batch_size,
     effective_fields,
@@ -52,6 +54,9 @@ NATIONAL = "national node"
 UPSTREAM_TIMEOUT = 30.0  # seconds for one lookup at the national node
 DENIAL_TIMEOUT = 5.0  # recording a refusal must not hold the refusal up for long
 DENIAL_CONCURRENCY = 16
+# Verify requests sent to the national node in one call at most (it takes
+# up to 10,000 items; VerifyBatch messages are capped lower by each purpose).
+VERIFY_MAX_ITEMS = 1000
 UNKNOWN_PURPOSE_LABEL = "(unknown)"
 
 T = TypeVar("T")
@@ -69,6 +74,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         metrics: NodeMetrics,
         batch_pipeline: int = 2,
         upstream_timeout: float = UPSTREAM_TIMEOUT,
+        verify_window: int = DEFAULT_WINDOW,
     ) -> None:
         if batch_pipeline < 1:
             raise ValueError("batch_pipeline must be at least 1")
@@ -78,6 +84,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._metrics = metrics
         self._pipeline = batch_pipeline
         self._timeout = upstream_timeout
+        self._coalescer = VerifyCoalescer(
+            lambda agency, purpose, items: self._provide(agency, purpose, Operation.VERIFY, items),
+            window=verify_window,
+            max_items=VERIFY_MAX_ITEMS,
+        )
+
+    async def close(self) -> None:
+        """Cancel the national calls still in flight."""
+        await self._coalescer.close()
 
     # -- the common steps ----------------------------------------------------------
 
@@ -197,8 +212,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 time.perf_counter() - start
             )
 
-    def _count(self, agency: str, purpose: Purpose, operation: Operation, result: str) -> None:
-        self._metrics.provisions.labels(agency, purpose.code, operation.value, result).inc()
+    def _count(
+        self, agency: str, purpose: Purpose, operation: Operation, result: str, n: int = 1
+    ) -> None:
+        self._metrics.provisions.labels(agency, purpose.code, operation.value, result).inc(n)
 
     def _filtered(
         self, record: gateway_pb2.ProvidedRecord, allowed: frozenset[str], purpose: Purpose
@@ -213,14 +230,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         return filter_record(record, allowed)
 
-    async def _verify_items(
+    async def _provide(
         self,
         agency: str,
         purpose: Purpose,
         operation: Operation,
         items: Sequence[gateway_pb2.VerifyBatchItem],
-    ) -> tuple[list[gateway_pb2.VerifyBatchResult], list[str]]:
-        """Verifications of ``items`` by the national node, filtered and counted."""
+    ) -> tuple[Sequence[gateway_pb2.VerifyBatchResult], Sequence[str]]:
+        """The national node's verifications of ``items`` and their provision ids, unfiltered."""
         response: provision_pb2.ProvideVerificationResponse = await self._upstream(
             self._national.ProvideVerification(
                 provision_pb2.ProvideVerificationRequest(
@@ -233,14 +250,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         if len(response.results) != len(items) or len(response.provision_ids) != len(items):
             raise Unavailable(f"{NATIONAL}: {len(response.results)} results for {len(items)} items")
+        return response.results, response.provision_ids
+
+    async def _verify_items(
+        self,
+        agency: str,
+        purpose: Purpose,
+        operation: Operation,
+        items: Sequence[gateway_pb2.VerifyBatchItem],
+    ) -> tuple[list[gateway_pb2.VerifyBatchResult], list[str]]:
+        """Verifications of ``items`` by the national node, filtered and counted."""
+        national_results, ids = await self._provide(agency, purpose, operation, items)
         results = []
-        for item, result in zip(items, response.results, strict=True):
+        outcomes: Counter[str] = Counter()
+        for item, result in zip(items, national_results, strict=True):
             verification = filter_verification(result.verification, purpose)
-            self._count(agency, purpose, operation, verification_outcome(verification))
+            outcomes[verification_outcome(verification)] += 1
             results.append(
                 gateway_pb2.VerifyBatchResult(item_id=item.item_id, verification=verification)
             )
-        return results, list(response.provision_ids)
+        for outcome, n in outcomes.items():
+            self._count(agency, purpose, operation, outcome, n)
+        return results, list(ids)
 
     # -- the methods ---------------------------------------------------------------
 
@@ -253,15 +284,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 agency, request.purpose_code, Operation.VERIFY, (), [request.claim.resident_code]
             )
             check_claim(request.claim, "claim")
-            results, ids = await self._verify_items(
-                agency,
-                purpose,
-                Operation.VERIFY,
-                [gateway_pb2.VerifyBatchItem(claim=request.claim)],
+            # Shares one national call with the other requests of this agency
+            # and purpose waiting at this moment (gateway.coalescer).
+            found, provision_id = await self._coalescer.verify(
+                agency, purpose, gateway_pb2.VerifyBatchItem(claim=request.claim)
             )
-            return gateway_pb2.VerifyResponse(
-                verification=results[0].verification, provision_id=ids[0]
-            )
+            verification = filter_verification(found, purpose)
+            self._count(agency, purpose, Operation.VERIFY, verification_outcome(verification))
+            return gateway_pb2.VerifyResponse(verification=verification, provision_id=provision_id)
 
     async def Retrieve(
         self, request: gateway_pb2.RetrieveRequest, context: Any

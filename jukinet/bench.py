@@ -2,6 +2,11 @@
 
     python -m jukinet.bench [--backend sqlite|postgres|both] [--notifications N]
                             [--municipalities K] [--batch B] [--quick] [--out FILE]
+                            [--only delivery|gateway] [--residents N]
+
+This docstring describes the delivery benchmark; the agency gateway's
+(``--only gateway``, run after the delivery benchmark by default) is
+described in :mod:`jukinet.bench_gateway`.
 
 Every node is a separate OS process on 127.0.0.1 with real mutual TLS and a
 database of its own (a fresh PostgreSQL database per node, dropped afterwards,
@@ -1769,6 +1774,34 @@ def render_markdown(r: dict[str, Any]) -> str:
                 keys.append(key)
     for key in keys:
         lines.append(row(key, lambda b, key=key: _f(_get(b, "delivery", "cpu_seconds", key), 1)))
+    lines += ["", *_gateway_section(r)]
+    return "\n".join(lines) + "\n"
+
+
+def _gateway_section(r: dict[str, Any]) -> list[str]:
+    """The gateway benchmark's section (jukinet.bench_gateway), if it ran."""
+    g = r.get("gateway")
+    if not isinstance(g, dict):
+        return []
+    if "skipped" in g:
+        return ["## Agency gateway: Verify and VerifyBatch", "", f"Not measured: {g['skipped']}."]
+    from jukinet.bench_gateway import render_section
+
+    return render_section(g)
+
+
+def render_document(r: dict[str, Any]) -> str:
+    """docs/benchmarks.md: the delivery benchmark (if in ``r``) and the gateway's."""
+    if "backends" in r:
+        return render_markdown(r)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m jukinet.bench`). The delivery benchmark has not",
+        "run yet; `python -m jukinet.bench --only delivery` adds it.",
+        "",
+        *_gateway_section(r),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -1863,12 +1896,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="record py-spy profiles (collapsed stacks) of the nodes during phases 1 and 2",
     )
+    parser.add_argument(
+        "--only",
+        choices=["delivery", "gateway"],
+        help="run one benchmark (default: delivery, then gateway)",
+    )
+    from jukinet import bench_gateway
+
+    bench_gateway.add_arguments(parser)
     parser.add_argument("--serve-push-baseline", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pki", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_push_baseline:
         _serve_push_baseline(args.serve_push_baseline, args.pki)
         return 0
+    try:
+        gateway_plan = bench_gateway.plan_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.only == "gateway":
+        return _main_gateway(args, gateway_plan, {})
     if args.notifications is None:
         args.notifications = 20_000 if args.quick else 100_000
     if args.lag_seconds is None:
@@ -1893,11 +1940,51 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted")
         return 130
+    if args.only == "delivery":
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            results["gateway"] = json.loads(Path(args.out).read_text())["gateway"]  # kept
+        _write(args, results)
+        return 0
+    return _main_gateway(args, gateway_plan, results)
+
+
+def _write(args: argparse.Namespace, results: dict[str, Any]) -> None:
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.markdown).write_text(render_markdown(results))
+    Path(args.markdown).write_text(render_document(results))
     progress(f"wrote {args.out} and {args.markdown}")
-    return 0
+
+
+def _main_gateway(args: argparse.Namespace, plan: Any, results: dict[str, Any]) -> int:
+    """The gateway benchmark, its figures under ``gateway`` in the results file.
+
+    Alone (``--only gateway``) it keeps the file's other contents; after the
+    delivery benchmark it is skipped when no PostgreSQL server answers."""
+    import jukinet.bench as imported  # what bench_gateway raises: __main__ is a second copy
+    from jukinet import bench_gateway
+
+    if not results:
+        with contextlib.suppress(OSError, ValueError):
+            results = json.loads(Path(args.out).read_text())
+        if not isinstance(results, dict):
+            results = {}
+    elif results["machine"]["postgresql"] is None:
+        results["gateway"] = {"skipped": "no PostgreSQL server answered"}
+        _write(args, results)
+        return 0
+    command = " ".join(["python -m jukinet.bench", *(shlex.quote(a) for a in sys.argv[1:])])
+    code = 0
+    try:
+        results["gateway"] = asyncio.run(bench_gateway.run_gateway_bench(plan, command))
+    except (BenchError, imported.BenchError) as exc:
+        progress(f"FAILED: gateway: {exc}")
+        code = 1
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+    if code == 0 or "backends" in results:
+        _write(args, results)
+    return code
 
 
 if __name__ == "__main__":

@@ -18,11 +18,15 @@ from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
 from services.national import models
+from services.national.connections import HeldConnections
 from services.national.provisions import ProvisionLog, retention_job
 from services.national.servicer import NationalServicer, authorize_prefecture_origin
 
 SERVICE = "jukinet.v1.NationalService"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Lookups for agencies at once on kept connections (the gateway sends a few
+# calls at a time; more wait for a connection).
+HELD_READ_CONNECTIONS = 4
 
 
 def _prefecture(identity: Identity) -> bool:
@@ -74,13 +78,19 @@ class NationalApp:
             authorize_origin=authorize_prefecture_origin,
         )
         self.provisions = ProvisionLog(self.db)
+        self.held = HeldConnections(self.db, HELD_READ_CONNECTIONS)
         self._retention: asyncio.Task[None] | None = None
         self._server: RunningServer | None = None
 
     def _register(self, server: grpc.aio.Server) -> None:
         national_pb2_grpc.add_NationalServiceServicer_to_server(
             NationalServicer(
-                self.db, self.holding, self.metrics, self.config.max_pool_size, self.provisions
+                self.db,
+                self.holding,
+                self.metrics,
+                self.config.max_pool_size,
+                self.provisions,
+                self.held,
             ),
             server,
         )
@@ -106,4 +116,5 @@ class NationalApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
         await self.provisions.stop()
+        await self.held.close()
         await self.db.close()

@@ -3,6 +3,7 @@ comparing, minimising and ranking records for agencies."""
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import unicodedata
@@ -11,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from jukinet.codes import check_resident_code, new_resident_code
 from jukinet.errors import InvalidArgument, PermissionDenied
 from jukinet.holding_rules import PROVIDABLE_FIELDS, Held
-from jukinet.names import fold_name, match_score
+from jukinet.names import fold_name as _fold_name
+from jukinet.names import match_score
 from jukinet.v1 import common_pb2, gateway_pb2
 from jukinet.validation import check_address, check_date, check_kana, check_name, check_sex
 
@@ -35,6 +37,11 @@ def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
 
 
 # -- lookups for agencies -------------------------------------------------------
+
+# Folded names, remembered: a verification folds the claimed and the held name,
+# and names repeat (the commonest few thousand cover most people). The key is a
+# pure function of the name, so a remembered one is the same key.
+fold_name = functools.lru_cache(maxsize=1 << 16)(_fold_name)
 
 FIELD_ORDER = PROVIDABLE_FIELDS
 _DASHES = str.maketrans({c: "-" for c in "‐‑‒–—―−ー－"})
@@ -74,23 +81,29 @@ def verify(claim: gateway_pb2.ClaimedIdentity, held: Held | None) -> gateway_pb2
     """Compare a claim with the identified record, item by item; no data leaves."""
     if held is None:
         return gateway_pb2.Verification(found=False)
+    # Names and addresses are folded only when claimed (a batch of existence
+    # checks claims the code alone).
     return gateway_pb2.Verification(
         found=True,
         currently_registered=held.status == common_pb2.RECORD_STATUS_ACTIVE,
         resident_code=_item(claim.resident_code, claim.resident_code == held.resident_code),  # type: ignore[arg-type]
-        name=_item(claim.name, fold_name(claim.name) == fold_name(held.name)),  # type: ignore[arg-type]
+        name=_item(claim.name, bool(claim.name) and fold_name(claim.name) == fold_name(held.name)),  # type: ignore[arg-type]
         birth_date=_item(claim.birth_date, claim.birth_date == held.birth_date),  # type: ignore[arg-type]
         sex=_item(claim.sex, claim.sex == held.sex),  # type: ignore[arg-type]
-        address=_item(claim.address, fold_address(claim.address) == fold_address(held.address)),  # type: ignore[arg-type]
+        address=_item(
+            claim.address,
+            bool(claim.address) and fold_address(claim.address) == fold_address(held.address),
+        ),  # type: ignore[arg-type]
     )
 
 
 def choose_unique(claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[Held]) -> Held | None:
     """The one record the four items identify, or None when none or several fit."""
+    claimed = fold_name(claim.name)
     fits = [
         h
         for h in candidates
-        if fold_name(claim.name) == fold_name(h.name)
+        if claimed == fold_name(h.name)
         and claim.birth_date == h.birth_date
         and (not claim.sex or claim.sex == h.sex)
     ]

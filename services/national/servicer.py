@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from jukinet.codes import check_resident_code, is_valid_resident_code, prefecture_of
@@ -20,6 +21,7 @@ from jukinet.validation import (
     check_name,
     check_sex,
 )
+from services.national.connections import HeldConnections
 from services.national.logic import (
     check_claim,
     check_pool_request,
@@ -33,6 +35,7 @@ from services.national.provisions import ProvisionEntry, ProvisionLog, provision
 from services.national.repository import (
     allocate_pool,
     candidates,
+    candidates_by_name_and_birth,
     identify_by_codes,
     record_as_of,
 )
@@ -70,8 +73,11 @@ class NationalServicer(HoldingRpcs, national_pb2_grpc.NationalServiceServicer):
         metrics: NodeMetrics,
         max_pool_size: int,
         provisions: ProvisionLog,
+        held: HeldConnections | None = None,
     ) -> None:
         self._db = db
+        # Connections kept for the lookups of ProvideVerification (every agency call).
+        self._held = held if held is not None else HeldConnections(db, 1)
         self._holding = holding
         self._store = holding.store
         self._metrics = metrics
@@ -80,10 +86,9 @@ class NationalServicer(HoldingRpcs, national_pb2_grpc.NationalServiceServicer):
 
     async def _record(self, entries: list[ProvisionEntry]) -> list[str]:
         ids = await self._provisions.record(entries)
-        for e in entries:
-            self._metrics.provisions.labels(
-                e.agency_code, e.purpose_code, e.operation, e.result
-            ).inc()
+        counts = Counter((e.agency_code, e.purpose_code, e.operation, e.result) for e in entries)
+        for labels, n in counts.items():
+            self._metrics.provisions.labels(*labels).inc(n)
         return ids
 
     # -- for the gateway -------------------------------------------------------
@@ -99,23 +104,29 @@ class NationalServicer(HoldingRpcs, national_pb2_grpc.NationalServiceServicer):
         for i, item in enumerate(request.items):
             check_claim(item.claim, f"items[{i}].claim")
         coded = [item.claim.resident_code for item in request.items if item.claim.resident_code]
-        async with self._db.read() as conn:
+        # check_claim: a claim without a code names the name and the birth date.
+        by_items = [
+            (item.claim.name, item.claim.birth_date)
+            for item in request.items
+            if not item.claim.resident_code
+        ]
+        async with self._held.acquire() as conn:
             by_code = await identify_by_codes(self._store, conn, coded) if coded else {}
-            identified: list[Held | None] = []
-            for item in request.items:
-                claim = item.claim
-                if claim.resident_code:
-                    identified.append(by_code.get(claim.resident_code))
-                else:
-                    found = await candidates(
-                        self._store,
-                        conn,
-                        name=claim.name,
-                        kana="",
-                        birth_date=claim.birth_date,
-                        limit=MAX_CANDIDATES,
-                    )
-                    identified.append(choose_unique(claim, found))
+            found = (
+                await candidates_by_name_and_birth(
+                    self._store, conn, by_items, limit=MAX_CANDIDATES
+                )
+                if by_items
+                else []
+            )
+        identified: list[Held | None] = []
+        next_found = iter(found)
+        for item in request.items:
+            claim = item.claim
+            if claim.resident_code:
+                identified.append(by_code.get(claim.resident_code))
+            else:
+                identified.append(choose_unique(claim, next(next_found)))
         results = []
         entries = []
         for item, held in zip(request.items, identified, strict=True):

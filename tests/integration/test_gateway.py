@@ -733,6 +733,14 @@ async def test_verify_batch_in_order_over_several_messages(gw: Federation) -> No
 # --- quotas -----------------------------------------------------------------------------
 
 SMALL_QUOTAS = """
+[[agency]]
+code = "nenkin"
+name = { ja = "日本年金機構", en = "Japan Pension Service" }
+
+[[agency]]
+code = "mofa-passport"
+name = { ja = "外務省（旅券）", en = "Passport office" }
+
 [[purpose]]
 code = "TEST-SMALL-QUOTA"
 statute = { ja = "試験法", en = "Test Act" }

@@ -215,7 +215,9 @@ def entry(**overrides: str | None) -> str:
     return "[[purpose]]\n" + "\n".join(lines) + "\n"
 
 
-NENKIN = '[[agency]]\ncode = "nenkin"\nname = { ja = "日本年金機構", en = "Japan Pension Service" }\n'
+NENKIN = (
+    '[[agency]]\ncode = "nenkin"\nname = { ja = "日本年金機構", en = "Japan Pension Service" }\n'
+)
 
 
 def write(tmp_path: Path, text: str, *, agencies: str = NENKIN) -> Path:
