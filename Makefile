@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/jukinet/v1/*.proto)
 
-.PHONY: setup protos check-protos lint format typecheck check test test-sqlite demo bench clean
+.PHONY: setup protos check-protos lint format typecheck imports check test test-sqlite demo bench clean
 
 setup: $(STAMP)
 
@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 protos: $(STAMP)
-	$(BIN)/python -m jukinet.protogen jukinet/v1
+	$(BIN)/python -m tools.protogen jukinet/v1
 
 check-protos: $(STAMP)
-	$(BIN)/python -m jukinet.protogen --check jukinet/v1
+	$(BIN)/python -m tools.protogen --check jukinet/v1
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -30,9 +30,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy jukinet services gateway
+	$(BIN)/mypy jukinet services gateway tools bench
 
-check: lint typecheck check-protos
+# The layers (tools and CLI -> nodes -> core) and no import cycles: .importlinter.
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+check: lint typecheck imports check-protos
 
 # Runs the whole suite. PostgreSQL tests use JUKINET_TEST_PG_DSN (default: the
 # local server); set JUKINET_TEST_PG=skip on a machine without PostgreSQL.
@@ -43,10 +47,10 @@ test-sqlite: $(STAMP)
 	JUKINET_TEST_PG=skip $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/jukinet demo $(DEMO_ARGS)
+	$(BIN)/python -m tools.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m jukinet.bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

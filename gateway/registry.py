@@ -22,8 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from jukinet.delivery.rules import PROVIDABLE_FIELDS
 from jukinet.errors import ConfigError, PermissionDenied
-from jukinet.holding_rules import PROVIDABLE_FIELDS
 from jukinet.identity import Kind, parse_identity_uri
 
 PACKAGED_FILE = "purposes.toml"

@@ -45,8 +45,7 @@ from jukinet.identity import Kind
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
 from jukinet.v1 import gateway_pb2, gateway_pb2_grpc, national_pb2_grpc, provision_pb2
-from jukinet.validation import check_date, check_kana, check_name, check_sex
-from services.national.logic import check_claim
+from jukinet.validation import check_claim, check_date, check_kana, check_name, check_sex
 
 log = logging.getLogger("jukinet.gateway")
 

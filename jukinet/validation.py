@@ -19,7 +19,7 @@ from jukinet.codes import (
 )
 from jukinet.errors import InvalidArgument
 from jukinet.localgov import lookup
-from jukinet.v1 import common_pb2
+from jukinet.v1 import common_pb2, gateway_pb2
 
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
 MAX_NAME = 100
@@ -204,3 +204,32 @@ def check_notification(n: common_pb2.Notification, prefix: str = "notification")
             raise InvalidArgument(f"{prefix}.previous_resident_code", "equals the new code")
     elif n.previous_resident_code:
         raise InvalidArgument(f"{prefix}.previous_resident_code", "only for a code change")
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+
+
+def check_pool_request(count: int, request_id: str, max_pool_size: int) -> None:
+    """A pool request's size and idempotency key."""
+    if not 1 <= count <= max_pool_size:
+        raise InvalidArgument("count", f"must be between 1 and {max_pool_size}")
+    if not _REQUEST_ID.match(request_id):
+        raise InvalidArgument("request_id", "8 to 64 characters of A-Z a-z 0-9 . _ : -")
+
+
+def check_claim(claim: gateway_pb2.ClaimedIdentity, prefix: str = "claim") -> None:
+    """A claim names the resident code, or at least the name and the birth date."""
+    if claim.resident_code:
+        check_resident_code(claim.resident_code, f"{prefix}.resident_code")
+    elif not (claim.name and claim.birth_date):
+        raise InvalidArgument(prefix, "give the resident code, or at least name and birth date")
+    if claim.name:
+        check_name(claim.name, f"{prefix}.name")
+    if claim.name_kana:
+        check_kana(claim.name_kana, f"{prefix}.name_kana")
+    if claim.birth_date:
+        check_date(claim.birth_date, f"{prefix}.birth_date")
+    if claim.sex:
+        check_sex(claim.sex, f"{prefix}.sex")
+    if claim.address:
+        check_address(claim.address, f"{prefix}.address")

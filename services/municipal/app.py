@@ -10,11 +10,11 @@ import grpc
 
 from jukinet.config import MunicipalConfig
 from jukinet.db import Database
+from jukinet.delivery.outbox import Outbox
+from jukinet.delivery.pusher import Pusher
 from jukinet.identity import Identity, Kind
 from jukinet.interceptors import Rule
 from jukinet.metrics import NodeMetrics
-from jukinet.outbox import Outbox
-from jukinet.pusher import Pusher
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc

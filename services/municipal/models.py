@@ -13,7 +13,7 @@ from sqlalchemy import (
     Table,
 )
 
-from jukinet.outbox import define_outbox
+from jukinet.delivery.outbox import define_outbox
 
 metadata = MetaData()
 

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
+from jukinet.delivery.outbox import Outbox, PendingEntry
 from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from jukinet.metrics import NodeMetrics
-from jukinet.outbox import Outbox, PendingEntry
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, prefecture_pb2_grpc
 from jukinet.validation import (
     check_address,

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from jukinet.db import Database
+from jukinet.delivery.outbox import Outbox
 from jukinet.errors import InvalidArgument, from_upstream
-from jukinet.outbox import Outbox
 from jukinet.v1 import municipal_pb2 as pb
 from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc, provision_pb2
 from services.municipal import repository as repo

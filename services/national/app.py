@@ -10,8 +10,8 @@ import grpc
 
 from jukinet.config import NationalConfig
 from jukinet.db import Database
-from jukinet.holding_service import HoldingService
-from jukinet.holdings import HoldingStore
+from jukinet.delivery.receiver import HoldingService
+from jukinet.delivery.store import HoldingStore
 from jukinet.identity import Identity, Kind
 from jukinet.interceptors import Rule
 from jukinet.metrics import NodeMetrics

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import functools
 import random
-import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from jukinet.codes import check_resident_code, new_resident_code
-from jukinet.errors import InvalidArgument, PermissionDenied
-from jukinet.holding_rules import PROVIDABLE_FIELDS, Held
+from jukinet.codes import new_resident_code
+from jukinet.delivery.rules import PROVIDABLE_FIELDS, Held
+from jukinet.errors import PermissionDenied
 from jukinet.names import fold_name as _fold_name
 from jukinet.names import match_score
 from jukinet.v1 import common_pb2, gateway_pb2
-from jukinet.validation import check_address, check_date, check_kana, check_name, check_sex
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
-
-
-def check_pool_request(count: int, request_id: str, max_pool_size: int) -> None:
-    """A pool request's size and idempotency key."""
-    if not 1 <= count <= max_pool_size:
-        raise InvalidArgument("count", f"must be between 1 and {max_pool_size}")
-    if not _REQUEST_ID.match(request_id):
-        raise InvalidArgument("request_id", "8 to 64 characters of A-Z a-z 0-9 . _ : -")
 
 
 def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
@@ -51,24 +39,6 @@ def fold_address(address: str) -> str:
     """An address compared loosely: NFKC, no white space, one kind of dash."""
     folded = unicodedata.normalize("NFKC", address)
     return "".join(folded.split()).translate(_DASHES)
-
-
-def check_claim(claim: gateway_pb2.ClaimedIdentity, prefix: str = "claim") -> None:
-    """A claim names the resident code, or at least the name and the birth date."""
-    if claim.resident_code:
-        check_resident_code(claim.resident_code, f"{prefix}.resident_code")
-    elif not (claim.name and claim.birth_date):
-        raise InvalidArgument(prefix, "give the resident code, or at least name and birth date")
-    if claim.name:
-        check_name(claim.name, f"{prefix}.name")
-    if claim.name_kana:
-        check_kana(claim.name_kana, f"{prefix}.name_kana")
-    if claim.birth_date:
-        check_date(claim.birth_date, f"{prefix}.birth_date")
-    if claim.sex:
-        check_sex(claim.sex, f"{prefix}.sex")
-    if claim.address:
-        check_address(claim.address, f"{prefix}.address")
 
 
 def _item(claimed: object, matches: bool) -> int:

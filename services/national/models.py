@@ -3,7 +3,7 @@ resident code ever issued) and the provision records of what agencies received."
 
 from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table
 
-from jukinet.holdings import define_holdings
+from jukinet.delivery.store import define_holdings
 
 metadata = MetaData()
 holdings = define_holdings(metadata)

@@ -20,9 +20,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
+from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, Held
+from jukinet.delivery.store import HELD_FIELDS, HoldingStore
 from jukinet.errors import InvalidArgument
-from jukinet.holding_rules import ACTIVE, REMOVED, SUPERSEDED, Held
-from jukinet.holdings import HELD_FIELDS, HoldingStore
 from jukinet.names import fold_kana
 from jukinet.v1 import common_pb2
 from services.national.logic import fold_name, mint_candidates

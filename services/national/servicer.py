@@ -7,24 +7,24 @@ from typing import Any
 
 from jukinet.codes import check_resident_code, is_valid_resident_code, prefecture_of
 from jukinet.db import Database
+from jukinet.delivery.receiver import HoldingRpcs, HoldingService
+from jukinet.delivery.rules import Held
 from jukinet.errors import InvalidArgument, NotFound, PermissionDenied
-from jukinet.holding_rules import Held
-from jukinet.holding_service import HoldingRpcs, HoldingService
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
 from jukinet.v1 import common_pb2, delivery_pb2, gateway_pb2, national_pb2_grpc, provision_pb2
 from jukinet.validation import (
+    check_claim,
     check_date,
     check_kana,
     check_known_local_government,
     check_name,
+    check_pool_request,
     check_sex,
 )
 from services.national.connections import HeldConnections
 from services.national.logic import (
-    check_claim,
-    check_pool_request,
     choose_unique,
     provided,
     resolve_fields,

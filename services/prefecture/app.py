@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.config import PrefectureConfig
 from jukinet.db import Database
-from jukinet.holding_service import HoldingService
-from jukinet.holdings import HoldingStore
+from jukinet.delivery.outbox import Outbox, PendingEntry
+from jukinet.delivery.pusher import Pusher
+from jukinet.delivery.receiver import HoldingService
+from jukinet.delivery.store import HoldingStore
 from jukinet.identity import Identity, Kind
 from jukinet.interceptors import Rule
 from jukinet.metrics import NodeMetrics
-from jukinet.outbox import Outbox, PendingEntry
-from jukinet.pusher import Pusher
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import common_pb2, national_pb2_grpc, prefecture_pb2_grpc

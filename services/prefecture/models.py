@@ -3,8 +3,8 @@ the codes it handed down, and the relay outbox to the national node."""
 
 from sqlalchemy import MetaData
 
-from jukinet.holdings import define_holdings
-from jukinet.outbox import define_outbox
+from jukinet.delivery.outbox import define_outbox
+from jukinet.delivery.store import define_holdings
 
 metadata = MetaData()
 holdings = define_holdings(metadata)

@@ -8,14 +8,13 @@ import grpc
 
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
+from jukinet.delivery.outbox import Outbox
+from jukinet.delivery.receiver import HoldingRpcs, HoldingService
 from jukinet.errors import from_upstream
-from jukinet.holding_service import HoldingRpcs, HoldingService
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
-from jukinet.outbox import Outbox
 from jukinet.v1 import delivery_pb2, national_pb2_grpc, prefecture_pb2_grpc, provision_pb2
-from jukinet.validation import check_known_local_government
-from services.national.logic import check_pool_request
+from jukinet.validation import check_known_local_government, check_pool_request
 from services.prefecture.logic import authorize_pool_request
 
 MAX_POOL = 100_000

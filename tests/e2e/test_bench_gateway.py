@@ -30,7 +30,7 @@ def test_gateway_bench_runs_and_writes_its_figures(tmp_path: Path, pg_available:
     out.write_text(json.dumps({"earlier": {"kept": True}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUKINET_")}
     env["JUKINET_BENCH_PG_URL"] = PG_ADMIN_DSN
-    command = [sys.executable, "-m", "jukinet.bench", "--only", "gateway"]
+    command = [sys.executable, "-m", "bench.delivery", "--only", "gateway"]
     command += ["--residents", "2000", "--gateway-seconds", "0.5", "--batch-claims", "2000"]
     command += ["--out", str(out), "--markdown", str(markdown)]
     result = subprocess.run(

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from jukinet.localfed import LocalFederation
-from jukinet.population import PopulationGenerator
 from jukinet.v1 import (
     common_pb2,
     delivery_pb2,
@@ -22,6 +20,8 @@ from jukinet.v1 import (
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
+from tools.localfed import LocalFederation
+from tools.population import PopulationGenerator
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from jukinet.demo import AGREE, DISCLOSED, Expected, compare_disclosure, reconcile
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, provision_pb2
+from tools.demo import AGREE, DISCLOSED, Expected, compare_disclosure, reconcile
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 7  # national, gateway, two prefectures, three municipalities
@@ -20,7 +20,7 @@ NODES = 7  # national, gateway, two prefectures, three municipalities
 
 def _demo(workdir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "jukinet.cli", "demo",
+        sys.executable, "-m", "tools.demo",
         "--population", "300", "--workdir", str(workdir), *extra,
     ]  # fmt: skip
 

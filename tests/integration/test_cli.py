@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from gateway.registry import PurposeRegistry, load_registry
-from jukinet.agency_cli import verify_batch
-from jukinet.cli import main
+from jukinet.cli.agency import verify_batch
+from jukinet.cli.main import main
 from jukinet.codes import new_resident_code
 from jukinet.textwidth import display_width, table
 from jukinet.v1 import common_pb2, municipal_pb2

@@ -1,4 +1,4 @@
-"""Bulk import of a CSV register (jukinet.importer) into a real federation."""
+"""Bulk import of a CSV register (jukinet.cli.importer) into a real federation."""
 
 from __future__ import annotations
 
@@ -12,18 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from jukinet.importer import (
+from jukinet.cli.importer import (
     COLUMNS,
     CsvFormatError,
     ImportSummary,
     Rejection,
     import_csv,
     read_rows,
-    sample_rows,
-    write_sample,
 )
 from jukinet.v1 import delivery_pb2, municipal_pb2
 from tests.federation import Federation
+from tools.sample import sample_rows, write_sample
 
 CODE = "312011"
 OPERATOR = f"operator-{CODE}-admin"

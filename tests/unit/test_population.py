@@ -1,4 +1,4 @@
-"""Generated test populations (jukinet.population)."""
+"""Generated test populations (tools.population)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from jukinet import localgov
 from jukinet.codes import with_check_digit
 from jukinet.errors import InvalidArgument
-from jukinet.population import (
+from tools.population import (
     DEFAULT_AS_OF,
     MAX_AGE,
     NAME_SEPARATOR,

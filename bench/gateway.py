@@ -1,21 +1,21 @@
 """Benchmark of the agency gateway: ``Verify`` latency and throughput, ``VerifyBatch``,
 and a bare gRPC baseline measured in the same run.
 
-    python -m jukinet.bench --only gateway [--residents N] [--quick]
+    python -m bench.delivery --only gateway [--residents N] [--quick]
                             [--gateway-seconds S] [--batch-claims N]
 
 ``make bench`` runs it after the delivery benchmark. What it does:
 
 1. **Processes.** The national node (on a fresh PostgreSQL database, dropped
    afterwards) and the agency gateway run as real processes
-   (:class:`jukinet.localfed.LocalFederation`), with the federation's mTLS
+   (:class:`tools.localfed.LocalFederation`), with the federation's mTLS
    certificates. The benchmark process is the agency ``nenkin``: it calls the
    gateway with its certificate, for purpose ``NENKIN-EXISTENCE-CHECK``. The
    gateway reads a copy of the packaged purpose registry in which only that
    purpose's request quota is raised, so that the token bucket (10 requests/s
    in production) does not become the thing measured; everything else (the
    agencies, operations, fields and the batch cap of 1,000) is as packaged.
-2. **Store.** Residents are generated with :mod:`jukinet.population` (Faker
+2. **Store.** Residents are generated with :mod:`tools.population` (Faker
    ``ja_JP`` names with their readings, Japan Post addresses, Japan's age
    pyramid) in 20 municipalities across Japan, each with a fresh random
    resident code. They are written the way they reach the national node: code
@@ -83,8 +83,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from jukinet import localgov
-from jukinet.bench import (
+from bench.delivery import (
     PG_ADMIN_DSN,
     REPO,
     BenchError,
@@ -99,6 +98,7 @@ from jukinet.bench import (
     postgres_version,
     progress,
 )
+from jukinet import localgov
 from jukinet.client import tls_files
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import (
@@ -148,7 +148,7 @@ class GatewayPlan:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The gateway benchmark's options (on ``python -m jukinet.bench``)."""
+    """The gateway benchmark's options (on ``python -m bench.delivery``)."""
     parser.add_argument(
         "--residents",
         type=int,
@@ -232,7 +232,7 @@ class Loader:
 
     def __init__(self, url: str, municipalities: Sequence[str], seed: int) -> None:
         from jukinet.db import Database
-        from jukinet.holdings import HoldingStore
+        from jukinet.delivery.store import HoldingStore
         from services.national import models
 
         self.db = Database(url, pool_size=2)
@@ -262,7 +262,7 @@ class Loader:
 
     async def grow_to(self, total: int) -> dict[str, Any]:
         """Load residents until the store holds ``total``; returns timings."""
-        from jukinet.population import PopulationGenerator
+        from tools.population import PopulationGenerator
 
         want = split(total, len(self.municipalities))
         todo = sum(
@@ -618,7 +618,7 @@ class BaselineServer:
                 [
                     sys.executable,
                     "-m",
-                    "jukinet.bench_gateway",
+                    "bench.gateway",
                     "--serve-baseline",
                     str(self.port),
                     "--pki",
@@ -829,7 +829,7 @@ class Run:
         return {"identities": held, "sampled_get_identity_and_verify": len(sample)}
 
     async def execute(self) -> dict[str, Any]:
-        from jukinet.localfed import LocalFederation
+        from tools.localfed import LocalFederation
 
         plan = self.plan
         url = await self.dbs.url("gw_national")
@@ -1304,8 +1304,8 @@ def _history(g: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Only the baseline server lives here; run the benchmark with ``python -m jukinet.bench``."""
-    parser = argparse.ArgumentParser(prog="python -m jukinet.bench_gateway")
+    """Only the baseline server lives here; run the benchmark with ``python -m bench.delivery``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway")
     parser.add_argument("--serve-baseline", type=int, required=True, metavar="PORT")
     parser.add_argument("--pki", type=Path, required=True)
     args = parser.parse_args(argv)

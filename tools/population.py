@@ -250,7 +250,7 @@ class PopulationGenerator:
     def _rng(self, kind: str, code: str) -> random.Random:
         # A string seed is hashed with SHA-512 by random.seed, so the stream
         # is stable across processes and PYTHONHASHSEED values.
-        return random.Random(f"jukinet.population/{self.seed}/{kind}/{code}")
+        return random.Random(f"tools.population/{self.seed}/{kind}/{code}")
 
     def _age(self, rng: random.Random, lo: int, hi: int) -> int:
         cum = _age_cum_weights()

@@ -20,12 +20,12 @@ from typing import Any, cast
 import grpc
 
 from jukinet.db import Database
+from jukinet.delivery.outbox import Outbox
 from jukinet.errors import error_metadata
 from jukinet.metrics import NodeMetrics
-from jukinet.outbox import Outbox
 from jukinet.v1 import common_pb2, delivery_pb2
 
-log = logging.getLogger("jukinet.pusher")
+log = logging.getLogger("jukinet.delivery.pusher")
 
 # grpc.aio.EOF is missing from the type stubs.
 _EOF: Any = cast(Any, grpc.aio).EOF

@@ -98,14 +98,14 @@ from google.protobuf import json_format
 from gateway.logic import verification_outcome
 from gateway.quotas import RETRY_AFTER_KEY
 from gateway.registry import load_registry
-from jukinet.cli import SEX, _connection_options, _print, _run_call
+from jukinet.cli.common import SEX, connection_options, print_message, run_call
+from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
+from jukinet.cli.importer import parse_sex, positive_int
 from jukinet.client import connect, describe_error, tls_files
-from jukinet.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
+from jukinet.delivery.rules import PROVIDABLE_FIELDS
 from jukinet.errors import ConfigError, InvalidArgument, error_metadata
-from jukinet.holding_rules import PROVIDABLE_FIELDS
-from jukinet.importer import parse_sex, positive_int
 from jukinet.v1 import gateway_pb2, gateway_pb2_grpc
-from services.national.logic import check_claim
+from jukinet.validation import check_claim
 
 __all__ = [
     "BATCH_COLUMNS",
@@ -560,7 +560,7 @@ def _field_option(parser: argparse.ArgumentParser) -> None:
 
 def _print_all(message: Any) -> None:
     # A verification is all flags: false and "not claimed" are answers too.
-    _print(message, all_fields=True)
+    print_message(message, all_fields=True)
 
 
 def _resolve_batch_size(purpose: str, requested: int | None) -> int:
@@ -685,7 +685,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p = ops.add_parser(
         "verify", help="does a claim match the record? (match / no match, no personal data)"
     )
-    _connection_options(p)
+    connection_options(p)
     _purpose_option(p)
     p.add_argument("--code", default="", help="resident code claimed")
     p.add_argument("--name", default="", help="name claimed, e.g. '鳥取　花子'")
@@ -713,13 +713,13 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             verify_parser.error(
                 "claim at least one item: --code, --name, --kana, --birth-date, --sex or --address"
             )
-        return _run_call(a, verify, show=_print_all)
+        return run_call(a, verify, show=_print_all)
 
     p.set_defaults(func=run_verify)
 
     # retrieve ----------------------------------------------------------------------
     p = ops.add_parser("retrieve", help="one record, with only the purpose's fields")
-    _connection_options(p)
+    connection_options(p)
     _purpose_option(p)
     p.add_argument("code", help="resident code")
     p.add_argument("--as-of", type=_date, default="", help="the record as it stood on YYYY-MM-DD")
@@ -732,11 +732,11 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             )
         )
 
-    p.set_defaults(func=lambda a: _run_call(a, retrieve))
+    p.set_defaults(func=lambda a: run_call(a, retrieve))
 
     # search ------------------------------------------------------------------------
     p = ops.add_parser("search", help="candidates ranked by the four basic items")
-    _connection_options(p)
+    connection_options(p)
     _purpose_option(p)
     p.add_argument("--name", required=True, help="name, e.g. '髙橋　一郎' (variant kanji alike)")
     p.add_argument("--kana", default="", help="reading in katakana")
@@ -765,7 +765,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             )
         )
 
-    p.set_defaults(func=lambda a: _run_call(a, search))
+    p.set_defaults(func=lambda a: run_call(a, search))
 
     # verify-batch ------------------------------------------------------------------
     p = ops.add_parser(
@@ -774,7 +774,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description=__doc__[__doc__.index("verify-batch: the CSV format") :] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _connection_options(p)
+    connection_options(p)
     _purpose_option(p)
     p.add_argument("file", type=Path, help="CSV file (see the format above)")
     p.add_argument("--out", type=Path, help="write the JSON lines here instead of stdout")

@@ -1,7 +1,7 @@
 """Generate the Python code for protos/ into jukinet/v1, or check it has not drifted.
 
-python -m jukinet.protogen jukinet/v1          # regenerate
-python -m jukinet.protogen --check jukinet/v1  # exit 1 if the committed code differs
+python -m tools.protogen jukinet/v1          # regenerate
+python -m tools.protogen --check jukinet/v1  # exit 1 if the committed code differs
 """
 
 from __future__ import annotations

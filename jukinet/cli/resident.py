@@ -1,84 +1,14 @@
-"""The ``jukinet`` command: certificates, nodes, the register, agencies, and the demo.
-
-    jukinet pki federation --dir pki --municipality 312011 --operators --agency nenkin
-    jukinet run municipal --config municipality-312011.toml
-    jukinet resident birth --target 127.0.0.1:50311 --pki pki --as operator-312011-admin \\
-        --name "鳥取 花子" --kana "トットリ ハナコ" --birth-date 2026-11-01 --sex female \\
-        --address "鳥取県鳥取市東町1丁目1番1号"
-    jukinet resident disclose 12345678903 --format table --target 127.0.0.1:50311 \\
-        --pki pki --as operator-312011-admin
-    jukinet identity show 12345678903 --tier national --target 127.0.0.1:50100 \\
-        --pki pki --as operator-national-admin
-    jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 12345678903 \\
-        --target 127.0.0.1:50400 --pki pki --as agency-nenkin
-    jukinet agency retrieve 12345678903 --purpose NENKIN-ADDRESS-CHANGE --as-of 2025-04-01 ...
-    jukinet agency search --purpose MOFA-PASSPORT-ISSUE --name "髙橋 一郎" \\
-        --birth-date 1970-01-01 --max 3 --target 127.0.0.1:50400 --pki pki --as agency-mofa-passport
-    jukinet agency verify-batch recipients.csv --purpose NENKIN-EXISTENCE-CHECK \\
-        --out results.jsonl ...
-    jukinet import register.csv --target ... --pki pki --as operator-312011-admin
-    jukinet demo
-
-Connection options may come from JUKINET_TARGET, JUKINET_PKI and JUKINET_AS.
-Output is JSON (``agency verify-batch``: one JSON line per row; ``resident
-disclose --format table``: a table to print for the resident); errors are one
-line on stderr with the gRPC status and its reason, and a non-zero exit.
-"""
+"""``jukinet resident``: change or show the register of a municipality."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
-from jukinet import pki
-from jukinet.client import connect, describe_error
-from jukinet.errors import ConfigError
-from jukinet.v1 import (
-    delivery_pb2,
-    municipal_pb2,
-    municipal_pb2_grpc,
-    national_pb2_grpc,
-    prefecture_pb2_grpc,
-    provision_pb2,
-)
-
-SEX = {"male": 1, "female": 2}
-
-
-def _print(message: Message, *, all_fields: bool = False) -> None:
-    """``message`` as indented JSON; ``all_fields`` also prints false, zero and empty ones."""
-    print(
-        json.dumps(
-            json_format.MessageToDict(
-                message,
-                preserving_proto_field_name=True,
-                always_print_fields_with_no_presence=all_fields,
-            ),
-            ensure_ascii=False,
-            indent=2,
-        )
-    )
-
-
-def _connection_options(parser: argparse.ArgumentParser) -> None:
-    env = os.environ
-    parser.add_argument("--target", default=env.get("JUKINET_TARGET"), help="host:port of the node")
-    parser.add_argument("--pki", default=env.get("JUKINET_PKI", "pki"), help="PKI folder")
-    parser.add_argument(
-        "--as",
-        dest="identity",
-        default=env.get("JUKINET_AS"),
-        help="certificate name in the PKI folder, e.g. operator-312011-admin",
-    )
+from jukinet.cli.common import SEX, Call, connection_options, print_message, run_call
+from jukinet.v1 import municipal_pb2, municipal_pb2_grpc, provision_pb2
 
 
 def _person_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -103,50 +33,18 @@ def _person(args: argparse.Namespace) -> municipal_pb2.PersonDetails:
     )
 
 
-# Stub calls are typed loosely by the generated stubs; each returns a response message.
-Call = Callable[[grpc.aio.Channel, argparse.Namespace], Any]
-
-
-def _run_call(args: argparse.Namespace, call: Call, show: Callable[[Any], None] = _print) -> int:
-    if not args.target or not args.identity:
-        print(
-            "jukinet: --target and --as are required (or JUKINET_TARGET / JUKINET_AS)",
-            file=sys.stderr,
-        )
-        return 2
-
-    async def go() -> int:
-        channel = connect(args.target, args.pki, args.identity)
-        try:
-            result = await call(channel, args)
-        except grpc.aio.AioRpcError as exc:
-            print(f"jukinet: {describe_error(exc)}", file=sys.stderr)
-            return 1
-        finally:
-            await channel.close(grace=None)
-        if result is not None:
-            show(result)
-        return 0
-
-    try:
-        return asyncio.run(go())
-    except ConfigError as exc:
-        print(f"jukinet: {exc}", file=sys.stderr)
-        return 2
-
-
 def _municipal(channel: grpc.aio.Channel) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
     return municipal_pb2_grpc.MunicipalServiceStub(channel)
 
 
-def _resident_commands(sub: Any) -> None:
+def register_cli(sub: Any) -> None:
     resident = sub.add_parser("resident", help="change or show the register of a municipality")
     ops = resident.add_subparsers(dest="op", required=True)
 
     def op(name: str, help: str, call: Call) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = ops.add_parser(name, help=help)
-        _connection_options(p)
-        p.set_defaults(func=lambda a: _run_call(a, call))
+        connection_options(p)
+        p.set_defaults(func=lambda a: run_call(a, call))
         return p
 
     def birth(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
@@ -324,8 +222,8 @@ def _resident_commands(sub: Any) -> None:
         help="json (default), or a table to print for the resident",
     )
     p.set_defaults(
-        func=lambda a: _run_call(
-            a, disclose, show=_print if a.format == "json" else _print_disclosure
+        func=lambda a: run_call(
+            a, disclose, show=print_message if a.format == "json" else _print_disclosure
         )
     )
 
@@ -334,99 +232,3 @@ def _print_disclosure(response: provision_pb2.DiscloseResponse) -> None:
     from gateway.disclosure import format_disclosure
 
     print(format_disclosure(response))
-
-
-def _upper_stub(channel: grpc.aio.Channel, tier: str) -> Any:
-    if tier == "national":
-        return national_pb2_grpc.NationalServiceStub(channel)
-    return prefecture_pb2_grpc.PrefectureServiceStub(channel)
-
-
-def _identity_commands(sub: Any) -> None:
-    identity = sub.add_parser("identity", help="records held by a prefecture or the national node")
-    ops = identity.add_subparsers(dest="op", required=True)
-
-    show = ops.add_parser("show", help="one record as held, with its history")
-    _connection_options(show)
-    show.add_argument("code")
-    show.add_argument("--tier", choices=["prefecture", "national"], required=True)
-
-    async def do_show(ch: grpc.aio.Channel, a: argparse.Namespace) -> Message:
-        response: Message = await _upper_stub(ch, a.tier).GetIdentity(
-            delivery_pb2.GetIdentityRequest(resident_code=a.code)
-        )
-        return response
-
-    show.set_defaults(func=lambda a: _run_call(a, do_show))
-
-    status = ops.add_parser("status", help="delivery cursors and counts")
-    _connection_options(status)
-    status.add_argument("--tier", choices=["prefecture", "national"], required=True)
-
-    async def do_status(ch: grpc.aio.Channel, a: argparse.Namespace) -> Message:
-        response: Message = await _upper_stub(ch, a.tier).GetDeliveryStatus(
-            delivery_pb2.GetDeliveryStatusRequest()
-        )
-        return response
-
-    status.set_defaults(func=lambda a: _run_call(a, do_status))
-
-
-def _run_commands(sub: Any) -> None:
-    run = sub.add_parser("run", help="run a node from a config file")
-    run.add_argument("tier", choices=["national", "prefecture", "municipal", "gateway"])
-    run.add_argument("--config", help="TOML config file")
-
-    def go(a: argparse.Namespace) -> int:
-        from jukinet.config import MunicipalConfig, NationalConfig, PrefectureConfig
-        from jukinet.noderun import run_node
-
-        argv = ["--config", a.config] if a.config else []
-        if a.tier == "national":
-            from services.national.app import NationalApp
-
-            return run_node("national", NationalConfig, NationalApp, argv)
-        if a.tier == "prefecture":
-            from services.prefecture.app import PrefectureApp
-
-            return run_node("prefecture", PrefectureConfig, PrefectureApp, argv)
-        if a.tier == "gateway":
-            from gateway.app import GatewayApp
-            from jukinet.config import GatewayConfig
-
-            return run_node("gateway", GatewayConfig, GatewayApp, argv)
-        from services.municipal.app import MunicipalApp
-
-        return run_node("municipal", MunicipalConfig, MunicipalApp, argv)
-
-    run.set_defaults(func=go)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jukinet",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    pki.register_cli(sub)
-    _run_commands(sub)
-    _resident_commands(sub)
-    _identity_commands(sub)
-    from jukinet import agency_cli, demo, importer
-
-    agency_cli.register_cli(sub)
-    importer.register_cli(sub)
-    demo.register_cli(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database
+from jukinet.delivery.store import BatchResult, HoldingStore
 from jukinet.errors import InvalidArgument, JukinetError
-from jukinet.holdings import BatchResult, HoldingStore
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics

@@ -4,7 +4,7 @@ cursors: storage shared by the prefecture and the national node.
 :meth:`HoldingStore.apply_batch` is the receiving half of delivery: in one
 transaction it skips what was already applied, refuses a gap, checks codes
 against the pools, folds each notification into the records
-(:mod:`jukinet.holding_rules`), appends history and advances the cursors.
+(:mod:`jukinet.delivery.rules`), appends history and advances the cursors.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import Database, one_of
+from jukinet.delivery.rules import Held, decide
 from jukinet.errors import InvalidArgument, NotFound, SequenceGap
-from jukinet.holding_rules import Held, decide
 from jukinet.names import fold_kana, fold_name
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import NEW_CODE_REASONS

@@ -4,7 +4,6 @@
 
     jukinet import register.csv --target 127.0.0.1:50311 --pki pki \\
         --as operator-312011-admin [--batch 1000] [--rejects rejected.csv]
-    jukinet import-sample register.csv --municipality 312011 --count 3000 [--seed 1]
 
 The CSV format
 --------------
@@ -67,10 +66,8 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import datetime as dt
 import itertools
 import os
-import random
 import sys
 import time
 from collections import deque
@@ -82,10 +79,9 @@ from typing import IO, Any, cast
 
 import grpc
 
+from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
 from jukinet.client import connect, describe_error
-from jukinet.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
 from jukinet.errors import ConfigError
-from jukinet.population import DEFAULT_AS_OF, PopulationGenerator
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
 
 __all__ = [
@@ -100,10 +96,7 @@ __all__ = [
     "read_batches",
     "read_rows",
     "register_cli",
-    "sample_rows",
-    "write_csv",
     "write_rejections",
-    "write_sample",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -417,59 +410,6 @@ def write_rejections(path: Path | str, rejections: Sequence[Rejection]) -> None:
             )
 
 
-# --- sample files -----------------------------------------------------------
-
-
-def sample_rows(
-    municipality: str, count: int, *, seed: int = 1, as_of: dt.date = DEFAULT_AS_OF
-) -> Iterator[dict[str, str]]:
-    """``count`` realistic rows for ``municipality``, household by household.
-
-    Members of a household share ``household_id`` and the address; the
-    entry dates follow the household (each member registered when the
-    household settled there, or at birth if later). The same arguments give
-    the same rows.
-    """
-    gen = PopulationGenerator(seed, as_of=as_of)
-    rng = random.Random(f"jukinet.importer/{seed}/{municipality}")
-    n = 0
-    for h, household in enumerate(gen.households(municipality, count), start=1):
-        settled = as_of - dt.timedelta(days=rng.randint(0, 40 * 365))
-        household_id = f"{municipality}-{seed}-H{h:07d}"
-        for person in household.members:
-            n += 1
-            yield {
-                "source_id": f"{municipality}-{seed}-{n:08d}",
-                "name": person.name,
-                "name_kana": person.name_kana,
-                "former_surname": "",
-                "alias": "",
-                "birth_date": person.birth_date.isoformat(),
-                "sex": person.sex,
-                "address": household.address,
-                "household_id": household_id,
-                "registered_on": max(settled, person.birth_date).isoformat(),
-            }
-
-
-def write_sample(
-    path: Path | str, municipality: str, count: int, *, seed: int = 1, bom: bool = False
-) -> int:
-    """Write :func:`sample_rows` as a CSV file with a header; returns the rows written."""
-    written = 0
-    with Path(path).open("w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in sample_rows(municipality, count, seed=seed):
-            writer.writerow(row)
-            written += 1
-    return written
-
-
-write_csv = write_sample
-"""Another name for :func:`write_sample` (what the benchmark calls)."""
-
-
 # --- command line -----------------------------------------------------------
 
 
@@ -560,21 +500,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
-    try:
-        written = write_sample(
-            args.out, args.municipality, args.count, seed=args.seed, bom=args.bom
-        )
-    except Exception as exc:  # InvalidArgument for an unknown code, OSError
-        message = getattr(exc, "message", None) or str(exc)
-        print(f"jukinet import-sample: {message}", file=sys.stderr)
-        return 2
-    print(f"wrote {written} rows to {args.out}")
-    return 0
-
-
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``import`` and ``import-sample`` to a ``jukinet`` subcommand parser."""
+    """Add ``import`` to a ``jukinet`` subcommand parser."""
     env = os.environ
     p = subparsers.add_parser(
         "import",
@@ -607,13 +534,3 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--connect-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_import)
-
-    s = subparsers.add_parser(
-        "import-sample", help="write a realistic register CSV (households, addresses)"
-    )
-    s.add_argument("out", type=Path, help="CSV file to write")
-    s.add_argument("--municipality", required=True, help="local government code, e.g. 312011")
-    s.add_argument("--count", type=int, required=True, help="number of residents")
-    s.add_argument("--seed", type=int, default=1, help="same seed, same people (default 1)")
-    s.add_argument("--bom", action="store_true", help="start the file with a UTF-8 BOM")
-    s.set_defaults(func=_cmd_sample)

@@ -1,12 +1,12 @@
 """Benchmarks of the delivery pipeline, with bare baselines measured in the same run.
 
-    python -m jukinet.bench [--backend sqlite|postgres|both] [--notifications N]
+    python -m bench.delivery [--backend sqlite|postgres|both] [--notifications N]
                             [--municipalities K] [--batch B] [--quick] [--out FILE]
                             [--only delivery|gateway] [--residents N]
 
 This docstring describes the delivery benchmark; the agency gateway's
 (``--only gateway``, run after the delivery benchmark by default) is
-described in :mod:`jukinet.bench_gateway`.
+described in :mod:`bench.gateway`.
 
 Every node is a separate OS process on 127.0.0.1 with real mutual TLS and a
 database of its own (a fresh PostgreSQL database per node, dropped afterwards,
@@ -357,7 +357,7 @@ _SEX = {"male": common_pb2.SEX_MALE, "female": common_pb2.SEX_FEMALE}
 
 def import_rows(code: str, count: int, *, seed: int, prefix: str) -> list[municipal_pb2.ImportRow]:
     """``count`` realistic residents of ``code`` as ImportRows (households kept together)."""
-    from jukinet.population import PopulationGenerator
+    from tools.population import PopulationGenerator
 
     gen = PopulationGenerator(seed)
     rows: list[municipal_pb2.ImportRow] = []
@@ -813,11 +813,13 @@ async def measure_import(fed: Federation, plan: Plan, code: str, workdir: Path) 
     n = plan.import_count
     progress(f"{plan.backend}: bulk import of {n:,} residents into {code} (generating the CSV)")
     path = workdir / f"import-{code}.csv"
-    using = "jukinet.bench CSV reader"
+    using = "bench.delivery CSV reader"
     importer = _importer()
-    if importer is not None and hasattr(importer, "write_csv"):
-        importer.write_csv(path, code, n, seed=11)
-        using = "jukinet.importer"
+    if importer is not None:
+        from tools.sample import write_sample
+
+        write_sample(path, code, n, seed=11)
+        using = "jukinet.cli.importer"
     else:
         write_csv(path, import_rows(code, n, seed=11, prefix=f"csv-{code}"))
     stub = fed.operator(code)
@@ -825,7 +827,7 @@ async def measure_import(fed: Federation, plan: Plan, code: str, workdir: Path) 
     cpu = CpuMeter(fed)
     cpu.begin()
     started = time.monotonic()
-    if using == "jukinet.importer":
+    if using == "jukinet.cli.importer":
         assert importer is not None
         channel = fed.operator_channel(code)
         summary = await importer.import_csv(channel, path, batch=IMPORT_BATCH, progress=False)
@@ -857,7 +859,7 @@ async def measure_import(fed: Federation, plan: Plan, code: str, workdir: Path) 
 
 def _importer() -> Any:
     try:
-        import jukinet.importer as importer  # type: ignore[import-not-found,unused-ignore]
+        import jukinet.cli.importer as importer  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     return importer
@@ -1347,7 +1349,7 @@ async def measure_grpc_baseline(
     window: int,
 ) -> dict[str, Any]:
     port = free_port()
-    node = Node("grpc-baseline", "jukinet.bench", {}, "national", workdir, pki_dir)
+    node = Node("grpc-baseline", "bench.delivery", {}, "national", workdir, pki_dir)
     requests = [
         delivery_pb2.PushNotificationsRequest(
             entries=[
@@ -1369,7 +1371,7 @@ async def measure_grpc_baseline(
         [
             sys.executable,
             "-m",
-            "jukinet.bench",
+            "bench.delivery",
             "--serve-push-baseline",
             str(port),
             "--pki",
@@ -1527,7 +1529,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     results: dict[str, Any] = {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m jukinet.bench", *(shlex.quote(a) for a in sys.argv[1:])]),
+        "command": " ".join(["python -m bench.delivery", *(shlex.quote(a) for a in sys.argv[1:])]),
         "machine": facts,
         "parameters": params,
         "targets": {
@@ -1636,7 +1638,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`python -m jukinet.bench`; its module docstring describes",
+        "Written by `make bench` (`python -m bench.delivery`; its module docstring describes",
         "the method). Every run rewrites this file and `bench-results.json`; `--quick`",
         "runs are smaller and noisier.",
         "",
@@ -1753,7 +1755,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "   lookups and the checks, on the same 2 cores.",
         "4. **Bulk import.** A generated CSV streamed through ImportResidents "
         f"({IMPORT_BATCH:,} rows per",
-        "   message, `jukinet.importer`) into one municipal node while no prefecture runs:",
+        "   message, `jukinet.cli.importer`) into one municipal node while no prefecture runs:",
         "   the node's own ingest (checks, code pool, register rows, outbox entries).",
         "",
         "Layout: K municipalities spread over two prefectures (31 Tottori and 13 Tokyo,",
@@ -1779,13 +1781,13 @@ def render_markdown(r: dict[str, Any]) -> str:
 
 
 def _gateway_section(r: dict[str, Any]) -> list[str]:
-    """The gateway benchmark's section (jukinet.bench_gateway), if it ran."""
+    """The gateway benchmark's section (bench.gateway), if it ran."""
     g = r.get("gateway")
     if not isinstance(g, dict):
         return []
     if "skipped" in g:
         return ["## Agency gateway: Verify and VerifyBatch", "", f"Not measured: {g['skipped']}."]
-    from jukinet.bench_gateway import render_section
+    from bench.gateway import render_section
 
     return render_section(g)
 
@@ -1797,8 +1799,8 @@ def render_document(r: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`python -m jukinet.bench`). The delivery benchmark has not",
-        "run yet; `python -m jukinet.bench --only delivery` adds it.",
+        "Written by `make bench` (`python -m bench.delivery`). The delivery benchmark has not",
+        "run yet; `python -m bench.delivery --only delivery` adds it.",
         "",
         *_gateway_section(r),
     ]
@@ -1855,7 +1857,7 @@ def _comparison(r: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jukinet.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m bench.delivery", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--backend",
@@ -1901,7 +1903,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["delivery", "gateway"],
         help="run one benchmark (default: delivery, then gateway)",
     )
-    from jukinet import bench_gateway
+    from bench import gateway as bench_gateway
 
     bench_gateway.add_arguments(parser)
     parser.add_argument("--serve-push-baseline", type=int, help=argparse.SUPPRESS)
@@ -1960,8 +1962,8 @@ def _main_gateway(args: argparse.Namespace, plan: Any, results: dict[str, Any]) 
 
     Alone (``--only gateway``) it keeps the file's other contents; after the
     delivery benchmark it is skipped when no PostgreSQL server answers."""
-    import jukinet.bench as imported  # what bench_gateway raises: __main__ is a second copy
-    from jukinet import bench_gateway
+    import bench.delivery as imported  # what bench_gateway raises: __main__ is a second copy
+    from bench import gateway as bench_gateway
 
     if not results:
         with contextlib.suppress(OSError, ValueError):
@@ -1972,7 +1974,7 @@ def _main_gateway(args: argparse.Namespace, plan: Any, results: dict[str, Any]) 
         results["gateway"] = {"skipped": "no PostgreSQL server answered"}
         _write(args, results)
         return 0
-    command = " ".join(["python -m jukinet.bench", *(shlex.quote(a) for a in sys.argv[1:])])
+    command = " ".join(["python -m bench.delivery", *(shlex.quote(a) for a in sys.argv[1:])])
     code = 0
     try:
         results["gateway"] = asyncio.run(bench_gateway.run_gateway_bench(plan, command))

@@ -11,15 +11,15 @@ What it does, in order:
 1. creates a private PKI in the work folder (a certificate per node, an
    ``admin`` operator per organisation, and two agencies: 日本年金機構
    ``nenkin`` and the passport office ``mofa-passport``);
-2. starts a :class:`jukinet.localfed.LocalFederation`: a TOML config per node
+2. starts a :class:`tools.localfed.LocalFederation`: a TOML config per node
    (own SQLite file, own certificate, free ports on 127.0.0.1 for gRPC and
    Prometheus), the national node, the agency gateway, the prefectures 31
    (鳥取県) and 13 (東京都) and the municipalities 鳥取市 312011, 米子市
    312029 and 千代田区 131016, each as its own process (output in
    ``logs/<node>.log``), waiting for each to answer a gRPC health check over
    mutual TLS;
-3. loads a realistic population (:mod:`jukinet.population`, households sharing
-   an address) through the bulk import (:func:`jukinet.importer.import_csv`);
+3. loads a realistic population (:mod:`tools.population`, households sharing
+   an address) through the bulk import (:func:`jukinet.cli.importer.import_csv`);
 4. runs a day of life through the operator API: births into existing
    households, deaths, a household's relocation, a name change on marriage
    (with 旧氏), a resident-code change on request, moves within a prefecture
@@ -75,12 +75,10 @@ from gateway.disclosure import format_disclosure
 from gateway.logic import verification_outcome
 from gateway.registry import load_registry
 from jukinet import localgov
+from jukinet.cli.csvfile import CsvFormatError
+from jukinet.cli.importer import ImportSummary, import_csv
 from jukinet.client import describe_error
-from jukinet.csvfile import CsvFormatError
 from jukinet.errors import ConfigError
-from jukinet.importer import ImportSummary, import_csv, write_sample
-from jukinet.localfed import LocalFederation, Node, NodeFailed
-from jukinet.population import NAME_SEPARATOR, PopulationGenerator
 from jukinet.textwidth import pad
 from jukinet.v1 import (
     common_pb2,
@@ -94,6 +92,9 @@ from jukinet.v1 import (
     provision_pb2,
 )
 from jukinet.validation import today
+from tools.localfed import LocalFederation, Node, NodeFailed
+from tools.population import NAME_SEPARATOR, PopulationGenerator
+from tools.sample import write_sample
 
 __all__ = [
     "MUNICIPALITIES",
@@ -101,8 +102,8 @@ __all__ = [
     "DemoError",
     "Difference",
     "Node",
+    "main",
     "reconcile",
-    "register_cli",
     "run_demo",
 ]
 
@@ -415,7 +416,7 @@ class _Register:
 
 async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
     """Births, deaths, a relocation, a marriage, a code change, moves, an arrival."""
-    rng = random.Random(f"jukinet.demo/{seed}")
+    rng = random.Random(f"tools.demo/{seed}")
     d = today()
     day = DayOfLife()
     m = ops.municipal
@@ -1282,15 +1283,10 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(args)
-
-
-def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``demo`` to a ``jukinet`` subcommand parser."""
-    p = subparsers.add_parser(
-        "demo",
-        help="run a whole federation locally, a day of life, and check that the tiers agree",
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo: ``python -m tools.demo`` (what ``make demo`` calls)."""
+    p = argparse.ArgumentParser(
+        prog="python -m tools.demo",
         description=__doc__.split("\n\n", 1)[0] if __doc__ else None,
     )
     p.add_argument("--population", type=int, default=3000, help="residents in all (default 3000)")
@@ -1304,4 +1300,8 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--keep-running", action="store_true", help="leave the federation up until Ctrl-C"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_demo)
+    return run_demo(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from jukinet.holding_rules import ACTIVE, REMOVED, SUPERSEDED, Held, decide
+from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, Held, decide
 from jukinet.v1 import common_pb2 as pb
 
 CODE = "12345678903"

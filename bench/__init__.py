@@ -1,0 +1,1 @@
+"""Benchmarks of the federation, run on the local federation (``make bench``)."""

@@ -1,0 +1,5 @@
+"""The ``jukinet`` command: one module per command group."""
+
+from jukinet.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""The delivery of identity notifications: outbox, pusher, receiver, store and rules."""

@@ -1,0 +1,1 @@
+"""Developer tools run from a checkout: the demo, the local federation, sample data."""
