@@ -39,6 +39,7 @@ from jukinet.interceptors import (
 )
 from jukinet.tls import SERVER_OPTIONS, RevocationList, TlsFiles, secure_channel, server_credentials
 from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
+from tests.authz import EOF
 
 SERVICE = "/jukinet.v1.PrefectureService/"
 STATUS = SERVICE + "GetDeliveryStatus"
@@ -561,15 +562,17 @@ async def probe_call(
     """
     path = f"/{PROBE}/{method}"
     replies: list[bytes] = []
+    # Bytes in, bytes out: no serializers, which the (synchronous) stubs do not allow.
+    ch: Any = channel
     call: Any
     if method == "A":
-        call = channel.unary_unary(path)(b"hi", timeout=TIMEOUT)
+        call = ch.unary_unary(path)(b"hi", timeout=TIMEOUT)
     elif method in "BC":
-        call = channel.unary_stream(path)(b"hi", timeout=TIMEOUT)
+        call = ch.unary_stream(path)(b"hi", timeout=TIMEOUT)
     elif method == "D":
-        call = channel.stream_unary(path)(timeout=TIMEOUT)
+        call = ch.stream_unary(path)(timeout=TIMEOUT)
     else:
-        call = channel.stream_stream(path)(timeout=TIMEOUT)
+        call = ch.stream_stream(path)(timeout=TIMEOUT)
     if method in "DEF":
         with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
             for request in REQUESTS if write else ():
@@ -579,7 +582,7 @@ async def probe_call(
         if method in "AD":
             replies.append(await call)
         else:
-            while (reply := await call.read()) is not grpc.aio.EOF:
+            while (reply := await call.read()) is not EOF:
                 replies.append(reply)
     trailers = {k: v for k, v in await call.trailing_metadata() or () if isinstance(v, str)}
     return await call.code(), replies, trailers, await call.details() or ""
