@@ -7,11 +7,11 @@ call runs, it
 1. reads the verified peer certificate from ``context.auth_context()``,
 2. refuses it (UNAUTHENTICATED) if it is missing, revoked, or does not carry
    exactly one valid ``jukinet://`` URI SAN,
-3. checks the per-method rule table (built per service with
-   :func:`service_rules`, so that every key names a method the service has),
-   deny by default (PERMISSION_DENIED with
+3. checks the per-method rule table, deny by default (PERMISSION_DENIED with
    ``jukinet-reason`` in the trailing metadata); the gRPC health service is
-   open to any authenticated caller,
+   open to any authenticated caller. Nodes build their tables from the rule
+   combinators below with :func:`service_rules`, which names every key after
+   a method of the service's descriptor,
 4. makes the caller's :class:`~jukinet.identity.Identity` available to the
    handler through :func:`current_identity`, and
 5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
