@@ -8,25 +8,17 @@ from pathlib import Path
 
 import grpc
 
+from gateway.access import rules
 from gateway.quotas import Clock, Quotas
 from gateway.registry import PurposeRegistry, load_registry
 from gateway.servicer import GatewayServicer
 from jukinet.config import GatewayConfig
-from jukinet.identity import Kind
-from jukinet.interceptors import Rule, allow
 from jukinet.metrics import NodeMetrics
 from jukinet.server import MAX_MESSAGE, RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import gateway_pb2_grpc, national_pb2_grpc
 
 SERVICE = "jukinet.v1.GatewayService"
-METHODS = ("Verify", "Retrieve", "Search", "VerifyBatch")
-
-
-def rules() -> dict[str, Rule]:
-    """Agencies only: a node or operator certificate is refused."""
-    agency = allow(Kind.AGENCY)
-    return {f"/{SERVICE}/{m}": agency for m in METHODS}
 
 
 class GatewayApp:

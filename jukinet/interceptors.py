@@ -1,14 +1,17 @@
 """The one server interceptor: who is calling, may they, and how errors leave.
 
-:class:`AuthInterceptor` wraps every method handler (all four cardinalities)
-so that, when a call runs, it
+:class:`AuthInterceptor` wraps every method handler (all four cardinalities,
+async behaviours: a synchronous one is refused, never run) so that, when a
+call runs, it
 
 1. reads the verified peer certificate from ``context.auth_context()``,
 2. refuses it (UNAUTHENTICATED) if it is missing, revoked, or does not carry
    exactly one valid ``jukinet://`` URI SAN,
 3. checks the per-method rule table, deny by default (PERMISSION_DENIED with
    ``jukinet-reason`` in the trailing metadata); the gRPC health service is
-   open to any authenticated caller,
+   open to any authenticated caller. Nodes build their tables from the rule
+   combinators below with :func:`service_rules`, which names every key after
+   a method of the service's descriptor,
 4. makes the caller's :class:`~jukinet.identity.Identity` available to the
    handler through :func:`current_identity`, and
 5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
@@ -34,13 +37,14 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
 from cryptography import x509
+from google.protobuf.descriptor import ServiceDescriptor
 
 from jukinet.errors import JukinetError, PermissionDenied, Unauthenticated
 from jukinet.identity import (
@@ -155,6 +159,26 @@ def all_of(*rules: Rule) -> Rule:
         # all() of nothing is True; an empty conjunction must not open a door.
         return lambda identity: False
     return lambda identity: all(rule(identity) for rule in rules)
+
+
+def method_path(service: ServiceDescriptor, method: str) -> str:
+    """The full gRPC name ``/pkg.Service/Method`` of ``method``; ValueError if there is none."""
+    if method not in service.methods_by_name:
+        raise ValueError(f"{service.full_name} has no method {method!r}")
+    return f"/{service.full_name}/{method}"
+
+
+def service_rules(service: ServiceDescriptor, rules: Mapping[str, Rule]) -> dict[str, Rule]:
+    """The rule table of ``service``, keyed by full method name, from rules keyed by method.
+
+    The names are checked against the service's descriptor, so a rule for a
+    method the service does not have (a typo, a method renamed in the proto)
+    stops the node at start-up instead of silently denying that method forever.
+    """
+    unknown = sorted(set(rules) - set(service.methods_by_name))
+    if unknown:
+        raise ValueError(f"rules for methods {service.full_name} does not have: {unknown}")
+    return {method_path(service, method): rule for method, rule in rules.items()}
 
 
 # --- peer certificates -----------------------------------------------------------
@@ -383,52 +407,44 @@ def _unbind(token: contextvars.Token[Identity | None] | None) -> None:
         _identity.reset(token)
 
 
-_DONE = object()
+def _is_async(behavior: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
 
-def _blocking_requests(
-    requests: AsyncIterator[Any], loop: asyncio.AbstractEventLoop
-) -> Iterator[Any]:
-    """Let a synchronous handler (in a worker thread) read an async request stream."""
+def _never_run(behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[NoReturn]]:
+    """What stands in for a synchronous behaviour: it is refused, never run.
 
-    async def receive() -> Any:
-        return await anext(requests)
+    Every servicer of a node is async. The only synchronous behaviours an
+    asyncio server meets are the generated base-class stubs of methods a
+    servicer does not implement (UNIMPLEMENTED); anything else is a wiring
+    bug, and running it would block the event loop, so it fails as INTERNAL
+    (logged in full by the translation). Either way it runs after the
+    authorization check, so a caller the table refuses learns nothing more.
+    """
+    generated = getattr(behavior, "__module__", "").endswith("_pb2_grpc")
 
-    while True:
-        try:
-            yield asyncio.run_coroutine_threadsafe(receive(), loop).result()
-        except StopAsyncIteration:
-            return
+    async def refuse(request: Any, context: Context) -> NoReturn:
+        if generated:
+            raise NotImplementedError(f"{method} is not implemented")
+        raise TypeError(f"the handler of {method} is synchronous; an asyncio server runs none")
 
-
-async def _call_unary(
-    behavior: Callable[..., Any], request: Any, context: Context, streaming: bool
-) -> Any:
-    if inspect.iscoroutinefunction(behavior):
-        return await behavior(request, context)
-    # A synchronous handler would block the event loop; run it in a thread as
-    # gRPC itself would. to_thread copies the context, so the identity goes along.
-    if streaming:
-        request = _blocking_requests(request, asyncio.get_running_loop())
-    result = await asyncio.to_thread(behavior, request, context)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    return refuse
 
 
 def _unary_response(
-    behavior: Callable[..., Any],
+    behavior: Callable[..., Awaitable[Any]],
     method: str,
     authorize: Authorize,
-    streaming: bool,
     on_finished: FinishHook | None,
 ) -> Callable[..., Awaitable[Any]]:
+    """Guard a coroutine behaviour: one response, or a reader/writer-style stream."""
+
     async def guarded(request: Any, context: Context) -> Any:
         token = None
         timer = _Timer(on_finished, method)
         try:
             token = _bind(authorize, context)
-            return await _call_unary(behavior, request, context, streaming)
+            return await behavior(request, context)
         except BaseException as exc:
             timer.failure = exc
             await _translate(exc, method, context)
@@ -443,37 +459,23 @@ def _stream_response(
     behavior: Callable[..., Any],
     method: str,
     authorize: Authorize,
-    streaming: bool,
     on_finished: FinishHook | None,
 ) -> Callable[..., Any]:
-    if inspect.iscoroutinefunction(behavior):
+    """Guard a behaviour with a response stream."""
+    if not inspect.isasyncgenfunction(behavior):
         # A reader/writer-style handler (context.write) returns nothing;
         # keep it a coroutine so gRPC drives it the same way.
-        return _unary_response(behavior, method, authorize, streaming, on_finished)
+        return _unary_response(behavior, method, authorize, on_finished)
 
     async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
         token = None
-        responses: Any = None
+        responses: AsyncGenerator[Any, None] | None = None
         timer = _Timer(on_finished, method)
         try:
             token = _bind(authorize, context)
-            if inspect.isasyncgenfunction(behavior):
-                responses = behavior(request, context)
-                async for response in responses:
-                    yield response
-            else:
-                if streaming:
-                    request = _blocking_requests(request, asyncio.get_running_loop())
-                # A synchronous handler: each step runs in a worker thread (as
-                # gRPC would run it) so a blocking body cannot stall the loop.
-                responses = await asyncio.to_thread(behavior, request, context)
-                if hasattr(responses, "__aiter__"):
-                    async for response in responses:
-                        yield response
-                else:
-                    responses = iter(responses)
-                    while (item := await asyncio.to_thread(next, responses, _DONE)) is not _DONE:
-                        yield item
+            responses = behavior(request, context)
+            async for response in responses:
+                yield response
         except BaseException as exc:
             timer.failure = exc
             await _translate(exc, method, context)
@@ -481,13 +483,8 @@ def _stream_response(
             timer.done()
             # Close the handler's generator here, in this call, so its own
             # cleanup (finally blocks, transactions) runs now and not at GC.
-            if inspect.isasyncgen(responses):
+            if responses is not None:
                 await responses.aclose()
-            elif inspect.isgenerator(responses):
-                # ValueError: still running in its worker thread after a
-                # cancellation; it stops at its next step on its own.
-                with contextlib.suppress(ValueError):
-                    responses.close()
             _unbind(token)
 
     return guarded
@@ -504,21 +501,29 @@ def _wrap_handler(
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
+
+    def behaviour(given: Callable[..., Any]) -> Callable[..., Any]:
+        return given if _is_async(given) else _never_run(given, method)
+
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _unary_response(handler.unary_unary, method, authorize, False, on_finished), **kwargs
+            _unary_response(behaviour(handler.unary_unary), method, authorize, on_finished),
+            **kwargs,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _unary_response(handler.stream_unary, method, authorize, True, on_finished), **kwargs
+            _unary_response(behaviour(handler.stream_unary), method, authorize, on_finished),
+            **kwargs,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _stream_response(handler.unary_stream, method, authorize, False, on_finished), **kwargs
+            _stream_response(behaviour(handler.unary_stream), method, authorize, on_finished),
+            **kwargs,
         )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            _stream_response(handler.stream_stream, method, authorize, True, on_finished), **kwargs
+            _stream_response(behaviour(handler.stream_stream), method, authorize, on_finished),
+            **kwargs,
         )
     # A handler with no behaviour cannot be served; refuse to pass it through
     # unguarded rather than guess.

@@ -12,44 +12,17 @@ from jukinet.config import MunicipalConfig
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
-from jukinet.identity import Identity, Kind
-from jukinet.interceptors import Rule
 from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc
 from services.municipal import models
+from services.municipal.access import rules
 from services.municipal.register import PoolKeeper, Register
 from services.municipal.servicer import MunicipalServicer
 
 SERVICE = "jukinet.v1.MunicipalService"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-OPERATOR_METHODS = (
-    "RegisterBirth",
-    "MoveIn",
-    "Relocate",
-    "ChangeName",
-    "MoveOut",
-    "RecordDeath",
-    "ChangeResidentCode",
-    "EnterExOfficio",
-    "Amend",
-    "RemoveExOfficio",
-    "GetResident",
-    "ExportResidents",
-    "ImportResidents",
-    "GetStatus",
-    "DiscloseProvisions",
-)
-
-
-def rules(local_government_code: str) -> dict[str, Rule]:
-    """Operators of this municipality, and no one else, run the register."""
-
-    def own_operator(identity: Identity) -> bool:
-        return identity.kind is Kind.OPERATOR and identity.code == local_government_code
-
-    return {f"/{SERVICE}/{m}": own_operator for m in OPERATOR_METHODS}
 
 
 class MunicipalApp:

@@ -12,12 +12,11 @@ from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.delivery.receiver import HoldingService
 from jukinet.delivery.store import HoldingStore
-from jukinet.identity import Identity, Kind
-from jukinet.interceptors import Rule
 from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
 from services.national import models
+from services.national.access import rules
 from services.national.connections import HeldConnections
 from services.national.provisions import ProvisionLog, retention_job
 from services.national.servicer import NationalServicer, authorize_prefecture_origin
@@ -27,40 +26,6 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Lookups for agencies at once on kept connections (the gateway sends a few
 # calls at a time; more wait for a connection).
 HELD_READ_CONNECTIONS = 4
-
-
-def _prefecture(identity: Identity) -> bool:
-    return identity.kind is Kind.PREFECTURE
-
-
-def _national_operator(identity: Identity) -> bool:
-    return identity.kind is Kind.OPERATOR and identity.code == "national"
-
-
-def _gateway(identity: Identity) -> bool:
-    return identity.kind is Kind.GATEWAY
-
-
-def _discloser(identity: Identity) -> bool:
-    """Prefectures relay a municipal counter's disclosure request; national operators."""
-    return _prefecture(identity) or _national_operator(identity)
-
-
-def rules() -> dict[str, Rule]:
-    """Who may call each method."""
-    m = f"/{SERVICE}/"
-    return {
-        m + "PushNotifications": _prefecture,
-        m + "AllocateCodePool": _prefecture,
-        m + "GetIdentity": _national_operator,
-        m + "ExportIdentities": _national_operator,
-        m + "GetDeliveryStatus": _national_operator,
-        m + "ProvideVerification": _gateway,
-        m + "ProvideRecord": _gateway,
-        m + "ProvideSearch": _gateway,
-        m + "RecordDenial": _gateway,
-        m + "Disclose": _discloser,
-    }
 
 
 class NationalApp:

@@ -16,38 +16,17 @@ from jukinet.delivery.outbox import Outbox, PendingEntry
 from jukinet.delivery.pusher import Pusher
 from jukinet.delivery.receiver import HoldingService
 from jukinet.delivery.store import HoldingStore
-from jukinet.identity import Identity, Kind
-from jukinet.interceptors import Rule
 from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import common_pb2, national_pb2_grpc, prefecture_pb2_grpc
 from services.prefecture import models
+from services.prefecture.access import rules
 from services.prefecture.logic import authorize_municipal_origin
 from services.prefecture.servicer import PrefectureServicer
 
 SERVICE = "jukinet.v1.PrefectureService"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-
-
-def rules(prefecture_code: str) -> dict[str, Rule]:
-    """Who may call each method of prefecture ``prefecture_code``."""
-
-    def own_municipality(identity: Identity) -> bool:
-        return identity.kind is Kind.MUNICIPALITY and identity.code[:2] == prefecture_code
-
-    def own_operator(identity: Identity) -> bool:
-        return identity.kind is Kind.OPERATOR and identity.code == prefecture_code
-
-    m = f"/{SERVICE}/"
-    return {
-        m + "PushNotifications": own_municipality,
-        m + "AllocateCodePool": own_municipality,
-        m + "GetIdentity": own_operator,
-        m + "ExportIdentities": own_operator,
-        m + "GetDeliveryStatus": own_operator,
-        m + "Disclose": own_municipality,
-    }
 
 
 class PrefectureApp:

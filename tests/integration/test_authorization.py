@@ -1,10 +1,13 @@
-"""Every authorization rule of the three node tiers, from its negative side:
-who is turned away, with which status and reason, and that nothing they sent
-was applied. Real nodes, real mutual TLS."""
+"""Authorization beyond the per-method tables, from its negative side: the
+handshake, the object-level rules (whose notifications, whose pool) and
+revocation; who is turned away, with which status and reason, and that
+nothing they sent was applied. Real nodes, real mutual TLS.
+
+The per-method tables themselves are covered by the generated matrix in
+``test_authorization_matrix.py``."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import shutil
@@ -28,6 +31,10 @@ from jukinet.v1 import (
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
+from services.municipal import access as municipal_access
+from services.national import access as national_access
+from services.prefecture import access as prefecture_access
+from tests.authz import Outcome, call_method, trailers
 from tests.federation import Databases, Federation
 
 TIMEOUT = 15
@@ -39,13 +46,11 @@ YONAGO = "312029"
 CHIYODA = "131016"
 SOME_CODE = "12345678903"  # valid check digit
 
-STUBS: dict[str, Any] = {
-    "municipal": municipal_pb2_grpc.MunicipalServiceStub,
-    "prefecture": prefecture_pb2_grpc.PrefectureServiceStub,
-    "national": national_pb2_grpc.NationalServiceStub,
+SERVICES = {
+    "municipal": municipal_access.SERVICE,
+    "prefecture": prefecture_access.SERVICE,
+    "national": national_access.SERVICE,
 }
-STREAM_STREAM = {"PushNotifications", "ImportResidents"}
-UNARY_STREAM = {"ExportIdentities", "ExportResidents"}
 
 
 def person() -> M.PersonDetails:
@@ -63,62 +68,21 @@ def request_for(method: str) -> Any:
     return {
         "RegisterBirth": M.RegisterBirthRequest(person=person()),
         "GetResident": M.GetResidentRequest(resident_code=SOME_CODE),
-        "GetStatus": M.GetMunicipalStatusRequest(),
-        "ExportResidents": M.ExportResidentsRequest(),
         "AllocateCodePool": delivery_pb2.AllocateCodePoolRequest(
             municipality_code=TOTTORI, count=5, request_id="authz-probe-0001"
         ),
         "GetIdentity": delivery_pb2.GetIdentityRequest(resident_code=SOME_CODE),
-        "ExportIdentities": delivery_pb2.ExportIdentitiesRequest(),
-        "GetDeliveryStatus": delivery_pb2.GetDeliveryStatusRequest(),
-    }[method]
-
-
-def metadata(pairs: Any) -> dict[str, str]:
-    return {k: v for k, v in pairs or () if isinstance(v, str)}
-
-
-@dataclasses.dataclass
-class Outcome:
-    code: grpc.StatusCode
-    meta: dict[str, str]
-    details: str
+    }.get(method)
 
 
 async def invoke(
     channel: grpc.aio.Channel, tier: str, method: str, writes: list[Any] | None = None
 ) -> Outcome:
     """Call ``method`` and report the final status, whatever its cardinality."""
-    stub = STUBS[tier](channel)
-    rpc = getattr(stub, method)
-    if method in STREAM_STREAM:
-        # Reader/writer style: a client still writing when the server ends the
-        # call may see INTERNAL instead of the server's status (grpc/grpc#36066).
-        call = rpc(timeout=TIMEOUT)
-        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-            for message in writes or ():
-                await call.write(message)
-            await call.done_writing()
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            while await call.read() is not grpc.aio.EOF:
-                pass
-        outcome = Outcome(
-            await call.code(), metadata(await call.trailing_metadata()), await call.details()
-        )
-        if writes and outcome.code == grpc.StatusCode.INTERNAL and "from Core" in outcome.details:
-            # That race (grpc/grpc#36066) hid the server's status: ask again without
-            # writing, which still shows whether the call is refused.
-            return await invoke(channel, tier, method, None)
-        return outcome
-    try:
-        if method in UNARY_STREAM:
-            async for _ in rpc(request_for(method), timeout=TIMEOUT):
-                pass
-        else:
-            await rpc(request_for(method), timeout=TIMEOUT)
-    except grpc.aio.AioRpcError as err:
-        return Outcome(err.code(), metadata(err.trailing_metadata()), err.details() or "")
-    return Outcome(grpc.StatusCode.OK, {}, "")
+    service = SERVICES[tier]
+    return await call_method(
+        channel, service, service.methods_by_name[method], request_for(method), writes or ()
+    )
 
 
 def port_of(fed: Federation, tier: str, code: str = "") -> int:
@@ -230,131 +194,8 @@ async def test_certificate_from_another_ca_fails_the_handshake(
     assert await snapshot(fed) == before
 
 
-# --- authorization: the per-method tables ------------------------------------------
-
-# (tier, node code, certificate name, method): every one must be refused.
-WRONG_CALLERS: list[tuple[str, str, str, str]] = [
-    # The national node's delivery and pools: prefectures only.
-    *[
-        ("national", "", name, method)
-        for method in ("PushNotifications", "AllocateCodePool")
-        for name in (
-            f"municipality-{TOTTORI}",
-            "agency-nenkin",
-            "gateway",
-            "operator-national-admin",
-            "operator-31-admin",
-            f"operator-{TOTTORI}-admin",
-            "national",
-        )
-    ],
-    # The national node's reads: national operators only.
-    *[
-        ("national", "", name, method)
-        for method in ("GetIdentity", "ExportIdentities", "GetDeliveryStatus")
-        for name in (
-            "operator-31-admin",
-            f"operator-{TOTTORI}-admin",
-            "prefecture-31",
-            f"municipality-{TOTTORI}",
-            "agency-nenkin",
-            "agency-mofa-passport",
-            "gateway",
-        )
-    ],
-    # A prefecture's delivery and pools: its own municipalities only.
-    *[
-        ("prefecture", "31", name, method)
-        for method in ("PushNotifications", "AllocateCodePool")
-        for name in (
-            f"municipality-{CHIYODA}",
-            "agency-nenkin",
-            "gateway",
-            "operator-31-admin",
-            f"operator-{TOTTORI}-admin",
-            "operator-national-admin",
-            "prefecture-31",
-            "prefecture-13",
-            "national",
-        )
-    ],
-    # A prefecture's reads: its own operators only.
-    *[
-        ("prefecture", "31", name, method)
-        for method in ("GetIdentity", "ExportIdentities", "GetDeliveryStatus")
-        for name in (
-            "operator-13-admin",
-            f"operator-{TOTTORI}-admin",
-            "operator-national-admin",
-            f"municipality-{TOTTORI}",
-            "prefecture-31",
-            "national",
-            "agency-nenkin",
-        )
-    ],
-    # A municipal node: its own operators only, for every method.
-    *[
-        ("municipal", TOTTORI, name, method)
-        for method in (
-            "RegisterBirth",
-            "GetResident",
-            "GetStatus",
-            "ExportResidents",
-            "ImportResidents",
-        )
-        for name in (
-            f"operator-{YONAGO}-admin",
-            f"operator-{CHIYODA}-admin",
-            "operator-31-admin",
-            "operator-national-admin",
-            f"municipality-{TOTTORI}",
-            f"municipality-{YONAGO}",
-            "prefecture-31",
-            "national",
-            "agency-nenkin",
-        )
-    ],
-]
-
-
-async def test_every_wrong_caller_is_permission_denied(fed: Federation) -> None:
-    before = await snapshot(fed)
-    failures = []
-    for tier, code, name, method in WRONG_CALLERS:
-        channel = fed.channel(port_of(fed, tier, code), name)
-        # A push that would be applied if it got through.
-        writes = (
-            [push_batch(notification(TOTTORI, 1, SOME_CODE))]
-            if method == "PushNotifications"
-            else [M.ImportResidentsRequest()]
-            if method == "ImportResidents"
-            else None
-        )
-        outcome = await invoke(channel, tier, method, writes)
-        if (
-            outcome.code != grpc.StatusCode.PERMISSION_DENIED
-            or outcome.meta.get("jukinet-reason") != "wrong-identity"
-            or method not in outcome.details
-        ):
-            failures.append((tier, name, method, outcome))
-    assert failures == []
-    assert await snapshot(fed) == before
-
-
-async def test_the_right_callers_get_in(fed: Federation) -> None:
-    """The positive side of the same table, so that the denials above mean something."""
-    for tier, code, name, method in [
-        ("municipal", TOTTORI, f"operator-{TOTTORI}-admin", "GetStatus"),
-        ("prefecture", "31", "operator-31-admin", "GetDeliveryStatus"),
-        ("prefecture", "13", "operator-13-admin", "ExportIdentities"),
-        ("national", "", "operator-national-admin", "ExportIdentities"),
-    ]:
-        outcome = await invoke(fed.channel(port_of(fed, tier, code), name), tier, method)
-        assert outcome.code == grpc.StatusCode.OK, (tier, name, method, outcome)
-    pool = await prefecture_pb2_grpc.PrefectureServiceStub(
-        fed.channel(fed.prefecture_ports["31"], f"municipality-{TOTTORI}")
-    ).AllocateCodePool(request_for("AllocateCodePool"), timeout=TIMEOUT)
-    assert len(pool.resident_codes) == 5
+# --- authorization: what the per-method tables cannot see ---------------------------
+# The tables themselves: the generated matrix in test_authorization_matrix.py.
 
 
 async def test_municipality_of_another_prefecture_cannot_push(fed: Federation) -> None:
@@ -453,7 +294,7 @@ async def test_pool_only_for_ones_own(fed: Federation) -> None:
             timeout=TIMEOUT,
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert metadata(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
+    assert trailers(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
 
     # A municipality asks its prefecture for another municipality's pool.
     for asker, other in ((TOTTORI, YONAGO), (YONAGO, TOTTORI)):
@@ -468,7 +309,7 @@ async def test_pool_only_for_ones_own(fed: Federation) -> None:
                 timeout=TIMEOUT,
             )
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert metadata(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
+        assert trailers(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
     own = await national_as_31.AllocateCodePool(
         delivery_pb2.AllocateCodePoolRequest(
             municipality_code=YONAGO, count=5, request_id="authz-pool-yonago-own"

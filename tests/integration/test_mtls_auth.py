@@ -3,10 +3,11 @@ the per-method authorization table, and error translation."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from jukinet.interceptors import (
 )
 from jukinet.tls import SERVER_OPTIONS, RevocationList, TlsFiles, secure_channel, server_credentials
 from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
+from tests.authz import EOF
 
 SERVICE = "/jukinet.v1.PrefectureService/"
 STATUS = SERVICE + "GetDeliveryStatus"
@@ -469,60 +471,185 @@ async def test_generated_stub_of_an_unimplemented_method_is_unimplemented(
         assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
-async def test_client_streaming_and_synchronous_handlers(
-    federation: Pki, start_server: StartServer
-) -> None:
-    # PrefectureService has no client-streaming method; a generic handler
-    # covers that cardinality, plus synchronous behaviours run in a thread.
-    async def count(requests: AsyncIterator[bytes], context: Any) -> bytes:
-        n = sum([1 async for _ in requests])
-        return f"{current_identity().uri} sent {n}".encode()
+# Generic handlers of every cardinality, async as every servicer is: each
+# records that its body ran, and answers with what it saw of the caller.
+PROBE = "test.Probe"
+PROBE_RULES = {f"/{PROBE}/{m}": allow(Kind.MUNICIPALITY) for m in ("A", "B", "C", "D", "E", "F")}
+REQUESTS = [b"x", b"y", b"z"]
 
-    def sync_count(requests: Any, context: Any) -> bytes:
-        return f"{current_identity().uri} sent {len(list(requests))}".encode()
 
-    def sync_echo(request: bytes, context: Any) -> Any:
+def probe_handlers(ran: list[str]) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    async def unary_unary(request: bytes, context: Any) -> bytes:
+        ran.append("unary_unary")
+        return request + b" from " + current_identity().uri.encode()
+
+    async def unary_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        ran.append("unary_stream")
         yield request
         yield current_identity().uri.encode()
 
-    handlers = {
-        "Count": grpc.stream_unary_rpc_method_handler(count),
-        "SyncCount": grpc.stream_unary_rpc_method_handler(sync_count),
-        "SyncEcho": grpc.unary_stream_rpc_method_handler(sync_echo),
+    async def unary_stream_writer(request: bytes, context: Any) -> None:
+        ran.append("unary_stream_writer")
+        await context.write(request)
+        await context.write(current_identity().uri.encode())
+
+    async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        ran.append("stream_unary")
+        got = [r async for r in requests]
+        return b"".join(got) + b" from " + current_identity().uri.encode()
+
+    async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        ran.append("stream_stream")
+        async for r in requests:
+            yield r + b" from " + current_identity().uri.encode()
+
+    async def stream_stream_writer(requests: AsyncIterator[bytes], context: Any) -> None:
+        ran.append("stream_stream_writer")
+        async for r in requests:
+            await context.write(r + b" from " + current_identity().uri.encode())
+
+    return {
+        "A": grpc.unary_unary_rpc_method_handler(unary_unary),
+        "B": grpc.unary_stream_rpc_method_handler(unary_stream),
+        "C": grpc.unary_stream_rpc_method_handler(unary_stream_writer),
+        "D": grpc.stream_unary_rpc_method_handler(stream_unary),
+        "E": grpc.stream_stream_rpc_method_handler(stream_stream),
+        "F": grpc.stream_stream_rpc_method_handler(stream_stream_writer),
     }
-    files = federation.server_files()
-    rules = {f"/test.Probe/{m}": allow(Kind.MUNICIPALITY) for m in handlers}
-    server = grpc.aio.server(interceptors=[AuthInterceptor(rules)])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Probe", handlers)])
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(files))
+
+
+def sync_handlers(ran: list[str]) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """Synchronous behaviours of every cardinality: none of them may run."""
+
+    def one(request: Any, context: Any) -> bytes:
+        ran.append("sync")
+        return b"ran"
+
+    def many(request: Any, context: Any) -> Iterator[bytes]:
+        ran.append("sync")
+        yield b"ran"
+
+    return {
+        "A": grpc.unary_unary_rpc_method_handler(one),
+        "B": grpc.unary_stream_rpc_method_handler(many),
+        "D": grpc.stream_unary_rpc_method_handler(one),
+        "E": grpc.stream_stream_rpc_method_handler(many),
+    }
+
+
+@contextlib.asynccontextmanager
+async def probe_server(
+    federation: Pki, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+) -> AsyncIterator[int]:
+    server = grpc.aio.server(interceptors=[AuthInterceptor(PROBE_RULES)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(PROBE, handlers)])
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(federation.server_files()))
     await server.start()
-
-    async def three() -> AsyncIterator[bytes]:
-        for _ in range(3):
-            yield b"x"
-
     try:
+        yield port
+    finally:
+        await server.stop(None)
+
+
+async def probe_call(
+    channel: grpc.aio.Channel, method: str, *, write: bool
+) -> tuple[grpc.StatusCode, list[bytes], dict[str, str], str]:
+    """Call probe ``method`` (its letter picks the cardinality); status, replies, trailers.
+
+    With ``write`` false a client-streaming call sends nothing: a client still
+    writing when the server ends the call can see INTERNAL "Internal error
+    from Core" instead of the server's status (grpc/grpc#36066).
+    """
+    path = f"/{PROBE}/{method}"
+    replies: list[bytes] = []
+    # Bytes in, bytes out: no serializers, which the (synchronous) stubs do not allow.
+    ch: Any = channel
+    call: Any
+    if method == "A":
+        call = ch.unary_unary(path)(b"hi", timeout=TIMEOUT)
+    elif method in "BC":
+        call = ch.unary_stream(path)(b"hi", timeout=TIMEOUT)
+    elif method == "D":
+        call = ch.stream_unary(path)(timeout=TIMEOUT)
+    else:
+        call = ch.stream_stream(path)(timeout=TIMEOUT)
+    if method in "DEF":
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            for request in REQUESTS if write else ():
+                await call.write(request)
+            await call.done_writing()
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        if method in "AD":
+            replies.append(await call)
+        else:
+            while (reply := await call.read()) is not EOF:
+                replies.append(reply)
+    trailers = {k: v for k, v in await call.trailing_metadata() or () if isinstance(v, str)}
+    return await call.code(), replies, trailers, await call.details() or ""
+
+
+CALLER = b"jukinet://municipality/131016"
+PROBE_REPLIES = {
+    "A": [b"hi from " + CALLER],
+    "B": [b"hi", CALLER],
+    "C": [b"hi", CALLER],
+    "D": [b"xyz from " + CALLER],
+    "E": [r + b" from " + CALLER for r in REQUESTS],
+    "F": [r + b" from " + CALLER for r in REQUESTS],
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "behaviour"),
+    [
+        ("A", "unary_unary"),
+        ("B", "unary_stream"),
+        ("C", "unary_stream_writer"),
+        ("D", "stream_unary"),
+        ("E", "stream_stream"),
+        ("F", "stream_stream_writer"),
+    ],
+)
+async def test_every_cardinality_is_guarded(federation: Pki, method: str, behaviour: str) -> None:
+    ran: list[str] = []
+    async with probe_server(federation, probe_handlers(ran)) as port:
+        async with secure_channel(f"127.0.0.1:{port}", federation.files("national")) as ch:
+            code, replies, trailers, details = await probe_call(ch, method, write=False)
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        assert trailers["jukinet-reason"] == "wrong-identity"
+        assert f"/{PROBE}/{method}" in details
+        assert replies == []
+        assert ran == []  # refused before the body ran
         async with secure_channel(
             f"127.0.0.1:{port}", federation.files("municipality-131016")
         ) as ch:
-            for method in ("Count", "SyncCount"):
-                call = ch.stream_unary(f"/test.Probe/{method}", None, None)
-                reply = await call(three(), timeout=TIMEOUT)
-                assert reply == b"jukinet://municipality/131016 sent 3"
-            echo = ch.unary_stream("/test.Probe/SyncEcho", None, None)
-            replies = [r async for r in echo(b"hi", timeout=TIMEOUT)]
-            assert replies == [b"hi", b"jukinet://municipality/131016"]
+            code, replies, _, _ = await probe_call(ch, method, write=True)
+    assert code is grpc.StatusCode.OK
+    assert replies == PROBE_REPLIES[method]
+    assert ran == [behaviour]
+
+
+@pytest.mark.parametrize("method", ["A", "B", "D", "E"])
+async def test_a_synchronous_handler_is_never_run(
+    federation: Pki, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="jukinet.rpc")
+    ran: list[str] = []
+    async with probe_server(federation, sync_handlers(ran)) as port:
+        # Authorization still comes first.
         async with secure_channel(f"127.0.0.1:{port}", federation.files("national")) as ch:
-            call = ch.stream_unary("/test.Probe/Count", None, None)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await call(three(), timeout=TIMEOUT)
-            assert info.value.code() in (
-                grpc.StatusCode.PERMISSION_DENIED,
-                # grpc/grpc#36066: a client still writing may see this instead.
-                grpc.StatusCode.INTERNAL,
-            )
-    finally:
-        await server.stop(None)
+            code, replies, trailers, _ = await probe_call(ch, method, write=False)
+        assert (code, replies) == (grpc.StatusCode.PERMISSION_DENIED, [])
+        assert trailers["jukinet-reason"] == "wrong-identity"
+        async with secure_channel(
+            f"127.0.0.1:{port}", federation.files("municipality-131016")
+        ) as ch:
+            code, replies, _, details = await probe_call(ch, method, write=False)
+    # A wiring bug, not a missing method: a server fault, logged in full.
+    assert (code, replies, details) == (grpc.StatusCode.INTERNAL, [], "internal error")
+    assert ran == []
+    assert f"/{PROBE}/{method}" in caplog.text
+    assert "synchronous" in caplog.text
 
 
 # --- pieces --------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+"""Who may call each method of the national node.
+
+Prefectures deliver, draw resident codes and relay disclosure requests; the
+gateway alone asks for provisions on an agency's behalf; national operators
+read and disclose. The keys come from the service descriptor
+(:func:`jukinet.interceptors.service_rules`).
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import ServiceDescriptor
+
+from jukinet.identity import NATIONAL_ORG, Kind
+from jukinet.interceptors import Rule, allow, any_of, operator_of, service_rules
+from jukinet.v1 import national_pb2
+
+SERVICE: ServiceDescriptor = national_pb2.DESCRIPTOR.services_by_name["NationalService"]
+SERVICES: tuple[ServiceDescriptor, ...] = (SERVICE,)
+"""Every service the national node serves."""
+
+
+def rules() -> dict[str, Rule]:
+    """Who may call each method."""
+    prefecture = allow(Kind.PREFECTURE)
+    national_operator = operator_of(NATIONAL_ORG)
+    gateway = allow(Kind.GATEWAY)
+    return service_rules(
+        SERVICE,
+        {
+            "PushNotifications": prefecture,
+            "AllocateCodePool": prefecture,
+            "GetIdentity": national_operator,
+            "ExportIdentities": national_operator,
+            "GetDeliveryStatus": national_operator,
+            "ProvideVerification": gateway,
+            "ProvideRecord": gateway,
+            "ProvideSearch": gateway,
+            "RecordDenial": gateway,
+            # A prefecture relays a municipal counter's request; national
+            # operators disclose at the national level.
+            "Disclose": any_of(prefecture, national_operator),
+        },
+    )

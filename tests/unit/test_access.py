@@ -1,0 +1,140 @@
+"""The rule tables of the nodes: every RPC has a rule, every rule names an RPC,
+and each table admits exactly the callers the security model names."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+from google.protobuf.descriptor import ServiceDescriptor
+
+import jukinet.v1
+from gateway.servicer import GatewayServicer
+from jukinet.identity import Kind
+from jukinet.interceptors import allow, method_path, service_rules
+from services.municipal.servicer import MunicipalServicer
+from services.national.servicer import NationalServicer
+from services.prefecture.servicer import PrefectureServicer
+from tests.authz import CALLERS, NODES, Node
+
+ALL_MUNICIPAL = {
+    "RegisterBirth",
+    "MoveIn",
+    "Relocate",
+    "ChangeName",
+    "MoveOut",
+    "RecordDeath",
+    "ChangeResidentCode",
+    "EnterExOfficio",
+    "Amend",
+    "RemoveExOfficio",
+    "GetResident",
+    "ExportResidents",
+    "ImportResidents",
+    "GetStatus",
+    "DiscloseProvisions",
+}
+OWN_MUNICIPALITIES = {"municipality", "municipality-same-prefecture"}
+
+# The security model, written down a second time and on its own: the matrix
+# of negative tests is generated from the rule tables, so a table that let
+# too many callers in would shrink its own matrix; this catches that.
+POLICY: dict[str, dict[str, set[str]]] = {
+    "municipal": {method: {"operator-of-municipality"} for method in ALL_MUNICIPAL},
+    "prefecture": {
+        "PushNotifications": OWN_MUNICIPALITIES,
+        "AllocateCodePool": OWN_MUNICIPALITIES,
+        "Disclose": OWN_MUNICIPALITIES,
+        "GetIdentity": {"operator-of-prefecture"},
+        "ExportIdentities": {"operator-of-prefecture"},
+        "GetDeliveryStatus": {"operator-of-prefecture"},
+    },
+    "national": {
+        "PushNotifications": {"prefecture", "prefecture-other"},
+        "AllocateCodePool": {"prefecture", "prefecture-other"},
+        "GetIdentity": {"operator-of-national"},
+        "ExportIdentities": {"operator-of-national"},
+        "GetDeliveryStatus": {"operator-of-national"},
+        "ProvideVerification": {"gateway"},
+        "ProvideRecord": {"gateway"},
+        "ProvideSearch": {"gateway"},
+        "RecordDenial": {"gateway"},
+        "Disclose": {"prefecture", "prefecture-other", "operator-of-national"},
+    },
+    "gateway": {method: {"agency"} for method in ("Verify", "Retrieve", "Search", "VerifyBatch")},
+}
+
+SERVICERS = {
+    "municipal": MunicipalServicer,
+    "prefecture": PrefectureServicer,
+    "national": NationalServicer,
+    "gateway": GatewayServicer,
+}
+
+
+def proto_services() -> dict[str, ServiceDescriptor]:
+    """Every service of every generated module of the wire protocol."""
+    found: dict[str, ServiceDescriptor] = {}
+    for info in pkgutil.iter_modules(jukinet.v1.__path__):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(f"jukinet.v1.{info.name}")
+            for service in module.DESCRIPTOR.services_by_name.values():
+                found[service.full_name] = service
+    return found
+
+
+def node_ids(node: Node) -> str:
+    return node.name
+
+
+def test_every_service_of_the_protocol_is_served_by_exactly_one_node() -> None:
+    served = [service.full_name for node in NODES for service in node.services]
+    assert sorted(served) == sorted(proto_services())
+    assert len(served) == len(set(served))
+
+
+@pytest.mark.parametrize("node", NODES, ids=node_ids)
+def test_every_rpc_of_every_service_has_a_rule(node: Node) -> None:
+    wanted = {method_path(service, method.name) for service, method in node.methods()}
+    assert wanted, node.name
+    missing = sorted(wanted - set(node.rules))
+    assert missing == []
+    # And no rule for anything else: a key the node does not serve is a mistake.
+    assert sorted(set(node.rules) - wanted) == []
+
+
+@pytest.mark.parametrize("node", NODES, ids=node_ids)
+def test_the_rule_tables_admit_exactly_the_policy(node: Node) -> None:
+    policy = POLICY[node.name]
+    assert set(policy) == {method.name for _, method in node.methods()}
+    admitted = {
+        method.name: {caller.label for caller in CALLERS if node.admits(service, method, caller)}
+        for service, method in node.methods()
+    }
+    assert admitted == policy
+
+
+@pytest.mark.parametrize("node", NODES, ids=node_ids)
+def test_every_rpc_is_implemented_by_an_async_handler(node: Node) -> None:
+    # The interceptor never runs a synchronous handler: one left here would
+    # answer UNIMPLEMENTED (the generated stub) or INTERNAL, not serve.
+    servicer = SERVICERS[node.name]
+    for _, method in node.methods():
+        handler = getattr(servicer, method.name)
+        assert inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler), (
+            node.name,
+            method.name,
+        )
+
+
+def test_a_rule_for_a_method_the_service_lacks_stops_the_table() -> None:
+    service = NODES[0].services[0]
+    anyone = allow(*Kind)
+    with pytest.raises(ValueError, match="RegisterBirthday"):
+        service_rules(service, {"RegisterBirth": anyone, "RegisterBirthday": anyone})
+    with pytest.raises(ValueError, match="no method"):
+        method_path(service, "registerBirth")
+    table = service_rules(service, {"GetStatus": anyone})
+    assert list(table) == [f"/{service.full_name}/GetStatus"]
