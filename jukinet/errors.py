@@ -12,14 +12,16 @@ from typing import cast
 
 import grpc
 
+from jukinet.reasons import Reason
+
 
 class JukinetError(Exception):
     """Base of every error a node reports to its caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: str = "internal"
+    reason: Reason = Reason.INTERNAL
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
@@ -27,14 +29,14 @@ class JukinetError(Exception):
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Trailing metadata that carries the machine-readable reason."""
-        return (("jukinet-reason", self.reason),)
+        return (("jukinet-reason", str(self.reason)),)
 
 
 class InvalidArgument(JukinetError):
     """Bad input: names the field and why."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "invalid-argument"
+    reason = Reason.INVALID_ARGUMENT
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -47,25 +49,25 @@ class InvalidArgument(JukinetError):
 
 class NotFound(JukinetError):
     code = grpc.StatusCode.NOT_FOUND
-    reason = "not-found"
+    reason = Reason.NOT_FOUND
 
 
 class AlreadyExists(JukinetError):
     code = grpc.StatusCode.ALREADY_EXISTS
-    reason = "already-exists"
+    reason = Reason.ALREADY_EXISTS
 
 
 class FailedPrecondition(JukinetError):
     """The request is well formed but the current state does not allow it."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "failed-precondition"
+    reason = Reason.FAILED_PRECONDITION
 
 
 class SequenceGap(FailedPrecondition):
     """A delivery skipped ahead: the sender must rewind to ``expected``."""
 
-    reason = "sequence-gap"
+    reason = Reason.SEQUENCE_GAP
 
     def __init__(self, origin: str, expected: int, got: int) -> None:
         super().__init__(f"origin {origin}: expected sequence {expected}, got {got}")
@@ -83,31 +85,31 @@ class SequenceGap(FailedPrecondition):
 
 class PermissionDenied(JukinetError):
     code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "permission-denied"
+    reason = Reason.PERMISSION_DENIED
 
 
 class Unauthenticated(JukinetError):
     code = grpc.StatusCode.UNAUTHENTICATED
-    reason = "unauthenticated"
+    reason = Reason.UNAUTHENTICATED
 
 
 class ResourceExhausted(JukinetError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "resource-exhausted"
+    reason = Reason.RESOURCE_EXHAUSTED
 
 
 class Unavailable(JukinetError):
     """A dependency (the next tier, the database) cannot be reached now."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "unavailable"
+    reason = Reason.UNAVAILABLE
 
 
 class Upstream(JukinetError):
     """The next tier refused or could not be reached; its status is passed on,
     with its machine-readable reason and field."""
 
-    reason = "upstream"
+    reason = Reason.UPSTREAM
 
     def __init__(
         self, code: grpc.StatusCode, message: str, details: tuple[tuple[str, str], ...] = ()

@@ -51,6 +51,7 @@ from jukinet.identity import (
     is_prefecture_code,
     parse_identity_uri,
 )
+from jukinet.reasons import Reason
 
 Rule: TypeAlias = Callable[[Identity], bool]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -58,13 +59,6 @@ RevokedSource: TypeAlias = "frozenset[int] | Callable[[], frozenset[int]]"
 DenialHook: TypeAlias = Callable[[str, str], None]
 
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
-
-# Reasons in the ``jukinet-reason`` trailing metadata of refused calls.
-REASON_NO_CERTIFICATE = "no-client-certificate"
-REASON_BAD_CERTIFICATE = "bad-certificate"
-REASON_REVOKED = "revoked-certificate"
-REASON_WRONG_IDENTITY = "wrong-identity"
-REASON_NO_RULE = "no-rule"
 
 _log = logging.getLogger("jukinet.rpc")
 
@@ -279,14 +273,15 @@ class AuthInterceptor(_ServerInterceptor):
         if pem is None:
             # Only reachable on a server port without require_client_auth
             # (or an insecure one): refuse rather than trust the network.
-            raise Unauthenticated("no client certificate", reason=REASON_NO_CERTIFICATE)
+            raise Unauthenticated("no client certificate", reason=Reason.NO_CLIENT_CERTIFICATE)
         peer = _parse_peer(pem)
         if peer.serial is not None and peer.serial in self._revoked():
             raise Unauthenticated(
-                f"client certificate serial {peer.serial:x} is revoked", reason=REASON_REVOKED
+                f"client certificate serial {peer.serial:x} is revoked",
+                reason=Reason.REVOKED_CERTIFICATE,
             )
         if peer.identity is None:
-            raise Unauthenticated(peer.problem, reason=REASON_BAD_CERTIFICATE)
+            raise Unauthenticated(peer.problem, reason=Reason.BAD_CERTIFICATE)
         identity = peer.identity
         rule = self._rules.get(method)
         if rule is None and method.startswith(HEALTH_SERVICE_PREFIX):
@@ -294,11 +289,11 @@ class AuthInterceptor(_ServerInterceptor):
         if rule is None:
             raise PermissionDenied(
                 f"{identity.uri} may not call {method}: no rule allows it",
-                reason=REASON_NO_RULE,
+                reason=Reason.NO_RULE,
             )
         if not rule(identity):
             raise PermissionDenied(
-                f"{identity.uri} may not call {method}", reason=REASON_WRONG_IDENTITY
+                f"{identity.uri} may not call {method}", reason=Reason.WRONG_IDENTITY
             )
         return identity
 
@@ -352,7 +347,7 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
             "method not implemented",
-            (("jukinet-reason", "unimplemented"),),
+            (("jukinet-reason", Reason.UNIMPLEMENTED),),
         )
     caller = _identity.get()
     _log.error(
@@ -365,7 +360,7 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
     # The message stays generic: exception text can carry personal data or
     # internals that must not reach another organisation.
     await context.abort(
-        grpc.StatusCode.INTERNAL, "internal error", (("jukinet-reason", "internal"),)
+        grpc.StatusCode.INTERNAL, "internal error", (("jukinet-reason", Reason.INTERNAL),)
     )
 
 

@@ -23,6 +23,7 @@ from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
 from jukinet.errors import error_metadata
 from jukinet.metrics import NodeMetrics
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, delivery_pb2
 
 log = logging.getLogger("jukinet.delivery.pusher")
@@ -89,7 +90,7 @@ class Pusher:
     async def _handle_refusal(self, exc: grpc.aio.AioRpcError) -> bool:
         """Rewind after a sequence gap; True when delivery can resume at once."""
         meta = error_metadata(exc)
-        if meta.get("jukinet-reason") != "sequence-gap":
+        if meta.get("jukinet-reason") != Reason.SEQUENCE_GAP:
             return False
         origin = meta.get("jukinet-origin", "")
         expected = int(meta.get("jukinet-expected-sequence", "0"))
