@@ -42,7 +42,7 @@ import grpc
 import grpc.aio
 from cryptography import x509
 
-from jukinet.errors import JukinetError, PermissionDenied, Unauthenticated
+from jukinet.errors import JukinetError, PermissionDenied, Unauthenticated, Unimplemented
 from jukinet.identity import (
     NATIONAL_ORG,
     Identity,
@@ -333,10 +333,16 @@ class _Timer:
             self._hook(self._method, _status_name(self.failure), time.perf_counter() - self._start)
 
 
+async def _abort(context: Context, err: JukinetError) -> NoReturn:
+    """End the call with ``err``: its status, its ``jukinet-*`` trailers and the
+    ``google.rpc.Status`` (ErrorInfo, BadRequest, ...) beside them."""
+    await context.abort(err.code, err.message, err.trailing_metadata())
+
+
 async def _translate(exc: BaseException, method: str, context: Context) -> NoReturn:
     """Abort the call with the status ``exc`` stands for; re-raise what is not ours."""
     if isinstance(exc, JukinetError):
-        await context.abort(exc.code, exc.message, exc.metadata())
+        await _abort(context, exc)
     if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
         # The handler aborted on its own, or the call is being torn down
         # (CancelledError, GeneratorExit, KeyboardInterrupt): not an error to report.
@@ -344,11 +350,7 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
     if isinstance(exc, NotImplementedError):
         # The generated servicer base class raises this for methods a node
         # does not implement; that is UNIMPLEMENTED, not a server fault.
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "method not implemented",
-            (("jukinet-reason", Reason.UNIMPLEMENTED),),
-        )
+        await _abort(context, Unimplemented("method not implemented"))
     caller = _identity.get()
     _log.error(
         "unhandled %s in %s (caller %s)",
@@ -359,9 +361,7 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
     )
     # The message stays generic: exception text can carry personal data or
     # internals that must not reach another organisation.
-    await context.abort(
-        grpc.StatusCode.INTERNAL, "internal error", (("jukinet-reason", Reason.INTERNAL),)
-    )
+    await _abort(context, JukinetError("internal error"))
 
 
 def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:
