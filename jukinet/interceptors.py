@@ -12,7 +12,8 @@ so that, when a call runs, it
 4. makes the caller's :class:`~jukinet.identity.Identity` available to the
    handler through :func:`current_identity`, and
 5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
-   becomes its status, reason and metadata; anything else becomes INTERNAL
+   becomes its status, its ``jukinet-*`` trailers and a ``google.rpc.Status``
+   with an ErrorInfo of the same reason; anything else becomes INTERNAL
    "internal error" and is logged in full on ``jukinet.rpc``.
 
 Authorization failures are raised as JukinetErrors too, so every status a

@@ -141,7 +141,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: InvalidArgument("items[3].claim.birth_date", "not a date"),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
-    Reason.NOT_FOUND: (lambda: NotFound("no such resident"), grpc.StatusCode.NOT_FOUND),
+    Reason.NOT_FOUND: (
+        lambda: NotFound("該当する住民票はありません (no such resident)"),
+        grpc.StatusCode.NOT_FOUND,
+    ),
     Reason.ALREADY_EXISTS: (lambda: AlreadyExists("exists"), grpc.StatusCode.ALREADY_EXISTS),
     Reason.FAILED_PRECONDITION: (
         lambda: FailedPrecondition("not now"),
