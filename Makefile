@@ -4,16 +4,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/jukinet/v1/*.proto)
+# buf (lint, format, breaking) from the npm registry, pinned, inside the venv.
+BUF_VERSION := 1.75.0
+BUF_DIR := $(VENV)/buf
+BUF := $(abspath $(BUF_DIR))/node_modules/.bin/buf
+BUF_STAMP := $(BUF_DIR)/.installed-$(BUF_VERSION)
 
-.PHONY: setup protos check-protos lint format typecheck imports check test test-sqlite demo bench clean
+.PHONY: setup protos check-protos lint format typecheck imports check test test-sqlite demo bench clean \
+	buf buf-format buf-breaking
 
-setup: $(STAMP)
+setup: $(STAMP) $(BUF_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(BUF_STAMP):
+	npm install --silent --no-audit --no-fund --prefix $(BUF_DIR) @bufbuild/buf@$(BUF_VERSION)
+	touch $@
 
 protos: $(STAMP)
 	$(BIN)/python -m tools.protogen jukinet/v1
@@ -36,7 +46,27 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
-check: lint typecheck imports check-protos
+# buf lint (STANDARD, exceptions explained in protos/buf.yaml) and buf format.
+buf: $(BUF_STAMP)
+	cd protos && $(BUF) lint
+	cd protos && $(BUF) format --diff --exit-code
+
+buf-format: $(BUF_STAMP)
+	cd protos && $(BUF) format --write
+
+# Wire compatibility with the last release: nothing to compare before the first v* tag.
+# (git-common-dir: in a worktree, .git is a file and the tags live in the main repository.)
+buf-breaking: $(BUF_STAMP)
+	@tag=$$(git describe --tags --abbrev=0 --match 'v*' 2>/dev/null); \
+	if [ -z "$$tag" ]; then \
+		echo "buf breaking: skipped, no v* release tag yet"; \
+	else \
+		repo=$$(git rev-parse --path-format=absolute --git-common-dir); \
+		echo "buf breaking: against $$tag"; \
+		cd protos && $(BUF) breaking --against "$$repo#format=git,tag=$$tag,subdir=protos"; \
+	fi
+
+check: lint typecheck imports check-protos buf buf-breaking
 
 # Runs the whole suite. PostgreSQL tests use JUKINET_TEST_PG_DSN (default: the
 # local server); set JUKINET_TEST_PG=skip on a machine without PostgreSQL.

@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from gateway.registry import Purpose
 from jukinet.errors import ResourceExhausted
+from jukinet.reasons import Reason
 
 Clock = Callable[[], float]
 """Seconds on a monotonic scale (``time.monotonic``)."""
 
-QUOTA_EXCEEDED = "quota-exceeded"
 RETRY_AFTER_KEY = "retry-after-ms"
 
 
@@ -70,7 +70,7 @@ class TokenBucket:
 class QuotaExceeded(ResourceExhausted):
     """An agency's bucket for a purpose is empty; retry after ``retry_after_ms``."""
 
-    reason = QUOTA_EXCEEDED
+    reason = Reason.QUOTA_EXCEEDED
 
     def __init__(self, agency_code: str, purpose_code: str, wait_seconds: float) -> None:
         self.retry_after_ms = max(1, math.ceil(wait_seconds * 1000))

@@ -25,6 +25,7 @@ from typing import Any
 from jukinet.delivery.rules import PROVIDABLE_FIELDS
 from jukinet.errors import ConfigError, PermissionDenied
 from jukinet.identity import Kind, parse_identity_uri
+from jukinet.reasons import Reason
 
 PACKAGED_FILE = "purposes.toml"
 
@@ -43,12 +44,6 @@ OPERATIONS: frozenset[str] = frozenset(op.value for op in Operation)
 # Every item of the identity-confirmation record an answer may carry, plus the
 # record's status (active / removed / superseded).
 RECORD_FIELDS: frozenset[str] = frozenset(PROVIDABLE_FIELDS)
-
-# Denial reasons, as sent in the ``jukinet-reason`` trailer.
-UNKNOWN_PURPOSE = "unknown-purpose"
-AGENCY_NOT_ALLOWED = "agency-not-allowed"
-OPERATION_NOT_ALLOWED = "operation-not-allowed"
-FIELD_NOT_ALLOWED = "field-not-allowed"
 
 _PURPOSE_CODE_RE = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
 _PURPOSE_CODE_MAX = 64
@@ -116,7 +111,7 @@ class PurposeDenied(PermissionDenied):
 
     def __init__(
         self,
-        reason: str,
+        reason: Reason,
         message: str,
         *,
         agency_code: str,
@@ -190,7 +185,7 @@ class PurposeRegistry:
             raise TypeError("fields must be an iterable of field names, not a string")
         requested = frozenset(fields)
 
-        def deny(reason: str, message: str) -> PurposeDenied:
+        def deny(reason: Reason, message: str) -> PurposeDenied:
             return PurposeDenied(
                 reason,
                 message,
@@ -202,22 +197,22 @@ class PurposeRegistry:
 
         purpose = self.get(purpose_code)
         if purpose is None:
-            raise deny(UNKNOWN_PURPOSE, f"unknown purpose {_show(purpose_code)}")
+            raise deny(Reason.UNKNOWN_PURPOSE, f"unknown purpose {_show(purpose_code)}")
         if agency_code not in purpose.agencies:
             raise deny(
-                AGENCY_NOT_ALLOWED,
+                Reason.AGENCY_NOT_ALLOWED,
                 f"agency {_show(agency_code)} may not use purpose {purpose.code}",
             )
         if operation not in purpose.operations:
             raise deny(
-                OPERATION_NOT_ALLOWED,
+                Reason.OPERATION_NOT_ALLOWED,
                 f"purpose {purpose.code} does not allow operation {_show(operation)}",
             )
         extra = requested - purpose.fields
         if extra:
             shown = ", ".join(_show(field) for field in sorted(extra, key=str))
             raise deny(
-                FIELD_NOT_ALLOWED,
+                Reason.FIELD_NOT_ALLOWED,
                 f"purpose {purpose.code} does not allow field(s) {shown}",
             )
         return purpose

@@ -37,13 +37,14 @@ from gateway.logic import (
     stray_fields,
     verification_outcome,
 )
-from gateway.quotas import QUOTA_EXCEEDED, QuotaExceeded, Quotas
+from gateway.quotas import QuotaExceeded, Quotas
 from gateway.registry import Operation, Purpose, PurposeDenied, PurposeRegistry
 from jukinet.codes import check_resident_code
 from jukinet.errors import JukinetError, Unavailable, from_upstream
 from jukinet.identity import Kind
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
+from jukinet.reasons import Reason
 from jukinet.v1 import gateway_pb2, gateway_pb2_grpc, national_pb2_grpc, provision_pb2
 from jukinet.validation import check_claim, check_date, check_kana, check_name, check_sex
 
@@ -127,7 +128,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             self._quotas.charge(agency, purpose)
         except QuotaExceeded as exc:
             self._metrics.gateway_denials.labels(
-                agency, purpose.code, operation.value, QUOTA_EXCEEDED
+                agency, purpose.code, operation.value, Reason.QUOTA_EXCEEDED
             ).inc()
             log.info(
                 "quota: agency %s purpose %s %s refused, retry after %d ms",

@@ -1,25 +1,67 @@
 """Typed domain errors and their one translation into gRPC statuses.
 
-Domain code raises these; the server's error interceptor turns them into a
-status with a machine-readable reason in trailing metadata
-(``jukinet-reason``, and ``jukinet-field`` for bad input). Anything else
-becomes INTERNAL with a generic message and is logged in full on the server.
+Domain code raises these; the server's error interceptor aborts the call with
+:meth:`JukinetError.trailing_metadata`, which carries the reason twice, in the
+two forms the ecosystem reads:
+
+- ``jukinet-*`` text trailers: ``jukinet-reason`` always, ``jukinet-field``
+  for bad input, ``jukinet-origin`` and ``jukinet-expected-sequence`` for a
+  sequence gap;
+- a ``google.rpc.Status`` in ``grpc-status-details-bin`` (``grpcio-status``)
+  whose details hold a ``google.rpc.ErrorInfo`` (reason from
+  :class:`~jukinet.reasons.Reason`, domain :data:`~jukinet.reasons.DOMAIN`,
+  metadata such as the expected sequence), a ``google.rpc.BadRequest`` for
+  bad input and a ``google.rpc.RetryInfo`` when the caller should wait.
+
+The ErrorInfo reason always equals the ``jukinet-reason`` trailer. Anything
+that is not a JukinetError becomes INTERNAL with a generic message and is
+logged in full on the server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from jukinet.reasons import DOMAIN, Reason
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The trailer that carries the serialized ``google.rpc.Status``."""
+
+# Keys of ErrorInfo metadata (lowerCamelCase, as google.rpc.ErrorInfo advises).
+INFO_FIELD = "field"
+INFO_ORIGIN = "origin"
+INFO_EXPECTED_SEQUENCE = "expectedSequence"
+INFO_RECEIVED_SEQUENCE = "receivedSequence"
+INFO_RETRY_AFTER_MS = "retryAfterMs"
+INFO_PEER = "peer"
+
+Trailers = tuple[tuple[str, str | bytes], ...]
+"""Trailing metadata of a refused call: text entries and the binary status."""
+
+
+def _pack(messages: Sequence[Message]) -> list[any_pb2.Any]:
+    packed = []
+    for message in messages:
+        holder = any_pb2.Any()
+        holder.Pack(message)
+        packed.append(holder)
+    return packed
 
 
 class JukinetError(Exception):
     """Base of every error a node reports to its caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: str = "internal"
+    reason: Reason = Reason.INTERNAL
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
@@ -27,14 +69,42 @@ class JukinetError(Exception):
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Trailing metadata that carries the machine-readable reason."""
-        return (("jukinet-reason", self.reason),)
+        return (("jukinet-reason", str(self.reason)),)
+
+    def info(self) -> Mapping[str, str]:
+        """The metadata of this error's ``google.rpc.ErrorInfo`` (none by default)."""
+        return {}
+
+    def extra_details(self) -> list[Message]:
+        """Typed details beside the ErrorInfo (BadRequest, RetryInfo, ...)."""
+        return []
+
+    def status_details(self) -> list[any_pb2.Any]:
+        """The details of this error's ``google.rpc.Status``, ErrorInfo first."""
+        error_info = error_details_pb2.ErrorInfo(
+            reason=str(self.reason), domain=DOMAIN, metadata=dict(self.info())
+        )
+        return _pack([error_info, *self.extra_details()])
+
+    def rich_status(self) -> grpc.Status:
+        """This error as a ``grpc.Status`` whose trailer holds the ``google.rpc.Status``."""
+        return rpc_status.to_status(
+            status_pb2.Status(
+                code=self.code.value[0], message=self.message, details=self.status_details()
+            )
+        )
+
+    def trailing_metadata(self) -> Trailers:
+        """Everything the call ends with: the ``jukinet-*`` trailers and the rich status."""
+        status = self.rich_status()
+        return (*self.metadata(), *status.trailing_metadata)
 
 
 class InvalidArgument(JukinetError):
     """Bad input: names the field and why."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "invalid-argument"
+    reason = Reason.INVALID_ARGUMENT
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -42,30 +112,42 @@ class InvalidArgument(JukinetError):
         self.problem = problem
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The reason and the field, as text trailers."""
         return (*super().metadata(), ("jukinet-field", self.field))
+
+    def info(self) -> Mapping[str, str]:
+        """The field, so that a caller can point at it without parsing the message."""
+        return {INFO_FIELD: self.field}
+
+    def extra_details(self) -> list[Message]:
+        """The one field violation, as ``google.rpc.BadRequest``."""
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=self.field, description=self.problem
+        )
+        return [error_details_pb2.BadRequest(field_violations=[violation])]
 
 
 class NotFound(JukinetError):
     code = grpc.StatusCode.NOT_FOUND
-    reason = "not-found"
+    reason = Reason.NOT_FOUND
 
 
 class AlreadyExists(JukinetError):
     code = grpc.StatusCode.ALREADY_EXISTS
-    reason = "already-exists"
+    reason = Reason.ALREADY_EXISTS
 
 
 class FailedPrecondition(JukinetError):
     """The request is well formed but the current state does not allow it."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "failed-precondition"
+    reason = Reason.FAILED_PRECONDITION
 
 
 class SequenceGap(FailedPrecondition):
     """A delivery skipped ahead: the sender must rewind to ``expected``."""
 
-    reason = "sequence-gap"
+    reason = Reason.SEQUENCE_GAP
 
     def __init__(self, origin: str, expected: int, got: int) -> None:
         super().__init__(f"origin {origin}: expected sequence {expected}, got {got}")
@@ -74,57 +156,117 @@ class SequenceGap(FailedPrecondition):
         self.got = got
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The reason, the origin and the expected sequence, as text trailers."""
         return (
             *super().metadata(),
             ("jukinet-origin", self.origin),
             ("jukinet-expected-sequence", str(self.expected)),
         )
 
+    def info(self) -> Mapping[str, str]:
+        """Where the sender must resume: the origin and the sequence expected next."""
+        return {
+            INFO_ORIGIN: self.origin,
+            INFO_EXPECTED_SEQUENCE: str(self.expected),
+            INFO_RECEIVED_SEQUENCE: str(self.got),
+        }
+
 
 class PermissionDenied(JukinetError):
     code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "permission-denied"
+    reason = Reason.PERMISSION_DENIED
 
 
 class Unauthenticated(JukinetError):
     code = grpc.StatusCode.UNAUTHENTICATED
-    reason = "unauthenticated"
+    reason = Reason.UNAUTHENTICATED
 
 
 class ResourceExhausted(JukinetError):
+    """A limit was reached; with ``retry_after_ms`` set, the caller may retry then."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "resource-exhausted"
+    reason = Reason.RESOURCE_EXHAUSTED
+    retry_after_ms: int | None = None
+
+    def info(self) -> Mapping[str, str]:
+        """The wait, when there is one."""
+        if self.retry_after_ms is None:
+            return {}
+        return {INFO_RETRY_AFTER_MS: str(self.retry_after_ms)}
+
+    def extra_details(self) -> list[Message]:
+        """The wait as ``google.rpc.RetryInfo``, when there is one."""
+        if self.retry_after_ms is None:
+            return []
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(self.retry_after_ms)
+        return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
 class Unavailable(JukinetError):
     """A dependency (the next tier, the database) cannot be reached now."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "unavailable"
+    reason = Reason.UNAVAILABLE
+
+
+class Unimplemented(JukinetError):
+    """This node does not serve the method (the generated base class answered)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = Reason.UNIMPLEMENTED
 
 
 class Upstream(JukinetError):
     """The next tier refused or could not be reached; its status is passed on,
-    with its machine-readable reason and field."""
+    with its machine-readable reason, its text trailers and its typed details."""
 
-    reason = "upstream"
+    reason = Reason.UPSTREAM
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, details: tuple[tuple[str, str], ...] = ()
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        details: tuple[tuple[str, str], ...] = (),
+        status_details: Sequence[any_pb2.Any] = (),
+        *,
+        peer: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
+        self.peer = peer
         self._details = details
+        self._status_details = list(status_details)
+        upstream_info = _first_error_info(self._status_details)
+        trailer = dict(details).get("jukinet-reason")
+        # The reason the caller sees: the upstream's own, in whichever form it
+        # came; "upstream" only when it gave none.
+        self.wire_reason = (
+            trailer or (upstream_info.reason if upstream_info else "") or str(Reason.UPSTREAM)
+        )
+        if self.wire_reason in Reason.__members__.values():
+            self.reason = Reason(self.wire_reason)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        if any(k == "jukinet-reason" for k, _ in self._details):
-            return self._details
-        return (*super().metadata(), *self._details)
+        """The upstream's ``jukinet-*`` trailers, with its reason (or ``upstream``)."""
+        rest = tuple((k, v) for k, v in self._details if k != "jukinet-reason")
+        return (("jukinet-reason", self.wire_reason), *rest)
+
+    def status_details(self) -> list[any_pb2.Any]:
+        """The upstream's typed details as they came, with an ErrorInfo if it sent none."""
+        if _first_error_info(self._status_details) is not None:
+            return list(self._status_details)
+        error_info = error_details_pb2.ErrorInfo(
+            reason=self.wire_reason, domain=DOMAIN, metadata={INFO_PEER: self.peer}
+        )
+        return [*_pack([error_info]), *self._status_details]
 
 
 def from_upstream(exc: grpc.aio.AioRpcError, peer: str) -> Upstream:
-    """Relay a failed call to ``peer``: its refusals keep their status, reason and
-    field; an unreachable peer is UNAVAILABLE (never INTERNAL: the caller should retry)."""
+    """Relay a failed call to ``peer``: its refusals keep their status, reason,
+    field and typed details; an unreachable peer is UNAVAILABLE (never INTERNAL:
+    the caller should retry)."""
     code = exc.code()
     if code in (
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -134,7 +276,14 @@ def from_upstream(exc: grpc.aio.AioRpcError, peer: str) -> Upstream:
     ):
         code = grpc.StatusCode.UNAVAILABLE
     details = tuple((k, v) for k, v in error_metadata(exc).items() if k.startswith("jukinet-"))
-    return Upstream(code, f"{peer}: {exc.details()}", details)
+    status = rich_status(exc)
+    return Upstream(
+        code,
+        f"{peer}: {exc.details()}",
+        details,
+        list(status.details) if status is not None else [],
+        peer=peer,
+    )
 
 
 def error_metadata(exc: grpc.aio.AioRpcError) -> dict[str, str]:
@@ -145,6 +294,34 @@ def error_metadata(exc: grpc.aio.AioRpcError) -> dict[str, str]:
         if isinstance(value, str):
             out[key] = value
     return out
+
+
+def rich_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` a failed call carries, if any (and consistent with it)."""
+    try:
+        # AioRpcError has the three methods from_call reads (code, details,
+        # trailing_metadata) but is no grpc.Call in the stubs.
+        found = rpc_status.from_call(cast(grpc.Call, exc))
+    except (ValueError, DecodeError):
+        # A status whose code or message contradicts the call's, or bytes
+        # that are no Status: not something to act on.
+        return None
+    return found if isinstance(found, status_pb2.Status) else None
+
+
+def _first_error_info(details: Sequence[any_pb2.Any]) -> error_details_pb2.ErrorInfo | None:
+    for detail in details:
+        info = error_details_pb2.ErrorInfo()
+        # Unpack is False (and leaves info alone) when the detail is another type.
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ``google.rpc.ErrorInfo`` of a failed call, if it carries one."""
+    status = rich_status(exc)
+    return None if status is None else _first_error_info(status.details)
 
 
 class ConfigError(Exception):

@@ -15,7 +15,8 @@ call runs, it
 4. makes the caller's :class:`~jukinet.identity.Identity` available to the
    handler through :func:`current_identity`, and
 5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
-   becomes its status, reason and metadata; anything else becomes INTERNAL
+   becomes its status, its ``jukinet-*`` trailers and a ``google.rpc.Status``
+   with an ErrorInfo of the same reason; anything else becomes INTERNAL
    "internal error" and is logged in full on ``jukinet.rpc``.
 
 Authorization failures are raised as JukinetErrors too, so every status a
@@ -46,7 +47,7 @@ import grpc.aio
 from cryptography import x509
 from google.protobuf.descriptor import ServiceDescriptor
 
-from jukinet.errors import JukinetError, PermissionDenied, Unauthenticated
+from jukinet.errors import JukinetError, PermissionDenied, Unauthenticated, Unimplemented
 from jukinet.identity import (
     NATIONAL_ORG,
     Identity,
@@ -55,6 +56,7 @@ from jukinet.identity import (
     is_prefecture_code,
     parse_identity_uri,
 )
+from jukinet.reasons import Reason
 
 Rule: TypeAlias = Callable[[Identity], bool]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -62,13 +64,6 @@ RevokedSource: TypeAlias = "frozenset[int] | Callable[[], frozenset[int]]"
 DenialHook: TypeAlias = Callable[[str, str], None]
 
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
-
-# Reasons in the ``jukinet-reason`` trailing metadata of refused calls.
-REASON_NO_CERTIFICATE = "no-client-certificate"
-REASON_BAD_CERTIFICATE = "bad-certificate"
-REASON_REVOKED = "revoked-certificate"
-REASON_WRONG_IDENTITY = "wrong-identity"
-REASON_NO_RULE = "no-rule"
 
 _log = logging.getLogger("jukinet.rpc")
 
@@ -303,14 +298,15 @@ class AuthInterceptor(_ServerInterceptor):
         if pem is None:
             # Only reachable on a server port without require_client_auth
             # (or an insecure one): refuse rather than trust the network.
-            raise Unauthenticated("no client certificate", reason=REASON_NO_CERTIFICATE)
+            raise Unauthenticated("no client certificate", reason=Reason.NO_CLIENT_CERTIFICATE)
         peer = _parse_peer(pem)
         if peer.serial is not None and peer.serial in self._revoked():
             raise Unauthenticated(
-                f"client certificate serial {peer.serial:x} is revoked", reason=REASON_REVOKED
+                f"client certificate serial {peer.serial:x} is revoked",
+                reason=Reason.REVOKED_CERTIFICATE,
             )
         if peer.identity is None:
-            raise Unauthenticated(peer.problem, reason=REASON_BAD_CERTIFICATE)
+            raise Unauthenticated(peer.problem, reason=Reason.BAD_CERTIFICATE)
         identity = peer.identity
         rule = self._rules.get(method)
         if rule is None and method.startswith(HEALTH_SERVICE_PREFIX):
@@ -318,11 +314,11 @@ class AuthInterceptor(_ServerInterceptor):
         if rule is None:
             raise PermissionDenied(
                 f"{identity.uri} may not call {method}: no rule allows it",
-                reason=REASON_NO_RULE,
+                reason=Reason.NO_RULE,
             )
         if not rule(identity):
             raise PermissionDenied(
-                f"{identity.uri} may not call {method}", reason=REASON_WRONG_IDENTITY
+                f"{identity.uri} may not call {method}", reason=Reason.WRONG_IDENTITY
             )
         return identity
 
@@ -362,10 +358,16 @@ class _Timer:
             self._hook(self._method, _status_name(self.failure), time.perf_counter() - self._start)
 
 
+async def _abort(context: Context, err: JukinetError) -> NoReturn:
+    """End the call with ``err``: its status, its ``jukinet-*`` trailers and the
+    ``google.rpc.Status`` (ErrorInfo, BadRequest, ...) beside them."""
+    await context.abort(err.code, err.message, err.trailing_metadata())
+
+
 async def _translate(exc: BaseException, method: str, context: Context) -> NoReturn:
     """Abort the call with the status ``exc`` stands for; re-raise what is not ours."""
     if isinstance(exc, JukinetError):
-        await context.abort(exc.code, exc.message, exc.metadata())
+        await _abort(context, exc)
     if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
         # The handler aborted on its own, or the call is being torn down
         # (CancelledError, GeneratorExit, KeyboardInterrupt): not an error to report.
@@ -373,11 +375,7 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
     if isinstance(exc, NotImplementedError):
         # The generated servicer base class raises this for methods a node
         # does not implement; that is UNIMPLEMENTED, not a server fault.
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "method not implemented",
-            (("jukinet-reason", "unimplemented"),),
-        )
+        await _abort(context, Unimplemented("method not implemented"))
     caller = _identity.get()
     _log.error(
         "unhandled %s in %s (caller %s)",
@@ -388,9 +386,7 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
     )
     # The message stays generic: exception text can carry personal data or
     # internals that must not reach another organisation.
-    await context.abort(
-        grpc.StatusCode.INTERNAL, "internal error", (("jukinet-reason", "internal"),)
-    )
+    await _abort(context, JukinetError("internal error"))
 
 
 def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:

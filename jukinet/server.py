@@ -1,11 +1,14 @@
 """Running a node: one grpc.aio server with mutual TLS, the identity
-interceptor, gRPC health and a Prometheus endpoint, stopped cleanly on SIGTERM.
+interceptor, gRPC health, server reflection and a Prometheus endpoint, stopped
+cleanly on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import pkgutil
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,10 +16,14 @@ from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
+import jukinet.v1
 from jukinet.config import NodeConfig
 from jukinet.errors import ConfigError
+from jukinet.identity import Identity
 from jukinet.interceptors import AuthInterceptor, Rule
 from jukinet.metrics import NodeMetrics, stop_metrics_server
 from jukinet.tls import RevocationList, server_credentials
@@ -24,6 +31,30 @@ from jukinet.tls import RevocationList, server_credentials
 log = logging.getLogger("jukinet.server")
 
 MAX_MESSAGE = 64 * 1024 * 1024
+
+REFLECTION_METHOD = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
+"""The one method of gRPC server reflection (v1alpha, which grpcurl and buf curl speak)."""
+
+
+def _load_service_descriptors(service_names: list[str]) -> None:
+    """Put the files that declare the node's services into the default descriptor pool.
+
+    Reflection answers from that pool, and a generated ``*_pb2_grpc`` module
+    imports only the files of its messages, not the one declaring its service
+    (``national.proto`` holds nothing but the service): without this the
+    services are listed but cannot be described.
+    """
+    for module in pkgutil.iter_modules(jukinet.v1.__path__):
+        if module.name.endswith("_pb2"):
+            importlib.import_module(f"jukinet.v1.{module.name}")
+    pool = descriptor_pool.Default()
+    for name in service_names:
+        pool.FindServiceByName(name)  # KeyError: a name no proto declares
+
+
+def _any_member(identity: Identity) -> bool:
+    """Any caller the interceptor authenticated."""
+    return True
 
 
 @dataclass
@@ -57,7 +88,10 @@ async def start_server(
     server = grpc.aio.server(
         interceptors=[
             AuthInterceptor(
-                rules,
+                # Reflection shows the schema only (the protos are public), so
+                # any federation member may list and describe the services
+                # with its certificate, as with grpcurl or buf curl.
+                {REFLECTION_METHOD: _any_member, **rules},
                 revoked=revoked,
                 on_denied=lambda method, reason: metrics.denials.labels(method, reason).inc(),
                 on_finished=metrics.observe_rpc,
@@ -73,6 +107,10 @@ async def start_server(
     register(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _load_service_descriptors(service_names)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
     try:
         port = server.add_secure_port(config.listen, server_credentials(config.tls))
     except RuntimeError as exc:

@@ -21,8 +21,9 @@ import grpc
 
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
-from jukinet.errors import error_metadata
+from jukinet.errors import INFO_EXPECTED_SEQUENCE, INFO_ORIGIN, error_info
 from jukinet.metrics import NodeMetrics
+from jukinet.reasons import DOMAIN, Reason
 from jukinet.v1 import common_pb2, delivery_pb2
 
 log = logging.getLogger("jukinet.delivery.pusher")
@@ -88,11 +89,15 @@ class Pusher:
 
     async def _handle_refusal(self, exc: grpc.aio.AioRpcError) -> bool:
         """Rewind after a sequence gap; True when delivery can resume at once."""
-        meta = error_metadata(exc)
-        if meta.get("jukinet-reason") != "sequence-gap":
+        info = error_info(exc)
+        if info is None or info.domain != DOMAIN or info.reason != Reason.SEQUENCE_GAP:
             return False
-        origin = meta.get("jukinet-origin", "")
-        expected = int(meta.get("jukinet-expected-sequence", "0"))
+        origin = info.metadata.get(INFO_ORIGIN, "")
+        try:
+            expected = int(info.metadata[INFO_EXPECTED_SEQUENCE])
+        except (KeyError, ValueError):
+            log.error("receiver reports a sequence gap without a usable expected sequence")
+            return False
         async with self._db.write() as conn:
             located = await self._outbox.locate(conn, origin, expected)
             if located is None:

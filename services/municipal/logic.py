@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from jukinet.errors import FailedPrecondition, InvalidArgument
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2
 from jukinet.validation import (
     REASON_KIND,
@@ -82,7 +83,7 @@ class ResidentState:
         if self.status != ACTIVE:
             raise FailedPrecondition(
                 f"resident {self.resident_code} is not currently registered here",
-                reason="not-registered",
+                reason=Reason.NOT_REGISTERED,
             )
 
     def to_proto(self, local_government_code: str) -> municipal_pb2.Resident:

@@ -24,6 +24,7 @@ from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox, PendingEntry
 from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from jukinet.metrics import NodeMetrics
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, prefecture_pb2_grpc
 from jukinet.validation import (
     check_address,
@@ -289,7 +290,7 @@ class Register:
                 )
             if existing is not None and existing.status == ACTIVE:
                 raise AlreadyExists(
-                    f"resident {code} is already registered here", reason="already-registered"
+                    f"resident {code} is already registered here", reason=Reason.ALREADY_REGISTERED
                 )
             if existing is not None:
                 # Moving back: the old entry is reopened rather than duplicated.

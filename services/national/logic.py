@@ -13,6 +13,7 @@ from jukinet.delivery.rules import PROVIDABLE_FIELDS, Held
 from jukinet.errors import PermissionDenied
 from jukinet.names import fold_name as _fold_name
 from jukinet.names import match_score
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, gateway_pb2
 
 
@@ -115,6 +116,6 @@ def resolve_fields(allowed: Iterable[str], requested: Iterable[str]) -> tuple[st
     for f in requested_list:
         if f not in allowed_set:
             raise PermissionDenied(
-                f"field {f!r} is not allowed for this purpose", reason="field-not-allowed"
+                f"field {f!r} is not allowed for this purpose", reason=Reason.FIELD_NOT_ALLOWED
             )
     return tuple(f for f in FIELD_ORDER if f in set(requested_list))

@@ -13,6 +13,7 @@ from jukinet.errors import InvalidArgument, NotFound, PermissionDenied
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, delivery_pb2, gateway_pb2, national_pb2_grpc, provision_pb2
 from jukinet.validation import (
     check_claim,
@@ -47,7 +48,7 @@ def authorize_prefecture_origin(caller: Identity, n: common_pb2.Notification, pr
         raise PermissionDenied(
             f"{prefix}.origin_code: {n.origin_code} is not a municipality of prefecture "
             f"{caller.code}",
-            reason="foreign-origin",
+            reason=Reason.FOREIGN_ORIGIN,
         )
 
 
@@ -289,7 +290,7 @@ class NationalServicer(HoldingRpcs, national_pb2_grpc.NationalServiceServicer):
             raise PermissionDenied(
                 f"municipality_code: {request.municipality_code} is not in prefecture "
                 f"{caller.code}",
-                reason="foreign-origin",
+                reason=Reason.FOREIGN_ORIGIN,
             )
         async with self._db.write() as conn:
             codes = await allocate_pool(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jukinet.errors import PermissionDenied
 from jukinet.identity import Identity
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2
 
 
@@ -13,7 +14,7 @@ def authorize_municipal_origin(caller: Identity, n: common_pb2.Notification, pre
     if n.origin_code != caller.code:
         raise PermissionDenied(
             f"{prefix}.origin_code: {caller.uri} may not send notifications of {n.origin_code}",
-            reason="foreign-origin",
+            reason=Reason.FOREIGN_ORIGIN,
         )
 
 
@@ -22,5 +23,5 @@ def authorize_pool_request(caller: Identity, municipality_code: str) -> None:
     if municipality_code != caller.code:
         raise PermissionDenied(
             f"municipality_code: {caller.uri} may not ask for codes of {municipality_code}",
-            reason="foreign-origin",
+            reason=Reason.FOREIGN_ORIGIN,
         )

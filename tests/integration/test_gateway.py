@@ -15,10 +15,6 @@ import grpc
 import pytest
 
 from gateway.registry import (
-    AGENCY_NOT_ALLOWED,
-    FIELD_NOT_ALLOWED,
-    OPERATION_NOT_ALLOWED,
-    UNKNOWN_PURPOSE,
     Operation,
     load_registry,
 )
@@ -26,6 +22,7 @@ from jukinet import pki
 from jukinet.codes import new_resident_code
 from jukinet.errors import error_metadata
 from jukinet.identity import Identity
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, municipal_pb2, provision_pb2
 from tests.federation import Federation
 
@@ -320,9 +317,9 @@ async def test_every_purpose_and_operation_for_each_agency(gw: Federation) -> No
         for purpose in REGISTRY:
             for operation in Operation:
                 if agency not in purpose.agencies:
-                    expected = AGENCY_NOT_ALLOWED
+                    expected = Reason.AGENCY_NOT_ALLOWED
                 elif operation not in purpose.operations:
-                    expected = OPERATION_NOT_ALLOWED
+                    expected = Reason.OPERATION_NOT_ALLOWED
                 else:
                     expected = ""
                 call = operate(stub, operation, purpose.code, details, code)
@@ -345,7 +342,7 @@ async def test_every_purpose_and_operation_for_each_agency(gw: Federation) -> No
         )
         assert (status, meta["jukinet-reason"]) == (
             grpc.StatusCode.PERMISSION_DENIED,
-            UNKNOWN_PURPOSE,
+            Reason.UNKNOWN_PURPOSE,
         )
 
     # Denials are counted by agency, purpose, operation and reason; unknown
@@ -358,7 +355,7 @@ async def test_every_purpose_and_operation_for_each_agency(gw: Federation) -> No
                 "agency": NENKIN,
                 "purpose": PASSPORT,
                 "operation": "search",
-                "reason": AGENCY_NOT_ALLOWED,
+                "reason": Reason.AGENCY_NOT_ALLOWED,
             },
         )
         == 1
@@ -371,7 +368,7 @@ async def test_every_purpose_and_operation_for_each_agency(gw: Federation) -> No
                 "agency": NENKIN,
                 "purpose": "(unknown)",
                 "operation": "retrieve",
-                "reason": UNKNOWN_PURPOSE,
+                "reason": Reason.UNKNOWN_PURPOSE,
             },
         )
         == 1
@@ -411,7 +408,7 @@ async def test_fields_outside_the_purpose_are_refused_and_never_returned(
     ]:
         status, meta = await refused(operate(stub, operation, purpose, details, code, fields))
         assert status == grpc.StatusCode.PERMISSION_DENIED, fields
-        assert meta["jukinet-reason"] == FIELD_NOT_ALLOWED, fields
+        assert meta["jukinet-reason"] == Reason.FIELD_NOT_ALLOWED, fields
 
     records: list[tuple[G.ProvidedRecord, frozenset[str]]] = []
     for stub, purpose, operation, fields in [
@@ -727,7 +724,7 @@ async def test_verify_batch_in_order_over_several_messages(gw: Federation) -> No
             stub, [small, G.VerifyBatchRequest(purpose_code=ADDRESS_CHANGE, items=items[:1])]
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_metadata(caught.value)["jukinet-reason"] == OPERATION_NOT_ALLOWED
+    assert error_metadata(caught.value)["jukinet-reason"] == Reason.OPERATION_NOT_ALLOWED
 
 
 # --- quotas -----------------------------------------------------------------------------
@@ -843,7 +840,7 @@ async def test_quota_exhausted_after_the_burst(fed: Federation, tmp_path: Path) 
     )
     # The packaged registry is not in use: its purposes are unknown here.
     status, meta = await refused(verify(nenkin, EXISTENCE))
-    assert meta["jukinet-reason"] == UNKNOWN_PURPOSE
+    assert meta["jukinet-reason"] == Reason.UNKNOWN_PURPOSE
 
 
 # --- provision records ------------------------------------------------------------------
@@ -914,7 +911,7 @@ async def test_no_answer_without_its_provision_record(gw: Federation) -> None:
     )
     assert (status, meta["jukinet-reason"]) == (
         grpc.StatusCode.PERMISSION_DENIED,
-        AGENCY_NOT_ALLOWED,
+        Reason.AGENCY_NOT_ALLOWED,
     )
 
     await national_sql(gw, SQLITE_DROP if sqlite else PG_DROP)

@@ -9,11 +9,7 @@ import grpc
 import pytest
 
 from gateway.registry import (
-    AGENCY_NOT_ALLOWED,
-    FIELD_NOT_ALLOWED,
-    OPERATION_NOT_ALLOWED,
     RECORD_FIELDS,
-    UNKNOWN_PURPOSE,
     Operation,
     Purpose,
     PurposeDenied,
@@ -22,6 +18,7 @@ from gateway.registry import (
     load_registry,
 )
 from jukinet.errors import ConfigError, PermissionDenied
+from jukinet.reasons import Reason
 
 # The policy, written out independently of the TOML file so that widening any
 # purpose (another agency, operation or field) fails here and gets reviewed.
@@ -122,7 +119,7 @@ def test_operation_allowed_iff_listed(registry: PurposeRegistry, code: str, oper
             assert registry.authorize(agency, code, operation).code == code
         else:
             denial = _denial(registry, agency, code, operation)
-            assert denial.reason == OPERATION_NOT_ALLOWED
+            assert denial.reason == Reason.OPERATION_NOT_ALLOWED
             assert denial.operation == operation
 
 
@@ -134,7 +131,7 @@ def test_denial_names_the_operation_plainly(registry: PurposeRegistry) -> None:
 @pytest.mark.parametrize("operation", ["", "VERIFY", "delete", "verify ", "retrieve_all"])
 def test_unknown_operation_is_not_allowed(registry: PurposeRegistry, operation: str) -> None:
     denial = _denial(registry, "mofa-passport", "MOFA-PASSPORT-ISSUE", operation)
-    assert denial.reason == OPERATION_NOT_ALLOWED
+    assert denial.reason == Reason.OPERATION_NOT_ALLOWED
 
 
 @pytest.mark.parametrize("code", sorted(EXPECTED))
@@ -144,14 +141,14 @@ def test_wrong_agency_is_not_allowed(registry: PurposeRegistry, code: str) -> No
     for agency in others:
         for operation in sorted(operations):
             denial = _denial(registry, agency, code, operation)
-            assert denial.reason == AGENCY_NOT_ALLOWED, (agency, code, operation)
+            assert denial.reason == Reason.AGENCY_NOT_ALLOWED, (agency, code, operation)
             assert denial.agency_code == agency
 
 
 def test_wrong_agency_is_refused_before_operation_and_fields(registry: PurposeRegistry) -> None:
     # Another agency learns nothing about what the purpose allows.
     denial = _denial(registry, "mofa-passport", "NENKIN-EXISTENCE-CHECK", "search", ("name",))
-    assert denial.reason == AGENCY_NOT_ALLOWED
+    assert denial.reason == Reason.AGENCY_NOT_ALLOWED
 
 
 @pytest.mark.parametrize(
@@ -160,7 +157,7 @@ def test_wrong_agency_is_refused_before_operation_and_fields(registry: PurposeRe
 )
 def test_unknown_purpose(registry: PurposeRegistry, purpose_code: str) -> None:
     denial = _denial(registry, "mofa-passport", purpose_code, "verify")
-    assert denial.reason == UNKNOWN_PURPOSE
+    assert denial.reason == Reason.UNKNOWN_PURPOSE
     assert denial.purpose_code == purpose_code
 
 
@@ -173,7 +170,7 @@ def test_field_outside_the_purpose_is_not_allowed(registry: PurposeRegistry, cod
     assert registry.authorize(agency, code, operation).code == code
     for field in [*sorted(RECORD_FIELDS - fields), "domicile", "household", ""]:
         denial = _denial(registry, agency, code, operation, (*sorted(fields), field))
-        assert denial.reason == FIELD_NOT_ALLOWED, (code, field)
+        assert denial.reason == Reason.FIELD_NOT_ALLOWED, (code, field)
         assert field in denial.fields
 
 
@@ -181,7 +178,7 @@ def test_denial_is_a_permission_denied_with_a_reason_trailer(registry: PurposeRe
     denial = _denial(registry, "nenkin", "NENKIN-ADDRESS-CHANGE", "retrieve", ("name",))
     assert isinstance(denial, PermissionDenied)
     assert denial.code is grpc.StatusCode.PERMISSION_DENIED
-    assert ("jukinet-reason", FIELD_NOT_ALLOWED) in denial.metadata()
+    assert ("jukinet-reason", Reason.FIELD_NOT_ALLOWED) in denial.metadata()
     assert "'name'" in denial.message
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from gateway.quotas import QUOTA_EXCEEDED, QuotaExceeded, Quotas, TokenBucket
+from gateway.quotas import QuotaExceeded, Quotas, TokenBucket
 from gateway.registry import Purpose, load_registry
+from jukinet.reasons import Reason
 
 
 class FakeClock:
@@ -115,7 +116,7 @@ def test_one_bucket_per_agency_and_purpose(clock: FakeClock) -> None:
 
     err = caught.value
     assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert err.reason == QUOTA_EXCEEDED
+    assert err.reason == Reason.QUOTA_EXCEEDED
     assert err.retry_after_ms == 100  # one token at 10/s
     assert dict(err.metadata()) == {"jukinet-reason": "quota-exceeded", "retry-after-ms": "100"}
     assert "NENKIN-EXISTENCE-CHECK" in err.message

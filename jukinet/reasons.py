@@ -1,0 +1,54 @@
+"""The catalogue of machine-readable reasons a node gives when it refuses a call.
+
+Every refusal names one of these in its ``jukinet-reason`` trailer and, equal
+to it, in the ``reason`` of the ``google.rpc.ErrorInfo`` detail of its status
+(domain :data:`DOMAIN`). Callers branch on the reason, never on the message
+text, so a value here is part of the wire contract: add members freely,
+never change or reuse a value.
+"""
+
+from __future__ import annotations
+
+import enum
+
+DOMAIN = "jukinet.example"
+"""The ``google.rpc.ErrorInfo`` domain of every reason below."""
+
+
+class Reason(enum.StrEnum):
+    """Why a call was refused; the value is what travels on the wire."""
+
+    # Generic reasons, one per status code a node raises on purpose.
+    INTERNAL = "internal"  # a fault on the server; details are in its log only
+    UNIMPLEMENTED = "unimplemented"  # this node does not serve the method
+    INVALID_ARGUMENT = "invalid-argument"  # a field of the request is malformed
+    NOT_FOUND = "not-found"  # the thing asked for does not exist here
+    ALREADY_EXISTS = "already-exists"  # the thing to create exists already
+    FAILED_PRECONDITION = "failed-precondition"  # well formed, but the state forbids it
+    PERMISSION_DENIED = "permission-denied"  # the caller may not do this
+    UNAUTHENTICATED = "unauthenticated"  # the caller could not be identified
+    RESOURCE_EXHAUSTED = "resource-exhausted"  # a limit was reached
+    UNAVAILABLE = "unavailable"  # a dependency cannot be reached now; retry
+    UPSTREAM = "upstream"  # the next tier failed without giving a reason of its own
+
+    # Authentication and authorization (the server interceptor).
+    NO_CLIENT_CERTIFICATE = "no-client-certificate"  # the connection carries no certificate
+    BAD_CERTIFICATE = "bad-certificate"  # the certificate names no single valid identity
+    REVOKED_CERTIFICATE = "revoked-certificate"  # the certificate's serial is revoked
+    WRONG_IDENTITY = "wrong-identity"  # the method's rule does not admit this caller
+    NO_RULE = "no-rule"  # the method has no rule, so nobody may call it
+
+    # Delivery of notifications between tiers.
+    SEQUENCE_GAP = "sequence-gap"  # a delivery skipped ahead; rewind to the expected one
+    FOREIGN_ORIGIN = "foreign-origin"  # a notification's origin is not the sender's own
+
+    # The municipal register.
+    ALREADY_REGISTERED = "already-registered"  # the resident is registered here already
+    NOT_REGISTERED = "not-registered"  # the resident is not (or no longer) registered here
+
+    # The purpose registry and quotas of agency lookups.
+    UNKNOWN_PURPOSE = "unknown-purpose"  # the purpose code is not in the registry
+    AGENCY_NOT_ALLOWED = "agency-not-allowed"  # the purpose is not granted to this agency
+    OPERATION_NOT_ALLOWED = "operation-not-allowed"  # the purpose does not allow the operation
+    FIELD_NOT_ALLOWED = "field-not-allowed"  # a requested field is outside the purpose
+    QUOTA_EXCEEDED = "quota-exceeded"  # the agency's quota for the purpose is used up
