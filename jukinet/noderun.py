@@ -13,7 +13,7 @@ from typing import TypeVar
 from jukinet import localgov
 from jukinet.config import NodeConfig, load_config
 from jukinet.errors import ConfigError
-from jukinet.server import App, run_until_signalled
+from jukinet.server import App, check_port_free, run_until_signalled
 
 C = TypeVar("C", bound=NodeConfig)
 
@@ -30,10 +30,16 @@ def run_node(
             level=config.log_level.upper(),
             format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
         )
+        # Alembic announces each of its plugins at INFO on every start; only
+        # the migrations it runs are worth a line in a node's log.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
         # Load the local-government list (Japan Post data, about 1.5 s) before
         # serving: loaded lazily, it would block the event loop, and every
         # call and stream of the node, at the first code it checks.
         localgov.all_local_governments()
+        # Before the database is touched: a second start of a running node
+        # must not migrate (or lock) the first one's database.
+        check_port_free(config.listen)
         app = make_app(config)
         asyncio.run(run_until_signalled(app, name))
     except ConfigError as exc:

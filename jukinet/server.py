@@ -5,8 +5,10 @@ interceptor, gRPC health and a Prometheus endpoint, stopped cleanly on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,20 +70,61 @@ async def start_server(
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            # gRPC sets SO_REUSEPORT by default, so a second node started on a
+            # taken port would bind it too and share its calls: refuse instead.
+            ("grpc.so_reuseport", 0),
         ],
     )
     register(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    check_port_free(config.listen)
     try:
         port = server.add_secure_port(config.listen, server_credentials(config.tls))
-    except RuntimeError as exc:
-        raise ConfigError(f"listen: cannot bind {config.listen}: {exc}") from None
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigError(
+            f"listen: cannot bind {config.listen} (is another process using the port?)"
+        )
+    metrics_server = None
+    if config.metrics_listen:
+        try:
+            metrics_server = metrics.serve(config.metrics_listen)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics_listen: cannot bind {config.metrics_listen}: {exc.strerror or exc}"
+            ) from None
     await server.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    metrics_server = metrics.serve(config.metrics_listen) if config.metrics_listen else None
     return RunningServer(server, port, health_servicer, metrics_server)
+
+
+def check_port_free(listen: str) -> None:
+    """Raise ConfigError if host:port ``listen`` cannot be bound.
+
+    gRPC would say so too, but in a multi-line log of its own core; this
+    probe makes the common case (a node already running there) one line.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"listen: cannot resolve {listen}: {exc}") from None
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # Like gRPC's own socket: a port left in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"listen: {listen} is already in use (is another node running there?)"
+                    ) from None
+                raise ConfigError(f"listen: cannot bind {listen}: {exc.strerror or exc}") from None
 
 
 class App(Protocol):

@@ -358,7 +358,9 @@ async def test_verify_batch_streams_every_row_in_order(
     assert run.code == 0, run.err
     assert run.out == ""
     assert "verified 5 rows in 3 messages (match 3, no-match 1, not-found 1)" in run.err
-    assert "recipients.csv" in run.err  # the progress bar
+    # stderr is not a terminal here: no progress bar, so no escape codes in a log.
+    assert "\r" not in run.err and "\x1b" not in run.err, run.err
+    assert run.err.splitlines() == [run.err.strip()]  # the summary only
     results = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(r["line"], r["item_id"]) for r in results] == [
         (2, "A-1"),
