@@ -101,8 +101,8 @@ async def start_server(
     return RunningServer(server, port, health_servicer, metrics_server)
 
 
-def check_port_free(listen: str) -> None:
-    """Raise ConfigError if host:port ``listen`` cannot be bound.
+def check_port_free(listen: str, *, setting: str = "listen") -> None:
+    """Raise ConfigError (naming ``setting``) if host:port ``listen`` cannot be bound.
 
     gRPC would say so too, but in a multi-line log of its own core; this
     probe makes the common case (a node already running there) one line.
@@ -112,7 +112,7 @@ def check_port_free(listen: str) -> None:
     try:
         addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"listen: cannot resolve {listen}: {exc}") from None
+        raise ConfigError(f"{setting}: cannot resolve {listen}: {exc}") from None
     for family, kind, proto, _name, address in addresses:
         with socket.socket(family, kind, proto) as probe:
             # Like gRPC's own socket: a port left in TIME_WAIT is free.
@@ -122,9 +122,11 @@ def check_port_free(listen: str) -> None:
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise ConfigError(
-                        f"listen: {listen} is already in use (is another node running there?)"
+                        f"{setting}: {listen} is already in use (is another node running there?)"
                     ) from None
-                raise ConfigError(f"listen: cannot bind {listen}: {exc.strerror or exc}") from None
+                raise ConfigError(
+                    f"{setting}: cannot bind {listen}: {exc.strerror or exc}"
+                ) from None
 
 
 class App(Protocol):

@@ -889,6 +889,29 @@ def test_bad_database_urls_stop_a_node_with_one_line(
         assert line.startswith(says), (url, line)
 
 
+def test_a_missing_certificate_or_a_taken_metrics_port_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    pki_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = tmp_path / "var" / "national.db"
+    config = _national_config(
+        tmp_path, pki_dir, f"127.0.0.1:{_free_port()}", f"sqlite+aiosqlite:///{database}"
+    )
+    monkeypatch.setenv("JUKINET_TLS_CERT", str(tmp_path / "nope.pem"))
+    assert _start_fails(capsys, config) == f"tls.cert: {tmp_path / 'nope.pem'}: file not found"
+    monkeypatch.delenv("JUKINET_TLS_CERT")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics = f"127.0.0.1:{taken.getsockname()[1]}"
+        monkeypatch.setenv("JUKINET_METRICS_LISTEN", metrics)
+        line = _start_fails(capsys, config)
+    assert line == f"metrics_listen: {metrics} is already in use (is another node running there?)"
+    assert not database.exists()  # both found before the database was touched
+
+
 @pytest.mark.postgres
 def test_a_missing_postgresql_database_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, pki_dir: Path, pg_available: None
