@@ -27,14 +27,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from jukinet import pki
 from jukinet.cli import agency, identity, importer, node, resident
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Say what is wrong in one line and exit 2."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command."""
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = Parser(
         prog="jukinet",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

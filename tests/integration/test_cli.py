@@ -343,6 +343,7 @@ def test_usage_errors_exit_2(
         out, err = capsys.readouterr()
         assert out == "", argv
         assert says in err, (argv, err)
+        assert len(err.splitlines()) == 1, (argv, err)
 
 
 # --- verify-batch -----------------------------------------------------------------------
