@@ -3,6 +3,8 @@ certificate from a PKI directory, and readable gRPC errors."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -24,10 +26,34 @@ def connect(target: str, pki_dir: Path | str, name: str) -> grpc.aio.Channel:
     return secure_channel(target, files)
 
 
-def describe_error(exc: grpc.aio.AioRpcError) -> str:
-    """One line: status, message and the machine-readable reason and field."""
+# A server that words an upstream failure with str(AioRpcError) sends this
+# multi-line dump; only its details are worth a line.
+_NESTED_RPC_ERROR = re.compile(
+    r"<AioRpcError of RPC that terminated with:.*?details = \"(?P<details>[^\"]*)\".*?>", re.S
+)
+
+
+def one_line(details: str) -> str:
+    """A status message on one line: a nested AioRpcError dump reduced to its details."""
+    details = _NESTED_RPC_ERROR.sub(lambda m: m["details"], details)
+    return " ".join(details.split())
+
+
+def describe_error(exc: grpc.aio.AioRpcError, flags: Mapping[str, str] | None = None) -> str:
+    """One line: status, message and the machine-readable reason and field.
+
+    ``flags`` maps request fields to the command-line options that set them;
+    a bad field the user typed as an option is named as that option.
+    """
     meta = error_metadata(exc)
+    details = one_line(exc.details() or "")
+    field = meta.get("jukinet-field", "")
+    option = (flags or {}).get(field)
+    if option is not None:
+        if details.startswith(f"{field}:"):
+            details = option + details[len(field) :]
+        meta.pop("jukinet-field")
     extra = ", ".join(
         f"{k.removeprefix('jukinet-')}={v}" for k, v in meta.items() if k.startswith("jukinet-")
     )
-    return f"{exc.code().name}: {exc.details()}" + (f" ({extra})" if extra else "")
+    return f"{exc.code().name}: {details}" + (f" ({extra})" if extra else "")

@@ -16,6 +16,7 @@ A file looks like::
 Relative paths are taken from the file's folder. Every key can be overridden by
 an environment variable: ``JUKINET_DATABASE_URL``, ``JUKINET_TLS_CERT`` ...
 Any problem is a :class:`~jukinet.errors.ConfigError` with one line saying what.
+The README's "Config files" lists every setting of every node.
 """
 
 from __future__ import annotations
@@ -48,10 +49,16 @@ class NodeConfig:
     """Settings every node has."""
 
     listen: str
+    """host:port the node serves gRPC on, with mutual TLS."""
     database_url: str
+    """``sqlite+aiosqlite:///file`` (its folder is created at start-up) or
+    ``postgresql+asyncpg://user@host:port/db`` (the database must exist)."""
     tls: TlsFiles
+    """The ``[tls]`` table: ``ca``, ``cert``, ``key`` and optionally ``crl``."""
     metrics_listen: str = ""
+    """host:port of the Prometheus ``/metrics`` endpoint; empty: none."""
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR (the log goes to stderr)."""
 
     # Settings holding a file path: relative ones are taken from the config
     # file's folder, like the [tls] paths.
@@ -77,6 +84,7 @@ class NationalConfig(NodeConfig):
     """The national node."""
 
     max_pool_size: int = 100_000
+    """The largest resident-code pool one request may ask for."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,9 +97,13 @@ class PrefectureConfig(NodeConfig):
     """A prefecture node: its two-digit code and where the national node listens."""
 
     prefecture_code: str
+    """Two digits, 01 to 47."""
     national_target: str
+    """host:port of the national node."""
     push_batch_size: int = 500
+    """Notifications per batch relayed to the national node."""
     push_window: int = 4
+    """Batches in flight unacknowledged."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,11 +120,17 @@ class MunicipalConfig(NodeConfig):
     """A municipal node: its local government code and its prefecture's address."""
 
     local_government_code: str
+    """The six-digit code, check digit included (``312011``)."""
     prefecture_target: str
+    """host:port of the municipality's prefecture node."""
     pool_low_watermark: int = 200
+    """Refill the resident-code pool when fewer codes than this are free."""
     pool_refill_size: int = 1000
+    """Codes asked for at each refill."""
     push_batch_size: int = 500
+    """Notifications per batch pushed to the prefecture."""
     push_window: int = 4
+    """Batches in flight unacknowledged."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,8 +156,11 @@ class GatewayConfig(NodeConfig):
 
     database_url: str = ""
     national_target: str
+    """host:port of the national node."""
     purposes: str = ""
+    """A purpose registry file (TOML); empty: the packaged one."""
     batch_pipeline: int = 2
+    """VerifyBatch messages of one stream at the national node at once."""
 
     path_settings: ClassVar[tuple[str, ...]] = ("purposes",)
 

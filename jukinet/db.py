@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import ARRAY, ColumnElement, String, any_, cast, event, literal
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -61,11 +62,49 @@ class Database:
             yield conn
 
     async def migrate(self, versions: Path) -> None:
-        """Bring the schema to the newest revision in ``versions`` (Alembic)."""
+        """Bring the schema to the newest revision in ``versions`` (Alembic).
+
+        This is a node's first use of its database, so a database that cannot
+        be reached or opened is reported here as one line naming
+        ``database_url``. The folder of an SQLite file is created if missing.
+        """
         from jukinet.migrate import upgrade
 
-        async with self._write_lock, self.engine.begin() as conn:
-            await conn.run_sync(upgrade, versions)
+        if self.is_sqlite:
+            self._make_sqlite_folder()
+        try:
+            async with self._write_lock, self.engine.begin() as conn:
+                await conn.run_sync(upgrade, versions)
+        except (OSError, DBAPIError) as exc:
+            raise ConfigError(self._cannot_open(exc)) from None
+
+    def _make_sqlite_folder(self) -> None:
+        folder = Path(make_url(self.url).database or "").parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"database_url: cannot create the folder {folder}: {exc.strerror or exc}"
+            ) from None
+
+    def _cannot_open(self, exc: OSError | DBAPIError) -> str:
+        """One line for a database the node cannot open, naming the setting."""
+        url = make_url(self.url)
+        if self.is_sqlite:
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            return f"database_url: cannot open the SQLite file {url.database}: {cause}"
+        where = f"{url.host or 'localhost'}:{url.port or 5432}"
+        if isinstance(exc, OSError):
+            # Refused, unknown host, unreachable: the server, not the database.
+            why = exc.strerror or str(exc) or type(exc).__name__
+            return f"database_url: cannot reach the PostgreSQL server at {where}: {why}"
+        said = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+        hint = ""
+        if f'database "{url.database}" does not exist' in said:
+            hint = (
+                f"; create it first (createdb -h {url.host} -p {url.port or 5432} {url.database})"
+            )
+        return f"database_url: PostgreSQL at {where}: {said}{hint}"
 
     async def close(self) -> None:
         await self.engine.dispose()

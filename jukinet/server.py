@@ -6,10 +6,12 @@ cleanly on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import logging
 import pkgutil
 import signal
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,8 +25,7 @@ from grpc_reflection.v1alpha import reflection
 import jukinet.v1
 from jukinet.config import NodeConfig
 from jukinet.errors import ConfigError
-from jukinet.identity import Identity
-from jukinet.interceptors import AuthInterceptor, Rule
+from jukinet.interceptors import AuthInterceptor, Rule, authenticated
 from jukinet.metrics import NodeMetrics, stop_metrics_server
 from jukinet.tls import RevocationList, server_credentials
 
@@ -50,11 +51,6 @@ def _load_service_descriptors(service_names: list[str]) -> None:
     pool = descriptor_pool.Default()
     for name in service_names:
         pool.FindServiceByName(name)  # KeyError: a name no proto declares
-
-
-def _any_member(identity: Identity) -> bool:
-    """Any caller the interceptor authenticated."""
-    return True
 
 
 @dataclass
@@ -91,7 +87,7 @@ async def start_server(
                 # Reflection shows the schema only (the protos are public), so
                 # any federation member may list and describe the services
                 # with its certificate, as with grpcurl or buf curl.
-                {REFLECTION_METHOD: _any_member, **rules},
+                {REFLECTION_METHOD: authenticated(), **rules},
                 revoked=revoked,
                 on_denied=lambda method, reason: metrics.denials.labels(method, reason).inc(),
                 on_finished=metrics.observe_rpc,
@@ -102,6 +98,9 @@ async def start_server(
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            # gRPC sets SO_REUSEPORT by default, so a second node started on a
+            # taken port would bind it too and share its calls: refuse instead.
+            ("grpc.so_reuseport", 0),
         ],
     )
     register(server)
@@ -111,15 +110,55 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
+    check_port_free(config.listen)
     try:
         port = server.add_secure_port(config.listen, server_credentials(config.tls))
-    except RuntimeError as exc:
-        raise ConfigError(f"listen: cannot bind {config.listen}: {exc}") from None
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigError(
+            f"listen: cannot bind {config.listen} (is another process using the port?)"
+        )
+    metrics_server = None
+    if config.metrics_listen:
+        try:
+            metrics_server = metrics.serve(config.metrics_listen)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics_listen: cannot bind {config.metrics_listen}: {exc.strerror or exc}"
+            ) from None
     await server.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    metrics_server = metrics.serve(config.metrics_listen) if config.metrics_listen else None
     return RunningServer(server, port, health_servicer, metrics_server)
+
+
+def check_port_free(listen: str, *, setting: str = "listen") -> None:
+    """Raise ConfigError (naming ``setting``) if host:port ``listen`` cannot be bound.
+
+    gRPC would say so too, but in a multi-line log of its own core; this
+    probe makes the common case (a node already running there) one line.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{setting}: cannot resolve {listen}: {exc}") from None
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # Like gRPC's own socket: a port left in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"{setting}: {listen} is already in use (is another node running there?)"
+                    ) from None
+                raise ConfigError(
+                    f"{setting}: cannot bind {listen}: {exc.strerror or exc}"
+                ) from None
 
 
 class App(Protocol):

@@ -98,10 +98,17 @@ from google.protobuf import json_format
 from gateway.logic import verification_outcome
 from gateway.quotas import RETRY_AFTER_KEY
 from gateway.registry import load_registry
-from jukinet.cli.common import SEX, connection_options, print_message, run_call
+from jukinet.cli.common import (
+    SEX,
+    connection_options,
+    explain_now,
+    plain,
+    print_message,
+    run_call,
+)
 from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
 from jukinet.cli.importer import parse_sex, positive_int
-from jukinet.client import connect, describe_error, tls_files
+from jukinet.client import connect, tls_files
 from jukinet.delivery.rules import PROVIDABLE_FIELDS
 from jukinet.errors import ConfigError, InvalidArgument, error_metadata
 from jukinet.v1 import gateway_pb2, gateway_pb2_grpc
@@ -132,6 +139,28 @@ BATCH_COLUMNS: tuple[str, ...] = (
 """Every column of a verify-batch CSV file."""
 
 REQUIRED_BATCH_COLUMNS: frozenset[str] = frozenset({"item_id"})
+
+SERVICE = "jukinet.v1.GatewayService"
+
+# Request fields as the options that set them, for error messages.
+FLAGS: dict[str, str] = {
+    "purpose_code": "--purpose",
+    "claim.resident_code": "--code",
+    "claim.name": "--name",
+    "claim.name_kana": "--kana",
+    "claim.birth_date": "--birth-date",
+    "claim.sex": "--sex",
+    "claim.address": "--address",
+    "resident_code": "the resident code",
+    "as_of": "--as-of",
+    "fields": "--field",
+    "name": "--name",
+    "name_kana": "--kana",
+    "birth_date": "--birth-date",
+    "sex": "--sex",
+    "address": "--address",
+    "max_candidates": "--max",
+}
 
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000  # beyond any purpose's cap; keeps one message well under 4 MB
@@ -239,7 +268,10 @@ def check_file(path: Path | str, *, from_line: int = 1, progress: bool = False) 
     """Read the whole file once, counting its rows and keeping the first bad ones."""
     path = Path(path)
     result = CheckResult()
-    with open_csv(path) as stream, progress_bar(f"{path.name}: checking", enabled=progress) as bar:
+    with (
+        open_csv(path) as stream,
+        contextlib.closing(progress_bar(f"{path.name}: checking", enabled=progress)) as bar,
+    ):
         for row in read_claims(stream, str(path), from_line=from_line):
             result.rows += 1
             if isinstance(row, BadRow):
@@ -653,7 +685,11 @@ def _cmd_verify_batch(args: argparse.Namespace) -> int:
         so_far()
         return 2
     except (grpc.aio.AioRpcError, GatewayProtocolError) as exc:
-        shown = describe_error(exc) if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        shown = (
+            explain_now(args, exc, SERVICE, FLAGS)
+            if isinstance(exc, grpc.aio.AioRpcError)
+            else str(exc)
+        )
         print(f"jukinet: {shown}", file=sys.stderr)
         so_far()
         return 1
@@ -676,7 +712,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     agency = subparsers.add_parser(
         "agency",
         help="a national agency's requests to the gateway, each for a statutory purpose",
-        description=__doc__.split("verify-batch: the CSV format")[0] if __doc__ else None,
+        description=plain(__doc__.split("verify-batch: the CSV format")[0]) if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ops = agency.add_subparsers(dest="op", required=True)
@@ -713,7 +749,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             verify_parser.error(
                 "claim at least one item: --code, --name, --kana, --birth-date, --sex or --address"
             )
-        return run_call(a, verify, show=_print_all)
+        return run_call(a, verify, show=_print_all, service=SERVICE, flags=FLAGS)
 
     p.set_defaults(func=run_verify)
 
@@ -732,7 +768,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             )
         )
 
-    p.set_defaults(func=lambda a: run_call(a, retrieve))
+    p.set_defaults(func=lambda a: run_call(a, retrieve, service=SERVICE, flags=FLAGS))
 
     # search ------------------------------------------------------------------------
     p = ops.add_parser("search", help="candidates ranked by the four basic items")
@@ -765,13 +801,15 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             )
         )
 
-    p.set_defaults(func=lambda a: run_call(a, search))
+    p.set_defaults(func=lambda a: run_call(a, search, service=SERVICE, flags=FLAGS))
 
     # verify-batch ------------------------------------------------------------------
     p = ops.add_parser(
         "verify-batch",
         help="verify every row of a CSV file (JSON lines out)",
-        description=__doc__[__doc__.index("verify-batch: the CSV format") :] if __doc__ else None,
+        description=plain(__doc__[__doc__.index("verify-batch: the CSV format") :])
+        if __doc__
+        else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     connection_options(p)

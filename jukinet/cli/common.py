@@ -1,41 +1,94 @@
-"""What every command group shares: connection options, one call, JSON output."""
+"""What every command group shares: connection options, one call, output and errors.
+
+Output is JSON on stdout; times in it are shown in Japan Standard Time with
+their offset (``2026-11-27T09:30:00+09:00``), as a person at the counter reads
+them. An error is one line on stderr naming what to fix, and a non-zero exit.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jukinet.client import connect, describe_error
 from jukinet.errors import ConfigError
 
 SEX = {"male": 1, "female": 2}
 
+JST = dt.timezone(dt.timedelta(hours=9), "JST")
+"""The zone every time the CLI prints is shown in."""
+
+# Each node serves one of these (besides health); used to say who answers at
+# --target when a command meets the wrong tier.
+SERVICES: dict[str, str] = {
+    "jukinet.v1.MunicipalService": "a municipal node",
+    "jukinet.v1.PrefectureService": "a prefecture node",
+    "jukinet.v1.NationalService": "the national node",
+    "jukinet.v1.GatewayService": "the agency gateway",
+}
+
+# Request fields as the user typed them: proto field -> option. Commands add
+# their own (``resident_code`` is ``CODE`` for some and ``--code`` for others).
+PERSON_FLAGS: dict[str, str] = {
+    "person.name": "--name",
+    "person.name_kana": "--kana",
+    "person.former_surname": "--former-surname",
+    "person.alias": "--alias",
+    "person.birth_date": "--birth-date",
+    "person.sex": "--sex",
+    "person.address": "--address",
+}
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+def in_jst(stamp: str) -> str:
+    """An RFC 3339 time as JST with its offset; anything else unchanged."""
+    if not _RFC3339.match(stamp):
+        return stamp
+    try:
+        at = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    return at.astimezone(JST).isoformat()
+
+
+def _times_in_jst(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _times_in_jst(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_times_in_jst(v) for v in value]
+    if isinstance(value, str):
+        return in_jst(value)
+    return value
+
 
 def print_message(message: Message, *, all_fields: bool = False) -> None:
-    """``message`` as indented JSON; ``all_fields`` also prints false, zero and empty ones."""
-    print(
-        json.dumps(
-            json_format.MessageToDict(
-                message,
-                preserving_proto_field_name=True,
-                always_print_fields_with_no_presence=all_fields,
-            ),
-            ensure_ascii=False,
-            indent=2,
-        )
+    """``message`` as indented JSON, times in JST; ``all_fields`` also prints
+    false, zero and empty fields."""
+    body = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=all_fields,
     )
+    print(json.dumps(_times_in_jst(body), ensure_ascii=False, indent=2))
 
 
 def connection_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--target``, ``--pki`` and ``--as`` (defaults from JUKINET_* variables)."""
     env = os.environ
     parser.add_argument("--target", default=env.get("JUKINET_TARGET"), help="host:port of the node")
     parser.add_argument("--pki", default=env.get("JUKINET_PKI", "pki"), help="PKI folder")
@@ -51,9 +104,83 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
 Call = Callable[[grpc.aio.Channel, argparse.Namespace], Any]
 
 
+async def serving_services(channel: grpc.aio.Channel, wait: float = 3.0) -> list[str]:
+    """The jukinet services the node behind ``channel`` reports SERVING (gRPC health)."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    found = []
+    for name in SERVICES:
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=wait)
+        except grpc.aio.AioRpcError:
+            continue
+        if answer.status == health_pb2.HealthCheckResponse.SERVING:
+            found.append(name)
+    return found
+
+
+async def wrong_tier(channel: grpc.aio.Channel, target: str, expected: str) -> str:
+    """One line for a call that met UNIMPLEMENTED: who answers at ``target`` instead."""
+    want = SERVICES.get(expected, expected)
+    there = await serving_services(channel)
+    if not there:
+        return (
+            f"UNIMPLEMENTED: {target} does not serve {expected}; is --target the address of {want}?"
+        )
+    if expected in there:
+        return (
+            f"UNIMPLEMENTED: {target} ({want}) does not know this method; is it older than the CLI?"
+        )
+    who = " and ".join(SERVICES[s] for s in there)
+    return f"UNIMPLEMENTED: {target} is {who}, not {want}; point --target at {want}"
+
+
+async def explain(
+    channel: grpc.aio.Channel,
+    target: str,
+    exc: grpc.aio.AioRpcError,
+    service: str,
+    flags: Mapping[str, str] | None = None,
+) -> str:
+    """One line for a failed call: who answers at ``target`` when it was the
+    wrong tier, else the status, the message (fields named as options) and the reason."""
+    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return await wrong_tier(channel, target, service)
+    return describe_error(exc, flags)
+
+
+def explain_now(
+    args: argparse.Namespace,
+    exc: grpc.aio.AioRpcError,
+    service: str,
+    flags: Mapping[str, str] | None = None,
+) -> str:
+    """:func:`explain` outside an event loop, on a channel of its own."""
+    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+        return describe_error(exc, flags)
+
+    async def ask() -> str:
+        channel = connect(args.target, args.pki, args.identity)
+        try:
+            return await wrong_tier(channel, args.target, service)
+        finally:
+            await channel.close(grace=None)
+
+    return asyncio.run(ask())
+
+
 def run_call(
-    args: argparse.Namespace, call: Call, show: Callable[[Any], None] = print_message
+    args: argparse.Namespace,
+    call: Call,
+    show: Callable[[Any], None] = print_message,
+    *,
+    service: str,
+    flags: Mapping[str, str] | None = None,
 ) -> int:
+    """Run one unary call of ``service`` and print its answer; an error is one line.
+
+    ``flags`` maps request fields to the options that set them, so that a bad
+    input is reported as the option the user typed.
+    """
     if not args.target or not args.identity:
         print(
             "jukinet: --target and --as are required (or JUKINET_TARGET / JUKINET_AS)",
@@ -66,7 +193,8 @@ def run_call(
         try:
             result = await call(channel, args)
         except grpc.aio.AioRpcError as exc:
-            print(f"jukinet: {describe_error(exc)}", file=sys.stderr)
+            line = await explain(channel, args.target, exc, service, flags)
+            print(f"jukinet: {line}", file=sys.stderr)
             return 1
         finally:
             await channel.close(grace=None)
@@ -79,3 +207,18 @@ def run_call(
     except ConfigError as exc:
         print(f"jukinet: {exc}", file=sys.stderr)
         return 2
+
+
+_REST_ROLE = re.compile(r":[a-z]+:`~?(?:[\w.]+\.)?([^`]+)`")
+_REST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain(text: str) -> str:
+    """A reST docstring as plain text for ``--help``: no roles, no literal
+    markers, ``::`` as a colon."""
+    text = _REST_ROLE.sub(r"\1", text)
+    text = _REST_LITERAL.sub(r"\1", text)
+    text = re.sub(r"(?m)^::\n", "", text)
+    # The rules of a simple table, drawn as a plain-text table draws them.
+    text = re.sub(r"(?m)^[= ]*==[= ]*$", lambda m: m[0].replace("=", "-"), text)
+    return re.sub(r"(?m)\s*::$", ":", text)

@@ -15,9 +15,7 @@ import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
-
-from tqdm import tqdm
+from typing import IO, Any, Protocol, TypeVar
 
 H = TypeVar("H")
 
@@ -107,19 +105,81 @@ def _rows(reader: Any, name: str, columns: int) -> Iterator[CsvRow]:
         ) from None
 
 
+class ProgressBar(Protocol):
+    """What the commands use of a progress bar (tqdm's, or one that draws nothing)."""
+
+    n: float
+
+    def update(self, n: float = 1) -> bool | None:
+        """Count ``n`` more rows."""
+
+    def set_postfix(
+        self, ordered_dict: Any = None, refresh: bool | None = True, **kwargs: Any
+    ) -> None:
+        """Show counts after the bar."""
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        """Show a note after the bar."""
+
+    def close(self) -> None:
+        """Finish the bar."""
+
+
+class NoBar:
+    """A progress bar that counts and draws nothing."""
+
+    def __init__(self) -> None:
+        self.n: float = 0
+
+    def update(self, n: float = 1) -> bool | None:
+        """Count ``n`` more rows."""
+        self.n += n
+        return None
+
+    def set_postfix(
+        self, ordered_dict: Any = None, refresh: bool | None = True, **kwargs: Any
+    ) -> None:
+        """Nothing to show."""
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        """Nothing to show."""
+
+    def close(self) -> None:
+        """Nothing to finish."""
+
+
+INSTALL_HINT = "progress bars need tqdm: pip install 'jukinet[cli]' (going on without one)"
+_hinted = False
+
+
 def progress_bar(
     desc: str, *, enabled: bool, total: int | None = None, position: int | None = None
-) -> tqdm[Any]:
-    """A progress bar in rows on stderr (nothing is drawn when not ``enabled``)."""
-    return tqdm(
+) -> ProgressBar:
+    """A progress bar in rows on stderr.
+
+    It is drawn only when ``enabled`` and stderr is a terminal: redirected to a
+    file, a bar would fill it with escape codes. Without tqdm (the ``cli``
+    extra) nothing is drawn, and one line says how to get bars.
+    """
+    if not (enabled and sys.stderr.isatty()):
+        return NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        global _hinted
+        if not _hinted:
+            _hinted = True
+            print(f"jukinet: {INSTALL_HINT}", file=sys.stderr)
+        return NoBar()
+    bar: ProgressBar = tqdm(
         desc=desc,
         total=total,
         unit=" rows",
         unit_scale=False,
         file=sys.stderr,
-        disable=not enabled,
         dynamic_ncols=True,
         mininterval=0.2,
         position=position,
         leave=True,
     )
+    return bar

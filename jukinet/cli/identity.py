@@ -12,6 +12,10 @@ from jukinet.cli.common import connection_options, run_call
 from jukinet.v1 import delivery_pb2, national_pb2_grpc, prefecture_pb2_grpc
 
 
+def _service(tier: str) -> str:
+    return "jukinet.v1.NationalService" if tier == "national" else "jukinet.v1.PrefectureService"
+
+
 def _upper_stub(channel: grpc.aio.Channel, tier: str) -> Any:
     if tier == "national":
         return national_pb2_grpc.NationalServiceStub(channel)
@@ -33,7 +37,11 @@ def register_cli(sub: Any) -> None:
         )
         return response
 
-    show.set_defaults(func=lambda a: run_call(a, do_show))
+    show.set_defaults(
+        func=lambda a: run_call(
+            a, do_show, service=_service(a.tier), flags={"resident_code": "the resident code"}
+        )
+    )
 
     status = ops.add_parser("status", help="delivery cursors and counts")
     connection_options(status)
@@ -45,4 +53,4 @@ def register_cli(sub: Any) -> None:
         )
         return response
 
-    status.set_defaults(func=lambda a: run_call(a, do_status))
+    status.set_defaults(func=lambda a: run_call(a, do_status, service=_service(a.tier)))

@@ -79,8 +79,9 @@ from typing import IO, Any, cast
 
 import grpc
 
+from jukinet.cli.common import explain_now, plain
 from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
-from jukinet.client import connect, describe_error
+from jukinet.client import connect
 from jukinet.errors import ConfigError
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
 
@@ -488,7 +489,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         print(f"jukinet import: {exc}", file=sys.stderr)
         return 2
     except grpc.aio.AioRpcError as exc:
-        print(f"jukinet import: {describe_error(exc)}", file=sys.stderr)
+        line = explain_now(args, exc, "jukinet.v1.MunicipalService")
+        print(f"jukinet import: {line}", file=sys.stderr)
         if summary.batches_acknowledged:
             print(
                 f"jukinet import: {summary.imported + summary.already_present} rows were in "
@@ -506,7 +508,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p = subparsers.add_parser(
         "import",
         help="bulk import an existing register from CSV",
-        description=__doc__.split("How it runs")[0] if __doc__ else None,
+        description=plain(__doc__.split("How it runs")[0]) if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", type=Path, help="CSV file (see the format above)")

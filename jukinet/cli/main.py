@@ -1,41 +1,51 @@
-"""The ``jukinet`` command: certificates, nodes, the register, agencies, and the demo.
+"""The jukinet command: certificates, nodes, the register, agencies.
 
     jukinet pki federation --dir pki --municipality 312011 --operators --agency nenkin
     jukinet run municipal --config municipality-312011.toml
     jukinet resident birth --target 127.0.0.1:50311 --pki pki --as operator-312011-admin \\
-        --name "鳥取 花子" --kana "トットリ ハナコ" --birth-date 2026-11-01 --sex female \\
-        --address "鳥取県鳥取市東町1丁目1番1号"
-    jukinet resident disclose 12345678903 --format table --target 127.0.0.1:50311 \\
-        --pki pki --as operator-312011-admin
+        --name "鳥取　花子" --kana "トットリ　ハナコ" --birth-date 2026-11-01 --sex female \\
+        --address "鳥取県鳥取市東町一丁目220番地"
+    jukinet resident disclose 12345678903 --format table ...
     jukinet identity show 12345678903 --tier national --target 127.0.0.1:50100 \\
         --pki pki --as operator-national-admin
     jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 12345678903 \\
         --target 127.0.0.1:50400 --pki pki --as agency-nenkin
-    jukinet agency retrieve 12345678903 --purpose NENKIN-ADDRESS-CHANGE --as-of 2025-04-01 ...
-    jukinet agency search --purpose MOFA-PASSPORT-ISSUE --name "髙橋 一郎" \\
-        --birth-date 1970-01-01 --max 3 --target 127.0.0.1:50400 --pki pki --as agency-mofa-passport
-    jukinet agency verify-batch recipients.csv --purpose NENKIN-EXISTENCE-CHECK \\
-        --out results.jsonl ...
-    jukinet import register.csv --target ... --pki pki --as operator-312011-admin
+    jukinet import register.csv --target 127.0.0.1:50311 --pki pki --as operator-312011-admin
 
 Connection options may come from JUKINET_TARGET, JUKINET_PKI and JUKINET_AS.
-Output is JSON (``agency verify-batch``: one JSON line per row; ``resident
-disclose --format table``: a table to print for the resident); errors are one
-line on stderr with the gRPC status and its reason, and a non-zero exit.
+
+What each command prints on stdout: resident, identity and agency commands
+print the answer as JSON (times in JST, with their offset); agency verify-batch
+prints one JSON line per row and a one-line summary on stderr; resident
+disclose --format table prints a table for the resident; pki, import and run
+print text lines. Errors are one line on stderr naming what to fix, and the
+exit status is non-zero (2 for a usage, file or configuration problem).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from typing import NoReturn
 
 from jukinet import pki
 from jukinet.cli import agency, identity, importer, node, resident
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Say what is wrong in one line and exit 2."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser of every command."""
+    parser: argparse.ArgumentParser = Parser(
         prog="jukinet",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,9 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``jukinet`` command; the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing left to say to it, and
+        # Python must not complain about stdout again when it exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return result
 
 

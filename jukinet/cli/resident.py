@@ -7,7 +7,14 @@ from typing import Any
 
 import grpc
 
-from jukinet.cli.common import SEX, Call, connection_options, print_message, run_call
+from jukinet.cli.common import (
+    PERSON_FLAGS,
+    SEX,
+    Call,
+    connection_options,
+    print_message,
+    run_call,
+)
 from jukinet.v1 import municipal_pb2, municipal_pb2_grpc, provision_pb2
 
 
@@ -33,6 +40,26 @@ def _person(args: argparse.Namespace) -> municipal_pb2.PersonDetails:
     )
 
 
+SERVICE = "jukinet.v1.MunicipalService"
+
+# Fields of the requests below as the options that set them, for error messages.
+FLAGS: dict[str, str] = {
+    **PERSON_FLAGS,
+    "resident_code": "the resident code",
+    "effective_date": "--date",
+    "date_of_death": "--date",
+    "household_id": "--household",
+    "new_address": "--address",
+    "name": "--name",
+    "name_kana": "--kana",
+    "former_surname": "--former-surname",
+    "destination_local_government_code": "--to",
+    "previous_local_government_code": "--previous",
+    "origin": "--origin",
+    "ground": "--ground",
+}
+
+
 def _municipal(channel: grpc.aio.Channel) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
     return municipal_pb2_grpc.MunicipalServiceStub(channel)
 
@@ -41,10 +68,12 @@ def register_cli(sub: Any) -> None:
     resident = sub.add_parser("resident", help="change or show the register of a municipality")
     ops = resident.add_subparsers(dest="op", required=True)
 
-    def op(name: str, help: str, call: Call) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = ops.add_parser(name, help=help)
+    def op(
+        name: str, help: str, call: Call, flags: dict[str, str] = FLAGS
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = ops.add_parser(name, help=help, description=help)
         connection_options(p)
-        p.set_defaults(func=lambda a: run_call(a, call))
+        p.set_defaults(func=lambda a: run_call(a, call, service=SERVICE, flags=flags))
         return p
 
     def birth(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
@@ -73,7 +102,12 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("move-in", "register a move in (転入, 特例転入, 国外からの転入)", move_in)
+    p = op(
+        "move-in",
+        "register a move in (転入, 特例転入, 国外からの転入)",
+        move_in,
+        {**FLAGS, "resident_code": "--code"},
+    )
     _person_options(p)
     p.add_argument("--origin", choices=["domestic", "special", "abroad"], default="domestic")
     p.add_argument("--code", default="", help="resident code (required from another municipality)")
@@ -223,7 +257,11 @@ def register_cli(sub: Any) -> None:
     )
     p.set_defaults(
         func=lambda a: run_call(
-            a, disclose, show=print_message if a.format == "json" else _print_disclosure
+            a,
+            disclose,
+            show=print_message if a.format == "json" else _print_disclosure,
+            service=SERVICE,
+            flags=FLAGS,
         )
     )
 

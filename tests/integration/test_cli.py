@@ -7,25 +7,44 @@ nodes serve on the test's loop; stdout and stderr are captured."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import dataclasses
+import datetime as dt
 import io
 import json
+import os
 import re
+import socket
+import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from sqlalchemy.engine import make_url
 
 from gateway.registry import PurposeRegistry, load_registry
+from jukinet.cli import csvfile
 from jukinet.cli.agency import verify_batch
-from jukinet.cli.main import main
+from jukinet.cli.common import in_jst
+from jukinet.cli.csvfile import NoBar, progress_bar
+from jukinet.cli.main import build_parser, main
+from jukinet.client import connect, tls_files
+from jukinet.client import one_line as one_line_details
 from jukinet.codes import new_resident_code
+from jukinet.config import NationalConfig
+from jukinet.db import Database
+from jukinet.errors import ConfigError
+from jukinet.metrics import NodeMetrics
+from jukinet.server import start_server
 from jukinet.textwidth import display_width, table
-from jukinet.v1 import common_pb2, municipal_pb2
-from tests.federation import Federation
+from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
+from services.national.app import MIGRATIONS as NATIONAL_MIGRATIONS
+from tests.federation import PG_ADMIN_DSN, Federation
 
 TIMEOUT = 15
 TOTTORI = "312011"
@@ -324,6 +343,7 @@ def test_usage_errors_exit_2(
         out, err = capsys.readouterr()
         assert out == "", argv
         assert says in err, (argv, err)
+        assert len(err.splitlines()) == 1, (argv, err)
 
 
 # --- verify-batch -----------------------------------------------------------------------
@@ -358,7 +378,9 @@ async def test_verify_batch_streams_every_row_in_order(
     assert run.code == 0, run.err
     assert run.out == ""
     assert "verified 5 rows in 3 messages (match 3, no-match 1, not-found 1)" in run.err
-    assert "recipients.csv" in run.err  # the progress bar
+    # stderr is not a terminal here: no progress bar, so no escape codes in a log.
+    assert "\r" not in run.err and "\x1b" not in run.err, run.err
+    assert run.err.splitlines() == [run.err.strip()]  # the summary only
     results = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(r["line"], r["item_id"]) for r in results] == [
         (2, "A-1"),
@@ -633,3 +655,319 @@ def test_table_lines_up_wide_and_zero_width_characters() -> None:
     assert display_width("ｶﾅ abc") == 6
     lines = table(["name", "x"], [["葛\U000e0100城", "1"], ["abc", "2"]])
     assert lines == ["name  x", "----  -", "葛\U000e0100城  1", "abc   2"]
+
+
+# --- what a user sees when something is wrong --------------------------------------------
+
+
+def one_line(run: Run) -> str:
+    """The single line of stderr (fails if there are more)."""
+    lines = run.err.splitlines()
+    assert len(lines) == 1, run.err
+    return lines[0]
+
+
+async def test_the_wrong_tier_says_who_answers_there(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = ["--pki", str(fed.pki_dir)]
+    national = f"127.0.0.1:{fed.national_port}"
+    municipal = f"127.0.0.1:{fed.municipal_ports[TOTTORI]}"
+    run = await jukinet(
+        capsys, "resident", "status", "--target", national, *pki, "--as", "operator-national-admin"
+    )
+    assert run.code == 1
+    line = one_line(run)
+    assert line == (
+        f"jukinet: UNIMPLEMENTED: {national} is the national node, not a municipal node; "
+        "point --target at a municipal node"
+    )
+    code = new_resident_code()
+    run = await jukinet(
+        capsys, "identity", "show", code, "--tier", "national", "--target", municipal, *pki,
+        "--as", f"operator-{TOTTORI}-admin",
+    )  # fmt: skip
+    assert run.code == 1
+    assert f"{municipal} is a municipal node, not the national node" in one_line(run)
+    prefecture = f"127.0.0.1:{fed.prefecture_ports['31']}"
+    run = await jukinet(
+        capsys, "identity", "status", "--tier", "national", "--target", prefecture, *pki,
+        "--as", "operator-31-admin",
+    )  # fmt: skip
+    assert run.code == 1
+    assert f"{prefecture} is a prefecture node, not the national node" in one_line(run)
+
+
+async def test_bad_input_names_the_option_typed(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await register(fed, "倉吉　一美", "クラヨシ　カズミ", "1950-01-01")
+    cases = [
+        (["move-out", code, "--to", "1310", "--date", "2026-11-27"], "--to: must be 6 digits"),
+        (["relocate", code, "--address", "", "--date", "2026-11-27"], "--address: "),
+        (["death", code, "--date", "2026-02-30"], "--date: "),
+        (["show", "123"], "the resident code: must be 11 digits"),
+        (
+            ["move-in", "--origin", "domestic", "--code", code, "--previous", "999999",
+             "--name", "倉吉　一美", "--birth-date", "1950-01-01", "--sex", "female",
+             "--address", ADDRESS_1, "--date", "2026-11-27"],
+            "--previous: ",
+        ),
+        (
+            ["birth", "--name", "倉吉　一美", "--kana", "kurayoshi", "--birth-date", "2026-01-01",
+             "--sex", "female", "--address", ADDRESS_1],
+            "--kana: must be written in kana",
+        ),
+    ]  # fmt: skip
+    for argv, says in cases:
+        run = await jukinet(capsys, "resident", *argv, *at_counter(fed))
+        assert run.code == 1, (argv, run)
+        line = one_line(run)
+        assert line.startswith("jukinet: INVALID_ARGUMENT: "), line
+        assert says in line, (argv, line)
+        # The proto's field names stay out of it.
+        assert "field=" not in line and "_code" not in line, line
+
+
+async def test_an_unreachable_node_is_one_line(
+    no_env: None, capsys: pytest.CaptureFixture[str], pki_dir: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    run = await jukinet(
+        capsys, "resident", "status", "--target", f"127.0.0.1:{port}", "--pki", str(pki_dir),
+        "--as", f"operator-{TOTTORI}-admin",
+    )  # fmt: skip
+    assert run.code == 1
+    assert one_line(run).startswith("jukinet: UNAVAILABLE: ")
+
+
+async def test_a_nested_rpc_error_is_reduced_to_its_details(pki_dir: Path) -> None:
+    """A node that words an upstream failure with the AioRpcError itself sends
+    a five-line dump; the CLI shows its details on one line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    channel = connect(f"127.0.0.1:{port}", pki_dir, f"operator-{TOTTORI}-admin")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await municipal_pb2_grpc.MunicipalServiceStub(channel).GetStatus(
+                municipal_pb2.GetMunicipalStatusRequest(), timeout=TIMEOUT
+            )
+    finally:
+        await channel.close(None)
+    dump = str(info.value)
+    assert len(dump.splitlines()) >= 4 and "debug_error_string" in dump
+    shown = one_line_details(f"the pool is short and the prefecture could not be reached: {dump}")
+    assert "\n" not in shown and "AioRpcError" not in shown and "debug_error_string" not in shown
+    assert shown == (
+        "the pool is short and the prefecture could not be reached: "
+        + " ".join((info.value.details() or "").split())
+    )
+
+
+async def test_times_are_shown_in_jst(fed: Federation, capsys: pytest.CaptureFixture[str]) -> None:
+    code = await register(fed, "倉吉　一美", "クラヨシ　カズミ", "1950-01-01")
+    run = await jukinet(capsys, "resident", "show", code, *at_counter(fed))
+    assert run.code == 0, run.err
+    [notification] = run.json()["notifications"]
+    recorded = notification["recorded_at"]
+    assert recorded.endswith("+09:00"), recorded
+    # The same instant as the UTC the node keeps.
+    assert dt.datetime.fromisoformat(recorded).utcoffset() == dt.timedelta(hours=9)
+    assert in_jst("2026-11-27T00:30:00Z") == "2026-11-27T09:30:00+09:00"
+    assert in_jst("2026-11-27") == "2026-11-27"  # a date is not a time
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_parsers(sub))
+    return found
+
+
+def test_help_is_plain_text() -> None:
+    parsers = _parsers(build_parser())
+    assert len(parsers) > 20
+    for parser in parsers:
+        text = parser.format_help()
+        assert "``" not in text, (parser.prog, text)
+        assert not re.search(r":[a-z]+:`", text), (parser.prog, text)
+        assert not re.search(r"::\s*$", text, re.M), (parser.prog, text)
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert isinstance(progress_bar("x", enabled=True), NoBar)
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        bar = progress_bar("x", enabled=True)
+        assert not isinstance(bar, NoBar)
+        bar.close()
+        assert isinstance(progress_bar("x", enabled=False), NoBar)
+    os.close(leader)
+
+
+def test_without_tqdm_a_bar_is_one_line_of_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    leader, follower = os.openpty()
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as on `pip install .`
+    monkeypatch.setattr(csvfile, "_hinted", False)
+    try:
+        with os.fdopen(follower, "w") as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            first = progress_bar("x", enabled=True)
+            second = progress_bar("y", enabled=True)
+            assert isinstance(first, NoBar) and isinstance(second, NoBar)
+            first.update(5)
+            assert first.n == 5
+        said = os.read(leader, 4096).decode()
+    finally:
+        os.close(leader)
+    assert said.splitlines() == [f"jukinet: {csvfile.INSTALL_HINT}"]
+    assert "pip install 'jukinet[cli]'" in said
+
+
+# --- a node that cannot start says why in one line ----------------------------------------
+
+
+def _national_config(tmp_path: Path, pki_dir: Path, listen: str, database_url: str) -> Path:
+    path = tmp_path / "national.toml"
+    path.write_text(
+        f'listen = "{listen}"\n'
+        f'database_url = "{database_url}"\n'
+        "[tls]\n"
+        f'ca = "{pki_dir / "ca.pem"}"\n'
+        f'cert = "{pki_dir / "national.pem"}"\n'
+        f'key = "{pki_dir / "national.key"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start_fails(capsys: pytest.CaptureFixture[str], config: Path, tier: str = "national") -> str:
+    """``jukinet run`` in this thread (a node sets signal handlers): its one line."""
+    capsys.readouterr()
+    code = _main(["run", tier, "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    line = one_line(Run(code, out, err))
+    assert line.startswith(f"jukinet {tier}: "), line
+    return line.removeprefix(f"jukinet {tier}: ")
+
+
+def test_bad_database_urls_stop_a_node_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, pki_dir: Path
+) -> None:
+    listen = f"127.0.0.1:{_free_port()}"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    cases = [
+        ("mysql://x/y", "database_url: must start with sqlite+aiosqlite:// or postgresql"),
+        (f"sqlite+aiosqlite:///{blocker}/sub/x.db", "database_url: cannot create the folder"),
+        (f"sqlite+aiosqlite:///{blocker}", "database_url: cannot open the SQLite file"),
+        (
+            f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/x",
+            "database_url: cannot reach the PostgreSQL server at 127.0.0.1:",
+        ),
+        (
+            "postgresql+asyncpg://postgres@no-such-host.invalid:5432/x",
+            "database_url: cannot reach the PostgreSQL server at no-such-host.invalid:5432",
+        ),
+    ]  # fmt: skip
+    for url, says in cases:
+        line = _start_fails(capsys, _national_config(tmp_path, pki_dir, listen, url))
+        assert line.startswith(says), (url, line)
+
+
+def test_a_missing_certificate_or_a_taken_metrics_port_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    pki_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = tmp_path / "var" / "national.db"
+    config = _national_config(
+        tmp_path, pki_dir, f"127.0.0.1:{_free_port()}", f"sqlite+aiosqlite:///{database}"
+    )
+    monkeypatch.setenv("JUKINET_TLS_CERT", str(tmp_path / "nope.pem"))
+    assert _start_fails(capsys, config) == f"tls.cert: {tmp_path / 'nope.pem'}: file not found"
+    monkeypatch.delenv("JUKINET_TLS_CERT")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics = f"127.0.0.1:{taken.getsockname()[1]}"
+        monkeypatch.setenv("JUKINET_METRICS_LISTEN", metrics)
+        line = _start_fails(capsys, config)
+    assert line == f"metrics_listen: {metrics} is already in use (is another node running there?)"
+    assert not database.exists()  # both found before the database was touched
+
+
+@pytest.mark.postgres
+def test_a_missing_postgresql_database_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, pki_dir: Path, pg_available: None
+) -> None:
+    server = make_url(PG_ADMIN_DSN)
+    name = f"jukinet_missing_{uuid.uuid4().hex[:8]}"
+    url = server.set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
+    config = _national_config(tmp_path, pki_dir, f"127.0.0.1:{_free_port()}", url)
+    line = _start_fails(capsys, config)
+    assert line.startswith(f"database_url: PostgreSQL at {server.host}:"), line
+    assert f'database "{name}" does not exist; create it first' in line, line
+
+
+async def test_a_missing_sqlite_folder_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "deeper" / "national.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await db.migrate(NATIONAL_MIGRATIONS)
+    finally:
+        await db.close()
+    assert path.is_file()
+
+
+async def test_a_taken_port_stops_a_second_node_with_one_line(
+    fed: Federation, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The federation's national node serves there (with gRPC's own socket options).
+    listen = f"127.0.0.1:{fed.national_port}"
+    database = tmp_path / "second" / "national.db"
+    config = _national_config(tmp_path, fed.pki_dir, listen, f"sqlite+aiosqlite:///{database}")
+    line = await asyncio.to_thread(_start_fails, capsys, config)
+    assert line == f"listen: {listen} is already in use (is another node running there?)"
+    assert not database.exists()  # refused before touching a database
+
+
+async def test_nodes_refuse_to_share_a_port(pki_dir: Path) -> None:
+    """Two grpc servers on one port: gRPC's SO_REUSEPORT default would let the
+    second bind it too; a node's server refuses."""
+    listen = f"127.0.0.1:{_free_port()}"
+    first = grpc.aio.server()
+    first.add_insecure_port(listen)
+    await first.start()
+    try:
+        config = NationalConfig(
+            listen=listen,
+            database_url="sqlite+aiosqlite:///unused.db",
+            tls=tls_files(pki_dir, "national"),
+        )
+        with pytest.raises(ConfigError, match=f"listen: {re.escape(listen)} is already in use"):
+            await start_server(
+                config=config,
+                rules={},
+                register=lambda server: None,
+                service_names=[],
+                metrics=NodeMetrics("national"),
+            )
+    finally:
+        await first.stop(None)
