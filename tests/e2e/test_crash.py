@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -52,9 +53,10 @@ async def import_all(fed: LocalFederation) -> None:
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
-        batches = [rows(TOTAL)[i : i + 500] for i in range(0, TOTAL, 500)]
+        every = rows(TOTAL)
+        batches = [every[i : i + 500] for i in range(0, TOTAL, 500)]
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[municipal_pb2.ImportResidentsRequest]:
             for batch in batches:
                 yield municipal_pb2.ImportResidentsRequest(rows=batch)
 
@@ -113,7 +115,7 @@ async def export_municipal(fed: LocalFederation) -> dict[str, tuple[str, str, in
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
-        out = {}
+        out: dict[str, tuple[str, str, int]] = {}
         async for page in stub.ExportResidents(municipal_pb2.ExportResidentsRequest()):
             for r in page.residents:
                 status = (
