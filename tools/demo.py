@@ -763,10 +763,11 @@ async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
 # --- waiting and reporting ------------------------------------------------------------
 
 
-async def wait_delivered(
+async def watch_delivery(
     ops: Operators, within: float = _DELIVERY_TIMEOUT, *, progress: bool = True
 ) -> float:
-    """Until the national node applied every municipal notification; returns seconds."""
+    """Until the national node applied every municipal notification, with a progress
+    bar; returns the seconds waited."""
     started = time.monotonic()
     bar: tqdm[Any] | None = None
 
@@ -1293,7 +1294,7 @@ async def _main(
 
         print("\nwaiting for the national node to apply every notification", file=out, flush=True)
         with timings.phase("delivery"):
-            waited = await wait_delivered(ops, progress=not args.quiet)
+            waited = await watch_delivery(ops, progress=not args.quiet)
         print(f"  every municipal notification applied at national ({waited:.1f} s)", file=out)
 
         with timings.phase("reconcile"):
