@@ -1,8 +1,8 @@
 """Benchmark of the agency gateway: ``Verify`` latency and throughput, ``VerifyBatch``,
 and a bare gRPC baseline measured in the same run.
 
-    python -m bench.delivery --only gateway [--residents N] [--quick]
-                            [--gateway-seconds S] [--batch-claims N]
+    python -m bench --only gateway [--residents N] [--quick]
+                   [--gateway-seconds S] [--batch-claims N]
 
 ``make bench`` runs it after the delivery benchmark. What it does:
 
@@ -68,39 +68,28 @@ import math
 import random
 import re
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import grpc.aio
 
-from bench.delivery import (
-    PG_ADMIN_DSN,
-    REPO,
-    BenchError,
-    Databases,
-    _machine_cpu,
-    _postgres_cpu,
-    _proc_cpu,
-    _self_cpu,
-    free_port,
-    machine_facts,
-    percentile,
-    postgres_version,
-    progress,
-)
+from bench.common import BenchError, machine_facts, percentile, postgres_version, progress
+from bench.processes import BaselineServer, CpuMeter, settle
+from gateway.registry import load_registry
 from jukinet import localgov
 from jukinet.client import tls_files
-from jukinet.tls import secure_channel, server_credentials
+from jukinet.codes import new_resident_code
+from jukinet.db import Database
+from jukinet.delivery.store import HoldingStore
+from jukinet.tls import secure_channel
 from jukinet.v1 import (
     common_pb2,
     delivery_pb2,
@@ -108,6 +97,9 @@ from jukinet.v1 import (
     gateway_pb2_grpc,
     national_pb2_grpc,
 )
+from services.national import models as national_models
+from tools.localfed import PG_SERVER, Databases, LocalFederation
+from tools.population import PopulationGenerator
 
 # Targets from the issue.
 TARGET_C16_VS_BASELINE = 1 / 3  # Verify req/s at concurrency 16, as a share of the baseline
@@ -129,6 +121,7 @@ CLAIM_SAMPLE = 50_000  # residents kept (uniformly sampled) as full claims
 CONCURRENCY = (1, 16, 64)
 CALL_TIMEOUT = 30.0
 SEX = {"male": common_pb2.SEX_MALE, "female": common_pb2.SEX_FEMALE}
+CLIENT = "bench client (this process)"  # this process, in the CPU figures
 
 
 @dataclass(frozen=True)
@@ -148,7 +141,7 @@ class GatewayPlan:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The gateway benchmark's options (on ``python -m bench.delivery``)."""
+    """The gateway benchmark's options (on ``python -m bench``)."""
     parser.add_argument(
         "--residents",
         type=int,
@@ -231,12 +224,8 @@ class Loader:
     """Writes residents into the national database with the node's own storage code."""
 
     def __init__(self, url: str, municipalities: Sequence[str], seed: int) -> None:
-        from jukinet.db import Database
-        from jukinet.delivery.store import HoldingStore
-        from services.national import models
-
         self.db = Database(url, pool_size=2)
-        self.store = HoldingStore(self.db, models.holdings)
+        self.store = HoldingStore(self.db, national_models.holdings)
         self.municipalities = list(municipalities)
         self.seed = seed
         self.loaded = {m: 0 for m in municipalities}  # = last sequence per origin
@@ -247,11 +236,10 @@ class Loader:
 
     @property
     def total(self) -> int:
+        """Residents loaded so far."""
         return sum(self.loaded.values())
 
     def _fresh_codes(self, count: int) -> list[str]:
-        from jukinet.codes import new_resident_code
-
         out: list[str] = []
         while len(out) < count:
             code = new_resident_code(self._rng)
@@ -260,34 +248,20 @@ class Loader:
                 out.append(code)
         return out
 
-    async def grow_to(self, total: int) -> dict[str, Any]:
-        """Load residents until the store holds ``total``; returns timings."""
-        from tools.population import PopulationGenerator
-
-        want = split(total, len(self.municipalities))
-        todo = sum(
-            max(0, w - self.loaded[m]) for m, w in zip(self.municipalities, want, strict=True)
-        )
-        recorded_at = dt.datetime.now(dt.UTC).isoformat()
-        gen = PopulationGenerator(self.seed)
-        base = self.total
-        started = time.monotonic()
-        last_report = started
-        generate_s = 0.0
-        done = 0
-        for muni, target in zip(self.municipalities, want, strict=True):
-            first = self.loaded[muni]
-            if target <= first:
-                continue
-            t0 = time.monotonic()
-            # people(code, n) is a prefix of people(code, m > n): growing the
-            # store continues each municipality's population where it stopped.
-            people = list(itertools.islice(gen.people(muni, target), first, target))
-            codes = self._fresh_codes(len(people))
-            notifications = []
-            for i, (person, code) in enumerate(zip(people, codes, strict=True)):
-                born = person.birth_date.isoformat()
-                n = common_pb2.Notification(
+    def _entries(
+        self, gen: PopulationGenerator, muni: str, first: int, target: int, recorded_at: str
+    ) -> tuple[list[str], list[common_pb2.Notification]]:
+        """Residents ``first`` to ``target`` of ``muni``: their codes and their
+        ex-officio entry notifications (the client keeps their claims)."""
+        # people(code, n) is a prefix of people(code, m > n): growing the
+        # store continues each municipality's population where it stopped.
+        people = list(itertools.islice(gen.people(muni, target), first, target))
+        codes = self._fresh_codes(len(people))
+        notifications = []
+        for i, (person, code) in enumerate(zip(people, codes, strict=True)):
+            born = person.birth_date.isoformat()
+            notifications.append(
+                common_pb2.Notification(
                     origin_code=muni,
                     sequence=first + i + 1,
                     kind=common_pb2.CHANGE_KIND_CREATED,
@@ -304,32 +278,60 @@ class Loader:
                         local_government_code=muni,
                     ),
                 )
-                notifications.append(n)
-                self.claims.add(
-                    gateway_pb2.ClaimedIdentity(
-                        resident_code=code,
-                        name=person.name,
-                        birth_date=born,
-                        sex=SEX[person.sex],
-                        address=person.address,
-                    ),
-                    self._sample_rng,
+            )
+            self.claims.add(
+                gateway_pb2.ClaimedIdentity(
+                    resident_code=code,
+                    name=person.name,
+                    birth_date=born,
+                    sex=SEX[person.sex],
+                    address=person.address,
+                ),
+                self._sample_rng,
+            )
+        return codes, notifications
+
+    async def _write(
+        self, muni: str, first: int, codes: Sequence[str], notifications: Sequence[Any]
+    ) -> AsyncIterator[int]:
+        """The code pool, then the entries in transactions of :data:`LOAD_BATCH`;
+        yields the count of each transaction."""
+        # The municipality's code pool, as the national node records it when it
+        # hands codes down (the entries' codes must come from it).
+        async with self.db.write() as conn:
+            for i in range(0, len(codes), 10_000):
+                await self.store.record_issued(
+                    conn, codes[i : i + 10_000], muni, f"bench-{muni}-{first + i}"
                 )
-            generate_s += time.monotonic() - t0
-            # The municipality's code pool, as the national node records it
-            # when it hands codes down (the entries' codes must come from it).
+        for i in range(0, len(notifications), LOAD_BATCH):
+            chunk = notifications[i : i + LOAD_BATCH]
             async with self.db.write() as conn:
-                for i in range(0, len(codes), 10_000):
-                    await self.store.record_issued(
-                        conn, codes[i : i + 10_000], muni, f"bench-{muni}-{first + i}"
-                    )
-            for i in range(0, len(notifications), LOAD_BATCH):
-                chunk = notifications[i : i + LOAD_BATCH]
-                async with self.db.write() as conn:
-                    result = await self.store.apply_batch(conn, chunk)
-                if result.applied != len(chunk):
-                    raise BenchError(f"load: {result.applied} of {len(chunk)} applied")
-                done += len(chunk)
+                result = await self.store.apply_batch(conn, chunk)
+            if result.applied != len(chunk):
+                raise BenchError(f"load: {result.applied} of {len(chunk)} applied")
+            yield len(chunk)
+
+    async def grow_to(self, total: int) -> dict[str, Any]:
+        """Load residents until the store holds ``total``; returns timings."""
+        want = split(total, len(self.municipalities))
+        todo = sum(
+            max(0, w - self.loaded[m]) for m, w in zip(self.municipalities, want, strict=True)
+        )
+        recorded_at = dt.datetime.now(dt.UTC).isoformat()
+        gen = PopulationGenerator(self.seed)
+        base = self.total
+        started = last_report = time.monotonic()
+        generate_s = 0.0
+        done = 0
+        for muni, target in zip(self.municipalities, want, strict=True):
+            first = self.loaded[muni]
+            if target <= first:
+                continue
+            t0 = time.monotonic()
+            codes, notifications = self._entries(gen, muni, first, target, recorded_at)
+            generate_s += time.monotonic() - t0
+            async for count in self._write(muni, first, codes, notifications):
+                done += count
                 now = time.monotonic()
                 if now - last_report > 5:
                     rate = done / (now - started)
@@ -349,6 +351,7 @@ class Loader:
         }
 
     async def count(self, table: str) -> int:
+        """Rows in one of the national node's tables."""
         async with self.db.read() as conn:
             value = await conn.exec_driver_sql(f"SELECT count(*) FROM {table}")
             return int(value.scalar_one())
@@ -356,8 +359,6 @@ class Loader:
     async def vacuum_analyze(self) -> float:
         """VACUUM (ANALYZE), then a CHECKPOINT, so that the writing of the load is
         over before anything is measured."""
-        import asyncpg
-
         started = time.monotonic()
         dsn = self.db.url.replace("postgresql+asyncpg://", "postgresql://")
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -369,50 +370,11 @@ class Loader:
         return time.monotonic() - started
 
     async def close(self) -> None:
+        """Close its connections."""
         await self.db.close()
 
 
-async def settle(limit_s: float = 20.0, quiet_cores: float = 0.3) -> float:
-    """Wait (at most ``limit_s``) until the machine is quiet: after a load the
-    kernel still writes dirty pages back for a while. Returns the seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit_s:
-        busy = _machine_cpu()[0]
-        await asyncio.sleep(1.0)
-        if _machine_cpu()[0] - busy < quiet_cores:
-            break
-    return round(time.monotonic() - started, 1)
-
-
 # --- the client ------------------------------------------------------------------
-
-
-class CpuWindow:
-    """CPU seconds of named processes, PostgreSQL, this process and the machine."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._start: dict[str, float] = {}
-        self._machine = 0.0
-
-    def _sample(self) -> dict[str, float]:
-        out = {name: _proc_cpu(pid) for name, pid in self.pids.items()}
-        out["postgresql"] = _postgres_cpu()
-        out["bench client (this process)"] = _self_cpu()
-        return out
-
-    def begin(self) -> None:
-        self._start = self._sample()
-        self._machine = _machine_cpu()[0]
-
-    def end(self, seconds: float) -> dict[str, float]:
-        now = self._sample()
-        busy = _machine_cpu()[0] - self._machine
-        used = {k: round(now[k] - self._start.get(k, 0.0), 2) for k in now}
-        used["total"] = round(sum(used.values()), 2)
-        used["other processes"] = round(max(0.0, busy - used["total"]), 2)
-        used["cores busy (total / wall)"] = round(used["total"] / seconds, 2) if seconds else 0.0
-        return used
 
 
 @dataclass
@@ -485,7 +447,7 @@ async def closed_loop(
     concurrency: int,
     seconds: float,
     warmup: float,
-    cpu: CpuWindow,
+    cpu: CpuMeter,
     check: Callable[[Any], bool] | None = None,
 ) -> LoopResult:
     """``concurrency`` tasks, each calling ``call`` with the next request as soon as
@@ -554,114 +516,11 @@ def _is_match(response: gateway_pb2.VerifyResponse) -> bool:
     )
 
 
-# --- the baseline server -----------------------------------------------------------
-
-
-def serve_baseline(port: int, pki_dir: Path) -> None:
-    """The baseline process: GatewayService/Verify answered with a constant, over mTLS."""
-    answer = gateway_pb2.VerifyResponse(
-        verification=gateway_pb2.Verification(
-            found=True,
-            currently_registered=True,
-            resident_code=gateway_pb2.ITEM_MATCH_MATCH,
-            name=gateway_pb2.ITEM_MATCH_MATCH,
-            birth_date=gateway_pb2.ITEM_MATCH_MATCH,
-            sex=gateway_pb2.ITEM_MATCH_MATCH,
-            address=gateway_pb2.ITEM_MATCH_MATCH,
-        ),
-        provision_id="0" * 32,
-    )
-
-    async def verify(
-        request: gateway_pb2.VerifyRequest, context: Any
-    ) -> gateway_pb2.VerifyResponse:
-        return answer
-
-    async def main() -> None:
-        handler = grpc.method_handlers_generic_handler(
-            "jukinet.v1.GatewayService",
-            {
-                "Verify": grpc.unary_unary_rpc_method_handler(
-                    verify,
-                    request_deserializer=gateway_pb2.VerifyRequest.FromString,
-                    response_serializer=gateway_pb2.VerifyResponse.SerializeToString,
-                )
-            },
-        )
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((handler,))
-        server.add_secure_port(
-            f"127.0.0.1:{port}", server_credentials(tls_files(pki_dir, "gateway"))
-        )
-        await server.start()
-        print("baseline ready on port", port, flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await server.stop(0)
-
-    asyncio.run(main())
-
-
-class BaselineServer:
-    """The baseline process, started and stopped by the benchmark."""
-
-    def __init__(self, pki_dir: Path, workdir: Path) -> None:
-        self.pki_dir = pki_dir
-        self.out = workdir / "baseline.out"
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with self.out.open("wb") as out:
-            return subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.gateway",
-                    "--serve-baseline",
-                    str(self.port),
-                    "--pki",
-                    str(self.pki_dir),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-                start_new_session=True,
-            )
-
-    async def start(self) -> None:
-        self.proc = self._spawn()
-        deadline = time.monotonic() + 60
-        while b"baseline ready" not in self.out.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(
-                    "baseline server did not start:\n" + self.out.read_text(errors="replace")
-                )
-            await asyncio.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 # --- VerifyBatch -------------------------------------------------------------------
 
 
 def batch_cap() -> int:
     """Claims per VerifyBatch message: the purpose's cap in the packaged registry."""
-    from gateway.registry import load_registry
 
     purpose = load_registry().get(PURPOSE)
     if purpose is None or purpose.quota.max_batch_size is None:
@@ -672,7 +531,7 @@ def batch_cap() -> int:
 async def verify_batch(
     stub: gateway_pb2_grpc.GatewayServiceAsyncStub,
     claims: Sequence[gateway_pb2.ClaimedIdentity],
-    cpu: CpuWindow,
+    cpu: CpuMeter,
 ) -> dict[str, Any]:
     """One stream of ``claims`` in messages of the purpose's cap; verifications/s."""
     cap = batch_cap()
@@ -745,33 +604,62 @@ def purposes_file(workdir: Path) -> Path:
     return path
 
 
+@dataclass
+class Clients:
+    """The benchmark's stubs: the gateway as the agency, national as its operator."""
+
+    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub
+    national: national_pb2_grpc.NationalServiceAsyncStub
+
+
 class Run:
     """One gateway benchmark: federation, store, client, results."""
 
     def __init__(self, plan: GatewayPlan, workdir: Path) -> None:
         self.plan = plan
         self.workdir = workdir
-        self.dbs = Databases("postgres", workdir)
-        self.fed: Any = None
+        self.fed = LocalFederation(
+            workdir / "fed",
+            [],
+            databases=Databases("postgres", workdir / "fed" / "data", prefix="jkbench"),
+            settings={"gateway": {"purposes": str(purposes_file(workdir))}},
+            agencies=[AGENCY],
+            gateway=True,
+        )
+        self.municipalities = choose_municipalities()
         self.loader: Loader | None = None
         self.channels: list[grpc.aio.Channel] = []
+        self.answers: dict[str, dict[str, int]] = {}  # per phase: answers and provision records
 
-    def pids(self) -> dict[str, int]:
-        assert self.fed is not None
-        out = {}
-        for name in ("gateway", "national"):
-            proc = self.fed.nodes[name].process
-            out[name] = proc.pid if proc is not None else 0
-        return out
+    def cpu(self) -> CpuMeter:
+        """A meter of the gateway, the national node, PostgreSQL and this client."""
+        nodes = {name: self.fed.nodes[name].pid for name in ("gateway", "national")}
+        return CpuMeter(lambda: nodes, me=CLIENT)
 
-    def _channel(self, target: str, cert: str) -> grpc.aio.Channel:
-        ch = secure_channel(target, tls_files(self.fed.pki_dir, cert))
+    def _channel(self, node: str, cert: str) -> grpc.aio.Channel:
+        ch = self.fed.channel(node, cert)
         self.channels.append(ch)
         return ch
 
     async def provisions(self) -> int:
+        """Provision records in the national database."""
         assert self.loader is not None
         return await self.loader.count("provisions")
+
+    async def start(self) -> Clients:
+        """The national node (on a fresh PostgreSQL database) and the gateway."""
+        await self.fed.prepare()
+        progress("gateway: starting the national node (PostgreSQL) and the gateway")
+        await self.fed.start_all()
+        self.loader = Loader(
+            self.fed.nodes["national"].database_url, self.municipalities, self.plan.seed
+        )
+        return Clients(
+            gateway_pb2_grpc.GatewayServiceStub(self._channel("gateway", f"agency-{AGENCY}")),
+            national_pb2_grpc.NationalServiceStub(
+                self._channel("national", "operator-national-admin")
+            ),
+        )
 
     async def level(
         self,
@@ -780,7 +668,7 @@ class Run:
         c: int,
         seconds: float,
         label: str,
-        pids: dict[str, int],
+        cpu: CpuMeter,
         check: bool,
     ) -> LoopResult:
         """One closed-loop run of Verify at concurrency ``c``."""
@@ -790,7 +678,7 @@ class Run:
             concurrency=c,
             seconds=seconds,
             warmup=self.plan.warmup,
-            cpu=CpuWindow(pids),
+            cpu=cpu,
             check=_is_match if check else None,
         )
         s = result.summary()
@@ -802,12 +690,12 @@ class Run:
         )
         return result
 
-    async def check_loaded(self, national: Any, gateway: Any) -> dict[str, Any]:
+    async def check_loaded(self, clients: Clients) -> dict[str, Any]:
         """Sampled records found through the node itself, with the loaded content."""
         assert self.loader is not None
         sample = random.Random(7).sample(self.loader.claims.sample, 20)
         for claim in sample:
-            got: delivery_pb2.GetIdentityResponse = await national.GetIdentity(
+            got: delivery_pb2.GetIdentityResponse = await clients.national.GetIdentity(
                 delivery_pb2.GetIdentityRequest(resident_code=claim.resident_code), timeout=10
             )
             r = got.identity.record
@@ -818,7 +706,7 @@ class Run:
                 claim.address,
             ) or len(got.history) != 1:
                 raise BenchError(f"GetIdentity {claim.resident_code}: not the loaded record")
-            answer = await gateway.Verify(
+            answer = await clients.gateway.Verify(
                 gateway_pb2.VerifyRequest(purpose_code=PURPOSE, claim=claim), timeout=10
             )
             if not _is_match(answer):
@@ -828,110 +716,92 @@ class Run:
             raise BenchError(f"national holds {held:,} identities, {self.loader.total:,} loaded")
         return {"identities": held, "sampled_get_identity_and_verify": len(sample)}
 
-    async def execute(self) -> dict[str, Any]:
-        from tools.localfed import LocalFederation
-
-        plan = self.plan
-        url = await self.dbs.url("gw_national")
-        munis = choose_municipalities()
-        registry = purposes_file(self.workdir)
-        self.fed = LocalFederation(
-            self.workdir / "fed",
-            [],
-            database_url=lambda _name: url,
-            settings={"gateway": {"purposes": str(registry)}},
-            agencies=[AGENCY],
-            gateway=True,
-        )
-        self.fed.prepare()
-        progress("gateway: starting the national node (PostgreSQL) and the gateway")
-        await self.fed.start_all()
-        pids = self.pids()
-        self.loader = Loader(url, munis, plan.seed)
-        gw_target = self.fed.nodes["gateway"].target
-        gateway = gateway_pb2_grpc.GatewayServiceStub(self._channel(gw_target, f"agency-{AGENCY}"))
-        national = national_pb2_grpc.NationalServiceStub(
-            self._channel(self.fed.nodes["national"].target, "operator-national-admin")
-        )
-        result: dict[str, Any] = {"municipalities": munis, "load": {}, "verify": {}}
-
-        # Store at the small size; latency at concurrency 1.
-        progress(f"gateway: loading {plan.small:,} residents ({len(munis)} municipalities)")
-        load = await self.loader.grow_to(plan.small)
+    async def load(
+        self, clients: Clients, size: int, seed: int
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """Grow the store to ``size``, vacuum, check and settle; the load's figures
+        and the Verify requests (every sampled claim, shuffled by ``seed``)."""
+        assert self.loader is not None
+        load = await self.loader.grow_to(size)
+        if size == self.plan.residents:
+            progress(
+                f"gateway: loaded {load['residents_added']:,} in {load['seconds']:.0f}s "
+                f"({load['residents_per_s']:,}/s); VACUUM (ANALYZE)"
+            )
         load["vacuum_analyze_s"] = round(await self.loader.vacuum_analyze(), 2)
-        load["checks"] = await self.check_loaded(national, gateway)
+        load["checks"] = await self.check_loaded(clients)
         load["settled_s"] = await settle()
-        result["load"][str(plan.small)] = load
         requests = [
             gateway_pb2.VerifyRequest(purpose_code=PURPOSE, claim=c)
             for c in self.loader.claims.sample
         ]
-        random.Random(3).shuffle(requests)
+        random.Random(seed).shuffle(requests)
+        return load, requests
+
+    async def record(self, phase: str, answered: int, before: int) -> None:
+        """Count ``answered`` verifications under ``phase``, and the provision records
+        written since there were ``before``."""
+        counts = self.answers.setdefault(phase, {"answers": 0, "records": 0})
+        counts["answers"] += answered
+        counts["records"] += await self.provisions() - before
+
+    async def verify_small(self, clients: Clients, requests: list[Any]) -> dict[str, Any]:
+        """Verify at concurrency 1 with the small store."""
+        small = self.plan.small
+        label = f"Verify at {small:,} residents,"
         before = await self.provisions()
-        small = await self.level(
-            gateway, requests, 1, plan.seconds, f"Verify at {plan.small:,} residents,", pids, True
+        result = await self.level(
+            clients.gateway, requests, 1, self.plan.seconds, label, self.cpu(), True
         )
-        calls_small = small.calls_ok
-        small_provisions = await self.provisions() - before
-        result["verify"][str(plan.small)] = {"c1": small.summary()}
+        await self.record(f"verify at {small:,}", result.calls_ok, before)
+        return {"c1": result.summary()}
 
-        # Grow to the full size.
-        progress(f"gateway: growing the store to {plan.residents:,} residents")
-        load = await self.loader.grow_to(plan.residents)
-        progress(
-            f"gateway: loaded {load['residents_added']:,} in {load['seconds']:.0f}s "
-            f"({load['residents_per_s']:,}/s); VACUUM (ANALYZE)"
-        )
-        load["vacuum_analyze_s"] = round(await self.loader.vacuum_analyze(), 2)
-        load["checks"] = await self.check_loaded(national, gateway)
-        load["settled_s"] = await settle()
-        result["load"][str(plan.residents)] = load
-        requests = [
-            gateway_pb2.VerifyRequest(purpose_code=PURPOSE, claim=c)
-            for c in self.loader.claims.sample
-        ]
-        random.Random(4).shuffle(requests)
-
-        # Verify and the baseline, same client code, same requests, level by
-        # level and in alternating rounds (baseline, gateway, baseline,
-        # gateway), so that both see the same machine.
-        baseline_server = BaselineServer(self.fed.pki_dir, self.workdir)
-        await baseline_server.start()
-        full: dict[str, Any] = {}
-        result["baseline"] = {}
-        calls_full = 0
-        full_provisions = 0
-        rounds = plan.rounds
+    async def verify_levels(
+        self, clients: Clients, requests: list[Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Verify and the baseline, same client code, same requests, level by level
+        and in alternating rounds (baseline, gateway, baseline, gateway), so that
+        both see the same machine. Returns (gateway, baseline) summaries."""
+        plan = self.plan
         label = f"Verify at {plan.residents:,} residents,"
+        phase = f"verify at {plan.residents:,}"
+        server = BaselineServer("verify", self.fed.pki_dir, self.workdir)
+        full: dict[str, Any] = {}
+        baseline: dict[str, Any] = {}
+        await server.start()
         try:
-            ch = self._channel(f"127.0.0.1:{baseline_server.port}", f"agency-{AGENCY}")
+            ch = secure_channel(
+                f"127.0.0.1:{server.port}", tls_files(self.fed.pki_dir, f"agency-{AGENCY}")
+            )
+            self.channels.append(ch)
             bare = gateway_pb2_grpc.GatewayServiceStub(ch)
-            bare_pid = {"baseline server": baseline_server.pid}
+            bare_cpu = CpuMeter(lambda: {"baseline server": server.pid}, me=CLIENT)
+            seconds = plan.seconds / plan.rounds
             for c in CONCURRENCY:
                 base: LoopResult | None = None
                 ours: LoopResult | None = None
-                for _ in range(rounds):
-                    b = await self.level(
-                        bare, requests, c, plan.seconds / rounds, "baseline", bare_pid, False
-                    )
+                for _ in range(plan.rounds):
+                    b = await self.level(bare, requests, c, seconds, "baseline", bare_cpu, False)
                     base = b if base is None else base.merge(b)
                     before = await self.provisions()
                     g = await self.level(
-                        gateway, requests, c, plan.seconds / rounds, label, pids, True
+                        clients.gateway, requests, c, seconds, label, self.cpu(), True
                     )
-                    full_provisions += await self.provisions() - before
-                    calls_full += g.calls_ok
+                    await self.record(phase, g.calls_ok, before)
                     ours = g if ours is None else ours.merge(g)
                 assert base is not None and ours is not None
-                result["baseline"][f"c{c}"] = base.summary()
+                baseline[f"c{c}"] = base.summary()
                 full[f"c{c}"] = ours.summary()
             await ch.close(None)
             await asyncio.sleep(0.2)  # the connection goes before the server does
         finally:
-            baseline_server.stop()
-        result["verify"][str(plan.residents)] = full
+            server.stop()
+        return full, baseline
 
-        # VerifyBatch.
+    async def verify_batches(self, clients: Clients) -> dict[str, Any]:
+        """VerifyBatch by resident code, then by the four items without the code."""
+        assert self.loader is not None
+        plan = self.plan
         rng = random.Random(5)
         codes = self.loader.claims.codes
         by_code = [
@@ -952,41 +822,55 @@ class Run:
         batch: dict[str, Any] = {}
         before = await self.provisions()
         progress(f"gateway: VerifyBatch, {len(by_code):,} claims by resident code")
-        batch["by_code"] = await verify_batch(gateway, by_code, CpuWindow(pids))
+        batch["by_code"] = await verify_batch(clients.gateway, by_code, self.cpu())
         progress(f"gateway: VerifyBatch by code: {batch['by_code']['verifications_per_s']:,}/s")
         progress(f"gateway: VerifyBatch, {len(four):,} claims by the four items")
-        batch["by_four_items"] = await verify_batch(gateway, four, CpuWindow(pids))
+        batch["by_four_items"] = await verify_batch(clients.gateway, four, self.cpu())
         progress(
             f"gateway: VerifyBatch by the four items: "
             f"{batch['by_four_items']['verifications_per_s']:,}/s"
         )
-        batch_provisions = await self.provisions() - before
-        result["verify_batch"] = batch
-        result["provision_records"] = {
-            f"verify at {plan.small:,}": {"answers": calls_small, "records": small_provisions},
-            f"verify at {plan.residents:,}": {"answers": calls_full, "records": full_provisions},
-            "verify_batch": {
-                "answers": len(by_code) + len(four),
-                "records": batch_provisions,
-            },
-        }
-        for phase, counts in result["provision_records"].items():
+        await self.record("verify_batch", len(by_code) + len(four), before)
+        return batch
+
+    def check_provisions(self) -> dict[str, dict[str, int]]:
+        """Every answer had its provision record; raises BenchError otherwise."""
+        for phase, counts in self.answers.items():
             if counts["answers"] != counts["records"]:
                 raise BenchError(
                     f"{phase}: {counts['records']:,} provision records for "
                     f"{counts['answers']:,} answers"
                 )
+        return self.answers
+
+    async def execute(self) -> dict[str, Any]:
+        """Every phase, in order; the figures."""
+        plan = self.plan
+        clients = await self.start()
+        result: dict[str, Any] = {"municipalities": self.municipalities, "load": {}, "verify": {}}
+        progress(
+            f"gateway: loading {plan.small:,} residents ({len(self.municipalities)} municipalities)"
+        )
+        result["load"][str(plan.small)], requests = await self.load(clients, plan.small, seed=3)
+        result["verify"][str(plan.small)] = await self.verify_small(clients, requests)
+        progress(f"gateway: growing the store to {plan.residents:,} residents")
+        result["load"][str(plan.residents)], requests = await self.load(
+            clients, plan.residents, seed=4
+        )
+        full, result["baseline"] = await self.verify_levels(clients, requests)
+        result["verify"][str(plan.residents)] = full
+        result["verify_batch"] = await self.verify_batches(clients)
+        result["provision_records"] = self.check_provisions()
         return result
 
     async def close(self) -> None:
+        """Channels, the loader's connections, the nodes and the database."""
         for ch in self.channels:
             with contextlib.suppress(Exception):
                 await ch.close(None)
         if self.loader is not None:
             await self.loader.close()
-        if self.fed is not None:
-            self.fed.stop_all()
-        await self.dbs.drop_all()
+        await self.fed.close()
 
 
 def evaluate(r: dict[str, Any], plan: GatewayPlan) -> dict[str, Any]:
@@ -1022,7 +906,7 @@ async def run_gateway_bench(plan: GatewayPlan, command: str) -> dict[str, Any]:
     facts = machine_facts()
     facts["postgresql"] = await postgres_version()
     if facts["postgresql"] is None:
-        raise BenchError(f"the gateway benchmark needs PostgreSQL ({PG_ADMIN_DSN})")
+        raise BenchError(f"the gateway benchmark needs PostgreSQL ({PG_SERVER})")
     results: dict[str, Any] = {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
@@ -1069,249 +953,3 @@ async def run_gateway_bench(plan: GatewayPlan, command: str) -> dict[str, Any]:
     results.update(evaluate(results, plan))
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     return results
-
-
-# --- report -----------------------------------------------------------------------------
-
-
-def _n(value: Any, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:,.{digits}f}"
-
-
-def _yes(value: Any) -> str:
-    return "**met**" if value else "**not met**"
-
-
-def _rounds_note(ours: dict[str, Any], base: dict[str, Any], ratio: float | None) -> str:
-    """The rounds behind a ratio, and a warning when it sits near the target."""
-    g, b = ours.get("requests_per_s_by_round"), base.get("requests_per_s_by_round")
-    note = ""
-    if g and b:
-        note = (
-            f" (rounds: gateway {' / '.join(_n(x) for x in g)}, baseline "
-            f"{' / '.join(_n(x) for x in b)} req/s)"
-        )
-    if ratio is not None and abs(ratio - TARGET_C16_VS_BASELINE) < 0.1 * TARGET_C16_VS_BASELINE:
-        note += (
-            "; within 10 % of the target, where the run-to-run variation of the bare "
-            "baseline on this machine (more than ±10 %) decides which side a run lands on"
-        )
-    return note
-
-
-def _per_s(level: dict[str, Any], key: str) -> float:
-    return float(level["cpu_seconds"][key]) / float(level["seconds"] or 1)
-
-
-def render_section(g: dict[str, Any]) -> list[str]:
-    """The gateway section of docs/benchmarks.md."""
-    p = g["parameters"]
-    m = g["machine"]
-    large, small = str(p["residents"]), str(p["small_store"])
-    full = g["verify"][large]
-    base = g["baseline"]
-    met = g["targets_met"]
-    ratios = g["ratios"]
-    by_code = g["verify_batch"]["by_code"]
-    four = g["verify_batch"]["by_four_items"]
-    levels = [f"c{c}" for c in CONCURRENCY]
-    quick = p["residents"] < FULL_SIZE
-
-    def row(label: str, src: dict[str, Any], key: str, digits: int = 0) -> str:
-        return f"| {label} | " + " | ".join(_n(src[lv][key], digits) for lv in levels) + " |"
-
-    def bold(value: str) -> str:
-        return f"**{value}**"
-
-    lines = [
-        "## Agency gateway: Verify and VerifyBatch",
-        "",
-        f"Last run: {g['timestamp']}, `{g['command']}` ({g.get('wall_seconds', 0):.0f} s "
-        "in all). The method is in the docstring of `jukinet/bench_gateway.py`.",
-        "",
-        f"Machine: {m['cpu_count']} CPUs ({m['cpu_model'] or 'unknown model'}), "
-        f"Python {m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']}, "
-        f"PostgreSQL {m['postgresql'] or '–'}. The client (this benchmark), the gateway, the "
-        "national node, PostgreSQL and the baseline server all run on it.",
-        "",
-        f"Store: {p['residents']:,} residents on PostgreSQL"
-        + (" (**a quick run: below the 1,000,000 of the targets**)" if quick else "")
-        + ", written by the national node's own `HoldingStore.apply_batch` at "
-        f"{_n(g['load'][large]['residents_per_s'])} residents/s. Agency `{p['agency']}`, purpose "
-        f"`{p['purpose']}`. A claim is a random loaded resident's code, name, birth date, sex "
-        f"and address. Closed loop over one mTLS channel, {p['seconds_per_level']:g} s measured "
-        f"per level in {p.get('rounds_per_level', 1)} alternating round(s) (baseline, gateway, "
-        f"…), each after {p['warmup_s']:g} s of warm-up, so that both see the same machine.",
-        "",
-        "| Verify, " + f"{p['residents']:,} residents | c=1 | c=16 | c=64 |",
-        "|---|---:|---:|---:|",
-        row(bold("gateway Verify, req/s"), full, "requests_per_s"),
-        row("gateway Verify p50, ms", full, "p50_ms", 2),
-        row(bold("gateway Verify p99, ms"), full, "p99_ms", 2),
-        row("baseline (bare grpc.aio, mTLS, trivial handler), req/s", base, "requests_per_s"),
-        row("baseline p50, ms", base, "p50_ms", 2),
-        row("baseline p99, ms", base, "p99_ms", 2),
-        f"| {bold('gateway ÷ baseline')} | "
-        + " | ".join(_n(ratios[f"{lv}_vs_baseline"], 2) for lv in levels)
-        + " |",
-        "| CPU cores busy during gateway Verify: ours / other processes | "
-        + " | ".join(
-            f"{_n(full[lv]['cpu_seconds']['cores busy (total / wall)'], 2)} / "
-            f"{_n(_per_s(full[lv], 'other processes'), 2)}"
-            for lv in levels
-        )
-        + " |",
-        "",
-        "| store size | Verify c=1 p50, ms | p99, ms |",
-        "|---:|---:|---:|",
-        f"| {int(small):,} | {_n(g['verify'][small]['c1']['p50_ms'], 2)} | "
-        f"{_n(g['verify'][small]['c1']['p99_ms'], 2)} |",
-        f"| {int(large):,} | {_n(full['c1']['p50_ms'], 2)} | {_n(full['c1']['p99_ms'], 2)} |",
-        "",
-        f"| VerifyBatch, one stream, {p['items_per_batch_message']:,} claims per message "
-        "| claims | verifications/s |",
-        "|---|---:|---:|",
-        f"| {bold('by resident code')} | {by_code['claims']:,} | "
-        f"{bold(_n(by_code['verifications_per_s']))} |",
-        f"| by the four items, no code | {four['claims']:,} | {_n(four['verifications_per_s'])} |",
-        "",
-        "Targets (from the issue)"
-        + (", judged on a store below the target's size:" if quick else ":"),
-        "",
-        f"- Verify at c=16 at least a third of the baseline: {_n(full['c16']['requests_per_s'])} "
-        f"against {_n(base['c16']['requests_per_s'])} req/s = "
-        f"{_n(ratios['c16_vs_baseline'], 3)} — {_yes(met['c16_third_of_baseline'])}"
-        + _rounds_note(full["c16"], base["c16"], ratios["c16_vs_baseline"])
-        + ".",
-        f"- Verify p99 at c=16 under {TARGET_C16_P99_MS:g} ms: {_n(full['c16']['p99_ms'], 1)} ms "
-        f"— {_yes(met['c16_p99_under_25ms'])}.",
-        f"- Latency flat from {int(small):,} to {int(large):,} residents (our reading of flat: "
-        f"p50 at most {FLAT_P50_RATIO:g}x and p99 at most {FLAT_P99_RATIO:g}x): p50 "
-        f"x{_n(ratios['c1_p50_large_vs_small'], 2)}, p99 "
-        f"x{_n(ratios['c1_p99_large_vs_small'], 2)} — {_yes(met['latency_flat'])}.",
-        f"- VerifyBatch at least {TARGET_BATCH_PER_S:,} verifications/s: "
-        f"{_n(by_code['verifications_per_s'])}/s by resident code — "
-        f"{_yes(met['verify_batch_20k_per_s'])}; by the four items "
-        f"{_n(four['verifications_per_s'])}/s.",
-        f"- A store of at least {FULL_SIZE:,} residents: {p['residents']:,} — "
-        f"{_yes(met['store_at_least_1m'])}.",
-        "",
-        "Every answer had its provision record, counted in the national database: "
-        + "; ".join(
-            f"{phase}, {c['answers']:,} answers and {c['records']:,} records"
-            for phase, c in g["provision_records"].items()
-        )
-        + ".",
-    ]
-    other = [
-        f"{name} c={c} ({_per_s(src[f'c{c}'], 'other processes'):.2f} cores)"
-        for name, src in (("baseline", base), ("gateway", full))
-        for c in CONCURRENCY
-        if _per_s(src[f"c{c}"], "other processes") > 0.2
-    ]
-    if other:
-        lines += [
-            "",
-            "**Disturbed run**: other processes used CPU during "
-            + ", ".join(other)
-            + "; expect lower and noisier figures than on a quiet machine.",
-        ]
-    g16 = full["c16"].get("cpu_ms_per_request", {})
-    b16 = base["c16"].get("cpu_ms_per_request", {})
-    client = "bench client (this process)"
-    lines += [
-        "",
-        "CPU per request at c=16, ms (from /proc; PostgreSQL is every postgres process on the "
-        "machine):",
-        "",
-        "| | client | gateway or baseline server | national | PostgreSQL | total |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| gateway Verify | {_n(g16.get(client), 3)} | {_n(g16.get('gateway'), 3)} | "
-        f"{_n(g16.get('national'), 3)} | {_n(g16.get('postgresql'), 3)} | "
-        f"{_n(g16.get('total'), 3)} |",
-        f"| baseline | {_n(b16.get(client), 3)} | {_n(b16.get('baseline server'), 3)} | – | "
-        f"{_n(b16.get('postgresql'), 3)} | {_n(b16.get('total'), 3)} |",
-        "",
-        "CPU per VerifyBatch verification by resident code, µs: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in by_code["cpu_us_per_verification"].items())
-        + ".",
-        "",
-        *_history(g),
-    ]
-    return lines
-
-
-# Figures measured before the performance work, for the comparison below (not
-# re-measured by later runs): the same command with this module, on the same
-# machine, run in a copy of the tree at commit 3794503 (before
-# gateway/coalescer.py and the national node's agency path), quiet machine.
-BEFORE = {
-    "measured": "2026-11-27T18:38Z, commit 3794503",
-    "verify_c1_p50_ms": 2.66,
-    "verify_c16_req_s": 823,
-    "verify_c16_p99_ms": 45.1,
-    "verify_c64_req_s": 816,
-    "baseline_c16_req_s": 8406,
-    "batch_by_code_per_s": 21619,
-    "batch_by_four_items_per_s": 4286,
-}
-
-
-def _history(g: dict[str, Any]) -> list[str]:
-    full = g["verify"][str(g["parameters"]["residents"])]
-    b = BEFORE
-    rows = [
-        ("Verify c=1 p50, ms", b["verify_c1_p50_ms"], full["c1"]["p50_ms"], 2),
-        ("Verify c=16, req/s", b["verify_c16_req_s"], full["c16"]["requests_per_s"], 0),
-        ("Verify c=16 p99, ms", b["verify_c16_p99_ms"], full["c16"]["p99_ms"], 1),
-        ("Verify c=64, req/s", b["verify_c64_req_s"], full["c64"]["requests_per_s"], 0),
-        (
-            "baseline c=16, req/s",
-            b["baseline_c16_req_s"],
-            g["baseline"]["c16"]["requests_per_s"],
-            0,
-        ),
-        (
-            "VerifyBatch by code, /s",
-            b["batch_by_code_per_s"],
-            g["verify_batch"]["by_code"]["verifications_per_s"],
-            0,
-        ),
-        (
-            "VerifyBatch by the four items, /s",
-            b["batch_by_four_items_per_s"],
-            g["verify_batch"]["by_four_items"]["verifications_per_s"],
-            0,
-        ),
-    ]
-    return [
-        f"Before and after the performance work (before: {b['measured']}; after: this run):",
-        "",
-        "| | before | after |",
-        "|---|---:|---:|",
-        *(f"| {label} | {_n(x, d)} | {_n(y, d)} |" for label, x, y, d in rows),
-        "",
-        "What changed: concurrent Verify requests of one agency and purpose share one call to "
-        "the national node (`gateway/coalescer.py`, one call in flight); the national node "
-        "looks up a call's claims with one statement (by code: `= ANY($1)`; by the four items: "
-        "one lateral join), writes the group's provision records with one "
-        "`INSERT ... SELECT FROM unnest(...)` that commits on its own, and does both on "
-        "connections it keeps, straight on asyncpg (`services/national/connections.py`, "
-        "`repository.py`, `provisions.py`); names are folded once and only when claimed.",
-    ]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Only the baseline server lives here; run the benchmark with ``python -m bench.delivery``."""
-    parser = argparse.ArgumentParser(prog="python -m bench.gateway")
-    parser.add_argument("--serve-baseline", type=int, required=True, metavar="PORT")
-    parser.add_argument("--pki", type=Path, required=True)
-    args = parser.parse_args(argv)
-    serve_baseline(args.serve_baseline, args.pki)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

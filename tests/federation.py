@@ -4,16 +4,12 @@ files or fresh PostgreSQL databases)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 
 from gateway.app import GatewayApp
@@ -24,7 +20,6 @@ from jukinet.client import tls_files
 from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, PrefectureConfig
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
-    delivery_pb2,
     gateway_pb2_grpc,
     municipal_pb2,
     municipal_pb2_grpc,
@@ -34,44 +29,17 @@ from jukinet.v1 import (
 from services.municipal.app import MunicipalApp
 from services.national.app import NationalApp
 from services.prefecture.app import PrefectureApp
-
-# The PostgreSQL server the tests create their databases on.
-PG_ADMIN_DSN = os.environ.get(
-    "JUKINET_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+from tools.localfed import (
+    PG_SERVER,
+    Databases,
+    municipal_sequences,
+    national_cursors,
+    wait_delivered,
 )
 
-
-class Databases:
-    """Hands out one database URL per node, and drops what it created."""
-
-    def __init__(self, backend: str, workdir: Path, admin_dsn: str = PG_ADMIN_DSN) -> None:
-        self.backend = backend
-        self.workdir = workdir
-        self.admin_dsn = admin_dsn
-        self.created: list[str] = []
-
-    async def url(self, node: str) -> str:
-        if self.backend == "sqlite":
-            return f"sqlite+aiosqlite:///{self.workdir / (node + '.db')}"
-        name = f"jk_{node.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
-        conn = await asyncpg.connect(self.admin_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        self.created.append(name)
-        base = self.admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        return f"{base}/{name}"
-
-    async def drop_all(self) -> None:
-        if not self.created:
-            return
-        conn = await asyncpg.connect(self.admin_dsn)
-        try:
-            for name in self.created:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+# The PostgreSQL server the tests create their databases on (one variable for
+# tests, demo and benchmark, read by tools.localfed).
+PG_ADMIN_DSN = PG_SERVER
 
 
 @dataclass
@@ -207,22 +175,11 @@ class Federation:
 
     async def wait_delivered(self, within: float = 30.0) -> None:
         """Until the national node has applied every municipal notification."""
-        national = self.national_operator()
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
-            want = {}
-            for code in self.municipalities:
-                status = await self.operator(code).GetStatus(
-                    municipal_pb2.GetMunicipalStatusRequest()
-                )
-                want[code] = status.last_sequence
-            got_status = await national.GetDeliveryStatus(delivery_pb2.GetDeliveryStatusRequest())
-            got = {c.origin_code: c.last_sequence for c in got_status.applied}
-            if all(got.get(c, 0) >= s for c, s in want.items()):
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"not delivered in {within}s: want {want}, national has {got}")
-            await asyncio.sleep(0.05)
+        await wait_delivered(
+            municipal_sequences({code: self.operator(code) for code in self.municipalities}),
+            national_cursors(self.national_operator()),
+            within=within,
+        )
 
 
 def issue_certificates(pki_dir: Path, municipalities: list[str], agencies: list[str] = ()) -> None:  # type: ignore[assignment]

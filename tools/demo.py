@@ -62,7 +62,15 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
@@ -92,7 +100,8 @@ from jukinet.v1 import (
     provision_pb2,
 )
 from jukinet.validation import today
-from tools.localfed import LocalFederation, Node, NodeFailed
+from tools import localfed
+from tools.localfed import Delivery, LocalFederation, Node, NodeFailed
 from tools.population import NAME_SEPARATOR, PopulationGenerator
 from tools.sample import write_sample
 
@@ -414,191 +423,232 @@ class _Register:
         ]
 
 
-async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
-    """Births, deaths, a relocation, a marriage, a code change, moves, an arrival."""
-    rng = random.Random(f"tools.demo/{seed}")
-    d = today()
-    day = DayOfLife()
-    m = ops.municipal
-    reg = {code: _Register(await export_register(m[code])) for code in MUNICIPALITIES}
-    used: set[str] = set()
-    t = _RPC_TIMEOUT
+@dataclass
+class Day:
+    """What the scenes of a day share: the registers as they were in the morning,
+    who has had a part already, and what the day changed."""
 
-    def say(reason: str, code: str, text: str) -> None:
+    ops: Operators
+    seed: int
+    out: IO[str]
+    registers: dict[str, _Register]
+    rng: random.Random
+    date: dt.date = field(default_factory=today)
+    used: set[str] = field(default_factory=set)
+    result: DayOfLife = field(default_factory=DayOfLife)
+    scene: str = ""
+
+    @property
+    def m(self) -> dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub]:
+        """Operator stubs of the municipalities."""
+        return self.ops.municipal
+
+    def say(self, reason: str, code: str, text: str) -> None:
+        """One line of the day's report."""
         line = f"  {pad(reason, 18)}{pad(municipality_name(code), 10)}{text}"
-        day.lines.append(line)
-        print(line, file=out, flush=True)
+        self.result.lines.append(line)
+        print(line, file=self.out, flush=True)
 
-    def age(r: municipal_pb2.Resident) -> int:
-        return _age(r.person.birth_date, d)
+    def age(self, r: municipal_pb2.Resident) -> int:
+        """Age today."""
+        return _age(r.person.birth_date, self.date)
 
-    def female(r: municipal_pb2.Resident) -> bool:
-        return r.person.sex == common_pb2.SEX_FEMALE
+    def pick(self, what: str, *pools: Sequence[municipal_pb2.Resident]) -> municipal_pb2.Resident:
+        """Someone from the first pool that has anyone, who then has no other part."""
+        try:
+            chosen = _choose(self.rng, what, *pools)
+        except DemoError as exc:
+            raise DemoError(f"{self.scene}: {exc}") from None
+        self.used.add(chosen.resident_code)
+        return chosen
 
-    def fresh_address(code: str, salt: int) -> str:
-        return next(PopulationGenerator(seed * 7919 + salt).people(code, 1)).address
+    def fresh_address(self, code: str, salt: int) -> str:
+        """A new address in municipality ``code``."""
+        return next(PopulationGenerator(self.seed * 7919 + salt).people(code, 1)).address
 
-    # 出生: two babies, each into the household of a mother of age.
+    def days_ago(self, days: int) -> str:
+        """The date ``days`` before today, ISO."""
+        return (self.date - dt.timedelta(days=days)).isoformat()
+
+
+def _female(r: municipal_pb2.Resident) -> bool:
+    return r.person.sex == common_pb2.SEX_FEMALE
+
+
+async def births(day: Day) -> None:
+    """Two babies, each into the household of a mother of age."""
     for code, back in ((TOTTORI, 3), (YONAGO, 6)):
-        mother = _choose(
-            rng,
+        reg = day.registers[code]
+        mother = day.pick(
             "mother",
-            reg[code].people(used, lambda r: female(r) and 22 <= age(r) <= 42),
-            reg[code].people(used, lambda r: female(r) and 16 <= age(r) <= 55),
-            reg[code].people(used, lambda r: age(r) >= 16),
+            reg.people(day.used, lambda r: _female(r) and 22 <= day.age(r) <= 42),
+            reg.people(day.used, lambda r: _female(r) and 16 <= day.age(r) <= 55),
+            reg.people(day.used, lambda r: day.age(r) >= 16),
         )
-        used.add(mother.resident_code)
-        sex = rng.choice((common_pb2.SEX_MALE, common_pb2.SEX_FEMALE))
+        sex = day.rng.choice((common_pb2.SEX_MALE, common_pb2.SEX_FEMALE))
         pairs = (
             _JaPersonProvider.first_name_male_pairs
             if sex == common_pb2.SEX_MALE
             else _JaPersonProvider.first_name_female_pairs
         )
-        given, given_kana, _ = rng.choice(pairs)
+        given, given_kana, _ = day.rng.choice(pairs)
         surname, _ = _split_name(mother.person.name)
         surname_kana, _ = _split_name(mother.person.name_kana)
-        born = await m[code].RegisterBirth(
+        born = await day.m[code].RegisterBirth(
             municipal_pb2.RegisterBirthRequest(
                 person=municipal_pb2.PersonDetails(
                     name=f"{surname}{NAME_SEPARATOR}{given}",
                     name_kana=f"{surname_kana}{NAME_SEPARATOR}{given_kana}" if surname_kana else "",
-                    birth_date=(d - dt.timedelta(days=back)).isoformat(),
+                    birth_date=day.days_ago(back),
                     sex=sex,
                     address=mother.person.address,
                 ),
                 household_id=mother.household_id,
             ),
-            timeout=t,
+            timeout=_RPC_TIMEOUT,
         )
         r = born.resident
-        say(
+        day.say(
             "出生 birth",
             code,
             f"{r.person.name}, born {r.person.birth_date} into the household of "
             f"{mother.person.name} → new code {r.resident_code}",
         )
 
-    # 死亡: two of the oldest residents.
-    for code in (YONAGO, CHIYODA):
-        elder = _choose(
-            rng,
-            "elderly resident",
-            reg[code].people(used, lambda r: age(r) >= 85),
-            sorted(reg[code].people(used, lambda r: True), key=lambda r: r.person.birth_date)[:3],
-        )
-        used.add(elder.resident_code)
-        died = (d - dt.timedelta(days=1)).isoformat()
-        await m[code].RecordDeath(
-            municipal_pb2.RecordDeathRequest(resident_code=elder.resident_code, date_of_death=died),
-            timeout=t,
-        )
-        say("死亡 death", code, f"{elder.person.name} (born {elder.person.birth_date}) on {died}")
 
-    # 転居: a whole household moves house within 鳥取市.
-    households = list(reg[TOTTORI].households.values())
+async def deaths(day: Day) -> None:
+    """Two of the oldest residents die."""
+    for code in (YONAGO, CHIYODA):
+        reg = day.registers[code]
+        elder = day.pick(
+            "elderly resident",
+            reg.people(day.used, lambda r: day.age(r) >= 85),
+            sorted(reg.people(day.used, lambda r: True), key=lambda r: r.person.birth_date)[:3],
+        )
+        died = day.days_ago(1)
+        await day.m[code].RecordDeath(
+            municipal_pb2.RecordDeathRequest(resident_code=elder.resident_code, date_of_death=died),
+            timeout=_RPC_TIMEOUT,
+        )
+        day.say(
+            "死亡 death", code, f"{elder.person.name} (born {elder.person.birth_date}) on {died}"
+        )
+
+
+async def relocation(day: Day) -> None:
+    """A whole household moves house within 鳥取市."""
+    households = list(day.registers[TOTTORI].households.values())
+
+    def free(h: list[municipal_pb2.Resident]) -> bool:
+        return not day.used & {r.resident_code for r in h}
+
     family = _choose(
-        rng,
+        day.rng,
         "household",
-        [h for h in households if len(h) >= 3 and not used & {r.resident_code for r in h}],
-        [h for h in households if len(h) >= 2 and not used & {r.resident_code for r in h}],
-        [h for h in households if not used & {r.resident_code for r in h}],
+        [h for h in households if len(h) >= 3 and free(h)],
+        [h for h in households if len(h) >= 2 and free(h)],
+        [h for h in households if free(h)],
     )
-    used.update(r.resident_code for r in family)
-    new_address = fresh_address(TOTTORI, 1)
-    moved = await m[TOTTORI].Relocate(
+    day.used.update(r.resident_code for r in family)
+    new_address = day.fresh_address(TOTTORI, 1)
+    moved = await day.m[TOTTORI].Relocate(
         municipal_pb2.RelocateRequest(
             resident_code=family[0].resident_code,
             new_address=new_address,
-            effective_date=(d - dt.timedelta(days=2)).isoformat(),
+            effective_date=day.days_ago(2),
             whole_household=True,
         ),
-        timeout=t,
+        timeout=_RPC_TIMEOUT,
     )
-    say(
+    day.say(
         "転居 relocation",
         TOTTORI,
         f"household of {len(moved.residents)} ({family[0].person.name} ...): "
         f"{family[0].person.address} → {new_address}",
     )
 
-    # 氏名変更: a marriage in 米子市; she takes her husband's surname and keeps 旧氏.
-    bride = _choose(
-        rng,
+
+async def marriage(day: Day) -> None:
+    """She takes her husband's surname and keeps her 旧氏 on the record."""
+    reg = day.registers[YONAGO]
+    bride = day.pick(
         "resident to marry",
-        reg[YONAGO].people(
-            used, lambda r: female(r) and 24 <= age(r) <= 40 and not r.person.former_surname
+        reg.people(
+            day.used,
+            lambda r: _female(r) and 24 <= day.age(r) <= 40 and not r.person.former_surname,
         ),
-        reg[YONAGO].people(used, lambda r: age(r) >= 18 and not r.person.former_surname),
+        reg.people(day.used, lambda r: day.age(r) >= 18 and not r.person.former_surname),
     )
-    used.add(bride.resident_code)
     old_surname, given = _split_name(bride.person.name)
     _, given_kana = _split_name(bride.person.name_kana)
-    new_surname, new_kana, _ = rng.choice(
+    new_surname, new_kana, _ = day.rng.choice(
         [p for p in _JaPersonProvider.last_name_pairs if p[0] != old_surname]
     )
-    renamed = await m[YONAGO].ChangeName(
+    renamed = await day.m[YONAGO].ChangeName(
         municipal_pb2.ChangeNameRequest(
             resident_code=bride.resident_code,
             name=f"{new_surname}{NAME_SEPARATOR}{given}",
             name_kana=f"{new_kana}{NAME_SEPARATOR}{given_kana}" if given_kana else "",
             former_surname=old_surname,
-            effective_date=d.isoformat(),
+            effective_date=day.date.isoformat(),
         ),
-        timeout=t,
+        timeout=_RPC_TIMEOUT,
     )
-    say(
+    day.say(
         "氏名変更 marriage",
         YONAGO,
         f"{bride.person.name} → {renamed.resident.person.name} "
         f"(旧氏 {renamed.resident.person.former_surname} kept on the record)",
     )
 
-    # 住民票コード変更: a resident of 千代田区 asks for a new code.
-    asker = _choose(
-        rng,
+
+async def code_change(day: Day) -> None:
+    """A resident of 千代田区 asks for a new resident code."""
+    reg = day.registers[CHIYODA]
+    asker = day.pick(
         "resident",
-        reg[CHIYODA].people(used, lambda r: age(r) >= 18),
-        reg[CHIYODA].people(used, lambda r: True),
+        reg.people(day.used, lambda r: day.age(r) >= 18),
+        reg.people(day.used, lambda r: True),
     )
-    used.add(asker.resident_code)
-    changed = await m[CHIYODA].ChangeResidentCode(
+    changed = await day.m[CHIYODA].ChangeResidentCode(
         municipal_pb2.ChangeResidentCodeRequest(
-            resident_code=asker.resident_code, ex_officio=False, effective_date=d.isoformat()
+            resident_code=asker.resident_code, ex_officio=False, effective_date=day.date.isoformat()
         ),
-        timeout=t,
+        timeout=_RPC_TIMEOUT,
     )
-    say(
+    day.say(
         "住民票コード変更",
         CHIYODA,
         f"{asker.person.name} asked for a new code: {changed.previous_resident_code} → "
         f"{changed.resident.resident_code}",
     )
 
-    # 転出/転入: one person moves 鳥取市 → 米子市, later 米子市 → 千代田区.
-    mover = _choose(
-        rng,
+
+async def moves(day: Day) -> None:
+    """One person moves 鳥取市 → 米子市 (same prefecture), later 米子市 → 千代田区."""
+    reg = day.registers[TOTTORI]
+    mover = day.pick(
         "resident to move",
         [
             h[0]
-            for h in households
-            if len(h) == 1 and 20 <= age(h[0]) <= 60 and h[0].resident_code not in used
+            for h in reg.households.values()
+            if len(h) == 1 and 20 <= day.age(h[0]) <= 60 and h[0].resident_code not in day.used
         ],
-        reg[TOTTORI].people(used, lambda r: age(r) >= 18),
-        reg[TOTTORI].people(used, lambda r: True),
+        reg.people(day.used, lambda r: day.age(r) >= 18),
+        reg.people(day.used, lambda r: True),
     )
-    used.add(mover.resident_code)
     code = mover.resident_code
-    day.moved_resident = code
+    day.result.moved_resident = code
     person = mover.person
     for old, new, back in ((TOTTORI, YONAGO, 12), (YONAGO, CHIYODA, 2)):
-        when = (d - dt.timedelta(days=back)).isoformat()
-        await m[old].MoveOut(
+        when = day.days_ago(back)
+        await day.m[old].MoveOut(
             municipal_pb2.MoveOutRequest(
                 resident_code=code, destination_local_government_code=new, effective_date=when
             ),
-            timeout=t,
+            timeout=_RPC_TIMEOUT,
         )
-        moved_in = await m[new].MoveIn(
+        moved_in = await day.m[new].MoveIn(
             municipal_pb2.MoveInRequest(
                 person=municipal_pb2.PersonDetails(
                     name=person.name,
@@ -607,30 +657,32 @@ async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
                     alias=person.alias,
                     birth_date=person.birth_date,
                     sex=person.sex,
-                    address=fresh_address(new, back),
+                    address=day.fresh_address(new, back),
                 ),
                 origin=municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC,
                 resident_code=code,
                 previous_local_government_code=old,
                 effective_date=when,
             ),
-            timeout=t,
+            timeout=_RPC_TIMEOUT,
         )
         across = "same prefecture" if old[:2] == new[:2] else "another prefecture"
-        say(
+        day.say(
             "転出 move out",
             old,
             f"{person.name} ({code}) to {municipality_name(new)} ({across}) on {when}",
         )
-        say(
+        day.say(
             "転入 move in",
             new,
             f"{person.name} ({code}) from {municipality_name(old)}, same code, "
             f"{moved_in.resident.person.address}",
         )
 
-    # 国外からの転入: a foreign resident arrives in 千代田区, with a registered 通称.
-    arrival = await m[CHIYODA].MoveIn(
+
+async def arrival_from_abroad(day: Day) -> None:
+    """A foreign resident arrives in 千代田区, with a registered 通称."""
+    arrival = await day.m[CHIYODA].MoveIn(
         municipal_pb2.MoveInRequest(
             person=municipal_pb2.PersonDetails(
                 name="WANG XIAOMING",
@@ -638,89 +690,118 @@ async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
                 alias="王\u3000小明",
                 birth_date="1991-05-03",
                 sex=common_pb2.SEX_MALE,
-                address=fresh_address(CHIYODA, 99),
+                address=day.fresh_address(CHIYODA, 99),
             ),
             origin=municipal_pb2.MOVE_IN_ORIGIN_ABROAD,
-            effective_date=d.isoformat(),
+            effective_date=day.date.isoformat(),
         ),
-        timeout=t,
+        timeout=_RPC_TIMEOUT,
     )
     a = arrival.resident
-    say(
+    day.say(
         "国外からの転入",
         CHIYODA,
         f"{a.person.name} (通称 {a.person.alias}) from abroad → new code {a.resident_code}, "
         f"{a.person.address}",
     )
 
-    # 国外からの転入: a retired citizen comes home to 米子市. Her surname is
-    # registered with the variant kanji 邊, as in her family register.
-    home = await m[YONAGO].MoveIn(
+
+async def homecoming(day: Day) -> None:
+    """A retired citizen comes home to 米子市; her surname is registered with the
+    variant kanji 邊, as in her family register."""
+    home = await day.m[YONAGO].MoveIn(
         municipal_pb2.MoveInRequest(
             person=RETURNEE,
             origin=municipal_pb2.MOVE_IN_ORIGIN_ABROAD,
-            effective_date=d.isoformat(),
+            effective_date=day.date.isoformat(),
         ),
-        timeout=t,
+        timeout=_RPC_TIMEOUT,
     )
     r = home.resident
-    day.returnee = r.resident_code
-    say(
+    day.result.returnee = r.resident_code
+    day.say(
         "国外からの転入",
         YONAGO,
         f"{r.person.name}, born {r.person.birth_date}, back from abroad → new code "
         f"{r.resident_code}, {r.person.address}",
     )
-    return day
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One part of the day: a title, and what happens."""
+
+    title: str
+    play: Callable[[Day], Awaitable[None]]
+
+
+SCENES: tuple[Scene, ...] = (
+    Scene("出生 births", births),
+    Scene("死亡 deaths", deaths),
+    Scene("転居 a household's relocation", relocation),
+    Scene("氏名変更 a marriage", marriage),
+    Scene("住民票コード変更 a resident-code change", code_change),
+    Scene("転出・転入 moves within and across prefectures", moves),
+    Scene("国外からの転入 a foreign resident's arrival", arrival_from_abroad),
+    Scene("国外からの転入 a citizen's homecoming", homecoming),
+)
+"""The day of life, in order (later scenes pick among those not yet in one)."""
+
+
+async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
+    """Births, deaths, a relocation, a marriage, a code change, moves, arrivals."""
+    registers = {
+        code: _Register(await export_register(ops.municipal[code])) for code in MUNICIPALITIES
+    }
+    day = Day(ops, seed, out, registers, random.Random(f"tools.demo/{seed}"))
+    for scene in SCENES:
+        day.scene = scene.title
+        await scene.play(day)
+    return day.result
 
 
 # --- waiting and reporting ------------------------------------------------------------
 
 
-async def wait_delivered(
+async def watch_delivery(
     ops: Operators, within: float = _DELIVERY_TIMEOUT, *, progress: bool = True
 ) -> float:
-    """Until the national node applied every municipal notification; returns seconds."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    """Until the national node applied every municipal notification, with a progress
+    bar; returns the seconds waited."""
+    started = time.monotonic()
     bar: tqdm[Any] | None = None
-    try:
-        while True:
-            want: dict[str, int] = {}
-            for code, stub in ops.municipal.items():
-                status = await stub.GetStatus(
-                    municipal_pb2.GetMunicipalStatusRequest(), timeout=_RPC_TIMEOUT
-                )
-                want[code] = status.last_sequence
-            national = await ops.national.GetDeliveryStatus(
-                delivery_pb2.GetDeliveryStatusRequest(), timeout=_RPC_TIMEOUT
+
+    def show(delivery: Delivery) -> None:
+        nonlocal bar
+        if delivery.complete and bar is None:
+            return  # nothing to wait for: no bar at all
+        if bar is None:
+            bar = tqdm(
+                total=delivery.total,
+                desc="national node applied",
+                disable=not progress,
+                unit=" notifications",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=True,
             )
-            got = {c.origin_code: c.last_sequence for c in national.applied}
-            total = sum(want.values())
-            done = sum(min(got.get(c, 0), s) for c, s in want.items())
-            if done >= total and bar is None:
-                return loop.time() - started  # nothing to wait for
-            if bar is None:
-                bar = tqdm(
-                    total=total,
-                    desc="national node applied",
-                    disable=not progress,
-                    unit=" notifications",
-                    file=sys.stderr,
-                    dynamic_ncols=True,
-                    leave=True,
-                )
-            bar.total = total
-            bar.update(done - bar.n)
-            if done >= total:
-                return loop.time() - started
-            if loop.time() - started > within:
-                behind = {c: f"{got.get(c, 0)}/{s}" for c, s in want.items()}
-                raise DemoError(f"the national node is still behind after {within:g} s: {behind}")
-            await asyncio.sleep(0.1)
+        bar.total = delivery.total
+        bar.update(delivery.done - bar.n)
+
+    try:
+        await localfed.wait_delivered(
+            localfed.municipal_sequences(ops.municipal, _RPC_TIMEOUT),
+            localfed.national_cursors(ops.national, _RPC_TIMEOUT),
+            within=within,
+            poll=0.1,
+            on_progress=show,
+        )
+    except localfed.DeliveryTimeout as exc:
+        raise DemoError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
+    return time.monotonic() - started
 
 
 def _by_place(records: Iterable[delivery_pb2.IdentityState]) -> Counter[tuple[str, int]]:
@@ -1086,14 +1167,17 @@ def population_split(total: int) -> dict[str, int]:
     return counts
 
 
-async def _main(
-    args: argparse.Namespace, fed: LocalFederation, timings: Timings, out: IO[str]
-) -> int:
+async def _start(
+    args: argparse.Namespace,
+    fed: LocalFederation,
+    counts: Mapping[str, int],
+    timings: Timings,
+    out: IO[str],
+) -> None:
+    """PKI and configs, then every node, while the CSV registers are generated."""
     workdir = fed.workdir
-    counts = population_split(args.population)
-
     with timings.phase("pki"):
-        fed.prepare()
+        await fed.prepare()
     print(
         f"PKI: root CA and {len(list(fed.pki_dir.glob('*.pem'))) - 2} certificates "
         f"in {fed.pki_dir}",
@@ -1118,32 +1202,91 @@ async def _main(
         await fed.start_all(on_ready=started)
         await generating
 
+
+async def _load(
+    args: argparse.Namespace,
+    ops: Operators,
+    workdir: Path,
+    counts: Mapping[str, int],
+    timings: Timings,
+    out: IO[str],
+) -> None:
+    """The bulk import of each municipality's generated register."""
+    print(
+        f"\nloading {args.population} residents "
+        + ", ".join(f"{municipality_name(c)} {counts[c]}" for c in MUNICIPALITIES)
+        + " (bulk import of generated CSV registers)",
+        file=out,
+        flush=True,
+    )
+    with timings.phase("import"):
+        summaries = await asyncio.gather(
+            *(
+                import_csv(
+                    ops.channel(f"municipality-{code}"),
+                    workdir / "import" / f"{code}.csv",
+                    progress=not args.quiet,
+                    progress_position=i,
+                )
+                for i, code in enumerate(MUNICIPALITIES)
+            )
+        )
+    summary: ImportSummary
+    for code, summary in zip(MUNICIPALITIES, summaries, strict=True):
+        print(f"  {municipality_name(code)}: {summary.describe()}", file=out)
+        if summary.rejected:
+            raise DemoError(f"{code}: {summary.sorted_rejections()[0].describe()}")
+
+
+async def _reconcile(
+    ops: Operators, day: DayOfLife, out: IO[str]
+) -> tuple[dict[str, list[municipal_pb2.Resident]], list[Difference]]:
+    """What each tier holds, one moved resident's history, and how the tiers differ
+    from the registers; returns the registers and the differences."""
+    registers = {c: await export_register(ops.municipal[c]) for c in MUNICIPALITIES}
+    prefectures = {p: await export_holdings(ops.prefecture[p]) for p in PREFECTURES}
+    national = await export_holdings(ops.national)
+    print("\nwhat each tier holds (records by the municipality they belong to)", file=out)
+    print_table(registers, prefectures, national, out)
+    print(
+        "\none moved resident's history as the national node holds it "
+        "(異動年月日, municipality, 異動事由, address)",
+        file=out,
+    )
+    await print_history(ops, day.moved_resident, out)
+    tiers = {
+        "prefecture 31 (鳥取県)": ((TOTTORI, YONAGO), prefectures["31"]),
+        "prefecture 13 (東京都)": ((CHIYODA,), prefectures["13"]),
+        "national": (MUNICIPALITIES, national),
+    }
+    return registers, reconcile(registers, tiers)
+
+
+def _verdict(
+    differences: Sequence[Difference], disclosure: Sequence[Difference], out: IO[str]
+) -> None:
+    """Every difference, then one line per check."""
+    print("\nreconciliation", file=out)
+    for diff in [*differences, *disclosure]:
+        print(f"  {diff.describe()}", file=out)
+    if differences:
+        print(f"{len(differences)} difference(s) between the tiers and the registers", file=out)
+    else:
+        print(AGREE, file=out)
+    if disclosure:
+        print(f"{len(disclosure)} difference(s) in the disclosure", file=out)
+    else:
+        print(DISCLOSED, file=out)
+
+
+async def _main(
+    args: argparse.Namespace, fed: LocalFederation, timings: Timings, out: IO[str]
+) -> int:
+    counts = population_split(args.population)
+    await _start(args, fed, counts, timings, out)
     ops = Operators(fed)
     try:
-        print(
-            f"\nloading {args.population} residents "
-            + ", ".join(f"{municipality_name(c)} {counts[c]}" for c in MUNICIPALITIES)
-            + " (bulk import of generated CSV registers)",
-            file=out,
-            flush=True,
-        )
-        with timings.phase("import"):
-            summaries = await asyncio.gather(
-                *(
-                    import_csv(
-                        ops.channel(f"municipality-{code}"),
-                        workdir / "import" / f"{code}.csv",
-                        progress=not args.quiet,
-                        progress_position=i,
-                    )
-                    for i, code in enumerate(MUNICIPALITIES)
-                )
-            )
-        summary: ImportSummary
-        for code, summary in zip(MUNICIPALITIES, summaries, strict=True):
-            print(f"  {municipality_name(code)}: {summary.describe()}", file=out)
-            if summary.rejected:
-                raise DemoError(f"{code}: {summary.sorted_rejections()[0].describe()}")
+        await _load(args, ops, fed.workdir, counts, timings, out)
 
         print(f"\na day of life ({today().isoformat()})", file=out, flush=True)
         with timings.phase("day"):
@@ -1151,27 +1294,11 @@ async def _main(
 
         print("\nwaiting for the national node to apply every notification", file=out, flush=True)
         with timings.phase("delivery"):
-            waited = await wait_delivered(ops, progress=not args.quiet)
+            waited = await watch_delivery(ops, progress=not args.quiet)
         print(f"  every municipal notification applied at national ({waited:.1f} s)", file=out)
 
         with timings.phase("reconcile"):
-            registers = {c: await export_register(ops.municipal[c]) for c in MUNICIPALITIES}
-            prefectures = {p: await export_holdings(ops.prefecture[p]) for p in PREFECTURES}
-            national = await export_holdings(ops.national)
-            print("\nwhat each tier holds (records by the municipality they belong to)", file=out)
-            print_table(registers, prefectures, national, out)
-            print(
-                "\none moved resident's history as the national node holds it "
-                "(異動年月日, municipality, 異動事由, address)",
-                file=out,
-            )
-            await print_history(ops, day.moved_resident, out)
-            tiers = {
-                "prefecture 31 (鳥取県)": ((TOTTORI, YONAGO), prefectures["31"]),
-                "prefecture 13 (東京都)": ((CHIYODA,), prefectures["13"]),
-                "national": (MUNICIPALITIES, national),
-            }
-            differences = reconcile(registers, tiers)
+            registers, differences = await _reconcile(ops, day, out)
 
         print(
             "\nnational agencies through the agency gateway, each for a statutory purpose "
@@ -1182,19 +1309,8 @@ async def _main(
         with timings.phase("agencies"):
             disclosure = await agency_lookups(ops, registers, day, out)
 
-        print("\nreconciliation", file=out)
-        for diff in differences + disclosure:
-            print(f"  {diff.describe()}", file=out)
-        if differences:
-            print(f"{len(differences)} difference(s) between the tiers and the registers", file=out)
-        else:
-            print(AGREE, file=out)
-        if disclosure:
-            print(f"{len(disclosure)} difference(s) in the disclosure", file=out)
-        else:
-            print(DISCLOSED, file=out)
+        _verdict(differences, disclosure, out)
         print(f"\ndemo took {timings.describe()}", file=out, flush=True)
-
         if args.keep_running:
             await _keep_running(fed, out)
         return 1 if differences or disclosure else 0

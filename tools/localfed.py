@@ -5,7 +5,13 @@ It writes a PKI, one TOML config per node (own port, own metrics port, own
 database) and starts each node as ``python -m services.<tier> --config FILE``
 (the agency gateway, optional: ``python -m gateway``, no database) with its
 output in ``<workdir>/logs/<node>.log``. Nodes can be stopped, killed
-(SIGKILL) and restarted on the same port and database.
+(SIGKILL), paused (SIGSTOP) and resumed, and restarted on the same port and
+database; :meth:`Node.cpu_seconds` reads a running node's CPU time.
+
+Databases come from :class:`Databases`: one SQLite file per node, or a fresh
+PostgreSQL database per node on the server :data:`PG_SERVER` names (the
+``JUKINET_TEST_PG_DSN`` variable, read here and nowhere else), dropped by
+:meth:`LocalFederation.close`.
 
 Each node runs in its own session (Ctrl-C reaches the caller, which stops the
 nodes in order) and, on Linux, gets SIGTERM if the caller dies without
@@ -24,20 +30,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jukinet import localgov, pki
 from jukinet.client import tls_files
 from jukinet.tls import secure_channel
+from jukinet.v1 import delivery_pb2, municipal_pb2, municipal_pb2_grpc, national_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 """Where the ``jukinet``, ``services`` and ``gateway`` packages are."""
+
+PG_SERVER: str = os.environ.get(
+    "JUKINET_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+"""The PostgreSQL server that tests, demo and benchmark create their databases on:
+a libpq URL of a database to connect to (``JUKINET_TEST_PG_DSN``; default the
+local server, user ``postgres``)."""
 
 
 class NodeFailed(RuntimeError):
@@ -50,6 +66,192 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` from ``/proc`` (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces and parentheses: split after it.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+# --- databases ------------------------------------------------------------------
+
+
+class Databases:
+    """One database per node: SQLite files in ``folder``, or fresh PostgreSQL
+    databases on ``server`` (created by :meth:`url`, dropped by :meth:`drop_all`)."""
+
+    def __init__(
+        self,
+        backend: str,
+        folder: Path,
+        *,
+        server: str = PG_SERVER,
+        prefix: str = "jk",
+        plan_cache_mode: str = "",
+    ) -> None:
+        if backend not in ("sqlite", "postgres"):
+            raise ValueError(f"unknown database backend {backend!r}")
+        self.backend = backend
+        self.folder = folder
+        self.server = server
+        self.prefix = prefix
+        # A what-if of the benchmark: set on every database it creates.
+        self.plan_cache_mode = plan_cache_mode
+        self.created: list[str] = []
+        self._tag = uuid.uuid4().hex[:10]
+
+    async def url(self, node: str) -> str:
+        """A new database for ``node``, as a SQLAlchemy URL."""
+        if self.backend == "sqlite":
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return f"sqlite+aiosqlite:///{self.folder / (node + '.db')}"
+        # Unique per instance, so that parallel runs on one server do not collide.
+        name = f"{self.prefix}_{self._tag}_{node.replace('-', '_')}"
+        conn = await asyncpg.connect(self.server, timeout=10)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            self.created.append(name)
+            if self.plan_cache_mode:
+                await conn.execute(
+                    f'ALTER DATABASE "{name}" SET plan_cache_mode = {self.plan_cache_mode}'
+                )
+        finally:
+            await conn.close()
+        base = self.server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        return f"{base}/{name}"
+
+    async def drop_all(self) -> None:
+        """Drop every PostgreSQL database created here (SQLite files stay)."""
+        if not self.created:
+            return
+        conn = await asyncpg.connect(self.server, timeout=10)
+        try:
+            for name in self.created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        self.created.clear()
+
+
+async def postgres_version(server: str = PG_SERVER) -> str:
+    """The server's version; raises (OSError, asyncpg errors) when it does not answer."""
+    conn = await asyncpg.connect(server, timeout=5)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+# --- waiting for delivery -----------------------------------------------------------
+
+Cursors = Mapping[str, int]
+"""Last sequence per municipality (local government code)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How far the national node got: what each municipality recorded, what it applied."""
+
+    want: Cursors
+    applied: Cursors
+
+    @property
+    def total(self) -> int:
+        """Notifications recorded by the municipalities."""
+        return sum(self.want.values())
+
+    @property
+    def done(self) -> int:
+        """Of those, how many the national node applied."""
+        return sum(min(self.applied.get(c, 0), s) for c, s in self.want.items())
+
+    @property
+    def complete(self) -> bool:
+        """Every municipality's last notification is applied."""
+        return all(self.applied.get(c, 0) >= s for c, s in self.want.items())
+
+    def behind(self) -> dict[str, str]:
+        """``{code: "applied/recorded"}``, for an error message."""
+        return {c: f"{self.applied.get(c, 0)}/{s}" for c, s in self.want.items()}
+
+
+class DeliveryTimeout(RuntimeError):
+    """The national node did not catch up in time; ``delivery`` says how far it got."""
+
+    def __init__(self, delivery: Delivery, within: float) -> None:
+        super().__init__(
+            f"the national node is still behind after {within:g} s: {delivery.behind()}"
+        )
+        self.delivery = delivery
+
+
+def municipal_sequences(
+    stubs: Mapping[str, municipal_pb2_grpc.MunicipalServiceAsyncStub], timeout: float = 30.0
+) -> Callable[[], Awaitable[Cursors]]:
+    """Each municipality's last sequence, asked over its operator API."""
+
+    async def read() -> Cursors:
+        out: dict[str, int] = {}
+        for code, stub in stubs.items():
+            status = await stub.GetStatus(
+                municipal_pb2.GetMunicipalStatusRequest(), timeout=timeout
+            )
+            out[code] = status.last_sequence
+        return out
+
+    return read
+
+
+def national_cursors(
+    stub: national_pb2_grpc.NationalServiceAsyncStub, timeout: float = 30.0
+) -> Callable[[], Awaitable[Cursors]]:
+    """What the national node applied per municipality, asked over its operator API."""
+
+    async def read() -> Cursors:
+        status = await stub.GetDeliveryStatus(
+            delivery_pb2.GetDeliveryStatusRequest(), timeout=timeout
+        )
+        return {c.origin_code: c.last_sequence for c in status.applied}
+
+    return read
+
+
+async def wait_delivered(
+    want: Cursors | Callable[[], Awaitable[Cursors]],
+    applied: Callable[[], Awaitable[Cursors]],
+    *,
+    within: float,
+    poll: float = 0.05,
+    on_progress: Callable[[Delivery], None] | None = None,
+) -> Delivery:
+    """Until ``applied`` reaches ``want`` (fixed, or read again at every poll).
+
+    ``on_progress`` sees every reading. Raises :class:`DeliveryTimeout` after
+    ``within`` seconds.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        wanted = await want() if callable(want) else want
+        delivery = Delivery(dict(wanted), dict(await applied()))
+        if on_progress is not None:
+            on_progress(delivery)
+        if delivery.complete:
+            return delivery
+        if time.monotonic() > deadline:
+            raise DeliveryTimeout(delivery, within)
+        await asyncio.sleep(poll)
+
+
+# --- nodes ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -69,6 +271,7 @@ class Node:
 
     @property
     def target(self) -> str:
+        """``127.0.0.1:<port>``."""
         return f"127.0.0.1:{self.port}"
 
     @property
@@ -96,6 +299,20 @@ class Node:
             return "agency gateway"
         return "全国センター (national)"
 
+    @property
+    def running(self) -> bool:
+        """Its process was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The process id of its latest start (0 if never started)."""
+        return self.process.pid if self.process is not None else 0
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds its running process has used (0 when it does not run)."""
+        return process_cpu_seconds(self.pid) if self.running else 0.0
+
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of its log, for an error report."""
         try:
@@ -121,16 +338,28 @@ def _toml_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
+def _signal(node: Node, sig: signal.Signals) -> None:
+    if node.process is not None and node.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            node.process.send_signal(sig)
+
+
 class LocalFederation:
-    """National, the prefectures of ``municipalities``, and the municipalities."""
+    """National, the prefectures of ``municipalities``, and the municipalities.
+
+    ``settings`` go into the config of every node of a tier (``"municipal"``),
+    ``node_settings`` into one node's (``"municipality-312011"``), winning over
+    the tier's. ``databases`` defaults to SQLite files in ``<workdir>/data``.
+    """
 
     def __init__(
         self,
         workdir: Path,
         municipalities: Sequence[str],
         *,
-        database_url: Callable[[str], str] | None = None,
-        settings: dict[str, dict[str, Any]] | None = None,
+        databases: Databases | None = None,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        node_settings: Mapping[str, Mapping[str, Any]] | None = None,
         agencies: Sequence[str] = (),
         gateway: bool = False,
     ) -> None:
@@ -141,16 +370,15 @@ class LocalFederation:
         self.prefecture_codes = sorted({m[:2] for m in municipalities})
         self.agencies = list(agencies)
         self.with_gateway = gateway
-        self._database_url = database_url or (
-            lambda name: f"sqlite+aiosqlite:///{workdir / 'data' / (name + '.db')}"
-        )
+        self.databases = databases or Databases("sqlite", workdir / "data")
         self._settings = settings or {}
+        self._node_settings = node_settings or {}
         self.nodes: dict[str, Node] = {}
 
     # -- set-up --------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Certificates, ports and config files for every node."""
+    async def prepare(self) -> None:
+        """Certificates, databases, ports and config files for every node."""
         for d in (self.workdir, self.logs, self.workdir / "data", self.workdir / "config"):
             d.mkdir(parents=True, exist_ok=True)
         pki.issue_federation(
@@ -161,17 +389,17 @@ class LocalFederation:
                 operators=True,
             ),
         )
-        self._add("national", "national", "national", {})
+        await self._add("national", "national", "national", {})
         national = self.nodes["national"].target
         for p in self.prefecture_codes:
-            self._add(
+            await self._add(
                 f"prefecture-{p}",
                 "prefecture",
                 p,
                 {"prefecture_code": p, "national_target": national},
             )
         for m in self.municipality_codes:
-            self._add(
+            await self._add(
                 f"municipality-{m}",
                 "municipal",
                 m,
@@ -181,9 +409,9 @@ class LocalFederation:
                 },
             )
         if self.with_gateway:
-            self._add("gateway", "gateway", "gateway", {"national_target": national})
+            await self._add("gateway", "gateway", "gateway", {"national_target": national})
 
-    def _add(self, name: str, tier: str, code: str, settings: dict[str, Any]) -> None:
+    async def _add(self, name: str, tier: str, code: str, settings: dict[str, Any]) -> None:
         node = Node(
             name=name,
             tier=tier,
@@ -191,10 +419,14 @@ class LocalFederation:
             port=free_port(),
             metrics_port=free_port(),
             # The gateway keeps no data.
-            database_url="" if tier == "gateway" else self._database_url(name),
+            database_url="" if tier == "gateway" else await self.databases.url(name),
             config_path=self.workdir / "config" / f"{name}.toml",
             log_path=self.logs / f"{name}.log",
-            settings={**settings, **self._settings.get(tier, {})},
+            settings={
+                **settings,
+                **self._settings.get(tier, {}),
+                **self._node_settings.get(name, {}),
+            },
         )
         lines = [
             f"listen = {_toml_value(node.target)}",
@@ -212,12 +444,16 @@ class LocalFederation:
         node.config_path.write_text("\n".join(lines), encoding="utf-8")
         self.nodes[name] = node
 
+    def names(self, tier: str) -> list[str]:
+        """The names of every node of ``tier``, in start order."""
+        return [n.name for n in self.nodes.values() if n.tier == tier]
+
     # -- processes -----------------------------------------------------------
 
     def start(self, name: str) -> None:
         """Start (or restart) one node's process."""
         node = self.nodes[name]
-        if node.process is not None and node.process.poll() is None:
+        if node.running:
             raise RuntimeError(f"{name} is already running")
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUKINET_")}
@@ -259,53 +495,50 @@ class LocalFederation:
         finally:
             await channel.close(grace=None)
 
-    async def start_all(self, on_ready: Callable[[Node], None] | None = None) -> None:
+    async def start_nodes(self, names: Sequence[str], within: float = 30.0) -> None:
+        """Start (or restart) these nodes together; return once each is ready."""
+        for name in names:
+            self.start(name)
+        await asyncio.gather(*(self.wait_ready(name, within) for name in names))
+
+    async def start_all(
+        self, on_ready: Callable[[Node], None] | None = None, within: float = 30.0
+    ) -> None:
         """Start every node, upper tiers first, each once the one above is ready.
 
         ``on_ready`` is called with each node once it answers its health check.
         """
-        upper = [f"prefecture-{p}" for p in self.prefecture_codes]
-        if self.with_gateway:
-            upper.append("gateway")
-        for group in (["national"], upper, [f"municipality-{m}" for m in self.municipality_codes]):
-            for name in group:
-                self.start(name)
-            await asyncio.gather(*(self.wait_ready(name) for name in group))
+        upper = self.names("prefecture") + self.names("gateway")
+        for group in (["national"], upper, self.names("municipal")):
+            await self.start_nodes(group, within)
             for name in group:
                 if on_ready is not None:
                     on_ready(self.nodes[name])
 
+    def pause(self, *names: str) -> None:
+        """SIGSTOP: the nodes hold their sockets but answer nothing until resumed."""
+        for name in names:
+            _signal(self.nodes[name], signal.SIGSTOP)
+
+    def resume(self, *names: str) -> None:
+        """SIGCONT to paused nodes."""
+        for name in names:
+            _signal(self.nodes[name], signal.SIGCONT)
+
     def kill(self, name: str) -> None:
         """SIGKILL: the node gets no chance to clean up."""
         node = self.nodes[name]
-        if node.process is not None and node.process.poll() is None:
+        if node.process is not None and node.running:
             node.process.send_signal(signal.SIGKILL)
             node.process.wait(timeout=10)
 
-    def stop(self, name: str, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it has not stopped within ``grace`` seconds."""
-        node = self.nodes[name]
-        if node.process is None or node.process.poll() is not None:
-            return
-        node.process.terminate()
-        try:
-            node.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait(timeout=10)
-
-    def stop_all(self, grace: float = 10.0) -> None:
-        """SIGTERM every node, lower tiers first; SIGKILL those still running
-        after ``grace`` seconds."""
-        running = [
-            n
-            for n in reversed(list(self.nodes.values()))
-            if n.process is not None and n.process.poll() is None
-        ]
+    def stop(self, *names: str, grace: float = 10.0) -> None:
+        """SIGTERM to these nodes at once (paused ones are resumed first, or they
+        could not act on it), then SIGKILL to those not gone within ``grace`` seconds."""
+        running = [self.nodes[n] for n in names if self.nodes[n].running]
         for node in running:
-            assert node.process is not None
-            with contextlib.suppress(ProcessLookupError):
-                node.process.terminate()
+            _signal(node, signal.SIGCONT)
+            _signal(node, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for node in running:
             assert node.process is not None
@@ -316,7 +549,36 @@ class LocalFederation:
                     node.process.kill()
                 node.process.wait(timeout=10)
 
+    def stop_all(self, grace: float = 10.0) -> None:
+        """Stop every node (lower tiers signalled first), as :meth:`stop`."""
+        self.stop(*reversed(list(self.nodes)), grace=grace)
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop every node, then drop the PostgreSQL databases made for them."""
+        self.stop_all(grace)
+        await self.databases.drop_all()
+
+    # -- clients -------------------------------------------------------------
+
     def channel(self, name: str, cert: str | None = None) -> grpc.aio.Channel:
         """An mTLS channel to node ``name``, by default as its operator."""
         node = self.nodes[name]
         return secure_channel(node.target, tls_files(self.pki_dir, cert or node.operator))
+
+    async def wait_delivered(self, within: float = 30.0) -> Delivery:
+        """Until the national node has applied every municipal notification."""
+        channels = [self.channel(name) for name in self.names("municipal")]
+        national = self.channel("national")
+        try:
+            municipal = {
+                code: municipal_pb2_grpc.MunicipalServiceStub(ch)
+                for code, ch in zip(self.municipality_codes, channels, strict=True)
+            }
+            return await wait_delivered(
+                municipal_sequences(municipal),
+                national_cursors(national_pb2_grpc.NationalServiceStub(national)),
+                within=within,
+            )
+        finally:
+            for ch in [*channels, national]:
+                await ch.close(grace=None)

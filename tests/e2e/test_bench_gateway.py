@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.federation import PG_ADMIN_DSN
+from tools.localfed import PG_SERVER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,8 @@ def test_gateway_bench_runs_and_writes_its_figures(tmp_path: Path, pg_available:
     out, markdown = tmp_path / "bench-results.json", tmp_path / "benchmarks.md"
     out.write_text(json.dumps({"earlier": {"kept": True}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUKINET_")}
-    env["JUKINET_BENCH_PG_URL"] = PG_ADMIN_DSN
-    command = [sys.executable, "-m", "bench.delivery", "--only", "gateway"]
+    env["JUKINET_TEST_PG_DSN"] = PG_SERVER
+    command = [sys.executable, "-m", "bench", "--only", "gateway"]
     command += ["--residents", "2000", "--gateway-seconds", "0.5", "--batch-claims", "2000"]
     command += ["--out", str(out), "--markdown", str(markdown)]
     result = subprocess.run(

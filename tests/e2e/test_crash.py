@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from jukinet.v1 import (
@@ -20,7 +21,7 @@ from jukinet.v1 import (
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
-from tools.localfed import LocalFederation
+from tools.localfed import Cursors, LocalFederation, wait_delivered
 from tools.population import PopulationGenerator
 
 pytestmark = pytest.mark.e2e
@@ -52,9 +53,10 @@ async def import_all(fed: LocalFederation) -> None:
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
-        batches = [rows(TOTAL)[i : i + 500] for i in range(0, TOTAL, 500)]
+        every = rows(TOTAL)
+        batches = [every[i : i + 500] for i in range(0, TOTAL, 500)]
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[municipal_pb2.ImportResidentsRequest]:
             for batch in batches:
                 yield municipal_pb2.ImportResidentsRequest(rows=batch)
 
@@ -79,17 +81,16 @@ async def national_cursor(fed: LocalFederation) -> int:
 
 
 async def wait_for(fed: LocalFederation, at_least: int, within: float) -> int:
-    deadline = time.monotonic() + within
-    while True:
+    """Until the national cursor of the municipality reaches ``at_least``; returns it."""
+
+    async def applied() -> Cursors:
         try:
-            cursor = await national_cursor(fed)
-        except Exception:
-            cursor = -1  # the node is down or restarting
-        if cursor >= at_least:
-            return cursor
-        if time.monotonic() > deadline:
-            raise AssertionError(f"national cursor {cursor} did not reach {at_least}")
-        await asyncio.sleep(0.05)
+            return {MUNICIPALITY: await national_cursor(fed)}
+        except grpc.aio.AioRpcError:
+            return {}  # the node is down or restarting
+
+    delivery = await wait_delivered({MUNICIPALITY: at_least}, applied, within=within)
+    return delivery.applied[MUNICIPALITY]
 
 
 async def export_upper(fed: LocalFederation, name: str) -> dict[str, tuple[str, str, int]]:
@@ -114,7 +115,7 @@ async def export_municipal(fed: LocalFederation) -> dict[str, tuple[str, str, in
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
-        out = {}
+        out: dict[str, tuple[str, str, int]] = {}
         async for page in stub.ExportResidents(municipal_pb2.ExportResidentsRequest()):
             for r in page.residents:
                 status = (
@@ -151,7 +152,7 @@ async def test_kill_during_delivery(tmp_path: Path, victim: str) -> None:
             "prefecture": {"push_batch_size": 50, "push_window": 1},
         },
     )
-    fed.prepare()
+    await fed.prepare()
     try:
         await fed.start_all()
         importer = asyncio.create_task(import_all(fed))

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, provision_pb2
-from tools.demo import AGREE, DISCLOSED, Expected, compare_disclosure, reconcile
+from tools.demo import (
+    AGREE,
+    DISCLOSED,
+    SCENES,
+    Day,
+    DemoError,
+    Expected,
+    compare_disclosure,
+    reconcile,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 7  # national, gateway, two prefectures, three municipalities
@@ -208,3 +220,14 @@ def test_disclosure_check_reports_missing_and_extra_provisions() -> None:
         "disclosure: 10389878907: not listed: mofa-passport MOFA-PASSPORT-ISSUE verify match",
         "disclosure: 10389878907: listed but never made: nenkin MOFA-PASSPORT-ISSUE verify denied",
     ]
+
+
+def test_a_scene_without_anyone_to_cast_names_itself() -> None:
+    day = Day(cast(Any, None), 1, io.StringIO(), {}, random.Random(1))
+    day.scene = SCENES[0].title
+    with pytest.raises(DemoError) as caught:
+        day.pick("mother", [], [])
+    assert str(caught.value) == (
+        "出生 births: the population is too small: no mother to pick; raise --population"
+    )
+    assert day.used == set()
