@@ -653,7 +653,7 @@ class CpuMeter:
 async def national_cursors(engine: AsyncEngine) -> dict[str, int]:
     from services.national import models
 
-    c = models.holdings.cursors
+    c = models.identities.cursors
     async with engine.connect() as conn:
         rows = await conn.execute(select(c.c.origin_code, c.c.last_sequence))
         return {r[0]: int(r[1]) for r in rows}
@@ -961,7 +961,7 @@ async def measure_delivery(
     used = cpu.end(end - start)
     from services.national import models
 
-    h = models.holdings.history
+    h = models.identities.history
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -1122,7 +1122,7 @@ async def read_lags(
     from services.national import models as national_models
     from services.prefecture import models as prefecture_models
 
-    h = national_models.holdings.history
+    h = national_models.identities.history
     national: dict[tuple[str, int], tuple[float, float]] = {}
     async with engine.connect() as conn:
         for m, after in base.items():
@@ -1133,7 +1133,7 @@ async def read_lags(
             )
             for seq, recorded, applied in result:
                 national[(m, int(seq))] = (_epoch(recorded), _epoch(applied))
-    ph = prefecture_models.holdings.history
+    ph = prefecture_models.identities.history
     to_prefecture: list[float] = []
     to_national: list[float] = []
     for p in sorted({m[:2] for m in base}):
@@ -1234,7 +1234,7 @@ async def measure_db_baseline(
 
     dbs = Databases(plan.backend, workdir)
     identities, history = national_rows(payloads)
-    t = models.holdings
+    t = models.identities
     progress(
         f"{plan.backend}: baseline (b): {len(payloads):,} identity upserts + history rows, "
         f"executemany in transactions of {plan.batch}"

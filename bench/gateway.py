@@ -19,9 +19,9 @@ and a bare gRPC baseline measured in the same run.
    ``ja_JP`` names with their readings, Japan Post addresses, Japan's age
    pyramid) in 20 municipalities across Japan, each with a fresh random
    resident code. They are written the way they reach the national node: code
-   pools recorded in ``issued_codes`` (:meth:`HoldingStore.record_issued`),
+   pools recorded in ``issued_codes`` (:meth:`IdentityStore.record_issued`),
    then one ex-officio entry notification per resident, applied by the national
-   node's own :meth:`HoldingStore.apply_batch` in transactions of
+   node's own :meth:`Receiver.apply` in transactions of
    :data:`LOAD_BATCH` (identity row with its folded name keys, history row with
    the notification, per-municipality cursor). The benchmark process writes
    straight into the national node's database while the node is idle (about
@@ -232,11 +232,20 @@ class Loader:
 
     def __init__(self, url: str, municipalities: Sequence[str], seed: int) -> None:
         from jukinet.db import Database
-        from jukinet.delivery.store import HoldingStore
+        from jukinet.delivery.receiver import Receiver
+        from jukinet.delivery.store import IdentityStore
+        from jukinet.metrics import NodeMetrics
         from services.national import models
+        from services.national.logic import authorize_prefecture_origin
 
         self.db = Database(url, pool_size=2)
-        self.store = HoldingStore(self.db, models.holdings)
+        self.store = IdentityStore(models.identities)
+        self.receiver = Receiver(
+            db=self.db,
+            store=self.store,
+            metrics=NodeMetrics("national"),
+            authorize_origin=authorize_prefecture_origin,
+        )
         self.municipalities = list(municipalities)
         self.seed = seed
         self.loaded = {m: 0 for m in municipalities}  # = last sequence per origin
@@ -325,8 +334,7 @@ class Loader:
                     )
             for i in range(0, len(notifications), LOAD_BATCH):
                 chunk = notifications[i : i + LOAD_BATCH]
-                async with self.db.write() as conn:
-                    result = await self.store.apply_batch(conn, chunk)
+                result = await self.receiver.apply(chunk)
                 if result.applied != len(chunk):
                     raise BenchError(f"load: {result.applied} of {len(chunk)} applied")
                 done += len(chunk)
@@ -1138,7 +1146,7 @@ def render_section(g: dict[str, Any]) -> list[str]:
         "",
         f"Store: {p['residents']:,} residents on PostgreSQL"
         + (" (**a quick run: below the 1,000,000 of the targets**)" if quick else "")
-        + ", written by the national node's own `HoldingStore.apply_batch` at "
+        + ", written by the national node's own `Receiver.apply` at "
         f"{_n(g['load'][large]['residents_per_s'])} residents/s. Agency `{p['agency']}`, purpose "
         f"`{p['purpose']}`. A claim is a random loaded resident's code, name, birth date, sex "
         f"and address. Closed loop over one mTLS channel, {p['seconds_per_level']:g} s measured "

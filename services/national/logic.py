@@ -8,12 +8,43 @@ import random
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from jukinet.codes import new_resident_code
-from jukinet.delivery.rules import PROVIDABLE_FIELDS, Held
-from jukinet.errors import PermissionDenied
+from jukinet.codes import new_resident_code, prefecture_of
+from jukinet.delivery.rules import PROVIDABLE_FIELDS, StoredIdentity
+from jukinet.errors import InvalidArgument, PermissionDenied
+from jukinet.identity import Identity
 from jukinet.names import fold_name as _fold_name
 from jukinet.names import match_score
 from jukinet.v1 import common_pb2, gateway_pb2
+
+
+def authorize_prefecture_origin(caller: Identity, n: common_pb2.Notification, prefix: str) -> None:
+    """A prefecture relays only its own municipalities' notifications."""
+    if prefecture_of(n.origin_code) != caller.code:
+        raise PermissionDenied(
+            f"{prefix}.origin_code: {n.origin_code} is not a municipality of prefecture "
+            f"{caller.code}",
+            reason="foreign-origin",
+        )
+
+
+def authorize_pool_request(caller: Identity, municipality_code: str) -> None:
+    """A prefecture asks for codes for its own municipalities only."""
+    if prefecture_of(municipality_code) != caller.code:
+        raise PermissionDenied(
+            f"municipality_code: {municipality_code} is not in prefecture {caller.code}",
+            reason="foreign-origin",
+        )
+
+
+def earlier_pool(earlier: tuple[str, list[str]] | None, municipality: str) -> list[str] | None:
+    """The codes of an earlier request with the same id (a retry gets the same
+    codes); None when there was none. An id is never reused for another municipality."""
+    if earlier is None:
+        return None
+    owner, codes = earlier
+    if owner != municipality:
+        raise InvalidArgument("request_id", "already used for another municipality")
+    return codes
 
 
 def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
@@ -47,7 +78,9 @@ def _item(claimed: object, matches: bool) -> int:
     return gateway_pb2.ITEM_MATCH_MATCH if matches else gateway_pb2.ITEM_MATCH_NO_MATCH
 
 
-def verify(claim: gateway_pb2.ClaimedIdentity, held: Held | None) -> gateway_pb2.Verification:
+def verify(
+    claim: gateway_pb2.ClaimedIdentity, held: StoredIdentity | None
+) -> gateway_pb2.Verification:
     """Compare a claim with the identified record, item by item; no data leaves."""
     if held is None:
         return gateway_pb2.Verification(found=False)
@@ -67,7 +100,9 @@ def verify(claim: gateway_pb2.ClaimedIdentity, held: Held | None) -> gateway_pb2
     )
 
 
-def choose_unique(claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[Held]) -> Held | None:
+def choose_unique(
+    claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[StoredIdentity]
+) -> StoredIdentity | None:
     """The one record the four items identify, or None when none or several fit."""
     claimed = fold_name(claim.name)
     fits = [
@@ -82,7 +117,7 @@ def choose_unique(claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[Held]
     return fits[0] if len(fits) == 1 else None
 
 
-def provided(held: Held, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
+def provided(held: StoredIdentity, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
     """The record holding only ``fields``; every other field stays empty."""
     wanted = [f for f in FIELD_ORDER if f in set(fields)]
     values: dict[str, object] = {"fields": wanted}
@@ -91,7 +126,7 @@ def provided(held: Held, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
     return gateway_pb2.ProvidedRecord(**values)  # type: ignore[arg-type]
 
 
-def search_score(query: gateway_pb2.SearchRequest, held: Held) -> int:
+def search_score(query: gateway_pb2.SearchRequest, held: StoredIdentity) -> int:
     """Rank of a candidate: the name tier (exact > folded > reading) dominates,
     then agreement of birth date, address and sex. 0 = not a candidate."""
     base = match_score(query.name, query.name_kana or None, held.name, held.name_kana or None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, Held, decide
+from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, StoredIdentity, decide
 from jukinet.v1 import common_pb2 as pb
 
 CODE = "12345678903"
@@ -41,8 +41,8 @@ def note(
     )
 
 
-def fold(notes: list[pb.Notification]) -> dict[str, Held]:
-    states: dict[str, Held] = {}
+def fold(notes: list[pb.Notification]) -> dict[str, StoredIdentity]:
+    states: dict[str, StoredIdentity] = {}
     for n in notes:
         for held in decide(states, n).states:
             states[held.resident_code] = held
