@@ -1,30 +1,28 @@
-"""The register's operations: each checks its input, changes the register and
-writes its notification in one transaction, then wakes the pusher.
-
-Resident codes come from the pool the prefecture handed down; the
-:class:`PoolKeeper` refills it before it runs dry (and at once when an
-operation needs more codes than are left).
+"""Use cases of a municipal node, the register's operations: each checks its
+input, changes the register and writes its notification in one transaction,
+then wakes the pusher. Resident codes come from the pool the prefecture
+handed down (:class:`services.municipal.pool.PoolKeeper`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import secrets
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
+import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox, PendingEntry
-from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from jukinet.delivery.pusher import Pusher
+from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, from_upstream
 from jukinet.metrics import NodeMetrics
-from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, prefecture_pb2_grpc
+from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
 from jukinet.validation import (
     check_address,
     check_birth_date,
@@ -46,105 +44,13 @@ from services.municipal.logic import (
     move_in_reason,
     removal_reason,
 )
+from services.municipal.pool import PoolKeeper
 
 log = logging.getLogger("jukinet.municipal")
 
 R = common_pb2
-
-
-class PoolKeeper:
-    """Keeps the resident-code pool above its low watermark."""
-
-    def __init__(
-        self,
-        *,
-        db: Database,
-        municipality: str,
-        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
-        metrics: NodeMetrics,
-        low_watermark: int,
-        refill_size: int,
-    ) -> None:
-        self._db = db
-        self._municipality = municipality
-        self._prefecture = prefecture
-        self._metrics = metrics
-        self._low = low_watermark
-        self._refill = refill_size
-        self._lock = asyncio.Lock()
-        self._wanted = asyncio.Event()
-        # Free codes, kept in memory once counted: this process is the pool's only
-        # writer, and counting on every operation would cost more than the operation.
-        self._free: int | None = None
-
-    async def _count(self) -> int:
-        async with self._db.read() as conn:
-            self._free = await repo.free_codes(conn)
-        self._metrics.code_pool.set(self._free)
-        return self._free
-
-    def consumed(self, count: int) -> None:
-        """``count`` codes were used by a committed operation."""
-        if self._free is not None:
-            self._free -= count
-            self._metrics.code_pool.set(self._free)
-            if self._free < self._low:
-                self._wanted.set()
-
-    async def ensure(self, needed: int) -> None:
-        """Make sure ``needed`` codes are free, refilling now if they are not."""
-        free = self._free if self._free is not None else await self._count()
-        if free >= needed:
-            return
-        try:
-            await self._fill(max(self._refill, needed - free + self._low))
-        except Exception as exc:
-            raise Unavailable(
-                f"the resident-code pool is short ({free} free, {needed} needed) and the "
-                f"prefecture could not be reached: {exc}"
-            ) from exc
-
-    async def _fill(self, count: int) -> None:
-        async with self._lock:
-            async with self._db.write() as conn:
-                pending = await repo.pending_pool_request(conn)
-                if pending is None:
-                    pending = (uuid.uuid4().hex, count)
-                    await repo.add_pool_request(conn, *pending)
-            request_id, size = pending
-            response = await self._prefecture.AllocateCodePool(
-                delivery_pb2.AllocateCodePoolRequest(
-                    municipality_code=self._municipality, count=size, request_id=request_id
-                ),
-                timeout=30,
-            )
-            async with self._db.write() as conn:
-                added = await repo.fulfil_pool_request(conn, request_id, response.resident_codes)
-            free = await self._count()
-            log.info("code pool refilled with %d codes (%d free)", added, free)
-
-    async def run(self) -> None:
-        """Refill whenever the pool falls below the watermark; retry with backoff."""
-        backoff = 0.5
-        while True:
-            try:
-                free = await self._count()
-                if free < self._low or await self._has_pending():
-                    await self._fill(self._refill)
-                backoff = 0.5
-                self._wanted.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), timeout=5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("code pool refill failed: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
-
-    async def _has_pending(self) -> bool:
-        async with self._db.read() as conn:
-            return await repo.pending_pool_request(conn) is not None
+MAX_IMPORT_BATCH = 10_000
+MAX_PAGE = 5_000
 
 
 def _now() -> dt.datetime:
@@ -155,7 +61,18 @@ def _new_household() -> str:
     return secrets.token_hex(8)
 
 
-class Register:
+@dataclass(frozen=True)
+class MunicipalStatus:
+    """How far the municipality's notifications have gone, and what it holds."""
+
+    last_sequence: int
+    acknowledged_through: int
+    codes_in_pool: int
+    active_residents: int
+    removed_residents: int
+
+
+class MunicipalService:
     """The operations on one municipality's register."""
 
     def __init__(
@@ -164,16 +81,18 @@ class Register:
         db: Database,
         outbox: Outbox,
         pool: PoolKeeper,
+        pusher: Pusher,
+        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
         municipality: str,
         metrics: NodeMetrics,
-        on_commit: Callable[[], None],
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.pool = pool
         self.municipality = municipality
         self.metrics = metrics
-        self._on_commit = on_commit
+        self._pusher = pusher
+        self._prefecture = prefecture
 
     # -- plumbing ------------------------------------------------------------
 
@@ -194,7 +113,7 @@ class Register:
         return first + len(changes) - 1
 
     def _committed(self, codes_used: int = 0) -> None:
-        self._on_commit()
+        self._pusher.wake()
         if codes_used:
             self.pool.consumed(codes_used)
 
@@ -460,6 +379,8 @@ class Register:
         the good rows still load. Each row becomes an ex-officio entry (職権記載)
         with a fresh code from the pool.
         """
+        if len(rows) > MAX_IMPORT_BATCH:
+            raise InvalidArgument("rows", f"at most {MAX_IMPORT_BATCH} per message")
         rejected: list[municipal_pb2.RejectedRow] = []
         good: list[tuple[municipal_pb2.ImportRow, Person, str]] = []
         seen: set[str] = set()
@@ -526,11 +447,48 @@ class Register:
     # -- reads ---------------------------------------------------------------
 
     async def get(self, code: str) -> tuple[ResidentState, list[common_pb2.Notification]]:
+        """One resident and every notification written about them (all their codes)."""
         async with self.db.read() as conn:
             resident = await self._resident(conn, code)
             codes = await repo.codes_of(conn, resident)
             payloads = await self.outbox.payloads_for(conn, codes)
         return resident, [common_pb2.Notification.FromString(p) for p in payloads]
+
+    async def export(self, page_size: int) -> AsyncIterator[list[ResidentState]]:
+        """Every resident, page by page (one read each), in register order."""
+        if page_size > MAX_PAGE:
+            raise InvalidArgument("page_size", f"at most {MAX_PAGE}")
+        page = page_size or 1000
+        after = 0
+        while True:
+            async with self.db.read() as conn:
+                residents = await repo.export_page(conn, after, page)
+            if not residents:
+                return
+            yield residents
+            after = residents[-1].id
+
+    async def status(self) -> MunicipalStatus:
+        """The outbox's progress, the free codes and the residents counted."""
+        async with self.db.read() as conn:
+            status = await self.outbox.status(conn)
+            free = await repo.free_codes(conn)
+            active, removed = await repo.resident_counts(conn)
+        return MunicipalStatus(
+            status.last_sequence, status.acknowledged_through, free, active, removed
+        )
+
+    async def disclose(self, code: str) -> provision_pb2.DiscloseResponse:
+        """For a resident of this municipality at the counter: the national record
+        and who received it (asked through the prefecture)."""
+        resident, _ = await self.get(code)
+        try:
+            response: provision_pb2.DiscloseResponse = await self._prefecture.Disclose(
+                provision_pb2.DiscloseRequest(resident_code=resident.resident_code), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_upstream(exc, "prefecture node") from exc
+        return response
 
 
 def _replace(person: Person, **changes: object) -> Person:
