@@ -12,6 +12,7 @@ from gateway.logic import provision_context
 from gateway.registry import Operation, Purpose
 from jukinet.errors import Unavailable, from_upstream
 from jukinet.v1 import gateway_pb2, national_pb2_grpc, provision_pb2
+from jukinet.vocabulary import operation_of
 
 NATIONAL = "national node"
 UPSTREAM_TIMEOUT = 30.0  # seconds for one lookup at the national node
@@ -51,7 +52,7 @@ class NationalClient:
             self._national.ProvideVerification(
                 provision_pb2.ProvideVerificationRequest(
                     context=provision_context(agency, purpose),
-                    operation=operation.value,
+                    operation=operation_of(operation.value),
                     items=items,
                 ),
                 timeout=self._timeout,
@@ -102,12 +103,13 @@ class NationalClient:
     async def record_denial(
         self, agency: str, purpose_code: str, operation: str, resident_code: str, reason: str
     ) -> None:
-        """Record a refusal at the national node; raises the call's error as it came."""
+        """Record a refusal at the national node; raises the call's error as it came.
+        ``operation`` is the operation asked for, by its registry name."""
         await self._national.RecordDenial(
             provision_pb2.RecordDenialRequest(
                 agency_code=agency,
                 purpose_code=purpose_code[:64],
-                operation=operation,
+                operation=operation_of(operation),
                 resident_code=resident_code,
                 reason=reason,
             ),

@@ -33,7 +33,6 @@ from gateway.logic import (
     named_codes,
     resolve_max_candidates,
     stray_fields,
-    verification_outcome,
 )
 from gateway.national import NationalClient
 from gateway.quotas import QUOTA_EXCEEDED, QuotaExceeded, Quotas
@@ -41,8 +40,9 @@ from gateway.registry import Operation, Purpose, PurposeDenied, PurposeRegistry
 from jukinet.codes import check_resident_code
 from jukinet.errors import JukinetError
 from jukinet.metrics import NodeMetrics
-from jukinet.v1 import gateway_pb2
+from jukinet.v1 import gateway_pb2, provision_pb2
 from jukinet.validation import check_claim, check_date, check_kana, check_name, check_sex
+from jukinet.vocabulary import ResultValue, result_label, verification_outcome
 
 log = logging.getLogger("jukinet.gateway")
 
@@ -136,7 +136,7 @@ class GatewayService:
             denied.agency_code,
             self._purpose_label(denied.purpose_code),
             denied.operation,
-            "denied",
+            result_label(provision_pb2.PROVISION_RESULT_DENIED),
         ).inc()
         log.warning(
             "denied: agency %s, operation %s, %s: %s",
@@ -187,9 +187,11 @@ class GatewayService:
             )
 
     def _count(
-        self, agency: str, purpose: Purpose, operation: Operation, result: str, n: int = 1
+        self, agency: str, purpose: Purpose, operation: Operation, result: ResultValue, n: int = 1
     ) -> None:
-        self._metrics.provisions.labels(agency, purpose.code, operation.value, result).inc(n)
+        self._metrics.provisions.labels(
+            agency, purpose.code, operation.value, result_label(result)
+        ).inc(n)
 
     def _filtered(
         self, record: gateway_pb2.ProvidedRecord, allowed: frozenset[str], purpose: Purpose
@@ -216,7 +218,7 @@ class GatewayService:
             agency, purpose, operation, items
         )
         results = []
-        outcomes: Counter[str] = Counter()
+        outcomes: Counter[ResultValue] = Counter()
         for item, result in zip(items, national_results, strict=True):
             verification = filter_verification(result.verification, purpose)
             outcomes[verification_outcome(verification)] += 1
@@ -269,9 +271,16 @@ class GatewayService:
                 )
             except JukinetError as exc:
                 if exc.code is grpc.StatusCode.NOT_FOUND:
-                    self._count(agency, purpose, Operation.RETRIEVE, "not-found")
+                    self._count(
+                        agency,
+                        purpose,
+                        Operation.RETRIEVE,
+                        provision_pb2.PROVISION_RESULT_NOT_FOUND,
+                    )
                 raise
-            self._count(agency, purpose, Operation.RETRIEVE, "provided")
+            self._count(
+                agency, purpose, Operation.RETRIEVE, provision_pb2.PROVISION_RESULT_PROVIDED
+            )
             return gateway_pb2.RetrieveResponse(
                 record=self._filtered(response.record, allowed, purpose),
                 provision_id=response.provision_id,
@@ -303,9 +312,13 @@ class GatewayService:
             ]
             if candidates:
                 for _ in candidates:
-                    self._count(agency, purpose, Operation.SEARCH, "candidate")
+                    self._count(
+                        agency, purpose, Operation.SEARCH, provision_pb2.PROVISION_RESULT_CANDIDATE
+                    )
             else:
-                self._count(agency, purpose, Operation.SEARCH, "not-found")
+                self._count(
+                    agency, purpose, Operation.SEARCH, provision_pb2.PROVISION_RESULT_NOT_FOUND
+                )
             return gateway_pb2.SearchResponse(
                 candidates=candidates, provision_id=response.provision_id
             )

@@ -16,8 +16,12 @@ from google.protobuf.message import Message
 
 from jukinet.client import connect, describe_error
 from jukinet.errors import ConfigError
+from jukinet.v1 import common_pb2
 
-SEX = {"male": 1, "female": 2}
+SEX: dict[str, common_pb2.Sex.ValueType] = {
+    "male": common_pb2.SEX_MALE,
+    "female": common_pb2.SEX_FEMALE,
+}
 
 
 def print_message(message: Message, *, all_fields: bool = False) -> None:

@@ -121,7 +121,7 @@ DEFAULT_WINDOW = 4
 # The node refuses larger messages (services/municipal/servicer.py).
 MAX_BATCH = 10_000
 
-_SEX: dict[str, int] = {
+_SEX: dict[str, common_pb2.Sex.ValueType] = {
     "male": common_pb2.SEX_MALE,
     "1": common_pb2.SEX_MALE,
     "男": common_pb2.SEX_MALE,
@@ -184,7 +184,7 @@ class ImportSummary:
         )
 
 
-def parse_sex(value: str) -> int:
+def parse_sex(value: str) -> common_pb2.Sex.ValueType:
     """The Sex enum value for a CSV sex field; ValueError for anything unknown."""
     sex = _SEX.get(value.strip().lower())
     if sex is None:
@@ -224,7 +224,7 @@ def _row(
             former_surname=get("former_surname"),
             alias=get("alias"),
             birth_date=get("birth_date").strip(),
-            sex=sex,  # type: ignore[arg-type]
+            sex=sex,
             address=get("address"),
         ),
         household_id=get("household_id").strip(),

@@ -23,26 +23,11 @@ from dataclasses import dataclass
 from jukinet.errors import InvalidArgument, SequenceGap
 from jukinet.v1 import common_pb2
 from jukinet.validation import NEW_CODE_REASONS
+from jukinet.vocabulary import person_values
 
 ACTIVE = common_pb2.RECORD_STATUS_ACTIVE
 REMOVED = common_pb2.RECORD_STATUS_REMOVED
 SUPERSEDED = common_pb2.RECORD_STATUS_SUPERSEDED
-
-
-# The fields of a held record that an answer to an agency may carry, in the
-# order answers list them: the identity-confirmation record and its status.
-PROVIDABLE_FIELDS = (
-    "resident_code",
-    "name",
-    "name_kana",
-    "former_surname",
-    "alias",
-    "birth_date",
-    "sex",
-    "address",
-    "local_government_code",
-    "status",
-)
 
 
 @dataclass(frozen=True)
@@ -71,13 +56,7 @@ class StoredIdentity:
         return cls(
             resident_code=r.resident_code,
             local_government_code=r.local_government_code,
-            name=r.name,
-            name_kana=r.name_kana,
-            former_surname=r.former_surname,
-            alias=r.alias,
-            birth_date=r.birth_date,
-            sex=r.sex,
-            address=r.address,
+            **person_values(r),
             status=status,
             replaced_by="",
             registered_since=n.effective_date,
@@ -87,13 +66,7 @@ class StoredIdentity:
         """The record as the wire carries it (without status and history)."""
         return common_pb2.IdentityRecord(
             resident_code=self.resident_code,
-            name=self.name,
-            name_kana=self.name_kana,
-            former_surname=self.former_surname,
-            alias=self.alias,
-            birth_date=self.birth_date,
-            sex=self.sex,
-            address=self.address,
+            **person_values(self),
             local_government_code=self.local_government_code,
         )
 

@@ -39,6 +39,7 @@ from jukinet.errors import NotFound
 from jukinet.names import fold_kana, fold_name
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import NEW_CODE_REASONS
+from jukinet.vocabulary import person_columns
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,7 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         metadata,
         Column("resident_code", String(11), primary_key=True),
         Column("local_government_code", String(6), nullable=False),
-        Column("name", String(100), nullable=False),
-        Column("name_kana", String(100), nullable=False),
-        Column("former_surname", String(100), nullable=False),
-        Column("alias", String(100), nullable=False),
-        Column("birth_date", String(10), nullable=False),
-        Column("sex", SmallInteger, nullable=False),
-        Column("address", String(200), nullable=False),
+        *person_columns(),
         Column("status", SmallInteger, nullable=False),
         Column("replaced_by", String(11), nullable=False),
         Column("registered_since", String(10), nullable=False),

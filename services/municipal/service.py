@@ -31,12 +31,12 @@ from jukinet.validation import (
     check_known_local_government,
     check_name,
 )
+from jukinet.vocabulary import Person, person_values
 from services.municipal import repository as repo
 from services.municipal.logic import (
     ACTIVE,
     REMOVED,
     Change,
-    Person,
     ResidentState,
     build_notification,
     check_not_before_birth,
@@ -215,7 +215,7 @@ class MunicipalService:
                 await repo.update_resident(
                     conn,
                     existing.id,
-                    **repo.person_values(person),
+                    **person_values(person),
                     household_id=household,
                     status=ACTIVE,
                     registered_on=effective,
@@ -249,14 +249,16 @@ class MunicipalService:
             changes = []
             updated = []
             for m in movers:
-                person = _replace(m.person, address=address)
+                person = dataclasses.replace(m.person, address=address)
                 await repo.update_resident(
                     conn, m.id, address=address, last_reason=R.CHANGE_REASON_RELOCATION
                 )
                 changes.append(
                     Change(m.resident_code, person, R.CHANGE_REASON_RELOCATION, effective)
                 )
-                updated.append(_with(m, person=person, last_reason=R.CHANGE_REASON_RELOCATION))
+                updated.append(
+                    dataclasses.replace(m, person=person, last_reason=R.CHANGE_REASON_RELOCATION)
+                )
             seq = await self._announce(conn, changes)
         self._committed()
         return updated, seq
@@ -270,15 +272,17 @@ class MunicipalService:
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
-            person = _replace(resident.person, name=name, name_kana=kana, former_surname=former)
+            person = dataclasses.replace(
+                resident.person, name=name, name_kana=kana, former_surname=former
+            )
             await repo.update_resident(
-                conn, resident.id, **repo.person_values(person), last_reason=reason
+                conn, resident.id, **person_values(person), last_reason=reason
             )
             seq = await self._announce(
                 conn, [Change(resident.resident_code, person, reason, effective)]
             )
         self._committed()
-        return _with(resident, person=person, last_reason=reason), seq
+        return dataclasses.replace(resident, person=person, last_reason=reason), seq
 
     async def amend(self, req: municipal_pb2.AmendRequest) -> tuple[ResidentState, int]:
         person = check_person(req.person)
@@ -288,13 +292,13 @@ class MunicipalService:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             await repo.update_resident(
-                conn, resident.id, **repo.person_values(person), last_reason=reason
+                conn, resident.id, **person_values(person), last_reason=reason
             )
             seq = await self._announce(
                 conn, [Change(resident.resident_code, person, reason, effective)]
             )
         self._committed()
-        return _with(resident, person=person, last_reason=reason), seq
+        return dataclasses.replace(resident, person=person, last_reason=reason), seq
 
     async def change_code(
         self, req: municipal_pb2.ChangeResidentCodeRequest
@@ -316,12 +320,20 @@ class MunicipalService:
                 conn, [Change(new, resident.person, reason, effective, resident.resident_code)]
             )
         self._committed(codes_used=1)
-        return _with(resident, resident_code=new, last_reason=reason), resident.resident_code, seq
+        return (
+            dataclasses.replace(resident, resident_code=new, last_reason=reason),
+            resident.resident_code,
+            seq,
+        )
 
     # -- removals ------------------------------------------------------------
 
     async def _remove(
-        self, code: str, reason: int, effective: str, field: str = "effective_date"
+        self,
+        code: str,
+        reason: common_pb2.ChangeReason.ValueType,
+        effective: str,
+        field: str = "effective_date",
     ) -> tuple[ResidentState, int]:
         async with self.db.write() as conn:
             resident = await self._resident(conn, code)
@@ -334,7 +346,9 @@ class MunicipalService:
                 conn, [Change(resident.resident_code, resident.person, reason, effective)]
             )
         self._committed()
-        return _with(resident, status=REMOVED, removed_on=effective, last_reason=reason), seq
+        return dataclasses.replace(
+            resident, status=REMOVED, removed_on=effective, last_reason=reason
+        ), seq
 
     async def move_out(self, req: municipal_pb2.MoveOutRequest) -> tuple[ResidentState, int]:
         effective = check_effective_date(req.effective_date).isoformat()
@@ -421,7 +435,7 @@ class MunicipalService:
                     {
                         "resident_code": code,
                         "source_id": row.source_id,
-                        **repo.person_values(person),
+                        **person_values(person),
                         "household_id": row.household_id or _new_household(),
                         "status": ACTIVE,
                         "registered_on": registered,
@@ -489,11 +503,3 @@ class MunicipalService:
         except grpc.aio.AioRpcError as exc:
             raise from_upstream(exc, "prefecture node") from exc
         return response
-
-
-def _replace(person: Person, **changes: object) -> Person:
-    return dataclasses.replace(person, **changes)  # type: ignore[arg-type]
-
-
-def _with(resident: ResidentState, **changes: object) -> ResidentState:
-    return dataclasses.replace(resident, **changes)  # type: ignore[arg-type]

@@ -9,12 +9,13 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 
 from jukinet.codes import new_resident_code, prefecture_of
-from jukinet.delivery.rules import PROVIDABLE_FIELDS, StoredIdentity
+from jukinet.delivery.rules import StoredIdentity
 from jukinet.errors import InvalidArgument, PermissionDenied
 from jukinet.identity import Identity
 from jukinet.names import fold_name as _fold_name
 from jukinet.names import match_score
 from jukinet.v1 import common_pb2, gateway_pb2
+from jukinet.vocabulary import PROVIDABLE_FIELDS
 
 
 def authorize_prefecture_origin(caller: Identity, n: common_pb2.Notification, prefix: str) -> None:
@@ -62,7 +63,6 @@ def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
 # pure function of the name, so a remembered one is the same key.
 fold_name = functools.lru_cache(maxsize=1 << 16)(_fold_name)
 
-FIELD_ORDER = PROVIDABLE_FIELDS
 _DASHES = str.maketrans({c: "-" for c in "‐‑‒–—―−ー－"})
 
 
@@ -72,7 +72,7 @@ def fold_address(address: str) -> str:
     return "".join(folded.split()).translate(_DASHES)
 
 
-def _item(claimed: object, matches: bool) -> int:
+def _item(claimed: object, matches: bool) -> gateway_pb2.ItemMatch.ValueType:
     if not claimed:
         return gateway_pb2.ITEM_MATCH_NOT_CLAIMED
     return gateway_pb2.ITEM_MATCH_MATCH if matches else gateway_pb2.ITEM_MATCH_NO_MATCH
@@ -89,14 +89,14 @@ def verify(
     return gateway_pb2.Verification(
         found=True,
         currently_registered=held.status == common_pb2.RECORD_STATUS_ACTIVE,
-        resident_code=_item(claim.resident_code, claim.resident_code == held.resident_code),  # type: ignore[arg-type]
-        name=_item(claim.name, bool(claim.name) and fold_name(claim.name) == fold_name(held.name)),  # type: ignore[arg-type]
-        birth_date=_item(claim.birth_date, claim.birth_date == held.birth_date),  # type: ignore[arg-type]
-        sex=_item(claim.sex, claim.sex == held.sex),  # type: ignore[arg-type]
+        resident_code=_item(claim.resident_code, claim.resident_code == held.resident_code),
+        name=_item(claim.name, bool(claim.name) and fold_name(claim.name) == fold_name(held.name)),
+        birth_date=_item(claim.birth_date, claim.birth_date == held.birth_date),
+        sex=_item(claim.sex, claim.sex == held.sex),
         address=_item(
             claim.address,
             bool(claim.address) and fold_address(claim.address) == fold_address(held.address),
-        ),  # type: ignore[arg-type]
+        ),
     )
 
 
@@ -119,11 +119,11 @@ def choose_unique(
 
 def provided(held: StoredIdentity, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
     """The record holding only ``fields``; every other field stays empty."""
-    wanted = [f for f in FIELD_ORDER if f in set(fields)]
-    values: dict[str, object] = {"fields": wanted}
+    wanted = [f for f in PROVIDABLE_FIELDS if f in set(fields)]
+    out = gateway_pb2.ProvidedRecord(fields=wanted)
     for f in wanted:
-        values[f] = held.status if f == "status" else getattr(held, f)
-    return gateway_pb2.ProvidedRecord(**values)  # type: ignore[arg-type]
+        setattr(out, f, getattr(held, f))
+    return out
 
 
 def search_score(query: gateway_pb2.SearchRequest, held: StoredIdentity) -> int:
@@ -146,10 +146,10 @@ def resolve_fields(allowed: Iterable[str], requested: Iterable[str]) -> tuple[st
     """The fields to return: those requested (all allowed when none are), each of
     which must be allowed; the gateway has checked, this checks again."""
     allowed_set = set(allowed)
-    requested_list = list(requested) or [f for f in FIELD_ORDER if f in allowed_set]
+    requested_list = list(requested) or [f for f in PROVIDABLE_FIELDS if f in allowed_set]
     for f in requested_list:
         if f not in allowed_set:
             raise PermissionDenied(
                 f"field {f!r} is not allowed for this purpose", reason="field-not-allowed"
             )
-    return tuple(f for f in FIELD_ORDER if f in set(requested_list))
+    return tuple(f for f in PROVIDABLE_FIELDS if f in set(requested_list))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from jukinet.db import Database
 from jukinet.errors import Unavailable
+from jukinet.vocabulary import OperationValue, ResultValue, operation_label, result_label
 from services.national.connections import KeptConnections
 from services.national.repository import delete_provisions_before, insert_provisions
 
@@ -44,10 +45,10 @@ class ProvisionEntry:
 
     agency_code: str
     purpose_code: str
-    operation: str
+    operation: OperationValue
     resident_code: str
     fields: tuple[str, ...]
-    result: str
+    result: ResultValue
     reason: str = ""
 
 
@@ -96,10 +97,10 @@ class ProvisionLog:
                 "provided_at": now,
                 "agency_code": e.agency_code,
                 "purpose_code": e.purpose_code,
-                "operation": e.operation,
+                "operation": operation_label(e.operation),
                 "resident_code": e.resident_code,
                 "fields": ",".join(e.fields),
-                "result": e.result,
+                "result": result_label(e.result),
                 "reason": e.reason,
             }
             for pid, e in zip(ids, entries, strict=True)

@@ -25,6 +25,7 @@ from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, StoredIdentity
 from jukinet.delivery.store import STORED_FIELDS, IdentityStore
 from jukinet.names import fold_kana
 from jukinet.v1 import common_pb2, provision_pb2
+from jukinet.vocabulary import operation_of, result_of
 from services.national import models
 from services.national.logic import fold_name
 
@@ -243,10 +244,10 @@ async def provisions_of(
                 provided_at=at.isoformat(),
                 agency_code=agency,
                 purpose_code=purpose,
-                operation=operation,
+                operation=operation_of(operation),
                 resident_code=code,
                 fields=[f for f in fields.split(",") if f],
-                result=result,
+                result=result_of(result),
             )
         )
     return out

@@ -25,6 +25,7 @@ from jukinet.validation import (
     check_pool_request,
     check_sex,
 )
+from jukinet.vocabulary import operation_label, result_label, verification_outcome
 from services.national import repository as repo
 from services.national.connections import KeptConnections
 from services.national.logic import (
@@ -39,18 +40,13 @@ from services.national.logic import (
 )
 from services.national.provisions import ProvisionEntry, ProvisionLog
 
-VERIFY_OPERATIONS = frozenset({"verify", "verify_batch"})
+VERIFY_OPERATIONS = frozenset(
+    {provision_pb2.PROVISION_OPERATION_VERIFY, provision_pb2.PROVISION_OPERATION_VERIFY_BATCH}
+)
 MAX_ITEMS = 10_000
 MAX_CANDIDATES = 100
-
-
-def _outcome(claim: gateway_pb2.ClaimedIdentity, v: gateway_pb2.Verification) -> str:
-    if not v.found:
-        return "not-found"
-    items = (v.resident_code, v.name, v.birth_date, v.sex, v.address)
-    if any(i == gateway_pb2.ITEM_MATCH_NO_MATCH for i in items):
-        return "no-match"
-    return "match"
+RETRIEVE = provision_pb2.PROVISION_OPERATION_RETRIEVE
+SEARCH = provision_pb2.PROVISION_OPERATION_SEARCH
 
 
 class NationalService:
@@ -79,8 +75,10 @@ class NationalService:
     async def _record(self, entries: list[ProvisionEntry]) -> list[str]:
         ids = await self._provisions.record(entries)
         counts = Counter((e.agency_code, e.purpose_code, e.operation, e.result) for e in entries)
-        for labels, n in counts.items():
-            self._metrics.provisions.labels(*labels).inc(n)
+        for (agency, purpose, operation, result), n in counts.items():
+            self._metrics.provisions.labels(
+                agency, purpose, operation_label(operation), result_label(result)
+            ).inc(n)
         return ids
 
     # -- for the gateway -------------------------------------------------------
@@ -91,7 +89,10 @@ class NationalService:
         """Verify each claim against the record it identifies; no data leaves."""
         ctx = request.context
         if request.operation not in VERIFY_OPERATIONS:
-            raise InvalidArgument("operation", "must be verify or verify_batch")
+            raise InvalidArgument(
+                "operation",
+                "must be PROVISION_OPERATION_VERIFY or PROVISION_OPERATION_VERIFY_BATCH",
+            )
         if len(request.items) > MAX_ITEMS:
             raise InvalidArgument("items", f"at most {MAX_ITEMS}")
         for i, item in enumerate(request.items):
@@ -135,7 +136,7 @@ class NationalService:
                     request.operation,
                     code,
                     (),
-                    _outcome(item.claim, verification),
+                    verification_outcome(verification),
                 )
             )
         ids = await self._record(entries)
@@ -165,10 +166,10 @@ class NationalService:
                     ProvisionEntry(
                         ctx.agency_code,
                         ctx.purpose_code,
-                        "retrieve",
+                        RETRIEVE,
                         request.resident_code,
                         (),
-                        "not-found",
+                        provision_pb2.PROVISION_RESULT_NOT_FOUND,
                     )
                 ]
             )
@@ -180,10 +181,10 @@ class NationalService:
                 ProvisionEntry(
                     ctx.agency_code,
                     ctx.purpose_code,
-                    "retrieve",
+                    RETRIEVE,
                     record.resident_code,
                     fields,
-                    "provided",
+                    provision_pb2.PROVISION_RESULT_PROVIDED,
                 )
             ]
         )
@@ -225,16 +226,23 @@ class NationalService:
                 ProvisionEntry(
                     ctx.agency_code,
                     ctx.purpose_code,
-                    "search",
+                    SEARCH,
                     r.resident_code,
                     fields,
-                    "candidate",
+                    provision_pb2.PROVISION_RESULT_CANDIDATE,
                 )
                 for _, r in chosen
             ]
         else:
             entries = [
-                ProvisionEntry(ctx.agency_code, ctx.purpose_code, "search", "", (), "not-found")
+                ProvisionEntry(
+                    ctx.agency_code,
+                    ctx.purpose_code,
+                    SEARCH,
+                    "",
+                    (),
+                    provision_pb2.PROVISION_RESULT_NOT_FOUND,
+                )
             ]
         ids = await self._record(entries)
         return provision_pb2.ProvideSearchResponse(
@@ -253,10 +261,10 @@ class NationalService:
                 ProvisionEntry(
                     request.agency_code[:32],
                     request.purpose_code[:64],
-                    request.operation[:16],
+                    request.operation,
                     code,
                     (),
-                    "denied",
+                    provision_pb2.PROVISION_RESULT_DENIED,
                     request.reason[:64],
                 )
             ]

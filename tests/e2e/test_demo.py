@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, provision_pb2
+from jukinet.vocabulary import operation_of, result_of
 from tools.demo import AGREE, DISCLOSED, Expected, compare_disclosure, reconcile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +125,10 @@ def _resident(code: str, lg: str, *, active: bool = True, **person: str) -> muni
 
 
 def _held(
-    r: municipal_pb2.Resident, *, status: int | None = None, replaced_by: str = ""
+    r: municipal_pb2.Resident,
+    *,
+    status: common_pb2.RecordStatus.ValueType | None = None,
+    replaced_by: str = "",
 ) -> delivery_pb2.IdentityState:
     p = r.person
     return delivery_pb2.IdentityState(
@@ -139,7 +143,7 @@ def _held(
             address=p.address,
             local_government_code=r.local_government_code,
         ),
-        status=status  # type: ignore[arg-type]
+        status=status
         if status is not None
         else common_pb2.RECORD_STATUS_ACTIVE
         if r.status == municipal_pb2.RESIDENT_STATUS_ACTIVE
@@ -186,7 +190,10 @@ def test_reconcile_reports_each_difference() -> None:
 
 def _provision(agency: str, purpose: str, operation: str, result: str) -> provision_pb2.Provision:
     return provision_pb2.Provision(
-        agency_code=agency, purpose_code=purpose, operation=operation, result=result
+        agency_code=agency,
+        purpose_code=purpose,
+        operation=operation_of(operation),
+        result=result_of(result),
     )
 
 
