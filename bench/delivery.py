@@ -84,6 +84,7 @@ from jukinet import localgov, pki
 from jukinet.client import tls_files
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, municipal_pb2_grpc
+from jukinet.vocabulary import person_values
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_DSN = os.environ.get(
@@ -1195,13 +1196,7 @@ def national_rows(
             {
                 "resident_code": r.resident_code,
                 "local_government_code": r.local_government_code,
-                "name": r.name,
-                "name_kana": r.name_kana,
-                "former_surname": r.former_surname,
-                "alias": r.alias,
-                "birth_date": r.birth_date,
-                "sex": r.sex,
-                "address": r.address,
+                **person_values(r),
                 "status": 1,
                 "replaced_by": "",
                 "registered_since": n.effective_date,

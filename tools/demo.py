@@ -91,7 +91,7 @@ from jukinet.v1 import (
     provision_pb2,
 )
 from jukinet.validation import today
-from jukinet.vocabulary import operation_label, result_label, verification_outcome
+from jukinet.vocabulary import PERSON_FIELDS, operation_label, result_label, verification_outcome
 from tools.localfed import LocalFederation, Node, NodeFailed
 from tools.population import NAME_SEPARATOR, PopulationGenerator
 from tools.sample import write_sample
@@ -243,7 +243,7 @@ class Difference:
         return f"{self.tier}: {self.resident_code}: {self.what}"
 
 
-_FIELDS = ("name", "name_kana", "former_surname", "alias", "birth_date", "sex", "address")
+_FIELDS = PERSON_FIELDS
 _STATUS = {
     municipal_pb2.RESIDENT_STATUS_ACTIVE: common_pb2.RECORD_STATUS_ACTIVE,
     municipal_pb2.RESIDENT_STATUS_REMOVED: common_pb2.RECORD_STATUS_REMOVED,

@@ -83,6 +83,7 @@ from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress
 from jukinet.client import connect, describe_error
 from jukinet.errors import ConfigError
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
+from jukinet.vocabulary import PERSON_FIELDS
 
 __all__ = [
     "COLUMNS",
@@ -99,18 +100,7 @@ __all__ = [
     "write_rejections",
 ]
 
-COLUMNS: tuple[str, ...] = (
-    "source_id",
-    "name",
-    "name_kana",
-    "former_surname",
-    "alias",
-    "birth_date",
-    "sex",
-    "address",
-    "household_id",
-    "registered_on",
-)
+COLUMNS: tuple[str, ...] = ("source_id", *PERSON_FIELDS, "household_id", "registered_on")
 """Every column the format knows, in the order :func:`write_sample` writes them."""
 
 REQUIRED_COLUMNS: frozenset[str] = frozenset({"source_id", "name", "birth_date", "sex", "address"})

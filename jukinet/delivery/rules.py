@@ -93,7 +93,7 @@ def _belongs_to_origin(current: StoredIdentity | None, n: common_pb2.Notificatio
 
 
 def decide(states: Mapping[str, StoredIdentity], n: common_pb2.Notification) -> Decision:
-    """Apply one validated notification to the held states it touches."""
+    """Apply one validated notification to the stored records it touches."""
     code = n.record.resident_code
     current = states.get(code)
     if n.kind == common_pb2.CHANGE_KIND_CREATED:

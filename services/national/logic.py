@@ -58,7 +58,7 @@ def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
 
 # -- lookups for agencies -------------------------------------------------------
 
-# Folded names, remembered: a verification folds the claimed and the held name,
+# Folded names, remembered: a verification folds the claimed and the stored name,
 # and names repeat (the commonest few thousand cover most people). The key is a
 # pure function of the name, so a remembered one is the same key.
 fold_name = functools.lru_cache(maxsize=1 << 16)(_fold_name)
@@ -79,23 +79,25 @@ def _item(claimed: object, matches: bool) -> gateway_pb2.ItemMatch.ValueType:
 
 
 def verify(
-    claim: gateway_pb2.ClaimedIdentity, held: StoredIdentity | None
+    claim: gateway_pb2.ClaimedIdentity, record: StoredIdentity | None
 ) -> gateway_pb2.Verification:
     """Compare a claim with the identified record, item by item; no data leaves."""
-    if held is None:
+    if record is None:
         return gateway_pb2.Verification(found=False)
     # Names and addresses are folded only when claimed (a batch of existence
     # checks claims the code alone).
     return gateway_pb2.Verification(
         found=True,
-        currently_registered=held.status == common_pb2.RECORD_STATUS_ACTIVE,
-        resident_code=_item(claim.resident_code, claim.resident_code == held.resident_code),
-        name=_item(claim.name, bool(claim.name) and fold_name(claim.name) == fold_name(held.name)),
-        birth_date=_item(claim.birth_date, claim.birth_date == held.birth_date),
-        sex=_item(claim.sex, claim.sex == held.sex),
+        currently_registered=record.status == common_pb2.RECORD_STATUS_ACTIVE,
+        resident_code=_item(claim.resident_code, claim.resident_code == record.resident_code),
+        name=_item(
+            claim.name, bool(claim.name) and fold_name(claim.name) == fold_name(record.name)
+        ),
+        birth_date=_item(claim.birth_date, claim.birth_date == record.birth_date),
+        sex=_item(claim.sex, claim.sex == record.sex),
         address=_item(
             claim.address,
-            bool(claim.address) and fold_address(claim.address) == fold_address(held.address),
+            bool(claim.address) and fold_address(claim.address) == fold_address(record.address),
         ),
     )
 
@@ -117,28 +119,28 @@ def choose_unique(
     return fits[0] if len(fits) == 1 else None
 
 
-def provided(held: StoredIdentity, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
+def provided(record: StoredIdentity, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
     """The record holding only ``fields``; every other field stays empty."""
     wanted = [f for f in PROVIDABLE_FIELDS if f in set(fields)]
     out = gateway_pb2.ProvidedRecord(fields=wanted)
     for f in wanted:
-        setattr(out, f, getattr(held, f))
+        setattr(out, f, getattr(record, f))
     return out
 
 
-def search_score(query: gateway_pb2.SearchRequest, held: StoredIdentity) -> int:
+def search_score(query: gateway_pb2.SearchRequest, record: StoredIdentity) -> int:
     """Rank of a candidate: the name tier (exact > folded > reading) dominates,
     then agreement of birth date, address and sex. 0 = not a candidate."""
-    base = match_score(query.name, query.name_kana or None, held.name, held.name_kana or None)
+    base = match_score(query.name, query.name_kana or None, record.name, record.name_kana or None)
     if base == 0:
         return 0
     score = base * 10
     if query.birth_date:
-        score += 5 if query.birth_date == held.birth_date else 0
+        score += 5 if query.birth_date == record.birth_date else 0
     if query.address:
-        score += 3 if fold_address(query.address) == fold_address(held.address) else 0
+        score += 3 if fold_address(query.address) == fold_address(record.address) else 0
     if query.sex:
-        score += 1 if query.sex == held.sex else 0
+        score += 1 if query.sex == record.sex else 0
     return score
 
 

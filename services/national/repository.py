@@ -90,7 +90,7 @@ def _columns(prefix: str = "") -> str:
 async def load_stored(
     store: IdentityStore, conn: AsyncConnection, codes: Sequence[str]
 ) -> dict[str, StoredIdentity]:
-    """The held records of these codes (those that exist), as :meth:`IdentityStore.load`."""
+    """The stored records of these codes (those that exist), as :meth:`IdentityStore.load`."""
     pg = await driver(conn)
     if pg is None:
         return await store.load(conn, set(codes))
@@ -107,17 +107,17 @@ async def identify_by_codes(
 ) -> dict[str, StoredIdentity | None]:
     """The record each claimed code identifies; a code that was changed leads to
     the record that replaced it (the person is found, the old code no longer fits)."""
-    held = await load_stored(store, conn, codes)
+    found = await load_stored(store, conn, codes)
     out: dict[str, StoredIdentity | None] = {}
     for code in codes:
-        current = held.get(code)
+        current = found.get(code)
         for _ in range(16):  # a person changes code a handful of times at most
             if current is None or current.status != SUPERSEDED or not current.replaced_by:
                 break
             nxt = current.replaced_by
-            if nxt not in held:
-                held.update(await load_stored(store, conn, [nxt]))
-            current = held.get(nxt)
+            if nxt not in found:
+                found.update(await load_stored(store, conn, [nxt]))
+            current = found.get(nxt)
         out[code] = current
     return out
 

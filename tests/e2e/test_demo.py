@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, provision_pb2
-from jukinet.vocabulary import operation_of, result_of
+from jukinet.vocabulary import operation_of, person_values, result_of
 from tools.demo import AGREE, DISCLOSED, Expected, compare_disclosure, reconcile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,13 +134,7 @@ def _held(
     return delivery_pb2.IdentityState(
         record=common_pb2.IdentityRecord(
             resident_code=r.resident_code,
-            name=p.name,
-            name_kana=p.name_kana,
-            former_surname=p.former_surname,
-            alias=p.alias,
-            birth_date=p.birth_date,
-            sex=p.sex,
-            address=p.address,
+            **person_values(p),
             local_government_code=r.local_government_code,
         ),
         status=status
