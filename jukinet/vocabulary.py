@@ -35,19 +35,32 @@ class HasPerson(Protocol):
     """Anything that carries the person's fields (a proto message, a stored record)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """氏名, original characters."""
+
     @property
-    def name_kana(self) -> str: ...
+    def name_kana(self) -> str:
+        """The reading, where known."""
+
     @property
-    def former_surname(self) -> str: ...
+    def former_surname(self) -> str:
+        """旧氏, where registered."""
+
     @property
-    def alias(self) -> str: ...
+    def alias(self) -> str:
+        """通称, where registered."""
+
     @property
-    def birth_date(self) -> str: ...
+    def birth_date(self) -> str:
+        """YYYY-MM-DD."""
+
     @property
-    def sex(self) -> common_pb2.Sex.ValueType: ...
+    def sex(self) -> common_pb2.Sex.ValueType:
+        """Sex as registered."""
+
     @property
-    def address(self) -> str: ...
+    def address(self) -> str:
+        """The address of the register entry."""
 
 
 def person_values(source: HasPerson) -> PersonValues:

@@ -20,7 +20,7 @@ from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.rules import fold_batch, fresh_codes, sequence, touched_codes
 from jukinet.delivery.store import IdentityStore
-from jukinet.errors import InvalidArgument, JukinetError
+from jukinet.errors import InvalidArgument, JukinetError, NotFound
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
@@ -136,7 +136,10 @@ class Receiver:
         """One stored record with its history."""
         check_resident_code(request.resident_code)
         async with self._db.read() as conn:
-            return await self._store.get_identity(conn, request.resident_code)
+            found = await self._store.get_identity(conn, request.resident_code)
+        if found is None:
+            raise NotFound(f"no identity record for {request.resident_code}")
+        return found
 
     async def export(
         self, request: delivery_pb2.ExportIdentitiesRequest

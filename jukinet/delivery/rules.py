@@ -79,6 +79,12 @@ class Decision:
     changed_current: bool
 
 
+def record_after(n: common_pb2.Notification) -> StoredIdentity:
+    """The record as a notification that changed it left it (a removal leaves it removed)."""
+    status = REMOVED if n.kind == common_pb2.CHANGE_KIND_REMOVED else ACTIVE
+    return StoredIdentity.from_notification(n, status)
+
+
 def _may_register(current: StoredIdentity | None, n: common_pb2.Notification) -> bool:
     # A creation elsewhere wins only if it is not older than the registration it
     # replaces, whether that one is still active or already removed: a late

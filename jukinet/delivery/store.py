@@ -35,7 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
 from jukinet.delivery.rules import Folded, StoredIdentity
-from jukinet.errors import NotFound
 from jukinet.names import fold_kana, fold_name
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import NEW_CODE_REASONS
@@ -342,12 +341,13 @@ class IdentityStore:
 
     async def get_identity(
         self, conn: AsyncConnection, resident_code: str
-    ) -> delivery_pb2.GetIdentityResponse:
-        """The record as stored now, with the history of every code it has had."""
+    ) -> delivery_pb2.GetIdentityResponse | None:
+        """The record as stored now, with the history of every code it has had;
+        None when no record has that code."""
         t, h = self.t.identities, self.t.history
         states = await self.load(conn, {resident_code})
         if resident_code not in states:
-            raise NotFound(f"no identity record for {resident_code}")
+            return None
         chain = await self.chain(conn, resident_code)
         history_rows = await conn.execute(
             select(h.c.payload, h.c.applied_at, h.c.changed_current)

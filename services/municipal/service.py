@@ -144,6 +144,7 @@ class MunicipalService:
     async def register_birth(
         self, req: municipal_pb2.RegisterBirthRequest
     ) -> tuple[ResidentState, int]:
+        """Register a birth (出生) with a fresh code from the pool."""
         person = check_person(req.person)
         await self.pool.ensure(1)
         async with self.db.write() as conn:
@@ -161,6 +162,7 @@ class MunicipalService:
     async def enter_ex_officio(
         self, req: municipal_pb2.EnterExOfficioRequest
     ) -> tuple[ResidentState, int]:
+        """Enter a person ex officio (職権記載) with a fresh code from the pool."""
         person = check_person(req.person)
         effective = check_effective_date(req.effective_date).isoformat()
         check_not_before_birth(effective, person, "effective_date")
@@ -175,6 +177,7 @@ class MunicipalService:
         return resident, seq
 
     async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
+        """Register a move-in (転入) from another municipality or from abroad."""
         person = check_person(req.person)
         reason = move_in_reason(req.origin)
         effective = check_effective_date(req.effective_date).isoformat()
@@ -236,6 +239,7 @@ class MunicipalService:
     # -- amendments ----------------------------------------------------------
 
     async def relocate(self, req: municipal_pb2.RelocateRequest) -> tuple[list[ResidentState], int]:
+        """Move a resident (or their whole household) to a new address here (転居)."""
         address = check_address(req.new_address, "new_address")
         effective = check_effective_date(req.effective_date).isoformat()
         async with self.db.write() as conn:
@@ -264,6 +268,7 @@ class MunicipalService:
         return updated, seq
 
     async def change_name(self, req: municipal_pb2.ChangeNameRequest) -> tuple[ResidentState, int]:
+        """Change a resident's name, reading or former surname."""
         name = check_name(req.name, "name")
         kana = check_kana(req.name_kana, "name_kana")
         former = check_name(req.former_surname, "former_surname", required=False)
@@ -285,6 +290,7 @@ class MunicipalService:
         return dataclasses.replace(resident, person=person, last_reason=reason), seq
 
     async def amend(self, req: municipal_pb2.AmendRequest) -> tuple[ResidentState, int]:
+        """Correct a resident's details ex officio (職権修正)."""
         person = check_person(req.person)
         effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_EX_OFFICIO_AMENDMENT
@@ -303,6 +309,7 @@ class MunicipalService:
     async def change_code(
         self, req: municipal_pb2.ChangeResidentCodeRequest
     ) -> tuple[ResidentState, str, int]:
+        """Give a resident a new code from the pool (住民票コード変更)."""
         effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_CODE_CHANGE
         await self.pool.ensure(1)
@@ -351,6 +358,7 @@ class MunicipalService:
         ), seq
 
     async def move_out(self, req: municipal_pb2.MoveOutRequest) -> tuple[ResidentState, int]:
+        """Remove a resident who moves out (転出) or abroad."""
         effective = check_effective_date(req.effective_date).isoformat()
         if req.abroad:
             if req.destination_local_government_code:
@@ -371,12 +379,14 @@ class MunicipalService:
     async def record_death(
         self, req: municipal_pb2.RecordDeathRequest
     ) -> tuple[ResidentState, int]:
+        """Remove a resident who died (死亡)."""
         date = check_birth_date(req.date_of_death, "date_of_death").isoformat()
         return await self._remove(req.resident_code, R.CHANGE_REASON_DEATH, date, "date_of_death")
 
     async def remove_ex_officio(
         self, req: municipal_pb2.RemoveExOfficioRequest
     ) -> tuple[ResidentState, int]:
+        """Remove a resident ex officio (職権消除) or declared missing."""
         reason = removal_reason(req.ground)
         effective = check_effective_date(req.effective_date).isoformat()
         return await self._remove(req.resident_code, reason, effective)

@@ -21,16 +21,19 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def RegisterBirth(
         self, request: pb.RegisterBirthRequest, context: Any
     ) -> pb.RegisterBirthResponse:
+        """Register a birth."""
         resident, seq = await self._r.register_birth(request)
         return pb.RegisterBirthResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def MoveIn(self, request: pb.MoveInRequest, context: Any) -> pb.MoveInResponse:
+        """Register a move-in."""
         resident, seq = await self._r.move_in(request)
         return pb.MoveInResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def Relocate(self, request: pb.RelocateRequest, context: Any) -> pb.RelocateResponse:
+        """Move residents to a new address here."""
         residents, seq = await self._r.relocate(request)
         return pb.RelocateResponse(
             residents=[r.to_proto(self._lg) for r in residents], last_notification_sequence=seq
@@ -39,18 +42,21 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ChangeName(
         self, request: pb.ChangeNameRequest, context: Any
     ) -> pb.ChangeNameResponse:
+        """Change a resident's name."""
         resident, seq = await self._r.change_name(request)
         return pb.ChangeNameResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def MoveOut(self, request: pb.MoveOutRequest, context: Any) -> pb.MoveOutResponse:
+        """Remove a resident who moves out."""
         resident, seq = await self._r.move_out(request)
         return pb.MoveOutResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def RecordDeath(
         self, request: pb.RecordDeathRequest, context: Any
     ) -> pb.RecordDeathResponse:
+        """Remove a resident who died."""
         resident, seq = await self._r.record_death(request)
         return pb.RecordDeathResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
@@ -59,6 +65,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ChangeResidentCode(
         self, request: pb.ChangeResidentCodeRequest, context: Any
     ) -> pb.ChangeResidentCodeResponse:
+        """Give a resident a new code."""
         resident, previous, seq = await self._r.change_code(request)
         return pb.ChangeResidentCodeResponse(
             resident=resident.to_proto(self._lg),
@@ -69,18 +76,21 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def EnterExOfficio(
         self, request: pb.EnterExOfficioRequest, context: Any
     ) -> pb.EnterExOfficioResponse:
+        """Enter a person ex officio."""
         resident, seq = await self._r.enter_ex_officio(request)
         return pb.EnterExOfficioResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def Amend(self, request: pb.AmendRequest, context: Any) -> pb.AmendResponse:
+        """Correct a resident's details."""
         resident, seq = await self._r.amend(request)
         return pb.AmendResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def RemoveExOfficio(
         self, request: pb.RemoveExOfficioRequest, context: Any
     ) -> pb.RemoveExOfficioResponse:
+        """Remove a resident ex officio."""
         resident, seq = await self._r.remove_ex_officio(request)
         return pb.RemoveExOfficioResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
@@ -89,6 +99,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def GetResident(
         self, request: pb.GetResidentRequest, context: Any
     ) -> pb.GetResidentResponse:
+        """One resident with their notifications."""
         resident, notifications = await self._r.get(request.resident_code)
         return pb.GetResidentResponse(
             resident=resident.to_proto(self._lg), notifications=notifications
@@ -97,12 +108,14 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ExportResidents(
         self, request: pb.ExportResidentsRequest, context: Any
     ) -> AsyncIterator[pb.ExportResidentsResponse]:
+        """Every resident, page by page."""
         async for residents in self._r.export(request.page_size):
             yield pb.ExportResidentsResponse(residents=[r.to_proto(self._lg) for r in residents])
 
     async def ImportResidents(
         self, request_iterator: AsyncIterator[pb.ImportResidentsRequest], context: Any
     ) -> AsyncIterator[pb.ImportResidentsResponse]:
+        """Load an existing register, batch by batch."""
         async for request in request_iterator:
             yield await self._r.import_rows(request.rows)
 
@@ -115,6 +128,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def GetStatus(
         self, request: pb.GetMunicipalStatusRequest, context: Any
     ) -> pb.GetMunicipalStatusResponse:
+        """The register's delivery and pool status."""
         status = await self._r.status()
         return pb.GetMunicipalStatusResponse(
             local_government_code=self._lg,

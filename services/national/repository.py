@@ -21,7 +21,7 @@ from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
-from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, StoredIdentity
+from jukinet.delivery.rules import SUPERSEDED, StoredIdentity, record_after
 from jukinet.delivery.store import STORED_FIELDS, IdentityStore
 from jukinet.names import fold_kana
 from jukinet.v1 import common_pb2, provision_pb2
@@ -195,9 +195,7 @@ async def record_as_of(
     ).first()
     if row is None:
         return None
-    n = common_pb2.Notification.FromString(row[0])
-    status = REMOVED if n.kind == common_pb2.CHANGE_KIND_REMOVED else ACTIVE
-    return StoredIdentity.from_notification(n, status)
+    return record_after(common_pb2.Notification.FromString(row[0]))
 
 
 # -- provision records ------------------------------------------------------------

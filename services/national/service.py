@@ -280,6 +280,8 @@ class NationalService:
         check_resident_code(request.resident_code)
         async with self._db.read() as conn:
             stored = await self._store.get_identity(conn, request.resident_code)
+            if stored is None:
+                raise NotFound(f"no identity record for {request.resident_code}")
             codes = await self._store.chain(conn, request.resident_code)
             provisions = await repo.provisions_of(conn, sorted(codes))
         return provision_pb2.DiscloseResponse(identity=stored.identity, provisions=provisions)

@@ -15,6 +15,7 @@ from jukinet.delivery.rules import (
     decide,
     fold_batch,
     fresh_codes,
+    record_after,
     sequence,
     touched_codes,
 )
@@ -216,3 +217,13 @@ def test_fold_batch_refuses_a_fresh_code_created_twice() -> None:
     with pytest.raises(InvalidArgument) as refused:
         fold_batch([birth, again], {}, owners, set())
     assert refused.value.field == "entries[1].notification.record.resident_code"
+
+
+def test_record_after_a_notification() -> None:
+    birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    death = note("312011", 2, pb.CHANGE_REASON_DEATH, "2026-01-01")
+    assert (record_after(birth).status, record_after(birth).registered_since) == (
+        ACTIVE,
+        "1990-01-01",
+    )
+    assert record_after(death).status == REMOVED
