@@ -63,8 +63,8 @@ def note(
 def fold(notes: list[pb.Notification]) -> dict[str, StoredIdentity]:
     states: dict[str, StoredIdentity] = {}
     for n in notes:
-        for held in decide(states, n).states:
-            states[held.resident_code] = held
+        for record in decide(states, n).states:
+            states[record.resident_code] = record
     return states
 
 
@@ -88,8 +88,8 @@ def test_move_between_municipalities_any_order() -> None:
     ]
     b = [note("131016", 1, pb.CHANGE_REASON_MOVE_IN, "2026-11-16")]
     for order in interleavings(a, b):
-        held = fold(order)[CODE]
-        assert (held.local_government_code, held.status) == ("131016", ACTIVE), order
+        record = fold(order)[CODE]
+        assert (record.local_government_code, record.status) == ("131016", ACTIVE), order
 
 
 def test_move_then_death_elsewhere_survives_a_late_birth_notice() -> None:
@@ -102,8 +102,8 @@ def test_move_then_death_elsewhere_survives_a_late_birth_notice() -> None:
         note("131016", 2, pb.CHANGE_REASON_DEATH, "2026-11-27"),
     ]
     for order in interleavings(a, b):
-        held = fold(order)[CODE]
-        assert (held.local_government_code, held.status) == ("131016", REMOVED), order
+        record = fold(order)[CODE]
+        assert (record.local_government_code, record.status) == ("131016", REMOVED), order
 
 
 def test_there_and_back_again() -> None:
@@ -117,8 +117,8 @@ def test_there_and_back_again() -> None:
         note("312029", 2, pb.CHANGE_REASON_MOVE_OUT, "2024-04-01"),
     ]
     for order in interleavings(a, b):
-        held = fold(order)[CODE]
-        assert (held.local_government_code, held.status) == ("312011", ACTIVE), order
+        record = fold(order)[CODE]
+        assert (record.local_government_code, record.status) == ("312011", ACTIVE), order
 
 
 def test_code_change_supersedes_and_keeps_registration_date() -> None:
