@@ -36,6 +36,7 @@ from jukinet.client import tls_files
 from jukinet.db import Database
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import common_pb2, delivery_pb2, gateway_pb2
+from jukinet.vocabulary import person_values
 from services.national import models
 from services.national.app import MIGRATIONS
 from tools.localfed import Databases, process_cpu_seconds
@@ -261,13 +262,7 @@ def national_rows(
             {
                 "resident_code": r.resident_code,
                 "local_government_code": r.local_government_code,
-                "name": r.name,
-                "name_kana": r.name_kana,
-                "former_surname": r.former_surname,
-                "alias": r.alias,
-                "birth_date": r.birth_date,
-                "sex": r.sex,
-                "address": r.address,
+                **person_values(r),
                 "status": 1,
                 "replaced_by": "",
                 "registered_since": n.effective_date,
@@ -299,7 +294,7 @@ async def _write_rows(
     batch: int,
 ) -> tuple[float, int]:
     """Upsert and insert in transactions of ``batch``; returns (seconds, history rows)."""
-    t = models.holdings
+    t = models.identities
     ins = pg_insert if backend == "postgres" else sqlite_insert
     stmt = ins(t.identities)
     upsert = stmt.on_conflict_do_update(

@@ -371,7 +371,7 @@ async def national_cursors(engine: AsyncEngine) -> Cursors:
     """The national node's cursors, read from its database (not over its API:
     GetDeliveryStatus also counts the identities, too much work to ask for every
     50 ms while it is measured)."""
-    c = national_models.holdings.cursors
+    c = national_models.identities.cursors
     async with engine.connect() as conn:
         rows = await conn.execute(select(c.c.origin_code, c.c.last_sequence))
         return {r[0]: int(r[1]) for r in rows}
@@ -495,7 +495,7 @@ async def measure_delivery(
     complete = not math.isnan(seen)
     end = seen if complete else time.time()
     used = cpu.end(end - start)
-    h = national_models.holdings.history
+    h = national_models.identities.history
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -674,7 +674,7 @@ async def _national_times(
     engine: AsyncEngine, base: Cursors
 ) -> dict[tuple[str, int], tuple[float, float]]:
     """(recorded_at, applied_at) at national of every notification after ``base``."""
-    h = national_models.holdings.history
+    h = national_models.identities.history
     national: dict[tuple[str, int], tuple[float, float]] = {}
     async with engine.connect() as conn:
         for m, after in base.items():
@@ -695,7 +695,7 @@ async def read_lags(
     into municipal commit → prefecture apply and prefecture apply → national apply
     (the prefecture's identity_history has its own applied_at). All sorted."""
     national = await _national_times(engine, base)
-    ph = prefecture_models.holdings.history
+    ph = prefecture_models.identities.history
     to_prefecture: list[float] = []
     to_national: list[float] = []
     for p in sorted({m[:2] for m in base}):

@@ -19,9 +19,9 @@ and a bare gRPC baseline measured in the same run.
    ``ja_JP`` names with their readings, Japan Post addresses, Japan's age
    pyramid) in 20 municipalities across Japan, each with a fresh random
    resident code. They are written the way they reach the national node: code
-   pools recorded in ``issued_codes`` (:meth:`HoldingStore.record_issued`),
+   pools recorded in ``issued_codes`` (:meth:`IdentityStore.record_issued`),
    then one ex-officio entry notification per resident, applied by the national
-   node's own :meth:`HoldingStore.apply_batch` in transactions of
+   node's own :meth:`Receiver.apply` in transactions of
    :data:`LOAD_BATCH` (identity row with its folded name keys, history row with
    the notification, per-municipality cursor). The benchmark process writes
    straight into the national node's database while the node is idle (about
@@ -88,7 +88,9 @@ from jukinet import localgov
 from jukinet.client import tls_files
 from jukinet.codes import new_resident_code
 from jukinet.db import Database
-from jukinet.delivery.store import HoldingStore
+from jukinet.delivery.receiver import Receiver
+from jukinet.delivery.store import IdentityStore
+from jukinet.metrics import NodeMetrics
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
     common_pb2,
@@ -98,6 +100,7 @@ from jukinet.v1 import (
     national_pb2_grpc,
 )
 from services.national import models as national_models
+from services.national.logic import authorize_prefecture_origin
 from tools.localfed import PG_SERVER, Databases, LocalFederation
 from tools.population import PopulationGenerator
 
@@ -225,7 +228,13 @@ class Loader:
 
     def __init__(self, url: str, municipalities: Sequence[str], seed: int) -> None:
         self.db = Database(url, pool_size=2)
-        self.store = HoldingStore(self.db, national_models.holdings)
+        self.store = IdentityStore(national_models.identities)
+        self.receiver = Receiver(
+            db=self.db,
+            store=self.store,
+            metrics=NodeMetrics("national"),
+            authorize_origin=authorize_prefecture_origin,
+        )
         self.municipalities = list(municipalities)
         self.seed = seed
         self.loaded = {m: 0 for m in municipalities}  # = last sequence per origin
@@ -305,8 +314,7 @@ class Loader:
                 )
         for i in range(0, len(notifications), LOAD_BATCH):
             chunk = notifications[i : i + LOAD_BATCH]
-            async with self.db.write() as conn:
-                result = await self.store.apply_batch(conn, chunk)
+            result = await self.receiver.apply(chunk)
             if result.applied != len(chunk):
                 raise BenchError(f"load: {result.applied} of {len(chunk)} applied")
             yield len(chunk)

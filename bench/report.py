@@ -384,7 +384,7 @@ def _gateway_intro(g: dict[str, Any]) -> list[str]:
         "",
         f"Store: {p['residents']:,} residents on PostgreSQL"
         + (" (**a quick run: below the 1,000,000 of the targets**)" if quick else "")
-        + ", written by the national node's own `HoldingStore.apply_batch` at "
+        + ", written by the national node's own `Receiver.apply` at "
         f"{_n(g['load'][large]['residents_per_s'])} residents/s. Agency `{p['agency']}`, purpose "
         f"`{p['purpose']}`. A claim is a random loaded resident's code, name, birth date, sex "
         f"and address. Closed loop over one mTLS channel, {p['seconds_per_level']:g} s measured "

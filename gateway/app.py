@@ -9,8 +9,10 @@ from pathlib import Path
 import grpc
 
 from gateway.access import rules
+from gateway.national import NationalClient
 from gateway.quotas import Clock, Quotas
 from gateway.registry import PurposeRegistry, load_registry
+from gateway.service import GatewayService
 from gateway.servicer import GatewayServicer
 from jukinet.config import GatewayConfig
 from jukinet.metrics import NodeMetrics
@@ -42,7 +44,7 @@ class GatewayApp:
         )
         self.quotas = Quotas(clock=clock)
         self._channel: grpc.aio.Channel | None = None
-        self._servicer: GatewayServicer | None = None
+        self._service: GatewayService | None = None
         self._server: RunningServer | None = None
 
     async def start(self) -> int:
@@ -56,17 +58,17 @@ class GatewayApp:
             ],
         )
         self._channel = channel
-        servicer = GatewayServicer(
+        service = GatewayService(
             registry=self.registry,
-            national=national_pb2_grpc.NationalServiceStub(channel),
+            national=NationalClient(national_pb2_grpc.NationalServiceStub(channel)),
             quotas=self.quotas,
             metrics=self.metrics,
             batch_pipeline=self.config.batch_pipeline,
         )
-        self._servicer = servicer
+        self._service = service
 
         def register(server: grpc.aio.Server) -> None:
-            gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+            gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(service), server)
 
         self._server = await start_server(
             config=self.config,
@@ -80,7 +82,7 @@ class GatewayApp:
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop()
-        if self._servicer is not None:
-            await self._servicer.close()
+        if self._service is not None:
+            await self._service.close()
         if self._channel is not None:
             await self._channel.close(grace=None)

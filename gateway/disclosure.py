@@ -13,6 +13,7 @@ from jukinet.errors import ConfigError
 from jukinet.localgov import lookup
 from jukinet.textwidth import display_width, ljust, table
 from jukinet.v1 import common_pb2, provision_pb2
+from jukinet.vocabulary import operation_label, result_label
 
 _SEX_NAME = {common_pb2.SEX_MALE: "male", common_pb2.SEX_FEMALE: "female"}
 _STATUS_NAME = {
@@ -108,8 +109,8 @@ def format_disclosure(
         headers.insert(1, "resident code")
     rows = []
     for p in provisions:
-        row = [_jst(p.provided_at), p.agency_code, p.purpose_code, p.operation]
-        row += [", ".join(p.fields) or "-", p.result]
+        row = [_jst(p.provided_at), p.agency_code, p.purpose_code, operation_label(p.operation)]
+        row += [", ".join(p.fields) or "-", result_label(p.result)]
         if several_codes:
             row.insert(1, p.resident_code)
         rows.append(row)

@@ -14,11 +14,7 @@ from gateway.registry import Purpose, Quota
 from jukinet.codes import is_valid_resident_code
 from jukinet.errors import InvalidArgument
 from jukinet.v1 import gateway_pb2, provision_pb2
-
-# The record fields in the order of ProvidedRecord, without the `fields` list.
-RECORD_FIELD_ORDER: tuple[str, ...] = tuple(
-    f.name for f in gateway_pb2.ProvidedRecord.DESCRIPTOR.fields if f.name != "fields"
-)
+from jukinet.vocabulary import PROVIDABLE_FIELDS
 
 # Assumed: `currently_registered` of a verification tells whether the record is
 # active, which is the record's `status`; a purpose without the status field
@@ -34,7 +30,7 @@ MAX_DENIAL_CODES = 1000
 def ordered(fields: Iterable[str]) -> list[str]:
     """``fields`` (record field names) in the order of the record."""
     wanted = set(fields)
-    return [f for f in RECORD_FIELD_ORDER if f in wanted]
+    return [f for f in PROVIDABLE_FIELDS if f in wanted]
 
 
 def provision_context(agency_code: str, purpose: Purpose) -> provision_pb2.ProvisionContext:
@@ -82,7 +78,7 @@ def filter_record(
     record: gateway_pb2.ProvidedRecord, allowed: frozenset[str]
 ) -> gateway_pb2.ProvidedRecord:
     """A copy of ``record`` holding only ``allowed`` fields that it lists."""
-    keep = [f for f in RECORD_FIELD_ORDER if f in allowed and f in set(record.fields)]
+    keep = [f for f in PROVIDABLE_FIELDS if f in allowed and f in set(record.fields)]
     out = gateway_pb2.ProvidedRecord(fields=keep)
     for name in keep:
         setattr(out, name, getattr(record, name))
@@ -106,22 +102,6 @@ def filter_verification(
     if STATUS_FIELD not in purpose.fields:
         out.currently_registered = False
     return out
-
-
-def verification_outcome(verification: gateway_pb2.Verification) -> str:
-    """The provision result of one verification, as the national node records it."""
-    if not verification.found:
-        return "not-found"
-    items = (
-        verification.resident_code,
-        verification.name,
-        verification.birth_date,
-        verification.sex,
-        verification.address,
-    )
-    if any(item == gateway_pb2.ITEM_MATCH_NO_MATCH for item in items):
-        return "no-match"
-    return "match"
 
 
 def named_codes(codes: Sequence[str]) -> tuple[list[str], bool]:

@@ -22,10 +22,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from jukinet.delivery.rules import PROVIDABLE_FIELDS
 from jukinet.errors import ConfigError, PermissionDenied
 from jukinet.identity import Kind, parse_identity_uri
 from jukinet.reasons import Reason
+from jukinet.vocabulary import PROVIDABLE_FIELDS
 
 PACKAGED_FILE = "purposes.toml"
 

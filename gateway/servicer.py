@@ -1,464 +1,52 @@
-"""gRPC surface of the agency gateway: the only door for national agencies.
-
-Every request goes through the same steps, in this order:
-
-1. the agency is the one its certificate names (never anything in the request);
-2. the purpose registry authorizes (agency, purpose, operation, fields); a
-   refusal is recorded at the national node (RecordDenial), counted, logged
-   and returned as PERMISSION_DENIED with its reason;
-3. one token is taken from the agency's bucket for that purpose
-   (RESOURCE_EXHAUSTED with ``retry-after-ms`` when it is empty);
-4. the per-request caps and the input are checked (INVALID_ARGUMENT);
-5. the national node answers, having recorded the provision first;
-6. the answer is filtered once more to the purpose's fields.
-"""
+"""gRPC surface of the agency gateway: each RPC names the calling agency
+(from its certificate) and hands the request to :mod:`gateway.service`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Collection, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
-import grpc
-
-from gateway.coalescer import DEFAULT_WINDOW, VerifyCoalescer
-from gateway.logic import (
-    check_batch_size,
-    effective_fields,
-    filter_record,
-    filter_verification,
-    named_codes,
-    provision_context,
-    resolve_max_candidates,
-    stray_fields,
-    verification_outcome,
-)
-from gateway.quotas import QuotaExceeded, Quotas
-from gateway.registry import Operation, Purpose, PurposeDenied, PurposeRegistry
-from jukinet.codes import check_resident_code
-from jukinet.errors import JukinetError, Unavailable, from_upstream
+from gateway.service import GatewayService
 from jukinet.identity import Kind
 from jukinet.interceptors import current_identity
-from jukinet.metrics import NodeMetrics
-from jukinet.reasons import Reason
-from jukinet.v1 import gateway_pb2, gateway_pb2_grpc, national_pb2_grpc, provision_pb2
-from jukinet.validation import check_claim, check_date, check_kana, check_name, check_sex
+from jukinet.v1 import gateway_pb2, gateway_pb2_grpc
 
-log = logging.getLogger("jukinet.gateway")
 
-NATIONAL = "national node"
-UPSTREAM_TIMEOUT = 30.0  # seconds for one lookup at the national node
-DENIAL_TIMEOUT = 5.0  # recording a refusal must not hold the refusal up for long
-DENIAL_CONCURRENCY = 16
-# Verify requests sent to the national node in one call at most (it takes
-# up to 10,000 items; VerifyBatch messages are capped lower by each purpose).
-VERIFY_MAX_ITEMS = 1000
-UNKNOWN_PURPOSE_LABEL = "(unknown)"
-
-T = TypeVar("T")
+def _agency() -> str:
+    """The calling agency's code, from its certificate."""
+    identity = current_identity()
+    if identity.kind is not Kind.AGENCY:  # the method rules make this unreachable
+        raise RuntimeError(f"{identity.uri} reached an agency method")
+    return identity.code
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    """Agencies' requests, checked and forwarded to the national node."""
+    """The GatewayService RPCs."""
 
-    def __init__(
-        self,
-        *,
-        registry: PurposeRegistry,
-        national: national_pb2_grpc.NationalServiceAsyncStub,
-        quotas: Quotas,
-        metrics: NodeMetrics,
-        batch_pipeline: int = 2,
-        upstream_timeout: float = UPSTREAM_TIMEOUT,
-        verify_window: int = DEFAULT_WINDOW,
-    ) -> None:
-        if batch_pipeline < 1:
-            raise ValueError("batch_pipeline must be at least 1")
-        self._registry = registry
-        self._national = national
-        self._quotas = quotas
-        self._metrics = metrics
-        self._pipeline = batch_pipeline
-        self._timeout = upstream_timeout
-        self._coalescer = VerifyCoalescer(
-            lambda agency, purpose, items: self._provide(agency, purpose, Operation.VERIFY, items),
-            window=verify_window,
-            max_items=VERIFY_MAX_ITEMS,
-        )
-
-    async def close(self) -> None:
-        """Cancel the national calls still in flight."""
-        await self._coalescer.close()
-
-    # -- the common steps ----------------------------------------------------------
-
-    @staticmethod
-    def _agency() -> str:
-        """The calling agency's code, from its certificate."""
-        identity = current_identity()
-        if identity.kind is not Kind.AGENCY:  # the method rules make this unreachable
-            raise RuntimeError(f"{identity.uri} reached an agency method")
-        return identity.code
-
-    def _purpose_label(self, purpose_code: str) -> str:
-        # Metric labels only for registered purposes: a caller must not be able
-        # to create time series by inventing purpose codes.
-        known = self._registry.get(purpose_code) is not None
-        return purpose_code if known else UNKNOWN_PURPOSE_LABEL
-
-    async def _admit(
-        self,
-        agency: str,
-        purpose_code: str,
-        operation: Operation,
-        fields: Collection[str],
-        named: Sequence[str],
-    ) -> Purpose:
-        """Authorize and charge the quota; record and raise a refusal."""
-        try:
-            purpose = self._registry.authorize(agency, purpose_code, operation, fields)
-        except PurposeDenied as denied:
-            await self._deny(denied, named)
-            raise
-        try:
-            self._quotas.charge(agency, purpose)
-        except QuotaExceeded as exc:
-            self._metrics.gateway_denials.labels(
-                agency, purpose.code, operation.value, Reason.QUOTA_EXCEEDED
-            ).inc()
-            log.info(
-                "quota: agency %s purpose %s %s refused, retry after %d ms",
-                agency,
-                purpose.code,
-                operation.value,
-                exc.retry_after_ms,
-            )
-            raise
-        return purpose
-
-    async def _deny(self, denied: PurposeDenied, named: Sequence[str]) -> None:
-        """Count, log and record a refusal at the national node (best effort)."""
-        self._metrics.gateway_denials.labels(
-            denied.agency_code,
-            self._purpose_label(denied.purpose_code),
-            denied.operation,
-            denied.reason,
-        ).inc()
-        self._metrics.provisions.labels(
-            denied.agency_code,
-            self._purpose_label(denied.purpose_code),
-            denied.operation,
-            "denied",
-        ).inc()
-        log.warning(
-            "denied: agency %s, operation %s, %s: %s",
-            denied.agency_code,
-            denied.operation,
-            denied.reason,
-            denied.message,
-        )
-        codes, truncated = named_codes(named)
-        targets: list[str] = codes or [""]
-        if truncated:
-            targets.append("")
-        limit = asyncio.Semaphore(DENIAL_CONCURRENCY)
-
-        async def record(code: str) -> grpc.aio.AioRpcError | None:
-            async with limit:
-                try:
-                    await self._national.RecordDenial(
-                        provision_pb2.RecordDenialRequest(
-                            agency_code=denied.agency_code,
-                            purpose_code=denied.purpose_code[:64],
-                            operation=denied.operation,
-                            resident_code=code,
-                            reason=denied.reason,
-                        ),
-                        timeout=DENIAL_TIMEOUT,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    return exc
-                return None
-
-        failures = [f for f in await asyncio.gather(*map(record, targets)) if f is not None]
-        if failures:
-            # The refusal stands all the same; the log is then its only record.
-            log.error(
-                "%d of %d denial records could not be written at the national node: %s %s",
-                len(failures),
-                len(targets),
-                failures[0].code().name,
-                failures[0].details(),
-            )
-
-    async def _upstream(self, call: Awaitable[T]) -> T:
-        """The national node's answer; its refusals keep their status, reason, field."""
-        try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            raise from_upstream(exc, NATIONAL) from exc
-
-    @contextlib.contextmanager
-    def _timed(self, operation: Operation) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._metrics.gateway_latency.labels(operation.value).observe(
-                time.perf_counter() - start
-            )
-
-    def _count(
-        self, agency: str, purpose: Purpose, operation: Operation, result: str, n: int = 1
-    ) -> None:
-        self._metrics.provisions.labels(agency, purpose.code, operation.value, result).inc(n)
-
-    def _filtered(
-        self, record: gateway_pb2.ProvidedRecord, allowed: frozenset[str], purpose: Purpose
-    ) -> gateway_pb2.ProvidedRecord:
-        stray = stray_fields(record, allowed)
-        if stray:
-            # The national node minimises too; this must never happen.
-            log.error(
-                "the national node returned field(s) %s outside purpose %s; removed",
-                ", ".join(stray),
-                purpose.code,
-            )
-        return filter_record(record, allowed)
-
-    async def _provide(
-        self,
-        agency: str,
-        purpose: Purpose,
-        operation: Operation,
-        items: Sequence[gateway_pb2.VerifyBatchItem],
-    ) -> tuple[Sequence[gateway_pb2.VerifyBatchResult], Sequence[str]]:
-        """The national node's verifications of ``items`` and their provision ids, unfiltered."""
-        response: provision_pb2.ProvideVerificationResponse = await self._upstream(
-            self._national.ProvideVerification(
-                provision_pb2.ProvideVerificationRequest(
-                    context=provision_context(agency, purpose),
-                    operation=operation.value,
-                    items=items,
-                ),
-                timeout=self._timeout,
-            )
-        )
-        if len(response.results) != len(items) or len(response.provision_ids) != len(items):
-            raise Unavailable(f"{NATIONAL}: {len(response.results)} results for {len(items)} items")
-        return response.results, response.provision_ids
-
-    async def _verify_items(
-        self,
-        agency: str,
-        purpose: Purpose,
-        operation: Operation,
-        items: Sequence[gateway_pb2.VerifyBatchItem],
-    ) -> tuple[list[gateway_pb2.VerifyBatchResult], list[str]]:
-        """Verifications of ``items`` by the national node, filtered and counted."""
-        national_results, ids = await self._provide(agency, purpose, operation, items)
-        results = []
-        outcomes: Counter[str] = Counter()
-        for item, result in zip(items, national_results, strict=True):
-            verification = filter_verification(result.verification, purpose)
-            outcomes[verification_outcome(verification)] += 1
-            results.append(
-                gateway_pb2.VerifyBatchResult(item_id=item.item_id, verification=verification)
-            )
-        for outcome, n in outcomes.items():
-            self._count(agency, purpose, operation, outcome, n)
-        return results, list(ids)
-
-    # -- the methods ---------------------------------------------------------------
+    def __init__(self, service: GatewayService) -> None:
+        self._service = service
 
     async def Verify(
         self, request: gateway_pb2.VerifyRequest, context: Any
     ) -> gateway_pb2.VerifyResponse:
-        agency = self._agency()
-        with self._timed(Operation.VERIFY):
-            purpose = await self._admit(
-                agency, request.purpose_code, Operation.VERIFY, (), [request.claim.resident_code]
-            )
-            check_claim(request.claim, "claim")
-            # Shares one national call with the other requests of this agency
-            # and purpose waiting at this moment (gateway.coalescer).
-            found, provision_id = await self._coalescer.verify(
-                agency, purpose, gateway_pb2.VerifyBatchItem(claim=request.claim)
-            )
-            verification = filter_verification(found, purpose)
-            self._count(agency, purpose, Operation.VERIFY, verification_outcome(verification))
-            return gateway_pb2.VerifyResponse(verification=verification, provision_id=provision_id)
+        """Verify one claimed identity."""
+        return await self._service.verify(_agency(), request)
 
     async def Retrieve(
         self, request: gateway_pb2.RetrieveRequest, context: Any
     ) -> gateway_pb2.RetrieveResponse:
-        agency = self._agency()
-        with self._timed(Operation.RETRIEVE):
-            purpose = await self._admit(
-                agency,
-                request.purpose_code,
-                Operation.RETRIEVE,
-                request.fields,
-                [request.resident_code],
-            )
-            check_resident_code(request.resident_code, "resident_code")
-            if request.as_of:
-                check_date(request.as_of, "as_of")
-            allowed = effective_fields(purpose, request.fields)
-            try:
-                response: provision_pb2.ProvideRecordResponse = await self._upstream(
-                    self._national.ProvideRecord(
-                        provision_pb2.ProvideRecordRequest(
-                            context=provision_context(agency, purpose),
-                            resident_code=request.resident_code,
-                            as_of=request.as_of,
-                            fields=request.fields,
-                        ),
-                        timeout=self._timeout,
-                    )
-                )
-            except JukinetError as exc:
-                if exc.code is grpc.StatusCode.NOT_FOUND:
-                    self._count(agency, purpose, Operation.RETRIEVE, "not-found")
-                raise
-            self._count(agency, purpose, Operation.RETRIEVE, "provided")
-            return gateway_pb2.RetrieveResponse(
-                record=self._filtered(response.record, allowed, purpose),
-                provision_id=response.provision_id,
-            )
+        """One record, minimised to the purpose."""
+        return await self._service.retrieve(_agency(), request)
 
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: Any
     ) -> gateway_pb2.SearchResponse:
-        agency = self._agency()
-        with self._timed(Operation.SEARCH):
-            purpose = await self._admit(
-                agency, request.purpose_code, Operation.SEARCH, request.fields, ()
-            )
-            limit = resolve_max_candidates(request.max_candidates, purpose.quota, purpose.code)
-            check_name(request.name, "name")
-            if request.name_kana:
-                check_kana(request.name_kana, "name_kana")
-            if request.birth_date:
-                check_date(request.birth_date, "birth_date")
-            if request.sex:
-                check_sex(request.sex, "sex")
-            allowed = effective_fields(purpose, request.fields)
-            response: provision_pb2.ProvideSearchResponse = await self._upstream(
-                self._national.ProvideSearch(
-                    provision_pb2.ProvideSearchRequest(
-                        context=provision_context(agency, purpose),
-                        query=request,
-                        max_candidates=limit,
-                    ),
-                    timeout=self._timeout,
-                )
-            )
-            candidates = [
-                gateway_pb2.SearchCandidate(
-                    record=self._filtered(c.record, allowed, purpose), score=c.score
-                )
-                for c in response.candidates[:limit]
-            ]
-            if candidates:
-                for _ in candidates:
-                    self._count(agency, purpose, Operation.SEARCH, "candidate")
-            else:
-                self._count(agency, purpose, Operation.SEARCH, "not-found")
-            return gateway_pb2.SearchResponse(
-                candidates=candidates, provision_id=response.provision_id
-            )
+        """Candidates for a name, minimised to the purpose."""
+        return await self._service.search(_agency(), request)
 
     async def VerifyBatch(
         self, request_iterator: AsyncIterator[gateway_pb2.VerifyBatchRequest], context: Any
     ) -> AsyncIterator[gateway_pb2.VerifyBatchResponse]:
-        """One response per request message, in order.
-
-        A reader admits and checks each message in turn and starts its
-        national lookup; at most ``batch_pipeline`` messages are in flight, and
-        the reader does not read the next message until a slot frees up, so
-        a fast sender is held back by gRPC flow control. A refused or failed
-        message ends the stream after the responses of the messages before it.
-        """
-        agency = self._agency()
-        slots = asyncio.Semaphore(self._pipeline)
-        queue: asyncio.Queue[asyncio.Future[gateway_pb2.VerifyBatchResponse] | None] = (
-            asyncio.Queue()
-        )
-        reader = asyncio.create_task(
-            self._read_batches(agency, request_iterator, slots, queue), name="verify-batch-reader"
-        )
-        try:
-            while (pending := await queue.get()) is not None:
-                response = await pending
-                slots.release()
-                yield response
-            await reader
-        finally:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
-            while not queue.empty():
-                left = queue.get_nowait()
-                if left is not None:
-                    left.cancel()
-                    with contextlib.suppress(BaseException):
-                        await left
-
-    async def _read_batches(
-        self,
-        agency: str,
-        requests: AsyncIterator[gateway_pb2.VerifyBatchRequest],
-        slots: asyncio.Semaphore,
-        queue: asyncio.Queue[asyncio.Future[gateway_pb2.VerifyBatchResponse] | None],
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await slots.acquire()
-                try:
-                    message = await anext(requests)
-                except StopAsyncIteration:
-                    break
-                started = time.perf_counter()
-                purpose = await self._admit(
-                    agency,
-                    message.purpose_code,
-                    Operation.VERIFY_BATCH,
-                    (),
-                    [item.claim.resident_code for item in message.items],
-                )
-                check_batch_size(len(message.items), purpose)
-                for i, item in enumerate(message.items):
-                    check_claim(item.claim, f"items[{i}].claim")
-                queue.put_nowait(
-                    asyncio.ensure_future(self._one_batch(agency, purpose, message, started))
-                )
-        except Exception as exc:
-            failed: asyncio.Future[gateway_pb2.VerifyBatchResponse] = loop.create_future()
-            failed.set_exception(exc)
-            queue.put_nowait(failed)
-        queue.put_nowait(None)
-
-    async def _one_batch(
-        self,
-        agency: str,
-        purpose: Purpose,
-        message: gateway_pb2.VerifyBatchRequest,
-        started: float,
-    ) -> gateway_pb2.VerifyBatchResponse:
-        try:
-            if not message.items:
-                return gateway_pb2.VerifyBatchResponse()
-            results, _ = await self._verify_items(
-                agency, purpose, Operation.VERIFY_BATCH, message.items
-            )
-            return gateway_pb2.VerifyBatchResponse(results=results)
-        finally:
-            self._metrics.gateway_latency.labels(Operation.VERIFY_BATCH.value).observe(
-                time.perf_counter() - started
-            )
+        """One verification response per request message, in order."""
+        async for response in self._service.verify_batch(_agency(), request_iterator):
+            yield response

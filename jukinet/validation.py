@@ -30,7 +30,7 @@ EARLIEST_BIRTH = dt.date(1870, 1, 1)
 MAX_EFFECTIVE_AHEAD = dt.timedelta(days=30)
 
 # Which kind each reason belongs to (DOMAIN.md, "The identity-confirmation record").
-REASON_KIND: dict[int, int] = {
+REASON_KIND: dict[common_pb2.ChangeReason.ValueType, common_pb2.ChangeKind.ValueType] = {
     common_pb2.CHANGE_REASON_MOVE_IN: common_pb2.CHANGE_KIND_CREATED,
     common_pb2.CHANGE_REASON_SPECIAL_MOVE_IN: common_pb2.CHANGE_KIND_CREATED,
     common_pb2.CHANGE_REASON_BIRTH: common_pb2.CHANGE_KIND_CREATED,
@@ -140,10 +140,10 @@ def check_address(value: str, field: str = "address") -> str:
     return _check_text(value, field, MAX_ADDRESS, required=True)
 
 
-def check_sex(value: int, field: str = "sex") -> int:
+def check_sex(value: int, field: str = "sex") -> common_pb2.Sex.ValueType:
     if value not in (common_pb2.SEX_MALE, common_pb2.SEX_FEMALE):
         raise InvalidArgument(field, f"unknown or unset value {value}")
-    return value
+    return common_pb2.Sex.ValueType(value)
 
 
 def check_known_local_government(code: str, field: str) -> str:

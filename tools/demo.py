@@ -80,7 +80,6 @@ from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
-from gateway.logic import verification_outcome
 from gateway.registry import load_registry
 from jukinet import localgov
 from jukinet.cli.csvfile import CsvFormatError
@@ -100,6 +99,7 @@ from jukinet.v1 import (
     provision_pb2,
 )
 from jukinet.validation import today
+from jukinet.vocabulary import PERSON_FIELDS, operation_label, result_label, verification_outcome
 from tools import localfed
 from tools.localfed import Delivery, LocalFederation, Node, NodeFailed
 from tools.population import NAME_SEPARATOR, PopulationGenerator
@@ -252,7 +252,7 @@ class Difference:
         return f"{self.tier}: {self.resident_code}: {self.what}"
 
 
-_FIELDS = ("name", "name_kana", "former_surname", "alias", "birth_date", "sex", "address")
+_FIELDS = PERSON_FIELDS
 _STATUS = {
     municipal_pb2.RESIDENT_STATUS_ACTIVE: common_pb2.RECORD_STATUS_ACTIVE,
     municipal_pb2.RESIDENT_STATUS_REMOVED: common_pb2.RECORD_STATUS_REMOVED,
@@ -989,7 +989,7 @@ async def _existence_check(
             "nenkin",
             EXISTENCE_CHECK,
             "verify_batch",
-            verification_outcome(result[mine].verification),
+            result_label(verification_outcome(result[mine].verification)),
         )
     ]
 
@@ -1034,7 +1034,12 @@ async def _passport(
         raise DemoError(f"the passport office could not find {returnee.person.name}")
     return [
         Expected("mofa-passport", PASSPORT, "search", "candidate"),
-        Expected("mofa-passport", PASSPORT, "verify", verification_outcome(verified.verification)),
+        Expected(
+            "mofa-passport",
+            PASSPORT,
+            "verify",
+            result_label(verification_outcome(verified.verification)),
+        ),
     ]
 
 
@@ -1105,7 +1110,12 @@ def compare_disclosure(
     resident_code: str, expected: Iterable[Expected], listed: Iterable[provision_pb2.Provision]
 ) -> list[Difference]:
     """Each provision made but not listed, and each listed but never made."""
-    got = Counter(Expected(p.agency_code, p.purpose_code, p.operation, p.result) for p in listed)
+    got = Counter(
+        Expected(
+            p.agency_code, p.purpose_code, operation_label(p.operation), result_label(p.result)
+        )
+        for p in listed
+    )
     want = Counter(expected)
     return [
         Difference(

@@ -95,7 +95,6 @@ from typing import IO, Any, cast
 import grpc
 from google.protobuf import json_format
 
-from gateway.logic import verification_outcome
 from gateway.quotas import RETRY_AFTER_KEY
 from gateway.registry import load_registry
 from jukinet.cli.common import (
@@ -109,10 +108,10 @@ from jukinet.cli.common import (
 from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
 from jukinet.cli.importer import parse_sex, positive_int
 from jukinet.client import connect, tls_files
-from jukinet.delivery.rules import PROVIDABLE_FIELDS
 from jukinet.errors import ConfigError, InvalidArgument, error_metadata
-from jukinet.v1 import gateway_pb2, gateway_pb2_grpc
+from jukinet.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from jukinet.validation import check_claim
+from jukinet.vocabulary import PROVIDABLE_FIELDS, result_label, verification_outcome
 
 __all__ = [
     "BATCH_COLUMNS",
@@ -211,7 +210,7 @@ def _claim_row(line: int, fields: Sequence[str], index: dict[str, int]) -> Claim
     if not item_id:
         return BadRow(line, "", "item_id", "must not be empty")
     sex_text = get("sex").strip()
-    sex = 0
+    sex = common_pb2.SEX_UNSPECIFIED
     if sex_text:
         try:
             sex = parse_sex(sex_text)
@@ -223,7 +222,7 @@ def _claim_row(line: int, fields: Sequence[str], index: dict[str, int]) -> Claim
         name=get("name"),
         name_kana=get("name_kana"),
         birth_date=get("birth_date").strip(),
-        sex=sex,  # type: ignore[arg-type]
+        sex=sex,
         address=get("address"),
     )
     try:
@@ -512,7 +511,7 @@ async def verify_batch(
                     f"expected {row.item.item_id!r}"
                 )
             lines.append(_result_json(row.line, result))
-            summary.outcomes[verification_outcome(result.verification)] += 1
+            summary.outcomes[result_label(verification_outcome(result.verification))] += 1
         out.write("\n".join(lines) + "\n")
         out.flush()
         summary.rows += len(sent)
@@ -737,7 +736,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             name=a.name,
             name_kana=a.kana,
             birth_date=a.birth_date,
-            sex=SEX[a.sex] if a.sex else 0,  # type: ignore[arg-type]
+            sex=SEX[a.sex] if a.sex else common_pb2.SEX_UNSPECIFIED,
             address=a.address,
         )
         return await gateway_pb2_grpc.GatewayServiceStub(ch).Verify(
@@ -794,7 +793,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                 name=a.name,
                 name_kana=a.kana,
                 birth_date=a.birth_date,
-                sex=SEX[a.sex] if a.sex else 0,  # type: ignore[arg-type]
+                sex=SEX[a.sex] if a.sex else common_pb2.SEX_UNSPECIFIED,
                 address=a.address,
                 max_candidates=a.max,
                 fields=a.fields,

@@ -24,8 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jukinet.client import connect, describe_error
 from jukinet.errors import ConfigError
+from jukinet.v1 import common_pb2
 
-SEX = {"male": 1, "female": 2}
+SEX: dict[str, common_pb2.Sex.ValueType] = {
+    "male": common_pb2.SEX_MALE,
+    "female": common_pb2.SEX_FEMALE,
+}
 
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
 """The zone every time the CLI prints is shown in."""

@@ -84,6 +84,7 @@ from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress
 from jukinet.client import connect
 from jukinet.errors import ConfigError
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
+from jukinet.vocabulary import PERSON_FIELDS
 
 __all__ = [
     "COLUMNS",
@@ -100,18 +101,7 @@ __all__ = [
     "write_rejections",
 ]
 
-COLUMNS: tuple[str, ...] = (
-    "source_id",
-    "name",
-    "name_kana",
-    "former_surname",
-    "alias",
-    "birth_date",
-    "sex",
-    "address",
-    "household_id",
-    "registered_on",
-)
+COLUMNS: tuple[str, ...] = ("source_id", *PERSON_FIELDS, "household_id", "registered_on")
 """Every column the format knows, in the order :func:`write_sample` writes them."""
 
 REQUIRED_COLUMNS: frozenset[str] = frozenset({"source_id", "name", "birth_date", "sex", "address"})
@@ -122,7 +112,7 @@ DEFAULT_WINDOW = 4
 # The node refuses larger messages (services/municipal/servicer.py).
 MAX_BATCH = 10_000
 
-_SEX: dict[str, int] = {
+_SEX: dict[str, common_pb2.Sex.ValueType] = {
     "male": common_pb2.SEX_MALE,
     "1": common_pb2.SEX_MALE,
     "男": common_pb2.SEX_MALE,
@@ -185,7 +175,7 @@ class ImportSummary:
         )
 
 
-def parse_sex(value: str) -> int:
+def parse_sex(value: str) -> common_pb2.Sex.ValueType:
     """The Sex enum value for a CSV sex field; ValueError for anything unknown."""
     sex = _SEX.get(value.strip().lower())
     if sex is None:
@@ -225,7 +215,7 @@ def _row(
             former_surname=get("former_surname"),
             alias=get("alias"),
             birth_date=get("birth_date").strip(),
-            sex=sex,  # type: ignore[arg-type]
+            sex=sex,
             address=get("address"),
         ),
         household_id=get("household_id").strip(),

@@ -35,7 +35,7 @@ def _person(args: argparse.Namespace) -> municipal_pb2.PersonDetails:
         former_surname=args.former_surname,
         alias=args.alias,
         birth_date=args.birth_date,
-        sex=SEX[args.sex],  # type: ignore[arg-type]
+        sex=SEX[args.sex],
         address=args.address,
     )
 

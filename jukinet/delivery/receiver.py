@@ -1,21 +1,26 @@
-"""The RPCs the prefecture and the national node share: receiving pushed
-notifications, and reading the records they hold. Each tier's servicer
-delegates to this and supplies its own authorization of origins and what to
-do with applied notifications inside the same transaction (relay or not).
+"""The receiving half of delivery, shared by the prefecture and the national
+node: applying pushed notifications, and reading the records stored.
+
+A :class:`Receiver` is built at wiring with what differs between the tiers:
+the rule for which origins a caller may send (``authorize_origin``, a pure
+rule of the node), and the :class:`Relay` that passes applied notifications
+on (the prefecture's outbox to the national node; none at the national node).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database
-from jukinet.delivery.store import BatchResult, HoldingStore
-from jukinet.errors import InvalidArgument, JukinetError
+from jukinet.delivery.rules import fold_batch, fresh_codes, sequence, touched_codes
+from jukinet.delivery.store import IdentityStore
+from jukinet.errors import InvalidArgument, JukinetError, NotFound
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
@@ -25,33 +30,48 @@ from jukinet.validation import check_notification
 AuthorizeOrigin = Callable[[Identity, common_pb2.Notification, str], None]
 """Raises PermissionDenied when the caller may not send this notification."""
 
-OnApplied = Callable[
-    [AsyncConnection, Sequence[tuple[common_pb2.Notification, bytes]]], Awaitable[None]
-]
-
 MAX_BATCH = 10_000
 MAX_PAGE = 5_000
 
 
-class HoldingService:
-    """Delivery and reads over a :class:`HoldingStore`."""
+class Relay(Protocol):
+    """Where a receiver passes applied notifications on."""
+
+    async def stage(
+        self, conn: AsyncConnection, applied: Sequence[tuple[common_pb2.Notification, bytes]]
+    ) -> None:
+        """Take the applied notifications (with their bytes) in the applying transaction."""
+
+    def committed(self) -> None:
+        """The transaction that staged notifications has committed."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one pushed batch did."""
+
+    applied: int
+    duplicates: int
+    lags: tuple[float, ...]
+
+
+class Receiver:
+    """Applies pushed notifications to an :class:`IdentityStore` and reads it."""
 
     def __init__(
         self,
         *,
         db: Database,
-        store: HoldingStore,
+        store: IdentityStore,
         metrics: NodeMetrics,
         authorize_origin: AuthorizeOrigin,
-        on_applied: OnApplied | None = None,
-        after_commit: Callable[[], None] | None = None,
+        relay: Relay | None = None,
     ) -> None:
-        self.db = db
-        self.store = store
-        self.metrics = metrics
+        self._db = db
+        self._store = store
+        self._metrics = metrics
         self._authorize_origin = authorize_origin
-        self._on_applied = on_applied
-        self._after_commit = after_commit
+        self._relay = relay
 
     async def push(
         self, requests: AsyncIterator[delivery_pb2.PushNotificationsRequest]
@@ -72,78 +92,83 @@ class HoldingService:
                 # Shielded: a sender that goes away mid-batch must not cancel the
                 # transaction half-way; it completes (or fails) on its own, and the
                 # sender's resend is then a duplicate.
-                result = await asyncio.shield(asyncio.ensure_future(self._apply(notifications)))
+                result = await asyncio.shield(asyncio.ensure_future(self.apply(notifications)))
             except JukinetError:
-                self.metrics.notifications.labels("refused").inc(len(notifications))
+                self._metrics.notifications.labels("refused").inc(len(notifications))
                 raise
-            self.metrics.notifications.labels("applied").inc(result.applied)
-            self.metrics.notifications.labels("duplicate").inc(result.duplicates)
+            self._metrics.notifications.labels("applied").inc(result.applied)
+            self._metrics.notifications.labels("duplicate").inc(result.duplicates)
             for lag in result.lags:
-                self.metrics.delivery_lag.observe(lag)
-            if result.applied and self._after_commit is not None:
-                self._after_commit()
+                self._metrics.delivery_lag.observe(lag)
+            if result.applied and self._relay is not None:
+                self._relay.committed()
             yield delivery_pb2.PushNotificationsResponse(
                 acknowledged_through=max((e.outbox_sequence for e in entries), default=0),
                 applied=result.applied,
                 duplicates=result.duplicates,
             )
 
-    async def _apply(self, notifications: list[common_pb2.Notification]) -> BatchResult:
-        async with self.db.write() as conn:
-            result = await self.store.apply_batch(conn, notifications)
-            if self._on_applied is not None and result.applied_notifications:
-                await self._on_applied(conn, result.applied_notifications)
-        return result
+    async def apply(self, notifications: Sequence[common_pb2.Notification]) -> BatchResult:
+        """Apply validated notifications in order, in one write transaction: skip
+        what was applied, refuse a gap, check fresh codes against the pools,
+        fold into the records, write history and cursors, and relay."""
+        async with self._db.write() as conn:
+            before = await self._store.cursors(conn, sorted({n.origin_code for n in notifications}))
+            sequenced = sequence(before, notifications)
+            fresh = sequenced.fresh
+            if not fresh:
+                return BatchResult(0, sequenced.duplicates, ())
+            codes = touched_codes(fresh)
+            records = await self._store.load(conn, codes)
+            owners = await self._store.pool_owners(conn, codes)
+            born = await self._store.born(conn, fresh_codes(fresh))
+            folded = fold_batch(fresh, records, owners, born)
+            stored = await self._store.record_batch(
+                conn, fresh, folded, set(records), before, sequenced.cursors
+            )
+            if self._relay is not None:
+                await self._relay.stage(conn, stored.applied)
+        return BatchResult(len(fresh), sequenced.duplicates, stored.lags)
 
     async def get_identity(
         self, request: delivery_pb2.GetIdentityRequest
     ) -> delivery_pb2.GetIdentityResponse:
+        """One stored record with its history."""
         check_resident_code(request.resident_code)
-        return await self.store.get_identity(request.resident_code)
+        async with self._db.read() as conn:
+            found = await self._store.get_identity(conn, request.resident_code)
+        if found is None:
+            raise NotFound(f"no identity record for {request.resident_code}")
+        return found
 
     async def export(
         self, request: delivery_pb2.ExportIdentitiesRequest
     ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
+        """Every stored record (of one municipality, if given), page by page."""
         if request.municipality_code:
             check_local_government_code(request.municipality_code, "municipality_code")
         if request.page_size > MAX_PAGE:
             raise InvalidArgument("page_size", f"at most {MAX_PAGE}")
         page = request.page_size or 1000
-        async for states in self.store.export(request.municipality_code, page):
+        after = ""
+        while True:
+            # One read per page: a long export holds no transaction open.
+            async with self._db.read() as conn:
+                states = await self._store.export_page(conn, request.municipality_code, after, page)
+            if not states:
+                return
             yield delivery_pb2.ExportIdentitiesResponse(identities=states)
+            after = states[-1].record.resident_code
 
     async def delivery_status(
         self, outbox_last: int = 0, outbox_acknowledged: int = 0
     ) -> delivery_pb2.GetDeliveryStatusResponse:
-        async with self.db.read() as conn:
-            cursors, held = await self.store.delivery_status(conn)
+        """The origins' cursors and the number of records stored, with the relay's outbox."""
+        async with self._db.read() as conn:
+            cursors, stored = await self._store.delivery_status(conn)
         return delivery_pb2.GetDeliveryStatusResponse(
             applied=[delivery_pb2.OriginCursor(origin_code=o, last_sequence=s) for o, s in cursors],
             outbox_last_sequence=outbox_last,
             outbox_acknowledged=outbox_acknowledged,
-            identities_held=held,
+            identities_held=stored,
         )
-
-
-class HoldingRpcs:
-    """The RPCs the prefecture and national servicers share word for word; a
-    servicer mixes this in before its generated base and sets ``_holding``."""
-
-    _holding: HoldingService
-
-    async def PushNotifications(
-        self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
-    ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
-        async for response in self._holding.push(request_iterator):
-            yield response
-
-    async def GetIdentity(
-        self, request: delivery_pb2.GetIdentityRequest, context: Any
-    ) -> delivery_pb2.GetIdentityResponse:
-        return await self._holding.get_identity(request)
-
-    async def ExportIdentities(
-        self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
-    ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
-        async for page in self._holding.export(request):
-            yield page

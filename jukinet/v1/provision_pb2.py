@@ -26,35 +26,39 @@ from jukinet.v1 import delivery_pb2 as jukinet_dot_v1_dot_delivery__pb2
 from jukinet.v1 import gateway_pb2 as jukinet_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajukinet/v1/provision.proto\x12\njukinet.v1\x1a\x19jukinet/v1/delivery.proto\x1a\x18jukinet/v1/gateway.proto\"U\n\x10ProvisionContext\x12\x13\n\x0b\x61gency_code\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_fields\x18\x03 \x03(\t\"\x8a\x01\n\x1aProvideVerificationRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.jukinet.v1.ProvisionContext\x12\x11\n\toperation\x18\x02 \x01(\t\x12*\n\x05items\x18\x03 \x03(\x0b\x32\x1b.jukinet.v1.VerifyBatchItem\"d\n\x1bProvideVerificationResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.jukinet.v1.VerifyBatchResult\x12\x15\n\rprovision_ids\x18\x02 \x03(\t\"{\n\x14ProvideRecordRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.jukinet.v1.ProvisionContext\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\r\n\x05\x61s_of\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\"Y\n\x15ProvideRecordResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.jukinet.v1.ProvidedRecord\x12\x14\n\x0cprovision_id\x18\x02 \x01(\t\"\x87\x01\n\x14ProvideSearchRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.jukinet.v1.ProvisionContext\x12(\n\x05query\x18\x02 \x01(\x0b\x32\x19.jukinet.v1.SearchRequest\x12\x16\n\x0emax_candidates\x18\x03 \x01(\r\"^\n\x15ProvideSearchResponse\x12/\n\ncandidates\x18\x01 \x03(\x0b\x32\x1b.jukinet.v1.SearchCandidate\x12\x14\n\x0cprovision_id\x18\x02 \x01(\t\"z\n\x13RecordDenialRequest\x12\x13\n\x0b\x61gency_code\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x02 \x01(\t\x12\x11\n\toperation\x18\x03 \x01(\t\x12\x15\n\rresident_code\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\",\n\x14RecordDenialResponse\x12\x14\n\x0cprovision_id\x18\x01 \x01(\t\"\xab\x01\n\tProvision\x12\x14\n\x0cprovision_id\x18\x01 \x01(\t\x12\x13\n\x0bprovided_at\x18\x02 \x01(\t\x12\x13\n\x0b\x61gency_code\x18\x03 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x05 \x01(\t\x12\x15\n\rresident_code\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12\x0e\n\x06result\x18\x08 \x01(\t\"(\n\x0f\x44iscloseRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\"j\n\x10\x44iscloseResponse\x12+\n\x08identity\x18\x01 \x01(\x0b\x32\x19.jukinet.v1.IdentityState\x12)\n\nprovisions\x18\x02 \x03(\x0b\x32\x15.jukinet.v1.Provisionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajukinet/v1/provision.proto\x12\njukinet.v1\x1a\x19jukinet/v1/delivery.proto\x1a\x18jukinet/v1/gateway.proto\"U\n\x10ProvisionContext\x12\x13\n\x0b\x61gency_code\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_fields\x18\x03 \x03(\t\"\xb0\x01\n\x1aProvideVerificationRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.jukinet.v1.ProvisionContext\x12\x31\n\toperation\x18\x04 \x01(\x0e\x32\x1e.jukinet.v1.ProvisionOperation\x12*\n\x05items\x18\x03 \x03(\x0b\x32\x1b.jukinet.v1.VerifyBatchItemJ\x04\x08\x02\x10\x03\"d\n\x1bProvideVerificationResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.jukinet.v1.VerifyBatchResult\x12\x15\n\rprovision_ids\x18\x02 \x03(\t\"{\n\x14ProvideRecordRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.jukinet.v1.ProvisionContext\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\r\n\x05\x61s_of\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\"Y\n\x15ProvideRecordResponse\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.jukinet.v1.ProvidedRecord\x12\x14\n\x0cprovision_id\x18\x02 \x01(\t\"\x87\x01\n\x14ProvideSearchRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.jukinet.v1.ProvisionContext\x12(\n\x05query\x18\x02 \x01(\x0b\x32\x19.jukinet.v1.SearchRequest\x12\x16\n\x0emax_candidates\x18\x03 \x01(\r\"^\n\x15ProvideSearchResponse\x12/\n\ncandidates\x18\x01 \x03(\x0b\x32\x1b.jukinet.v1.SearchCandidate\x12\x14\n\x0cprovision_id\x18\x02 \x01(\t\"\xa0\x01\n\x13RecordDenialRequest\x12\x13\n\x0b\x61gency_code\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x02 \x01(\t\x12\x31\n\toperation\x18\x06 \x01(\x0e\x32\x1e.jukinet.v1.ProvisionOperation\x12\x15\n\rresident_code\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\tJ\x04\x08\x03\x10\x04\",\n\x14RecordDenialResponse\x12\x14\n\x0cprovision_id\x18\x01 \x01(\t\"\xf4\x01\n\tProvision\x12\x14\n\x0cprovision_id\x18\x01 \x01(\t\x12\x13\n\x0bprovided_at\x18\x02 \x01(\t\x12\x13\n\x0b\x61gency_code\x18\x03 \x01(\t\x12\x14\n\x0cpurpose_code\x18\x04 \x01(\t\x12\x31\n\toperation\x18\t \x01(\x0e\x32\x1e.jukinet.v1.ProvisionOperation\x12\x15\n\rresident_code\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12+\n\x06result\x18\n \x01(\x0e\x32\x1b.jukinet.v1.ProvisionResultJ\x04\x08\x05\x10\x06J\x04\x08\x08\x10\t\"(\n\x0f\x44iscloseRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\"j\n\x10\x44iscloseResponse\x12+\n\x08identity\x18\x01 \x01(\x0b\x32\x19.jukinet.v1.IdentityState\x12)\n\nprovisions\x18\x02 \x03(\x0b\x32\x15.jukinet.v1.Provision*\xc1\x01\n\x12ProvisionOperation\x12#\n\x1fPROVISION_OPERATION_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROVISION_OPERATION_VERIFY\x10\x01\x12$\n PROVISION_OPERATION_VERIFY_BATCH\x10\x02\x12 \n\x1cPROVISION_OPERATION_RETRIEVE\x10\x03\x12\x1e\n\x1aPROVISION_OPERATION_SEARCH\x10\x04*\xea\x01\n\x0fProvisionResult\x12 \n\x1cPROVISION_RESULT_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROVISION_RESULT_MATCH\x10\x01\x12\x1d\n\x19PROVISION_RESULT_NO_MATCH\x10\x02\x12\x1d\n\x19PROVISION_RESULT_PROVIDED\x10\x03\x12\x1e\n\x1aPROVISION_RESULT_CANDIDATE\x10\x04\x12\x1e\n\x1aPROVISION_RESULT_NOT_FOUND\x10\x05\x12\x1b\n\x17PROVISION_RESULT_DENIED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jukinet.v1.provision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROVISIONOPERATION']._serialized_start=1520
+  _globals['_PROVISIONOPERATION']._serialized_end=1713
+  _globals['_PROVISIONRESULT']._serialized_start=1716
+  _globals['_PROVISIONRESULT']._serialized_end=1950
   _globals['_PROVISIONCONTEXT']._serialized_start=95
   _globals['_PROVISIONCONTEXT']._serialized_end=180
   _globals['_PROVIDEVERIFICATIONREQUEST']._serialized_start=183
-  _globals['_PROVIDEVERIFICATIONREQUEST']._serialized_end=321
-  _globals['_PROVIDEVERIFICATIONRESPONSE']._serialized_start=323
-  _globals['_PROVIDEVERIFICATIONRESPONSE']._serialized_end=423
-  _globals['_PROVIDERECORDREQUEST']._serialized_start=425
-  _globals['_PROVIDERECORDREQUEST']._serialized_end=548
-  _globals['_PROVIDERECORDRESPONSE']._serialized_start=550
-  _globals['_PROVIDERECORDRESPONSE']._serialized_end=639
-  _globals['_PROVIDESEARCHREQUEST']._serialized_start=642
-  _globals['_PROVIDESEARCHREQUEST']._serialized_end=777
-  _globals['_PROVIDESEARCHRESPONSE']._serialized_start=779
-  _globals['_PROVIDESEARCHRESPONSE']._serialized_end=873
-  _globals['_RECORDDENIALREQUEST']._serialized_start=875
-  _globals['_RECORDDENIALREQUEST']._serialized_end=997
-  _globals['_RECORDDENIALRESPONSE']._serialized_start=999
-  _globals['_RECORDDENIALRESPONSE']._serialized_end=1043
-  _globals['_PROVISION']._serialized_start=1046
-  _globals['_PROVISION']._serialized_end=1217
-  _globals['_DISCLOSEREQUEST']._serialized_start=1219
-  _globals['_DISCLOSEREQUEST']._serialized_end=1259
-  _globals['_DISCLOSERESPONSE']._serialized_start=1261
-  _globals['_DISCLOSERESPONSE']._serialized_end=1367
+  _globals['_PROVIDEVERIFICATIONREQUEST']._serialized_end=359
+  _globals['_PROVIDEVERIFICATIONRESPONSE']._serialized_start=361
+  _globals['_PROVIDEVERIFICATIONRESPONSE']._serialized_end=461
+  _globals['_PROVIDERECORDREQUEST']._serialized_start=463
+  _globals['_PROVIDERECORDREQUEST']._serialized_end=586
+  _globals['_PROVIDERECORDRESPONSE']._serialized_start=588
+  _globals['_PROVIDERECORDRESPONSE']._serialized_end=677
+  _globals['_PROVIDESEARCHREQUEST']._serialized_start=680
+  _globals['_PROVIDESEARCHREQUEST']._serialized_end=815
+  _globals['_PROVIDESEARCHRESPONSE']._serialized_start=817
+  _globals['_PROVIDESEARCHRESPONSE']._serialized_end=911
+  _globals['_RECORDDENIALREQUEST']._serialized_start=914
+  _globals['_RECORDDENIALREQUEST']._serialized_end=1074
+  _globals['_RECORDDENIALRESPONSE']._serialized_start=1076
+  _globals['_RECORDDENIALRESPONSE']._serialized_end=1120
+  _globals['_PROVISION']._serialized_start=1123
+  _globals['_PROVISION']._serialized_end=1367
+  _globals['_DISCLOSEREQUEST']._serialized_start=1369
+  _globals['_DISCLOSEREQUEST']._serialized_end=1409
+  _globals['_DISCLOSERESPONSE']._serialized_start=1411
+  _globals['_DISCLOSERESPONSE']._serialized_end=1517
 # @@protoc_insertion_point(module_scope)

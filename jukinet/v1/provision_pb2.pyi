@@ -10,6 +10,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from jukinet.v1 import delivery_pb2 as _delivery_pb2
 from jukinet.v1 import gateway_pb2 as _gateway_pb2
 import builtins as _builtins
@@ -22,6 +23,74 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ProvisionOperation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProvisionOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProvisionOperation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVISION_OPERATION_UNSPECIFIED: _ProvisionOperation.ValueType  # 0
+    PROVISION_OPERATION_VERIFY: _ProvisionOperation.ValueType  # 1
+    """match of the claimed items or code"""
+    PROVISION_OPERATION_VERIFY_BATCH: _ProvisionOperation.ValueType  # 2
+    """many verifications in one request"""
+    PROVISION_OPERATION_RETRIEVE: _ProvisionOperation.ValueType  # 3
+    """one record, by resident code"""
+    PROVISION_OPERATION_SEARCH: _ProvisionOperation.ValueType  # 4
+    """ranked candidates for a name"""
+
+class ProvisionOperation(_ProvisionOperation, metaclass=_ProvisionOperationEnumTypeWrapper):
+    """What an agency asked for: the operations of the purpose registry."""
+
+PROVISION_OPERATION_UNSPECIFIED: ProvisionOperation.ValueType  # 0
+PROVISION_OPERATION_VERIFY: ProvisionOperation.ValueType  # 1
+"""match of the claimed items or code"""
+PROVISION_OPERATION_VERIFY_BATCH: ProvisionOperation.ValueType  # 2
+"""many verifications in one request"""
+PROVISION_OPERATION_RETRIEVE: ProvisionOperation.ValueType  # 3
+"""one record, by resident code"""
+PROVISION_OPERATION_SEARCH: ProvisionOperation.ValueType  # 4
+"""ranked candidates for a name"""
+Global___ProvisionOperation: _TypeAlias = ProvisionOperation  # noqa: Y015
+
+class _ProvisionResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProvisionResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProvisionResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVISION_RESULT_UNSPECIFIED: _ProvisionResult.ValueType  # 0
+    PROVISION_RESULT_MATCH: _ProvisionResult.ValueType  # 1
+    """a verification: every claimed item matched"""
+    PROVISION_RESULT_NO_MATCH: _ProvisionResult.ValueType  # 2
+    """a verification: some claimed item did not"""
+    PROVISION_RESULT_PROVIDED: _ProvisionResult.ValueType  # 3
+    """a record was given"""
+    PROVISION_RESULT_CANDIDATE: _ProvisionResult.ValueType  # 4
+    """a record was given as a search candidate"""
+    PROVISION_RESULT_NOT_FOUND: _ProvisionResult.ValueType  # 5
+    """no record was identified"""
+    PROVISION_RESULT_DENIED: _ProvisionResult.ValueType  # 6
+    """the gateway refused the request"""
+
+class ProvisionResult(_ProvisionResult, metaclass=_ProvisionResultEnumTypeWrapper):
+    """What one provision (or refusal) gave the agency."""
+
+PROVISION_RESULT_UNSPECIFIED: ProvisionResult.ValueType  # 0
+PROVISION_RESULT_MATCH: ProvisionResult.ValueType  # 1
+"""a verification: every claimed item matched"""
+PROVISION_RESULT_NO_MATCH: ProvisionResult.ValueType  # 2
+"""a verification: some claimed item did not"""
+PROVISION_RESULT_PROVIDED: ProvisionResult.ValueType  # 3
+"""a record was given"""
+PROVISION_RESULT_CANDIDATE: ProvisionResult.ValueType  # 4
+"""a record was given as a search candidate"""
+PROVISION_RESULT_NOT_FOUND: ProvisionResult.ValueType  # 5
+"""no record was identified"""
+PROVISION_RESULT_DENIED: ProvisionResult.ValueType  # 6
+"""the gateway refused the request"""
+Global___ProvisionResult: _TypeAlias = ProvisionResult  # noqa: Y015
 
 @_typing.final
 class ProvisionContext(_message.Message):
@@ -58,8 +127,8 @@ class ProvideVerificationRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
-    operation: _builtins.str
-    """verify | verify_batch"""
+    operation: Global___ProvisionOperation.ValueType
+    """VERIFY or VERIFY_BATCH"""
     @_builtins.property
     def context(self) -> Global___ProvisionContext: ...
     @_builtins.property
@@ -68,7 +137,7 @@ class ProvideVerificationRequest(_message.Message):
         self,
         *,
         context: Global___ProvisionContext | None = ...,
-        operation: _builtins.str = ...,
+        operation: Global___ProvisionOperation.ValueType = ...,
         items: _abc.Iterable[_gateway_pb2.VerifyBatchItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
@@ -208,7 +277,7 @@ Global___ProvideSearchResponse: _TypeAlias = ProvideSearchResponse  # noqa: Y015
 
 @_typing.final
 class RecordDenialRequest(_message.Message):
-    """A refused request, recorded like a provision (result "denied")."""
+    """A refused request, recorded like a provision (result DENIED)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -219,7 +288,7 @@ class RecordDenialRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     agency_code: _builtins.str
     purpose_code: _builtins.str
-    operation: _builtins.str
+    operation: Global___ProvisionOperation.ValueType
     resident_code: _builtins.str
     """when the request named one"""
     reason: _builtins.str
@@ -228,7 +297,7 @@ class RecordDenialRequest(_message.Message):
         *,
         agency_code: _builtins.str = ...,
         purpose_code: _builtins.str = ...,
-        operation: _builtins.str = ...,
+        operation: Global___ProvisionOperation.ValueType = ...,
         resident_code: _builtins.str = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
@@ -278,10 +347,9 @@ class Provision(_message.Message):
     """RFC 3339"""
     agency_code: _builtins.str
     purpose_code: _builtins.str
-    operation: _builtins.str
+    operation: Global___ProvisionOperation.ValueType
     resident_code: _builtins.str
-    result: _builtins.str
-    """match, no-match, provided, candidate, not-found, denied"""
+    result: Global___ProvisionResult.ValueType
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -291,10 +359,10 @@ class Provision(_message.Message):
         provided_at: _builtins.str = ...,
         agency_code: _builtins.str = ...,
         purpose_code: _builtins.str = ...,
-        operation: _builtins.str = ...,
+        operation: Global___ProvisionOperation.ValueType = ...,
         resident_code: _builtins.str = ...,
         fields: _abc.Iterable[_builtins.str] | None = ...,
-        result: _builtins.str = ...,
+        result: Global___ProvisionResult.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

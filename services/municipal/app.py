@@ -18,7 +18,8 @@ from jukinet.tls import secure_channel
 from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc
 from services.municipal import models
 from services.municipal.access import rules
-from services.municipal.register import PoolKeeper, Register
+from services.municipal.pool import PoolKeeper
+from services.municipal.service import MunicipalService
 from services.municipal.servicer import MunicipalServicer
 
 SERVICE = "jukinet.v1.MunicipalService"
@@ -37,7 +38,7 @@ class MunicipalApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: RunningServer | None = None
         self.pusher: Pusher | None = None
-        self.register: Register | None = None
+        self.service: MunicipalService | None = None
 
     async def start(self) -> int:
         await self.db.migrate(MIGRATIONS)
@@ -61,19 +62,20 @@ class MunicipalApp:
             window=self.config.push_window,
         )
         self.pusher = pusher
-        register = Register(
+        service = MunicipalService(
             db=self.db,
             outbox=self.outbox,
             pool=pool,
+            pusher=pusher,
+            prefecture=prefecture,
             municipality=self.config.local_government_code,
             metrics=self.metrics,
-            on_commit=pusher.wake,
         )
-        self.register = register
+        self.service = service
 
         def add(server: grpc.aio.Server) -> None:
             municipal_pb2_grpc.add_MunicipalServiceServicer_to_server(
-                MunicipalServicer(register, self.db, self.outbox, prefecture), server
+                MunicipalServicer(service), server
             )
 
         self._server = await start_server(

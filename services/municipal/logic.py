@@ -17,33 +17,10 @@ from jukinet.validation import (
     check_name,
     check_sex,
 )
+from jukinet.vocabulary import Person, person_values
 
 ACTIVE = municipal_pb2.RESIDENT_STATUS_ACTIVE
 REMOVED = municipal_pb2.RESIDENT_STATUS_REMOVED
-
-
-@dataclass(frozen=True)
-class Person:
-    """Checked identifying details."""
-
-    name: str
-    name_kana: str
-    former_surname: str
-    alias: str
-    birth_date: str
-    sex: int
-    address: str
-
-    def to_proto(self) -> municipal_pb2.PersonDetails:
-        return municipal_pb2.PersonDetails(
-            name=self.name,
-            name_kana=self.name_kana,
-            former_surname=self.former_surname,
-            alias=self.alias,
-            birth_date=self.birth_date,
-            sex=self.sex,  # type: ignore[arg-type]
-            address=self.address,
-        )
 
 
 def check_person(p: municipal_pb2.PersonDetails, prefix: str = "person") -> Person:
@@ -74,12 +51,13 @@ class ResidentState:
     resident_code: str
     person: Person
     household_id: str
-    status: int
+    status: municipal_pb2.ResidentStatus.ValueType
     registered_on: str
     removed_on: str
-    last_reason: int
+    last_reason: common_pb2.ChangeReason.ValueType
 
     def require_active(self) -> None:
+        """Refuse an operation on a resident no longer registered here."""
         if self.status != ACTIVE:
             raise FailedPrecondition(
                 f"resident {self.resident_code} is not currently registered here",
@@ -87,14 +65,15 @@ class ResidentState:
             )
 
     def to_proto(self, local_government_code: str) -> municipal_pb2.Resident:
+        """The entry as the wire carries it."""
         return municipal_pb2.Resident(
             resident_code=self.resident_code,
-            person=self.person.to_proto(),
+            person=municipal_pb2.PersonDetails(**person_values(self.person)),
             household_id=self.household_id,
-            status=self.status,  # type: ignore[arg-type]
+            status=self.status,
             registered_on=self.registered_on,
             removed_on=self.removed_on,
-            last_reason=self.last_reason,  # type: ignore[arg-type]
+            last_reason=self.last_reason,
             local_government_code=local_government_code,
         )
 
@@ -105,7 +84,7 @@ class Change:
 
     resident_code: str
     person: Person
-    reason: int
+    reason: common_pb2.ChangeReason.ValueType
     effective_date: str
     previous_resident_code: str = ""
 
@@ -114,49 +93,48 @@ def build_notification(
     origin: str, sequence: int, change: Change, recorded_at: dt.datetime
 ) -> common_pb2.Notification:
     """The notification for ``change``, numbered ``sequence``."""
-    p = change.person
     return common_pb2.Notification(
         origin_code=origin,
         sequence=sequence,
-        kind=REASON_KIND[change.reason],  # type: ignore[arg-type]
-        reason=change.reason,  # type: ignore[arg-type]
+        kind=REASON_KIND[change.reason],
+        reason=change.reason,
         effective_date=change.effective_date,
         recorded_at=recorded_at.isoformat(),
         record=common_pb2.IdentityRecord(
             resident_code=change.resident_code,
-            name=p.name,
-            name_kana=p.name_kana,
-            former_surname=p.former_surname,
-            alias=p.alias,
-            birth_date=p.birth_date,
-            sex=p.sex,  # type: ignore[arg-type]
-            address=p.address,
+            **person_values(change.person),
             local_government_code=origin,
         ),
         previous_resident_code=change.previous_resident_code,
     )
 
 
-MOVE_IN_REASON: dict[int, int] = {
+MOVE_IN_REASON: dict[municipal_pb2.MoveInOrigin.ValueType, common_pb2.ChangeReason.ValueType] = {
     municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC: common_pb2.CHANGE_REASON_MOVE_IN,
     municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC_SPECIAL: common_pb2.CHANGE_REASON_SPECIAL_MOVE_IN,
     municipal_pb2.MOVE_IN_ORIGIN_ABROAD: common_pb2.CHANGE_REASON_MOVE_IN_FROM_ABROAD,
 }
 
-REMOVAL_REASON: dict[int, int] = {
+REMOVAL_REASON: dict[municipal_pb2.RemovalGround.ValueType, common_pb2.ChangeReason.ValueType] = {
     municipal_pb2.REMOVAL_GROUND_EX_OFFICIO: common_pb2.CHANGE_REASON_EX_OFFICIO_REMOVAL,
     municipal_pb2.REMOVAL_GROUND_DECLARED_MISSING: common_pb2.CHANGE_REASON_DECLARED_MISSING,
 }
 
 
-def move_in_reason(origin: int) -> int:
+def move_in_reason(
+    origin: municipal_pb2.MoveInOrigin.ValueType,
+) -> common_pb2.ChangeReason.ValueType:
+    """The change reason of a move-in from ``origin``."""
     try:
         return MOVE_IN_REASON[origin]
     except KeyError:
         raise InvalidArgument("origin", f"unknown or unset value {origin}") from None
 
 
-def removal_reason(ground: int) -> int:
+def removal_reason(
+    ground: municipal_pb2.RemovalGround.ValueType,
+) -> common_pb2.ChangeReason.ValueType:
+    """The change reason of a removal on ``ground``."""
     try:
         return REMOVAL_REASON[ground]
     except KeyError:

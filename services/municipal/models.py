@@ -14,6 +14,7 @@ from sqlalchemy import (
 )
 
 from jukinet.delivery.outbox import define_outbox
+from jukinet.vocabulary import person_columns
 
 metadata = MetaData()
 
@@ -26,13 +27,7 @@ residents = Table(
     Column("resident_code", String(11), nullable=False, unique=True),
     # Key of the row in the register this one was migrated from (bulk import).
     Column("source_id", String(64), nullable=True, unique=True),
-    Column("name", String(100), nullable=False),
-    Column("name_kana", String(100), nullable=False),
-    Column("former_surname", String(100), nullable=False),
-    Column("alias", String(100), nullable=False),
-    Column("birth_date", String(10), nullable=False),
-    Column("sex", SmallInteger, nullable=False),
-    Column("address", String(200), nullable=False),
+    *person_columns(),
     Column("household_id", String(32), nullable=False),
     Column("status", SmallInteger, nullable=False),
     Column("registered_on", String(10), nullable=False),

@@ -10,20 +10,16 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
+from jukinet.v1 import common_pb2
+from jukinet.vocabulary import PERSON_FIELDS, Person, person_values
 from services.municipal import models
-from services.municipal.logic import ACTIVE, REMOVED, Person, ResidentState
+from services.municipal.logic import ACTIVE, REMOVED, ResidentState
 
 R = models.residents
 _COLUMNS = (
     R.c.id,
     R.c.resident_code,
-    R.c.name,
-    R.c.name_kana,
-    R.c.former_surname,
-    R.c.alias,
-    R.c.birth_date,
-    R.c.sex,
-    R.c.address,
+    *(R.c[f] for f in PERSON_FIELDS),
     R.c.household_id,
     R.c.status,
     R.c.registered_on,
@@ -40,25 +36,13 @@ def _state(row: Any) -> ResidentState:
     return ResidentState(
         id=row[0],
         resident_code=row[1],
-        person=Person(row[2], row[3], row[4], row[5], row[6], row[7], row[8]),
+        person=Person(*row[2:9]),
         household_id=row[9],
         status=row[10],
         registered_on=row[11],
         removed_on=row[12],
         last_reason=row[13],
     )
-
-
-def person_values(p: Person) -> dict[str, object]:
-    return {
-        "name": p.name,
-        "name_kana": p.name_kana,
-        "former_surname": p.former_surname,
-        "alias": p.alias,
-        "birth_date": p.birth_date,
-        "sex": p.sex,
-        "address": p.address,
-    }
 
 
 async def resident_by_code(conn: AsyncConnection, code: str) -> ResidentState | None:
@@ -98,7 +82,7 @@ async def insert_resident(
     person: Person,
     household_id: str,
     registered_on: str,
-    reason: int,
+    reason: common_pb2.ChangeReason.ValueType,
     source_id: str | None = None,
 ) -> ResidentState:
     values = {

@@ -1,51 +1,39 @@
-"""gRPC surface of a municipal node: thin translation to the register."""
+"""gRPC surface of a municipal node: each RPC hands its request to the
+register's use cases (:mod:`services.municipal.service`) and maps the answer."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-
-from jukinet.db import Database
-from jukinet.delivery.outbox import Outbox
-from jukinet.errors import InvalidArgument, from_upstream
 from jukinet.v1 import municipal_pb2 as pb
-from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc, provision_pb2
-from services.municipal import repository as repo
-from services.municipal.register import Register
-
-MAX_IMPORT_BATCH = 10_000
-MAX_PAGE = 5_000
+from jukinet.v1 import municipal_pb2_grpc, provision_pb2
+from services.municipal.service import MunicipalService
 
 
 class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
-    def __init__(
-        self,
-        register: Register,
-        db: Database,
-        outbox: Outbox,
-        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
-    ) -> None:
-        self._r = register
-        self._prefecture = prefecture
-        self._db = db
-        self._outbox = outbox
-        self._lg = register.municipality
+    """The MunicipalService RPCs."""
+
+    def __init__(self, service: MunicipalService) -> None:
+        self._r = service
+        self._lg = service.municipality
 
     async def RegisterBirth(
         self, request: pb.RegisterBirthRequest, context: Any
     ) -> pb.RegisterBirthResponse:
+        """Register a birth."""
         resident, seq = await self._r.register_birth(request)
         return pb.RegisterBirthResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def MoveIn(self, request: pb.MoveInRequest, context: Any) -> pb.MoveInResponse:
+        """Register a move-in."""
         resident, seq = await self._r.move_in(request)
         return pb.MoveInResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def Relocate(self, request: pb.RelocateRequest, context: Any) -> pb.RelocateResponse:
+        """Move residents to a new address here."""
         residents, seq = await self._r.relocate(request)
         return pb.RelocateResponse(
             residents=[r.to_proto(self._lg) for r in residents], last_notification_sequence=seq
@@ -54,18 +42,21 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ChangeName(
         self, request: pb.ChangeNameRequest, context: Any
     ) -> pb.ChangeNameResponse:
+        """Change a resident's name."""
         resident, seq = await self._r.change_name(request)
         return pb.ChangeNameResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def MoveOut(self, request: pb.MoveOutRequest, context: Any) -> pb.MoveOutResponse:
+        """Remove a resident who moves out."""
         resident, seq = await self._r.move_out(request)
         return pb.MoveOutResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def RecordDeath(
         self, request: pb.RecordDeathRequest, context: Any
     ) -> pb.RecordDeathResponse:
+        """Remove a resident who died."""
         resident, seq = await self._r.record_death(request)
         return pb.RecordDeathResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
@@ -74,6 +65,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ChangeResidentCode(
         self, request: pb.ChangeResidentCodeRequest, context: Any
     ) -> pb.ChangeResidentCodeResponse:
+        """Give a resident a new code."""
         resident, previous, seq = await self._r.change_code(request)
         return pb.ChangeResidentCodeResponse(
             resident=resident.to_proto(self._lg),
@@ -84,18 +76,21 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def EnterExOfficio(
         self, request: pb.EnterExOfficioRequest, context: Any
     ) -> pb.EnterExOfficioResponse:
+        """Enter a person ex officio."""
         resident, seq = await self._r.enter_ex_officio(request)
         return pb.EnterExOfficioResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def Amend(self, request: pb.AmendRequest, context: Any) -> pb.AmendResponse:
+        """Correct a resident's details."""
         resident, seq = await self._r.amend(request)
         return pb.AmendResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def RemoveExOfficio(
         self, request: pb.RemoveExOfficioRequest, context: Any
     ) -> pb.RemoveExOfficioResponse:
+        """Remove a resident ex officio."""
         resident, seq = await self._r.remove_ex_officio(request)
         return pb.RemoveExOfficioResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
@@ -104,6 +99,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def GetResident(
         self, request: pb.GetResidentRequest, context: Any
     ) -> pb.GetResidentResponse:
+        """One resident with their notifications."""
         resident, notifications = await self._r.get(request.resident_code)
         return pb.GetResidentResponse(
             resident=resident.to_proto(self._lg), notifications=notifications
@@ -112,51 +108,33 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ExportResidents(
         self, request: pb.ExportResidentsRequest, context: Any
     ) -> AsyncIterator[pb.ExportResidentsResponse]:
-        if request.page_size > MAX_PAGE:
-            raise InvalidArgument("page_size", f"at most {MAX_PAGE}")
-        page = request.page_size or 1000
-        after = 0
-        while True:
-            async with self._db.read() as conn:
-                residents = await repo.export_page(conn, after, page)
-            if not residents:
-                return
+        """Every resident, page by page."""
+        async for residents in self._r.export(request.page_size):
             yield pb.ExportResidentsResponse(residents=[r.to_proto(self._lg) for r in residents])
-            after = residents[-1].id
 
     async def ImportResidents(
         self, request_iterator: AsyncIterator[pb.ImportResidentsRequest], context: Any
     ) -> AsyncIterator[pb.ImportResidentsResponse]:
+        """Load an existing register, batch by batch."""
         async for request in request_iterator:
-            if len(request.rows) > MAX_IMPORT_BATCH:
-                raise InvalidArgument("rows", f"at most {MAX_IMPORT_BATCH} per message")
             yield await self._r.import_rows(request.rows)
 
     async def DiscloseProvisions(
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
         """For a resident at the counter: the national record and who received it."""
-        resident, _ = await self._r.get(request.resident_code)
-        try:
-            response: provision_pb2.DiscloseResponse = await self._prefecture.Disclose(
-                provision_pb2.DiscloseRequest(resident_code=resident.resident_code), timeout=30
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_upstream(exc, "prefecture node") from exc
-        return response
+        return await self._r.disclose(request.resident_code)
 
     async def GetStatus(
         self, request: pb.GetMunicipalStatusRequest, context: Any
     ) -> pb.GetMunicipalStatusResponse:
-        async with self._db.read() as conn:
-            status = await self._outbox.status(conn)
-            free = await repo.free_codes(conn)
-            active, removed = await repo.resident_counts(conn)
+        """The register's delivery and pool status."""
+        status = await self._r.status()
         return pb.GetMunicipalStatusResponse(
             local_government_code=self._lg,
             last_sequence=status.last_sequence,
             acknowledged_through=status.acknowledged_through,
-            codes_in_pool=free,
-            active_residents=active,
-            removed_residents=removed,
+            codes_in_pool=status.codes_in_pool,
+            active_residents=status.active_residents,
+            removed_residents=status.removed_residents,
         )

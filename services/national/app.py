@@ -10,57 +10,61 @@ import grpc
 
 from jukinet.config import NationalConfig
 from jukinet.db import Database
-from jukinet.delivery.receiver import HoldingService
-from jukinet.delivery.store import HoldingStore
+from jukinet.delivery.receiver import Receiver
+from jukinet.delivery.store import IdentityStore
 from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
 from services.national import models
 from services.national.access import rules
-from services.national.connections import HeldConnections
+from services.national.connections import KeptConnections
+from services.national.logic import authorize_prefecture_origin
 from services.national.provisions import ProvisionLog, retention_job
-from services.national.servicer import NationalServicer, authorize_prefecture_origin
+from services.national.service import NationalService
+from services.national.servicer import NationalServicer
 
 SERVICE = "jukinet.v1.NationalService"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Lookups for agencies at once on kept connections (the gateway sends a few
 # calls at a time; more wait for a connection).
-HELD_READ_CONNECTIONS = 4
+KEPT_READ_CONNECTIONS = 4
 
 
 class NationalApp:
-    """The national node: database, holdings, server."""
+    """The national node: database, identity records, provision log, server."""
 
     def __init__(self, config: NationalConfig) -> None:
         self.config = config
         self.metrics = NodeMetrics("national")
         self.db = Database(config.database_url)
-        self.store = HoldingStore(self.db, models.holdings)
-        self.holding = HoldingService(
+        self.store = IdentityStore(models.identities)
+        self.receiver = Receiver(
             db=self.db,
             store=self.store,
             metrics=self.metrics,
             authorize_origin=authorize_prefecture_origin,
         )
         self.provisions = ProvisionLog(self.db)
-        self.held = HeldConnections(self.db, HELD_READ_CONNECTIONS)
+        self.kept = KeptConnections(self.db, KEPT_READ_CONNECTIONS)
+        self.service = NationalService(
+            db=self.db,
+            store=self.store,
+            receiver=self.receiver,
+            provisions=self.provisions,
+            kept=self.kept,
+            metrics=self.metrics,
+            max_pool_size=config.max_pool_size,
+        )
         self._retention: asyncio.Task[None] | None = None
         self._server: RunningServer | None = None
 
     def _register(self, server: grpc.aio.Server) -> None:
         national_pb2_grpc.add_NationalServiceServicer_to_server(
-            NationalServicer(
-                self.db,
-                self.holding,
-                self.metrics,
-                self.config.max_pool_size,
-                self.provisions,
-                self.held,
-            ),
-            server,
+            NationalServicer(self.receiver, self.service), server
         )
 
     async def start(self) -> int:
+        """Migrate, start the provision log, its retention job and the server; returns the port."""
         await self.db.migrate(MIGRATIONS)
         self.provisions.start()
         self._retention = asyncio.create_task(retention_job(self.db), name="provision-retention")
@@ -74,6 +78,7 @@ class NationalApp:
         return self._server.port
 
     async def stop(self) -> None:
+        """Stop the server and the background work; close the database."""
         if self._server is not None:
             await self._server.stop()
         if self._retention is not None:
@@ -81,5 +86,5 @@ class NationalApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
         await self.provisions.stop()
-        await self.held.close()
+        await self.kept.close()
         await self.db.close()

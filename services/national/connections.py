@@ -3,7 +3,7 @@
 Every ``ProvideVerification`` reads records and has its provision record
 written. Checking a connection out of SQLAlchemy's pool and returning it costs
 more CPU than the lookup itself (a greenlet hop each way and the pool's
-bookkeeping), twice per call. :class:`HeldConnections` checks a few
+bookkeeping), twice per call. :class:`KeptConnections` checks a few
 connections out once and hands them to the agency path again and again; a
 connection that saw any error (a failed statement, a cancelled call, a broken
 socket) is discarded, and a fresh one is checked out the next time.
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jukinet.db import Database
 
 
-class HeldConnections:
+class KeptConnections:
     """At most ``size`` connections, checked out of ``db``'s pool and kept."""
 
     def __init__(self, db: Database, size: int) -> None:

@@ -8,13 +8,45 @@ import random
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from jukinet.codes import new_resident_code
-from jukinet.delivery.rules import PROVIDABLE_FIELDS, Held
-from jukinet.errors import PermissionDenied
+from jukinet.codes import new_resident_code, prefecture_of
+from jukinet.delivery.rules import StoredIdentity
+from jukinet.errors import InvalidArgument, PermissionDenied
+from jukinet.identity import Identity
 from jukinet.names import fold_name as _fold_name
 from jukinet.names import match_score
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, gateway_pb2
+from jukinet.vocabulary import PROVIDABLE_FIELDS
+
+
+def authorize_prefecture_origin(caller: Identity, n: common_pb2.Notification, prefix: str) -> None:
+    """A prefecture relays only its own municipalities' notifications."""
+    if prefecture_of(n.origin_code) != caller.code:
+        raise PermissionDenied(
+            f"{prefix}.origin_code: {n.origin_code} is not a municipality of prefecture "
+            f"{caller.code}",
+            reason=Reason.FOREIGN_ORIGIN,
+        )
+
+
+def authorize_pool_request(caller: Identity, municipality_code: str) -> None:
+    """A prefecture asks for codes for its own municipalities only."""
+    if prefecture_of(municipality_code) != caller.code:
+        raise PermissionDenied(
+            f"municipality_code: {municipality_code} is not in prefecture {caller.code}",
+            reason=Reason.FOREIGN_ORIGIN,
+        )
+
+
+def earlier_pool(earlier: tuple[str, list[str]] | None, municipality: str) -> list[str] | None:
+    """The codes of an earlier request with the same id (a retry gets the same
+    codes); None when there was none. An id is never reused for another municipality."""
+    if earlier is None:
+        return None
+    owner, codes = earlier
+    if owner != municipality:
+        raise InvalidArgument("request_id", "already used for another municipality")
+    return codes
 
 
 def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
@@ -27,12 +59,11 @@ def mint_candidates(count: int, rng: random.Random | None = None) -> list[str]:
 
 # -- lookups for agencies -------------------------------------------------------
 
-# Folded names, remembered: a verification folds the claimed and the held name,
+# Folded names, remembered: a verification folds the claimed and the stored name,
 # and names repeat (the commonest few thousand cover most people). The key is a
 # pure function of the name, so a remembered one is the same key.
 fold_name = functools.lru_cache(maxsize=1 << 16)(_fold_name)
 
-FIELD_ORDER = PROVIDABLE_FIELDS
 _DASHES = str.maketrans({c: "-" for c in "‐‑‒–—―−ー－"})
 
 
@@ -42,33 +73,39 @@ def fold_address(address: str) -> str:
     return "".join(folded.split()).translate(_DASHES)
 
 
-def _item(claimed: object, matches: bool) -> int:
+def _item(claimed: object, matches: bool) -> gateway_pb2.ItemMatch.ValueType:
     if not claimed:
         return gateway_pb2.ITEM_MATCH_NOT_CLAIMED
     return gateway_pb2.ITEM_MATCH_MATCH if matches else gateway_pb2.ITEM_MATCH_NO_MATCH
 
 
-def verify(claim: gateway_pb2.ClaimedIdentity, held: Held | None) -> gateway_pb2.Verification:
+def verify(
+    claim: gateway_pb2.ClaimedIdentity, record: StoredIdentity | None
+) -> gateway_pb2.Verification:
     """Compare a claim with the identified record, item by item; no data leaves."""
-    if held is None:
+    if record is None:
         return gateway_pb2.Verification(found=False)
     # Names and addresses are folded only when claimed (a batch of existence
     # checks claims the code alone).
     return gateway_pb2.Verification(
         found=True,
-        currently_registered=held.status == common_pb2.RECORD_STATUS_ACTIVE,
-        resident_code=_item(claim.resident_code, claim.resident_code == held.resident_code),  # type: ignore[arg-type]
-        name=_item(claim.name, bool(claim.name) and fold_name(claim.name) == fold_name(held.name)),  # type: ignore[arg-type]
-        birth_date=_item(claim.birth_date, claim.birth_date == held.birth_date),  # type: ignore[arg-type]
-        sex=_item(claim.sex, claim.sex == held.sex),  # type: ignore[arg-type]
+        currently_registered=record.status == common_pb2.RECORD_STATUS_ACTIVE,
+        resident_code=_item(claim.resident_code, claim.resident_code == record.resident_code),
+        name=_item(
+            claim.name, bool(claim.name) and fold_name(claim.name) == fold_name(record.name)
+        ),
+        birth_date=_item(claim.birth_date, claim.birth_date == record.birth_date),
+        sex=_item(claim.sex, claim.sex == record.sex),
         address=_item(
             claim.address,
-            bool(claim.address) and fold_address(claim.address) == fold_address(held.address),
-        ),  # type: ignore[arg-type]
+            bool(claim.address) and fold_address(claim.address) == fold_address(record.address),
+        ),
     )
 
 
-def choose_unique(claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[Held]) -> Held | None:
+def choose_unique(
+    claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[StoredIdentity]
+) -> StoredIdentity | None:
     """The one record the four items identify, or None when none or several fit."""
     claimed = fold_name(claim.name)
     fits = [
@@ -83,28 +120,28 @@ def choose_unique(claim: gateway_pb2.ClaimedIdentity, candidates: Sequence[Held]
     return fits[0] if len(fits) == 1 else None
 
 
-def provided(held: Held, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
+def provided(record: StoredIdentity, fields: Iterable[str]) -> gateway_pb2.ProvidedRecord:
     """The record holding only ``fields``; every other field stays empty."""
-    wanted = [f for f in FIELD_ORDER if f in set(fields)]
-    values: dict[str, object] = {"fields": wanted}
+    wanted = [f for f in PROVIDABLE_FIELDS if f in set(fields)]
+    out = gateway_pb2.ProvidedRecord(fields=wanted)
     for f in wanted:
-        values[f] = held.status if f == "status" else getattr(held, f)
-    return gateway_pb2.ProvidedRecord(**values)  # type: ignore[arg-type]
+        setattr(out, f, getattr(record, f))
+    return out
 
 
-def search_score(query: gateway_pb2.SearchRequest, held: Held) -> int:
+def search_score(query: gateway_pb2.SearchRequest, record: StoredIdentity) -> int:
     """Rank of a candidate: the name tier (exact > folded > reading) dominates,
     then agreement of birth date, address and sex. 0 = not a candidate."""
-    base = match_score(query.name, query.name_kana or None, held.name, held.name_kana or None)
+    base = match_score(query.name, query.name_kana or None, record.name, record.name_kana or None)
     if base == 0:
         return 0
     score = base * 10
     if query.birth_date:
-        score += 5 if query.birth_date == held.birth_date else 0
+        score += 5 if query.birth_date == record.birth_date else 0
     if query.address:
-        score += 3 if fold_address(query.address) == fold_address(held.address) else 0
+        score += 3 if fold_address(query.address) == fold_address(record.address) else 0
     if query.sex:
-        score += 1 if query.sex == held.sex else 0
+        score += 1 if query.sex == record.sex else 0
     return score
 
 
@@ -112,10 +149,10 @@ def resolve_fields(allowed: Iterable[str], requested: Iterable[str]) -> tuple[st
     """The fields to return: those requested (all allowed when none are), each of
     which must be allowed; the gateway has checked, this checks again."""
     allowed_set = set(allowed)
-    requested_list = list(requested) or [f for f in FIELD_ORDER if f in allowed_set]
+    requested_list = list(requested) or [f for f in PROVIDABLE_FIELDS if f in allowed_set]
     for f in requested_list:
         if f not in allowed_set:
             raise PermissionDenied(
                 f"field {f!r} is not allowed for this purpose", reason=Reason.FIELD_NOT_ALLOWED
             )
-    return tuple(f for f in FIELD_ORDER if f in set(requested_list))
+    return tuple(f for f in PROVIDABLE_FIELDS if f in set(requested_list))

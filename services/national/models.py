@@ -1,12 +1,12 @@
-"""Tables of the national node: the holdings (records, history, cursors, every
+"""Tables of the national node: the identity records (records, history, cursors, every
 resident code ever issued) and the provision records of what agencies received."""
 
 from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table
 
-from jukinet.delivery.store import define_holdings
+from jukinet.delivery.store import define_identity_tables
 
 metadata = MetaData()
-holdings = define_holdings(metadata)
+identities = define_identity_tables(metadata)
 
 # One row per answer given to an agency (and per refusal), written before the
 # answer leaves. Kept 7 years, then purged.

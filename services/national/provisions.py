@@ -28,40 +28,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from jukinet.db import Database
 from jukinet.errors import Unavailable
-from jukinet.v1 import provision_pb2
-from services.national import models
-from services.national.connections import HeldConnections
-from services.national.repository import driver
+from jukinet.vocabulary import OperationValue, ResultValue, operation_label, result_label
+from services.national.connections import KeptConnections
+from services.national.repository import delete_provisions_before, insert_provisions
 
 log = logging.getLogger("jukinet.provisions")
 
-P = models.provisions
-_COLUMNS = (
-    "provision_id",
-    "provided_at",
-    "agency_code",
-    "purpose_code",
-    "operation",
-    "resident_code",
-    "fields",
-    "result",
-    "reason",
-)
-# The rows in the order given (ids follow it, and disclosure lists a resident's
-# provisions by time, then id).
-_PG_INSERT = (
-    f"INSERT INTO {P.name} ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM unnest("
-    + ", ".join(
-        f"${i}::{'timestamptz' if c == 'provided_at' else 'varchar'}[]"
-        for i, c in enumerate(_COLUMNS, start=1)
-    )
-    + f") WITH ORDINALITY AS r({', '.join(_COLUMNS)}, n) ORDER BY n"
-)
 RETENTION = dt.timedelta(days=7 * 365 + 2)  # seven years, leap days included
 
 
@@ -71,14 +45,15 @@ class ProvisionEntry:
 
     agency_code: str
     purpose_code: str
-    operation: str
+    operation: OperationValue
     resident_code: str
     fields: tuple[str, ...]
-    result: str
+    result: ResultValue
     reason: str = ""
 
 
 def new_provision_id() -> str:
+    """A fresh, unguessable provision id."""
     return uuid.uuid4().hex
 
 
@@ -90,13 +65,15 @@ class ProvisionLog:
         self._max_rows = max_rows
         self._pending: deque[tuple[list[dict[str, object]], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
-        self._held = HeldConnections(db, 1)
+        self._kept = KeptConnections(db, 1)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Start the writer task."""
         self._task = asyncio.create_task(self._run(), name="provision-log")
 
     async def stop(self) -> None:
+        """Stop the writer; requests still waiting fail as UNAVAILABLE."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -104,7 +81,7 @@ class ProvisionLog:
         for _, future in self._pending:
             if not future.done():
                 future.set_exception(Unavailable("the national node is stopping"))
-        await self._held.close()
+        await self._kept.close()
 
     async def record(self, entries: Sequence[ProvisionEntry]) -> list[str]:
         """Commit ``entries`` (in a shared transaction) and return their ids."""
@@ -120,10 +97,10 @@ class ProvisionLog:
                 "provided_at": now,
                 "agency_code": e.agency_code,
                 "purpose_code": e.purpose_code,
-                "operation": e.operation,
+                "operation": operation_label(e.operation),
                 "resident_code": e.resident_code,
                 "fields": ",".join(e.fields),
-                "result": e.result,
+                "result": result_label(e.result),
                 "reason": e.reason,
             }
             for pid, e in zip(ids, entries, strict=True)
@@ -164,49 +141,10 @@ class ProvisionLog:
         """Insert and commit ``rows``; see the module docstring."""
         if self._db.is_sqlite:
             async with self._db.write() as conn:
-                await conn.execute(insert(P), rows)
+                await insert_provisions(conn, rows)
             return
-        async with self._held.acquire() as conn:
-            pg = await driver(conn)
-            assert pg is not None
-            await pg.execute(_PG_INSERT, *([r[c] for r in rows] for c in _COLUMNS))
-
-
-async def provisions_of(
-    conn: AsyncConnection, codes: Sequence[str]
-) -> list[provision_pb2.Provision]:
-    """Every provision of these codes (a resident's whole chain), oldest first."""
-    rows = await conn.execute(
-        select(
-            P.c.provision_id,
-            P.c.provided_at,
-            P.c.agency_code,
-            P.c.purpose_code,
-            P.c.operation,
-            P.c.resident_code,
-            P.c.fields,
-            P.c.result,
-        )
-        .where(P.c.resident_code.in_(codes))
-        .order_by(P.c.provided_at, P.c.id)
-    )
-    out = []
-    for pid, at, agency, purpose, operation, code, fields, result in rows:
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=dt.UTC)
-        out.append(
-            provision_pb2.Provision(
-                provision_id=pid,
-                provided_at=at.isoformat(),
-                agency_code=agency,
-                purpose_code=purpose,
-                operation=operation,
-                resident_code=code,
-                fields=[f for f in fields.split(",") if f],
-                result=result,
-            )
-        )
-    return out
+        async with self._kept.acquire() as conn:
+            await insert_provisions(conn, rows)
 
 
 async def purge_older_than(
@@ -214,8 +152,7 @@ async def purge_older_than(
 ) -> int:
     """Delete provision records past their retention; returns how many."""
     async with db.write() as conn:
-        result = await conn.execute(delete(P).where(P.c.provided_at < now - retention))
-    return int(result.rowcount or 0)
+        return await delete_provisions_before(conn, now - retention)
 
 
 async def retention_job(db: Database, every: float = 24 * 3600) -> None:

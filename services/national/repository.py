@@ -1,5 +1,5 @@
-"""The national node's SQL beyond the shared holdings: minting code pools and
-looking records up for agencies.
+"""The national node's SQL beyond the shared identity tables: code pools,
+looking records up for agencies, and the provision records.
 
 The lookups for agencies run on every request, so on PostgreSQL they go
 straight to the asyncpg connection under SQLAlchemy's (:func:`driver`): one
@@ -13,43 +13,55 @@ SQLAlchemy path.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
-from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, Held
-from jukinet.delivery.store import HELD_FIELDS, HoldingStore
-from jukinet.errors import InvalidArgument
+from jukinet.delivery.rules import SUPERSEDED, StoredIdentity, record_after
+from jukinet.delivery.store import STORED_FIELDS, IdentityStore
 from jukinet.names import fold_kana
-from jukinet.v1 import common_pb2
-from services.national.logic import fold_name, mint_candidates
+from jukinet.v1 import common_pb2, provision_pb2
+from jukinet.vocabulary import operation_of, result_of
+from services.national import models
+from services.national.logic import fold_name
+
+P = models.provisions
+PROVISION_COLUMNS = (
+    "provision_id",
+    "provided_at",
+    "agency_code",
+    "purpose_code",
+    "operation",
+    "resident_code",
+    "fields",
+    "result",
+    "reason",
+)
+# The rows in the order given (ids follow it, and disclosure lists a resident's
+# provisions by time, then id).
+_PG_INSERT = (
+    f"INSERT INTO {P.name} ({', '.join(PROVISION_COLUMNS)}) "
+    f"SELECT {', '.join(PROVISION_COLUMNS)} FROM unnest("
+    + ", ".join(
+        f"${i}::{'timestamptz' if c == 'provided_at' else 'varchar'}[]"
+        for i, c in enumerate(PROVISION_COLUMNS, start=1)
+    )
+    + f") WITH ORDINALITY AS r({', '.join(PROVISION_COLUMNS)}, n) ORDER BY n"
+)
 
 
-async def allocate_pool(
-    store: HoldingStore, conn: AsyncConnection, municipality: str, count: int, request_id: str
+async def unissued(
+    store: IdentityStore, conn: AsyncConnection, candidates: Sequence[str]
 ) -> list[str]:
-    """Codes for a municipality, never issued before; a repeated request_id returns
-    the same codes. Uniqueness rests on the primary key of ``issued_codes``; the
-    write lock means no other minting runs between the check and the insert."""
-    earlier = await store.issued_for_request(conn, request_id)
-    if earlier is not None:
-        owner, codes = earlier
-        if owner != municipality:
-            raise InvalidArgument("request_id", "already used for another municipality")
-        return codes
-    issued: list[str] = []
-    while len(issued) < count:
-        candidates = mint_candidates(count - len(issued))
-        taken: set[str] = set()
-        for i in range(0, len(candidates), 500):
-            taken |= await store.existing_codes(conn, candidates[i : i + 500])
-        fresh = [c for c in candidates if c not in taken]
-        await store.record_issued(conn, fresh, municipality, request_id)
-        issued.extend(fresh)
-    return sorted(issued)
+    """Those of ``candidates`` never issued before, in order."""
+    taken: set[str] = set()
+    for i in range(0, len(candidates), 500):
+        taken |= await store.existing_codes(conn, candidates[i : i + 500])
+    return [c for c in candidates if c not in taken]
 
 
 async def driver(conn: AsyncConnection) -> Any | None:
@@ -72,13 +84,13 @@ _DRIVER = "jukinet.asyncpg"
 
 
 def _columns(prefix: str = "") -> str:
-    return ", ".join(prefix + f for f in HELD_FIELDS)
+    return ", ".join(prefix + f for f in STORED_FIELDS)
 
 
-async def load_held(
-    store: HoldingStore, conn: AsyncConnection, codes: Sequence[str]
-) -> dict[str, Held]:
-    """The held records of these codes (those that exist), as :meth:`HoldingStore.load`."""
+async def load_stored(
+    store: IdentityStore, conn: AsyncConnection, codes: Sequence[str]
+) -> dict[str, StoredIdentity]:
+    """The stored records of these codes (those that exist), as :meth:`IdentityStore.load`."""
     pg = await driver(conn)
     if pg is None:
         return await store.load(conn, set(codes))
@@ -87,36 +99,36 @@ async def load_held(
         "WHERE resident_code = ANY($1::varchar[])",
         sorted(set(codes)),
     )
-    return {row[0]: Held(*row) for row in rows}
+    return {row[0]: StoredIdentity(*row) for row in rows}
 
 
 async def identify_by_codes(
-    store: HoldingStore, conn: AsyncConnection, codes: Sequence[str]
-) -> dict[str, Held | None]:
+    store: IdentityStore, conn: AsyncConnection, codes: Sequence[str]
+) -> dict[str, StoredIdentity | None]:
     """The record each claimed code identifies; a code that was changed leads to
     the record that replaced it (the person is found, the old code no longer fits)."""
-    held = await load_held(store, conn, codes)
-    out: dict[str, Held | None] = {}
+    found = await load_stored(store, conn, codes)
+    out: dict[str, StoredIdentity | None] = {}
     for code in codes:
-        current = held.get(code)
+        current = found.get(code)
         for _ in range(16):  # a person changes code a handful of times at most
             if current is None or current.status != SUPERSEDED or not current.replaced_by:
                 break
             nxt = current.replaced_by
-            if nxt not in held:
-                held.update(await load_held(store, conn, [nxt]))
-            current = held.get(nxt)
+            if nxt not in found:
+                found.update(await load_stored(store, conn, [nxt]))
+            current = found.get(nxt)
         out[code] = current
     return out
 
 
 async def candidates_by_name_and_birth(
-    store: HoldingStore,
+    store: IdentityStore,
     conn: AsyncConnection,
     claims: Sequence[tuple[str, str]],
     *,
     limit: int,
-) -> list[list[Held]]:
+) -> list[list[StoredIdentity]]:
     """For each (name, birth date), the records :func:`candidates` finds for that
     name (no reading) on that birth date, at most ``limit`` each: one statement
     for all of them on PostgreSQL (a lateral join over the claims, each probing
@@ -136,36 +148,36 @@ async def candidates_by_name_and_birth(
         [born for _, born in claims],
         limit,
     )
-    out: list[list[Held]] = [[] for _ in claims]
+    out: list[list[StoredIdentity]] = [[] for _ in claims]
     for row in rows:
-        out[row[0] - 1].append(Held(*row[1:]))
+        out[row[0] - 1].append(StoredIdentity(*row[1:]))
     return out
 
 
 async def candidates(
-    store: HoldingStore,
+    store: IdentityStore,
     conn: AsyncConnection,
     *,
     name: str,
     kana: str,
     birth_date: str,
     limit: int,
-) -> list[Held]:
+) -> list[StoredIdentity]:
     """Records whose folded name (or reading) matches, on the birth date if given."""
     t = store.t.identities
     keys = [t.c.name_key == fold_name(name)]
     if kana:
         keys.append(t.c.kana_key == fold_kana(kana))
-    query = select(*(t.c[f] for f in HELD_FIELDS)).where(or_(*keys))
+    query = select(*(t.c[f] for f in STORED_FIELDS)).where(or_(*keys))
     if birth_date:
         query = query.where(t.c.birth_date == birth_date)
     rows = await conn.execute(query.limit(limit))
-    return [Held(*r) for r in rows]
+    return [StoredIdentity(*r) for r in rows]
 
 
 async def record_as_of(
-    store: HoldingStore, conn: AsyncConnection, resident_code: str, date: str
-) -> Held | None:
+    store: IdentityStore, conn: AsyncConnection, resident_code: str, date: str
+) -> StoredIdentity | None:
     """The record as it stood at the end of ``date``, from its history."""
     h = store.t.history
     codes = await store.chain(conn, resident_code)
@@ -183,6 +195,63 @@ async def record_as_of(
     ).first()
     if row is None:
         return None
-    n = common_pb2.Notification.FromString(row[0])
-    status = REMOVED if n.kind == common_pb2.CHANGE_KIND_REMOVED else ACTIVE
-    return Held.from_notification(n, status)
+    return record_after(common_pb2.Notification.FromString(row[0]))
+
+
+# -- provision records ------------------------------------------------------------
+
+
+async def insert_provisions(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
+    """Insert provision rows (keys: :data:`PROVISION_COLUMNS`), in order.
+
+    On PostgreSQL one ``INSERT ... SELECT FROM unnest(...)`` straight on the
+    driver, which outside a transaction commits on its own; on SQLite a plain
+    insert in the caller's transaction."""
+    pg = await driver(conn)
+    if pg is None:
+        await conn.execute(insert(P), list(rows))
+        return
+    await pg.execute(_PG_INSERT, *([r[c] for r in rows] for c in PROVISION_COLUMNS))
+
+
+async def provisions_of(
+    conn: AsyncConnection, codes: Sequence[str]
+) -> list[provision_pb2.Provision]:
+    """Every provision of these codes (a resident's whole chain), oldest first."""
+    rows = await conn.execute(
+        select(
+            P.c.provision_id,
+            P.c.provided_at,
+            P.c.agency_code,
+            P.c.purpose_code,
+            P.c.operation,
+            P.c.resident_code,
+            P.c.fields,
+            P.c.result,
+        )
+        .where(P.c.resident_code.in_(codes))
+        .order_by(P.c.provided_at, P.c.id)
+    )
+    out = []
+    for pid, at, agency, purpose, operation, code, fields, result in rows:
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.UTC)
+        out.append(
+            provision_pb2.Provision(
+                provision_id=pid,
+                provided_at=at.isoformat(),
+                agency_code=agency,
+                purpose_code=purpose,
+                operation=operation_of(operation),
+                resident_code=code,
+                fields=[f for f in fields.split(",") if f],
+                result=result_of(result),
+            )
+        )
+    return out
+
+
+async def delete_provisions_before(conn: AsyncConnection, cutoff: dt.datetime) -> int:
+    """Delete provision records older than ``cutoff``; returns how many."""
+    result = await conn.execute(delete(P).where(P.c.provided_at < cutoff))
+    return int(result.rowcount or 0)

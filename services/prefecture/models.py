@@ -1,11 +1,11 @@
-"""Tables of a prefecture node: the holdings of its municipalities' residents,
-the codes it handed down, and the relay outbox to the national node."""
+"""Tables of a prefecture node: the identity records of its municipalities'
+residents, the codes it handed down, and the relay outbox to the national node."""
 
 from sqlalchemy import MetaData
 
 from jukinet.delivery.outbox import define_outbox
-from jukinet.delivery.store import define_holdings
+from jukinet.delivery.store import define_identity_tables
 
 metadata = MetaData()
-holdings = define_holdings(metadata)
+identities = define_identity_tables(metadata)
 outbox = define_outbox(metadata)

@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, provision_pb2
+from jukinet.vocabulary import operation_of, person_values, result_of
 from tools.demo import (
     AGREE,
     DISCLOSED,
@@ -136,22 +137,19 @@ def _resident(code: str, lg: str, *, active: bool = True, **person: str) -> muni
 
 
 def _held(
-    r: municipal_pb2.Resident, *, status: int | None = None, replaced_by: str = ""
+    r: municipal_pb2.Resident,
+    *,
+    status: common_pb2.RecordStatus.ValueType | None = None,
+    replaced_by: str = "",
 ) -> delivery_pb2.IdentityState:
     p = r.person
     return delivery_pb2.IdentityState(
         record=common_pb2.IdentityRecord(
             resident_code=r.resident_code,
-            name=p.name,
-            name_kana=p.name_kana,
-            former_surname=p.former_surname,
-            alias=p.alias,
-            birth_date=p.birth_date,
-            sex=p.sex,
-            address=p.address,
+            **person_values(p),
             local_government_code=r.local_government_code,
         ),
-        status=status  # type: ignore[arg-type]
+        status=status
         if status is not None
         else common_pb2.RECORD_STATUS_ACTIVE
         if r.status == municipal_pb2.RESIDENT_STATUS_ACTIVE
@@ -198,7 +196,10 @@ def test_reconcile_reports_each_difference() -> None:
 
 def _provision(agency: str, purpose: str, operation: str, result: str) -> provision_pb2.Provision:
     return provision_pb2.Provision(
-        agency_code=agency, purpose_code=purpose, operation=operation, result=result
+        agency_code=agency,
+        purpose_code=purpose,
+        operation=operation_of(operation),
+        result=result_of(result),
     )
 
 

@@ -192,7 +192,9 @@ def operator_cases(code: str) -> list[tuple[str, str, Call]]:
             "unknown-move-in-origin",
             "origin",
             lambda op: op.MoveIn(
-                M.MoveInRequest(person=person(), origin=9, effective_date=EFFECTIVE),  # type: ignore[arg-type]
+                M.MoveInRequest(
+                    person=person(), origin=M.MoveInOrigin.ValueType(9), effective_date=EFFECTIVE
+                ),
                 timeout=TIMEOUT,
             ),
         ),
@@ -200,7 +202,11 @@ def operator_cases(code: str) -> list[tuple[str, str, Call]]:
             "unknown-removal-ground",
             "ground",
             lambda op: op.RemoveExOfficio(
-                M.RemoveExOfficioRequest(resident_code=code, ground=9, effective_date=EFFECTIVE),  # type: ignore[arg-type]
+                M.RemoveExOfficioRequest(
+                    resident_code=code,
+                    ground=M.RemovalGround.ValueType(9),
+                    effective_date=EFFECTIVE,
+                ),
                 timeout=TIMEOUT,
             ),
         ),
@@ -354,14 +360,17 @@ async def direct(fed: Federation) -> AsyncIterator[prefecture_pb2_grpc.Prefectur
 
 
 def notification(
-    sequence: int, code: str, reason: int = C.CHANGE_REASON_BIRTH, origin: str = YONAGO
+    sequence: int,
+    code: str,
+    reason: C.ChangeReason.ValueType = C.CHANGE_REASON_BIRTH,
+    origin: str = YONAGO,
 ) -> C.Notification:
     kind = C.CHANGE_KIND_CREATED if reason == C.CHANGE_REASON_BIRTH else C.CHANGE_KIND_AMENDED
     return C.Notification(
         origin_code=origin,
         sequence=sequence,
-        kind=kind,  # type: ignore[arg-type]
-        reason=reason,  # type: ignore[arg-type]
+        kind=kind,
+        reason=reason,
         effective_date="2025-06-01",
         recorded_at=dt.datetime.now(dt.UTC).isoformat(),
         record=C.IdentityRecord(

@@ -42,7 +42,8 @@ from jukinet.errors import ConfigError
 from jukinet.metrics import NodeMetrics
 from jukinet.server import start_server
 from jukinet.textwidth import display_width, table
-from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
+from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, provision_pb2
+from jukinet.vocabulary import operation_label, operation_of, result_label, result_of
 from services.national.app import MIGRATIONS as NATIONAL_MIGRATIONS
 from tests.federation import PG_ADMIN_DSN, Federation
 
@@ -123,7 +124,7 @@ async def register(
     name: str,
     kana: str,
     birth_date: str,
-    sex: int = common_pb2.SEX_FEMALE,
+    sex: common_pb2.Sex.ValueType = common_pb2.SEX_FEMALE,
     address: str = ADDRESS_1,
 ) -> str:
     counter: Any = fed.operator(TOTTORI)  # typed as the sync stub
@@ -133,7 +134,7 @@ async def register(
                 name=name,
                 name_kana=kana,
                 birth_date=birth_date,
-                sex=sex,  # type: ignore[arg-type]
+                sex=sex,
                 address=address,
             )
         ),
@@ -166,8 +167,15 @@ async def provisions(
     """(agency, purpose, operation, fields, result) of every provision, via the CLI."""
     run = await jukinet(capsys, "resident", "disclose", code, *at_counter(fed))
     assert run.code == 0, run.err
+    # The JSON names the wire enums; the expectations use their stored labels.
     return [
-        (p["agency_code"], p["purpose_code"], p["operation"], p.get("fields", []), p["result"])
+        (
+            p["agency_code"],
+            p["purpose_code"],
+            operation_label(provision_pb2.ProvisionOperation.Value(p["operation"])),
+            p.get("fields", []),
+            result_label(provision_pb2.ProvisionResult.Value(p["result"])),
+        )
         for p in run.json().get("provisions", [])
     ]
 
@@ -604,10 +612,20 @@ async def test_disclose_lists_exactly_the_provisions_made(
     disclosed = run.json()
     assert disclosed["identity"]["record"]["name"] == "鳥取　花子"
     assert disclosed["identity"]["status"] == "RECORD_STATUS_ACTIVE"
+    # The JSON names the wire enums; the table below shows their labels.
     assert [
         (p["agency_code"], p["purpose_code"], p["operation"], p.get("fields", []), p["result"])
         for p in disclosed["provisions"]
-    ] == expected
+    ] == [
+        (
+            agency,
+            purpose,
+            provision_pb2.ProvisionOperation.Name(operation_of(operation)),
+            fields,
+            provision_pb2.ProvisionResult.Name(result_of(result)),
+        )
+        for agency, purpose, operation, fields, result in expected
+    ]
     assert all(p["resident_code"] == code for p in disclosed["provisions"])
 
     # The table the clerk prints: the record, then one line per provision.

@@ -24,6 +24,7 @@ from jukinet.errors import error_metadata
 from jukinet.identity import Identity
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, municipal_pb2, provision_pb2
+from jukinet.vocabulary import operation_label, result_label
 from tests.federation import Federation
 
 TIMEOUT = 15
@@ -62,14 +63,14 @@ def person(
     kana: str = "テスト",
     *,
     birth_date: str = "1960-04-02",
-    sex: int = C.SEX_FEMALE,
+    sex: C.Sex.ValueType = C.SEX_FEMALE,
     address: str = ADDRESS_1,
 ) -> M.PersonDetails:
     return M.PersonDetails(
         name=name,
         name_kana=kana,
         birth_date=birth_date,
-        sex=sex,  # type: ignore[arg-type]
+        sex=sex,
         address=address,
     )
 
@@ -1034,7 +1035,13 @@ async def test_disclosure_lists_exactly_the_residents_provisions(gw: Federation)
         assert all(p.resident_code == code for p in disclosed.provisions)
         assert all(p.provided_at for p in disclosed.provisions)
         return [
-            (p.agency_code, p.purpose_code, p.operation, list(p.fields), p.result)
+            (
+                p.agency_code,
+                p.purpose_code,
+                operation_label(p.operation),
+                list(p.fields),
+                result_label(p.result),
+            )
             for p in disclosed.provisions
         ]
 

@@ -31,7 +31,7 @@ def person(
     kana: str = "トットリ タロウ",
     *,
     birth_date: str = "1988-05-17",
-    sex: int = C.SEX_MALE,
+    sex: C.Sex.ValueType = C.SEX_MALE,
     address: str = ADDRESS[TOTTORI],
     former_surname: str = "",
     alias: str = "",
@@ -42,7 +42,7 @@ def person(
         former_surname=former_surname,
         alias=alias,
         birth_date=birth_date,
-        sex=sex,  # type: ignore[arg-type]
+        sex=sex,
         address=address,
     )
 
@@ -246,7 +246,9 @@ async def test_ex_officio_entry_then_amendment(fed: Federation) -> None:
         (M.REMOVAL_GROUND_DECLARED_MISSING, C.CHANGE_REASON_DECLARED_MISSING),
     ],
 )
-async def test_ex_officio_removal(fed: Federation, ground: int, reason: int) -> None:
+async def test_ex_officio_removal(
+    fed: Federation, ground: M.RemovalGround.ValueType, reason: C.ChangeReason.ValueType
+) -> None:
     op = fed.operator(TOTTORI)
     details = person()
     code = (
@@ -257,7 +259,7 @@ async def test_ex_officio_removal(fed: Federation, ground: int, reason: int) -> 
     removed = await op.RemoveExOfficio(
         M.RemoveExOfficioRequest(
             resident_code=code,
-            ground=ground,  # type: ignore[arg-type]
+            ground=ground,
             effective_date=EFFECTIVE,
         ),
         timeout=TIMEOUT,
@@ -275,7 +277,7 @@ async def test_ex_officio_removal(fed: Federation, ground: int, reason: int) -> 
     # A removed entry cannot be changed again.
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await op.RemoveExOfficio(
-            M.RemoveExOfficioRequest(resident_code=code, ground=ground, effective_date=EFFECTIVE),  # type: ignore[arg-type]
+            M.RemoveExOfficioRequest(resident_code=code, ground=ground, effective_date=EFFECTIVE),
             timeout=TIMEOUT,
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -5,7 +5,21 @@ from __future__ import annotations
 
 import itertools
 
-from jukinet.delivery.rules import ACTIVE, REMOVED, SUPERSEDED, Held, decide
+import pytest
+
+from jukinet.delivery.rules import (
+    ACTIVE,
+    REMOVED,
+    SUPERSEDED,
+    StoredIdentity,
+    decide,
+    fold_batch,
+    fresh_codes,
+    record_after,
+    sequence,
+    touched_codes,
+)
+from jukinet.errors import InvalidArgument, SequenceGap
 from jukinet.v1 import common_pb2 as pb
 
 CODE = "12345678903"
@@ -13,7 +27,12 @@ NEW_CODE = "24727059608"
 
 
 def note(
-    origin: str, seq: int, reason: int, date: str, code: str = CODE, **kw: str
+    origin: str,
+    seq: int,
+    reason: pb.ChangeReason.ValueType,
+    date: str,
+    code: str = CODE,
+    **kw: str,
 ) -> pb.Notification:
     kind = {
         pb.CHANGE_REASON_BIRTH: pb.CHANGE_KIND_CREATED,
@@ -26,8 +45,8 @@ def note(
     return pb.Notification(
         origin_code=origin,
         sequence=seq,
-        kind=kind,  # type: ignore[arg-type]
-        reason=reason,  # type: ignore[arg-type]
+        kind=kind,
+        reason=reason,
         effective_date=date,
         record=pb.IdentityRecord(
             resident_code=code,
@@ -41,11 +60,11 @@ def note(
     )
 
 
-def fold(notes: list[pb.Notification]) -> dict[str, Held]:
-    states: dict[str, Held] = {}
+def fold(notes: list[pb.Notification]) -> dict[str, StoredIdentity]:
+    states: dict[str, StoredIdentity] = {}
     for n in notes:
-        for held in decide(states, n).states:
-            states[held.resident_code] = held
+        for record in decide(states, n).states:
+            states[record.resident_code] = record
     return states
 
 
@@ -69,8 +88,8 @@ def test_move_between_municipalities_any_order() -> None:
     ]
     b = [note("131016", 1, pb.CHANGE_REASON_MOVE_IN, "2026-11-16")]
     for order in interleavings(a, b):
-        held = fold(order)[CODE]
-        assert (held.local_government_code, held.status) == ("131016", ACTIVE), order
+        record = fold(order)[CODE]
+        assert (record.local_government_code, record.status) == ("131016", ACTIVE), order
 
 
 def test_move_then_death_elsewhere_survives_a_late_birth_notice() -> None:
@@ -83,8 +102,8 @@ def test_move_then_death_elsewhere_survives_a_late_birth_notice() -> None:
         note("131016", 2, pb.CHANGE_REASON_DEATH, "2026-11-27"),
     ]
     for order in interleavings(a, b):
-        held = fold(order)[CODE]
-        assert (held.local_government_code, held.status) == ("131016", REMOVED), order
+        record = fold(order)[CODE]
+        assert (record.local_government_code, record.status) == ("131016", REMOVED), order
 
 
 def test_there_and_back_again() -> None:
@@ -98,8 +117,8 @@ def test_there_and_back_again() -> None:
         note("312029", 2, pb.CHANGE_REASON_MOVE_OUT, "2024-04-01"),
     ]
     for order in interleavings(a, b):
-        held = fold(order)[CODE]
-        assert (held.local_government_code, held.status) == ("312011", ACTIVE), order
+        record = fold(order)[CODE]
+        assert (record.local_government_code, record.status) == ("312011", ACTIVE), order
 
 
 def test_code_change_supersedes_and_keeps_registration_date() -> None:
@@ -132,3 +151,79 @@ def test_late_amendment_from_the_old_municipality_only_enters_history() -> None:
     decision = decide(states, late)
     assert decision.states == ()
     assert decision.changed_current is False
+
+
+# -- a batch: sequencing, then folding with the pool check --------------------------
+
+
+def test_sequence_skips_duplicates_and_advances_each_origin() -> None:
+    batch = [
+        note("312011", 3, pb.CHANGE_REASON_RELOCATION, "2026-01-01"),
+        note("312011", 4, pb.CHANGE_REASON_RELOCATION, "2026-01-02"),
+        note("131016", 1, pb.CHANGE_REASON_MOVE_IN, "2026-01-03"),
+    ]
+    result = sequence({"312011": 3}, batch)
+    assert [(n.origin_code, n.sequence) for n in result.fresh] == [("312011", 4), ("131016", 1)]
+    assert result.duplicates == 1
+    assert result.cursors == {"312011": 4, "131016": 1}
+
+
+def test_sequence_refuses_a_gap_with_the_expected_sequence() -> None:
+    with pytest.raises(SequenceGap) as gap:
+        sequence({"312011": 3}, [note("312011", 5, pb.CHANGE_REASON_RELOCATION, "2026-01-01")])
+    assert (gap.value.origin, gap.value.expected, gap.value.got) == ("312011", 4, 5)
+
+
+def test_touched_and_fresh_codes() -> None:
+    change = note(
+        "312011",
+        2,
+        pb.CHANGE_REASON_CODE_CHANGE,
+        "2026-11-27",
+        code=NEW_CODE,
+        previous_resident_code=CODE,
+    )
+    birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    move = note("131016", 1, pb.CHANGE_REASON_MOVE_IN, "2026-11-16")
+    assert touched_codes([change, move]) == {CODE, NEW_CODE}
+    assert fresh_codes([birth, change, move]) == {CODE, NEW_CODE}
+
+
+def test_fold_batch_takes_fresh_codes_from_the_origins_pool() -> None:
+    birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    late = note("312029", 1, pb.CHANGE_REASON_RELOCATION, "2026-01-01")
+    folded = fold_batch([birth, late], {}, {CODE: "312011"}, set())
+    assert set(folded.changed) == {CODE}
+    assert folded.changed[CODE].local_government_code == "312011"
+    assert folded.changed_current == (True, False)
+
+
+def test_fold_batch_refuses_a_code_from_another_pool() -> None:
+    birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    for owners in ({CODE: "312029"}, {}):
+        with pytest.raises(InvalidArgument) as refused:
+            fold_batch([birth], {}, owners, set())
+        assert refused.value.field == "entries[0].notification.record.resident_code"
+        assert "is not in the pool of 312011" in refused.value.problem
+
+
+def test_fold_batch_refuses_a_fresh_code_created_twice() -> None:
+    birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    again = note("312011", 2, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    owners = {CODE: "312011"}
+    with pytest.raises(InvalidArgument) as refused:
+        fold_batch([birth], {}, owners, {CODE})
+    assert "already in use" in refused.value.problem
+    with pytest.raises(InvalidArgument) as refused:
+        fold_batch([birth, again], {}, owners, set())
+    assert refused.value.field == "entries[1].notification.record.resident_code"
+
+
+def test_record_after_a_notification() -> None:
+    birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    death = note("312011", 2, pb.CHANGE_REASON_DEATH, "2026-01-01")
+    assert (record_after(birth).status, record_after(birth).registered_since) == (
+        ACTIVE,
+        "1990-01-01",
+    )
+    assert record_after(death).status == REMOVED

@@ -1,31 +1,29 @@
-"""The register's operations: each checks its input, changes the register and
-writes its notification in one transaction, then wakes the pusher.
-
-Resident codes come from the pool the prefecture handed down; the
-:class:`PoolKeeper` refills it before it runs dry (and at once when an
-operation needs more codes than are left).
+"""Use cases of a municipal node, the register's operations: each checks its
+input, changes the register and writes its notification in one transaction,
+then wakes the pusher. Resident codes come from the pool the prefecture
+handed down (:class:`services.municipal.pool.PoolKeeper`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import secrets
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
+import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox, PendingEntry
-from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from jukinet.delivery.pusher import Pusher
+from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, from_upstream
 from jukinet.metrics import NodeMetrics
 from jukinet.reasons import Reason
-from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, prefecture_pb2_grpc
+from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
 from jukinet.validation import (
     check_address,
     check_birth_date,
@@ -34,12 +32,12 @@ from jukinet.validation import (
     check_known_local_government,
     check_name,
 )
+from jukinet.vocabulary import Person, person_values
 from services.municipal import repository as repo
 from services.municipal.logic import (
     ACTIVE,
     REMOVED,
     Change,
-    Person,
     ResidentState,
     build_notification,
     check_not_before_birth,
@@ -47,105 +45,13 @@ from services.municipal.logic import (
     move_in_reason,
     removal_reason,
 )
+from services.municipal.pool import PoolKeeper
 
 log = logging.getLogger("jukinet.municipal")
 
 R = common_pb2
-
-
-class PoolKeeper:
-    """Keeps the resident-code pool above its low watermark."""
-
-    def __init__(
-        self,
-        *,
-        db: Database,
-        municipality: str,
-        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
-        metrics: NodeMetrics,
-        low_watermark: int,
-        refill_size: int,
-    ) -> None:
-        self._db = db
-        self._municipality = municipality
-        self._prefecture = prefecture
-        self._metrics = metrics
-        self._low = low_watermark
-        self._refill = refill_size
-        self._lock = asyncio.Lock()
-        self._wanted = asyncio.Event()
-        # Free codes, kept in memory once counted: this process is the pool's only
-        # writer, and counting on every operation would cost more than the operation.
-        self._free: int | None = None
-
-    async def _count(self) -> int:
-        async with self._db.read() as conn:
-            self._free = await repo.free_codes(conn)
-        self._metrics.code_pool.set(self._free)
-        return self._free
-
-    def consumed(self, count: int) -> None:
-        """``count`` codes were used by a committed operation."""
-        if self._free is not None:
-            self._free -= count
-            self._metrics.code_pool.set(self._free)
-            if self._free < self._low:
-                self._wanted.set()
-
-    async def ensure(self, needed: int) -> None:
-        """Make sure ``needed`` codes are free, refilling now if they are not."""
-        free = self._free if self._free is not None else await self._count()
-        if free >= needed:
-            return
-        try:
-            await self._fill(max(self._refill, needed - free + self._low))
-        except Exception as exc:
-            raise Unavailable(
-                f"the resident-code pool is short ({free} free, {needed} needed) and the "
-                f"prefecture could not be reached: {exc}"
-            ) from exc
-
-    async def _fill(self, count: int) -> None:
-        async with self._lock:
-            async with self._db.write() as conn:
-                pending = await repo.pending_pool_request(conn)
-                if pending is None:
-                    pending = (uuid.uuid4().hex, count)
-                    await repo.add_pool_request(conn, *pending)
-            request_id, size = pending
-            response = await self._prefecture.AllocateCodePool(
-                delivery_pb2.AllocateCodePoolRequest(
-                    municipality_code=self._municipality, count=size, request_id=request_id
-                ),
-                timeout=30,
-            )
-            async with self._db.write() as conn:
-                added = await repo.fulfil_pool_request(conn, request_id, response.resident_codes)
-            free = await self._count()
-            log.info("code pool refilled with %d codes (%d free)", added, free)
-
-    async def run(self) -> None:
-        """Refill whenever the pool falls below the watermark; retry with backoff."""
-        backoff = 0.5
-        while True:
-            try:
-                free = await self._count()
-                if free < self._low or await self._has_pending():
-                    await self._fill(self._refill)
-                backoff = 0.5
-                self._wanted.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), timeout=5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("code pool refill failed: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
-
-    async def _has_pending(self) -> bool:
-        async with self._db.read() as conn:
-            return await repo.pending_pool_request(conn) is not None
+MAX_IMPORT_BATCH = 10_000
+MAX_PAGE = 5_000
 
 
 def _now() -> dt.datetime:
@@ -156,7 +62,18 @@ def _new_household() -> str:
     return secrets.token_hex(8)
 
 
-class Register:
+@dataclass(frozen=True)
+class MunicipalStatus:
+    """How far the municipality's notifications have gone, and what it holds."""
+
+    last_sequence: int
+    acknowledged_through: int
+    codes_in_pool: int
+    active_residents: int
+    removed_residents: int
+
+
+class MunicipalService:
     """The operations on one municipality's register."""
 
     def __init__(
@@ -165,16 +82,18 @@ class Register:
         db: Database,
         outbox: Outbox,
         pool: PoolKeeper,
+        pusher: Pusher,
+        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
         municipality: str,
         metrics: NodeMetrics,
-        on_commit: Callable[[], None],
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.pool = pool
         self.municipality = municipality
         self.metrics = metrics
-        self._on_commit = on_commit
+        self._pusher = pusher
+        self._prefecture = prefecture
 
     # -- plumbing ------------------------------------------------------------
 
@@ -195,7 +114,7 @@ class Register:
         return first + len(changes) - 1
 
     def _committed(self, codes_used: int = 0) -> None:
-        self._on_commit()
+        self._pusher.wake()
         if codes_used:
             self.pool.consumed(codes_used)
 
@@ -226,6 +145,7 @@ class Register:
     async def register_birth(
         self, req: municipal_pb2.RegisterBirthRequest
     ) -> tuple[ResidentState, int]:
+        """Register a birth (出生) with a fresh code from the pool."""
         person = check_person(req.person)
         await self.pool.ensure(1)
         async with self.db.write() as conn:
@@ -243,6 +163,7 @@ class Register:
     async def enter_ex_officio(
         self, req: municipal_pb2.EnterExOfficioRequest
     ) -> tuple[ResidentState, int]:
+        """Enter a person ex officio (職権記載) with a fresh code from the pool."""
         person = check_person(req.person)
         effective = check_effective_date(req.effective_date).isoformat()
         check_not_before_birth(effective, person, "effective_date")
@@ -257,6 +178,7 @@ class Register:
         return resident, seq
 
     async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
+        """Register a move-in (転入) from another municipality or from abroad."""
         person = check_person(req.person)
         reason = move_in_reason(req.origin)
         effective = check_effective_date(req.effective_date).isoformat()
@@ -297,7 +219,7 @@ class Register:
                 await repo.update_resident(
                     conn,
                     existing.id,
-                    **repo.person_values(person),
+                    **person_values(person),
                     household_id=household,
                     status=ACTIVE,
                     registered_on=effective,
@@ -318,6 +240,7 @@ class Register:
     # -- amendments ----------------------------------------------------------
 
     async def relocate(self, req: municipal_pb2.RelocateRequest) -> tuple[list[ResidentState], int]:
+        """Move a resident (or their whole household) to a new address here (転居)."""
         address = check_address(req.new_address, "new_address")
         effective = check_effective_date(req.effective_date).isoformat()
         async with self.db.write() as conn:
@@ -331,19 +254,22 @@ class Register:
             changes = []
             updated = []
             for m in movers:
-                person = _replace(m.person, address=address)
+                person = dataclasses.replace(m.person, address=address)
                 await repo.update_resident(
                     conn, m.id, address=address, last_reason=R.CHANGE_REASON_RELOCATION
                 )
                 changes.append(
                     Change(m.resident_code, person, R.CHANGE_REASON_RELOCATION, effective)
                 )
-                updated.append(_with(m, person=person, last_reason=R.CHANGE_REASON_RELOCATION))
+                updated.append(
+                    dataclasses.replace(m, person=person, last_reason=R.CHANGE_REASON_RELOCATION)
+                )
             seq = await self._announce(conn, changes)
         self._committed()
         return updated, seq
 
     async def change_name(self, req: municipal_pb2.ChangeNameRequest) -> tuple[ResidentState, int]:
+        """Change a resident's name, reading or former surname."""
         name = check_name(req.name, "name")
         kana = check_kana(req.name_kana, "name_kana")
         former = check_name(req.former_surname, "former_surname", required=False)
@@ -352,17 +278,20 @@ class Register:
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
-            person = _replace(resident.person, name=name, name_kana=kana, former_surname=former)
+            person = dataclasses.replace(
+                resident.person, name=name, name_kana=kana, former_surname=former
+            )
             await repo.update_resident(
-                conn, resident.id, **repo.person_values(person), last_reason=reason
+                conn, resident.id, **person_values(person), last_reason=reason
             )
             seq = await self._announce(
                 conn, [Change(resident.resident_code, person, reason, effective)]
             )
         self._committed()
-        return _with(resident, person=person, last_reason=reason), seq
+        return dataclasses.replace(resident, person=person, last_reason=reason), seq
 
     async def amend(self, req: municipal_pb2.AmendRequest) -> tuple[ResidentState, int]:
+        """Correct a resident's details ex officio (職権修正)."""
         person = check_person(req.person)
         effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_EX_OFFICIO_AMENDMENT
@@ -370,17 +299,18 @@ class Register:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             await repo.update_resident(
-                conn, resident.id, **repo.person_values(person), last_reason=reason
+                conn, resident.id, **person_values(person), last_reason=reason
             )
             seq = await self._announce(
                 conn, [Change(resident.resident_code, person, reason, effective)]
             )
         self._committed()
-        return _with(resident, person=person, last_reason=reason), seq
+        return dataclasses.replace(resident, person=person, last_reason=reason), seq
 
     async def change_code(
         self, req: municipal_pb2.ChangeResidentCodeRequest
     ) -> tuple[ResidentState, str, int]:
+        """Give a resident a new code from the pool (住民票コード変更)."""
         effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_CODE_CHANGE
         await self.pool.ensure(1)
@@ -398,12 +328,20 @@ class Register:
                 conn, [Change(new, resident.person, reason, effective, resident.resident_code)]
             )
         self._committed(codes_used=1)
-        return _with(resident, resident_code=new, last_reason=reason), resident.resident_code, seq
+        return (
+            dataclasses.replace(resident, resident_code=new, last_reason=reason),
+            resident.resident_code,
+            seq,
+        )
 
     # -- removals ------------------------------------------------------------
 
     async def _remove(
-        self, code: str, reason: int, effective: str, field: str = "effective_date"
+        self,
+        code: str,
+        reason: common_pb2.ChangeReason.ValueType,
+        effective: str,
+        field: str = "effective_date",
     ) -> tuple[ResidentState, int]:
         async with self.db.write() as conn:
             resident = await self._resident(conn, code)
@@ -416,9 +354,12 @@ class Register:
                 conn, [Change(resident.resident_code, resident.person, reason, effective)]
             )
         self._committed()
-        return _with(resident, status=REMOVED, removed_on=effective, last_reason=reason), seq
+        return dataclasses.replace(
+            resident, status=REMOVED, removed_on=effective, last_reason=reason
+        ), seq
 
     async def move_out(self, req: municipal_pb2.MoveOutRequest) -> tuple[ResidentState, int]:
+        """Remove a resident who moves out (転出) or abroad."""
         effective = check_effective_date(req.effective_date).isoformat()
         if req.abroad:
             if req.destination_local_government_code:
@@ -439,12 +380,14 @@ class Register:
     async def record_death(
         self, req: municipal_pb2.RecordDeathRequest
     ) -> tuple[ResidentState, int]:
+        """Remove a resident who died (死亡)."""
         date = check_birth_date(req.date_of_death, "date_of_death").isoformat()
         return await self._remove(req.resident_code, R.CHANGE_REASON_DEATH, date, "date_of_death")
 
     async def remove_ex_officio(
         self, req: municipal_pb2.RemoveExOfficioRequest
     ) -> tuple[ResidentState, int]:
+        """Remove a resident ex officio (職権消除) or declared missing."""
         reason = removal_reason(req.ground)
         effective = check_effective_date(req.effective_date).isoformat()
         return await self._remove(req.resident_code, reason, effective)
@@ -461,6 +404,8 @@ class Register:
         the good rows still load. Each row becomes an ex-officio entry (職権記載)
         with a fresh code from the pool.
         """
+        if len(rows) > MAX_IMPORT_BATCH:
+            raise InvalidArgument("rows", f"at most {MAX_IMPORT_BATCH} per message")
         rejected: list[municipal_pb2.RejectedRow] = []
         good: list[tuple[municipal_pb2.ImportRow, Person, str]] = []
         seen: set[str] = set()
@@ -501,7 +446,7 @@ class Register:
                     {
                         "resident_code": code,
                         "source_id": row.source_id,
-                        **repo.person_values(person),
+                        **person_values(person),
                         "household_id": row.household_id or _new_household(),
                         "status": ACTIVE,
                         "registered_on": registered,
@@ -527,16 +472,45 @@ class Register:
     # -- reads ---------------------------------------------------------------
 
     async def get(self, code: str) -> tuple[ResidentState, list[common_pb2.Notification]]:
+        """One resident and every notification written about them (all their codes)."""
         async with self.db.read() as conn:
             resident = await self._resident(conn, code)
             codes = await repo.codes_of(conn, resident)
             payloads = await self.outbox.payloads_for(conn, codes)
         return resident, [common_pb2.Notification.FromString(p) for p in payloads]
 
+    async def export(self, page_size: int) -> AsyncIterator[list[ResidentState]]:
+        """Every resident, page by page (one read each), in register order."""
+        if page_size > MAX_PAGE:
+            raise InvalidArgument("page_size", f"at most {MAX_PAGE}")
+        page = page_size or 1000
+        after = 0
+        while True:
+            async with self.db.read() as conn:
+                residents = await repo.export_page(conn, after, page)
+            if not residents:
+                return
+            yield residents
+            after = residents[-1].id
 
-def _replace(person: Person, **changes: object) -> Person:
-    return dataclasses.replace(person, **changes)  # type: ignore[arg-type]
+    async def status(self) -> MunicipalStatus:
+        """The outbox's progress, the free codes and the residents counted."""
+        async with self.db.read() as conn:
+            status = await self.outbox.status(conn)
+            free = await repo.free_codes(conn)
+            active, removed = await repo.resident_counts(conn)
+        return MunicipalStatus(
+            status.last_sequence, status.acknowledged_through, free, active, removed
+        )
 
-
-def _with(resident: ResidentState, **changes: object) -> ResidentState:
-    return dataclasses.replace(resident, **changes)  # type: ignore[arg-type]
+    async def disclose(self, code: str) -> provision_pb2.DiscloseResponse:
+        """For a resident of this municipality at the counter: the national record
+        and who received it (asked through the prefecture)."""
+        resident, _ = await self.get(code)
+        try:
+            response: provision_pb2.DiscloseResponse = await self._prefecture.Disclose(
+                provision_pb2.DiscloseRequest(resident_code=resident.resident_code), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_upstream(exc, "prefecture node") from exc
+        return response

@@ -1,0 +1,414 @@
+"""Use cases of the agency gateway, the only door for national agencies.
+
+Every request goes through the same steps, in this order:
+
+1. the agency is the one its certificate names (never anything in the request);
+2. the purpose registry authorizes (agency, purpose, operation, fields); a
+   refusal is recorded at the national node (RecordDenial), counted, logged
+   and returned as PERMISSION_DENIED with its reason;
+3. one token is taken from the agency's bucket for that purpose
+   (RESOURCE_EXHAUSTED with ``retry-after-ms`` when it is empty);
+4. the per-request caps and the input are checked (INVALID_ARGUMENT);
+5. the national node answers, having recorded the provision first;
+6. the answer is filtered once more to the purpose's fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+
+import grpc
+
+from gateway.coalescer import DEFAULT_WINDOW, VerifyCoalescer
+from gateway.logic import (
+    check_batch_size,
+    effective_fields,
+    filter_record,
+    filter_verification,
+    named_codes,
+    resolve_max_candidates,
+    stray_fields,
+)
+from gateway.national import NationalClient
+from gateway.quotas import QuotaExceeded, Quotas
+from gateway.registry import Operation, Purpose, PurposeDenied, PurposeRegistry
+from jukinet.codes import check_resident_code
+from jukinet.errors import JukinetError
+from jukinet.metrics import NodeMetrics
+from jukinet.reasons import Reason
+from jukinet.v1 import gateway_pb2, provision_pb2
+from jukinet.validation import check_claim, check_date, check_kana, check_name, check_sex
+from jukinet.vocabulary import ResultValue, result_label, verification_outcome
+
+log = logging.getLogger("jukinet.gateway")
+
+DENIAL_CONCURRENCY = 16
+# Verify requests sent to the national node in one call at most (it takes
+# up to 10,000 items; VerifyBatch messages are capped lower by each purpose).
+VERIFY_MAX_ITEMS = 1000
+UNKNOWN_PURPOSE_LABEL = "(unknown)"
+
+
+class GatewayService:
+    """Agencies' requests, checked and forwarded to the national node. Every
+    method takes the calling agency's code, as its certificate names it."""
+
+    def __init__(
+        self,
+        *,
+        registry: PurposeRegistry,
+        national: NationalClient,
+        quotas: Quotas,
+        metrics: NodeMetrics,
+        batch_pipeline: int = 2,
+        verify_window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if batch_pipeline < 1:
+            raise ValueError("batch_pipeline must be at least 1")
+        self._registry = registry
+        self._national = national
+        self._quotas = quotas
+        self._metrics = metrics
+        self._pipeline = batch_pipeline
+        self._coalescer = VerifyCoalescer(
+            lambda agency, purpose, items: self._national.provide_verification(
+                agency, purpose, Operation.VERIFY, items
+            ),
+            window=verify_window,
+            max_items=VERIFY_MAX_ITEMS,
+        )
+
+    async def close(self) -> None:
+        """Cancel the national calls still in flight."""
+        await self._coalescer.close()
+
+    # -- the common steps ----------------------------------------------------------
+
+    def _purpose_label(self, purpose_code: str) -> str:
+        # Metric labels only for registered purposes: a caller must not be able
+        # to create time series by inventing purpose codes.
+        known = self._registry.get(purpose_code) is not None
+        return purpose_code if known else UNKNOWN_PURPOSE_LABEL
+
+    async def _admit(
+        self,
+        agency: str,
+        purpose_code: str,
+        operation: Operation,
+        fields: Collection[str],
+        named: Sequence[str],
+    ) -> Purpose:
+        """Authorize and charge the quota; record and raise a refusal."""
+        try:
+            purpose = self._registry.authorize(agency, purpose_code, operation, fields)
+        except PurposeDenied as denied:
+            await self._deny(denied, named)
+            raise
+        try:
+            self._quotas.charge(agency, purpose)
+        except QuotaExceeded as exc:
+            self._metrics.gateway_denials.labels(
+                agency, purpose.code, operation.value, Reason.QUOTA_EXCEEDED
+            ).inc()
+            log.info(
+                "quota: agency %s purpose %s %s refused, retry after %d ms",
+                agency,
+                purpose.code,
+                operation.value,
+                exc.retry_after_ms,
+            )
+            raise
+        return purpose
+
+    async def _deny(self, denied: PurposeDenied, named: Sequence[str]) -> None:
+        """Count, log and record a refusal at the national node (best effort)."""
+        self._metrics.gateway_denials.labels(
+            denied.agency_code,
+            self._purpose_label(denied.purpose_code),
+            denied.operation,
+            denied.reason,
+        ).inc()
+        self._metrics.provisions.labels(
+            denied.agency_code,
+            self._purpose_label(denied.purpose_code),
+            denied.operation,
+            result_label(provision_pb2.PROVISION_RESULT_DENIED),
+        ).inc()
+        log.warning(
+            "denied: agency %s, operation %s, %s: %s",
+            denied.agency_code,
+            denied.operation,
+            denied.reason,
+            denied.message,
+        )
+        codes, truncated = named_codes(named)
+        targets: list[str] = codes or [""]
+        if truncated:
+            targets.append("")
+        limit = asyncio.Semaphore(DENIAL_CONCURRENCY)
+
+        async def record(code: str) -> grpc.aio.AioRpcError | None:
+            async with limit:
+                try:
+                    await self._national.record_denial(
+                        denied.agency_code,
+                        denied.purpose_code,
+                        denied.operation,
+                        code,
+                        denied.reason,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc
+                return None
+
+        failures = [f for f in await asyncio.gather(*map(record, targets)) if f is not None]
+        if failures:
+            # The refusal stands all the same; the log is then its only record.
+            log.error(
+                "%d of %d denial records could not be written at the national node: %s %s",
+                len(failures),
+                len(targets),
+                failures[0].code().name,
+                failures[0].details(),
+            )
+
+    @contextlib.contextmanager
+    def _timed(self, operation: Operation) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._metrics.gateway_latency.labels(operation.value).observe(
+                time.perf_counter() - start
+            )
+
+    def _count(
+        self, agency: str, purpose: Purpose, operation: Operation, result: ResultValue, n: int = 1
+    ) -> None:
+        self._metrics.provisions.labels(
+            agency, purpose.code, operation.value, result_label(result)
+        ).inc(n)
+
+    def _filtered(
+        self, record: gateway_pb2.ProvidedRecord, allowed: frozenset[str], purpose: Purpose
+    ) -> gateway_pb2.ProvidedRecord:
+        stray = stray_fields(record, allowed)
+        if stray:
+            # The national node minimises too; this must never happen.
+            log.error(
+                "the national node returned field(s) %s outside purpose %s; removed",
+                ", ".join(stray),
+                purpose.code,
+            )
+        return filter_record(record, allowed)
+
+    async def _verify_items(
+        self,
+        agency: str,
+        purpose: Purpose,
+        operation: Operation,
+        items: Sequence[gateway_pb2.VerifyBatchItem],
+    ) -> tuple[list[gateway_pb2.VerifyBatchResult], list[str]]:
+        """Verifications of ``items`` by the national node, filtered and counted."""
+        national_results, ids = await self._national.provide_verification(
+            agency, purpose, operation, items
+        )
+        results = []
+        outcomes: Counter[ResultValue] = Counter()
+        for item, result in zip(items, national_results, strict=True):
+            verification = filter_verification(result.verification, purpose)
+            outcomes[verification_outcome(verification)] += 1
+            results.append(
+                gateway_pb2.VerifyBatchResult(item_id=item.item_id, verification=verification)
+            )
+        for outcome, n in outcomes.items():
+            self._count(agency, purpose, operation, outcome, n)
+        return results, list(ids)
+
+    # -- the methods ---------------------------------------------------------------
+
+    async def verify(
+        self, agency: str, request: gateway_pb2.VerifyRequest
+    ) -> gateway_pb2.VerifyResponse:
+        """Verify one claimed identity: match or not, item by item."""
+        with self._timed(Operation.VERIFY):
+            purpose = await self._admit(
+                agency, request.purpose_code, Operation.VERIFY, (), [request.claim.resident_code]
+            )
+            check_claim(request.claim, "claim")
+            # Shares one national call with the other requests of this agency
+            # and purpose waiting at this moment (gateway.coalescer).
+            found, provision_id = await self._coalescer.verify(
+                agency, purpose, gateway_pb2.VerifyBatchItem(claim=request.claim)
+            )
+            verification = filter_verification(found, purpose)
+            self._count(agency, purpose, Operation.VERIFY, verification_outcome(verification))
+            return gateway_pb2.VerifyResponse(verification=verification, provision_id=provision_id)
+
+    async def retrieve(
+        self, agency: str, request: gateway_pb2.RetrieveRequest
+    ) -> gateway_pb2.RetrieveResponse:
+        """One record, with only the purpose's (requested) fields."""
+        with self._timed(Operation.RETRIEVE):
+            purpose = await self._admit(
+                agency,
+                request.purpose_code,
+                Operation.RETRIEVE,
+                request.fields,
+                [request.resident_code],
+            )
+            check_resident_code(request.resident_code, "resident_code")
+            if request.as_of:
+                check_date(request.as_of, "as_of")
+            allowed = effective_fields(purpose, request.fields)
+            try:
+                response = await self._national.provide_record(
+                    agency, purpose, request.resident_code, request.as_of, request.fields
+                )
+            except JukinetError as exc:
+                if exc.code is grpc.StatusCode.NOT_FOUND:
+                    self._count(
+                        agency,
+                        purpose,
+                        Operation.RETRIEVE,
+                        provision_pb2.PROVISION_RESULT_NOT_FOUND,
+                    )
+                raise
+            self._count(
+                agency, purpose, Operation.RETRIEVE, provision_pb2.PROVISION_RESULT_PROVIDED
+            )
+            return gateway_pb2.RetrieveResponse(
+                record=self._filtered(response.record, allowed, purpose),
+                provision_id=response.provision_id,
+            )
+
+    async def search(
+        self, agency: str, request: gateway_pb2.SearchRequest
+    ) -> gateway_pb2.SearchResponse:
+        """Candidates for a name, with only the purpose's (requested) fields."""
+        with self._timed(Operation.SEARCH):
+            purpose = await self._admit(
+                agency, request.purpose_code, Operation.SEARCH, request.fields, ()
+            )
+            limit = resolve_max_candidates(request.max_candidates, purpose.quota, purpose.code)
+            check_name(request.name, "name")
+            if request.name_kana:
+                check_kana(request.name_kana, "name_kana")
+            if request.birth_date:
+                check_date(request.birth_date, "birth_date")
+            if request.sex:
+                check_sex(request.sex, "sex")
+            allowed = effective_fields(purpose, request.fields)
+            response = await self._national.provide_search(agency, purpose, request, limit)
+            candidates = [
+                gateway_pb2.SearchCandidate(
+                    record=self._filtered(c.record, allowed, purpose), score=c.score
+                )
+                for c in response.candidates[:limit]
+            ]
+            if candidates:
+                for _ in candidates:
+                    self._count(
+                        agency, purpose, Operation.SEARCH, provision_pb2.PROVISION_RESULT_CANDIDATE
+                    )
+            else:
+                self._count(
+                    agency, purpose, Operation.SEARCH, provision_pb2.PROVISION_RESULT_NOT_FOUND
+                )
+            return gateway_pb2.SearchResponse(
+                candidates=candidates, provision_id=response.provision_id
+            )
+
+    async def verify_batch(
+        self, agency: str, request_iterator: AsyncIterator[gateway_pb2.VerifyBatchRequest]
+    ) -> AsyncIterator[gateway_pb2.VerifyBatchResponse]:
+        """One response per request message, in order.
+
+        A reader admits and checks each message in turn and starts its
+        national lookup; at most ``batch_pipeline`` messages are in flight, and
+        the reader does not read the next message until a slot frees up, so
+        a fast sender is held back by gRPC flow control. A refused or failed
+        message ends the stream after the responses of the messages before it.
+        """
+        slots = asyncio.Semaphore(self._pipeline)
+        queue: asyncio.Queue[asyncio.Future[gateway_pb2.VerifyBatchResponse] | None] = (
+            asyncio.Queue()
+        )
+        reader = asyncio.create_task(
+            self._read_batches(agency, request_iterator, slots, queue), name="verify-batch-reader"
+        )
+        try:
+            while (pending := await queue.get()) is not None:
+                response = await pending
+                slots.release()
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            while not queue.empty():
+                left = queue.get_nowait()
+                if left is not None:
+                    left.cancel()
+                    with contextlib.suppress(BaseException):
+                        await left
+
+    async def _read_batches(
+        self,
+        agency: str,
+        requests: AsyncIterator[gateway_pb2.VerifyBatchRequest],
+        slots: asyncio.Semaphore,
+        queue: asyncio.Queue[asyncio.Future[gateway_pb2.VerifyBatchResponse] | None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    message = await anext(requests)
+                except StopAsyncIteration:
+                    break
+                started = time.perf_counter()
+                purpose = await self._admit(
+                    agency,
+                    message.purpose_code,
+                    Operation.VERIFY_BATCH,
+                    (),
+                    [item.claim.resident_code for item in message.items],
+                )
+                check_batch_size(len(message.items), purpose)
+                for i, item in enumerate(message.items):
+                    check_claim(item.claim, f"items[{i}].claim")
+                queue.put_nowait(
+                    asyncio.ensure_future(self._one_batch(agency, purpose, message, started))
+                )
+        except Exception as exc:
+            failed: asyncio.Future[gateway_pb2.VerifyBatchResponse] = loop.create_future()
+            failed.set_exception(exc)
+            queue.put_nowait(failed)
+        queue.put_nowait(None)
+
+    async def _one_batch(
+        self,
+        agency: str,
+        purpose: Purpose,
+        message: gateway_pb2.VerifyBatchRequest,
+        started: float,
+    ) -> gateway_pb2.VerifyBatchResponse:
+        try:
+            if not message.items:
+                return gateway_pb2.VerifyBatchResponse()
+            results, _ = await self._verify_items(
+                agency, purpose, Operation.VERIFY_BATCH, message.items
+            )
+            return gateway_pb2.VerifyBatchResponse(results=results)
+        finally:
+            self._metrics.gateway_latency.labels(Operation.VERIFY_BATCH.value).observe(
+                time.perf_counter() - started
+            )

@@ -1,0 +1,113 @@
+"""The municipality's resident-code pool: codes handed down by the prefecture,
+refilled before it runs dry (and at once when an operation needs more codes
+than are left)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from jukinet.db import Database
+from jukinet.errors import Unavailable
+from jukinet.metrics import NodeMetrics
+from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
+from services.municipal import repository as repo
+
+log = logging.getLogger("jukinet.municipal")
+
+
+class PoolKeeper:
+    """Keeps the resident-code pool above its low watermark."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        municipality: str,
+        prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
+        metrics: NodeMetrics,
+        low_watermark: int,
+        refill_size: int,
+    ) -> None:
+        self._db = db
+        self._municipality = municipality
+        self._prefecture = prefecture
+        self._metrics = metrics
+        self._low = low_watermark
+        self._refill = refill_size
+        self._lock = asyncio.Lock()
+        self._wanted = asyncio.Event()
+        # Free codes, kept in memory once counted: this process is the pool's only
+        # writer, and counting on every operation would cost more than the operation.
+        self._free: int | None = None
+
+    async def _count(self) -> int:
+        async with self._db.read() as conn:
+            self._free = await repo.free_codes(conn)
+        self._metrics.code_pool.set(self._free)
+        return self._free
+
+    def consumed(self, count: int) -> None:
+        """``count`` codes were used by a committed operation."""
+        if self._free is not None:
+            self._free -= count
+            self._metrics.code_pool.set(self._free)
+            if self._free < self._low:
+                self._wanted.set()
+
+    async def ensure(self, needed: int) -> None:
+        """Make sure ``needed`` codes are free, refilling now if they are not."""
+        free = self._free if self._free is not None else await self._count()
+        if free >= needed:
+            return
+        try:
+            await self._fill(max(self._refill, needed - free + self._low))
+        except Exception as exc:
+            raise Unavailable(
+                f"the resident-code pool is short ({free} free, {needed} needed) and the "
+                f"prefecture could not be reached: {exc}"
+            ) from exc
+
+    async def _fill(self, count: int) -> None:
+        async with self._lock:
+            async with self._db.write() as conn:
+                pending = await repo.pending_pool_request(conn)
+                if pending is None:
+                    pending = (uuid.uuid4().hex, count)
+                    await repo.add_pool_request(conn, *pending)
+            request_id, size = pending
+            response = await self._prefecture.AllocateCodePool(
+                delivery_pb2.AllocateCodePoolRequest(
+                    municipality_code=self._municipality, count=size, request_id=request_id
+                ),
+                timeout=30,
+            )
+            async with self._db.write() as conn:
+                added = await repo.fulfil_pool_request(conn, request_id, response.resident_codes)
+            free = await self._count()
+            log.info("code pool refilled with %d codes (%d free)", added, free)
+
+    async def run(self) -> None:
+        """Refill whenever the pool falls below the watermark; retry with backoff."""
+        backoff = 0.5
+        while True:
+            try:
+                free = await self._count()
+                if free < self._low or await self._has_pending():
+                    await self._fill(self._refill)
+                backoff = 0.5
+                self._wanted.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("code pool refill failed: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+
+    async def _has_pending(self) -> bool:
+        async with self._db.read() as conn:
+            return await repo.pending_pool_request(conn) is not None
