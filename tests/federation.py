@@ -8,10 +8,10 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -95,15 +95,15 @@ class Federation:
         self.channels.append(ch)
         return ch
 
-    def operator(self, code: str) -> municipal_pb2_grpc.MunicipalServiceStub:
+    def operator(self, code: str) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
         ch = self.channel(self.municipal_ports[code], f"operator-{code}-admin")
         return municipal_pb2_grpc.MunicipalServiceStub(ch)
 
-    def prefecture_operator(self, code: str) -> prefecture_pb2_grpc.PrefectureServiceStub:
+    def prefecture_operator(self, code: str) -> prefecture_pb2_grpc.PrefectureServiceAsyncStub:
         ch = self.channel(self.prefecture_ports[code], f"operator-{code}-admin")
         return prefecture_pb2_grpc.PrefectureServiceStub(ch)
 
-    def national_operator(self) -> national_pb2_grpc.NationalServiceStub:
+    def national_operator(self) -> national_pb2_grpc.NationalServiceAsyncStub:
         ch = self.channel(self.national_port, "operator-national-admin")
         return national_pb2_grpc.NationalServiceStub(ch)
 
@@ -225,7 +225,9 @@ class Federation:
             await asyncio.sleep(0.05)
 
 
-def issue_certificates(pki_dir: Path, municipalities: list[str], agencies: list[str] = ()) -> None:  # type: ignore[assignment]
+def issue_certificates(
+    pki_dir: Path, municipalities: list[str], agencies: Sequence[str] = ()
+) -> None:
     pki.issue_federation(
         pki_dir,
         pki.FederationSpec(
@@ -255,3 +257,14 @@ async def federation(
 
 
 PersonFactory = Callable[..., municipal_pb2.PersonDetails]
+
+# The sentinel a stream's read() returns at its end (grpc-stubs lacks it).
+EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+def trailers(err: grpc.RpcError) -> dict[str, str]:
+    """The text entries of a failed call's trailing metadata."""
+    # grpc-stubs types RpcError.trailing_metadata() as a tuple of objects with
+    # .key/.value; grpc.aio really returns a Metadata of (key, value) pairs, or None.
+    metadata = cast(grpc.aio.Metadata | None, err.trailing_metadata())
+    return {k: v for k, v in metadata or () if isinstance(v, str)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ async def import_all(fed: LocalFederation) -> None:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
         batches = [rows(TOTAL)[i : i + 500] for i in range(0, TOTAL, 500)]
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[municipal_pb2.ImportResidentsRequest]:
             for batch in batches:
                 yield municipal_pb2.ImportResidentsRequest(rows=batch)
 
@@ -96,11 +97,14 @@ async def export_upper(fed: LocalFederation, name: str) -> dict[str, tuple[str, 
     channel = fed.channel(name)
     try:
         if name == "national":
-            stub: object = national_pb2_grpc.NationalServiceStub(channel)
+            stub: (
+                national_pb2_grpc.NationalServiceAsyncStub
+                | prefecture_pb2_grpc.PrefectureServiceAsyncStub
+            ) = national_pb2_grpc.NationalServiceStub(channel)
         else:
             stub = prefecture_pb2_grpc.PrefectureServiceStub(channel)
-        out = {}
-        async for page in stub.ExportIdentities(  # type: ignore[attr-defined]
+        out: dict[str, tuple[str, str, int]] = {}
+        async for page in stub.ExportIdentities(
             delivery_pb2.ExportIdentitiesRequest(municipality_code=MUNICIPALITY)
         ):
             for s in page.identities:
@@ -114,7 +118,7 @@ async def export_municipal(fed: LocalFederation) -> dict[str, tuple[str, str, in
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
-        out = {}
+        out: dict[str, tuple[str, str, int]] = {}
         async for page in stub.ExportResidents(municipal_pb2.ExportResidentsRequest()):
             for r in page.residents:
                 status = (

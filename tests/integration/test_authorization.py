@@ -28,7 +28,7 @@ from jukinet.v1 import (
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
-from tests.federation import Databases, Federation
+from tests.federation import EOF, Databases, Federation
 
 TIMEOUT = 15
 C = common_pb2
@@ -100,7 +100,7 @@ async def invoke(
                 await call.write(message)
             await call.done_writing()
         with contextlib.suppress(grpc.aio.AioRpcError):
-            while await call.read() is not grpc.aio.EOF:
+            while await call.read() is not EOF:
                 pass
         outcome = Outcome(
             await call.code(), metadata(await call.trailing_metadata()), await call.details()

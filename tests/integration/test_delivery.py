@@ -20,7 +20,7 @@ from jukinet.v1 import (
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
-from tests.federation import Federation
+from tests.federation import Federation, trailers
 
 TIMEOUT = 15
 C = common_pb2
@@ -286,7 +286,7 @@ async def test_empty_pool_with_the_prefecture_down_is_unavailable_and_writes_not
     assert before.codes_in_pool == 0
     assert before.last_sequence == free
 
-    needs_a_code = [
+    needs_a_code: list[Awaitable[object]] = [
         op.RegisterBirth(M.RegisterBirthRequest(person=person(1)), timeout=TIMEOUT),
         op.EnterExOfficio(
             M.EnterExOfficioRequest(person=person(2), effective_date=EFFECTIVE), timeout=TIMEOUT
@@ -302,7 +302,7 @@ async def test_empty_pool_with_the_prefecture_down_is_unavailable_and_writes_not
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert dict(info.value.trailing_metadata() or ())["jukinet-reason"] == "unavailable"
+        assert trailers(info.value)["jukinet-reason"] == "unavailable"
     after = await status(fed, TOTTORI)
     assert (after.last_sequence, after.active_residents, after.codes_in_pool) == (
         before.last_sequence,

@@ -4,11 +4,13 @@ national node then hold (state, record, history in order)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 import pytest
 
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2
-from tests.federation import Federation
+from tests.federation import Federation, trailers
 
 TIMEOUT = 15
 C = common_pb2
@@ -129,7 +131,7 @@ async def test_birth(fed: Federation) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await prefecture(fed, "13", code)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert dict(info.value.trailing_metadata() or ())["jukinet-reason"] == "not-found"
+    assert trailers(info.value)["jukinet-reason"] == "not-found"
     local = await resident(fed, TOTTORI, code)
     assert [n.reason for n in local.notifications] == [C.CHANGE_REASON_BIRTH]
     # The upper tiers hold exactly what the municipality announced.
@@ -455,10 +457,11 @@ async def test_resident_code_change(fed: Federation, ex_officio: bool) -> None:
     assert changed_code.resident.last_reason == C.CHANGE_REASON_CODE_CHANGE
     await fed.wait_delivered()
 
-    for pref_or_national in (
+    lookups: list[Callable[[str], Awaitable[delivery_pb2.GetIdentityResponse]]] = [
         lambda c: prefecture(fed, "31", c),
         lambda c: national(fed, c),
-    ):
+    ]
+    for pref_or_national in lookups:
         was = await pref_or_national(old)
         assert was.identity.status == C.RECORD_STATUS_SUPERSEDED
         assert was.identity.replaced_by == new
@@ -498,7 +501,7 @@ async def test_resident_code_change(fed: Federation, ex_officio: bool) -> None:
             timeout=TIMEOUT,
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(info.value.trailing_metadata() or ())["jukinet-field"] == "resident_code"
+    assert trailers(info.value)["jukinet-field"] == "resident_code"
 
 
 # --- moves between municipalities -----------------------------------------------------

@@ -13,7 +13,12 @@ NEW_CODE = "24727059608"
 
 
 def note(
-    origin: str, seq: int, reason: int, date: str, code: str = CODE, **kw: str
+    origin: str,
+    seq: int,
+    reason: pb.ChangeReason.ValueType,
+    date: str,
+    code: str = CODE,
+    **kw: str,
 ) -> pb.Notification:
     kind = {
         pb.CHANGE_REASON_BIRTH: pb.CHANGE_KIND_CREATED,
@@ -26,8 +31,8 @@ def note(
     return pb.Notification(
         origin_code=origin,
         sequence=seq,
-        kind=kind,  # type: ignore[arg-type]
-        reason=reason,  # type: ignore[arg-type]
+        kind=kind,
+        reason=reason,
         effective_date=date,
         record=pb.IdentityRecord(
             resident_code=code,
