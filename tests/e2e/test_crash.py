@@ -24,7 +24,8 @@ from jukinet.v1 import (
 from tools.localfed import LocalFederation
 from tools.population import PopulationGenerator
 
-pytestmark = pytest.mark.e2e
+# Node processes, 10,000 residents and waits of up to three minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MUNICIPALITY = "312011"
 TOTAL = 10_000
