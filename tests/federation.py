@@ -51,6 +51,7 @@ class Databases:
         self.created: list[str] = []
 
     async def url(self, node: str) -> str:
+        """The database URL for ``node``: a SQLite file, or a fresh PostgreSQL database."""
         if self.backend == "sqlite":
             return f"sqlite+aiosqlite:///{self.workdir / (node + '.db')}"
         name = f"jk_{node.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
@@ -64,6 +65,7 @@ class Databases:
         return f"{base}/{name}"
 
     async def drop_all(self) -> None:
+        """Drop every PostgreSQL database this object created."""
         if not self.created:
             return
         conn = await asyncpg.connect(self.admin_dsn)
@@ -91,19 +93,23 @@ class Federation:
     gateway_port: int = 0
 
     def channel(self, port: int, cert_name: str) -> grpc.aio.Channel:
+        """A mutual-TLS channel to ``port`` as ``cert_name``, closed by :meth:`stop`."""
         ch = secure_channel(f"127.0.0.1:{port}", tls_files(self.pki_dir, cert_name))
         self.channels.append(ch)
         return ch
 
     def operator(self, code: str) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
+        """Municipality ``code``'s service, as its administrator."""
         ch = self.channel(self.municipal_ports[code], f"operator-{code}-admin")
         return municipal_pb2_grpc.MunicipalServiceStub(ch)
 
     def prefecture_operator(self, code: str) -> prefecture_pb2_grpc.PrefectureServiceAsyncStub:
+        """Prefecture ``code``'s service, as its administrator."""
         ch = self.channel(self.prefecture_ports[code], f"operator-{code}-admin")
         return prefecture_pb2_grpc.PrefectureServiceStub(ch)
 
     def national_operator(self) -> national_pb2_grpc.NationalServiceAsyncStub:
+        """The national service, as its administrator."""
         ch = self.channel(self.national_port, "operator-national-admin")
         return national_pb2_grpc.NationalServiceStub(ch)
 
@@ -138,11 +144,13 @@ class Federation:
         return self.gateway_port
 
     async def stop_gateway(self) -> None:
+        """Stop the gateway, if it runs."""
         if self.gateway is not None:
             await self.gateway.stop()
             self.gateway = None
 
     async def start_national(self) -> None:
+        """Start the national node (on its former port after a restart)."""
         config = NationalConfig(
             listen=f"127.0.0.1:{self.national_port}",
             database_url=await self._url("national"),
@@ -152,6 +160,7 @@ class Federation:
         self.national_port = await self.national.start()
 
     async def start_prefecture(self, code: str, port: int = 0) -> None:
+        """Start prefecture ``code`` (on its former port after a restart)."""
         config = PrefectureConfig(
             listen=f"127.0.0.1:{port or self.prefecture_ports.get(code, 0)}",
             database_url=await self._url(f"prefecture-{code}"),
@@ -165,6 +174,7 @@ class Federation:
         self.prefecture_ports[code] = await app.start()
 
     async def start_municipality(self, code: str, **overrides: Any) -> None:
+        """Start municipality ``code``; ``overrides`` change its config."""
         settings: dict[str, Any] = {
             "pool_low_watermark": 20,
             "pool_refill_size": 100,
@@ -195,6 +205,7 @@ class Federation:
         return tls_files(self.pki_dir, name)
 
     async def stop(self) -> None:
+        """Close every channel, then stop the gateway and the nodes, national last."""
         for ch in self.channels:
             await ch.close(grace=None)
         await self.stop_gateway()
@@ -228,6 +239,7 @@ class Federation:
 def issue_certificates(
     pki_dir: Path, municipalities: list[str], agencies: Sequence[str] = ()
 ) -> None:
+    """Issue a federation PKI into ``pki_dir``, operators included."""
     pki.issue_federation(
         pki_dir,
         pki.FederationSpec(
@@ -242,6 +254,7 @@ def issue_certificates(
 async def federation(
     tmp: Path, backend: str, municipalities: list[str], pki_dir: Path
 ) -> AsyncIterator[Federation]:
+    """Start a federation for ``municipalities`` and their prefectures; stop and drop it after."""
     dbs = Databases(backend, tmp)
     fed = Federation(pki_dir=pki_dir, databases=dbs)
     try:

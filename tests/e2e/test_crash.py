@@ -33,6 +33,7 @@ SEX = {"male": common_pb2.SEX_MALE, "female": common_pb2.SEX_FEMALE}
 
 
 def rows(count: int) -> list[municipal_pb2.ImportRow]:
+    """``count`` generated people of the municipality, as import rows."""
     people = PopulationGenerator(seed=7).people(MUNICIPALITY, count)
     return [
         municipal_pb2.ImportRow(
@@ -51,6 +52,7 @@ def rows(count: int) -> list[municipal_pb2.ImportRow]:
 
 
 async def import_all(fed: LocalFederation) -> None:
+    """Import the whole population over one ImportResidents stream."""
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
@@ -70,6 +72,7 @@ async def import_all(fed: LocalFederation) -> None:
 
 
 async def national_cursor(fed: LocalFederation) -> int:
+    """The last sequence of the municipality the national node has applied."""
     channel = fed.channel("national")
     try:
         status = await national_pb2_grpc.NationalServiceStub(channel).GetDeliveryStatus(
@@ -81,6 +84,7 @@ async def national_cursor(fed: LocalFederation) -> int:
 
 
 async def wait_for(fed: LocalFederation, at_least: int, within: float) -> int:
+    """Until the national cursor reaches ``at_least``; the cursor reached."""
     deadline = time.monotonic() + within
     while True:
         try:
@@ -95,6 +99,7 @@ async def wait_for(fed: LocalFederation, at_least: int, within: float) -> int:
 
 
 async def export_upper(fed: LocalFederation, name: str) -> dict[str, tuple[str, str, int]]:
+    """What node ``name`` holds of the municipality: code -> (name, address, status)."""
     channel = fed.channel(name)
     try:
         if name == "national":
@@ -116,6 +121,7 @@ async def export_upper(fed: LocalFederation, name: str) -> dict[str, tuple[str, 
 
 
 async def export_municipal(fed: LocalFederation) -> dict[str, tuple[str, str, int]]:
+    """The municipal register in the form of :func:`export_upper`."""
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
@@ -134,6 +140,7 @@ async def export_municipal(fed: LocalFederation) -> dict[str, tuple[str, str, in
 
 
 def history_sequences(db: Path) -> list[int]:
+    """The municipality's sequences in a node's history table, in order of arrival."""
     with sqlite3.connect(db) as conn:
         return [
             row[0]

@@ -49,6 +49,7 @@ UNARY_STREAM = {"ExportIdentities", "ExportResidents"}
 
 
 def person() -> M.PersonDetails:
+    """A valid person's details."""
     return M.PersonDetails(
         name="鳥取 太郎",
         name_kana="トットリ タロウ",
@@ -75,11 +76,14 @@ def request_for(method: str) -> Any:
 
 
 def metadata(pairs: Any) -> dict[str, str]:
+    """The text entries of trailing metadata."""
     return {k: v for k, v in pairs or () if isinstance(v, str)}
 
 
 @dataclasses.dataclass
 class Outcome:
+    """How a call ended: status, text metadata and details."""
+
     code: grpc.StatusCode
     meta: dict[str, str]
     details: str
@@ -122,6 +126,7 @@ async def invoke(
 
 
 def port_of(fed: Federation, tier: str, code: str = "") -> int:
+    """The port of the node of ``tier`` (and ``code``)."""
     if tier == "municipal":
         return fed.municipal_ports[code]
     if tier == "prefecture":
@@ -130,6 +135,7 @@ def port_of(fed: Federation, tier: str, code: str = "") -> int:
 
 
 async def snapshot(fed: Federation) -> tuple[Any, ...]:
+    """Everything a refused call could have changed, in every tier."""
     out: list[Any] = []
     for code in sorted(fed.municipalities):
         s = await fed.operator(code).GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
@@ -147,6 +153,7 @@ async def snapshot(fed: Federation) -> tuple[Any, ...]:
 
 
 def notification(origin: str, sequence: int, code: str) -> C.Notification:
+    """A birth notification of ``origin`` for resident ``code``."""
     return C.Notification(
         origin_code=origin,
         sequence=sequence,
@@ -167,6 +174,7 @@ def notification(origin: str, sequence: int, code: str) -> C.Notification:
 
 
 def push_batch(*notifications: C.Notification) -> delivery_pb2.PushNotificationsRequest:
+    """One PushNotifications message carrying ``notifications`` in order."""
     return delivery_pb2.PushNotificationsRequest(
         entries=[
             delivery_pb2.OutboxEntry(outbox_sequence=i + 1, notification=n)
@@ -503,6 +511,8 @@ class CrlFederation(Federation):
 
 @pytest.fixture
 async def revoking_fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[CrlFederation]:
+    """National, prefecture 31 and Tottori on a private PKI whose CRL revokes
+    Tottori's administrator and Yonago; a Tottori clerk certificate is added."""
     # A private copy of the session PKI, so revocations stay in this test.
     private = tmp_path / "pki"
     shutil.copytree(pki_dir, private)

@@ -33,6 +33,7 @@ assert UNKNOWN_MUNICIPALITY == "319996"
 
 
 def person(**kw: Any) -> M.PersonDetails:
+    """A valid person's details, with ``kw`` replacing fields."""
     values: dict[str, Any] = {
         "name": "鳥取 太郎",
         "name_kana": "トットリ タロウ",
@@ -45,6 +46,7 @@ def person(**kw: Any) -> M.PersonDetails:
 
 
 def wrong_check_digit(code: str) -> str:
+    """``code`` with its check digit made wrong."""
     return code[:-1] + str((int(code[-1]) + 1) % 10)
 
 
@@ -352,6 +354,7 @@ async def direct(fed: Federation) -> AsyncIterator[prefecture_pb2_grpc.Prefectur
 def notification(
     sequence: int, code: str, reason: int = C.CHANGE_REASON_BIRTH, origin: str = YONAGO
 ) -> C.Notification:
+    """A notification of ``origin`` for resident ``code``."""
     kind = C.CHANGE_KIND_CREATED if reason == C.CHANGE_REASON_BIRTH else C.CHANGE_KIND_AMENDED
     return C.Notification(
         origin_code=origin,
@@ -373,6 +376,7 @@ def notification(
 
 
 def batch(*entries: tuple[int, C.Notification]) -> delivery_pb2.PushNotificationsRequest:
+    """One PushNotifications message of (outbox sequence, notification) entries."""
     return delivery_pb2.PushNotificationsRequest(
         entries=[delivery_pb2.OutboxEntry(outbox_sequence=s, notification=n) for s, n in entries]
     )
@@ -411,6 +415,7 @@ async def pool_code(stub: prefecture_pb2_grpc.PrefectureServiceAsyncStub, reques
 
 
 async def delivery_status(fed: Federation) -> tuple[bytes, bytes]:
+    """The prefecture's and the national node's delivery status, serialized."""
     pref = await fed.prefecture_operator("31").GetDeliveryStatus(
         delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
     )
@@ -421,6 +426,7 @@ async def delivery_status(fed: Federation) -> tuple[bytes, bytes]:
 
 
 def cursor(status: delivery_pb2.GetDeliveryStatusResponse, origin: str) -> int:
+    """The last sequence of ``origin`` in ``status``."""
     return {c.origin_code: c.last_sequence for c in status.applied}.get(origin, 0)
 
 

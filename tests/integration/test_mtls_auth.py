@@ -67,6 +67,7 @@ class ProbeServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
+        """Record the caller and name it in the answer."""
         identity = current_identity()
         self.seen.append(identity)
         return delivery_pb2.GetDeliveryStatusResponse(
@@ -76,22 +77,26 @@ class ProbeServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
     ) -> delivery_pb2.AllocateCodePoolResponse:
+        """Fail with a sequence gap."""
         raise SequenceGap(current_identity().code, 5, 7)
 
     async def GetIdentity(
         self, request: delivery_pb2.GetIdentityRequest, context: Any
     ) -> delivery_pb2.GetIdentityResponse:
+        """Fail with an unexpected exception whose text must not leak."""
         raise RuntimeError("secret detail: resident 123456789012")
 
     async def ExportIdentities(
         self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
     ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
+        """One page, then invalid input."""
         yield delivery_pb2.ExportIdentitiesResponse()
         raise InvalidArgument("page_size", "must be at most 1000")
 
     async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
     ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
+        """Record the caller for each batch and acknowledge its size."""
         async for batch in request_iterator:
             # The identity stays visible for the whole life of the stream.
             self.seen.append(current_identity())
@@ -100,6 +105,7 @@ class ProbeServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def Disclose(
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
+        """Never admitted by these rules."""
         raise NotImplementedError("no rule of this suite admits Disclose")
 
 
@@ -109,6 +115,7 @@ class BareServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
+        """An empty status."""
         return delivery_pb2.GetDeliveryStatusResponse()
 
 
@@ -131,10 +138,12 @@ class Pki:
         pki.issue(self.foreign, Identity.municipality("312011"), "municipality-312011")
 
     def files(self, name: str, *, directory: Path | None = None) -> TlsFiles:
+        """TLS files of certificate ``name`` (from ``directory``), under the federation CA."""
         d = directory or self.dir
         return TlsFiles(ca=self.dir / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key")
 
     def server_files(self) -> TlsFiles:
+        """The prefecture server's TLS files, with the CRL."""
         return TlsFiles(
             ca=self.dir / "ca.pem",
             cert=self.dir / "prefecture-31.pem",
@@ -145,6 +154,7 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """One PKI for the module."""
     return Pki(tmp_path_factory.mktemp("mtls"))
 
 
@@ -153,6 +163,7 @@ StartServer = Callable[..., Awaitable[tuple[int, ProbeServicer]]]
 
 @pytest.fixture
 async def start_server(federation: Pki) -> AsyncIterator[StartServer]:
+    """Start a prefecture server with the interceptor; stopped after the test."""
     servers: list[grpc.aio.Server] = []
 
     async def start(
@@ -181,12 +192,14 @@ async def start_server(federation: Pki) -> AsyncIterator[StartServer]:
 
 
 def reason(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The text entries of a failed call's trailing metadata."""
     return trailers(err)
 
 
 async def get_status(
     port: int, files: TlsFiles, *, host: str = "127.0.0.1"
 ) -> delivery_pb2.GetDeliveryStatusResponse:
+    """GetDeliveryStatus on ``port`` with ``files``."""
     async with secure_channel(f"{host}:{port}", files) as channel:
         stub = prefecture_pb2_grpc.PrefectureServiceStub(channel)
         return await stub.GetDeliveryStatus(
@@ -195,6 +208,7 @@ async def get_status(
 
 
 async def status_error(port: int, files: TlsFiles, *, channel_credentials: Any = None) -> Any:
+    """The error of a GetDeliveryStatus call that must fail."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
         if channel_credentials is None:
             await get_status(port, files)

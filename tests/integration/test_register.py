@@ -38,6 +38,7 @@ def person(
     former_surname: str = "",
     alias: str = "",
 ) -> M.PersonDetails:
+    """A person's details, living in Tottori unless told otherwise."""
     return M.PersonDetails(
         name=name,
         name_kana=kana,
@@ -50,12 +51,14 @@ def person(
 
 
 async def national(fed: Federation, code: str) -> delivery_pb2.GetIdentityResponse:
+    """What the national node holds of resident ``code``."""
     return await fed.national_operator().GetIdentity(
         delivery_pb2.GetIdentityRequest(resident_code=code), timeout=TIMEOUT
     )
 
 
 async def prefecture(fed: Federation, pref: str, code: str) -> delivery_pb2.GetIdentityResponse:
+    """What prefecture ``pref`` holds of resident ``code``."""
     return await fed.prefecture_operator(pref).GetIdentity(
         delivery_pb2.GetIdentityRequest(resident_code=code), timeout=TIMEOUT
     )
@@ -64,20 +67,24 @@ async def prefecture(fed: Federation, pref: str, code: str) -> delivery_pb2.GetI
 async def both_tiers(
     fed: Federation, pref: str, code: str
 ) -> list[delivery_pb2.GetIdentityResponse]:
+    """What the prefecture and the national node hold of ``code``, in that order."""
     return [await prefecture(fed, pref, code), await national(fed, code)]
 
 
 def reasons(held: delivery_pb2.GetIdentityResponse) -> list[int]:
+    """The reasons of the held history, in order."""
     return [h.notification.reason for h in held.history]
 
 
 def changed(held: delivery_pb2.GetIdentityResponse) -> list[bool]:
+    """Whether each history entry changed the current record, in order."""
     return [h.changed_current for h in held.history]
 
 
 def assert_record(
     record: C.IdentityRecord, code: str, details: M.PersonDetails, municipality: str
 ) -> None:
+    """``record`` is ``details`` of resident ``code`` living in ``municipality``."""
     assert record.resident_code == code
     assert record.name == details.name
     assert record.name_kana == details.name_kana
@@ -92,6 +99,7 @@ def assert_record(
 async def birth(
     fed: Federation, municipality: str = TOTTORI, details: M.PersonDetails | None = None, **kw: str
 ) -> M.RegisterBirthResponse:
+    """Register a birth at ``municipality``."""
     details = details or person(address=ADDRESS[municipality])
     return await fed.operator(municipality).RegisterBirth(
         M.RegisterBirthRequest(person=details, **kw), timeout=TIMEOUT
@@ -99,6 +107,7 @@ async def birth(
 
 
 async def resident(fed: Federation, municipality: str, code: str) -> M.GetResidentResponse:
+    """Resident ``code`` as ``municipality`` holds them."""
     return await fed.operator(municipality).GetResident(
         M.GetResidentRequest(resident_code=code), timeout=TIMEOUT
     )

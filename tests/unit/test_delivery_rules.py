@@ -20,6 +20,7 @@ def note(
     code: str = CODE,
     **kw: str,
 ) -> pb.Notification:
+    """A notification of ``origin``, of the kind its ``reason`` implies."""
     kind = {
         pb.CHANGE_REASON_BIRTH: pb.CHANGE_KIND_CREATED,
         pb.CHANGE_REASON_MOVE_IN: pb.CHANGE_KIND_CREATED,
@@ -47,6 +48,7 @@ def note(
 
 
 def fold(notes: list[pb.Notification]) -> dict[str, Held]:
+    """The states after applying ``notes`` in order."""
     states: dict[str, Held] = {}
     for n in notes:
         for held in decide(states, n).states:
