@@ -40,7 +40,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy jukinet services gateway tools bench
+	$(BIN)/mypy jukinet services gateway tools bench tests
 
 # The layers (tools and CLI -> nodes -> core) and no import cycles: .importlinter.
 imports: $(STAMP)

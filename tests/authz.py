@@ -27,6 +27,7 @@ from jukinet.interceptors import Rule, method_path
 from services.municipal import access as municipal_access
 from services.national import access as national_access
 from services.prefecture import access as prefecture_access
+from tests.federation import EOF, text_metadata
 
 TOTTORI = "312011"
 YONAGO = "312029"
@@ -99,10 +100,9 @@ NODES: tuple[Node, ...] = (
 # --- calling any method by its descriptor ----------------------------------------------
 
 TIMEOUT = 15
+
+
 # grpc-stubs does not declare grpc.aio's end-of-stream sentinel.
-EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
-
-
 @dataclass(frozen=True)
 class Outcome:
     """How a call ended."""
@@ -115,11 +115,6 @@ class Outcome:
     def reason(self) -> str:
         """The ``jukinet-reason`` trailer, empty if there is none."""
         return self.meta.get("jukinet-reason", "")
-
-
-def trailers(pairs: Any) -> dict[str, str]:
-    """The text trailers of a call."""
-    return {k: v for k, v in pairs or () if isinstance(v, str)}
 
 
 async def call_method(
@@ -164,7 +159,7 @@ async def call_method(
         else:
             await call
     outcome = Outcome(
-        await call.code(), trailers(await call.trailing_metadata()), await call.details() or ""
+        await call.code(), text_metadata(await call.trailing_metadata()), await call.details() or ""
     )
     if writes and outcome.code == grpc.StatusCode.INTERNAL and "from Core" in outcome.details:
         # That race (grpc/grpc#36066) hid the server's status: ask again without

@@ -43,11 +43,13 @@ def pg_available() -> None:
 
 
 def backends() -> list[str]:
+    """The database backends to run on: SQLite, and PostgreSQL unless JUKINET_TEST_PG=skip."""
     return ["sqlite", "postgres"] if _pg_wanted() else ["sqlite"]
 
 
 @pytest.fixture(params=backends())
 def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn; PostgreSQL must then be reachable."""
     if request.param == "postgres":
         request.getfixturevalue("pg_available")
     return str(request.param)
@@ -55,6 +57,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One federation PKI for the session: every node, operator and test agency."""
     d = tmp_path_factory.mktemp("pki")
     issue_certificates(d, MUNICIPALITIES, AGENCIES)
     return d
@@ -62,5 +65,6 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[Federation]:
+    """A running federation (national, two prefectures, three municipalities) on ``backend``."""
     async for f in federation(tmp_path, backend, MUNICIPALITIES, pki_dir):
         yield f

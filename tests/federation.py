@@ -5,10 +5,10 @@ files or fresh PostgreSQL databases)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -31,10 +31,12 @@ from services.national.app import NationalApp
 from services.prefecture.app import PrefectureApp
 from tools.localfed import (
     PG_SERVER,
-    Databases,
     municipal_sequences,
     national_cursors,
     wait_delivered,
+)
+from tools.localfed import (
+    Databases as Databases,
 )
 
 # The PostgreSQL server the tests create their databases on (one variable for
@@ -59,19 +61,23 @@ class Federation:
     gateway_port: int = 0
 
     def channel(self, port: int, cert_name: str) -> grpc.aio.Channel:
+        """A mutual-TLS channel to ``port`` as ``cert_name``, closed by :meth:`stop`."""
         ch = secure_channel(f"127.0.0.1:{port}", tls_files(self.pki_dir, cert_name))
         self.channels.append(ch)
         return ch
 
-    def operator(self, code: str) -> municipal_pb2_grpc.MunicipalServiceStub:
+    def operator(self, code: str) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
+        """Municipality ``code``'s service, as its administrator."""
         ch = self.channel(self.municipal_ports[code], f"operator-{code}-admin")
         return municipal_pb2_grpc.MunicipalServiceStub(ch)
 
-    def prefecture_operator(self, code: str) -> prefecture_pb2_grpc.PrefectureServiceStub:
+    def prefecture_operator(self, code: str) -> prefecture_pb2_grpc.PrefectureServiceAsyncStub:
+        """Prefecture ``code``'s service, as its administrator."""
         ch = self.channel(self.prefecture_ports[code], f"operator-{code}-admin")
         return prefecture_pb2_grpc.PrefectureServiceStub(ch)
 
-    def national_operator(self) -> national_pb2_grpc.NationalServiceStub:
+    def national_operator(self) -> national_pb2_grpc.NationalServiceAsyncStub:
+        """The national service, as its administrator."""
         ch = self.channel(self.national_port, "operator-national-admin")
         return national_pb2_grpc.NationalServiceStub(ch)
 
@@ -106,11 +112,13 @@ class Federation:
         return self.gateway_port
 
     async def stop_gateway(self) -> None:
+        """Stop the gateway, if it runs."""
         if self.gateway is not None:
             await self.gateway.stop()
             self.gateway = None
 
     async def start_national(self) -> None:
+        """Start the national node (on its former port after a restart)."""
         config = NationalConfig(
             listen=f"127.0.0.1:{self.national_port}",
             database_url=await self._url("national"),
@@ -120,6 +128,7 @@ class Federation:
         self.national_port = await self.national.start()
 
     async def start_prefecture(self, code: str, port: int = 0) -> None:
+        """Start prefecture ``code`` (on its former port after a restart)."""
         config = PrefectureConfig(
             listen=f"127.0.0.1:{port or self.prefecture_ports.get(code, 0)}",
             database_url=await self._url(f"prefecture-{code}"),
@@ -133,6 +142,7 @@ class Federation:
         self.prefecture_ports[code] = await app.start()
 
     async def start_municipality(self, code: str, **overrides: Any) -> None:
+        """Start municipality ``code``; ``overrides`` change its config."""
         settings: dict[str, Any] = {
             "pool_low_watermark": 20,
             "pool_refill_size": 100,
@@ -163,6 +173,7 @@ class Federation:
         return tls_files(self.pki_dir, name)
 
     async def stop(self) -> None:
+        """Close every channel, then stop the gateway and the nodes, national last."""
         for ch in self.channels:
             await ch.close(grace=None)
         await self.stop_gateway()
@@ -182,7 +193,10 @@ class Federation:
         )
 
 
-def issue_certificates(pki_dir: Path, municipalities: list[str], agencies: list[str] = ()) -> None:  # type: ignore[assignment]
+def issue_certificates(
+    pki_dir: Path, municipalities: list[str], agencies: Sequence[str] = ()
+) -> None:
+    """Issue a federation PKI into ``pki_dir``, operators included."""
     pki.issue_federation(
         pki_dir,
         pki.FederationSpec(
@@ -197,6 +211,7 @@ def issue_certificates(pki_dir: Path, municipalities: list[str], agencies: list[
 async def federation(
     tmp: Path, backend: str, municipalities: list[str], pki_dir: Path
 ) -> AsyncIterator[Federation]:
+    """Start a federation for ``municipalities`` and their prefectures; stop and drop it after."""
     dbs = Databases(backend, tmp)
     fed = Federation(pki_dir=pki_dir, databases=dbs)
     try:
@@ -212,3 +227,18 @@ async def federation(
 
 
 PersonFactory = Callable[..., municipal_pb2.PersonDetails]
+
+# The sentinel a stream's read() returns at its end (grpc-stubs lacks it).
+EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+def text_metadata(pairs: grpc.aio.Metadata | None) -> dict[str, str]:
+    """The text entries of a call's metadata (binary entries left out)."""
+    return {k: v for k, v in pairs or () if isinstance(v, str)}
+
+
+def trailers(err: grpc.RpcError) -> dict[str, str]:
+    """The text entries of a failed call's trailing metadata."""
+    # grpc-stubs types RpcError.trailing_metadata() as a tuple of objects with
+    # .key/.value; grpc.aio really returns a Metadata of (key, value) pairs, or None.
+    return text_metadata(cast(grpc.aio.Metadata | None, err.trailing_metadata()))

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.e2e,
+    # Above the benchmark's own 240 s, so that its timeout reports first.
+    pytest.mark.timeout(300),
     pytest.mark.postgres,
     pytest.mark.skipif(
         os.environ.get("JUKINET_TEST_PG", "").lower() == "skip",

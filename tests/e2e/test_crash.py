@@ -24,7 +24,8 @@ from jukinet.v1 import (
 from tools.localfed import Cursors, LocalFederation, wait_delivered
 from tools.population import PopulationGenerator
 
-pytestmark = pytest.mark.e2e
+# Node processes, 10,000 residents and waits of up to three minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MUNICIPALITY = "312011"
 TOTAL = 10_000
@@ -32,6 +33,7 @@ SEX = {"male": common_pb2.SEX_MALE, "female": common_pb2.SEX_FEMALE}
 
 
 def rows(count: int) -> list[municipal_pb2.ImportRow]:
+    """``count`` generated people of the municipality, as import rows."""
     people = PopulationGenerator(seed=7).people(MUNICIPALITY, count)
     return [
         municipal_pb2.ImportRow(
@@ -50,6 +52,7 @@ def rows(count: int) -> list[municipal_pb2.ImportRow]:
 
 
 async def import_all(fed: LocalFederation) -> None:
+    """Import the whole population over one ImportResidents stream."""
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
@@ -70,6 +73,7 @@ async def import_all(fed: LocalFederation) -> None:
 
 
 async def national_cursor(fed: LocalFederation) -> int:
+    """The last sequence of the municipality the national node has applied."""
     channel = fed.channel("national")
     try:
         status = await national_pb2_grpc.NationalServiceStub(channel).GetDeliveryStatus(
@@ -94,14 +98,18 @@ async def wait_for(fed: LocalFederation, at_least: int, within: float) -> int:
 
 
 async def export_upper(fed: LocalFederation, name: str) -> dict[str, tuple[str, str, int]]:
+    """What node ``name`` holds of the municipality: code -> (name, address, status)."""
     channel = fed.channel(name)
     try:
         if name == "national":
-            stub: object = national_pb2_grpc.NationalServiceStub(channel)
+            stub: (
+                national_pb2_grpc.NationalServiceAsyncStub
+                | prefecture_pb2_grpc.PrefectureServiceAsyncStub
+            ) = national_pb2_grpc.NationalServiceStub(channel)
         else:
             stub = prefecture_pb2_grpc.PrefectureServiceStub(channel)
-        out = {}
-        async for page in stub.ExportIdentities(  # type: ignore[attr-defined]
+        out: dict[str, tuple[str, str, int]] = {}
+        async for page in stub.ExportIdentities(
             delivery_pb2.ExportIdentitiesRequest(municipality_code=MUNICIPALITY)
         ):
             for s in page.identities:
@@ -112,6 +120,7 @@ async def export_upper(fed: LocalFederation, name: str) -> dict[str, tuple[str, 
 
 
 async def export_municipal(fed: LocalFederation) -> dict[str, tuple[str, str, int]]:
+    """The municipal register in the form of :func:`export_upper`."""
     channel = fed.channel(f"municipality-{MUNICIPALITY}")
     try:
         stub = municipal_pb2_grpc.MunicipalServiceStub(channel)
@@ -130,6 +139,7 @@ async def export_municipal(fed: LocalFederation) -> dict[str, tuple[str, str, in
 
 
 def history_sequences(db: Path) -> list[int]:
+    """The municipality's sequences in a node's history table, in order of arrival."""
     with sqlite3.connect(db) as conn:
         return [
             row[0]

@@ -53,6 +53,7 @@ def _node_processes(workdir: Path) -> list[int]:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)  # above the demo's own 240 s, so that its timeout reports first
 def test_demo_tiers_agree(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     started = time.monotonic()
@@ -83,6 +84,7 @@ def test_demo_tiers_agree(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)  # a whole demo, then its shutdown
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the node processes")
 def test_ctrl_c_stops_every_node(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"

@@ -98,6 +98,7 @@ class Nodes:
         self.procs: list[tuple[str, subprocess.Popen[str], IO[str]]] = []
 
     def start(self, line: str, env: dict[str, str]) -> None:
+        """Start the node a README `jukinet run` line names, logging to its own file."""
         tier = line.split()[2]
         log = (self.workdir / f"{tier}.log").open("w", encoding="utf-8")
         proc = subprocess.Popen(
@@ -120,6 +121,7 @@ class Nodes:
             assert READY.match(line.strip()), (tier, line, self.log(tier))
 
     def log(self, tier: str) -> str:
+        """The log of the node of ``tier`` so far."""
         return (self.workdir / f"{tier}.log").read_text(encoding="utf-8")
 
     def stop(self) -> dict[str, int]:
@@ -160,6 +162,7 @@ def run_shell(script: str, workdir: Path, env: dict[str, str]) -> subprocess.Com
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(600)  # four nodes started and stopped by hand, several CLI blocks
 def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
     text = with_free_ports(section((ROOT / "README.md").read_text(encoding="utf-8"), SECTION))
     env = environment()
@@ -222,6 +225,7 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(900)  # a fresh venv and a pip install from the package caches
 def test_a_plain_install_serves(tmp_path: Path) -> None:
     """``pip install .`` (no extras) in a fresh environment runs a node that
     answers health checks over mutual TLS, and the CLI works without tqdm."""

@@ -34,8 +34,8 @@ from jukinet.v1 import (
 from services.municipal import access as municipal_access
 from services.national import access as national_access
 from services.prefecture import access as prefecture_access
-from tests.authz import Outcome, call_method, trailers
-from tests.federation import Databases, Federation
+from tests.authz import Outcome, call_method
+from tests.federation import Databases, Federation, trailers
 
 TIMEOUT = 15
 C = common_pb2
@@ -54,6 +54,7 @@ SERVICES = {
 
 
 def person() -> M.PersonDetails:
+    """A valid person's details."""
     return M.PersonDetails(
         name="鳥取 太郎",
         name_kana="トットリ タロウ",
@@ -86,6 +87,7 @@ async def invoke(
 
 
 def port_of(fed: Federation, tier: str, code: str = "") -> int:
+    """The port of the node of ``tier`` (and ``code``)."""
     if tier == "municipal":
         return fed.municipal_ports[code]
     if tier == "prefecture":
@@ -94,6 +96,7 @@ def port_of(fed: Federation, tier: str, code: str = "") -> int:
 
 
 async def snapshot(fed: Federation) -> tuple[Any, ...]:
+    """Everything a refused call could have changed, in every tier."""
     out: list[Any] = []
     for code in sorted(fed.municipalities):
         s = await fed.operator(code).GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
@@ -111,6 +114,7 @@ async def snapshot(fed: Federation) -> tuple[Any, ...]:
 
 
 def notification(origin: str, sequence: int, code: str) -> C.Notification:
+    """A birth notification of ``origin`` for resident ``code``."""
     return C.Notification(
         origin_code=origin,
         sequence=sequence,
@@ -131,6 +135,7 @@ def notification(origin: str, sequence: int, code: str) -> C.Notification:
 
 
 def push_batch(*notifications: C.Notification) -> delivery_pb2.PushNotificationsRequest:
+    """One PushNotifications message carrying ``notifications`` in order."""
     return delivery_pb2.PushNotificationsRequest(
         entries=[
             delivery_pb2.OutboxEntry(outbox_sequence=i + 1, notification=n)
@@ -294,7 +299,7 @@ async def test_pool_only_for_ones_own(fed: Federation) -> None:
             timeout=TIMEOUT,
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert trailers(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
+    assert trailers(info.value)["jukinet-reason"] == "foreign-origin"
 
     # A municipality asks its prefecture for another municipality's pool.
     for asker, other in ((TOTTORI, YONAGO), (YONAGO, TOTTORI)):
@@ -309,7 +314,7 @@ async def test_pool_only_for_ones_own(fed: Federation) -> None:
                 timeout=TIMEOUT,
             )
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert trailers(info.value.trailing_metadata())["jukinet-reason"] == "foreign-origin"
+        assert trailers(info.value)["jukinet-reason"] == "foreign-origin"
     own = await national_as_31.AllocateCodePool(
         delivery_pb2.AllocateCodePoolRequest(
             municipality_code=YONAGO, count=5, request_id="authz-pool-yonago-own"
@@ -344,6 +349,8 @@ class CrlFederation(Federation):
 
 @pytest.fixture
 async def revoking_fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[CrlFederation]:
+    """National, prefecture 31 and Tottori on a private PKI whose CRL revokes
+    Tottori's administrator and Yonago; a Tottori clerk certificate is added."""
     # A private copy of the session PKI, so revocations stay in this test.
     private = tmp_path / "pki"
     shutil.copytree(pki_dir, private)

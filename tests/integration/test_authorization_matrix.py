@@ -216,6 +216,7 @@ class Matrix:
     tables: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def port(self, node: str) -> int:
+        """The port ``node`` listens on."""
         return {
             "municipal": self.fed.municipal_ports[TOTTORI],
             "prefecture": self.fed.prefecture_ports[PREFECTURE],
@@ -224,6 +225,7 @@ class Matrix:
         }[node]
 
     def channel(self, node: str, cert: str) -> grpc.aio.Channel:
+        """An mTLS channel to ``node`` as the certificate ``cert``, opened once."""
         key = (node, cert)
         if key not in self.channels:
             self.channels[key] = self.fed.channel(self.port(node), cert)
@@ -232,10 +234,12 @@ class Matrix:
     async def call(
         self, case: Case, request: Message | None = None, writes: list[Any] | None = None
     ) -> Outcome:
+        """Call one method of the case as its caller; how the call ended."""
         channel = self.channel(case.node.name, case.cert)
         return await call_method(channel, case.service, case.method, request, writes or ())
 
     def databases(self) -> dict[str, Database]:
+        """Every node's database, by node name."""
         assert self.fed.national is not None
         return {
             "national": self.fed.national.db,

@@ -19,7 +19,7 @@ from jukinet.codes import new_resident_code, with_check_digit
 from jukinet.tls import secure_channel
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, prefecture_pb2_grpc
 from jukinet.validation import today
-from tests.federation import Federation
+from tests.federation import EOF, Federation, trailers
 
 TIMEOUT = 15
 C = common_pb2
@@ -33,6 +33,7 @@ assert UNKNOWN_MUNICIPALITY == "319996"
 
 
 def person(**kw: Any) -> M.PersonDetails:
+    """A valid person's details, with ``kw`` replacing fields."""
     values: dict[str, Any] = {
         "name": "鳥取 太郎",
         "name_kana": "トットリ タロウ",
@@ -45,11 +46,8 @@ def person(**kw: Any) -> M.PersonDetails:
 
 
 def wrong_check_digit(code: str) -> str:
+    """``code`` with its check digit made wrong."""
     return code[:-1] + str((int(code[-1]) + 1) % 10)
-
-
-def metadata(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    return {k: v for k, v in err.trailing_metadata() or () if isinstance(v, str)}
 
 
 async def snapshot(fed: Federation) -> tuple[Any, ...]:
@@ -309,10 +307,10 @@ async def test_operator_bad_input_is_refused_and_nothing_is_written(
             await call(op)
         err = info.value
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.details())
-        meta = metadata(err)
+        meta = trailers(err)
         assert meta.get("jukinet-field") == field, (case, meta, err.details())
         assert meta.get("jukinet-reason") == "invalid-argument", case
-        assert err.details().startswith(f"{field}: "), (case, err.details())
+        assert (err.details() or "").startswith(f"{field}: "), (case, err.details())
         seen.append(case)
     assert len(seen) == len(operator_cases(settled))
     # Nothing was written by any of them, at any tier.
@@ -345,7 +343,7 @@ async def test_a_valid_request_after_refusals_takes_the_next_sequence(
 
 
 @pytest.fixture
-async def direct(fed: Federation) -> AsyncIterator[prefecture_pb2_grpc.PrefectureServiceStub]:
+async def direct(fed: Federation) -> AsyncIterator[prefecture_pb2_grpc.PrefectureServiceAsyncStub]:
     """A PrefectureService stub speaking as municipality 312029, whose node is stopped."""
     await fed.municipalities.pop(YONAGO).stop()
     fed.municipal_ports.pop(YONAGO)
@@ -356,7 +354,7 @@ async def direct(fed: Federation) -> AsyncIterator[prefecture_pb2_grpc.Prefectur
     try:
         yield prefecture_pb2_grpc.PrefectureServiceStub(channel)
     finally:
-        await channel.close()
+        await channel.close(grace=None)
 
 
 def notification(
@@ -365,6 +363,7 @@ def notification(
     reason: C.ChangeReason.ValueType = C.CHANGE_REASON_BIRTH,
     origin: str = YONAGO,
 ) -> C.Notification:
+    """A notification of ``origin`` for resident ``code``."""
     kind = C.CHANGE_KIND_CREATED if reason == C.CHANGE_REASON_BIRTH else C.CHANGE_KIND_AMENDED
     return C.Notification(
         origin_code=origin,
@@ -386,32 +385,34 @@ def notification(
 
 
 def batch(*entries: tuple[int, C.Notification]) -> delivery_pb2.PushNotificationsRequest:
+    """One PushNotifications message of (outbox sequence, notification) entries."""
     return delivery_pb2.PushNotificationsRequest(
         entries=[delivery_pb2.OutboxEntry(outbox_sequence=s, notification=n) for s, n in entries]
     )
 
 
 async def push(
-    stub: prefecture_pb2_grpc.PrefectureServiceStub,
+    stub: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
     request: delivery_pb2.PushNotificationsRequest,
 ) -> tuple[grpc.StatusCode, dict[str, str], list[delivery_pb2.PushNotificationsResponse]]:
     """One batch on a fresh stream; the final status, trailing metadata and acks."""
-    call = stub.PushNotifications(timeout=TIMEOUT)
-    # Reader/writer style, so that a refusal is reported as the server's status
+    call = stub.PushNotifications(None, timeout=TIMEOUT)
+    # No request iterator: reader/writer style, so that a refusal is reported as the server's status
     # (a client still writing when the server ends the call can see INTERNAL).
     with contextlib.suppress(grpc.aio.AioRpcError):
         await call.write(request)
         await call.done_writing()
     responses: list[delivery_pb2.PushNotificationsResponse] = []
     with contextlib.suppress(grpc.aio.AioRpcError):
-        while (r := await call.read()) is not grpc.aio.EOF:
+        while (r := await call.read()) is not EOF:
+            assert isinstance(r, delivery_pb2.PushNotificationsResponse)
             responses.append(r)
     code = await call.code()
     meta = {k: v for k, v in (await call.trailing_metadata() or ()) if isinstance(v, str)}
     return code, meta, responses
 
 
-async def pool_code(stub: prefecture_pb2_grpc.PrefectureServiceStub, request_id: str) -> str:
+async def pool_code(stub: prefecture_pb2_grpc.PrefectureServiceAsyncStub, request_id: str) -> str:
     """A code the prefecture has really handed to 312029."""
     response = await stub.AllocateCodePool(
         delivery_pb2.AllocateCodePoolRequest(
@@ -423,6 +424,7 @@ async def pool_code(stub: prefecture_pb2_grpc.PrefectureServiceStub, request_id:
 
 
 async def delivery_status(fed: Federation) -> tuple[bytes, bytes]:
+    """The prefecture's and the national node's delivery status, serialized."""
     pref = await fed.prefecture_operator("31").GetDeliveryStatus(
         delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
     )
@@ -433,11 +435,12 @@ async def delivery_status(fed: Federation) -> tuple[bytes, bytes]:
 
 
 def cursor(status: delivery_pb2.GetDeliveryStatusResponse, origin: str) -> int:
+    """The last sequence of ``origin`` in ``status``."""
     return {c.origin_code: c.last_sequence for c in status.applied}.get(origin, 0)
 
 
 async def test_birth_with_a_code_outside_the_pool_is_refused(
-    fed: Federation, direct: prefecture_pb2_grpc.PrefectureServiceStub
+    fed: Federation, direct: prefecture_pb2_grpc.PrefectureServiceAsyncStub
 ) -> None:
     before = await delivery_status(fed)
     # A valid code (check digit right) that was never handed to 312029.
@@ -462,7 +465,7 @@ async def test_birth_with_a_code_outside_the_pool_is_refused(
 
 
 async def test_a_bad_entry_refuses_the_whole_batch(
-    fed: Federation, direct: prefecture_pb2_grpc.PrefectureServiceStub
+    fed: Federation, direct: prefecture_pb2_grpc.PrefectureServiceAsyncStub
 ) -> None:
     good = await pool_code(direct, "bad-input-batch-1")
     before = await delivery_status(fed)
@@ -516,7 +519,7 @@ async def test_a_bad_entry_refuses_the_whole_batch(
 )
 async def test_malformed_notification_is_refused(
     fed: Federation,
-    direct: prefecture_pb2_grpc.PrefectureServiceStub,
+    direct: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
     mutate: Callable[[C.Notification], None],
     field: str,
 ) -> None:
@@ -530,7 +533,7 @@ async def test_malformed_notification_is_refused(
 
 
 async def test_gap_then_duplicate(
-    fed: Federation, direct: prefecture_pb2_grpc.PrefectureServiceStub
+    fed: Federation, direct: prefecture_pb2_grpc.PrefectureServiceAsyncStub
 ) -> None:
     prefecture = fed.prefecture_operator("31")
     codes = [await pool_code(direct, "bad-input-gap-1"), await pool_code(direct, "bad-input-gap-2")]

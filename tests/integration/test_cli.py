@@ -59,25 +59,31 @@ HEADER = ["item_id", "resident_code", "name", "name_kana", "birth_date", "sex", 
 
 @dataclasses.dataclass
 class Run:
+    """One CLI run: exit code, standard output and standard error."""
+
     code: int
     out: str
     err: str
 
     def json(self) -> Any:
+        """Standard output as one JSON document."""
         return json.loads(self.out)
 
     def json_lines(self) -> list[dict[str, Any]]:
+        """Standard output as one JSON document a line."""
         return [json.loads(line) for line in self.out.splitlines()]
 
 
 @pytest.fixture
 async def gw(fed: Federation) -> Federation:
+    """The federation with its gateway running."""
     await fed.start_gateway()
     return fed
 
 
 @pytest.fixture
 def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No JUKINET_* variable of the caller's shell reaches the CLI."""
     for name in ("JUKINET_TARGET", "JUKINET_PKI", "JUKINET_AS"):
         monkeypatch.delenv(name, raising=False)
 
@@ -98,6 +104,7 @@ async def jukinet(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
 
 
 def as_agency(fed: Federation, agency: str) -> list[str]:
+    """CLI options to call the gateway as ``agency``."""
     return [
         "--target",
         f"127.0.0.1:{fed.gateway_port}",
@@ -109,6 +116,7 @@ def as_agency(fed: Federation, agency: str) -> list[str]:
 
 
 def at_counter(fed: Federation) -> list[str]:
+    """CLI options to call Tottori's municipal node as its administrator."""
     return [
         "--target",
         f"127.0.0.1:{fed.municipal_ports[TOTTORI]}",
@@ -127,8 +135,8 @@ async def register(
     sex: common_pb2.Sex.ValueType = common_pb2.SEX_FEMALE,
     address: str = ADDRESS_1,
 ) -> str:
-    counter: Any = fed.operator(TOTTORI)  # typed as the sync stub
-    born: municipal_pb2.RegisterBirthResponse = await counter.RegisterBirth(
+    """Register a birth at Tottori; the new resident's code."""
+    born = await fed.operator(TOTTORI).RegisterBirth(
         municipal_pb2.RegisterBirthRequest(
             person=municipal_pb2.PersonDetails(
                 name=name,
@@ -150,6 +158,7 @@ def cell_starts(line: str) -> list[int]:
 
 
 def write_csv(path: Path, rows: Sequence[Sequence[str]], header: Sequence[str] = HEADER) -> Path:
+    """Write ``rows`` under ``header`` as a CSV file at ``path``."""
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -499,13 +508,16 @@ class Clock:
         self.now = 1000.0
 
     def __call__(self) -> float:
+        """The current time."""
         return self.now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward."""
         self.now += seconds
 
 
 async def ticking(clock: Clock, every: float, by: float) -> None:
+    """Advance ``clock`` by ``by`` every ``every`` real seconds, until cancelled."""
     while True:
         await asyncio.sleep(every)
         clock.advance(by)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import grpc.aio
@@ -20,7 +20,7 @@ from jukinet.v1 import (
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
-from tests.federation import Federation
+from tests.federation import Federation, trailers
 
 TIMEOUT = 15
 C = common_pb2
@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 
 def person(i: int = 0, address: str = "鳥取県鳥取市東町1丁目220番地") -> M.PersonDetails:
+    """Person number ``i``'s details (distinct names, dates and sexes)."""
     return M.PersonDetails(
         name=f"鳥取 太郎{i}",
         name_kana="トットリ タロウ",
@@ -65,22 +66,26 @@ async def eventually(
 
 
 async def status(fed: Federation, code: str) -> M.GetMunicipalStatusResponse:
+    """Municipality ``code``'s status."""
     return await fed.operator(code).GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
 
 
 async def national_status(fed: Federation) -> delivery_pb2.GetDeliveryStatusResponse:
+    """The national node's delivery status."""
     return await fed.national_operator().GetDeliveryStatus(
         delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
     )
 
 
 async def prefecture_status(fed: Federation, pref: str) -> delivery_pb2.GetDeliveryStatusResponse:
+    """Prefecture ``pref``'s delivery status."""
     return await fed.prefecture_operator(pref).GetDeliveryStatus(
         delivery_pb2.GetDeliveryStatusRequest(), timeout=TIMEOUT
     )
 
 
 def cursors(s: delivery_pb2.GetDeliveryStatusResponse) -> dict[str, int]:
+    """Origin -> last applied sequence."""
     return {c.origin_code: c.last_sequence for c in s.applied}
 
 
@@ -93,6 +98,7 @@ async def pool_filled(fed: Federation, code: str) -> int:
 
 
 async def export_municipal(fed: Federation, code: str) -> list[M.Resident]:
+    """Municipality ``code``'s whole register, over several pages."""
     out: list[M.Resident] = []
     async for page in fed.operator(code).ExportResidents(
         M.ExportResidentsRequest(page_size=7), timeout=TIMEOUT
@@ -101,7 +107,12 @@ async def export_municipal(fed: Federation, code: str) -> list[M.Resident]:
     return out
 
 
-async def export_held(stub: Any, municipality: str = "") -> list[delivery_pb2.IdentityState]:
+async def export_held(
+    stub: national_pb2_grpc.NationalServiceAsyncStub
+    | prefecture_pb2_grpc.PrefectureServiceAsyncStub,
+    municipality: str = "",
+) -> list[delivery_pb2.IdentityState]:
+    """Every identity an upper tier holds (of ``municipality``), over several pages."""
     out: list[delivery_pb2.IdentityState] = []
     async for page in stub.ExportIdentities(
         delivery_pb2.ExportIdentitiesRequest(municipality_code=municipality, page_size=5),
@@ -286,7 +297,7 @@ async def test_empty_pool_with_the_prefecture_down_is_unavailable_and_writes_not
     assert before.codes_in_pool == 0
     assert before.last_sequence == free
 
-    needs_a_code = [
+    needs_a_code: list[Awaitable[object]] = [
         op.RegisterBirth(M.RegisterBirthRequest(person=person(1)), timeout=TIMEOUT),
         op.EnterExOfficio(
             M.EnterExOfficioRequest(person=person(2), effective_date=EFFECTIVE), timeout=TIMEOUT
@@ -302,7 +313,7 @@ async def test_empty_pool_with_the_prefecture_down_is_unavailable_and_writes_not
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert dict(info.value.trailing_metadata() or ())["jukinet-reason"] == "unavailable"
+        assert trailers(info.value)["jukinet-reason"] == "unavailable"
     after = await status(fed, TOTTORI)
     assert (after.last_sequence, after.active_residents, after.codes_in_pool) == (
         before.last_sequence,

@@ -70,7 +70,7 @@ def _file_with_bad_rows(path: Path, good: int) -> tuple[list[dict[str, str]], di
 async def _register(fed: Federation) -> list[municipal_pb2.Resident]:
     out: list[municipal_pb2.Resident] = []
     pages = fed.operator(CODE).ExportResidents(municipal_pb2.ExportResidentsRequest())
-    async for page in pages:  # type: ignore[attr-defined]
+    async for page in pages:
         out.extend(page.residents)
     return out
 
@@ -166,7 +166,7 @@ async def test_imported_residents_reach_the_national_node(fed: Federation, tmp_p
     pages = fed.national_operator().ExportIdentities(
         delivery_pb2.ExportIdentitiesRequest(municipality_code=CODE)
     )
-    async for page in pages:  # type: ignore[attr-defined]
+    async for page in pages:
         held.extend(page.identities)
     assert Counter((h.record.name, h.record.birth_date, h.record.address) for h in held) == (
         _people(kept)

@@ -38,8 +38,8 @@ from jukinet.interceptors import (
     operator_of,
 )
 from jukinet.tls import SERVER_OPTIONS, RevocationList, TlsFiles, secure_channel, server_credentials
-from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
-from tests.authz import EOF
+from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc, provision_pb2
+from tests.federation import EOF, trailers
 
 SERVICE = "/jukinet.v1.PrefectureService/"
 STATUS = SERVICE + "GetDeliveryStatus"
@@ -68,6 +68,7 @@ class ProbeServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
+        """Record the caller and name it in the answer."""
         identity = current_identity()
         self.seen.append(identity)
         return delivery_pb2.GetDeliveryStatusResponse(
@@ -77,26 +78,36 @@ class ProbeServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
     ) -> delivery_pb2.AllocateCodePoolResponse:
+        """Fail with a sequence gap."""
         raise SequenceGap(current_identity().code, 5, 7)
 
     async def GetIdentity(
         self, request: delivery_pb2.GetIdentityRequest, context: Any
     ) -> delivery_pb2.GetIdentityResponse:
+        """Fail with an unexpected exception whose text must not leak."""
         raise RuntimeError("secret detail: resident 123456789012")
 
     async def ExportIdentities(
         self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
     ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
+        """One page, then invalid input."""
         yield delivery_pb2.ExportIdentitiesResponse()
         raise InvalidArgument("page_size", "must be at most 1000")
 
     async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
     ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
+        """Record the caller for each batch and acknowledge its size."""
         async for batch in request_iterator:
             # The identity stays visible for the whole life of the stream.
             self.seen.append(current_identity())
             yield delivery_pb2.PushNotificationsResponse(acknowledged_through=len(batch.entries))
+
+    async def Disclose(
+        self, request: provision_pb2.DiscloseRequest, context: Any
+    ) -> provision_pb2.DiscloseResponse:
+        """Never admitted by these rules."""
+        raise NotImplementedError("no rule of this suite admits Disclose")
 
 
 class BareServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
@@ -105,6 +116,7 @@ class BareServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
+        """An empty status."""
         return delivery_pb2.GetDeliveryStatusResponse()
 
 
@@ -127,10 +139,12 @@ class Pki:
         pki.issue(self.foreign, Identity.municipality("312011"), "municipality-312011")
 
     def files(self, name: str, *, directory: Path | None = None) -> TlsFiles:
+        """TLS files of certificate ``name`` (from ``directory``), under the federation CA."""
         d = directory or self.dir
         return TlsFiles(ca=self.dir / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key")
 
     def server_files(self) -> TlsFiles:
+        """The prefecture server's TLS files, with the CRL."""
         return TlsFiles(
             ca=self.dir / "ca.pem",
             cert=self.dir / "prefecture-31.pem",
@@ -141,6 +155,7 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """One PKI for the module."""
     return Pki(tmp_path_factory.mktemp("mtls"))
 
 
@@ -149,6 +164,7 @@ StartServer = Callable[..., Awaitable[tuple[int, ProbeServicer]]]
 
 @pytest.fixture
 async def start_server(federation: Pki) -> AsyncIterator[StartServer]:
+    """Start a prefecture server with the interceptor; stopped after the test."""
     servers: list[grpc.aio.Server] = []
 
     async def start(
@@ -163,7 +179,9 @@ async def start_server(federation: Pki) -> AsyncIterator[StartServer]:
         server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
         servicer = servicer if servicer is not None else ProbeServicer()
         prefecture_pb2_grpc.add_PrefectureServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        # The grpc_health stubs lack the aio submodule.
+        aio_health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(aio_health, server)
         port = server.add_secure_port("127.0.0.1:0", server_credentials(files))
         await server.start()
         servers.append(server)
@@ -175,12 +193,14 @@ async def start_server(federation: Pki) -> AsyncIterator[StartServer]:
 
 
 def reason(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    return {k: v for k, v in err.trailing_metadata() or () if isinstance(v, str)}
+    """The text entries of a failed call's trailing metadata."""
+    return trailers(err)
 
 
 async def get_status(
     port: int, files: TlsFiles, *, host: str = "127.0.0.1"
 ) -> delivery_pb2.GetDeliveryStatusResponse:
+    """GetDeliveryStatus on ``port`` with ``files``."""
     async with secure_channel(f"{host}:{port}", files) as channel:
         stub = prefecture_pb2_grpc.PrefectureServiceStub(channel)
         return await stub.GetDeliveryStatus(
@@ -189,6 +209,7 @@ async def get_status(
 
 
 async def status_error(port: int, files: TlsFiles, *, channel_credentials: Any = None) -> Any:
+    """The error of a GetDeliveryStatus call that must fail."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
         if channel_credentials is None:
             await get_status(port, files)
@@ -379,7 +400,9 @@ async def test_bidirectional_stream_is_authorized_and_sees_the_identity(
         # Reader/writer style, without writing: a grpc.aio client that is still
         # writing when the server ends the call can report INTERNAL "Internal
         # error from Core" instead of the server's status (grpc/grpc#36066).
-        call = prefecture_pb2_grpc.PrefectureServiceStub(channel).PushNotifications(timeout=TIMEOUT)
+        call = prefecture_pb2_grpc.PrefectureServiceStub(channel).PushNotifications(
+            None, timeout=TIMEOUT
+        )
         assert await call.code() is grpc.StatusCode.PERMISSION_DENIED
         metadata = dict(await call.trailing_metadata() or ())
     assert metadata["jukinet-reason"] == "wrong-identity"
@@ -455,7 +478,9 @@ async def test_unexpected_exception_is_internal_and_logged(
 async def test_generated_stub_of_an_unimplemented_method_is_unimplemented(
     federation: Pki, start_server: StartServer
 ) -> None:
-    port, _ = await start_server(servicer=BareServicer())
+    # mypy-protobuf declares the servicer's methods abstract; the generated class
+    # really answers UNIMPLEMENTED for them, which is what this test checks.
+    port, _ = await start_server(servicer=BareServicer())  # type: ignore[abstract]
     files = federation.files("municipality-312011")
     async with secure_channel(f"127.0.0.1:{port}", files) as ch:
         stub = prefecture_pb2_grpc.PrefectureServiceStub(ch)

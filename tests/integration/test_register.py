@@ -4,11 +4,13 @@ national node then hold (state, record, history in order)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 import pytest
 
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2
-from tests.federation import Federation
+from tests.federation import Federation, trailers
 
 TIMEOUT = 15
 C = common_pb2
@@ -36,6 +38,7 @@ def person(
     former_surname: str = "",
     alias: str = "",
 ) -> M.PersonDetails:
+    """A person's details, living in Tottori unless told otherwise."""
     return M.PersonDetails(
         name=name,
         name_kana=kana,
@@ -48,12 +51,14 @@ def person(
 
 
 async def national(fed: Federation, code: str) -> delivery_pb2.GetIdentityResponse:
+    """What the national node holds of resident ``code``."""
     return await fed.national_operator().GetIdentity(
         delivery_pb2.GetIdentityRequest(resident_code=code), timeout=TIMEOUT
     )
 
 
 async def prefecture(fed: Federation, pref: str, code: str) -> delivery_pb2.GetIdentityResponse:
+    """What prefecture ``pref`` holds of resident ``code``."""
     return await fed.prefecture_operator(pref).GetIdentity(
         delivery_pb2.GetIdentityRequest(resident_code=code), timeout=TIMEOUT
     )
@@ -62,20 +67,24 @@ async def prefecture(fed: Federation, pref: str, code: str) -> delivery_pb2.GetI
 async def both_tiers(
     fed: Federation, pref: str, code: str
 ) -> list[delivery_pb2.GetIdentityResponse]:
+    """What the prefecture and the national node hold of ``code``, in that order."""
     return [await prefecture(fed, pref, code), await national(fed, code)]
 
 
 def reasons(held: delivery_pb2.GetIdentityResponse) -> list[int]:
+    """The reasons of the held history, in order."""
     return [h.notification.reason for h in held.history]
 
 
 def changed(held: delivery_pb2.GetIdentityResponse) -> list[bool]:
+    """Whether each history entry changed the current record, in order."""
     return [h.changed_current for h in held.history]
 
 
 def assert_record(
     record: C.IdentityRecord, code: str, details: M.PersonDetails, municipality: str
 ) -> None:
+    """``record`` is ``details`` of resident ``code`` living in ``municipality``."""
     assert record.resident_code == code
     assert record.name == details.name
     assert record.name_kana == details.name_kana
@@ -90,6 +99,7 @@ def assert_record(
 async def birth(
     fed: Federation, municipality: str = TOTTORI, details: M.PersonDetails | None = None, **kw: str
 ) -> M.RegisterBirthResponse:
+    """Register a birth at ``municipality``."""
     details = details or person(address=ADDRESS[municipality])
     return await fed.operator(municipality).RegisterBirth(
         M.RegisterBirthRequest(person=details, **kw), timeout=TIMEOUT
@@ -97,6 +107,7 @@ async def birth(
 
 
 async def resident(fed: Federation, municipality: str, code: str) -> M.GetResidentResponse:
+    """Resident ``code`` as ``municipality`` holds them."""
     return await fed.operator(municipality).GetResident(
         M.GetResidentRequest(resident_code=code), timeout=TIMEOUT
     )
@@ -129,7 +140,7 @@ async def test_birth(fed: Federation) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await prefecture(fed, "13", code)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert dict(info.value.trailing_metadata() or ())["jukinet-reason"] == "not-found"
+    assert trailers(info.value)["jukinet-reason"] == "not-found"
     local = await resident(fed, TOTTORI, code)
     assert [n.reason for n in local.notifications] == [C.CHANGE_REASON_BIRTH]
     # The upper tiers hold exactly what the municipality announced.
@@ -457,10 +468,11 @@ async def test_resident_code_change(fed: Federation, ex_officio: bool) -> None:
     assert changed_code.resident.last_reason == C.CHANGE_REASON_CODE_CHANGE
     await fed.wait_delivered()
 
-    for pref_or_national in (
+    lookups: list[Callable[[str], Awaitable[delivery_pb2.GetIdentityResponse]]] = [
         lambda c: prefecture(fed, "31", c),
         lambda c: national(fed, c),
-    ):
+    ]
+    for pref_or_national in lookups:
         was = await pref_or_national(old)
         assert was.identity.status == C.RECORD_STATUS_SUPERSEDED
         assert was.identity.replaced_by == new
@@ -500,7 +512,7 @@ async def test_resident_code_change(fed: Federation, ex_officio: bool) -> None:
             timeout=TIMEOUT,
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(info.value.trailing_metadata() or ())["jukinet-field"] == "resident_code"
+    assert trailers(info.value)["jukinet-field"] == "resident_code"
 
 
 # --- moves between municipalities -----------------------------------------------------

@@ -7,6 +7,7 @@ from tests.federation import Federation
 
 
 def person(name: str = "鳥取 花子", **kw: object) -> municipal_pb2.PersonDetails:
+    """A newborn's details, with ``kw`` replacing fields."""
     values: dict[str, object] = {
         "name": name,
         "name_kana": "トットリ ハナコ",

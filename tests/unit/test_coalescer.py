@@ -17,12 +17,14 @@ ADDRESS = "NENKIN-ADDRESS-CHANGE"
 
 
 def purpose(code: str) -> Purpose:
+    """Purpose ``code`` of the shipped registry."""
     found = load_registry().get(code)
     assert found is not None
     return found
 
 
 def item(code: str) -> gateway_pb2.VerifyBatchItem:
+    """A batch item claiming resident ``code``."""
     return gateway_pb2.VerifyBatchItem(claim=gateway_pb2.ClaimedIdentity(resident_code=code))
 
 
@@ -37,6 +39,7 @@ class National:
     async def send(
         self, agency: str, p: Purpose, items: Sequence[gateway_pb2.VerifyBatchItem]
     ) -> tuple[list[gateway_pb2.VerifyBatchResult], list[str]]:
+        """Record the call, wait until released, then answer (or fail if told to)."""
         codes = [i.claim.resident_code for i in items]
         self.calls.append((agency, p.code, codes))
         gate = asyncio.Event()
@@ -54,11 +57,13 @@ class National:
         return results, [f"id-{code}" for code in codes]
 
     def release(self) -> None:
+        """Let every waiting call answer."""
         for gate in self.gates:
             gate.set()
 
 
 async def settle() -> None:
+    """Let the tasks ready to run take their next steps."""
     for _ in range(5):
         await asyncio.sleep(0)
 

@@ -34,6 +34,7 @@ def note(
     code: str = CODE,
     **kw: str,
 ) -> pb.Notification:
+    """A notification of ``origin``, of the kind its ``reason`` implies."""
     kind = {
         pb.CHANGE_REASON_BIRTH: pb.CHANGE_KIND_CREATED,
         pb.CHANGE_REASON_MOVE_IN: pb.CHANGE_KIND_CREATED,
@@ -61,6 +62,7 @@ def note(
 
 
 def fold(notes: list[pb.Notification]) -> dict[str, StoredIdentity]:
+    """The states after applying ``notes`` in order."""
     states: dict[str, StoredIdentity] = {}
     for n in notes:
         for record in decide(states, n).states:

@@ -19,15 +19,18 @@ from jukinet.identity import Identity
 
 
 def cert(path: Path) -> x509.Certificate:
+    """The certificate in the PEM file at ``path``."""
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
 def days(c: x509.Certificate) -> float:
+    """How many days certificate ``c`` is valid."""
     return (c.not_valid_after_utc - c.not_valid_before_utc) / dt.timedelta(days=1)
 
 
 @pytest.fixture
 def ca_dir(tmp_path: Path) -> Path:
+    """A directory holding a fresh CA."""
     pki.create_ca(tmp_path, "test root")
     return tmp_path
 

@@ -42,6 +42,7 @@ ALL_AGENCIES = sorted(set().union(*(agencies for agencies, _, _ in EXPECTED.valu
 
 @pytest.fixture(scope="module")
 def registry() -> PurposeRegistry:
+    """The shipped purpose registry."""
     return load_registry()
 
 

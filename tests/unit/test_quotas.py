@@ -17,18 +17,22 @@ class FakeClock:
         self.now = start
 
     def __call__(self) -> float:
+        """The current time."""
         return self.now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward."""
         self.now += seconds
 
 
 @pytest.fixture
 def clock() -> FakeClock:
+    """A clock at 100 s."""
     return FakeClock()
 
 
 def purpose(code: str) -> Purpose:
+    """Purpose ``code`` of the shipped registry."""
     found = load_registry().get(code)
     assert found is not None
     return found
