@@ -45,6 +45,12 @@ CLIENT_OPTIONS: tuple[ChannelOption, ...] = (
     # Default 2: after two pings without data the client stops pinging, which
     # defeats keepalive on a quiet stream.
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC's reconnect backoff grows to 120 s by default: a node that comes
+    # back after an outage would then wait up to two minutes for its peers to
+    # try again. Ten seconds at most keeps recovery prompt.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
 )
 
 # Servers must tolerate the clients' ping rate, or they answer with GOAWAY

@@ -9,6 +9,8 @@ import contextlib
 import logging
 import uuid
 
+import grpc
+
 from jukinet.db import Database
 from jukinet.errors import Unavailable
 from jukinet.metrics import NodeMetrics
@@ -16,6 +18,11 @@ from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
 from services.municipal import repository as repo
 
 log = logging.getLogger("jukinet.municipal")
+
+# How long an operation that needs codes now waits for the prefecture, and how
+# long a background refill does.
+ENSURE_WITHIN = 10.0
+REFILL_WITHIN = 30.0
 
 
 class PoolKeeper:
@@ -63,14 +70,14 @@ class PoolKeeper:
         if free >= needed:
             return
         try:
-            await self._fill(max(self._refill, needed - free + self._low))
+            await self._fill(max(self._refill, needed - free + self._low), within=ENSURE_WITHIN)
         except Exception as exc:
             raise Unavailable(
                 f"the resident-code pool is short ({free} free, {needed} needed) and the "
-                f"prefecture could not be reached: {exc}"
+                f"prefecture could not be reached: {_brief(exc)}"
             ) from exc
 
-    async def _fill(self, count: int) -> None:
+    async def _fill(self, count: int, *, within: float = REFILL_WITHIN) -> None:
         async with self._lock:
             async with self._db.write() as conn:
                 pending = await repo.pending_pool_request(conn)
@@ -82,7 +89,10 @@ class PoolKeeper:
                 delivery_pb2.AllocateCodePoolRequest(
                     municipality_code=self._municipality, count=size, request_id=request_id
                 ),
-                timeout=30,
+                timeout=within,
+                # A prefecture that is starting up, or reconnecting, is waited
+                # for within the deadline rather than failing at once.
+                wait_for_ready=True,
             )
             async with self._db.write() as conn:
                 added = await repo.fulfil_pool_request(conn, request_id, response.resident_codes)
@@ -104,10 +114,17 @@ class PoolKeeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("code pool refill failed: %s", exc)
+                log.warning("code pool refill failed: %s", _brief(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
 
     async def _has_pending(self) -> bool:
         async with self._db.read() as conn:
             return await repo.pending_pool_request(conn) is not None
+
+
+def _brief(exc: Exception) -> str:
+    """One line for a failed refill: a gRPC error's status and details, not its dump."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)

@@ -136,6 +136,8 @@ class Nodes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes[tier] = proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
             log.close()
         return codes
 
@@ -297,6 +299,9 @@ def test_a_plain_install_serves(tmp_path: Path) -> None:
             if node.poll() is None:
                 node.kill()
                 node.wait()
+            for pipe in (node.stdout, node.stderr):
+                if pipe is not None:
+                    pipe.close()
 
 
 def health_check(pki_dir: Path, port: int) -> int:
