@@ -1,4 +1,4 @@
-"""The bare baselines the benchmarks measure beside the pipeline, in the same run:
+"""The bare baselines the benchmarks measure beside the pipeline, in the same run.
 
 * ``push``: a grpc.aio mTLS server that acknowledges PushNotifications batches
   and stores nothing (the delivery benchmark's baseline (a));

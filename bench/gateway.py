@@ -201,6 +201,7 @@ class Claims:
     seen: int = 0
 
     def add(self, claim: gateway_pb2.ClaimedIdentity, rng: random.Random) -> None:
+        """Count a loaded resident: keep its code, and its claim if the sample draws it."""
         self.codes.append(claim.resident_code)
         self.seen += 1
         if len(self.sample) < CLAIM_SAMPLE:
@@ -219,6 +220,7 @@ def choose_municipalities(count: int = MUNICIPALITY_COUNT) -> list[str]:
 
 
 def split(total: int, parts: int) -> list[int]:
+    """``total`` cut into ``parts`` shares that differ by at most one, larger first."""
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
@@ -420,6 +422,7 @@ class LoopResult:
         )
 
     def summary(self) -> dict[str, Any]:
+        """The run as the report shows it: rate, latency percentiles in ms, errors, CPU."""
         lat = sorted(self.latencies)
         rate = self.completed_in_window / self.seconds if self.seconds else 0.0
         ms = 1000.0
@@ -529,7 +532,6 @@ def _is_match(response: gateway_pb2.VerifyResponse) -> bool:
 
 def batch_cap() -> int:
     """Claims per VerifyBatch message: the purpose's cap in the packaged registry."""
-
     purpose = load_registry().get(PURPOSE)
     if purpose is None or purpose.quota.max_batch_size is None:
         raise BenchError(f"{PURPOSE} allows no VerifyBatch in gateway/purposes.toml")

@@ -1,4 +1,4 @@
-"""Run the agency gateway: python -m gateway --config gateway.toml"""
+"""Run the agency gateway: ``python -m gateway --config gateway.toml``."""
 
 from gateway.app import GatewayApp
 from jukinet.config import GatewayConfig

@@ -48,6 +48,7 @@ class GatewayApp:
         self._server: RunningServer | None = None
 
     async def start(self) -> int:
+        """Open the channel to the national node and serve agencies; returns the port."""
         # One long-lived channel to the national node, shared by every call.
         channel = secure_channel(
             self.config.national_target,
@@ -80,6 +81,7 @@ class GatewayApp:
         return self._server.port
 
     async def stop(self) -> None:
+        """Stop serving, cancel the national calls still in flight, close the channel."""
         if self._server is not None:
             await self._server.stop()
         if self._service is not None:

@@ -82,6 +82,7 @@ class QuotaExceeded(ResourceExhausted):
         self.purpose_code = purpose_code
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The reason and the wait in ms, as text trailers."""
         return (*super().metadata(), (RETRY_AFTER_KEY, str(self.retry_after_ms)))
 
 

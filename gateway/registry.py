@@ -156,9 +156,11 @@ class PurposeRegistry:
         return self._agencies.get(code)
 
     def __len__(self) -> int:
+        """How many purposes the registry lists."""
         return len(self._by_code)
 
     def __iter__(self) -> Iterator[Purpose]:
+        """Every purpose, in the order the registry file lists them."""
         return iter(self._by_code.values())
 
     def get(self, code: str) -> Purpose | None:

@@ -29,24 +29,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Verify(
         self, request: gateway_pb2.VerifyRequest, context: Any
     ) -> gateway_pb2.VerifyResponse:
-        """Verify one claimed identity."""
+        """Verify one claimed identity; agencies only, for a purpose the registry gives them."""
         return await self._service.verify(_agency(), request)
 
     async def Retrieve(
         self, request: gateway_pb2.RetrieveRequest, context: Any
     ) -> gateway_pb2.RetrieveResponse:
-        """One record, minimised to the purpose."""
+        """One record, minimised to the purpose; agencies only, as for Verify."""
         return await self._service.retrieve(_agency(), request)
 
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: Any
     ) -> gateway_pb2.SearchResponse:
-        """Candidates for a name, minimised to the purpose."""
+        """Candidates for a name, minimised to the purpose; agencies only, as for Verify."""
         return await self._service.search(_agency(), request)
 
     async def VerifyBatch(
         self, request_iterator: AsyncIterator[gateway_pb2.VerifyBatchRequest], context: Any
     ) -> AsyncIterator[gateway_pb2.VerifyBatchResponse]:
-        """One verification response per request message, in order."""
+        """One verification response per request message, in order; agencies only, as for Verify."""
         async for response in self._service.verify_batch(_agency(), request_iterator):
             yield response

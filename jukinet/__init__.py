@@ -1,0 +1,1 @@
+"""The core library every node and tool shares: identifiers, PKI, config, storage, errors."""

@@ -65,6 +65,7 @@ class NodeConfig:
     path_settings: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        """Refuse a bad address, database URL or log level with a :class:`ConfigError`."""
         _check_hostport("listen", self.listen)
         if self.metrics_listen:
             _check_hostport("metrics_listen", self.metrics_listen)
@@ -87,6 +88,7 @@ class NationalConfig(NodeConfig):
     """The largest resident-code pool one request may ask for."""
 
     def __post_init__(self) -> None:
+        """Also refuse a pool size outside 1 to 1,000,000."""
         super().__post_init__()
         if not 1 <= self.max_pool_size <= 1_000_000:
             raise ConfigError("max_pool_size: must be between 1 and 1000000")
@@ -106,6 +108,7 @@ class PrefectureConfig(NodeConfig):
     """Batches in flight unacknowledged."""
 
     def __post_init__(self) -> None:
+        """Also refuse a bad prefecture code, national address or batching."""
         super().__post_init__()
         if not re.fullmatch(r"\d\d", self.prefecture_code) or not (
             1 <= int(self.prefecture_code) <= 47
@@ -133,6 +136,7 @@ class MunicipalConfig(NodeConfig):
     """Batches in flight unacknowledged."""
 
     def __post_init__(self) -> None:
+        """Also refuse a bad local government code, prefecture address, pool or batching."""
         super().__post_init__()
         if not is_valid_local_government_code(self.local_government_code):
             raise ConfigError(
@@ -165,6 +169,7 @@ class GatewayConfig(NodeConfig):
     path_settings: ClassVar[tuple[str, ...]] = ("purposes",)
 
     def __post_init__(self) -> None:
+        """Also refuse a bad national address or a batch pipeline outside 1 to 16."""
         super().__post_init__()
         _check_hostport("national_target", self.national_target)
         if not 1 <= self.batch_pipeline <= 16:

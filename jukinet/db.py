@@ -107,6 +107,7 @@ class Database:
         return f"database_url: PostgreSQL at {where}: {said}{hint}"
 
     async def close(self) -> None:
+        """Close the pooled connections (on shutdown)."""
         await self.engine.dispose()
 
 

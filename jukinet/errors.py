@@ -128,11 +128,15 @@ class InvalidArgument(JukinetError):
 
 
 class NotFound(JukinetError):
+    """The resident or record asked for is not held here."""
+
     code = grpc.StatusCode.NOT_FOUND
     reason = Reason.NOT_FOUND
 
 
 class AlreadyExists(JukinetError):
+    """What the request would create is there already (a resident registered twice)."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
     reason = Reason.ALREADY_EXISTS
 
@@ -173,11 +177,15 @@ class SequenceGap(FailedPrecondition):
 
 
 class PermissionDenied(JukinetError):
+    """The caller is known, but may not call this method or act on this object."""
+
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = Reason.PERMISSION_DENIED
 
 
 class Unauthenticated(JukinetError):
+    """The caller's certificate is missing, revoked, or names no identity."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = Reason.UNAUTHENTICATED
 

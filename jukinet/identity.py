@@ -77,6 +77,7 @@ class Identity:
     operator_id: str = ""
 
     def __post_init__(self) -> None:
+        """Refuse a malformed identity with :class:`ValueError`."""
         problem = _problem(self.kind, self.code, self.operator_id)
         if problem is not None:
             raise ValueError(f"invalid {self.kind.value} identity: {problem}")
@@ -140,6 +141,7 @@ class Identity:
         return None
 
     def __str__(self) -> str:
+        """The identity's URI, as its certificate's SAN carries it."""
         return self.uri
 
 

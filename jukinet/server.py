@@ -63,6 +63,7 @@ class RunningServer:
     metrics_server: WSGIServer | None
 
     async def stop(self, grace: float = 2.0) -> None:
+        """Report NOT_SERVING, let calls in flight finish for ``grace`` seconds, stop metrics."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self.metrics_server is not None:
@@ -164,9 +165,13 @@ def check_port_free(listen: str, *, setting: str = "listen") -> None:
 class App(Protocol):
     """What a node's app.py provides."""
 
-    async def start(self) -> int: ...
+    async def start(self) -> int:
+        """Start the node's server and background tasks; returns the port it listens on."""
+        ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop serving and the background tasks, and release what the node holds."""
+        ...
 
 
 async def run_until_signalled(app: App, name: str) -> None:

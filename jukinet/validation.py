@@ -137,10 +137,12 @@ def check_kana(value: str, field: str = "name_kana") -> str:
 
 
 def check_address(value: str, field: str = "address") -> str:
+    """An address in its original characters (required)."""
     return _check_text(value, field, MAX_ADDRESS, required=True)
 
 
 def check_sex(value: int, field: str = "sex") -> common_pb2.Sex.ValueType:
+    """Male or female: an unset or unknown enum value is refused."""
     if value not in (common_pb2.SEX_MALE, common_pb2.SEX_FEMALE):
         raise InvalidArgument(field, f"unknown or unset value {value}")
     return common_pb2.Sex.ValueType(value)

@@ -1,0 +1,1 @@
+"""The federation's nodes, one package per tier: municipal, prefecture, national."""

@@ -59,6 +59,7 @@ def _differences(generated: Path, committed: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Generate the code into ``target``, or with ``--check`` report drift; the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--check", action="store_true", help="fail if the committed code has drifted"

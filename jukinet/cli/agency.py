@@ -1,14 +1,14 @@
-"""``jukinet agency``: a national agency's requests to the agency gateway.
+r"""``jukinet agency``: a national agency's requests to the agency gateway.
 
 ::
 
     export JUKINET_PKI=pki JUKINET_TARGET=127.0.0.1:50400 JUKINET_AS=agency-nenkin
-    jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 24727059608 \\
+    jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 24727059608 \
         --name "鳥取　花子" --birth-date 1960-04-02
     jukinet agency retrieve 24727059608 --purpose NENKIN-ADDRESS-CHANGE [--as-of 2025-04-01]
-    jukinet agency search --purpose MOFA-PASSPORT-ISSUE --name "髙橋　一郎" \\
+    jukinet agency search --purpose MOFA-PASSPORT-ISSUE --name "髙橋　一郎" \
         --birth-date 1970-01-01 [--max 3] [--field name --field address]
-    jukinet agency verify-batch recipients.csv --purpose NENKIN-EXISTENCE-CHECK \\
+    jukinet agency verify-batch recipients.csv --purpose NENKIN-EXISTENCE-CHECK \
         [--out results.jsonl] [--batch-size 500]
 
 Every request names the statutory purpose it is made for (``--purpose``); the

@@ -23,6 +23,7 @@ def _upper_stub(channel: grpc.aio.Channel, tier: str) -> Any:
 
 
 def register_cli(sub: Any) -> None:
+    """Add ``identity show | status`` to the ``jukinet`` parser."""
     identity = sub.add_parser("identity", help="records held by a prefecture or the national node")
     ops = identity.add_subparsers(dest="op", required=True)
 

@@ -1,8 +1,8 @@
-"""Bulk import of an existing municipal register from CSV.
+r"""Bulk import of an existing municipal register from CSV.
 
 ::
 
-    jukinet import register.csv --target 127.0.0.1:50311 --pki pki \\
+    jukinet import register.csv --target 127.0.0.1:50311 --pki pki \
         --as operator-312011-admin [--batch 1000] [--rejects rejected.csv]
 
 The CSV format

@@ -1,14 +1,14 @@
-"""The jukinet command: certificates, nodes, the register, agencies.
+r"""The jukinet command: certificates, nodes, the register, agencies.
 
     jukinet pki federation --dir pki --municipality 312011 --operators --agency nenkin
     jukinet run municipal --config municipality-312011.toml
-    jukinet resident birth --target 127.0.0.1:50311 --pki pki --as operator-312011-admin \\
-        --name "鳥取　花子" --kana "トットリ　ハナコ" --birth-date 2026-11-01 --sex female \\
+    jukinet resident birth --target 127.0.0.1:50311 --pki pki --as operator-312011-admin \
+        --name "鳥取　花子" --kana "トットリ　ハナコ" --birth-date 2026-11-01 --sex female \
         --address "鳥取県鳥取市東町一丁目220番地"
     jukinet resident disclose 12345678903 --format table ...
-    jukinet identity show 12345678903 --tier national --target 127.0.0.1:50100 \\
+    jukinet identity show 12345678903 --tier national --target 127.0.0.1:50100 \
         --pki pki --as operator-national-admin
-    jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 12345678903 \\
+    jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 12345678903 \
         --target 127.0.0.1:50400 --pki pki --as agency-nenkin
     jukinet import register.csv --target 127.0.0.1:50311 --pki pki --as operator-312011-admin
 

@@ -7,6 +7,7 @@ from typing import Any
 
 
 def register_cli(sub: Any) -> None:
+    """Add ``run national | prefecture | municipal | gateway`` to the ``jukinet`` parser."""
     run = sub.add_parser("run", help="run a node from a config file")
     run.add_argument("tier", choices=["national", "prefecture", "municipal", "gateway"])
     run.add_argument("--config", help="TOML config file")

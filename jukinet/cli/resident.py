@@ -65,6 +65,7 @@ def _municipal(channel: grpc.aio.Channel) -> municipal_pb2_grpc.MunicipalService
 
 
 def register_cli(sub: Any) -> None:
+    """Add ``resident`` and its operations on a municipal register to the ``jukinet`` parser."""
     resident = sub.add_parser("resident", help="change or show the register of a municipality")
     ops = resident.add_subparsers(dest="op", required=True)
 

@@ -34,6 +34,8 @@ from jukinet.db import one_of
 
 @dataclass(frozen=True)
 class OutboxTables:
+    """A node's two outbox tables: the numbered entries and the one-row delivery state."""
+
     entries: Table
     state: Table
 
@@ -79,11 +81,14 @@ class PendingEntry:
 
 @dataclass(frozen=True)
 class OutboxStatus:
+    """How far the outbox has numbered its entries, and how far the receiver acknowledged."""
+
     last_sequence: int
     acknowledged_through: int
 
     @property
     def backlog(self) -> int:
+        """Entries written but not yet acknowledged."""
         return self.last_sequence - self.acknowledged_through
 
 
@@ -150,6 +155,7 @@ class Outbox:
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
     async def status(self, conn: AsyncConnection) -> OutboxStatus:
+        """The last sequence written and the last acknowledged (both 0 before any entry)."""
         row = (
             await conn.execute(
                 select(self.tables.state.c.last_sequence, self.tables.state.c.acknowledged_through)

@@ -1,0 +1,1 @@
+"""The municipal node: one municipality's resident register and its outbox."""

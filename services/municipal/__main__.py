@@ -1,4 +1,4 @@
-"""Run a municipal node: python -m services.municipal --config municipality-312011.toml"""
+"""Run a municipal node: ``python -m services.municipal --config municipality-312011.toml``."""
 
 from jukinet.config import MunicipalConfig
 from jukinet.noderun import run_node

@@ -41,6 +41,7 @@ class MunicipalApp:
         self.service: MunicipalService | None = None
 
     async def start(self) -> int:
+        """Migrate the database, serve, start the pusher and the pool keeper; returns the port."""
         await self.db.migrate(MIGRATIONS)
         channel = secure_channel(self.config.prefecture_target, self.config.tls)
         self._channel = channel
@@ -92,6 +93,7 @@ class MunicipalApp:
         return self._server.port
 
     async def stop(self) -> None:
+        """Stop the pusher and the pool keeper, then the server, the channel and the database."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

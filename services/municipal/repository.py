@@ -61,6 +61,7 @@ async def resident_by_code(conn: AsyncConnection, code: str) -> ResidentState | 
 
 
 async def household_members(conn: AsyncConnection, household_id: str) -> list[ResidentState]:
+    """The current members of a household, in the order they were entered."""
     rows = await conn.execute(
         select(*_COLUMNS)
         .where(R.c.household_id == household_id, R.c.status == ACTIVE)
@@ -70,6 +71,7 @@ async def household_members(conn: AsyncConnection, household_id: str) -> list[Re
 
 
 async def household_exists(conn: AsyncConnection, household_id: str) -> bool:
+    """Whether the household has a current member."""
     found = await conn.scalar(
         select(R.c.id).where(R.c.household_id == household_id, R.c.status == ACTIVE).limit(1)
     )
@@ -85,6 +87,7 @@ async def insert_resident(
     reason: common_pb2.ChangeReason.ValueType,
     source_id: str | None = None,
 ) -> ResidentState:
+    """Enter an active resident under ``code``; returns the new entry."""
     values = {
         "resident_code": code,
         "source_id": source_id,
@@ -109,12 +112,14 @@ async def insert_residents(conn: AsyncConnection, rows: Sequence[dict[str, objec
 
 
 async def update_resident(conn: AsyncConnection, resident_id: int, **values: object) -> None:
+    """Set columns of a register entry (``updated_at`` too)."""
     await conn.execute(update(R).where(R.c.id == resident_id).values(**values, updated_at=_now()))
 
 
 async def record_code_change(
     conn: AsyncConnection, resident_id: int, old: str, new: str, on: str
 ) -> None:
+    """Keep ``old`` as a previous code of the resident, replaced by ``new`` on ``on``."""
     await conn.execute(
         insert(models.previous_codes).values(
             resident_code=old, resident_id=resident_id, replaced_by=new, changed_on=on
@@ -133,6 +138,7 @@ async def codes_of(conn: AsyncConnection, resident: ResidentState) -> list[str]:
 
 
 async def existing_source_ids(conn: AsyncConnection, source_ids: Sequence[str]) -> set[str]:
+    """Which of ``source_ids`` an earlier import already entered."""
     out: set[str] = set()
     for i in range(0, len(source_ids), 500):
         rows = await conn.execute(
@@ -143,6 +149,7 @@ async def existing_source_ids(conn: AsyncConnection, source_ids: Sequence[str]) 
 
 
 async def export_page(conn: AsyncConnection, after_id: int, limit: int) -> list[ResidentState]:
+    """Up to ``limit`` entries, active and removed, after ``after_id`` in id order."""
     rows = await conn.execute(
         select(*_COLUMNS).where(R.c.id > after_id).order_by(R.c.id).limit(limit)
     )
@@ -150,6 +157,7 @@ async def export_page(conn: AsyncConnection, after_id: int, limit: int) -> list[
 
 
 async def resident_counts(conn: AsyncConnection) -> tuple[int, int]:
+    """How many entries are active, and how many removed."""
     rows = await conn.execute(select(R.c.status, func.count()).group_by(R.c.status))
     counts = {int(s): int(c) for s, c in rows}
     return counts.get(ACTIVE, 0), counts.get(REMOVED, 0)
@@ -161,6 +169,7 @@ P = models.code_pool
 
 
 async def free_codes(conn: AsyncConnection) -> int:
+    """How many codes of the pool are still unused."""
     return int(
         await conn.scalar(select(func.count()).select_from(P).where(P.c.used_at.is_(None))) or 0
     )
@@ -186,10 +195,12 @@ async def take_codes(conn: AsyncConnection, count: int) -> list[str]:
 
 
 async def in_pool(conn: AsyncConnection, code: str) -> bool:
+    """Whether the pool holds ``code``, used or not."""
     return await conn.scalar(select(P.c.resident_code).where(P.c.resident_code == code)) is not None
 
 
 async def pending_pool_request(conn: AsyncConnection) -> tuple[str, int] | None:
+    """The oldest pool request not yet answered (its id and size), to be sent again as it was."""
     Q = models.pool_requests
     row = (
         await conn.execute(
@@ -203,6 +214,7 @@ async def pending_pool_request(conn: AsyncConnection) -> tuple[str, int] | None:
 
 
 async def add_pool_request(conn: AsyncConnection, request_id: str, count: int) -> None:
+    """Record a pool request before it is sent, so that a retry reuses its id."""
     await conn.execute(
         insert(models.pool_requests).values(request_id=request_id, count=count, requested_at=_now())
     )

@@ -21,19 +21,19 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def RegisterBirth(
         self, request: pb.RegisterBirthRequest, context: Any
     ) -> pb.RegisterBirthResponse:
-        """Register a birth."""
+        """Register a birth (出生) with a code from the pool; its operators only."""
         resident, seq = await self._r.register_birth(request)
         return pb.RegisterBirthResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def MoveIn(self, request: pb.MoveInRequest, context: Any) -> pb.MoveInResponse:
-        """Register a move-in."""
+        """Register a move-in (転入, 特例転入, from abroad); its operators only."""
         resident, seq = await self._r.move_in(request)
         return pb.MoveInResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def Relocate(self, request: pb.RelocateRequest, context: Any) -> pb.RelocateResponse:
-        """Move residents to a new address here."""
+        """Move a resident or their household to a new address here (転居); its operators only."""
         residents, seq = await self._r.relocate(request)
         return pb.RelocateResponse(
             residents=[r.to_proto(self._lg) for r in residents], last_notification_sequence=seq
@@ -42,21 +42,21 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ChangeName(
         self, request: pb.ChangeNameRequest, context: Any
     ) -> pb.ChangeNameResponse:
-        """Change a resident's name."""
+        """Change a resident's name, reading or former surname; its operators only."""
         resident, seq = await self._r.change_name(request)
         return pb.ChangeNameResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def MoveOut(self, request: pb.MoveOutRequest, context: Any) -> pb.MoveOutResponse:
-        """Remove a resident who moves out."""
+        """Remove a resident who moves out (転出) or abroad; its operators only."""
         resident, seq = await self._r.move_out(request)
         return pb.MoveOutResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def RecordDeath(
         self, request: pb.RecordDeathRequest, context: Any
     ) -> pb.RecordDeathResponse:
-        """Remove a resident who died."""
+        """Remove a resident who died (死亡); its operators only."""
         resident, seq = await self._r.record_death(request)
         return pb.RecordDeathResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
@@ -65,7 +65,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ChangeResidentCode(
         self, request: pb.ChangeResidentCodeRequest, context: Any
     ) -> pb.ChangeResidentCodeResponse:
-        """Give a resident a new code."""
+        """Give a resident a new code from the pool (住民票コード変更); its operators only."""
         resident, previous, seq = await self._r.change_code(request)
         return pb.ChangeResidentCodeResponse(
             resident=resident.to_proto(self._lg),
@@ -76,21 +76,21 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def EnterExOfficio(
         self, request: pb.EnterExOfficioRequest, context: Any
     ) -> pb.EnterExOfficioResponse:
-        """Enter a person ex officio."""
+        """Enter a person ex officio (職権記載) with a code from the pool; its operators only."""
         resident, seq = await self._r.enter_ex_officio(request)
         return pb.EnterExOfficioResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
         )
 
     async def Amend(self, request: pb.AmendRequest, context: Any) -> pb.AmendResponse:
-        """Correct a resident's details."""
+        """Correct a resident's details ex officio (職権修正); its operators only."""
         resident, seq = await self._r.amend(request)
         return pb.AmendResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
 
     async def RemoveExOfficio(
         self, request: pb.RemoveExOfficioRequest, context: Any
     ) -> pb.RemoveExOfficioResponse:
-        """Remove a resident ex officio."""
+        """Remove a resident ex officio (職権消除) or declared missing; its operators only."""
         resident, seq = await self._r.remove_ex_officio(request)
         return pb.RemoveExOfficioResponse(
             resident=resident.to_proto(self._lg), notification_sequence=seq
@@ -99,7 +99,7 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def GetResident(
         self, request: pb.GetResidentRequest, context: Any
     ) -> pb.GetResidentResponse:
-        """One resident with their notifications."""
+        """One resident and every notification about them; its operators only."""
         resident, notifications = await self._r.get(request.resident_code)
         return pb.GetResidentResponse(
             resident=resident.to_proto(self._lg), notifications=notifications
@@ -108,27 +108,28 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ExportResidents(
         self, request: pb.ExportResidentsRequest, context: Any
     ) -> AsyncIterator[pb.ExportResidentsResponse]:
-        """Every resident, page by page."""
+        """Every resident, active or removed, page by page; its operators only."""
         async for residents in self._r.export(request.page_size):
             yield pb.ExportResidentsResponse(residents=[r.to_proto(self._lg) for r in residents])
 
     async def ImportResidents(
         self, request_iterator: AsyncIterator[pb.ImportResidentsRequest], context: Any
     ) -> AsyncIterator[pb.ImportResidentsResponse]:
-        """Load an existing register, batch by batch."""
+        """Load an existing register, one transaction and answer per batch; its operators only."""
         async for request in request_iterator:
             yield await self._r.import_rows(request.rows)
 
     async def DiscloseProvisions(
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
-        """For a resident at the counter: the national record and who received it."""
+        """For a resident at the counter: the national record and who received it; its
+        operators only."""
         return await self._r.disclose(request.resident_code)
 
     async def GetStatus(
         self, request: pb.GetMunicipalStatusRequest, context: Any
     ) -> pb.GetMunicipalStatusResponse:
-        """The register's delivery and pool status."""
+        """The register's delivery and pool status and its resident counts; its operators only."""
         status = await self._r.status()
         return pb.GetMunicipalStatusResponse(
             local_government_code=self._lg,

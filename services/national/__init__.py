@@ -1,0 +1,1 @@
+"""The national node: every resident's identity record, code pools, provisions."""

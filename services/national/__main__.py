@@ -1,4 +1,4 @@
-"""Run the national node: python -m services.national --config national.toml"""
+"""Run the national node: ``python -m services.national --config national.toml``."""
 
 from jukinet.config import NationalConfig
 from jukinet.noderun import run_node

@@ -24,33 +24,34 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
     async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
     ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
-        """Apply a prefecture's relayed notifications."""
+        """Apply a prefecture's relayed notifications, acknowledging each batch; prefectures
+        only."""
         async for response in self._receiver.push(request_iterator):
             yield response
 
     async def GetIdentity(
         self, request: delivery_pb2.GetIdentityRequest, context: Any
     ) -> delivery_pb2.GetIdentityResponse:
-        """One stored record with its history."""
+        """One stored record with its history; national operators only."""
         return await self._receiver.get_identity(request)
 
     async def ExportIdentities(
         self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
     ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
-        """Every stored record, page by page."""
+        """Every stored record, page by page; national operators only."""
         async for page in self._receiver.export(request):
             yield page
 
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
-        """How far delivery from each prefecture has come."""
+        """How far delivery from each prefecture has come; national operators only."""
         return await self._service.delivery_status()
 
     async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
     ) -> delivery_pb2.AllocateCodePoolResponse:
-        """Fresh codes for a municipality of the calling prefecture."""
+        """Fresh codes for a municipality of the calling prefecture; prefectures only."""
         codes = await self._service.allocate_code_pool(current_identity(), request)
         return delivery_pb2.AllocateCodePoolResponse(resident_codes=codes)
 
@@ -59,25 +60,25 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
     async def ProvideVerification(
         self, request: provision_pb2.ProvideVerificationRequest, context: Any
     ) -> provision_pb2.ProvideVerificationResponse:
-        """Verifications of claimed identities, each on record."""
+        """Verifications of claimed identities, each on record; the gateway only."""
         return await self._service.provide_verification(request)
 
     async def ProvideRecord(
         self, request: provision_pb2.ProvideRecordRequest, context: Any
     ) -> provision_pb2.ProvideRecordResponse:
-        """One record, minimised to the purpose's fields, on record."""
+        """One record, minimised to the purpose's fields, on record; the gateway only."""
         return await self._service.provide_record(request)
 
     async def ProvideSearch(
         self, request: provision_pb2.ProvideSearchRequest, context: Any
     ) -> provision_pb2.ProvideSearchResponse:
-        """Ranked candidates, minimised to the purpose's fields, on record."""
+        """Ranked candidates, minimised to the purpose's fields, on record; the gateway only."""
         return await self._service.provide_search(request)
 
     async def RecordDenial(
         self, request: provision_pb2.RecordDenialRequest, context: Any
     ) -> provision_pb2.RecordDenialResponse:
-        """A refusal at the gateway, recorded like a provision."""
+        """A refusal at the gateway, recorded like a provision; the gateway only."""
         return provision_pb2.RecordDenialResponse(
             provision_id=await self._service.record_denial(request)
         )
@@ -87,5 +88,6 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
     async def Disclose(
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
-        """A resident's record and who received it."""
+        """A resident's record and who received it; for a prefecture relaying a municipal
+        counter, or national operators."""
         return await self._service.disclose(request)

@@ -1,0 +1,1 @@
+"""The prefecture node: its municipalities' identity records, relayed upward."""

@@ -1,4 +1,4 @@
-"""Run a prefecture node: python -m services.prefecture --config prefecture-31.toml"""
+"""Run a prefecture node: ``python -m services.prefecture --config prefecture-31.toml``."""
 
 from jukinet.config import PrefectureConfig
 from jukinet.noderun import run_node

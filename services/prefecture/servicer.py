@@ -22,38 +22,39 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
     ) -> AsyncIterator[delivery_pb2.PushNotificationsResponse]:
-        """Apply a municipality's notifications and relay them upward."""
+        """Apply a municipality's notifications and relay them upward; its municipalities only."""
         async for response in self._receiver.push(request_iterator):
             yield response
 
     async def AllocateCodePool(
         self, request: delivery_pb2.AllocateCodePoolRequest, context: Any
     ) -> delivery_pb2.AllocateCodePoolResponse:
-        """Codes for a municipality of this prefecture."""
+        """Codes from the national node for the calling municipality; its municipalities only."""
         codes = await self._service.allocate_code_pool(current_identity(), request)
         return delivery_pb2.AllocateCodePoolResponse(resident_codes=codes)
 
     async def GetIdentity(
         self, request: delivery_pb2.GetIdentityRequest, context: Any
     ) -> delivery_pb2.GetIdentityResponse:
-        """One stored record with its history."""
+        """One stored record with its history; its operators only."""
         return await self._receiver.get_identity(request)
 
     async def ExportIdentities(
         self, request: delivery_pb2.ExportIdentitiesRequest, context: Any
     ) -> AsyncIterator[delivery_pb2.ExportIdentitiesResponse]:
-        """Every stored record, page by page."""
+        """Every stored record, page by page; its operators only."""
         async for page in self._receiver.export(request):
             yield page
 
     async def Disclose(
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
-        """A municipal counter's disclosure request, answered by the national node."""
+        """A municipal counter's disclosure request, answered by the national node; its
+        municipalities only."""
         return await self._service.disclose(request)
 
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any
     ) -> delivery_pb2.GetDeliveryStatusResponse:
-        """How far delivery has come, in and out."""
+        """How far delivery has come, in and out; its operators only."""
         return await self._service.delivery_status()
