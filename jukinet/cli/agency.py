@@ -105,7 +105,14 @@ from jukinet.cli.common import (
     print_message,
     run_call,
 )
-from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
+from jukinet.cli.csvfile import (
+    CsvFormatError,
+    ProgressBar,
+    header_index,
+    open_csv,
+    progress_bar,
+    read_csv,
+)
 from jukinet.cli.importer import parse_sex, positive_int
 from jukinet.client import connect, tls_files
 from jukinet.errors import ConfigError, InvalidArgument, error_metadata
@@ -462,6 +469,65 @@ async def _stream_once(
         call.cancel()
 
 
+def _write_results(
+    out: IO[str],
+    summary: BatchSummary,
+    bar: ProgressBar,
+    sent: list[ClaimRow],
+    response: gateway_pb2.VerifyBatchResponse,
+) -> None:
+    """Write the answer to one message as JSON lines and count it in ``summary``."""
+    if len(response.results) != len(sent):
+        raise GatewayProtocolError(
+            f"{len(response.results)} results for a message of {len(sent)} rows "
+            f"(lines {sent[0].line}-{sent[-1].line})"
+        )
+    lines = []
+    for row, result in zip(sent, response.results, strict=True):
+        if result.item_id != row.item.item_id:
+            raise GatewayProtocolError(
+                f"line {row.line}: a result for item {result.item_id!r}, "
+                f"expected {row.item.item_id!r}"
+            )
+        lines.append(_result_json(row.line, result))
+        summary.outcomes[result_label(verification_outcome(result.verification))] += 1
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    summary.rows += len(sent)
+    summary.messages += 1
+    summary.last_line = sent[-1].line
+    bar.update(len(sent))
+
+
+async def _stream_with_quota_waits(
+    stub: gateway_pb2_grpc.GatewayServiceAsyncStub,
+    purpose: str,
+    messages: _Messages,
+    window: int,
+    deliver: Callable[[list[ClaimRow], gateway_pb2.VerifyBatchResponse], None],
+    summary: BatchSummary,
+    bar: ProgressBar,
+) -> None:
+    """VerifyBatch calls until the file ends, waiting out each exhausted quota."""
+    # Messages sent and not yet answered; a call after a quota wait sends them again.
+    pending: deque[list[ClaimRow]] = deque()
+    waits = 0
+    while True:
+        answered = summary.rows
+        try:
+            await _stream_once(stub, purpose, messages, pending, window, deliver)
+            return
+        except grpc.aio.AioRpcError as exc:
+            delay = _retry_after(exc)
+            waits = waits + 1 if summary.rows == answered else 1
+            if delay is None or waits > MAX_QUOTA_WAITS:
+                raise
+            summary.quota_waits += 1
+            bar.set_postfix_str(f"quota: waiting {delay:.2f} s", refresh=True)
+            await asyncio.sleep(delay)
+            bar.set_postfix_str("", refresh=False)
+
+
 async def verify_batch(
     channel: grpc.aio.Channel,
     path: Path | str,
@@ -490,51 +556,14 @@ async def verify_batch(
     path = Path(path)
     summary = summary if summary is not None else BatchSummary(from_line=from_line)
     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-    pending: deque[list[ClaimRow]] = deque()
     started = time.perf_counter()
     stream = open_csv(path)
     rows = read_claims(stream, str(path), from_line=from_line)
     messages = _Messages(rows, batch_size)
     bar = progress_bar(path.name, enabled=progress, total=total)
-
-    def deliver(sent: list[ClaimRow], response: gateway_pb2.VerifyBatchResponse) -> None:
-        if len(response.results) != len(sent):
-            raise GatewayProtocolError(
-                f"{len(response.results)} results for a message of {len(sent)} rows "
-                f"(lines {sent[0].line}-{sent[-1].line})"
-            )
-        lines = []
-        for row, result in zip(sent, response.results, strict=True):
-            if result.item_id != row.item.item_id:
-                raise GatewayProtocolError(
-                    f"line {row.line}: a result for item {result.item_id!r}, "
-                    f"expected {row.item.item_id!r}"
-                )
-            lines.append(_result_json(row.line, result))
-            summary.outcomes[result_label(verification_outcome(result.verification))] += 1
-        out.write("\n".join(lines) + "\n")
-        out.flush()
-        summary.rows += len(sent)
-        summary.messages += 1
-        summary.last_line = sent[-1].line
-        bar.update(len(sent))
-
+    deliver = partial(_write_results, out, summary, bar)
     try:
-        waits = 0
-        while True:
-            answered = summary.rows
-            try:
-                await _stream_once(stub, purpose, messages, pending, window, deliver)
-                break
-            except grpc.aio.AioRpcError as exc:
-                delay = _retry_after(exc)
-                waits = waits + 1 if summary.rows == answered else 1
-                if delay is None or waits > MAX_QUOTA_WAITS:
-                    raise
-                summary.quota_waits += 1
-                bar.set_postfix_str(f"quota: waiting {delay:.2f} s", refresh=True)
-                await asyncio.sleep(delay)
-                bar.set_postfix_str("", refresh=False)
+        await _stream_with_quota_waits(stub, purpose, messages, window, deliver, summary, bar)
         summary.bad_row = messages.bad
     finally:
         summary.seconds = time.perf_counter() - started
@@ -715,8 +744,14 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ops = agency.add_subparsers(dest="op", required=True)
+    _verify_op(ops)
+    _retrieve_op(ops)
+    _search_op(ops)
+    _verify_batch_op(ops)
 
-    # verify ------------------------------------------------------------------------
+
+def _verify_op(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``agency verify`` to ``ops``: a claim checked against the record."""
     p = ops.add_parser(
         "verify", help="does a claim match the record? (match / no match, no personal data)"
     )
@@ -728,7 +763,6 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--birth-date", type=_date, default="", help="YYYY-MM-DD claimed")
     p.add_argument("--sex", choices=sorted(SEX), help="sex claimed")
     p.add_argument("--address", default="", help="address claimed")
-    verify_parser = p
 
     async def verify(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         claim = gateway_pb2.ClaimedIdentity(
@@ -745,14 +779,16 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     def run_verify(a: argparse.Namespace) -> int:
         if not (a.code or a.name or a.kana or a.birth_date or a.sex or a.address):
-            verify_parser.error(
+            p.error(
                 "claim at least one item: --code, --name, --kana, --birth-date, --sex or --address"
             )
         return run_call(a, verify, show=_print_all, service=SERVICE, flags=FLAGS)
 
     p.set_defaults(func=run_verify)
 
-    # retrieve ----------------------------------------------------------------------
+
+def _retrieve_op(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``agency retrieve`` to ``ops``: one record, with the purpose's fields."""
     p = ops.add_parser("retrieve", help="one record, with only the purpose's fields")
     connection_options(p)
     _purpose_option(p)
@@ -769,7 +805,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     p.set_defaults(func=lambda a: run_call(a, retrieve, service=SERVICE, flags=FLAGS))
 
-    # search ------------------------------------------------------------------------
+
+def _search_op(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``agency search`` to ``ops``: candidates for the four basic items."""
     p = ops.add_parser("search", help="candidates ranked by the four basic items")
     connection_options(p)
     _purpose_option(p)
@@ -802,7 +840,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     p.set_defaults(func=lambda a: run_call(a, search, service=SERVICE, flags=FLAGS))
 
-    # verify-batch ------------------------------------------------------------------
+
+def _verify_batch_op(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``agency verify-batch`` to ``ops``: every row of a CSV file verified."""
     p = ops.add_parser(
         "verify-batch",
         help="verify every row of a CSV file (JSON lines out)",

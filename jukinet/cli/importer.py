@@ -80,7 +80,14 @@ from typing import IO, Any, cast
 import grpc
 
 from jukinet.cli.common import explain_now, plain
-from jukinet.cli.csvfile import CsvFormatError, header_index, open_csv, progress_bar, read_csv
+from jukinet.cli.csvfile import (
+    CsvFormatError,
+    ProgressBar,
+    header_index,
+    open_csv,
+    progress_bar,
+    read_csv,
+)
 from jukinet.client import connect
 from jukinet.errors import ConfigError
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
@@ -274,6 +281,80 @@ def read_batches(
             yield rows
 
 
+async def _send_batches(
+    call: grpc.aio.StreamStreamCall[
+        municipal_pb2.ImportResidentsRequest, municipal_pb2.ImportResidentsResponse
+    ],
+    batches: Iterator[list[municipal_pb2.ImportRow]],
+    slots: asyncio.Semaphore,
+    in_flight: deque[int],
+) -> None:
+    """Write every batch to ``call``, each once a window slot is free, then end the writes."""
+
+    def next_batch() -> list[municipal_pb2.ImportRow] | None:
+        return next(batches, None)
+
+    while True:
+        # Reading and parsing run in a thread, so that a large batch does
+        # not stall the event loop (and the acknowledgements it reads).
+        rows = await asyncio.to_thread(next_batch)
+        if rows is None:
+            break
+        await slots.acquire()
+        in_flight.append(len(rows))
+        await call.write(municipal_pb2.ImportResidentsRequest(rows=rows))
+    await call.done_writing()
+
+
+async def _next_response(reader: asyncio.Future[object], sender: asyncio.Task[None]) -> object:
+    """The node's next answer (EOF at the end); the sender's failure, if it fails first."""
+    either: set[asyncio.Future[Any]] = {reader, sender}
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if not reader.done():
+        # The sender finished first; it either failed (re-raised here)
+        # or closed the stream cleanly and the read will end.
+        failure = sender.exception()
+        if failure is not None:
+            if isinstance(failure, grpc.aio.AioRpcError):
+                # A refusal (permission, bad batch) ends the stream
+                # while we write; its real status arrives on the read side.
+                await asyncio.wait({reader}, timeout=5)
+                if reader.done() and not reader.cancelled() and reader.exception():
+                    reader.result()
+            reader.cancel()
+            sender.result()
+        await reader
+    return reader.result()
+
+
+def _acknowledge(
+    response: municipal_pb2.ImportResidentsResponse,
+    in_flight: deque[int],
+    slots: asyncio.Semaphore,
+    summary: ImportSummary,
+    bar: ProgressBar,
+) -> None:
+    """Count one acknowledged batch in ``summary``, free its window slot, move the bar."""
+    if not in_flight:
+        raise RuntimeError("the node acknowledged more batches than were sent")
+    in_flight.popleft()
+    slots.release()
+    summary.imported += response.imported
+    summary.already_present += response.already_present
+    summary.rejected.extend(
+        Rejection(r.line, r.source_id, r.field, r.reason) for r in response.rejected
+    )
+    summary.batches_acknowledged += 1
+    bar.set_postfix(
+        imported=summary.imported,
+        present=summary.already_present,
+        rejected=len(summary.rejected),
+        refresh=False,
+    )
+    # Rows with an outcome: acknowledged ones and those refused locally.
+    bar.update(summary.rows_done - bar.n)
+
+
 async def import_csv(
     channel: grpc.aio.Channel,
     path: Path | str,
@@ -316,62 +397,17 @@ async def import_csv(
         municipal_pb2.ImportResidentsRequest, municipal_pb2.ImportResidentsResponse
     ] = cast(Any, stub.ImportResidents)()
 
-    def next_batch() -> list[municipal_pb2.ImportRow] | None:
-        return next(batches, None)
-
-    async def send() -> None:
-        while True:
-            # Reading and parsing run in a thread, so that a large batch does
-            # not stall the event loop (and the acknowledgements it reads).
-            rows = await asyncio.to_thread(next_batch)
-            if rows is None:
-                break
-            await slots.acquire()
-            in_flight.append(len(rows))
-            await call.write(municipal_pb2.ImportResidentsRequest(rows=rows))
-        await call.done_writing()
-
-    sender = asyncio.create_task(send(), name=f"import-send:{path.name}")
+    sender = asyncio.create_task(
+        _send_batches(call, batches, slots, in_flight), name=f"import-send:{path.name}"
+    )
     reader: asyncio.Future[object] | None = None
     try:
         while True:
             reader = asyncio.ensure_future(call.read())
-            await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                # The sender finished first; it either failed (re-raised here)
-                # or closed the stream cleanly and the read will end.
-                failure = sender.exception()
-                if failure is not None:
-                    if isinstance(failure, grpc.aio.AioRpcError):
-                        # A refusal (permission, bad batch) ends the stream
-                        # while we write; its real status arrives on the read side.
-                        await asyncio.wait({reader}, timeout=5)
-                        if reader.done() and not reader.cancelled() and reader.exception():
-                            reader.result()
-                    reader.cancel()
-                    sender.result()
-                await reader
-            response = reader.result()
+            response = await _next_response(reader, sender)
             if not isinstance(response, municipal_pb2.ImportResidentsResponse):
                 break  # grpc.aio.EOF: the node closed the stream
-            if not in_flight:
-                raise RuntimeError("the node acknowledged more batches than were sent")
-            in_flight.popleft()
-            slots.release()
-            summary.imported += response.imported
-            summary.already_present += response.already_present
-            summary.rejected.extend(
-                Rejection(r.line, r.source_id, r.field, r.reason) for r in response.rejected
-            )
-            summary.batches_acknowledged += 1
-            bar.set_postfix(
-                imported=summary.imported,
-                present=summary.already_present,
-                rejected=len(summary.rejected),
-                refresh=False,
-            )
-            # Rows with an outcome: acknowledged ones and those refused locally.
-            bar.update(summary.rows_done - bar.n)
+            _acknowledge(response, in_flight, slots, summary, bar)
         sender.result()
         if in_flight:
             raise RuntimeError(f"the stream ended with {len(in_flight)} batch(es) unacknowledged")

@@ -68,23 +68,53 @@ def register_cli(sub: Any) -> None:
     """Add ``resident`` and its operations on a municipal register to the ``jukinet`` parser."""
     resident = sub.add_parser("resident", help="change or show the register of a municipality")
     ops = resident.add_subparsers(dest="op", required=True)
+    for build in (
+        _birth,
+        _move_in,
+        _relocate,
+        _rename,
+        _move_out,
+        _death,
+        _change_code,
+        _enter,
+        _amend,
+        _remove,
+        _show,
+        _status,
+        _disclose,
+    ):
+        build(ops)
 
-    def op(
-        name: str, help: str, call: Call, flags: dict[str, str] = FLAGS
-    ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = ops.add_parser(name, help=help, description=help)
-        connection_options(p)
-        p.set_defaults(func=lambda a: run_call(a, call, service=SERVICE, flags=flags))
-        return p
+
+def _op(
+    ops: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    call: Call,
+    flags: dict[str, str] = FLAGS,
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name`` that makes ``call`` on the municipal node."""
+    p: argparse.ArgumentParser = ops.add_parser(name, help=help, description=help)
+    connection_options(p)
+    p.set_defaults(func=lambda a: run_call(a, call, service=SERVICE, flags=flags))
+    return p
+
+
+def _birth(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident birth`` to ``ops``."""
 
     def birth(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).RegisterBirth(
             municipal_pb2.RegisterBirthRequest(person=_person(a), household_id=a.household)
         )
 
-    p = op("birth", "register a birth (出生)", birth)
+    p = _op(ops, "birth", "register a birth (出生)", birth)
     _person_options(p)
     p.add_argument("--household", default="", help="join this household (default: a new one)")
+
+
+def _move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident move-in`` to ``ops``."""
 
     def move_in(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         origin = {
@@ -103,7 +133,8 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op(
+    p = _op(
+        ops,
         "move-in",
         "register a move in (転入, 特例転入, 国外からの転入)",
         move_in,
@@ -116,6 +147,10 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--household", default="")
     p.add_argument("--date", required=True, help="effective date YYYY-MM-DD")
 
+
+def _relocate(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident relocate`` to ``ops``."""
+
     def relocate(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).Relocate(
             municipal_pb2.RelocateRequest(
@@ -126,11 +161,15 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("relocate", "new address in the municipality (転居)", relocate)
+    p = _op(ops, "relocate", "new address in the municipality (転居)", relocate)
     p.add_argument("code")
     p.add_argument("--address", required=True)
     p.add_argument("--date", required=True)
     p.add_argument("--household", action="store_true", help="move the whole household")
+
+
+def _rename(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident rename`` to ``ops``."""
 
     def rename(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).ChangeName(
@@ -143,12 +182,16 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("rename", "change of name (氏名変更)", rename)
+    p = _op(ops, "rename", "change of name (氏名変更)", rename)
     p.add_argument("code")
     p.add_argument("--name", required=True)
     p.add_argument("--kana", default="")
     p.add_argument("--former-surname", default="")
     p.add_argument("--date", required=True)
+
+
+def _move_out(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident move-out`` to ``ops``."""
 
     def move_out(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).MoveOut(
@@ -160,20 +203,28 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("move-out", "move out (転出, 国外転出)", move_out)
+    p = _op(ops, "move-out", "move out (転出, 国外転出)", move_out)
     p.add_argument("code")
     p.add_argument("--to", help="local government code moved to")
     p.add_argument("--abroad", action="store_true")
     p.add_argument("--date", required=True)
+
+
+def _death(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident death`` to ``ops``."""
 
     def death(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).RecordDeath(
             municipal_pb2.RecordDeathRequest(resident_code=a.code, date_of_death=a.date)
         )
 
-    p = op("death", "record a death (死亡)", death)
+    p = _op(ops, "death", "record a death (死亡)", death)
     p.add_argument("code")
     p.add_argument("--date", required=True)
+
+
+def _change_code(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident change-code`` to ``ops``."""
 
     def change_code(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).ChangeResidentCode(
@@ -182,10 +233,14 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("change-code", "give the resident a new code (住民票コード変更)", change_code)
+    p = _op(ops, "change-code", "give the resident a new code (住民票コード変更)", change_code)
     p.add_argument("code")
     p.add_argument("--ex-officio", action="store_true")
     p.add_argument("--date", required=True)
+
+
+def _enter(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident enter`` to ``ops``."""
 
     def enter(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).EnterExOfficio(
@@ -194,10 +249,14 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("enter", "ex-officio entry (職権記載)", enter)
+    p = _op(ops, "enter", "ex-officio entry (職権記載)", enter)
     _person_options(p)
     p.add_argument("--household", default="")
     p.add_argument("--date", required=True)
+
+
+def _amend(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident amend`` to ``ops``."""
 
     def amend(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).Amend(
@@ -206,10 +265,14 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("amend", "ex-officio correction (職権修正), all details", amend)
+    p = _op(ops, "amend", "ex-officio correction (職権修正), all details", amend)
     p.add_argument("code")
     _person_options(p)
     p.add_argument("--date", required=True)
+
+
+def _remove(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident remove`` to ``ops``."""
 
     def remove(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         ground = {
@@ -222,28 +285,41 @@ def register_cli(sub: Any) -> None:
             )
         )
 
-    p = op("remove", "ex-officio removal (職権消除, 失踪宣告)", remove)
+    p = _op(ops, "remove", "ex-officio removal (職権消除, 失踪宣告)", remove)
     p.add_argument("code")
     p.add_argument("--ground", choices=["ex-officio", "missing"], default="ex-officio")
     p.add_argument("--date", required=True)
 
+
+def _show(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident show`` to ``ops``."""
+
     def show(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).GetResident(municipal_pb2.GetResidentRequest(resident_code=a.code))
 
-    p = op("show", "a register entry and its notifications", show)
+    p = _op(ops, "show", "a register entry and its notifications", show)
     p.add_argument("code")
+
+
+def _status(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident status`` to ``ops``."""
 
     def status(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).GetStatus(municipal_pb2.GetMunicipalStatusRequest())
 
-    op("status", "the node's register, pool and delivery counts", status)
+    _op(ops, "status", "the node's register, pool and delivery counts", status)
+
+
+def _disclose(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident disclose``, printed as JSON or as a table for the resident."""
 
     def disclose(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).DiscloseProvisions(
             provision_pb2.DiscloseRequest(resident_code=a.code)
         )
 
-    p = op(
+    p = _op(
+        ops,
         "disclose",
         "for the resident at the counter: their record as the national node holds it, "
         "and every provision of it (本人確認情報の提供状況の開示)",
