@@ -8,6 +8,7 @@ import dataclasses
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,7 +33,7 @@ def _free_port() -> int:
 
 
 def _config(tmp_path: Path, pki_dir: Path, **overrides: str) -> NationalConfig:
-    settings = {
+    settings: dict[str, Any] = {
         "listen": f"127.0.0.1:{_free_port()}",
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'national.db'}",
         "health_listen": f"127.0.0.1:{_free_port()}",
@@ -60,7 +61,7 @@ async def node(tmp_path: Path, pki_dir: Path) -> AsyncIterator[Node]:
     try:
         yield Node(app, config, channel)
     finally:
-        await channel.close()
+        await channel.close(None)
         await app.stop()
 
 
@@ -165,7 +166,7 @@ async def test_health_port_serves_nothing_but_health(node: Node) -> None:
     service = national_pb2.DESCRIPTOR.services_by_name[SERVICE.rsplit(".", 1)[1]]
     assert service.methods
     for method in service.methods:
-        call = node.health.unary_unary(f"/{SERVICE}/{method.name}")
+        call = node.health.unary_unary(f"/{SERVICE}/{method.name}", None, None)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"", timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, method.name
@@ -197,7 +198,9 @@ async def test_health_port_reports_not_serving_during_shutdown(node: Node, pki_d
     mtls = secure_channel(node.config.listen, tls_files(pki_dir, "operator-national-admin"))
     held = health_pb2_grpc.HealthStub(mtls).Watch(health_pb2.HealthCheckRequest())
     try:
-        assert (await held.read()).status == SERVING  # type: ignore[union-attr]
+        first_held = await held.read()
+        assert isinstance(first_held, health_pb2.HealthCheckResponse)
+        assert first_held.status == SERVING
         stopping = asyncio.create_task(node.app.stop())
         changed = await asyncio.wait_for(watch.read(), 5)
         assert isinstance(changed, health_pb2.HealthCheckResponse)
@@ -209,7 +212,7 @@ async def test_health_port_reports_not_serving_during_shutdown(node: Node, pki_d
         await asyncio.wait_for(stopping, 10)
     finally:
         held.cancel()
-        await mtls.close()
+        await mtls.close(None)
     # Once stopped, the health port is closed too.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
