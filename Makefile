@@ -11,7 +11,7 @@ BUF := $(abspath $(BUF_DIR))/node_modules/.bin/buf
 BUF_STAMP := $(BUF_DIR)/.installed-$(BUF_VERSION)
 
 .PHONY: setup protos check-protos lint format typecheck imports check test test-sqlite demo bench clean \
-	buf buf-format buf-breaking
+	buf buf-format buf-breaking deploy-check
 
 setup: $(STAMP) $(BUF_STAMP)
 
@@ -66,7 +66,18 @@ buf-breaking: $(BUF_STAMP)
 		cd protos && $(BUF) breaking --against "$$repo#format=git,tag=$$tag,subdir=protos"; \
 	fi
 
-check: lint typecheck imports check-protos buf buf-breaking
+# The Kubernetes manifests against the Kubernetes JSON schemas kubernetes-validate
+# ships (offline, strict: an unknown field fails), and the compose file where
+# Docker Compose is installed.
+deploy-check: $(STAMP)
+	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+	@if docker compose version >/dev/null 2>&1; then \
+		docker compose -f deploy/compose.yaml config --quiet && echo "compose.yaml: valid"; \
+	else \
+		echo "docker compose config: skipped, Docker Compose is not installed"; \
+	fi
+
+check: lint typecheck imports check-protos buf buf-breaking deploy-check
 
 # Runs the whole suite. PostgreSQL tests use JUKINET_TEST_PG_DSN (default: the
 # local server); set JUKINET_TEST_PG=skip on a machine without PostgreSQL.

@@ -57,6 +57,9 @@ class NodeConfig:
     """The ``[tls]`` table: ``ca``, ``cert``, ``key`` and optionally ``crl``."""
     metrics_listen: str = ""
     """host:port of the Prometheus ``/metrics`` endpoint; empty: none."""
+    health_listen: str = ""
+    """host:port of a plaintext port serving only gRPC health (for a kubelet's
+    probe, which cannot present a client certificate); empty: none."""
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING or ERROR (the log goes to stderr)."""
 
@@ -69,9 +72,20 @@ class NodeConfig:
         _check_hostport("listen", self.listen)
         if self.metrics_listen:
             _check_hostport("metrics_listen", self.metrics_listen)
+        self._check_health_listen()
         self._check_database_url()
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+
+    def _check_health_listen(self) -> None:
+        if not self.health_listen:
+            return
+        _check_hostport("health_listen", self.health_listen)
+        # Same host:port as another endpoint: the second bind would fail later
+        # with a less clear message, or (gRPC reuses ports) share it silently.
+        for other in ("listen", "metrics_listen"):
+            if self.health_listen == getattr(self, other):
+                raise ConfigError(f"health_listen: {self.health_listen} is also {other}")
 
     def _check_database_url(self) -> None:
         if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):

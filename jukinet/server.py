@@ -1,6 +1,7 @@
 """Running a node: one grpc.aio server with mutual TLS, the identity
 interceptor, gRPC health, server reflection and a Prometheus endpoint, stopped
-cleanly on SIGTERM.
+cleanly on SIGTERM; optionally a plaintext port serving gRPC health only, for
+probes that cannot present a client certificate (a kubelet's).
 """
 
 from __future__ import annotations
@@ -61,11 +62,18 @@ class RunningServer:
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     metrics_server: WSGIServer | None
+    health_server: grpc.aio.Server | None = None
+    """The plaintext health-only server (``health_listen``), if any."""
+    health_port: int = 0
 
     async def stop(self, grace: float = 2.0) -> None:
         """Report NOT_SERVING, let calls in flight finish for ``grace`` seconds, stop metrics."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        # Stopped last, so a probe sees NOT_SERVING (not a refused connection)
+        # while the calls in flight finish.
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if self.metrics_server is not None:
             stop_metrics_server(self.metrics_server)
 
@@ -112,6 +120,8 @@ async def start_server(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     check_port_free(config.listen)
+    if config.health_listen:
+        check_port_free(config.health_listen, setting="health_listen")
     try:
         port = server.add_secure_port(config.listen, server_credentials(config.tls))
     except RuntimeError:
@@ -131,7 +141,46 @@ async def start_server(
     await server.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, metrics_server)
+    running = RunningServer(server, port, health_servicer, metrics_server)
+    if config.health_listen:
+        await _add_health_server(running, config.health_listen)
+    return running
+
+
+async def _add_health_server(running: RunningServer, listen: str) -> None:
+    """Start the health-only port once the node serves; stop everything if it cannot bind."""
+    try:
+        running.health_server, running.health_port = await start_health_server(
+            listen, running.health
+        )
+    except ConfigError:
+        await running.stop(0)
+        raise
+
+
+async def start_health_server(listen: str, health_servicer: Any) -> tuple[grpc.aio.Server, int]:
+    """Serve ``health_servicer`` alone, without TLS, on host:port ``listen``; (server, port).
+
+    A kubelet's gRPC probe cannot present a client certificate, so it cannot
+    reach the node's mTLS port. This port answers grpc.health.v1.Health and
+    nothing else (every other method, reflection included, is UNIMPLEMENTED):
+    it tells whoever reaches it only whether the node serves. It shares the
+    servicer of the mTLS port, so both report NOT_SERVING from the start of
+    a shutdown.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    check_port_free(listen, setting="health_listen")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigError(
+            f"health_listen: cannot bind {listen} (is another process using the port?)"
+        )
+    await server.start()
+    return server, port
 
 
 def check_port_free(listen: str, *, setting: str = "listen") -> None:
