@@ -19,9 +19,9 @@ from services.municipal import repository as repo
 
 log = logging.getLogger("jukinet.municipal")
 
-# How long an operation that needs codes now waits for the prefecture, and how
-# long a background refill does.
-ENSURE_WITHIN = 10.0
+# How long an operation that needs codes now waits for the prefecture to be
+# reachable (a prefecture starting up), and the deadline of a background refill.
+ENSURE_WITHIN = 3.0
 REFILL_WITHIN = 30.0
 
 
@@ -70,14 +70,23 @@ class PoolKeeper:
         if free >= needed:
             return
         try:
-            await self._fill(max(self._refill, needed - free + self._low), within=ENSURE_WITHIN)
+            await self._fill(
+                max(self._refill, needed - free + self._low), within=ENSURE_WITHIN, wait=True
+            )
         except Exception as exc:
             raise Unavailable(
                 f"the resident-code pool is short ({free} free, {needed} needed) and the "
                 f"prefecture could not be reached: {_brief(exc)}"
             ) from exc
 
-    async def _fill(self, count: int, *, within: float = REFILL_WITHIN) -> None:
+    async def _fill(self, count: int, *, within: float = REFILL_WITHIN, wait: bool = False) -> None:
+        """Ask the prefecture for ``count`` codes (or resend the request still open).
+
+        With ``wait``, a prefecture that is starting up or reconnecting is
+        waited for within ``within`` rather than failing at once: an operation
+        that needs a code now. The background refill fails fast instead and
+        retries with its backoff, so it never holds the lock for long.
+        """
         async with self._lock:
             async with self._db.write() as conn:
                 pending = await repo.pending_pool_request(conn)
@@ -90,9 +99,7 @@ class PoolKeeper:
                     municipality_code=self._municipality, count=size, request_id=request_id
                 ),
                 timeout=within,
-                # A prefecture that is starting up, or reconnecting, is waited
-                # for within the deadline rather than failing at once.
-                wait_for_ready=True,
+                wait_for_ready=wait,
             )
             async with self._db.write() as conn:
                 added = await repo.fulfil_pool_request(conn, request_id, response.resident_codes)
