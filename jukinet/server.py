@@ -52,7 +52,8 @@ RECEIVE_LIMITS: dict[str, int] = {
 gRPC reads a unary request whole before any handler (and so before the
 caller's right to call is checked) runs; this limit is what bounds the memory
 an identity without a right to call can make a node spend. A larger message is
-refused with RESOURCE_EXHAUSTED as soon as its length prefix is read.
+refused with RESOURCE_EXHAUSTED (tests/integration/test_hostile_requests.py
+bounds the memory three refused 60 MB calls cost).
 """
 DEFAULT_RECEIVE_LIMIT = 4 * _MIB
 """The receive limit of a server whose services are not listed above."""

@@ -38,7 +38,14 @@ from jukinet.interceptors import (
     operator_in_prefecture,
     operator_of,
 )
-from jukinet.tls import SERVER_OPTIONS, RevocationList, TlsFiles, secure_channel, server_credentials
+from jukinet.tls import (
+    SERVER_OPTIONS,
+    RevocationList,
+    TlsFiles,
+    certificate_policy_problem,
+    secure_channel,
+    server_credentials,
+)
 from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc, provision_pb2
 from tests.federation import EOF, trailers
 
@@ -894,10 +901,8 @@ async def _hand_made_call(federation: Pki, port: int, chain: bytes, key: Any) ->
 
 
 def _refused_by_policy(err: Any, servicer: ProbeServicer, *words: str) -> None:
-    """The call was refused as UNAUTHENTICATED (or in the handshake) and never ran."""
+    """The call was refused as UNAUTHENTICATED with its reason and never ran."""
     assert servicer.seen == []
-    if err.code() is grpc.StatusCode.UNAVAILABLE:
-        return  # the handshake itself refused the chain
     assert err.code() is grpc.StatusCode.UNAUTHENTICATED, err.details()
     assert reason(err)["jukinet-reason"] == "bad-certificate"
     for word in words:
@@ -923,8 +928,10 @@ async def test_a_certificate_chained_under_a_leaf_is_refused(
     port, servicer = await start_server()
     middle = _hand_made_leaf(_load_ca(federation.dir), Identity.agency("nta"), ca=True)
     cert, key = _hand_made_leaf(middle, M31)
+    # The handshake accepts this chain (a trust anchor's pathLen is not
+    # enforced); the interceptor refuses a leaf the root did not sign itself.
     err = await _hand_made_call(federation, port, _pem(cert, middle[0]), key)
-    _refused_by_policy(err, servicer)
+    _refused_by_policy(err, servicer, "root -> leaf")
 
 
 async def test_an_rsa_1024_key_is_refused(federation: Pki, start_server: StartServer) -> None:
@@ -960,7 +967,12 @@ async def test_a_certificate_without_client_auth_is_refused_as_a_client(
         _load_ca(federation.dir), M31, usages=(ExtendedKeyUsageOID.SERVER_AUTH,)
     )
     err = await _hand_made_call(federation, port, _pem(cert), key)
-    _refused_by_policy(err, servicer, "clientAuth")
+    # The handshake already refuses a client certificate without clientAuth;
+    # the interceptor's own check (below) stands behind it.
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert servicer.seen == []
+    assert "clientAuth" in certificate_policy_problem(cert, usage="client")
+    assert certificate_policy_problem(cert, usage="server") == ""
 
 
 def test_own_certificate_must_fit_its_role(federation: Pki, tmp_path: Path) -> None:
@@ -1053,3 +1065,31 @@ async def test_forced_reissue_revokes_the_old_certificate_on_a_running_server(
     )
     await get_status(port, new_files)
     assert servicer.seen == [Identity.municipality("312029")] * 2
+
+
+async def test_a_server_certificate_without_server_auth_is_refused_by_the_client(
+    federation: Pki,
+) -> None:
+    cert, key = _hand_made_leaf(
+        _load_ca(federation.dir),
+        Identity.prefecture("31"),
+        usages=(ExtendedKeyUsageOID.CLIENT_AUTH,),
+    )
+    # A node refuses to serve with such a certificate (TlsFiles.load); built by
+    # hand here to show that a client refuses such a server too.
+    credentials = grpc.ssl_server_credentials(
+        [(_key_pem(key), _pem(cert))],
+        root_certificates=(federation.dir / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
+    server = grpc.aio.server(interceptors=[AuthInterceptor(RULES)])
+    servicer = ProbeServicer()
+    prefecture_pb2_grpc.add_PrefectureServiceServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    try:
+        err = await status_error(port, federation.files("municipality-312011"))
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
+        assert servicer.seen == []
+    finally:
+        await server.stop(None)
