@@ -42,6 +42,18 @@ INFO_RECEIVED_SEQUENCE = "receivedSequence"
 INFO_RETRY_AFTER_MS = "retryAfterMs"
 INFO_PEER = "peer"
 
+MAX_MESSAGE_LENGTH = 512
+"""The most characters of an error's message that leave a node: a status
+echoing what a caller sent (a list of 200,000 names) must stay small."""
+
+
+def _bounded(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
+    """``text`` cut to ``limit`` characters, marked as cut when it was."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
 Trailers = tuple[tuple[str, str | bytes], ...]
 """Trailing metadata of a refused call: text entries and the binary status."""
 
@@ -62,6 +74,7 @@ class JukinetError(Exception):
     reason: Reason = Reason.INTERNAL
 
     def __init__(self, message: str, *, reason: Reason | None = None) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
         if reason is not None:
@@ -107,6 +120,7 @@ class InvalidArgument(JukinetError):
     reason = Reason.INVALID_ARGUMENT
 
     def __init__(self, field: str, problem: str) -> None:
+        field, problem = _bounded(field, 200), _bounded(problem)
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem

@@ -45,9 +45,17 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 import grpc
 import grpc.aio
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 
-from jukinet.errors import JukinetError, PermissionDenied, Unauthenticated, Unimplemented
+from jukinet.errors import (
+    InvalidArgument,
+    JukinetError,
+    PermissionDenied,
+    Unauthenticated,
+    Unimplemented,
+)
 from jukinet.identity import (
     NATIONAL_ORG,
     Identity,
@@ -57,6 +65,8 @@ from jukinet.identity import (
     parse_identity_uri,
 )
 from jukinet.reasons import Reason
+from jukinet.tls import certificate_policy_problem
+from jukinet.validation import check_list_sizes
 
 Rule: TypeAlias = Callable[[Identity], bool]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -187,7 +197,7 @@ class _Peer:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_peer(pem: bytes) -> _Peer:
+def _parse_peer(pem: bytes, ca_pem: bytes | None = None) -> _Peer:
     """Serial and identity of a PEM certificate, parsed once per distinct certificate.
 
     gRPC does expose URI SANs (``peer_uri``) in the auth context, but it
@@ -196,11 +206,25 @@ def _parse_peer(pem: bytes) -> _Peer:
     Results are cached (bounded) because every call on a connection carries
     the same certificate bytes. Problems are returned, not raised, so that
     a bad certificate is cached like a good one.
+
+    With ``ca_pem`` the certificate must be signed by that CA itself: the
+    handshake accepts a chain through an intermediate (a trust anchor's
+    pathLen is not enforced), and the auth context shows only the leaf.
     """
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         return _Peer(None, None, "peer certificate cannot be parsed")
+    if ca_pem is not None and not _directly_issued(cert, ca_pem):
+        return _Peer(
+            cert.serial_number,
+            None,
+            "peer certificate is not issued by the federation's root CA itself "
+            "(a chain longer than root -> leaf)",
+        )
+    problem = certificate_policy_problem(cert, usage="client")
+    if problem:
+        return _Peer(cert.serial_number, None, f"peer {problem}")
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = [
@@ -224,6 +248,15 @@ def _parse_peer(pem: bytes) -> _Peer:
         return _Peer(cert.serial_number, None, f"peer certificate identity: {exc}")
 
 
+def _directly_issued(cert: x509.Certificate, ca_pem: bytes) -> bool:
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def _first(values: Iterable[bytes] | None) -> bytes | None:
     for value in values or ():
         return bytes(value)
@@ -242,6 +275,8 @@ class AuthInterceptor(_ServerInterceptor):
     says otherwise. ``revoked`` is a set of revoked serial numbers or a
     callable returning the current set (e.g. :class:`jukinet.tls.RevocationList`).
     ``on_denied(method, reason)`` is told about every refused call (metrics).
+    ``ca`` (the root CA's PEM) makes every caller's certificate have to be
+    signed by the root itself; nodes always give it.
     """
 
     def __init__(
@@ -251,6 +286,7 @@ class AuthInterceptor(_ServerInterceptor):
         revoked: RevokedSource = frozenset(),
         on_denied: DenialHook | None = None,
         on_finished: FinishHook | None = None,
+        ca: bytes | None = None,
     ) -> None:
         for method in rules:
             # A typo in a method name would silently deny that method forever;
@@ -265,6 +301,7 @@ class AuthInterceptor(_ServerInterceptor):
         )
         self._on_denied = on_denied
         self._on_finished = on_finished
+        self._ca = ca
 
     async def intercept_service(  # type: ignore[override]  # the stub omits None
         self,
@@ -299,7 +336,7 @@ class AuthInterceptor(_ServerInterceptor):
             # Only reachable on a server port without require_client_auth
             # (or an insecure one): refuse rather than trust the network.
             raise Unauthenticated("no client certificate", reason=Reason.NO_CLIENT_CERTIFICATE)
-        peer = _parse_peer(pem)
+        peer = _parse_peer(pem, self._ca)
         if peer.serial is not None and peer.serial in self._revoked():
             raise Unauthenticated(
                 f"client certificate serial {peer.serial:x} is revoked",
@@ -389,6 +426,62 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
     await _abort(context, JukinetError("internal error"))
 
 
+class _Refused:
+    """What a request deserializes to when its bytes cannot be accepted.
+
+    The refusal is raised only after the caller is authorized, so a caller
+    without a right to call learns nothing about what it sent.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _guard_deserializer(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    """``deserializer``, answering malformed bytes and oversized lists with a _Refused."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            message = deserializer(data)
+        except DecodeError:
+            # gRPC would answer UNKNOWN and log a traceback for every such call.
+            return _Refused(InvalidArgument("request", "malformed protobuf message"))
+        if isinstance(message, Message):
+            try:
+                check_list_sizes(message)
+            except InvalidArgument as err:
+                return _Refused(err)
+        return message
+
+    return parse
+
+
+def _refuse(refused: _Refused, method: str) -> NoReturn:
+    """Raise the refusal of a request, with one quiet log line (no traceback)."""
+    caller = _identity.get()
+    _log.info(
+        "refused a request to %s from %s: %s",
+        method,
+        caller.uri if caller is not None else "unknown",
+        refused.error.message,
+    )
+    raise refused.error
+
+
+async def _checked_requests(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    """A request stream that raises the refusal of the first unacceptable message."""
+    async for request in requests:
+        if isinstance(request, _Refused):
+            _refuse(request, method)
+        yield request
+
+
 def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:
     return _identity.set(authorize(context))
 
@@ -427,6 +520,15 @@ def _never_run(behavior: Callable[..., Any], method: str) -> Callable[..., Await
     return refuse
 
 
+def _checked_request(request: Any, method: str) -> Any:
+    """The request, refused if it could not be accepted; a stream, checked as it is read."""
+    if isinstance(request, _Refused):
+        _refuse(request, method)
+    if hasattr(request, "__aiter__"):
+        return _checked_requests(request, method)
+    return request
+
+
 def _unary_response(
     behavior: Callable[..., Awaitable[Any]],
     method: str,
@@ -440,7 +542,7 @@ def _unary_response(
         timer = _Timer(on_finished, method)
         try:
             token = _bind(authorize, context)
-            return await behavior(request, context)
+            return await behavior(_checked_request(request, method), context)
         except BaseException as exc:
             timer.failure = exc
             await _translate(exc, method, context)
@@ -469,7 +571,7 @@ def _stream_response(
         timer = _Timer(on_finished, method)
         try:
             token = _bind(authorize, context)
-            responses = behavior(request, context)
+            responses = behavior(_checked_request(request, method), context)
             async for response in responses:
                 yield response
         except BaseException as exc:
@@ -494,7 +596,7 @@ def _wrap_handler(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler, with every cardinality's behaviour guarded."""
     kwargs: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _guard_deserializer(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
 

@@ -229,8 +229,13 @@ def issue(
     days: int = NODE_DAYS,
     *,
     hosts: Sequence[str] | None = None,
+    force: bool = False,
 ) -> Issued:
     """Issue a leaf for ``identity`` as ``<name>.pem`` / ``<name>.key`` next to ``ca.pem``.
+
+    A certificate or key already under ``name`` is refused (FileExistsError)
+    unless ``force``; then the old certificate's serial is added to the CRL
+    before it is replaced, so the key it certified stops working too.
 
     ``hosts`` are the DNS names / IP addresses the certificate may serve as;
     by default ``localhost`` and ``127.0.0.1`` for nodes (which run servers)
@@ -242,6 +247,15 @@ def issue(
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
     ca_cert, ca_key = _load_ca(directory)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    existing = [path for path in (cert_path, key_path) if path.exists()]
+    if existing and not force:
+        raise FileExistsError(
+            f"{existing[0]} already exists: refusing to replace it "
+            "(use --force to revoke the old certificate and issue a new one)"
+        )
+    if cert_path.exists():
+        _revoke_replaced(directory, cert_path, ca_cert, ca_key)
     if hosts is None:
         # Nodes also answer to their certificate name, which is the service name
         # in deploy/ (compose and Kubernetes): national, prefecture-31 ...
@@ -301,7 +315,6 @@ def issue(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     # Key before certificate: readers pair them by name, and a new
     # certificate next to an old key would fail every handshake.
     _write_private(key_path, _key_pem(key))
@@ -361,6 +374,50 @@ def _write_crl(
     _write_public(directory / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
 
 
+def _crl_entries(directory: Path) -> tuple[list[x509.RevokedCertificate], int]:
+    """The CRL's entries and the number the next CRL must carry."""
+    crl = _read_crl(directory)
+    entries: list[x509.RevokedCertificate] = list(crl) if crl is not None else []
+    number = 1
+    if crl is not None:
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+        except x509.ExtensionNotFound:
+            number = 1
+    return entries, number
+
+
+def _add_revoked(
+    directory: Path,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    serial: int,
+) -> None:
+    """Add ``serial`` to the CRL (once) and re-sign it."""
+    entries, number = _crl_entries(directory)
+    if all(e.serial_number != serial for e in entries):
+        entries.append(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(_now()).build()
+        )
+    _write_crl(directory, ca_cert, ca_key, entries, crl_number=number)
+
+
+def _revoke_replaced(
+    directory: Path,
+    cert_path: Path,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """Revoke the certificate about to be replaced, if this CA issued it."""
+    try:
+        old = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        old.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        # Not a certificate of this CA: nothing this CRL could revoke.
+        return
+    _add_revoked(directory, ca_cert, ca_key, old.serial_number)
+
+
 def revoke(directory: Path | str, name: str) -> int:
     """Add ``<name>.pem``'s serial to the CA-signed ``crl.pem``; returns the serial.
 
@@ -373,22 +430,7 @@ def revoke(directory: Path | str, name: str) -> int:
     if not cert_path.exists():
         raise FileNotFoundError(f"no certificate {cert_path}")
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    crl = _read_crl(directory)
-    entries: list[x509.RevokedCertificate] = list(crl) if crl is not None else []
-    number = 1
-    if crl is not None:
-        try:
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-        except x509.ExtensionNotFound:
-            number = 1
-    if all(e.serial_number != cert.serial_number for e in entries):
-        entries.append(
-            x509.RevokedCertificateBuilder()
-            .serial_number(cert.serial_number)
-            .revocation_date(_now())
-            .build()
-        )
-    _write_crl(directory, ca_cert, ca_key, entries, crl_number=number)
+    _add_revoked(directory, ca_cert, ca_key, cert.serial_number)
     return cert.serial_number
 
 
@@ -492,7 +534,8 @@ def issue_federation(
 
     Idempotent: a certificate already present, issued by this CA, for the
     same identity, with a matching key, not revoked and not close to expiry
-    is kept; anything else is (re)issued.
+    is kept; anything else is (re)issued, and the certificate it replaces
+    revoked.
     """
     directory = Path(directory)
     if not (directory / CA_CERT).exists():
@@ -504,7 +547,9 @@ def issue_federation(
     for identity in spec.identities():
         name = cert_name(identity)
         kept = _still_good(directory, name, identity, ca_cert, revoked)
-        results.append(kept if kept is not None else issue(directory, identity, name, days))
+        results.append(
+            kept if kept is not None else issue(directory, identity, name, days, force=True)
+        )
     return results
 
 
@@ -524,7 +569,8 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     identity = parse_identity_uri(args.identity)
     name = args.name or cert_name(identity)
     hosts = args.host if args.host else None
-    print(issue(args.dir, identity, name, args.days, hosts=hosts).describe())
+    issued = issue(args.dir, identity, name, args.days, hosts=hosts, force=args.force)
+    print(issued.describe())
     return 0
 
 
@@ -590,6 +636,11 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default=[],
         help="DNS name or IP the server answers as (repeatable; default for nodes: "
         "localhost and 127.0.0.1, none for agencies and operators)",
+    )
+    one.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing certificate of that name, revoking the old one",
     )
     one.set_defaults(func=_friendly(_cmd_issue))
 

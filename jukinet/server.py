@@ -33,6 +33,40 @@ from jukinet.tls import RevocationList, server_credentials
 log = logging.getLogger("jukinet.server")
 
 MAX_MESSAGE = 64 * 1024 * 1024
+"""The largest message a node's client channels accept (export pages, relayed answers)."""
+
+_MIB = 1024 * 1024
+RECEIVE_LIMITS: dict[str, int] = {
+    # Agencies send claims: a VerifyBatch message of at most 10,000 items of a
+    # few hundred bytes each.
+    "jukinet.v1.GatewayService": 4 * _MIB,
+    # Operators send one resident's change, or an import batch (1,000 rows by
+    # default, 10,000 at most, about 1 KB a row).
+    "jukinet.v1.MunicipalService": 16 * _MIB,
+    # The tiers above take push batches of up to 10,000 notifications of at
+    # most about 3 KB each (every text field at its longest).
+    "jukinet.v1.PrefectureService": 32 * _MIB,
+    "jukinet.v1.NationalService": 32 * _MIB,
+}
+"""The largest request message each node's server accepts, by the service it serves.
+
+gRPC reads a unary request whole before any handler (and so before the
+caller's right to call is checked) runs; this limit is what bounds the memory
+an identity without a right to call can make a node spend. A larger message is
+refused with RESOURCE_EXHAUSTED (tests/integration/test_hostile_requests.py
+bounds the memory three refused 60 MB calls cost).
+"""
+DEFAULT_RECEIVE_LIMIT = 4 * _MIB
+"""The receive limit of a server whose services are not listed above."""
+
+
+def receive_limit(service_names: list[str]) -> int:
+    """The receive limit of a server serving ``service_names``: the largest any of them needs."""
+    return max(
+        (RECEIVE_LIMITS.get(name, DEFAULT_RECEIVE_LIMIT) for name in service_names),
+        default=DEFAULT_RECEIVE_LIMIT,
+    )
+
 
 REFLECTION_METHOD = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
 """The one method of gRPC server reflection (v1alpha, which grpcurl and buf curl speak)."""
@@ -100,10 +134,11 @@ async def start_server(
                 revoked=revoked,
                 on_denied=lambda method, reason: metrics.denials.labels(method, reason).inc(),
                 on_finished=metrics.observe_rpc,
+                ca=config.tls.load(usage="server").ca,
             )
         ],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", receive_limit(service_names)),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),

@@ -24,7 +24,8 @@ import grpc.aio
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from jukinet.errors import ConfigError
 
@@ -63,6 +64,69 @@ SERVER_OPTIONS: tuple[ChannelOption, ...] = (
     ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     ("grpc.http2.max_pings_without_data", 0),
 )
+
+
+# The weakest keys a peer may hold: EC on P-256 or a larger NIST curve, RSA of
+# 2048 bits or more (the PKI issues P-256 only; RSA is for keys made elsewhere).
+_EC_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+MIN_RSA_BITS = 2048
+
+
+def certificate_policy_problem(cert: x509.Certificate, *, usage: str = "client") -> str:
+    """Why ``cert`` may not serve as a federation leaf for ``usage``, or "" if it may.
+
+    A leaf is no CA (else it could sign certificates the handshake would then
+    chain under it), carries the extended key usage of its role
+    (``clientAuth`` for a caller, ``serverAuth`` for a server), and holds a key
+    at least as strong as EC P-256 or RSA-2048.
+    """
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            return "certificate is a CA certificate (CA:TRUE), not a leaf"
+    except x509.ExtensionNotFound:
+        pass
+    except ValueError:
+        return "certificate has malformed basic constraints"
+    wanted = (
+        ExtendedKeyUsageOID.CLIENT_AUTH if usage == "client" else ExtendedKeyUsageOID.SERVER_AUTH
+    )
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return f"certificate has no extended key usage (needs {usage}Auth)"
+    except ValueError:
+        return "certificate has a malformed extended key usage"
+    if wanted not in usages:
+        return f"certificate does not allow {usage}Auth in its extended key usage"
+    try:
+        key = cert.public_key()
+    except (ValueError, TypeError):
+        return "certificate key cannot be read"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in _EC_CURVES:
+            return f"certificate key is on curve {key.curve.name}; P-256 or stronger required"
+    elif isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            return f"certificate key is RSA-{key.key_size}; at least RSA-{MIN_RSA_BITS} required"
+    else:
+        return f"certificate key type {type(key).__name__} is not accepted (EC P-256 or RSA)"
+    return ""
+
+
+def _check_ca(path: Path, ca: x509.Certificate) -> None:
+    """The root must be a CA that signs leaves only (pathLen 0), as `pki init` makes it."""
+    try:
+        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        raise ConfigError(f"tls.ca: {path}: not a CA certificate (no basic constraints)") from None
+    if not constraints.ca:
+        raise ConfigError(f"tls.ca: {path}: not a CA certificate (CA:FALSE)")
+    if constraints.path_length != 0:
+        raise ConfigError(
+            f"tls.ca: {path}: the root CA must have pathLen 0 (sign leaves only); "
+            "re-create the PKI with `jukinet pki init`"
+        )
 
 
 @dataclass(frozen=True)
@@ -113,8 +177,12 @@ class TlsFiles:
     key: Path
     crl: Path | None = None
 
-    def load(self) -> TlsMaterial:
-        """Read and check every file; ConfigError with one clear line if anything is off."""
+    def load(self, *, usage: str = "client") -> TlsMaterial:
+        """Read and check every file; ConfigError with one clear line if anything is off.
+
+        ``usage`` is the role the own certificate is loaded for: ``client`` or
+        ``server`` (its extended key usage must allow it).
+        """
         now = dt.datetime.now(dt.UTC)
         ca_pem = _read("ca", self.ca)
         cert_pem = _read("cert", self.cert)
@@ -135,6 +203,10 @@ class TlsFiles:
             raise ConfigError(f"tls.key: {self.key}: not an unencrypted PEM private key") from None
         _check_validity("ca", self.ca, ca, now)
         _check_validity("cert", self.cert, cert, now)
+        _check_ca(self.ca, ca)
+        problem = certificate_policy_problem(cert, usage=usage)
+        if problem:
+            raise ConfigError(f"tls.cert: {self.cert}: {problem}")
         if key.public_key() != cert.public_key():
             raise ConfigError(f"tls.key: {self.key}: does not match the certificate {self.cert}")
         try:
@@ -224,7 +296,7 @@ class RevocationList:
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server credentials that demand and verify a client certificate from our CA."""
-    material = files.load()
+    material = files.load(usage="server")
     return grpc.ssl_server_credentials(
         [(material.key, material.cert)],
         root_certificates=material.ca,

@@ -12,6 +12,9 @@ import re
 import time
 import unicodedata
 
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
+
 from jukinet.codes import (
     check_local_government_code,
     check_resident_code,
@@ -235,3 +238,62 @@ def check_claim(claim: gateway_pb2.ClaimedIdentity, prefix: str = "claim") -> No
         check_sex(claim.sex, f"{prefix}.sex")
     if claim.address:
         check_address(claim.address, f"{prefix}.address")
+
+
+# --- list sizes ---------------------------------------------------------------------
+
+MAX_LIST = 1000
+"""The most entries any repeated field of a request may hold, unless listed below."""
+
+# The lists that are batches by design, at the size their senders use at most:
+# a delivery or import batch, and a VerifyBatch message (the gateway applies
+# each purpose's own, smaller max_batch_size on top).
+MAX_BATCH = 10_000
+LIST_LIMITS: dict[str, int] = {
+    "jukinet.v1.PushNotificationsRequest.entries": MAX_BATCH,
+    "jukinet.v1.ImportResidentsRequest.rows": MAX_BATCH,
+    "jukinet.v1.VerifyBatchRequest.items": MAX_BATCH,
+    "jukinet.v1.ProvideVerificationRequest.items": MAX_BATCH,
+}
+
+
+def check_list_sizes(message: Message, prefix: str = "") -> None:
+    """Refuse a message any of whose repeated fields (at any depth) is too long.
+
+    Run on every request before its handler, so that no list a caller names
+    (200,000 field names, a million codes) is walked, recorded or echoed.
+    """
+    descriptor = message.DESCRIPTOR
+    if not _has_lists(descriptor):
+        return
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.is_repeated:
+            limit = LIST_LIMITS.get(field.full_name, MAX_LIST)
+            if len(value) > limit:
+                raise InvalidArgument(path, f"has {len(value)} entries; at most {limit} allowed")
+            if field.message_type is not None and _has_lists(field.message_type):
+                if field.message_type.GetOptions().map_entry:
+                    continue
+                for index, item in enumerate(value):
+                    check_list_sizes(item, f"{path}[{index}].")
+        elif field.message_type is not None:
+            check_list_sizes(value, f"{path}.")
+
+
+@functools.lru_cache(maxsize=512)
+def _has_lists(descriptor: Descriptor) -> bool:
+    """Whether a message type holds a repeated field anywhere below it."""
+    return _lists_below(descriptor, frozenset())
+
+
+def _lists_below(descriptor: Descriptor, seen: frozenset[str]) -> bool:
+    if descriptor.full_name in seen:
+        return False
+    seen = seen | {descriptor.full_name}
+    for field in descriptor.fields:
+        if field.is_repeated:
+            return True
+        if field.message_type is not None and _lists_below(field.message_type, seen):
+            return True
+    return False

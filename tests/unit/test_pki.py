@@ -231,3 +231,50 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("pki", "revoke", "--dir", d, "--name", "m") == 0
     assert "revoked" in capsys.readouterr().out
     assert len(pki.load_revoked_serials(Path(d) / "crl.pem")) == 1
+
+
+def test_issue_over_an_existing_name_is_refused_without_force(ca_dir: Path) -> None:
+    first = pki.issue(ca_dir, Identity.municipality("312011"), "m")
+    before = (first.cert_path.read_bytes(), first.key_path.read_bytes())
+    with pytest.raises(FileExistsError, match="--force"):
+        pki.issue(ca_dir, Identity.municipality("312011"), "m")
+    assert (first.cert_path.read_bytes(), first.key_path.read_bytes()) == before
+    assert first.serial not in pki.load_revoked_serials(ca_dir / "crl.pem")
+    # A stray key alone is refused too: it would be silently replaced.
+    (ca_dir / "k.key").write_bytes(b"not mine")
+    with pytest.raises(FileExistsError):
+        pki.issue(ca_dir, Identity.municipality("312029"), "k")
+    assert (ca_dir / "k.key").read_bytes() == b"not mine"
+
+
+def test_forced_issue_revokes_the_certificate_it_replaces(ca_dir: Path) -> None:
+    first = pki.issue(ca_dir, Identity.municipality("312011"), "m")
+    second = pki.issue(ca_dir, Identity.municipality("312011"), "m", force=True)
+    assert second.serial != first.serial
+    revoked = pki.load_revoked_serials(ca_dir / "crl.pem", ca=ca_dir / "ca.pem")
+    assert first.serial in revoked and second.serial not in revoked
+    assert cert(second.cert_path).serial_number == second.serial
+
+
+def test_cli_issue_needs_force_to_replace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="jukinet")
+    pki.register_cli(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(argv)
+        code: int = args.func(args)
+        return code
+
+    d = str(tmp_path / "p")
+    assert run("pki", "init", "--dir", d) == 0
+    issue = ("pki", "issue", "--dir", d, "--identity", "jukinet://agency/nta")
+    assert run(*issue) == 0
+    old = cert(Path(d) / "agency-nta.pem").serial_number
+    capsys.readouterr()
+    assert run(*issue) == 1
+    err = capsys.readouterr().err
+    assert "--force" in err and err.count("\n") == 1
+    assert run(*issue, "--force") == 0
+    assert old in pki.load_revoked_serials(Path(d) / "crl.pem")
