@@ -175,17 +175,15 @@ class GatewayService:
         if not failures:
             return
         spooled = [code for code, f in failures if f.code() in RETRYABLE]
-        for code in spooled:
-            # Kept on disk until the national node is back and records it.
-            await self._spool.add(
+        # Kept on disk until the national node is back and records them.
+        await self._spool.add(
+            *(
                 SpooledDenial(
-                    denied.agency_code,
-                    denied.purpose_code,
-                    denied.operation,
-                    code,
-                    denied.reason,
+                    denied.agency_code, denied.purpose_code, denied.operation, code, denied.reason
                 )
+                for code in spooled
             )
+        )
         if len(spooled) < len(failures):
             # Refused by the national node: the log is then its only record.
             log.error(

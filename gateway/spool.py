@@ -96,10 +96,10 @@ class DenialSpool:
         if self._pending:
             log.info("%d refusals wait in the spool to be recorded", len(self._pending))
 
-    def _append(self, entry: dict[str, object]) -> None:
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+    def _append(self, *entries: dict[str, object]) -> None:
+        lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
         with self._path.open("a", encoding="utf-8") as file:
-            file.write(line)
+            file.write(lines)
             file.flush()
             os.fsync(file.fileno())
 
@@ -108,12 +108,14 @@ class DenialSpool:
             file.flush()
             os.fsync(file.fileno())
 
-    async def add(self, denial: SpooledDenial) -> None:
-        """Keep ``denial`` on disk (fsync) until the national node has recorded it."""
-        denial = SpooledDenial(**{**asdict(denial), "denial_id": uuid.uuid4().hex})
+    async def add(self, *denials: SpooledDenial) -> None:
+        """Keep ``denials`` on disk (one fsync) until the national node has recorded them."""
+        named = [SpooledDenial(**{**asdict(d), "denial_id": uuid.uuid4().hex}) for d in denials]
         async with self._lock:
-            await asyncio.to_thread(self._append, {"op": "add", "denial": asdict(denial)})
-            self._pending[denial.denial_id] = denial
+            lines: list[dict[str, object]] = [{"op": "add", "denial": asdict(d)} for d in named]
+            await asyncio.to_thread(self._append, *lines)
+            for d in named:
+                self._pending[d.denial_id] = d
         self._wake.set()
 
     async def replay(self, record: Recorder) -> int:
