@@ -534,7 +534,7 @@ def batch_cap() -> int:
     """Claims per VerifyBatch message: the purpose's cap in the packaged registry."""
     purpose = load_registry().get(PURPOSE)
     if purpose is None or purpose.quota.max_batch_size is None:
-        raise BenchError(f"{PURPOSE} allows no VerifyBatch in gateway/purposes.toml")
+        raise BenchError(f"{PURPOSE} allows no VerifyBatch in jukinet/purposes.toml")
     return purpose.quota.max_batch_size
 
 
@@ -601,14 +601,14 @@ async def verify_batch(
 
 def purposes_file(workdir: Path) -> Path:
     """The packaged registry with only the benchmarked purpose's request quota raised."""
-    text = resources.files("gateway").joinpath("purposes.toml").read_text(encoding="utf-8")
+    text = resources.files("jukinet").joinpath("purposes.toml").read_text(encoding="utf-8")
     block = re.compile(
         r'(code = "' + PURPOSE + r'".*?\nquota = \{ )requests_per_second = \d+, burst = \d+',
         re.S,
     )
     text, count = block.subn(r"\1requests_per_second = 1000000, burst = 1000000", text, count=1)
     if count != 1:
-        raise BenchError(f"cannot find the quota of {PURPOSE} in gateway/purposes.toml")
+        raise BenchError(f"cannot find the quota of {PURPOSE} in jukinet/purposes.toml")
     path = workdir / "purposes-bench.toml"
     path.write_text(text, encoding="utf-8")
     return path

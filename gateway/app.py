@@ -1,5 +1,6 @@
 """Wiring of the agency gateway: purpose registry, quotas, one channel to the
-national node, server. The gateway keeps no data of its own."""
+national node, the spool of refusals to record, server. The gateway keeps no
+data of its own beyond that spool."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gateway.quotas import Clock, Quotas
 from gateway.registry import PurposeRegistry, load_registry
 from gateway.service import GatewayService
 from gateway.servicer import GatewayServicer
+from gateway.spool import DenialSpool, SpooledDenial
 from jukinet.config import GatewayConfig
 from jukinet.metrics import NodeMetrics
 from jukinet.server import MAX_MESSAGE, RunningServer, start_server
@@ -43,6 +45,9 @@ class GatewayApp:
             else load_registry(Path(config.purposes) if config.purposes else None)
         )
         self.quotas = Quotas(clock=clock)
+        # Read at start-up: refusals spooled before a restart are recorded once
+        # the national node answers.
+        self.spool = DenialSpool(Path(config.denial_spool))
         self._channel: grpc.aio.Channel | None = None
         self._service: GatewayService | None = None
         self._server: RunningServer | None = None
@@ -59,11 +64,24 @@ class GatewayApp:
             ],
         )
         self._channel = channel
+        national = NationalClient(national_pb2_grpc.NationalServiceStub(channel))
+
+        async def record(denial: SpooledDenial) -> None:
+            await national.record_denial(
+                denial.agency_code,
+                denial.purpose_code,
+                denial.operation,
+                denial.resident_code,
+                denial.reason,
+            )
+
+        self.spool.start(record)
         service = GatewayService(
             registry=self.registry,
-            national=NationalClient(national_pb2_grpc.NationalServiceStub(channel)),
+            national=national,
             quotas=self.quotas,
             metrics=self.metrics,
+            spool=self.spool,
             batch_pipeline=self.config.batch_pipeline,
         )
         self._service = service
@@ -86,5 +104,6 @@ class GatewayApp:
             await self._server.stop()
         if self._service is not None:
             await self._service.close()
+        await self.spool.stop()
         if self._channel is not None:
             await self._channel.close(grace=None)

@@ -37,6 +37,7 @@ from gateway.logic import (
 from gateway.national import NationalClient
 from gateway.quotas import QuotaExceeded, Quotas
 from gateway.registry import Operation, Purpose, PurposeDenied, PurposeRegistry
+from gateway.spool import RETRYABLE, DenialSpool, SpooledDenial
 from jukinet.codes import check_resident_code
 from jukinet.errors import JukinetError
 from jukinet.metrics import NodeMetrics
@@ -65,6 +66,7 @@ class GatewayService:
         national: NationalClient,
         quotas: Quotas,
         metrics: NodeMetrics,
+        spool: DenialSpool,
         batch_pipeline: int = 2,
         verify_window: int = DEFAULT_WINDOW,
     ) -> None:
@@ -74,6 +76,7 @@ class GatewayService:
         self._national = national
         self._quotas = quotas
         self._metrics = metrics
+        self._spool = spool
         self._pipeline = batch_pipeline
         self._coalescer = VerifyCoalescer(
             lambda agency, purpose, items: self._national.provide_verification(
@@ -126,7 +129,8 @@ class GatewayService:
         return purpose
 
     async def _deny(self, denied: PurposeDenied, named: Sequence[str]) -> None:
-        """Count, log and record a refusal at the national node (best effort)."""
+        """Count, log and record a refusal at the national node; kept in the
+        spool when the national node cannot be reached."""
         self._metrics.gateway_denials.labels(
             denied.agency_code,
             self._purpose_label(denied.purpose_code),
@@ -166,16 +170,30 @@ class GatewayService:
                     return exc
                 return None
 
-        failures = [f for f in await asyncio.gather(*map(record, targets)) if f is not None]
-        if failures:
-            # The refusal stands all the same; the log is then its only record.
-            log.error(
-                "%d of %d denial records could not be written at the national node: %s %s",
-                len(failures),
-                len(targets),
-                failures[0].code().name,
-                failures[0].details(),
+        outcomes = await asyncio.gather(*map(record, targets))
+        failures = [(code, f) for code, f in zip(targets, outcomes, strict=True) if f is not None]
+        if not failures:
+            return
+        spooled = [code for code, f in failures if f.code() in RETRYABLE]
+        # Kept on disk until the national node is back and records them.
+        await self._spool.add(
+            *(
+                SpooledDenial(
+                    denied.agency_code, denied.purpose_code, denied.operation, code, denied.reason
+                )
+                for code in spooled
             )
+        )
+        if len(spooled) < len(failures):
+            # Refused by the national node: the log is then its only record.
+            log.error(
+                "%d of %d denial records were refused by the national node: %s",
+                len(failures) - len(spooled),
+                len(targets),
+                next(f for _, f in failures if f.code() not in RETRYABLE).code().name,
+            )
+        if spooled:
+            log.warning("%d denial records spooled until the national node is back", len(spooled))
 
     @contextlib.contextmanager
     def _timed(self, operation: Operation) -> Iterator[None]:

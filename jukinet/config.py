@@ -100,6 +100,10 @@ class NationalConfig(NodeConfig):
 
     max_pool_size: int = 100_000
     """The largest resident-code pool one request may ask for."""
+    purposes: str = ""
+    """The purpose registry file (TOML), the same as the gateway's; empty: the packaged one."""
+
+    path_settings: ClassVar[tuple[str, ...]] = ("purposes",)
 
     def __post_init__(self) -> None:
         """Also refuse a pool size outside 1 to 1,000,000."""
@@ -166,9 +170,10 @@ class MunicipalConfig(NodeConfig):
 class GatewayConfig(NodeConfig):
     """The agency gateway: where the national node listens, which purpose registry.
 
-    The gateway keeps no data, so it has no database: ``database_url`` must
-    stay unset. ``purposes`` is the statutory purpose registry (TOML); empty
-    means the one packaged with the gateway. ``batch_pipeline`` is how many
+    The gateway keeps no database: ``database_url`` must stay unset; the
+    only thing it writes is its spool of refusals (``denial_spool``).
+    ``purposes`` is the statutory purpose registry (TOML); empty means the
+    packaged one. ``batch_pipeline`` is how many
     VerifyBatch messages of one stream may be at the national node at once.
     """
 
@@ -179,8 +184,11 @@ class GatewayConfig(NodeConfig):
     """A purpose registry file (TOML); empty: the packaged one."""
     batch_pipeline: int = 2
     """VerifyBatch messages of one stream at the national node at once."""
+    denial_spool: str = "gateway-denials.jsonl"
+    """The file that keeps refusals the national node could not record until it
+    is back (append-only, fsync per line); relative to the config file's folder."""
 
-    path_settings: ClassVar[tuple[str, ...]] = ("purposes",)
+    path_settings: ClassVar[tuple[str, ...]] = ("purposes", "denial_spool")
 
     def __post_init__(self) -> None:
         """Also refuse a bad national address or a batch pipeline outside 1 to 16."""
@@ -188,6 +196,8 @@ class GatewayConfig(NodeConfig):
         _check_hostport("national_target", self.national_target)
         if not 1 <= self.batch_pipeline <= 16:
             raise ConfigError("batch_pipeline: must be between 1 and 16")
+        if not self.denial_spool:
+            raise ConfigError("denial_spool: a file path is required")
 
     def _check_database_url(self) -> None:
         if self.database_url:
@@ -278,8 +288,11 @@ def load_config(
     if missing:
         raise ConfigError(f"missing setting(s): {', '.join(missing)}")
     for name in cls.path_settings:
-        if values.get(name):
-            values[name] = str(_resolve(base, values[name]))
+        # A default path too is taken from the config file's folder.
+        default = fields[name].default
+        value = values.get(name, default if isinstance(default, str) else "")
+        if value:
+            values[name] = str(_resolve(base, value))
     url = values.get("database_url", "")
     if url.startswith("sqlite+aiosqlite:///") and not url.startswith("sqlite+aiosqlite:////"):
         relative = url.removeprefix("sqlite+aiosqlite:///")

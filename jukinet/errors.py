@@ -20,6 +20,7 @@ logged in full on the server.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import cast
 
@@ -30,6 +31,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from jukinet.reasons import DOMAIN, Reason
+
+_log = logging.getLogger("jukinet.upstream")
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 """The trailer that carries the serialized ``google.rpc.Status``."""
@@ -285,10 +288,18 @@ class Upstream(JukinetError):
         return [*_pack([error_info]), *self._status_details]
 
 
+_NEUTRAL = {
+    grpc.StatusCode.UNAVAILABLE: "unavailable now; try again later",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the call was too large or too many",
+    grpc.StatusCode.UNAUTHENTICATED: "the connection was refused",
+}
+
+
 def from_upstream(exc: grpc.aio.AioRpcError, peer: str) -> Upstream:
     """Relay a failed call to ``peer``: its refusals keep their status, reason,
     field and typed details; an unreachable peer is UNAVAILABLE (never INTERNAL:
-    the caller should retry)."""
+    the caller should retry) with a neutral message, the transport's own text
+    (addresses, socket errors) only in this server's log."""
     code = exc.code()
     if code in (
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -299,9 +310,18 @@ def from_upstream(exc: grpc.aio.AioRpcError, peer: str) -> Upstream:
         code = grpc.StatusCode.UNAVAILABLE
     details = tuple((k, v) for k, v in error_metadata(exc).items() if k.startswith("jukinet-"))
     status = rich_status(exc)
+    if details or status is not None:
+        # The peer's own answer: its message is written for the caller.
+        message = f"{peer}: {exc.details()}"
+    else:
+        # Made by the gRPC client (no connection, a reset, a deadline): its text
+        # names the peer's address and the transport's fault, which are no
+        # business of the caller's. They go to this server's log only.
+        _log.warning("%s failed: %s %s", peer, exc.code().name, exc.details())
+        message = f"{peer}: {_NEUTRAL.get(code, 'the call failed')}"
     return Upstream(
         code,
-        f"{peer}: {exc.details()}",
+        message,
         details,
         list(status.details) if status is not None else [],
         peer=peer,

@@ -51,4 +51,5 @@ class Reason(enum.StrEnum):
     AGENCY_NOT_ALLOWED = "agency-not-allowed"  # the purpose is not granted to this agency
     OPERATION_NOT_ALLOWED = "operation-not-allowed"  # the purpose does not allow the operation
     FIELD_NOT_ALLOWED = "field-not-allowed"  # a requested field is outside the purpose
+    UNKNOWN_AGENCY = "unknown-agency"  # the agency is not in the purpose registry
     QUOTA_EXCEEDED = "quota-exceeded"  # the agency's quota for the purpose is used up

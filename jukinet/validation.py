@@ -12,7 +12,7 @@ import re
 import time
 import unicodedata
 
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from jukinet.codes import (
@@ -124,6 +124,33 @@ def _check_text(value: str, field: str, limit: int, *, required: bool) -> str:
     if value != value.strip():
         raise InvalidArgument(field, "must not begin or end with white space")
     return value
+
+
+def check_wire_text(value: str, field: str) -> str:
+    """Text with no control, surrogate, private-use or unassigned character
+    (a NUL above all, which PostgreSQL refuses in any text column)."""
+    if not value.replace("\u3000", " ").isprintable():
+        for ch in value:
+            if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+                raise InvalidArgument(
+                    field, f"contains a control or unassigned character U+{ord(ch):04X}"
+                )
+    return value
+
+
+def check_message_text(message: Message, prefix: str = "") -> None:
+    """:func:`check_wire_text` on every string of ``message``, nested messages
+    and repeated fields included; the field named in a refusal is its path."""
+    for descriptor, value in message.ListFields():
+        path = f"{prefix}{descriptor.name}"
+        repeated = descriptor.is_repeated
+        values = list(value) if repeated else [value]
+        for i, item in enumerate(values):
+            where = f"{path}[{i}]" if repeated else path
+            if descriptor.type == FieldDescriptor.TYPE_STRING:
+                check_wire_text(item, where)
+            elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+                check_message_text(item, f"{where}.")
 
 
 def check_name(value: str, field: str = "name", *, required: bool = True) -> str:

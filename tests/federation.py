@@ -100,12 +100,19 @@ class Federation:
         """Start the agency gateway in front of the national node (one per federation)."""
         if self.gateway is not None:
             raise RuntimeError("the gateway is already running")
+        if purposes is not None or registry is not None:
+            # The national node checks every provision against the same
+            # registry: restart it with the gateway's.
+            if self.national is not None:
+                await self.national.stop()
+            await self.start_national(purposes=purposes, registry=registry)
         config = GatewayConfig(
             listen="127.0.0.1:0",
             tls=self._tls("gateway"),
             national_target=f"127.0.0.1:{self.national_port}",
             purposes=str(purposes) if purposes is not None else "",
             batch_pipeline=batch_pipeline,
+            denial_spool=str(self.databases.folder / "gateway-denials.jsonl"),
         )
         self.gateway = GatewayApp(config, registry=registry, clock=clock or time.monotonic)
         self.gateway_port = await self.gateway.start()
@@ -117,14 +124,17 @@ class Federation:
             await self.gateway.stop()
             self.gateway = None
 
-    async def start_national(self) -> None:
+    async def start_national(
+        self, *, purposes: Path | None = None, registry: PurposeRegistry | None = None
+    ) -> None:
         """Start the national node (on its former port after a restart)."""
         config = NationalConfig(
             listen=f"127.0.0.1:{self.national_port}",
             database_url=await self._url("national"),
             tls=self._tls("national"),
+            purposes=str(purposes) if purposes is not None else "",
         )
-        self.national = NationalApp(config)
+        self.national = NationalApp(config, registry=registry)
         self.national_port = await self.national.start()
 
     async def start_prefecture(self, code: str, port: int = 0) -> None:

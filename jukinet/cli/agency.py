@@ -45,7 +45,7 @@ verify-batch: how it runs
    size. The gateway refuses a message above the purpose's ``max_batch_size``:
    the default is 500, or that cap if smaller, and a larger ``--batch-size`` is
    refused here. (The caps known here are those of the packaged
-   ``gateway/purposes.toml``; a gateway with a registry of its own enforces
+   ``jukinet/purposes.toml``; a gateway with a registry of its own enforces
    its own.)
 
    A message is sent when the one before it has been answered (``--window 1``,
@@ -601,7 +601,7 @@ def _purpose_option(parser: argparse.ArgumentParser) -> None:
         "--purpose",
         required=True,
         metavar="CODE",
-        help="statutory purpose code, e.g. NENKIN-EXISTENCE-CHECK (gateway/purposes.toml)",
+        help="statutory purpose code, e.g. NENKIN-EXISTENCE-CHECK (jukinet/purposes.toml)",
     )
 
 

@@ -13,6 +13,7 @@ from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
 from jukinet.metrics import NodeMetrics
+from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
 from services.national import models
@@ -31,10 +32,17 @@ KEPT_READ_CONNECTIONS = 4
 
 
 class NationalApp:
-    """The national node: database, identity records, provision log, server."""
+    """The national node: database, identity records, provision log, server.
+    ``registry`` replaces the configured purpose registry file (tests)."""
 
-    def __init__(self, config: NationalConfig) -> None:
+    def __init__(self, config: NationalConfig, *, registry: PurposeRegistry | None = None) -> None:
         self.config = config
+        # Loaded here so that a bad registry stops the start with one clear line.
+        self.registry = (
+            registry
+            if registry is not None
+            else load_registry(Path(config.purposes) if config.purposes else None)
+        )
         self.metrics = NodeMetrics("national")
         self.db = Database(config.database_url)
         self.store = IdentityStore(models.identities)
@@ -54,6 +62,7 @@ class NationalApp:
             kept=self.kept,
             metrics=self.metrics,
             max_pool_size=config.max_pool_size,
+            registry=self.registry,
         )
         self._retention: asyncio.Task[None] | None = None
         self._server: RunningServer | None = None

@@ -5,8 +5,9 @@ transaction per request would cap the node at a few thousand commits a
 second, so :class:`ProvisionLog` lets one transaction serve every request
 waiting at that moment: a request hands its rows over and waits; the writer
 commits whatever has gathered, then wakes each waiter. No answer leaves before
-its row is committed, and if the write fails every waiter gets the failure
-(and therefore returns no data).
+its row is committed. If the shared write fails, each request of it is written
+again alone, so that a request whose rows the database refuses fails alone
+(and returns no data) while the others are answered.
 
 On PostgreSQL the shared write is one ``INSERT ... SELECT FROM unnest(...)``
 sent straight on the asyncpg connection, outside an explicit transaction: a
@@ -125,17 +126,44 @@ class ProvisionLog:
                 try:
                     await self._write([r for rows, _ in batch for r in rows])
                 except Exception as exc:
-                    log.error("provision records could not be written: %s", exc)
-                    failure = Unavailable(
-                        "the provision record could not be written; nothing is returned"
-                    )
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(failure)
+                    if len(batch) == 1:
+                        self._fail(batch[0][1], exc)
+                    else:
+                        # One request's rows can fail the shared write (a value the
+                        # database refuses): write each request alone, so that only
+                        # the one at fault fails and the others are answered.
+                        await self._write_one_by_one(batch)
                     continue
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+    async def _write_one_by_one(
+        self, batch: list[tuple[list[dict[str, object]], asyncio.Future[None]]]
+    ) -> None:
+        failed = 0
+        for rows, future in batch:
+            if future.done():  # its caller went away
+                continue
+            try:
+                await self._write(rows)
+            except Exception as exc:
+                failed += 1
+                self._fail(future, exc)
+            else:
+                future.set_result(None)
+        log.warning(
+            "a shared provision write failed; %d of %d requests failed alone", failed, len(batch)
+        )
+
+    @staticmethod
+    def _fail(future: asyncio.Future[None], exc: Exception) -> None:
+        # The exception's class only: its text can hold the SQL parameters.
+        log.error("provision records could not be written: %s", type(exc).__name__)
+        if not future.done():
+            future.set_exception(
+                Unavailable("the provision record could not be written; nothing is returned")
+            )
 
     async def _write(self, rows: list[dict[str, object]]) -> None:
         """Insert and commit ``rows``; see the module docstring."""

@@ -6,15 +6,18 @@ rules (:mod:`services.national.logic`) and the repository."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
-from jukinet.codes import check_resident_code, is_valid_resident_code
+from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.rules import StoredIdentity
 from jukinet.delivery.store import IdentityStore
-from jukinet.errors import InvalidArgument, NotFound
+from jukinet.errors import InvalidArgument, NotFound, PermissionDenied
 from jukinet.identity import Identity
 from jukinet.metrics import NodeMetrics
+from jukinet.purposes import Operation, Purpose, PurposeRegistry
+from jukinet.reasons import Reason
 from jukinet.v1 import delivery_pb2, gateway_pb2, provision_pb2
 from jukinet.validation import (
     check_claim,
@@ -24,6 +27,7 @@ from jukinet.validation import (
     check_name,
     check_pool_request,
     check_sex,
+    check_wire_text,
 )
 from jukinet.vocabulary import operation_label, result_label, verification_outcome
 from services.national import repository as repo
@@ -45,6 +49,9 @@ VERIFY_OPERATIONS = frozenset(
 )
 MAX_ITEMS = 10_000
 MAX_CANDIDATES = 100
+UNKNOWN_PURPOSE_LABEL = "(unknown)"
+# What a denial record keeps of the purpose code the agency sent (the column's width).
+MAX_DENIED_PURPOSE = 64
 RETRIEVE = provision_pb2.PROVISION_OPERATION_RETRIEVE
 SEARCH = provision_pb2.PROVISION_OPERATION_SEARCH
 
@@ -62,8 +69,13 @@ class NationalService:
         kept: KeptConnections,
         metrics: NodeMetrics,
         max_pool_size: int,
+        registry: PurposeRegistry,
     ) -> None:
         self._db = db
+        # The same registry the gateway loads: every provision is authorized
+        # again here, so a gateway that errs (or a stolen gateway key) cannot
+        # widen what an agency receives.
+        self._registry = registry
         self._store = store
         self._receiver = receiver
         self._provisions = provisions
@@ -77,9 +89,31 @@ class NationalService:
         counts = Counter((e.agency_code, e.purpose_code, e.operation, e.result) for e in entries)
         for (agency, purpose, operation, result), n in counts.items():
             self._metrics.provisions.labels(
-                agency, purpose, operation_label(operation), result_label(result)
+                agency,
+                self._purpose_label(purpose),
+                operation_label(operation),
+                result_label(result),
             ).inc(n)
         return ids
+
+    def _purpose_label(self, purpose_code: str) -> str:
+        # A metric label only from the closed set of registered purposes.
+        return (
+            purpose_code if self._registry.get(purpose_code) is not None else UNKNOWN_PURPOSE_LABEL
+        )
+
+    def _authorize(
+        self,
+        ctx: provision_pb2.ProvisionContext,
+        operation: Operation,
+        fields: Sequence[str] = (),
+    ) -> tuple[Purpose, tuple[str, ...]]:
+        """The purpose and the fields to return, checked against this node's own
+        registry (never the gateway's word); a refusal records nothing."""
+        purpose = self._registry.authorize(ctx.agency_code, ctx.purpose_code, operation, fields)
+        # The gateway's allowed_fields may only narrow the purpose's, never widen it.
+        allowed = purpose.fields & frozenset(ctx.allowed_fields)
+        return purpose, resolve_fields(allowed, fields)
 
     # -- for the gateway -------------------------------------------------------
 
@@ -93,6 +127,7 @@ class NationalService:
                 "operation",
                 "must be PROVISION_OPERATION_VERIFY or PROVISION_OPERATION_VERIFY_BATCH",
             )
+        self._authorize(ctx, Operation(operation_label(request.operation)))
         if len(request.items) > MAX_ITEMS:
             raise InvalidArgument("items", f"at most {MAX_ITEMS}")
         for i, item in enumerate(request.items):
@@ -150,7 +185,7 @@ class NationalService:
         check_resident_code(request.resident_code)
         if request.as_of:
             check_date(request.as_of, "as_of")
-        fields = resolve_fields(ctx.allowed_fields, request.fields)
+        _, fields = self._authorize(ctx, Operation.RETRIEVE, request.fields)
         async with self._db.read() as conn:
             if request.as_of:
                 record = await repo.record_as_of(
@@ -207,7 +242,7 @@ class NationalService:
             check_sex(query.sex, "query.sex")
         if not 1 <= request.max_candidates <= MAX_CANDIDATES:
             raise InvalidArgument("max_candidates", f"must be between 1 and {MAX_CANDIDATES}")
-        fields = resolve_fields(ctx.allowed_fields, query.fields)
+        _, fields = self._authorize(ctx, Operation.SEARCH, query.fields)
         async with self._db.read() as conn:
             found = await repo.candidates(
                 self._store,
@@ -254,18 +289,36 @@ class NationalService:
         )
 
     async def record_denial(self, request: provision_pb2.RecordDenialRequest) -> str:
-        """Record a refusal at the gateway like a provision; returns its id."""
-        code = request.resident_code if is_valid_resident_code(request.resident_code) else ""
+        """Record a refusal at the gateway like a provision; returns its id.
+
+        The agency must be one the registry names (a resident reads its name in
+        the disclosure), the operation one there is, the reason one of the
+        catalogue, and the purpose code text a person may read: anything else
+        is refused and nothing is recorded. The purpose itself may be unknown
+        (that is often why the gateway refused)."""
+        if self._registry.agency(request.agency_code) is None:
+            raise PermissionDenied(
+                "agency_code: not an agency of the purpose registry", reason=Reason.UNKNOWN_AGENCY
+            )
+        if not operation_label(request.operation):
+            raise InvalidArgument("operation", f"unknown or unset value {request.operation}")
+        if request.reason not in Reason.__members__.values():
+            raise InvalidArgument("reason", "not a reason of the catalogue")
+        check_wire_text(request.purpose_code, "purpose_code")
+        if len(request.purpose_code) > MAX_DENIED_PURPOSE:
+            raise InvalidArgument("purpose_code", f"at most {MAX_DENIED_PURPOSE} characters")
+        if request.resident_code:
+            check_resident_code(request.resident_code, "resident_code")
         ids = await self._record(
             [
                 ProvisionEntry(
-                    request.agency_code[:32],
-                    request.purpose_code[:64],
+                    request.agency_code,
+                    request.purpose_code,
                     request.operation,
-                    code,
+                    request.resident_code,
                     (),
                     provision_pb2.PROVISION_RESULT_DENIED,
-                    request.reason[:64],
+                    request.reason,
                 )
             ]
         )

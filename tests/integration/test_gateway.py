@@ -6,6 +6,7 @@ leaves, and disclosed to the resident afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -916,7 +917,8 @@ async def test_no_answer_without_its_provision_record(gw: Federation) -> None:
     ):
         status, _ = await refused(call)
         assert status == grpc.StatusCode.UNAVAILABLE
-    # A refusal still refuses when it cannot be recorded.
+    # A refusal still refuses when it cannot be recorded now; the gateway
+    # keeps it in its spool and records it once the national node can.
     status, meta = await refused(
         nenkin.Retrieve(
             G.RetrieveRequest(purpose_code=PASSPORT, resident_code=code), timeout=TIMEOUT
@@ -927,17 +929,28 @@ async def test_no_answer_without_its_provision_record(gw: Federation) -> None:
         Reason.AGENCY_NOT_ALLOWED,
     )
 
+    assert gw.gateway is not None
+    assert gw.gateway.spool.pending == 1
+
     await national_sql(gw, SQLITE_DROP if sqlite else PG_DROP)
     again = await mofa.Retrieve(retrieve, timeout=TIMEOUT)
     assert again.record.name == details.name
+    for _ in range(100):
+        if gw.gateway.spool.pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert gw.gateway.spool.pending == 0
 
     disclosed = await gw.operator(TOTTORI).DiscloseProvisions(
         provision_pb2.DiscloseRequest(resident_code=code), timeout=TIMEOUT
     )
-    assert [p.provision_id for p in disclosed.provisions] == [
-        first.provision_id,
-        again.provision_id,
+    provided = [p.provision_id for p in disclosed.provisions if p.agency_code == MOFA]
+    assert provided == [first.provision_id, again.provision_id]
+    denied = [p for p in disclosed.provisions if p.agency_code == NENKIN]
+    assert [(p.purpose_code, p.result) for p in denied] == [
+        (PASSPORT, provision_pb2.PROVISION_RESULT_DENIED)
     ]
+    assert len(disclosed.provisions) == 3
 
 
 # --- disclosure -------------------------------------------------------------------------

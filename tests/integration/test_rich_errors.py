@@ -221,6 +221,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         _purpose_denied(Reason.FIELD_NOT_ALLOWED),
         grpc.StatusCode.PERMISSION_DENIED,
     ),
+    Reason.UNKNOWN_AGENCY: (
+        lambda: PermissionDenied("not an agency", reason=Reason.UNKNOWN_AGENCY),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
     Reason.QUOTA_EXCEEDED: (
         lambda: QuotaExceeded(NENKIN, EXISTENCE, 1.5),
         grpc.StatusCode.RESOURCE_EXHAUSTED,

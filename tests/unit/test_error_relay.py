@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import grpc.aio
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from jukinet.errors import (
@@ -118,3 +121,22 @@ def test_upstream_reason_outside_the_catalogue_is_passed_on_verbatim() -> None:
     assert info is not None
     assert info.reason == error_metadata(received)["jukinet-reason"] == "from-a-newer-node"
     assert err.reason == Reason.UPSTREAM
+
+
+def test_a_transport_failure_is_relayed_without_the_peers_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What the gRPC client reports when the peer is down: its address, the socket error.
+    text = (
+        "failed to connect to all addresses; last error: UNKNOWN: "
+        "ipv4:10.0.3.7:50131: Failed to connect to remote host: Connection refused"
+    )
+    with caplog.at_level(logging.WARNING, logger="jukinet.upstream"):
+        relayed = as_received(
+            from_upstream(failed_call(grpc.StatusCode.UNAVAILABLE, text, ()), "national node")
+        )
+    assert relayed.code() == grpc.StatusCode.UNAVAILABLE
+    assert relayed.details() == "national node: unavailable now; try again later"
+    assert "10.0.3.7" not in str(error_metadata(relayed))
+    # The detail stays in this server's log.
+    assert "10.0.3.7:50131" in caplog.text
