@@ -76,9 +76,11 @@ class NationalService:
         ids = await self._provisions.record(entries)
         counts = Counter((e.agency_code, e.purpose_code, e.operation, e.result) for e in entries)
         for (agency, purpose, operation, result), n in counts.items():
-            self._metrics.provisions.labels(
-                agency, purpose, operation_label(operation), result_label(result)
-            ).inc(n)
+            # Closed label sets: an agency or purpose the node does not know
+            # is counted as "(unknown)", whatever the gateway sent.
+            self._metrics.count_provisions(
+                agency, purpose, operation_label(operation), result_label(result), n
+            )
         return ids
 
     # -- for the gateway -------------------------------------------------------
