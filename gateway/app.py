@@ -37,12 +37,17 @@ class GatewayApp:
         clock: Clock = time.monotonic,
     ) -> None:
         self.config = config
-        self.metrics = NodeMetrics("gateway")
         # Loaded here so that a bad registry stops the start with one clear line.
         self.registry = (
             registry
             if registry is not None
             else load_registry(Path(config.purposes) if config.purposes else None)
+        )
+        # Labels name registered agencies and purposes only.
+        self.metrics = NodeMetrics(
+            "gateway",
+            agencies=self.registry.agency_codes,
+            purposes=[p.code for p in self.registry],
         )
         self.quotas = Quotas(clock=clock)
         # Read at start-up: refusals spooled before a restart are recorded once

@@ -49,14 +49,17 @@ def effective_fields(purpose: Purpose, requested: Iterable[str]) -> frozenset[st
     return wanted & purpose.fields
 
 
-def check_batch_size(count: int, purpose: Purpose, field: str = "items") -> None:
-    """A VerifyBatch message holds at most the purpose's ``max_batch_size`` items."""
-    limit = purpose.quota.max_batch_size
+def check_batch_size(
+    count: int, limit: int | None, purpose_code: str = "", field: str = "items"
+) -> None:
+    """A VerifyBatch message holds at most ``limit`` items: the purpose's
+    ``max_batch_size``, or (without ``purpose_code``) the registry's largest."""
+    whose = f"purpose {purpose_code}" if purpose_code else "any purpose"
     if limit is None:  # verify_batch not allowed: authorize() refused already
-        raise InvalidArgument(field, f"purpose {purpose.code} has no batch size")
+        raise InvalidArgument(field, f"{whose} has no batch size")
     if count > limit:
         raise InvalidArgument(
-            field, f"{count} items in one message; purpose {purpose.code} allows at most {limit}"
+            field, f"{count} items in one message; {whose} allows at most {limit}"
         )
 
 
@@ -102,6 +105,22 @@ def filter_verification(
     if STATUS_FIELD not in purpose.fields:
         out.currently_registered = False
     return out
+
+
+def batch_codes(message: gateway_pb2.VerifyBatchRequest) -> list[str]:
+    """The resident codes the items of a VerifyBatch message claim."""
+    return [item.claim.resident_code for item in message.items]
+
+
+def denial_targets(codes: Sequence[str]) -> list[str]:
+    """The resident codes a refusal naming ``codes`` is recorded for, one
+    record each; "" stands for a record without a code (none named, or the
+    rest beyond :data:`MAX_DENIAL_CODES`)."""
+    named, truncated = named_codes(codes)
+    targets = named or [""]
+    if truncated:
+        targets.append("")
+    return targets
 
 
 def named_codes(codes: Sequence[str]) -> tuple[list[str], bool]:

@@ -3,34 +3,44 @@
 Every request goes through the same steps, in this order:
 
 1. the agency is the one its certificate names (never anything in the request);
-2. the purpose registry authorizes (agency, purpose, operation, fields); a
-   refusal is recorded at the national node (RecordDenial), counted, logged
-   and returned as PERMISSION_DENIED with its reason;
-3. one token is taken from the agency's bucket for that purpose
-   (RESOURCE_EXHAUSTED with ``retry-after-ms`` when it is empty);
-4. the per-request caps and the input are checked (INVALID_ARGUMENT);
-5. the national node answers, having recorded the provision first;
-6. the answer is filtered once more to the purpose's fields.
+2. the purpose code's syntax, and a VerifyBatch message's size against the
+   largest the registry allows, are checked before anything is recorded,
+   logged or echoed (INVALID_ARGUMENT);
+3. the purpose registry authorizes (agency, purpose, operation, fields); a
+   refusal takes one token per record from the agency's refusal bucket
+   (RESOURCE_EXHAUSTED, nothing recorded, when it is empty), then is recorded
+   at the national node (RecordDenial), counted, logged and returned as
+   PERMISSION_DENIED with its reason;
+4. the lookups are taken from the agency's bucket for that purpose, one per
+   verification (RESOURCE_EXHAUSTED with ``retry-after-ms`` when it is empty);
+5. the per-request caps and the input are checked (INVALID_ARGUMENT);
+6. the national node answers, having recorded the provision first;
+7. the answer is filtered once more to the purpose's fields.
+
+Metric labels name registered agencies and purposes only (the metrics'
+closed label sets), so invented codes never create time series.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 
 import grpc
 
 from gateway.coalescer import DEFAULT_WINDOW, VerifyCoalescer
 from gateway.logic import (
+    batch_codes,
     check_batch_size,
+    denial_targets,
     effective_fields,
     filter_record,
     filter_verification,
-    named_codes,
     resolve_max_candidates,
     stray_fields,
 )
@@ -39,11 +49,18 @@ from gateway.quotas import QuotaExceeded, Quotas
 from gateway.registry import Operation, Purpose, PurposeDenied, PurposeRegistry
 from gateway.spool import RETRYABLE, DenialSpool, SpooledDenial
 from jukinet.codes import check_resident_code
-from jukinet.errors import JukinetError
-from jukinet.metrics import NodeMetrics
+from jukinet.errors import InvalidArgument, JukinetError
+from jukinet.metrics import UNKNOWN_LABEL, NodeMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import gateway_pb2, provision_pb2
-from jukinet.validation import check_claim, check_date, check_kana, check_name, check_sex
+from jukinet.validation import (
+    check_claim,
+    check_date,
+    check_kana,
+    check_name,
+    check_purpose_code,
+    check_sex,
+)
 from jukinet.vocabulary import ResultValue, result_label, verification_outcome
 
 log = logging.getLogger("jukinet.gateway")
@@ -52,7 +69,6 @@ DENIAL_CONCURRENCY = 16
 # Verify requests sent to the national node in one call at most (it takes
 # up to 10,000 items; VerifyBatch messages are capped lower by each purpose).
 VERIFY_MAX_ITEMS = 1000
-UNKNOWN_PURPOSE_LABEL = "(unknown)"
 
 
 class GatewayService:
@@ -92,32 +108,43 @@ class GatewayService:
 
     # -- the common steps ----------------------------------------------------------
 
-    def _purpose_label(self, purpose_code: str) -> str:
-        # Metric labels only for registered purposes: a caller must not be able
-        # to create time series by inventing purpose codes.
-        known = self._registry.get(purpose_code) is not None
-        return purpose_code if known else UNKNOWN_PURPOSE_LABEL
-
     async def _admit(
         self,
         agency: str,
         purpose_code: str,
         operation: Operation,
         fields: Collection[str],
-        named: Sequence[str],
+        named: Callable[[], Sequence[str]],
+        *,
+        items: int | None = None,
     ) -> Purpose:
-        """Authorize and charge the quota; record and raise a refusal."""
+        """Check the purpose code (and a batch's size), authorize, and charge
+        the quota; record and raise a refusal. ``items`` is the item count of a
+        VerifyBatch message; ``named`` gives the resident codes a refusal names."""
+        try:
+            check_purpose_code(purpose_code)
+            if items is not None:
+                # Before anything is recorded per code: a refused message is
+                # recorded once per resident it names.
+                check_batch_size(items, self._registry.max_batch_size)
+        except InvalidArgument as exc:
+            self._metrics.count_gateway_denial(agency, UNKNOWN_LABEL, operation, exc.reason)
+            raise
         try:
             purpose = self._registry.authorize(agency, purpose_code, operation, fields)
         except PurposeDenied as denied:
-            await self._deny(denied, named)
+            codes = named()
+            self._charge_refusal(denied, len(denial_targets(codes)))
+            await self._deny(denied, codes)
             raise
+        if items is not None:
+            check_batch_size(items, purpose.quota.max_batch_size, purpose.code)
         try:
-            self._quotas.charge(agency, purpose)
+            self._quotas.charge(agency, purpose, max(1, items or 0))
         except QuotaExceeded as exc:
-            self._metrics.gateway_denials.labels(
-                agency, purpose.code, operation.value, Reason.QUOTA_EXCEEDED
-            ).inc()
+            self._metrics.count_gateway_denial(
+                agency, purpose.code, operation, Reason.QUOTA_EXCEEDED
+            )
             log.info(
                 "quota: agency %s purpose %s %s refused, retry after %d ms",
                 agency,
@@ -128,21 +155,34 @@ class GatewayService:
             raise
         return purpose
 
+    def _charge_refusal(self, denied: PurposeDenied, records: int) -> None:
+        """Take ``records`` tokens from the agency's refusal bucket, or raise."""
+        key = self._metrics.agency_label(denied.agency_code)
+        try:
+            self._quotas.charge_refusal(key, records)
+        except QuotaExceeded as exc:
+            self._metrics.count_gateway_denial(
+                denied.agency_code, denied.purpose_code, denied.operation, Reason.QUOTA_EXCEEDED
+            )
+            log.info(
+                "quota: agency %s refused requests over quota, retry after %d ms",
+                key,
+                exc.retry_after_ms,
+            )
+            raise
+
     async def _deny(self, denied: PurposeDenied, named: Sequence[str]) -> None:
         """Count, log and record a refusal at the national node; kept in the
         spool when the national node cannot be reached."""
-        self._metrics.gateway_denials.labels(
+        self._metrics.count_gateway_denial(
+            denied.agency_code, denied.purpose_code, denied.operation, denied.reason
+        )
+        self._metrics.count_provisions(
             denied.agency_code,
-            self._purpose_label(denied.purpose_code),
-            denied.operation,
-            denied.reason,
-        ).inc()
-        self._metrics.provisions.labels(
-            denied.agency_code,
-            self._purpose_label(denied.purpose_code),
+            denied.purpose_code,
             denied.operation,
             result_label(provision_pb2.PROVISION_RESULT_DENIED),
-        ).inc()
+        )
         log.warning(
             "denied: agency %s, operation %s, %s: %s",
             denied.agency_code,
@@ -150,10 +190,7 @@ class GatewayService:
             denied.reason,
             denied.message,
         )
-        codes, truncated = named_codes(named)
-        targets: list[str] = codes or [""]
-        if truncated:
-            targets.append("")
+        targets = denial_targets(named)
         limit = asyncio.Semaphore(DENIAL_CONCURRENCY)
 
         async def record(code: str) -> grpc.aio.AioRpcError | None:
@@ -208,9 +245,7 @@ class GatewayService:
     def _count(
         self, agency: str, purpose: Purpose, operation: Operation, result: ResultValue, n: int = 1
     ) -> None:
-        self._metrics.provisions.labels(
-            agency, purpose.code, operation.value, result_label(result)
-        ).inc(n)
+        self._metrics.count_provisions(agency, purpose.code, operation, result_label(result), n)
 
     def _filtered(
         self, record: gateway_pb2.ProvidedRecord, allowed: frozenset[str], purpose: Purpose
@@ -256,7 +291,11 @@ class GatewayService:
         """Verify one claimed identity: match or not, item by item."""
         with self._timed(Operation.VERIFY):
             purpose = await self._admit(
-                agency, request.purpose_code, Operation.VERIFY, (), [request.claim.resident_code]
+                agency,
+                request.purpose_code,
+                Operation.VERIFY,
+                (),
+                lambda: [request.claim.resident_code],
             )
             check_claim(request.claim, "claim")
             # Shares one national call with the other requests of this agency
@@ -278,7 +317,7 @@ class GatewayService:
                 request.purpose_code,
                 Operation.RETRIEVE,
                 request.fields,
-                [request.resident_code],
+                lambda: [request.resident_code],
             )
             check_resident_code(request.resident_code, "resident_code")
             if request.as_of:
@@ -311,7 +350,7 @@ class GatewayService:
         """Candidates for a name, with only the purpose's (requested) fields."""
         with self._timed(Operation.SEARCH):
             purpose = await self._admit(
-                agency, request.purpose_code, Operation.SEARCH, request.fields, ()
+                agency, request.purpose_code, Operation.SEARCH, request.fields, tuple
             )
             limit = resolve_max_candidates(request.max_candidates, purpose.quota, purpose.code)
             check_name(request.name, "name")
@@ -398,9 +437,9 @@ class GatewayService:
                     message.purpose_code,
                     Operation.VERIFY_BATCH,
                     (),
-                    [item.claim.resident_code for item in message.items],
+                    functools.partial(batch_codes, message),
+                    items=len(message.items),
                 )
-                check_batch_size(len(message.items), purpose)
                 for i, item in enumerate(message.items):
                     check_claim(item.claim, f"items[{i}].claim")
                 queue.put_nowait(

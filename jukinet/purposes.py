@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 from jukinet.errors import ConfigError, PermissionDenied
 from jukinet.identity import Kind, parse_identity_uri
 from jukinet.reasons import Reason
+from jukinet.validation import PURPOSE_CODE_MAX, is_purpose_code
 from jukinet.vocabulary import PROVIDABLE_FIELDS
 
 PACKAGED_FILE = "purposes.toml"
@@ -48,9 +48,6 @@ OPERATIONS: frozenset[str] = frozenset(op.value for op in Operation)
 # Every item of the identity-confirmation record an answer may carry, plus the
 # record's status (active / removed / superseded).
 RECORD_FIELDS: frozenset[str] = frozenset(PROVIDABLE_FIELDS)
-
-_PURPOSE_CODE_RE = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
-_PURPOSE_CODE_MAX = 64
 
 _TOP_KEYS = frozenset({"purpose", "agency"})
 _AGENCY_KEYS = ("code", "name")
@@ -81,7 +78,9 @@ class Quota:
     """Limits per agency and purpose.
 
     ``requests_per_second`` is the sustained rate and ``burst`` the bucket size
-    of a token bucket counted in requests (a batch is one request).
+    of a token bucket counted in lookups: a Verify, Retrieve or Search is one,
+    a VerifyBatch message one per item (so ``burst`` is at least
+    ``max_batch_size``).
     ``max_batch_size`` is set exactly when verify_batch is allowed, and
     ``max_search_candidates`` exactly when search is allowed.
     """
@@ -166,6 +165,16 @@ class PurposeRegistry:
     def __iter__(self) -> Iterator[Purpose]:
         """Every purpose, in the order the registry file lists them."""
         return iter(self._by_code.values())
+
+    @property
+    def agency_codes(self) -> frozenset[str]:
+        """The code of every agency the registry names."""
+        return frozenset(self._agencies)
+
+    @property
+    def max_batch_size(self) -> int:
+        """The largest ``max_batch_size`` of any purpose (0 when none allows batches)."""
+        return max((p.quota.max_batch_size or 0 for p in self), default=0)
 
     def get(self, code: str) -> Purpose | None:
         """The purpose with exactly this code, or None."""
@@ -350,14 +359,10 @@ def _parse_purpose(entry: object, number: int, source: str) -> Purpose:
     code = entry.get("code")
     if code is None:
         raise where.error("missing code")
-    if (
-        not isinstance(code, str)
-        or len(code) > _PURPOSE_CODE_MAX
-        or _PURPOSE_CODE_RE.fullmatch(code) is None
-    ):
+    if not is_purpose_code(code):
         raise where.error(
             f"purpose code {code!r} must be upper-case letters and digits joined by '-', "
-            f"at most {_PURPOSE_CODE_MAX} characters"
+            f"at most {PURPOSE_CODE_MAX} characters"
         )
     where.code = code
 
@@ -478,6 +483,13 @@ def _quota(where: _Entry, value: object, operations: frozenset[Operation]) -> Qu
         if operation not in operations and limit is not None:
             raise where.error(f"quota.{key} is set but {operation} is not allowed")
         limits[key] = None if limit is None else _positive_int(where, key, limit)
+    batch = limits["max_batch_size"]
+    if batch is not None and burst < batch:
+        # A token is one verification: a full message must fit the bucket.
+        raise where.error(
+            f"quota.burst ({burst}) must be at least quota.max_batch_size ({batch}): "
+            "each item of a verify_batch message takes one token"
+        )
 
     return Quota(
         requests_per_second=float(rate),

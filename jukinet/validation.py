@@ -324,3 +324,32 @@ def _lists_below(descriptor: Descriptor, seen: frozenset[str]) -> bool:
         if field.message_type is not None and _lists_below(field.message_type, seen):
             return True
     return False
+
+
+# A purpose code of the statutory registry: words of upper-case ASCII letters
+# and digits joined by "-", the first starting with a letter
+# (NENKIN-EXISTENCE-CHECK), so neither a name nor a resident code is one. The
+# registry's loader and every request use this one rule, so a code that
+# passes it can be stored, logged and echoed.
+PURPOSE_CODE_MAX = 64
+_PURPOSE_CODE = re.compile(r"[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*")
+
+
+def is_purpose_code(value: object) -> bool:
+    """True if ``value`` has the syntax of a purpose code."""
+    return (
+        isinstance(value, str)
+        and len(value) <= PURPOSE_CODE_MAX
+        and _PURPOSE_CODE.fullmatch(value) is not None
+    )
+
+
+def check_purpose_code(value: str, field: str = "purpose_code") -> str:
+    """``value`` if it has the syntax of a purpose code; the message never echoes it."""
+    if not is_purpose_code(value):
+        raise InvalidArgument(
+            field,
+            "must be words of upper-case letters and digits joined by '-', "
+            f"starting with a letter, at most {PURPOSE_CODE_MAX} characters",
+        )
+    return value

@@ -43,7 +43,12 @@ class NationalApp:
             if registry is not None
             else load_registry(Path(config.purposes) if config.purposes else None)
         )
-        self.metrics = NodeMetrics("national")
+        # Labels name registered agencies and purposes only.
+        self.metrics = NodeMetrics(
+            "national",
+            agencies=self.registry.agency_codes,
+            purposes=[p.code for p in self.registry],
+        )
         self.db = Database(config.database_url)
         self.store = IdentityStore(models.identities)
         self.receiver = Receiver(

@@ -26,8 +26,8 @@ from jukinet.validation import (
     check_known_local_government,
     check_name,
     check_pool_request,
+    check_purpose_code,
     check_sex,
-    check_wire_text,
 )
 from jukinet.vocabulary import operation_label, result_label, verification_outcome
 from services.national import repository as repo
@@ -51,7 +51,6 @@ MAX_ITEMS = 10_000
 MAX_CANDIDATES = 100
 UNKNOWN_PURPOSE_LABEL = "(unknown)"
 # What a denial record keeps of the purpose code the agency sent (the column's width).
-MAX_DENIED_PURPOSE = 64
 RETRIEVE = provision_pb2.PROVISION_OPERATION_RETRIEVE
 SEARCH = provision_pb2.PROVISION_OPERATION_SEARCH
 
@@ -88,19 +87,12 @@ class NationalService:
         ids = await self._provisions.record(entries)
         counts = Counter((e.agency_code, e.purpose_code, e.operation, e.result) for e in entries)
         for (agency, purpose, operation, result), n in counts.items():
-            self._metrics.provisions.labels(
-                agency,
-                self._purpose_label(purpose),
-                operation_label(operation),
-                result_label(result),
-            ).inc(n)
+            # Closed label sets: an agency or purpose the node does not know
+            # is counted as "(unknown)", whatever the gateway sent.
+            self._metrics.count_provisions(
+                agency, purpose, operation_label(operation), result_label(result), n
+            )
         return ids
-
-    def _purpose_label(self, purpose_code: str) -> str:
-        # A metric label only from the closed set of registered purposes.
-        return (
-            purpose_code if self._registry.get(purpose_code) is not None else UNKNOWN_PURPOSE_LABEL
-        )
 
     def _authorize(
         self,
@@ -293,7 +285,7 @@ class NationalService:
 
         The agency must be one the registry names (a resident reads its name in
         the disclosure), the operation one there is, the reason one of the
-        catalogue, and the purpose code text a person may read: anything else
+        catalogue, and the purpose code of purpose-code syntax: anything else
         is refused and nothing is recorded. The purpose itself may be unknown
         (that is often why the gateway refused)."""
         if self._registry.agency(request.agency_code) is None:
@@ -304,9 +296,7 @@ class NationalService:
             raise InvalidArgument("operation", f"unknown or unset value {request.operation}")
         if request.reason not in Reason.__members__.values():
             raise InvalidArgument("reason", "not a reason of the catalogue")
-        check_wire_text(request.purpose_code, "purpose_code")
-        if len(request.purpose_code) > MAX_DENIED_PURPOSE:
-            raise InvalidArgument("purpose_code", f"at most {MAX_DENIED_PURPOSE} characters")
+        check_purpose_code(request.purpose_code, "purpose_code")
         if request.resident_code:
             check_resident_code(request.resident_code, "resident_code")
         ids = await self._record(

@@ -7,7 +7,11 @@ leaves, and disclosed to the resident afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import random
+import statistics
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,18 +19,21 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway.quotas import REFUSAL_BURST, REFUSAL_RATE
 from gateway.registry import (
     Operation,
+    PurposeRegistry,
     load_registry,
 )
 from jukinet import pki
 from jukinet.codes import new_resident_code
 from jukinet.errors import error_metadata
 from jukinet.identity import Identity
+from jukinet.metrics import UNKNOWN_LABEL, NodeMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, municipal_pb2, provision_pb2
 from jukinet.vocabulary import operation_label, result_label
-from tests.federation import Federation
+from tests.federation import EOF, Federation
 
 TIMEOUT = 15
 C = common_pb2
@@ -652,7 +659,29 @@ async def test_search_caps_candidates_at_the_purpose_limit(gw: Federation) -> No
 # --- batches ----------------------------------------------------------------------------
 
 
-async def test_verify_batch_in_order_over_several_messages(gw: Federation) -> None:
+def roomy(*codes: str) -> PurposeRegistry:
+    """The packaged registry, with purposes ``codes`` given a quota that never
+    runs out (for tests about something else than quotas)."""
+    packaged = load_registry()
+    plenty = 1_000_000
+    return PurposeRegistry(
+        [
+            dataclasses.replace(
+                p,
+                quota=dataclasses.replace(p.quota, requests_per_second=plenty, burst=plenty),
+            )
+            if p.code in codes
+            else p
+            for p in packaged
+        ],
+        [a for c in sorted(packaged.agency_codes) if (a := packaged.agency(c)) is not None],
+    )
+
+
+async def test_verify_batch_in_order_over_several_messages(fed: Federation) -> None:
+    # 2,500 verifications and more: past the packaged quota of the purpose.
+    await fed.start_gateway(registry=roomy(EXISTENCE))
+    gw = fed
     people = [
         person(f"日南　{given}", birth_date=f"194{i}-0{i + 1}-1{i}", sex=C.SEX_MALE)
         for i, given in enumerate(["一郎", "二郎", "三郎", "四郎"])
@@ -755,7 +784,7 @@ task = { ja = "試験", en = "Testing quotas" }
 agencies = ["nenkin"]
 operations = ["verify", "verify_batch"]
 fields = ["status"]
-quota = { requests_per_second = 0.5, burst = 3, max_batch_size = 10 }
+quota = { requests_per_second = 0.5, burst = 10, max_batch_size = 5 }
 
 [[purpose]]
 code = "TEST-OTHER"
@@ -795,7 +824,7 @@ async def test_quota_exhausted_after_the_burst(fed: Federation, tmp_path: Path) 
             timeout=TIMEOUT,
         )
 
-    for _ in range(3):
+    for _ in range(10):
         await verify(nenkin, "TEST-SMALL-QUOTA")
     status, meta = await refused(verify(nenkin, "TEST-SMALL-QUOTA"))
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -814,29 +843,30 @@ async def test_quota_exhausted_after_the_burst(fed: Federation, tmp_path: Path) 
     status, _ = await refused(verify(nenkin, "TEST-SMALL-QUOTA"))
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    # A batch message is one request, whatever its size: three messages of ten
-    # items pass, the fourth is refused after the first three are answered.
+    # A batch message takes one token per item: two messages of five items
+    # empty the bucket of ten, the third is refused after the first two are
+    # answered and must wait for five tokens.
     clock.now += 60
     message = G.VerifyBatchRequest(
         purpose_code="TEST-SMALL-QUOTA",
         items=[
             G.VerifyBatchItem(item_id=str(i), claim=G.ClaimedIdentity(resident_code=code))
-            for i in range(10)
+            for i in range(5)
         ],
     )
     got: list[G.VerifyBatchResponse] = []
 
-    async def four() -> AsyncIterator[G.VerifyBatchRequest]:
-        for _ in range(4):
+    async def three() -> AsyncIterator[G.VerifyBatchRequest]:
+        for _ in range(3):
             yield message
 
-    call: Any = nenkin.VerifyBatch(four(), timeout=TIMEOUT)
+    call: Any = nenkin.VerifyBatch(three(), timeout=TIMEOUT)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for response in call:
             got.append(response)
-    assert [len(r.results) for r in got] == [10, 10, 10]
+    assert [len(r.results) for r in got] == [5, 5]
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_metadata(caught.value)["retry-after-ms"] == "2000"
+    assert error_metadata(caught.value)["retry-after-ms"] == "10000"
 
     assert (
         gateway_metric(
@@ -1087,3 +1117,309 @@ async def test_disclosure_lists_exactly_the_residents_provisions(gw: Federation)
         (NENKIN, EXISTENCE, "verify_batch", [], "match"),
         (NENKIN, EXISTENCE, "verify", [], "match"),
     ]
+
+
+# --- refusals cost quota; labels from closed sets ----------------------------------------
+
+
+async def provision_rows(fed: Federation) -> int:
+    """How many provision records (answers and refusals) the national node holds."""
+    assert fed.national is not None
+    async with fed.national.db.read() as conn:
+        result = await conn.exec_driver_sql("SELECT count(*) FROM provisions")
+        return int(result.scalar_one())
+
+
+Series = tuple[str, str, tuple[tuple[str, str], ...]]
+"""A time series: the node, the sample's name, its labels."""
+
+
+def labelled_series(node: str, metrics: NodeMetrics) -> set[Series]:
+    """Every time series of ``metrics`` that names an agency or a purpose."""
+    return {
+        (node, sample.name, tuple(sorted(sample.labels.items())))
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if ("purpose" in sample.labels or "agency" in sample.labels)
+        and not sample.name.endswith("_created")  # a timestamp beside each counter
+    }
+
+
+def both_nodes_series(fed: Federation) -> set[Series]:
+    """The agency- or purpose-labelled series of the gateway and the national node."""
+    assert fed.gateway is not None and fed.national is not None
+    return labelled_series("gateway", fed.gateway.metrics) | labelled_series(
+        "national", fed.national.metrics
+    )
+
+
+def assert_closed_labels(fed: Federation) -> None:
+    """Every agency and purpose label of both nodes is registered, or "(unknown)"."""
+    purposes = {p.code for p in REGISTRY} | {UNKNOWN_LABEL}
+    agencies = set(REGISTRY.agency_codes) | {UNKNOWN_LABEL}
+    for _node, _name, labels in both_nodes_series(fed):
+        values = dict(labels)
+        assert values.get("purpose", UNKNOWN_LABEL) in purposes, labels
+        assert values.get("agency", UNKNOWN_LABEL) in agencies, labels
+
+
+async def test_invented_purposes_run_out_of_quota_and_create_no_series(gw: Federation) -> None:
+    """2,000 Verify calls with invented purposes naming one resident: refused
+    until the agency's refusal bucket is empty, then RESOURCE_EXHAUSTED with
+    nothing recorded; a bounded number of rows; no series per invented code."""
+    details = person("湯梨浜　十子", birth_date="1961-01-01")
+    code = await register(gw, details)
+    await gw.wait_delivered()
+    nenkin = gw.agency(NENKIN)
+    claim = G.ClaimedIdentity(resident_code=code)
+    rows_before = await provision_rows(gw)
+    series_before = both_nodes_series(gw)
+
+    started = time.monotonic()
+    outcomes: list[tuple[grpc.StatusCode, str]] = []
+
+    async def one(i: int) -> None:
+        status, meta = await refused(
+            nenkin.Verify(G.VerifyRequest(purpose_code=f"INVENTED-{i}", claim=claim), timeout=60)
+        )
+        outcomes.append((status, meta["jukinet-reason"]))
+
+    for start in range(0, 2000, 50):
+        await asyncio.gather(*(one(i) for i in range(start, start + 50)))
+    elapsed = time.monotonic() - started
+
+    denied = outcomes.count((grpc.StatusCode.PERMISSION_DENIED, Reason.UNKNOWN_PURPOSE))
+    exhausted = outcomes.count((grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUOTA_EXCEEDED))
+    assert denied + exhausted == 2000, set(outcomes)
+    assert outcomes[-1][0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert exhausted > 0
+    # Bounded by the refusal bucket: its burst and its rate over the attack.
+    bound = REFUSAL_BURST + REFUSAL_RATE * elapsed + 1
+    assert denied <= bound
+    assert await provision_rows(gw) - rows_before == denied
+
+    # Every new series carries the one "(unknown)" purpose: none per code.
+    new = both_nodes_series(gw) - series_before
+    assert new, "the refusals are counted"
+    for _node, _name, labels in new:
+        assert dict(labels)["purpose"] == UNKNOWN_LABEL, labels
+    assert len(new) <= 4  # denials and provisions, refused and over quota
+    assert_closed_labels(gw)
+
+    # The bucket refills at its rate only: more invented codes add rows at
+    # that rate and no series.
+    rows, series = await provision_rows(gw), both_nodes_series(gw)
+    started = time.monotonic()
+    later: list[tuple[grpc.StatusCode, str]] = []
+    for i in range(100):
+        status, meta = await refused(
+            nenkin.Verify(G.VerifyRequest(purpose_code=f"OTHER-{i}", claim=claim), timeout=60)
+        )
+        later.append((status, meta["jukinet-reason"]))
+    elapsed = time.monotonic() - started
+    added = await provision_rows(gw) - rows
+    assert added == later.count((grpc.StatusCode.PERMISSION_DENIED, Reason.UNKNOWN_PURPOSE))
+    assert added <= REFUSAL_RATE * elapsed + 1
+    assert later.count((grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUOTA_EXCEEDED)) >= 100 - added
+    assert both_nodes_series(gw) == series
+
+    # The agency's statutory work has its own bucket, untouched by its refusals.
+    answer = await nenkin.Verify(G.VerifyRequest(purpose_code=EXISTENCE, claim=claim))
+    assert answer.verification.found
+
+
+BAD_PURPOSE_CODES = [
+    "",
+    "nenkin-existence-check",
+    "12345678901",  # a resident code
+    "湯梨浜　十子",  # a name
+    "NENKIN--EXISTENCE",
+    "-NENKIN",
+    "NENKIN-",
+    "NENKIN EXISTENCE",
+    "NENKIN-EXISTENCE-CHECK\n",
+    "NENKIN\u202eKCEHC",
+    "NENKIN-EXISTENCE-CHECK\x00",
+    "Ａ",
+    "A" * 65,
+]
+
+
+async def test_purpose_code_syntax_refused_before_anything_is_recorded(gw: Federation) -> None:
+    details = person("北栄　十一", sex=C.SEX_MALE, birth_date="1962-02-02")
+    code = await register(gw, details)
+    await gw.wait_delivered()
+    rows_before = await provision_rows(gw)
+    series_before = both_nodes_series(gw)
+    for stub, agency in ((gw.agency(NENKIN), NENKIN), (gw.agency(MOFA), MOFA)):
+        for bad in BAD_PURPOSE_CODES:
+            for operation in Operation:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await operate(stub, operation, bad, details, code)
+                err = caught.value
+                meta = error_metadata(err)
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (agency, bad, operation)
+                assert meta["jukinet-reason"] == Reason.INVALID_ARGUMENT
+                assert meta["jukinet-field"] == "purpose_code"
+                # Never echoed back.
+                if bad:
+                    assert bad not in (err.details() or "")
+    assert await provision_rows(gw) == rows_before
+    new = both_nodes_series(gw) - series_before
+    for _node, _name, labels in new:
+        assert dict(labels)["purpose"] == UNKNOWN_LABEL, labels
+    assert_closed_labels(gw)
+    assert gateway_metric(
+        gw,
+        "jukinet_gateway_denials_total",
+        {
+            "agency": NENKIN,
+            "purpose": UNKNOWN_LABEL,
+            "operation": "verify",
+            "reason": Reason.INVALID_ARGUMENT,
+        },
+    ) == len(BAD_PURPOSE_CODES)
+
+
+async def test_a_denied_batch_of_a_million_codes_is_refused_by_its_size(gw: Federation) -> None:
+    details = person("琴浦　十二", birth_date="1963-03-03")
+    code = await register(gw, details)
+    await gw.wait_delivered()
+    nenkin = gw.agency(NENKIN)
+    distinct = [new_resident_code() for _ in range(1000)]
+    items = [G.VerifyBatchItem(claim=G.ClaimedIdentity(resident_code=c)) for c in (distinct * 1000)]
+    assert len(items) == 1_000_000
+    rows_before = await provision_rows(gw)
+    series_before = both_nodes_series(gw)
+    assert gw.gateway is not None
+    refusal_tokens = gw.gateway.quotas.refusal_bucket(NENKIN).tokens
+    for purpose in ("NO-SUCH-PURPOSE", PASSPORT, EXISTENCE):  # unknown, not nenkin's, nenkin's
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await batch_call(nenkin, [G.VerifyBatchRequest(purpose_code=purpose, items=items)])
+        err = caught.value
+        meta = error_metadata(err)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, purpose
+        assert meta["jukinet-reason"] == Reason.INVALID_ARGUMENT
+        assert meta["jukinet-field"] == "items"
+        assert "1000000 items" in (err.details() or "")
+    assert await provision_rows(gw) == rows_before
+    assert gw.gateway.quotas.refusal_bucket(NENKIN).tokens >= refusal_tokens
+    new = both_nodes_series(gw) - series_before
+    for _node, _name, labels in new:
+        assert dict(labels)["purpose"] == UNKNOWN_LABEL, labels
+
+    # Within the size, a denied message is recorded once per resident it names.
+    small = [G.VerifyBatchItem(claim=G.ClaimedIdentity(resident_code=c)) for c in distinct[:10]]
+    small.append(G.VerifyBatchItem(claim=G.ClaimedIdentity(resident_code=code)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await batch_call(nenkin, [G.VerifyBatchRequest(purpose_code=PASSPORT, items=small)])
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await provision_rows(gw) == rows_before + 11
+
+
+# --- one agency at its quota does not slow another ---------------------------------------
+
+PHASE_SECONDS = 1.5
+ROUNDS = 4
+ATTACK_BATCH = 250
+
+
+async def test_an_agency_at_its_quota_leaves_another_within_twice_its_latency(
+    fed: Federation,
+) -> None:
+    """The pension service sends VerifyBatch messages as fast as its packaged
+    quota lets it (honouring retry-after); the passport office's Verify median
+    stays within 2x of its median while the pension service is idle. Phases
+    alternate, so a machine busy with other work loads both alike."""
+    packaged = load_registry()
+    # The passport office's own quota out of the way: it measures, it is not limited.
+    registry = roomy(PASSPORT)
+    await fed.start_gateway(registry=registry)
+    details = person("三朝　十三", birth_date="1964-04-04")
+    code = await register(fed, details)
+    await fed.wait_delivered()
+    nenkin, mofa = fed.agency(NENKIN), fed.agency(MOFA)
+    existence = packaged.get(EXISTENCE)
+    assert existence is not None
+    rate = existence.quota.requests_per_second
+
+    attacking = asyncio.Event()
+    verified = 0
+    refusals = 0
+    message = G.VerifyBatchRequest(
+        purpose_code=EXISTENCE,
+        items=[
+            G.VerifyBatchItem(item_id=str(i), claim=G.ClaimedIdentity(resident_code=code))
+            for i in range(ATTACK_BATCH)
+        ],
+    )
+
+    async def attack() -> None:
+        nonlocal verified, refusals
+        while True:
+            await attacking.wait()
+
+            # One message at a time on one stream, the next sent when the
+            # answer is in; a refusal ends the stream: wait as told, reopen.
+            # (grpc.aio writes with call.write() when no iterator is given;
+            # grpc-stubs knows only the iterator form.)
+            call: Any = nenkin.VerifyBatch(timeout=60)  # type: ignore[call-arg]
+            try:
+                while attacking.is_set():
+                    await call.write(message)
+                    response = await call.read()
+                    if response is EOF:
+                        break
+                    verified += len(response.results)
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                refusals += 1
+                await asyncio.sleep(int(error_metadata(exc)["retry-after-ms"]) / 1000)
+
+    async def measure(seconds: float) -> list[float]:
+        samples = []
+        request = G.VerifyRequest(purpose_code=PASSPORT, claim=claim_of(details))
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            start = time.perf_counter()
+            answer = await mofa.Verify(request, timeout=TIMEOUT)
+            samples.append(time.perf_counter() - start)
+            assert answer.verification.found
+        return samples
+
+    attacker = asyncio.create_task(attack())
+    idle: list[float] = []
+    loaded: list[float] = []
+    loaded_time = 0.0
+    began = time.monotonic()
+    try:
+        await measure(0.5)  # warm the channel
+        for _ in range(ROUNDS):
+            attacking.clear()
+            await asyncio.sleep(0.1)
+            idle += await measure(PHASE_SECONDS)
+            attacking.set()
+            started = time.monotonic()
+            loaded += await measure(PHASE_SECONDS)
+            loaded_time += time.monotonic() - started
+    finally:
+        attacking.clear()
+        total_time = time.monotonic() - began
+        attacker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attacker
+
+    # The pension service really was at its limit: refused, and answered at
+    # least at about its rate while it ran, never more than its burst and
+    # the rate over the whole test (the bucket fills while it is idle too).
+    assert refusals > 0
+    assert verified >= 0.5 * rate * loaded_time, (verified, loaded_time)
+    assert verified <= existence.quota.burst + rate * total_time, (verified, total_time)
+    assert len(idle) >= 50 and len(loaded) >= 50, (len(idle), len(loaded))
+    idle_p50, loaded_p50 = statistics.median(idle), statistics.median(loaded)
+    assert loaded_p50 <= 2 * idle_p50, (
+        f"Verify p50 {loaded_p50 * 1000:.1f} ms with the other agency at its quota, "
+        f"{idle_p50 * 1000:.1f} ms without"
+    )

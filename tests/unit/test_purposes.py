@@ -202,7 +202,7 @@ BASE: dict[str, str] = {
     "agencies": '["nenkin"]',
     "operations": '["verify", "verify_batch"]',
     "fields": '["status"]',
-    "quota": "{ requests_per_second = 5, burst = 10, max_batch_size = 100 }",
+    "quota": "{ requests_per_second = 5, burst = 100, max_batch_size = 100 }",
 }
 
 
@@ -284,6 +284,11 @@ STARTUP_ERRORS: list[tuple[str, str, list[str]]] = [
     ("missing-agencies", entry(agencies=None), [P1, "missing agencies"]),
     ("missing-fields", entry(fields=None), [P1, "missing fields"]),
     ("missing-quota", entry(quota=None), [P1, "missing quota"]),
+    (
+        "burst-below-batch",
+        entry(quota="{ requests_per_second = 5, burst = 99, max_batch_size = 100 }"),
+        [P1, "quota.burst (99) must be at least quota.max_batch_size (100)"],
+    ),
     (
         "zero-rate",
         entry(quota="{ requests_per_second = 0, burst = 10, max_batch_size = 100 }"),

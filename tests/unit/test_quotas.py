@@ -106,7 +106,7 @@ def test_bad_settings(rate: float, burst: int) -> None:
 
 def test_one_bucket_per_agency_and_purpose(clock: FakeClock) -> None:
     quotas = Quotas(clock=clock)
-    existence = purpose("NENKIN-EXISTENCE-CHECK")  # 10/s, burst 20
+    existence = purpose("NENKIN-EXISTENCE-CHECK")  # 200/s, burst 2000
     address = purpose("NENKIN-ADDRESS-CHANGE")  # 10/s, burst 20
     for _ in range(existence.quota.burst):
         quotas.charge("nenkin", existence)
@@ -121,11 +121,11 @@ def test_one_bucket_per_agency_and_purpose(clock: FakeClock) -> None:
     err = caught.value
     assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert err.reason == Reason.QUOTA_EXCEEDED
-    assert err.retry_after_ms == 100  # one token at 10/s
-    assert dict(err.metadata()) == {"jukinet-reason": "quota-exceeded", "retry-after-ms": "100"}
+    assert err.retry_after_ms == 5  # one token at 200/s
+    assert dict(err.metadata()) == {"jukinet-reason": "quota-exceeded", "retry-after-ms": "5"}
     assert "NENKIN-EXISTENCE-CHECK" in err.message
 
-    clock.advance(0.1)
+    clock.advance(0.01)
     quotas.charge("nenkin", existence)
 
 
@@ -133,3 +133,54 @@ def test_retry_after_is_rounded_up_and_at_least_one_ms() -> None:
     assert QuotaExceeded("a", "P", 0.0101).retry_after_ms == 11
     assert QuotaExceeded("a", "P", 1e-9).retry_after_ms == 1
     assert QuotaExceeded("a", "P", 2.5).retry_after_ms == 2500
+
+
+def test_a_batch_takes_one_token_per_verification(clock: FakeClock) -> None:
+    """Counted in lookups: a message of n items takes n tokens, not one."""
+    quotas = Quotas(clock=clock)
+    existence = purpose("NENKIN-EXISTENCE-CHECK")  # 200/s, burst 2000, batches of 1000
+    assert existence.quota.max_batch_size == 1000
+    quotas.charge("nenkin", existence, 1000)
+    quotas.charge("nenkin", existence, 1000)
+    with pytest.raises(QuotaExceeded) as caught:
+        quotas.charge("nenkin", existence, 1000)
+    assert caught.value.retry_after_ms == 5000  # 1000 tokens at 200/s
+    assert quotas.bucket("nenkin", existence).tokens == pytest.approx(0.0)
+    # Sustained: 200 verifications a second, whatever the message size.
+    clock.advance(5.0)
+    quotas.charge("nenkin", existence, 1000)
+    with pytest.raises(QuotaExceeded):
+        quotas.charge("nenkin", existence, 1)
+
+
+def test_every_registered_bucket_holds_a_full_batch() -> None:
+    for p in load_registry():
+        if p.quota.max_batch_size is not None:
+            assert p.quota.burst >= p.quota.max_batch_size, p.code
+
+
+def test_refusals_have_a_bucket_per_agency_counted_in_records(clock: FakeClock) -> None:
+    quotas = Quotas(clock=clock, refusal_rate=2.0, refusal_burst=10)
+    quotas.charge_refusal("nenkin", 4)
+    quotas.charge_refusal("nenkin", 6)
+    with pytest.raises(QuotaExceeded) as caught:
+        quotas.charge_refusal("nenkin", 1)
+    err = caught.value
+    assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.retry_after_ms == 500
+    assert "refused requests" in err.message
+    # Another agency, and the purposes' buckets, are untouched.
+    quotas.charge_refusal("mofa-passport", 10)
+    quotas.charge("nenkin", purpose("NENKIN-ADDRESS-CHANGE"))
+    # More records than the bucket holds cost a full bucket (never a ValueError).
+    clock.advance(60)
+    quotas.charge_refusal("nenkin", 1_000_000)
+    with pytest.raises(QuotaExceeded):
+        quotas.charge_refusal("nenkin", 0)  # a refusal without records costs one
+
+
+def test_the_shipped_refusal_bucket_records_a_full_denied_batch(clock: FakeClock) -> None:
+    quotas = Quotas(clock=clock)
+    largest = load_registry().max_batch_size
+    assert quotas.refusal_bucket("nenkin").burst >= largest + 1
+    quotas.charge_refusal("nenkin", largest + 1)
