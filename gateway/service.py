@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 
 import grpc
+from google.protobuf.message import Message
 
 from gateway.coalescer import DEFAULT_WINDOW, VerifyCoalescer
 from gateway.logic import (
@@ -57,6 +58,7 @@ from jukinet.validation import (
     check_claim,
     check_date,
     check_kana,
+    check_message_text,
     check_name,
     check_purpose_code,
     check_sex,
@@ -116,10 +118,12 @@ class GatewayService:
         fields: Collection[str],
         named: Callable[[], Sequence[str]],
         *,
+        request: Message,
         items: int | None = None,
     ) -> Purpose:
-        """Check the purpose code (and a batch's size), authorize, and charge
-        the quota; record and raise a refusal. ``items`` is the item count of a
+        """Check the purpose code, every text of the request (no control
+        characters) and a batch's size, authorize, and charge the quota;
+        record and raise a refusal. ``items`` is the item count of a
         VerifyBatch message; ``named`` gives the resident codes a refusal names."""
         try:
             check_purpose_code(purpose_code)
@@ -127,6 +131,7 @@ class GatewayService:
                 # Before anything is recorded per code: a refused message is
                 # recorded once per resident it names.
                 check_batch_size(items, self._registry.max_batch_size)
+            check_message_text(request)
         except InvalidArgument as exc:
             self._metrics.count_gateway_denial(agency, UNKNOWN_LABEL, operation, exc.reason)
             raise
@@ -296,6 +301,7 @@ class GatewayService:
                 Operation.VERIFY,
                 (),
                 lambda: [request.claim.resident_code],
+                request=request,
             )
             check_claim(request.claim, "claim")
             # Shares one national call with the other requests of this agency
@@ -318,6 +324,7 @@ class GatewayService:
                 Operation.RETRIEVE,
                 request.fields,
                 lambda: [request.resident_code],
+                request=request,
             )
             check_resident_code(request.resident_code, "resident_code")
             if request.as_of:
@@ -350,7 +357,12 @@ class GatewayService:
         """Candidates for a name, with only the purpose's (requested) fields."""
         with self._timed(Operation.SEARCH):
             purpose = await self._admit(
-                agency, request.purpose_code, Operation.SEARCH, request.fields, tuple
+                agency,
+                request.purpose_code,
+                Operation.SEARCH,
+                request.fields,
+                tuple,
+                request=request,
             )
             limit = resolve_max_candidates(request.max_candidates, purpose.quota, purpose.code)
             check_name(request.name, "name")
@@ -438,6 +450,7 @@ class GatewayService:
                     Operation.VERIFY_BATCH,
                     (),
                     functools.partial(batch_codes, message),
+                    request=message,
                     items=len(message.items),
                 )
                 for i, item in enumerate(message.items):

@@ -14,7 +14,6 @@ from gateway.service import GatewayService
 from jukinet.identity import Kind
 from jukinet.interceptors import current_identity
 from jukinet.v1 import gateway_pb2, gateway_pb2_grpc
-from jukinet.validation import check_message_text
 
 
 def _agency() -> str:
@@ -23,15 +22,6 @@ def _agency() -> str:
     if identity.kind is not Kind.AGENCY:  # the method rules make this unreachable
         raise RuntimeError(f"{identity.uri} reached an agency method")
     return identity.code
-
-
-async def _checked(
-    requests: AsyncIterator[gateway_pb2.VerifyBatchRequest],
-) -> AsyncIterator[gateway_pb2.VerifyBatchRequest]:
-    """The stream's messages, each refused if any text of it holds a control character."""
-    async for message in requests:
-        check_message_text(message)
-        yield message
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -44,26 +34,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.VerifyRequest, context: Any
     ) -> gateway_pb2.VerifyResponse:
         """Verify one claimed identity; agencies only, for a purpose the registry gives them."""
-        check_message_text(request)
         return await self._service.verify(_agency(), request)
 
     async def Retrieve(
         self, request: gateway_pb2.RetrieveRequest, context: Any
     ) -> gateway_pb2.RetrieveResponse:
         """One record, minimised to the purpose; agencies only, as for Verify."""
-        check_message_text(request)
         return await self._service.retrieve(_agency(), request)
 
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: Any
     ) -> gateway_pb2.SearchResponse:
         """Candidates for a name, minimised to the purpose; agencies only, as for Verify."""
-        check_message_text(request)
         return await self._service.search(_agency(), request)
 
     async def VerifyBatch(
         self, request_iterator: AsyncIterator[gateway_pb2.VerifyBatchRequest], context: Any
     ) -> AsyncIterator[gateway_pb2.VerifyBatchResponse]:
         """One verification response per request message, in order; agencies only, as for Verify."""
-        async for response in self._service.verify_batch(_agency(), _checked(request_iterator)):
+        async for response in self._service.verify_batch(_agency(), request_iterator):
             yield response
