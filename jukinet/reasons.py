@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     # Delivery of notifications between tiers.
     SEQUENCE_GAP = "sequence-gap"  # a delivery skipped ahead; rewind to the expected one
     FOREIGN_ORIGIN = "foreign-origin"  # a notification's origin is not the sender's own
+    NOT_HELD = "not-held"  # the municipality acting on a resident does not hold (register) them
 
     # The municipal register.
     ALREADY_REGISTERED = "already-registered"  # the resident is registered here already

@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database
-from jukinet.delivery.rules import fold_batch, fresh_codes, sequence, touched_codes
+from jukinet.delivery.rules import (
+    fold_batch,
+    fresh_codes,
+    holdings_to_look_up,
+    sequence,
+    touched_codes,
+)
 from jukinet.delivery.store import IdentityStore
 from jukinet.errors import InvalidArgument, JukinetError, NotFound
 from jukinet.identity import Identity
@@ -111,6 +117,7 @@ class Receiver:
     async def apply(self, notifications: Sequence[common_pb2.Notification]) -> BatchResult:
         """Apply validated notifications in order, in one write transaction: skip
         what was applied, refuse a gap, check fresh codes against the pools,
+        check that each change comes from a municipality holding the resident,
         fold into the records, write history and cursors, and relay."""
         async with self._db.write() as conn:
             before = await self._store.cursors(conn, sorted({n.origin_code for n in notifications}))
@@ -122,7 +129,9 @@ class Receiver:
             records = await self._store.load(conn, codes)
             owners = await self._store.pool_owners(conn, codes)
             born = await self._store.born(conn, fresh_codes(fresh))
-            folded = fold_batch(fresh, records, owners, born)
+            wanted = holdings_to_look_up(fresh, records)
+            registered = await self._store.holdings(conn, wanted) if wanted else set()
+            folded = fold_batch(fresh, records, owners, born, registered=registered)
             stored = await self._store.record_batch(
                 conn, fresh, folded, set(records), before, sequenced.cursors
             )

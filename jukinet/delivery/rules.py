@@ -12,15 +12,21 @@ The rules make both orders end in the same state:
   move-out never removes the registration at the new municipality);
 * a code change supersedes the old code (kept, pointing to the new one) and
   registers the new code under the same rule as a creation.
+
+Before any of that, a removal, amendment or code change must come from a
+municipality that holds the resident (:func:`check_held`): one that registered
+the code by its own earlier notification. The old municipality of a move still
+holds it, so its late move-out is accepted (and only enters the history).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from jukinet.errors import InvalidArgument, SequenceGap
+from jukinet.errors import InvalidArgument, PermissionDenied, SequenceGap
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2
 from jukinet.validation import NEW_CODE_REASONS
 from jukinet.vocabulary import person_values
@@ -136,6 +142,74 @@ def decide(states: Mapping[str, StoredIdentity], n: common_pb2.Notification) -> 
     return Decision((updated,), True)
 
 
+# -- who holds a resident -------------------------------------------------------
+
+Holding = tuple[str, str]
+"""(resident code, municipality): the municipality registered that code."""
+
+
+def acted_on(n: common_pb2.Notification) -> str | None:
+    """The code a removal, amendment or code change acts on (a code change acts on
+    its previous code); None for a creation, which follows its own rules."""
+    if n.kind == common_pb2.CHANGE_KIND_CREATED:
+        return None
+    if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
+        return n.previous_resident_code
+    return n.record.resident_code
+
+
+def registers(n: common_pb2.Notification) -> Holding | None:
+    """What a notification registers at its origin: a creation its code, a code
+    change its new code (the stored history is read with the same rule)."""
+    if n.kind == common_pb2.CHANGE_KIND_CREATED or n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
+        return (n.record.resident_code, n.origin_code)
+    return None
+
+
+def holdings_to_look_up(
+    fresh: Sequence[common_pb2.Notification], records: Mapping[str, StoredIdentity]
+) -> set[Holding]:
+    """The (code, origin) pairs the history must answer for this batch: those of
+    notifications acting on a code whose stored record is not at their origin.
+    Usually none (a municipality mostly changes the residents it registers now),
+    so the common batch costs no query."""
+    out: set[Holding] = set()
+    for n in fresh:
+        code = acted_on(n)
+        if code is None:
+            continue
+        current = records.get(code)
+        if current is None or current.local_government_code != n.origin_code:
+            out.add((code, n.origin_code))
+    return out
+
+
+def check_held(
+    n: common_pb2.Notification,
+    states: Mapping[str, StoredIdentity],
+    registered: Collection[Holding],
+    prefix: str,
+) -> None:
+    """Refuse a removal, amendment or code change from a municipality that does not
+    hold the resident: the record is not at the origin now, and the origin never
+    registered the code (``registered``: the holdings known from the history and
+    from the batch so far). Applied as well, such an entry would leave a forged
+    record, with a name of the sender's choosing, in another municipality's
+    resident's history at every tier."""
+    code = acted_on(n)
+    if code is None:
+        return
+    current = states.get(code)
+    if current is not None and current.local_government_code == n.origin_code:
+        return
+    if (code, n.origin_code) in registered:
+        return
+    field = "previous_resident_code" if code != n.record.resident_code else "record.resident_code"
+    raise PermissionDenied(
+        f"{prefix}.{field}: {code} is not held by {n.origin_code}", reason=Reason.NOT_HELD
+    )
+
+
 @dataclass(frozen=True)
 class Sequenced:
     """A batch split by the origins' cursors: the notifications to apply, in
@@ -191,6 +265,8 @@ def fold_batch(
     records: Mapping[str, StoredIdentity],
     pool_owners: Mapping[str, str],
     born: set[str],
+    *,
+    registered: Collection[Holding],
 ) -> Folded:
     """Fold notifications (in order) into ``records``.
 
@@ -199,13 +275,19 @@ def fold_batch(
     the prefecture and the national node both check it, so a notification the
     prefecture accepted is never refused above it (which would stall the relay
     of every municipality behind it). ``born``: codes already created fresh.
+    A removal, amendment or code change must come from a municipality that
+    holds the resident (:func:`check_held`; ``registered``: the holdings the
+    history knows of those :func:`holdings_to_look_up` named); both tiers check
+    this too, and a holding the prefecture saw was relayed before what relies on it.
     """
     states = dict(records)
     born = set(born)
+    held = set(registered)
     changed: dict[str, StoredIdentity] = {}
     flags: list[bool] = []
     for i, n in enumerate(fresh):
         code = n.record.resident_code
+        check_held(n, states, held, f"entries[{i}].notification")
         if n.reason in NEW_CODE_REASONS:
             field = f"entries[{i}].notification.record.resident_code"
             if pool_owners.get(code) != n.origin_code:
@@ -217,6 +299,9 @@ def fold_batch(
             if code in born:
                 raise InvalidArgument(field, f"{code} is already in use")
             born.add(code)
+        holding = registers(n)
+        if holding is not None:
+            held.add(holding)
         decision = decide(states, n)
         for record in decision.states:
             states[record.resident_code] = record

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
-from jukinet.delivery.rules import Folded, StoredIdentity
+from jukinet.delivery.rules import Folded, Holding, StoredIdentity
 from jukinet.names import fold_kana, fold_name
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import NEW_CODE_REASONS
@@ -190,6 +190,28 @@ class IdentityStore:
                 )
             )
             out.update(rows.scalars())
+        return out
+
+    async def holdings(self, conn: AsyncConnection, wanted: set[Holding]) -> set[Holding]:
+        """Those of the (code, municipality) pairs ``wanted`` whose municipality
+        registered the code by a notification stored here (a creation, or a code
+        change to it): one statement for a batch's pairs."""
+        h = self.t.history
+        out: set[Holding] = set()
+        code_list = sorted({code for code, _ in wanted})
+        for i in range(0, len(code_list), 500):
+            rows = await conn.execute(
+                select(h.c.resident_code, h.c.origin_code)
+                .where(
+                    one_of(conn, h.c.resident_code, code_list[i : i + 500]),
+                    or_(
+                        h.c.kind == common_pb2.CHANGE_KIND_CREATED,
+                        h.c.reason == common_pb2.CHANGE_REASON_CODE_CHANGE,
+                    ),
+                )
+                .distinct()
+            )
+            out.update((r[0], r[1]) for r in rows if (r[0], r[1]) in wanted)
         return out
 
     async def record_batch(

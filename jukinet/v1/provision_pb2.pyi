@@ -377,15 +377,23 @@ class DiscloseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
     resident_code: _builtins.str
+    municipality_code: _builtins.str
+    """The municipality the request is made for: set by the prefecture that relays
+    it, from the calling municipality's certificate (a value a caller sets is
+    refused unless it is the caller's own). The national node answers only for
+    the resident's current or last registering municipality.
+    """
     def __init__(
         self,
         *,
         resident_code: _builtins.str = ...,
+        municipality_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resident_code", b"resident_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["municipality_code", b"municipality_code", "resident_code", b"resident_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

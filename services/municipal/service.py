@@ -20,7 +20,14 @@ from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox, PendingEntry
 from jukinet.delivery.pusher import Pusher
-from jukinet.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, from_upstream
+from jukinet.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    from_upstream,
+)
 from jukinet.metrics import NodeMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
@@ -503,13 +510,27 @@ class MunicipalService:
             status.last_sequence, status.acknowledged_through, free, active, removed
         )
 
-    async def disclose(self, code: str) -> provision_pb2.DiscloseResponse:
+    async def disclose(
+        self, request: provision_pb2.DiscloseRequest
+    ) -> provision_pb2.DiscloseResponse:
         """For a resident of this municipality at the counter: the national record
-        and who received it (asked through the prefecture)."""
-        resident, _ = await self.get(code)
+        and who received it (asked through the prefecture). Only for a resident
+        in this register (registered now, or removed from it): the national node
+        then answers only if no other municipality registers them since."""
+        if request.municipality_code and request.municipality_code != self.municipality:
+            raise PermissionDenied(
+                f"municipality_code: {self.municipality} may not ask for disclosures of "
+                f"{request.municipality_code}",
+                reason=Reason.FOREIGN_ORIGIN,
+            )
+        async with self.db.read() as conn:
+            resident = await self._resident(conn, request.resident_code)
         try:
             response: provision_pb2.DiscloseResponse = await self._prefecture.Disclose(
-                provision_pb2.DiscloseRequest(resident_code=resident.resident_code), timeout=30
+                provision_pb2.DiscloseRequest(
+                    resident_code=resident.resident_code, municipality_code=self.municipality
+                ),
+                timeout=30,
             )
         except grpc.aio.AioRpcError as exc:
             raise from_upstream(exc, "prefecture node") from exc

@@ -123,8 +123,8 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
         """For a resident at the counter: the national record and who received it; its
-        operators only."""
-        return await self._r.disclose(request.resident_code)
+        operators only, for a resident of its register."""
+        return await self._r.disclose(request)
 
     async def GetStatus(
         self, request: pb.GetMunicipalStatusRequest, context: Any

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from jukinet.codes import new_resident_code, prefecture_of
 from jukinet.delivery.rules import StoredIdentity
 from jukinet.errors import InvalidArgument, PermissionDenied
-from jukinet.identity import Identity
+from jukinet.identity import Identity, Kind
 from jukinet.names import fold_name as _fold_name
 from jukinet.names import match_score
 from jukinet.reasons import Reason
@@ -35,6 +35,41 @@ def authorize_pool_request(caller: Identity, municipality_code: str) -> None:
         raise PermissionDenied(
             f"municipality_code: {municipality_code} is not in prefecture {caller.code}",
             reason=Reason.FOREIGN_ORIGIN,
+        )
+
+
+def disclosure_scope(caller: Identity, municipality_code: str) -> str:
+    """The municipality a disclosure is asked for, which must hold the resident;
+    empty for a national operator asking at the national level. A prefecture
+    relays only its own municipalities' requests and always names the municipality."""
+    if caller.kind == Kind.PREFECTURE:
+        if not municipality_code:
+            raise InvalidArgument(
+                "municipality_code", "a relayed request names the municipality it is made for"
+            )
+        if prefecture_of(municipality_code) != caller.code:
+            raise PermissionDenied(
+                f"municipality_code: {municipality_code} is not in prefecture {caller.code}",
+                reason=Reason.FOREIGN_ORIGIN,
+            )
+    return municipality_code
+
+
+def authorize_disclosure(
+    municipality: str, resident_code: str, chain: Iterable[StoredIdentity]
+) -> None:
+    """A municipality may ask for the disclosure of a resident it registers now or,
+    when nobody registers them now (a death, a move abroad, a move whose move-in
+    has not arrived), registered last: the municipality of the current record of
+    every code the person has had. After a move the old municipality no longer
+    may. ``chain``: the stored records of those codes (none when unknown: the
+    same refusal, so that a municipality cannot probe which codes exist)."""
+    records = list(chain)
+    current = [r for r in records if r.status != common_pb2.RECORD_STATUS_SUPERSEDED] or records
+    if not current or any(r.local_government_code != municipality for r in current):
+        raise PermissionDenied(
+            f"resident_code: {resident_code} is not held by {municipality}",
+            reason=Reason.NOT_HELD,
         )
 
 

@@ -33,8 +33,10 @@ from jukinet.vocabulary import operation_label, result_label, verification_outco
 from services.national import repository as repo
 from services.national.connections import KeptConnections
 from services.national.logic import (
+    authorize_disclosure,
     authorize_pool_request,
     choose_unique,
+    disclosure_scope,
     earlier_pool,
     mint_candidates,
     provided,
@@ -317,15 +319,23 @@ class NationalService:
     # -- for the resident ------------------------------------------------------
 
     async def disclose(
-        self, request: provision_pb2.DiscloseRequest
+        self, caller: Identity, request: provision_pb2.DiscloseRequest
     ) -> provision_pb2.DiscloseResponse:
-        """A resident's record as stored here, and every provision of it."""
+        """A resident's record as stored here, and every provision of it; for a
+        municipality's request only when it holds the resident (see
+        :func:`services.national.logic.authorize_disclosure`)."""
         check_resident_code(request.resident_code)
+        if request.municipality_code:
+            check_known_local_government(request.municipality_code, "municipality_code")
+        municipality = disclosure_scope(caller, request.municipality_code)
         async with self._db.read() as conn:
+            codes = await self._store.chain(conn, request.resident_code)
+            if municipality:
+                records = await self._store.load(conn, codes)
+                authorize_disclosure(municipality, request.resident_code, records.values())
             stored = await self._store.get_identity(conn, request.resident_code)
             if stored is None:
                 raise NotFound(f"no identity record for {request.resident_code}")
-            codes = await self._store.chain(conn, request.resident_code)
             provisions = await repo.provisions_of(conn, sorted(codes))
         return provision_pb2.DiscloseResponse(identity=stored.identity, provisions=provisions)
 

@@ -89,5 +89,5 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
         """A resident's record and who received it; for a prefecture relaying a municipal
-        counter, or national operators."""
-        return await self._service.disclose(request)
+        counter (for a resident its municipality holds), or national operators."""
+        return await self._service.disclose(current_identity(), request)

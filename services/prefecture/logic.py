@@ -25,3 +25,15 @@ def authorize_pool_request(caller: Identity, municipality_code: str) -> None:
             f"municipality_code: {caller.uri} may not ask for codes of {municipality_code}",
             reason=Reason.FOREIGN_ORIGIN,
         )
+
+
+def disclosure_for(caller: Identity, requested: str) -> str:
+    """The municipality a relayed disclosure request is made for: the caller
+    itself, from its certificate. A caller naming another one is refused; the
+    national node then checks that municipality against the resident's record."""
+    if requested and requested != caller.code:
+        raise PermissionDenied(
+            f"municipality_code: {caller.uri} may not ask for disclosures of {requested}",
+            reason=Reason.FOREIGN_ORIGIN,
+        )
+    return caller.code

@@ -13,7 +13,7 @@ from jukinet.identity import Identity
 from jukinet.metrics import NodeMetrics
 from jukinet.v1 import delivery_pb2, national_pb2_grpc, provision_pb2
 from jukinet.validation import check_known_local_government, check_pool_request
-from services.prefecture.logic import authorize_pool_request
+from services.prefecture.logic import authorize_pool_request, disclosure_for
 from services.prefecture.repository import PrefectureRepository
 
 MAX_POOL = 100_000
@@ -67,13 +67,19 @@ class PrefectureService:
         return codes
 
     async def disclose(
-        self, request: provision_pb2.DiscloseRequest
+        self, caller: Identity, request: provision_pb2.DiscloseRequest
     ) -> provision_pb2.DiscloseResponse:
-        """Relay a municipal counter's disclosure request to the national node."""
+        """Relay a municipal counter's disclosure request to the national node,
+        naming the calling municipality (which the national node checks against
+        the resident's record)."""
         check_resident_code(request.resident_code)
+        municipality = disclosure_for(caller, request.municipality_code)
+        relayed = provision_pb2.DiscloseRequest(
+            resident_code=request.resident_code, municipality_code=municipality
+        )
         try:
             response: provision_pb2.DiscloseResponse = await self._national.Disclose(
-                request, timeout=30
+                relayed, timeout=30
             )
         except grpc.aio.AioRpcError as exc:
             raise from_upstream(exc, NATIONAL) from exc

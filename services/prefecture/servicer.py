@@ -50,8 +50,8 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
         self, request: provision_pb2.DiscloseRequest, context: Any
     ) -> provision_pb2.DiscloseResponse:
         """A municipal counter's disclosure request, answered by the national node; its
-        municipalities only."""
-        return await self._service.disclose(request)
+        municipalities only, each for the residents it holds."""
+        return await self._service.disclose(current_identity(), request)
 
     async def GetDeliveryStatus(
         self, request: delivery_pb2.GetDeliveryStatusRequest, context: Any

@@ -197,6 +197,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: PermissionDenied("not yours", reason=Reason.FOREIGN_ORIGIN),
         grpc.StatusCode.PERMISSION_DENIED,
     ),
+    Reason.NOT_HELD: (
+        lambda: PermissionDenied("not held", reason=Reason.NOT_HELD),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
     Reason.ALREADY_REGISTERED: (
         lambda: AlreadyExists("registered", reason=Reason.ALREADY_REGISTERED),
         grpc.StatusCode.ALREADY_EXISTS,

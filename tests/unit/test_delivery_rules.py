@@ -11,15 +11,19 @@ from jukinet.delivery.rules import (
     ACTIVE,
     REMOVED,
     SUPERSEDED,
+    Holding,
     StoredIdentity,
     decide,
     fold_batch,
     fresh_codes,
+    holdings_to_look_up,
     record_after,
+    registers,
     sequence,
     touched_codes,
 )
-from jukinet.errors import InvalidArgument, SequenceGap
+from jukinet.errors import InvalidArgument, PermissionDenied, SequenceGap
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2 as pb
 
 CODE = "12345678903"
@@ -193,8 +197,10 @@ def test_touched_and_fresh_codes() -> None:
 
 def test_fold_batch_takes_fresh_codes_from_the_origins_pool() -> None:
     birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
+    # 312029 registered the code before (its move-out is not here yet): its
+    # relocation enters the history without changing the record.
     late = note("312029", 1, pb.CHANGE_REASON_RELOCATION, "2026-01-01")
-    folded = fold_batch([birth, late], {}, {CODE: "312011"}, set())
+    folded = fold_batch([birth, late], {}, {CODE: "312011"}, set(), registered={(CODE, "312029")})
     assert set(folded.changed) == {CODE}
     assert folded.changed[CODE].local_government_code == "312011"
     assert folded.changed_current == (True, False)
@@ -204,7 +210,7 @@ def test_fold_batch_refuses_a_code_from_another_pool() -> None:
     birth = note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")
     for owners in ({CODE: "312029"}, {}):
         with pytest.raises(InvalidArgument) as refused:
-            fold_batch([birth], {}, owners, set())
+            fold_batch([birth], {}, owners, set(), registered=set())
         assert refused.value.field == "entries[0].notification.record.resident_code"
         assert "is not in the pool of 312011" in refused.value.problem
 
@@ -214,10 +220,10 @@ def test_fold_batch_refuses_a_fresh_code_created_twice() -> None:
     again = note("312011", 2, pb.CHANGE_REASON_BIRTH, "1990-01-01")
     owners = {CODE: "312011"}
     with pytest.raises(InvalidArgument) as refused:
-        fold_batch([birth], {}, owners, {CODE})
+        fold_batch([birth], {}, owners, {CODE}, registered=set())
     assert "already in use" in refused.value.problem
     with pytest.raises(InvalidArgument) as refused:
-        fold_batch([birth, again], {}, owners, set())
+        fold_batch([birth, again], {}, owners, set(), registered=set())
     assert refused.value.field == "entries[1].notification.record.resident_code"
 
 
@@ -229,3 +235,142 @@ def test_record_after_a_notification() -> None:
         "1990-01-01",
     )
     assert record_after(death).status == REMOVED
+
+
+# -- only a municipality that holds a resident changes them ---------------------------
+
+
+class Tier:
+    """An upper tier's store, reduced to what the rules read: the records, the pool
+    and the history's holdings; each notification is pushed as its own batch."""
+
+    def __init__(self, pools: dict[str, str]) -> None:
+        self.records: dict[str, StoredIdentity] = {}
+        self.history: set[Holding] = set()
+        self.pools = pools
+
+    def push(self, batch: list[pb.Notification]) -> tuple[bool, ...]:
+        """Fold a batch as the receiver does; raises what fold_batch raises."""
+        wanted = holdings_to_look_up(batch, self.records)
+        folded = fold_batch(
+            batch,
+            {c: r for c, r in self.records.items()},
+            self.pools,
+            set(),
+            registered=self.history & wanted,
+        )
+        self.records.update(folded.changed)
+        self.history |= {h for n in batch if (h := registers(n)) is not None}
+        return folded.changed_current
+
+
+def _refused(tier: Tier, n: pb.Notification) -> PermissionDenied:
+    with pytest.raises(PermissionDenied) as refused:
+        tier.push([n])
+    assert refused.value.reason == Reason.NOT_HELD
+    return refused.value
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        pb.CHANGE_REASON_DEATH,
+        pb.CHANGE_REASON_MOVE_OUT,
+        pb.CHANGE_REASON_RELOCATION,
+    ],
+)
+def test_a_change_for_a_resident_of_another_municipality_is_refused(
+    reason: pb.ChangeReason.ValueType,
+) -> None:
+    tier = Tier({CODE: "312011"})
+    tier.push([note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")])
+    before = dict(tier.records)
+    refused = _refused(tier, note("312029", 1, reason, "2026-01-01"))
+    assert "record.resident_code" in refused.message
+    assert "is not held by 312029" in refused.message
+    assert tier.records == before
+
+
+def test_a_change_for_a_code_nobody_registered_is_refused() -> None:
+    # Without the check an amendment would even create the record.
+    tier = Tier({})
+    _refused(tier, note("312029", 1, pb.CHANGE_REASON_RELOCATION, "2026-01-01"))
+    assert tier.records == {}
+
+
+def test_a_code_change_of_another_municipalitys_resident_is_refused() -> None:
+    tier = Tier({CODE: "312011", NEW_CODE: "312029"})
+    tier.push([note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")])
+    change = note(
+        "312029",
+        1,
+        pb.CHANGE_REASON_CODE_CHANGE,
+        "2026-11-27",
+        code=NEW_CODE,
+        previous_resident_code=CODE,
+    )
+    refused = _refused(tier, change)
+    assert "previous_resident_code" in refused.message
+    assert set(tier.records) == {CODE}
+
+
+def test_a_forged_entry_anywhere_in_a_batch_refuses_the_batch() -> None:
+    tier = Tier({CODE: "312011", NEW_CODE: "312029"})
+    tier.push([note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")])
+    own = note("312029", 1, pb.CHANGE_REASON_BIRTH, "2026-01-01", code=NEW_CODE)
+    forged = note("312029", 2, pb.CHANGE_REASON_DEATH, "2026-01-02")
+    with pytest.raises(PermissionDenied) as refused:
+        tier.push([own, forged])
+    assert refused.value.message.startswith("entries[1].notification.record.resident_code")
+    assert set(tier.records) == {CODE}
+
+
+def test_a_municipality_changes_what_it_registered_in_the_same_batch() -> None:
+    tier = Tier({CODE: "312011", NEW_CODE: "312011"})
+    flags = tier.push(
+        [
+            note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01"),
+            note("312011", 2, pb.CHANGE_REASON_RELOCATION, "2020-01-01"),
+            note(
+                "312011",
+                3,
+                pb.CHANGE_REASON_CODE_CHANGE,
+                "2026-01-01",
+                code=NEW_CODE,
+                previous_resident_code=CODE,
+            ),
+            note("312011", 4, pb.CHANGE_REASON_DEATH, "2026-02-01", code=NEW_CODE),
+        ]
+    )
+    assert flags == (True, True, True, True)
+    assert tier.records[NEW_CODE].status == REMOVED
+
+
+def test_no_look_up_while_the_record_is_at_the_origin() -> None:
+    tier = Tier({CODE: "312011"})
+    tier.push([note("312011", 1, pb.CHANGE_REASON_BIRTH, "1990-01-01")])
+    own = note("312011", 2, pb.CHANGE_REASON_RELOCATION, "2026-01-01")
+    other = note("131016", 1, pb.CHANGE_REASON_MOVE_OUT, "2026-01-01")
+    birth = note("131016", 2, pb.CHANGE_REASON_BIRTH, "2026-01-01", code=NEW_CODE)
+    assert holdings_to_look_up([own, birth], tier.records) == set()
+    assert holdings_to_look_up([own, other, birth], tier.records) == {(CODE, "131016")}
+
+
+def test_a_late_move_out_of_the_old_municipality_is_accepted_in_any_order() -> None:
+    a = [
+        note("312011", 1, pb.CHANGE_REASON_BIRTH, "1982-10-26"),
+        note("312011", 2, pb.CHANGE_REASON_RELOCATION, "2020-01-01"),
+        note("312011", 3, pb.CHANGE_REASON_MOVE_OUT, "2026-11-16"),
+    ]
+    b = [
+        note("131016", 1, pb.CHANGE_REASON_MOVE_IN, "2026-11-16"),
+        note("131016", 2, pb.CHANGE_REASON_RELOCATION, "2026-11-20"),
+    ]
+    for order in interleavings(a, b):
+        tier = Tier({CODE: "312011"})
+        flags = [tier.push([n])[0] for n in order]
+        record = tier.records[CODE]
+        assert (record.local_government_code, record.status) == ("131016", ACTIVE), order
+        # 312011's late move-out only entered the history.
+        if order.index(a[2]) > order.index(b[0]):
+            assert flags[order.index(a[2])] is False
