@@ -25,6 +25,7 @@ from typing import Any
 from jukinet.errors import ConfigError, PermissionDenied
 from jukinet.identity import Kind, parse_identity_uri
 from jukinet.reasons import Reason
+from jukinet.validation import describe_character, forbidden_character
 from jukinet.vocabulary import PROVIDABLE_FIELDS
 
 PACKAGED_FILE = "purposes.toml"
@@ -427,6 +428,10 @@ def _bilingual(where: _Entry, entry: Mapping[str, Any], key: str) -> Bilingual:
         text = value.get(lang)
         if not isinstance(text, str) or not text.strip():
             raise where.error(f"missing {key}.{lang} (a non-empty string)")
+        bad = forbidden_character(text)
+        if bad is not None:
+            # Printed in every disclosure: the same rule as a person's fields.
+            raise where.error(f"{key}.{lang} contains {describe_character(bad)}")
         texts[lang] = text.strip()
     return Bilingual(ja=texts["ja"], en=texts["en"])
 
