@@ -1,7 +1,13 @@
 """A resident's disclosure (本人確認情報の提供状況の開示) as text: the identity
 record as the national node holds it, then every provision of it, with the
 agency and the purpose named. The counter prints it for the resident; the demo
-shows it."""
+shows it.
+
+Every text printed passes through :func:`jukinet.validation.visible`: the
+nodes refuse bidi controls, line separators and invisible characters in what a
+person reads, and whatever got into a store regardless is printed as
+``<U+XXXX>``, so no stored text can reorder a line, start a new one or hide
+a character of the printed disclosure."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from jukinet.errors import ConfigError
 from jukinet.localgov import lookup
 from jukinet.textwidth import display_width, ljust, table
 from jukinet.v1 import common_pb2, provision_pb2
+from jukinet.validation import visible
 from jukinet.vocabulary import operation_label, result_label
 
 _SEX_NAME = {common_pb2.SEX_MALE: "male", common_pb2.SEX_FEMALE: "female"}
@@ -60,8 +67,9 @@ def _legend(title: str, entries: list[tuple[str, str]]) -> list[str]:
     """``title`` and one line per (code, text), the texts aligned; nothing if empty."""
     if not entries:
         return []
-    width = max(display_width(code) for code, _ in entries) + 2
-    return ["", title, *(f"  {ljust(code, width)}{text}" for code, text in entries)]
+    shown = [(visible(code), visible(text)) for code, text in entries]
+    width = max(display_width(code) for code, _ in shown) + 2
+    return ["", title, *(f"  {ljust(code, width)}{text}" for code, text in shown)]
 
 
 def format_disclosure(
@@ -97,7 +105,7 @@ def format_disclosure(
     ]
     label_width = max(display_width(label) for label, _ in items) + 2
     lines = ["The identity record as the national node holds it", ""]
-    lines += [f"  {ljust(label, label_width)}{value}" for label, value in items if value]
+    lines += [f"  {ljust(label, label_width)}{visible(value)}" for label, value in items if value]
     lines.append("")
     provisions = list(response.provisions)
     if not provisions:
@@ -113,7 +121,7 @@ def format_disclosure(
         row += [", ".join(p.fields) or "-", result_label(p.result)]
         if several_codes:
             row.insert(1, p.resident_code)
-        rows.append(row)
+        rows.append([visible(cell) for cell in row])
     lines.append(f"Provisions of this record to agencies, oldest first ({len(provisions)}):")
     lines.append("")
     lines += [f"  {line}".rstrip() for line in table(headers, rows)]

@@ -368,3 +368,9 @@ def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
 
 class ConfigError(Exception):
     """A node cannot start: one clear line says why."""
+
+
+class BeforeRegistration(InvalidArgument):
+    """A date that precedes the resident's current registration: names the field."""
+
+    reason = Reason.BEFORE_REGISTRATION

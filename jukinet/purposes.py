@@ -28,7 +28,12 @@ from typing import Any
 from jukinet.errors import ConfigError, PermissionDenied
 from jukinet.identity import Kind, parse_identity_uri
 from jukinet.reasons import Reason
-from jukinet.validation import PURPOSE_CODE_MAX, is_purpose_code
+from jukinet.validation import (
+    PURPOSE_CODE_MAX,
+    describe_character,
+    forbidden_character,
+    is_purpose_code,
+)
 from jukinet.vocabulary import PROVIDABLE_FIELDS
 
 PACKAGED_FILE = "purposes.toml"
@@ -436,6 +441,10 @@ def _bilingual(where: _Entry, entry: Mapping[str, Any], key: str) -> Bilingual:
         text = value.get(lang)
         if not isinstance(text, str) or not text.strip():
             raise where.error(f"missing {key}.{lang} (a non-empty string)")
+        bad = forbidden_character(text)
+        if bad is not None:
+            # Printed in every disclosure: the same rule as a person's fields.
+            raise where.error(f"{key}.{lang} contains {describe_character(bad)}")
         texts[lang] = text.strip()
     return Bilingual(ja=texts["ja"], en=texts["en"])
 

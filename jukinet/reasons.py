@@ -46,6 +46,9 @@ class Reason(enum.StrEnum):
     # The municipal register.
     ALREADY_REGISTERED = "already-registered"  # the resident is registered here already
     NOT_REGISTERED = "not-registered"  # the resident is not (or no longer) registered here
+    # A change dated before the current registration began (or a return dated before the
+    # removal it follows); a field violation names the date.
+    BEFORE_REGISTRATION = "before-registration"
 
     # The purpose registry and quotas of agency lookups.
     UNKNOWN_PURPOSE = "unknown-purpose"  # the purpose code is not in the registry

@@ -12,6 +12,7 @@ import re
 import time
 import unicodedata
 
+import jaconv
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -21,10 +22,45 @@ from jukinet.codes import (
     is_valid_local_government_code,
 )
 from jukinet.errors import InvalidArgument
-from jukinet.localgov import lookup
+from jukinet.localgov import address_prefix, lookup, wards_of
+from jukinet.names import fold_name
 from jukinet.v1 import common_pb2, gateway_pb2
 
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
+# What a person reads must show what is stored. Refused in every such field:
+# controls (Cc), format characters (Cf: bidi embeddings, overrides and isolates
+# U+202A-202E and U+2066-2069, marks U+200E/200F/061C, zero-width U+200B-200D,
+# U+2060, an inner BOM U+FEFF, soft hyphen, interlinear annotation, tag
+# characters U+E0000-E007F), line and paragraph separators (Zl, Zp, U+2028/2029),
+# surrogates, private use and unassigned code points, and every space except
+# U+0020 and U+3000 (NBSP, hair space, ... show as nothing or as a space that
+# is not one). Kept: variation selectors (U+FE00-FE0F, the IVS U+E0100-E01EF,
+# the Mongolian U+180B-180D and U+180F: Mn, so allowed by category), which
+# select the registered glyph of a name, and U+3000, the ideographic space
+# that separates surname and given name in Japanese.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+_ALLOWED_SPACES = frozenset({" ", "\u3000"})
+# Printable by str.isprintable() yet invisible: the combining grapheme joiner
+# and the Hangul fillers, which render as nothing and can hide a difference.
+_INVISIBLE = frozenset({"\u034f", "\u115f", "\u1160", "\u3164", "\uffa0"})
+_KIND = {
+    "Cc": "a control character",
+    "Cf": "an invisible format character",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Zs": "a space other than U+0020 and U+3000",
+}
+_BIDI = frozenset(
+    {
+        "\u061c",
+        "\u200e",
+        "\u200f",
+        *map(chr, range(0x202A, 0x202F)),
+        *map(chr, range(0x2066, 0x206A)),
+    }
+)
 MAX_NAME = 100
 MAX_ADDRESS = 200
 EARLIEST_BIRTH = dt.date(1870, 1, 1)
@@ -60,7 +96,10 @@ NEW_CODE_REASONS = frozenset(
     }
 )
 
-_KANA = re.compile(r"^[\u3041-\u3096\u30a1-\u30fa\u30fc\u30fb\u3000 ・=＝ー]*$")
+# Katakana (ァ-ヺ, the iteration marks ヽヾ, the long-vowel mark ー), the
+# middle dot ・ and the equals signs that separate the parts of a foreign
+# name, and the two spaces.
+_KANA = re.compile(r"^[\u30a1-\u30fa\u30fc-\u30fe\u30fb\u3000 =＝]*$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -108,33 +147,80 @@ def check_effective_date(value: str, field: str = "effective_date") -> dt.date:
     return date
 
 
-def _check_text(value: str, field: str, limit: int, *, required: bool) -> str:
+def forbidden_character(value: str) -> str | None:
+    """The first character of ``value`` a person's text may not hold, or None.
+
+    One rule for every field a person reads (names, readings, addresses, the
+    purpose registry's texts): see :data:`_FORBIDDEN_CATEGORIES`.
+    """
+    # Fast path: printable text (spaces aside) has none of the categories
+    # refused; only otherwise look at each character.
+    if value.replace("\u3000", " ").isprintable() and _INVISIBLE.isdisjoint(value):
+        return None
+    for ch in value:
+        if ch in _INVISIBLE or (
+            unicodedata.category(ch) in _FORBIDDEN_CATEGORIES and ch not in _ALLOWED_SPACES
+        ):
+            return ch
+    return None
+
+
+def describe_character(ch: str) -> str:
+    """``U+202E (RIGHT-TO-LEFT OVERRIDE), a bidi control``: a character named by code point."""
+    name = unicodedata.name(ch, "")
+    named = f"U+{ord(ch):04X}" + (f" ({name})" if name else "")
+    if ch in _BIDI:
+        kind = "a bidirectional control"
+    elif ch in _INVISIBLE:
+        kind = "an invisible character"
+    elif 0xE0000 <= ord(ch) <= 0xE007F:
+        kind = "a tag character"
+    else:
+        kind = _KIND.get(unicodedata.category(ch), "a character not allowed")
+    return f"{named}, {kind}"
+
+
+def visible(value: str) -> str:
+    """``value`` with every character :func:`forbidden_character` refuses shown as ``<U+XXXX>``.
+
+    For printing stored text: whatever got into a store, a reader sees it
+    rather than having the line reordered, broken or hidden by it.
+    """
+    if forbidden_character(value) is None:
+        return value
+    return "".join(
+        f"<U+{ord(ch):04X}>"
+        if ch in _INVISIBLE
+        or (unicodedata.category(ch) in _FORBIDDEN_CATEGORIES and ch not in _ALLOWED_SPACES)
+        else ch
+        for ch in value
+    )
+
+
+def check_text(value: str, field: str, limit: int, *, required: bool) -> str:
+    """Text a person reads: length, no hidden or reordering characters, no outer spaces."""
     if required and not value.strip():
         raise InvalidArgument(field, "must not be empty")
     if len(value) > limit:
         raise InvalidArgument(field, f"is {len(value)} characters; at most {limit} allowed")
-    # Fast path: printable text (the ideographic space aside) has no control,
-    # surrogate, private-use or unassigned character; only otherwise look closer.
-    if not value.replace("\u3000", " ").isprintable():
-        for ch in value:
-            if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-                raise InvalidArgument(
-                    field, f"contains a control or unassigned character U+{ord(ch):04X}"
-                )
+    bad = forbidden_character(value)
+    if bad is not None:
+        raise InvalidArgument(field, f"contains {describe_character(bad)}")
+    if value and unicodedata.category(value[0]).startswith("M"):
+        # A leading combining mark would join the text printed before it.
+        raise InvalidArgument(field, f"begins with the combining mark U+{ord(value[0]):04X}")
     if value != value.strip():
         raise InvalidArgument(field, "must not begin or end with white space")
     return value
 
 
 def check_wire_text(value: str, field: str) -> str:
-    """Text with no control, surrogate, private-use or unassigned character
-    (a NUL above all, which PostgreSQL refuses in any text column)."""
-    if not value.replace("\u3000", " ").isprintable():
-        for ch in value:
-            if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-                raise InvalidArgument(
-                    field, f"contains a control or unassigned character U+{ord(ch):04X}"
-                )
+    """Text with none of the characters :func:`forbidden_character` refuses
+    (controls, a NUL above all, which PostgreSQL refuses in any text column;
+    invisible and bidirectional formatting; unassigned code points)."""
+    bad = forbidden_character(value)
+    if bad is not None:
+        raise InvalidArgument(field, f"contains {describe_character(bad)}")
     return value
 
 
@@ -155,20 +241,91 @@ def check_message_text(message: Message, prefix: str = "") -> None:
 
 def check_name(value: str, field: str = "name", *, required: bool = True) -> str:
     """A name in its original characters (variation selectors allowed)."""
-    return _check_text(value, field, MAX_NAME, required=required)
+    return check_text(value, field, MAX_NAME, required=required)
 
 
-def check_kana(value: str, field: str = "name_kana") -> str:
-    """A reading in kana (may be empty)."""
-    _check_text(value, field, MAX_NAME, required=False)
-    if not _KANA.match(value):
-        raise InvalidArgument(field, "must be written in kana")
+def normalize_kana(value: str) -> str:
+    """A reading in the register's form: full-width katakana.
+
+    Half-width katakana (ｶﾀｶﾅ, common in exports of older systems) become
+    full-width and hiragana become katakana; anything else is left as it is.
+    """
+    return jaconv.hira2kata(jaconv.h2z(value, kana=True, ascii=False, digit=False))
+
+
+def check_kana(value: str, field: str = "name_kana", *, normalise: bool = True) -> str:
+    """A reading (may be empty), returned as full-width katakana.
+
+    The register keeps readings in katakana, as the help of every command
+    says; a reading typed in hiragana or half-width katakana means the same
+    and is converted (:func:`normalize_kana`) rather than refused. What is not
+    kana after that (Latin letters, kanji) is refused. With ``normalise``
+    false (a notification from another node, which converted it already) the
+    reading must already be in that form.
+    """
+    check_text(value, field, MAX_NAME, required=False)
+    kana = normalize_kana(value)
+    if not _KANA.match(kana):
+        raise InvalidArgument(field, "must be written in kana (katakana; hiragana is converted)")
+    if not normalise and kana != value:
+        raise InvalidArgument(field, "must be written in full-width katakana")
+    return kana
+
+
+def check_address(value: str, field: str = "address", municipality: str = "") -> str:
+    """An address in its original characters (required); with ``municipality``
+    (a local-government code), one in that municipality (:func:`check_address_in`)."""
+    check_text(value, field, MAX_ADDRESS, required=True)
+    if municipality:
+        check_address_in(value, municipality, field)
     return value
 
 
-def check_address(value: str, field: str = "address") -> str:
-    """An address in its original characters (required)."""
-    return _check_text(value, field, MAX_ADDRESS, required=True)
+def check_address_in(value: str, municipality: str, field: str = "address") -> None:
+    """The address begins with the prefecture and the name of ``municipality``.
+
+    The forms accepted come from the local-government data: the prefecture,
+    then the municipality, with or without its county (北海道石狩郡当別町 and
+    北海道当別町 are both written); in a designated city the ward follows the
+    city (北海道札幌市中央区), as the ward keeps the register. The prefecture
+    is required: the register holds the full address, and without it an
+    address in 府中市 or 伊達市 does not say which one. Compared as written
+    first, then on folded keys (variant kanji, ケ/ヶ, spaces), so that
+    龍ヶ崎市 and 鳥取県 鳥取市 pass.
+    """
+    prefixes = _address_prefixes(municipality)
+    if not prefixes or value.startswith(prefixes):
+        return
+    folded = _fold_place(value)
+    if folded.startswith(tuple(_fold_place(p) for p in prefixes)):
+        return
+    raise InvalidArgument(
+        field, f"is not in municipality {municipality}: it must begin with {prefixes[0]}"
+    )
+
+
+# The small ヶ/ヵ of place names (龍ヶ崎市, 市ヶ谷) are written large in the
+# postal data (龍ケ崎市); both spellings are in use.
+_PLACE_KANA = str.maketrans({"ヶ": "ケ", "ヵ": "カ", "ゖ": "ケ", "ゕ": "カ"})
+
+
+def _fold_place(text: str) -> str:
+    return fold_name(text.translate(_PLACE_KANA))
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_prefixes(code: str) -> tuple[str, ...]:
+    """How an address in ``code`` may begin; empty for a code the data lacks."""
+    gov = lookup(code)
+    if gov is None:
+        return ()
+    wards = wards_of(code)
+    if wards:
+        # A designated city: the address names one of its wards.
+        return tuple(gov.prefecture_name + w.name for w in wards)
+    full = address_prefix(code)
+    short = gov.prefecture_name + gov.name
+    return (full,) if full == short else (full, short)
 
 
 def check_sex(value: int, field: str = "sex") -> common_pb2.Sex.ValueType:
@@ -195,13 +352,13 @@ def check_identity_record(record: common_pb2.IdentityRecord, prefix: str = "reco
     """Every field of an identity-confirmation record."""
     check_resident_code(record.resident_code, f"{prefix}.resident_code")
     check_name(record.name, f"{prefix}.name")
-    check_kana(record.name_kana, f"{prefix}.name_kana")
+    check_kana(record.name_kana, f"{prefix}.name_kana", normalise=False)
     check_name(record.former_surname, f"{prefix}.former_surname", required=False)
     check_name(record.alias, f"{prefix}.alias", required=False)
     check_birth_date(record.birth_date, f"{prefix}.birth_date")
     check_sex(record.sex, f"{prefix}.sex")
-    check_address(record.address, f"{prefix}.address")
     check_known_local_government(record.local_government_code, f"{prefix}.local_government_code")
+    check_address(record.address, f"{prefix}.address", record.local_government_code)
 
 
 def check_notification(n: common_pb2.Notification, prefix: str = "notification") -> None:
@@ -225,11 +382,12 @@ def check_notification(n: common_pb2.Notification, prefix: str = "notification")
         dt.datetime.fromisoformat(n.recorded_at)
     except ValueError:
         raise InvalidArgument(f"{prefix}.recorded_at", "expected an RFC 3339 time") from None
-    check_identity_record(n.record, f"{prefix}.record")
     if n.record.local_government_code != n.origin_code:
         raise InvalidArgument(
             f"{prefix}.record.local_government_code", "must be the origin municipality"
         )
+    # The address is checked against the record's municipality, the origin.
+    check_identity_record(n.record, f"{prefix}.record")
     if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
         check_resident_code(n.previous_resident_code, f"{prefix}.previous_resident_code")
         if n.previous_resident_code == n.record.resident_code:

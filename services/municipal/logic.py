@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from jukinet.errors import FailedPrecondition, InvalidArgument
+from jukinet.errors import BeforeRegistration, FailedPrecondition, InvalidArgument
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2
 from jukinet.validation import (
@@ -23,8 +23,10 @@ ACTIVE = municipal_pb2.RESIDENT_STATUS_ACTIVE
 REMOVED = municipal_pb2.RESIDENT_STATUS_REMOVED
 
 
-def check_person(p: municipal_pb2.PersonDetails, prefix: str = "person") -> Person:
-    """Every field an operator enters for a person."""
+def check_person(
+    p: municipal_pb2.PersonDetails, municipality: str, prefix: str = "person"
+) -> Person:
+    """Every field an operator enters for a person living in ``municipality``."""
     return Person(
         name=check_name(p.name, f"{prefix}.name"),
         name_kana=check_kana(p.name_kana, f"{prefix}.name_kana"),
@@ -32,7 +34,7 @@ def check_person(p: municipal_pb2.PersonDetails, prefix: str = "person") -> Pers
         alias=check_name(p.alias, f"{prefix}.alias", required=False),
         birth_date=check_birth_date(p.birth_date, f"{prefix}.birth_date").isoformat(),
         sex=check_sex(p.sex, f"{prefix}.sex"),
-        address=check_address(p.address, f"{prefix}.address"),
+        address=check_address(p.address, f"{prefix}.address", municipality),
     )
 
 
@@ -41,6 +43,34 @@ def check_not_before_birth(date: str, person: Person, field: str) -> None:
     # ISO dates compare correctly as text.
     if date < person.birth_date:
         raise InvalidArgument(field, f"{date} is before the person's birth date")
+
+
+def check_dated_change(date: str, resident: ResidentState, field: str = "effective_date") -> None:
+    """A change of a registered resident cannot precede their birth or the day
+    their current registration began (the register's history starts there)."""
+    check_not_before_birth(date, resident.person, field)
+    if date < resident.registered_on:
+        raise BeforeRegistration(
+            field, f"{date} is before the current registration began on {resident.registered_on}"
+        )
+
+
+def check_return(date: str, previous: ResidentState, field: str = "effective_date") -> None:
+    """A move back into a municipality cannot precede the removal it follows."""
+    if previous.removed_on and date < previous.removed_on:
+        raise BeforeRegistration(
+            field, f"{date} is before the resident's removal here on {previous.removed_on}"
+        )
+
+
+def check_amended_birth(person: Person, resident: ResidentState, field: str) -> None:
+    """A corrected birth date cannot fall after the day the registration began."""
+    if person.birth_date > resident.registered_on:
+        raise BeforeRegistration(
+            field,
+            f"{person.birth_date} is after the current registration began on "
+            f"{resident.registered_on}",
+        )
 
 
 @dataclass(frozen=True)

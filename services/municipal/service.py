@@ -47,8 +47,11 @@ from services.municipal.logic import (
     Change,
     ResidentState,
     build_notification,
+    check_amended_birth,
+    check_dated_change,
     check_not_before_birth,
     check_person,
+    check_return,
     move_in_reason,
     removal_reason,
 )
@@ -153,7 +156,7 @@ class MunicipalService:
         self, req: municipal_pb2.RegisterBirthRequest
     ) -> tuple[ResidentState, int]:
         """Register a birth (出生) with a fresh code from the pool."""
-        person = check_person(req.person)
+        person = check_person(req.person, self.municipality)
         await self.pool.ensure(1)
         async with self.db.write() as conn:
             household = await self._household(conn, req.household_id)
@@ -171,7 +174,7 @@ class MunicipalService:
         self, req: municipal_pb2.EnterExOfficioRequest
     ) -> tuple[ResidentState, int]:
         """Enter a person ex officio (職権記載) with a fresh code from the pool."""
-        person = check_person(req.person)
+        person = check_person(req.person, self.municipality)
         effective = check_effective_date(req.effective_date).isoformat()
         check_not_before_birth(effective, person, "effective_date")
         await self.pool.ensure(1)
@@ -186,7 +189,7 @@ class MunicipalService:
 
     async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
         """Register a move-in (転入) from another municipality or from abroad."""
-        person = check_person(req.person)
+        person = check_person(req.person, self.municipality)
         reason = move_in_reason(req.origin)
         effective = check_effective_date(req.effective_date).isoformat()
         check_not_before_birth(effective, person, "effective_date")
@@ -222,6 +225,7 @@ class MunicipalService:
                     f"resident {code} is already registered here", reason=Reason.ALREADY_REGISTERED
                 )
             if existing is not None:
+                check_return(effective, existing)
                 # Moving back: the old entry is reopened rather than duplicated.
                 await repo.update_resident(
                     conn,
@@ -248,7 +252,7 @@ class MunicipalService:
 
     async def relocate(self, req: municipal_pb2.RelocateRequest) -> tuple[list[ResidentState], int]:
         """Move a resident (or their whole household) to a new address here (転居)."""
-        address = check_address(req.new_address, "new_address")
+        address = check_address(req.new_address, "new_address", self.municipality)
         effective = check_effective_date(req.effective_date).isoformat()
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
@@ -261,6 +265,7 @@ class MunicipalService:
             changes = []
             updated = []
             for m in movers:
+                check_dated_change(effective, m)
                 person = dataclasses.replace(m.person, address=address)
                 await repo.update_resident(
                     conn, m.id, address=address, last_reason=R.CHANGE_REASON_RELOCATION
@@ -285,6 +290,7 @@ class MunicipalService:
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
+            check_dated_change(effective, resident)
             person = dataclasses.replace(
                 resident.person, name=name, name_kana=kana, former_surname=former
             )
@@ -299,20 +305,35 @@ class MunicipalService:
 
     async def amend(self, req: municipal_pb2.AmendRequest) -> tuple[ResidentState, int]:
         """Correct a resident's details ex officio (職権修正)."""
-        person = check_person(req.person)
+        person = check_person(req.person, self.municipality)
         effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_EX_OFFICIO_AMENDMENT
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
+            registered = resident.registered_on
+            if registered == resident.person.birth_date:
+                # Registered since birth: the entry's date is the birth date, so a
+                # corrected birth date corrects it too.
+                registered = person.birth_date
+            else:
+                check_amended_birth(person, resident, "person.birth_date")
+            check_dated_change(effective, dataclasses.replace(resident, person=person))
             await repo.update_resident(
-                conn, resident.id, **person_values(person), last_reason=reason
+                conn,
+                resident.id,
+                **person_values(person),
+                registered_on=registered,
+                last_reason=reason,
             )
             seq = await self._announce(
                 conn, [Change(resident.resident_code, person, reason, effective)]
             )
         self._committed()
-        return dataclasses.replace(resident, person=person, last_reason=reason), seq
+        amended = dataclasses.replace(
+            resident, person=person, registered_on=registered, last_reason=reason
+        )
+        return amended, seq
 
     async def change_code(
         self, req: municipal_pb2.ChangeResidentCodeRequest
@@ -328,6 +349,7 @@ class MunicipalService:
                 raise InvalidArgument(
                     "resident_code", f"was already replaced by {resident.resident_code}"
                 )
+            check_dated_change(effective, resident)
             new = await self._take_code(conn)
             await repo.update_resident(conn, resident.id, resident_code=new, last_reason=reason)
             await repo.record_code_change(conn, resident.id, resident.resident_code, new, effective)
@@ -353,7 +375,7 @@ class MunicipalService:
         async with self.db.write() as conn:
             resident = await self._resident(conn, code)
             resident.require_active()
-            check_not_before_birth(effective, resident.person, field)
+            check_dated_change(effective, resident, field)
             await repo.update_resident(
                 conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
             )
@@ -422,7 +444,7 @@ class MunicipalService:
                     raise InvalidArgument("source_id", "must be 1 to 64 characters")
                 if row.source_id in seen:
                     raise InvalidArgument("source_id", "appears twice in the batch")
-                person = check_person(row.person)
+                person = check_person(row.person, self.municipality)
                 registered = check_effective_date(
                     row.registered_on or person.birth_date, "registered_on"
                 ).isoformat()

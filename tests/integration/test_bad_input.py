@@ -601,3 +601,384 @@ async def test_gap_then_duplicate(
             delivery_pb2.GetIdentityRequest(resident_code=c), timeout=TIMEOUT
         )
         assert [h.notification.reason for h in up.history] == [C.CHANGE_REASON_BIRTH]
+
+
+# --- hostile characters -----------------------------------------------------------------
+
+# One sample of each class refused in what a person reads (jukinet.validation).
+HOSTILE = {
+    "left-to-right-embedding": "\u202a",
+    "right-to-left-override": "\u202e",
+    "left-to-right-isolate": "\u2066",
+    "pop-directional-isolate": "\u2069",
+    "right-to-left-mark": "\u200f",
+    "zero-width-space": "\u200b",
+    "zero-width-joiner": "\u200d",
+    "word-joiner": "\u2060",
+    "inner-bom": "\ufeff",
+    "line-separator": "\u2028",
+    "paragraph-separator": "\u2029",
+    "tag-latin-a": "\U000e0041",
+    "cancel-tag": "\U000e007f",
+    "soft-hyphen": "\u00ad",
+    "no-break-space": "\u00a0",
+    "hangul-filler": "\u3164",
+    "line-feed": "\n",
+}
+
+OSAKA = "大阪府大阪市北区梅田1丁目1番1号"
+CHIYODA = "131016"
+
+
+def _hostile_calls(code: str, c: str) -> list[tuple[str, Call]]:
+    """(expected field, call) putting ``c`` into each person-read field of each operation."""
+    name, kana, address = f"鳥取{c}太郎", f"トットリ{c}タロウ", f"鳥取県鳥取市東町{c}1丁目220番地"
+
+    def birth(**kw: str) -> Call:
+        return lambda op: op.RegisterBirth(
+            M.RegisterBirthRequest(person=person(**kw)), timeout=TIMEOUT
+        )
+
+    def amend(**kw: str) -> Call:
+        return lambda op: op.Amend(
+            M.AmendRequest(resident_code=code, person=person(**kw), effective_date=EFFECTIVE),
+            timeout=TIMEOUT,
+        )
+
+    def rename(**kw: str) -> Call:
+        values = {"name": "鳥取 次郎", "name_kana": "トットリ ジロウ", **kw}
+        return lambda op: op.ChangeName(
+            M.ChangeNameRequest(resident_code=code, effective_date=EFFECTIVE, **values),
+            timeout=TIMEOUT,
+        )
+
+    return [
+        ("person.name", birth(name=name)),
+        ("person.name_kana", birth(name_kana=kana)),
+        ("person.former_surname", birth(former_surname=f"旧{c}姓")),
+        ("person.alias", birth(alias=f"Taro{c} Smith")),
+        ("person.address", birth(address=address)),
+        ("person.name", amend(name=name)),
+        ("person.address", amend(address=address)),
+        ("name", rename(name=name)),
+        ("name_kana", rename(name_kana=kana)),
+        ("former_surname", rename(former_surname=f"旧{c}姓")),
+        (
+            "new_address",
+            lambda op: op.Relocate(
+                M.RelocateRequest(
+                    resident_code=code, new_address=address, effective_date=EFFECTIVE
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+    ]
+
+
+async def test_hostile_characters_are_refused_in_every_person_read_field(
+    fed: Federation, settled: str
+) -> None:
+    before = await snapshot(fed)
+    op = fed.operator(TOTTORI)
+    for case, c in HOSTILE.items():
+        for field, call in _hostile_calls(settled, c):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(op)
+            err = info.value
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, field, err.details())
+            meta = trailers(err)
+            assert meta.get("jukinet-field") == field, (case, meta)
+            assert meta.get("jukinet-reason") == "invalid-argument", case
+            assert f"U+{ord(c):04X}" in (err.details() or ""), (case, err.details())
+    # The bulk import refuses such rows by line and field; the good row still loads.
+    rows = [
+        M.ImportRow(line=2, source_id="hostile-1", person=person(name="鳥取\u202e太郎")),
+        M.ImportRow(line=3, source_id="hostile-2", person=person(address="鳥取県鳥取市\u2028東町")),
+    ]
+    acks = [
+        r
+        async for r in op.ImportResidents(
+            iter([M.ImportResidentsRequest(rows=rows)]), timeout=TIMEOUT
+        )
+    ]
+    assert [(r.line, r.field) for a in acks for r in a.rejected] == [
+        (2, "person.name"),
+        (3, "person.address"),
+    ]
+    assert "U+202E" in acks[0].rejected[0].reason
+    assert sum(a.imported for a in acks) == 0
+    assert await snapshot(fed) == before
+    after = await op.GetResident(M.GetResidentRequest(resident_code=settled), timeout=TIMEOUT)
+    assert after.resident.person == person()
+
+
+async def test_hostile_characters_pushed_by_a_node_are_refused_at_the_prefecture(
+    fed: Federation, direct: prefecture_pb2_grpc.PrefectureServiceAsyncStub
+) -> None:
+    code = await pool_code(direct, "bad-input-hostile")
+    before = await delivery_status(fed)
+    for case, c in HOSTILE.items():
+        for field in ("name", "name_kana", "former_surname", "alias", "address"):
+            n = notification(1, code)
+            setattr(n.record, field, getattr(n.record, field) + c + "ミ")
+            status, meta, acks = await push(direct, batch((1, n)))
+            assert status == grpc.StatusCode.INVALID_ARGUMENT, (case, field)
+            assert meta["jukinet-field"] == f"entries[0].notification.record.{field}", case
+            assert acks == []
+    assert await delivery_status(fed) == before
+
+
+# --- register data that contradicts itself ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda n: setattr(n.record, "address", OSAKA), "record.address"),
+        (lambda n: setattr(n.record, "address", "鳥取県鳥取市東町1丁目220番地"), "record.address"),
+        (lambda n: setattr(n.record, "name_kana", "よなご かずこ"), "record.name_kana"),
+        (lambda n: setattr(n.record, "name_kana", "ﾖﾅｺﾞ ｶｽﾞｺ"), "record.name_kana"),
+    ],
+    ids=["osaka-address", "another-municipality", "hiragana-kana", "half-width-kana"],
+)
+async def test_a_forged_push_that_contradicts_its_origin_is_refused(
+    fed: Federation,
+    direct: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
+    mutate: Callable[[C.Notification], None],
+    field: str,
+) -> None:
+    n = notification(1, await pool_code(direct, "bad-input-contradiction"))
+    mutate(n)
+    before = await delivery_status(fed)
+    code, meta, acks = await push(direct, batch((1, n)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert meta["jukinet-reason"] == "invalid-argument"
+    assert meta["jukinet-field"] == f"entries[0].notification.{field}"
+    assert acks == []
+    assert await delivery_status(fed) == before
+
+
+async def test_an_address_outside_the_municipality_is_refused(
+    fed: Federation, settled: str
+) -> None:
+    before = await snapshot(fed)
+    chiyoda = fed.operator(CHIYODA)
+    tottori = fed.operator(TOTTORI)
+    calls: list[tuple[str, Awaitable[Any]]] = [
+        (
+            "person.address",
+            chiyoda.RegisterBirth(
+                M.RegisterBirthRequest(person=person(address=OSAKA)), timeout=TIMEOUT
+            ),
+        ),
+        (
+            "person.address",
+            chiyoda.EnterExOfficio(
+                M.EnterExOfficioRequest(
+                    person=person(address="鳥取県鳥取市東町1丁目220番地"), effective_date=EFFECTIVE
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "person.address",
+            chiyoda.MoveIn(
+                M.MoveInRequest(
+                    person=person(address=OSAKA),
+                    origin=M.MOVE_IN_ORIGIN_ABROAD,
+                    effective_date=EFFECTIVE,
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "new_address",
+            tottori.Relocate(
+                M.RelocateRequest(
+                    resident_code=settled, new_address=OSAKA, effective_date=EFFECTIVE
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            # The municipality without its prefecture is not a full address.
+            "new_address",
+            tottori.Relocate(
+                M.RelocateRequest(
+                    resident_code=settled, new_address="鳥取市栄町603番地", effective_date=EFFECTIVE
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "person.address",
+            tottori.Amend(
+                M.AmendRequest(
+                    resident_code=settled,
+                    person=person(address="鳥取県米子市加茂町1丁目1番地"),
+                    effective_date=EFFECTIVE,
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+    ]
+    for field, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        meta = trailers(info.value)
+        assert (meta["jukinet-field"], meta["jukinet-reason"]) == (field, "invalid-argument")
+        assert "is not in municipality" in (info.value.details() or "")
+    assert await snapshot(fed) == before
+
+
+async def test_dates_before_the_current_registration_are_refused(fed: Federation) -> None:
+    op = fed.operator(TOTTORI)
+    entered = await op.MoveIn(
+        M.MoveInRequest(person=person(), origin=M.MOVE_IN_ORIGIN_ABROAD, effective_date=EFFECTIVE),
+        timeout=TIMEOUT,
+    )
+    code = entered.resident.resident_code
+    await fed.wait_delivered()
+    early = "2025-03-31"  # the day before the registration began (born 1988-05-17)
+    cases: list[tuple[str, str, str, Call]] = [
+        (
+            "relocate",
+            "effective_date",
+            "before-registration",
+            lambda op: op.Relocate(
+                M.RelocateRequest(
+                    resident_code=code, new_address="鳥取県鳥取市栄町603番地", effective_date=early
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "relocate-before-birth",
+            "effective_date",
+            "invalid-argument",
+            lambda op: op.Relocate(
+                M.RelocateRequest(
+                    resident_code=code,
+                    new_address="鳥取県鳥取市栄町603番地",
+                    effective_date="1950-01-01",
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "rename",
+            "effective_date",
+            "before-registration",
+            lambda op: op.ChangeName(
+                M.ChangeNameRequest(
+                    resident_code=code,
+                    name="鳥取 次郎",
+                    name_kana="トットリ ジロウ",
+                    effective_date=early,
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "amend",
+            "effective_date",
+            "before-registration",
+            lambda op: op.Amend(
+                M.AmendRequest(resident_code=code, person=person(), effective_date=early),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "amend-birth-after-registration",
+            "person.birth_date",
+            "before-registration",
+            lambda op: op.Amend(
+                M.AmendRequest(
+                    resident_code=code,
+                    person=person(birth_date="2025-05-01"),
+                    effective_date=EFFECTIVE,
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "code-change",
+            "effective_date",
+            "before-registration",
+            lambda op: op.ChangeResidentCode(
+                M.ChangeResidentCodeRequest(resident_code=code, effective_date=early),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "move-out",
+            "effective_date",
+            "before-registration",
+            lambda op: op.MoveOut(
+                M.MoveOutRequest(
+                    resident_code=code,
+                    destination_local_government_code=YONAGO,
+                    effective_date=early,
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+        (
+            "death",
+            "date_of_death",
+            "before-registration",
+            lambda op: op.RecordDeath(
+                M.RecordDeathRequest(resident_code=code, date_of_death=early), timeout=TIMEOUT
+            ),
+        ),
+        (
+            "removal",
+            "effective_date",
+            "before-registration",
+            lambda op: op.RemoveExOfficio(
+                M.RemoveExOfficioRequest(
+                    resident_code=code,
+                    ground=M.REMOVAL_GROUND_EX_OFFICIO,
+                    effective_date=early,
+                ),
+                timeout=TIMEOUT,
+            ),
+        ),
+    ]
+    before = await snapshot(fed)
+    for case, field, reason, call in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(op)
+        err = info.value
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.details())
+        meta = trailers(err)
+        assert (meta.get("jukinet-field"), meta.get("jukinet-reason")) == (field, reason), case
+    assert await snapshot(fed) == before
+
+    # A return after a move abroad cannot be dated before the removal it follows.
+    await op.MoveOut(
+        M.MoveOutRequest(resident_code=code, abroad=True, effective_date="2025-05-01"),
+        timeout=TIMEOUT,
+    )
+    await fed.wait_delivered()
+    before = await snapshot(fed)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await op.MoveIn(
+            M.MoveInRequest(
+                person=person(),
+                origin=M.MOVE_IN_ORIGIN_ABROAD,
+                resident_code=code,
+                effective_date="2025-04-15",
+            ),
+            timeout=TIMEOUT,
+        )
+    meta = trailers(info.value)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (meta["jukinet-field"], meta["jukinet-reason"]) == (
+        "effective_date",
+        "before-registration",
+    )
+    assert await snapshot(fed) == before
+    held = await op.GetResident(M.GetResidentRequest(resident_code=code), timeout=TIMEOUT)
+    assert held.resident.status == M.RESIDENT_STATUS_REMOVED

@@ -243,13 +243,14 @@ async def test_outbox_holds_while_the_prefecture_is_down_then_delivers_exactly_o
 async def test_relay_outbox_holds_while_the_national_node_is_down(fed: Federation) -> None:
     op = fed.operator(YONAGO)
     await pool_filled(fed, YONAGO)
-    await op.RegisterBirth(M.RegisterBirthRequest(person=person(0)), timeout=TIMEOUT)
+    here = "鳥取県米子市加茂町1丁目1番地"
+    await op.RegisterBirth(M.RegisterBirthRequest(person=person(0, here)), timeout=TIMEOUT)
     await fed.wait_delivered()
     assert fed.national is not None
     await fed.national.stop()
 
     for i in range(1, 6):
-        await op.RegisterBirth(M.RegisterBirthRequest(person=person(i)), timeout=TIMEOUT)
+        await op.RegisterBirth(M.RegisterBirthRequest(person=person(i, here)), timeout=TIMEOUT)
     # The prefecture takes them and holds them in its relay outbox.
     pref = await eventually(
         lambda: prefecture_status(fed, "31"),

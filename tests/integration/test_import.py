@@ -209,3 +209,30 @@ def test_line_numbers_count_lines_of_quoted_fields() -> None:
 def test_a_bad_header_refuses_the_whole_file(header: str, problem: str) -> None:
     with pytest.raises(CsvFormatError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         list(read_rows(io.StringIO(header + "\n", newline="")))
+
+
+async def test_rows_of_another_municipality_are_refused_and_the_rest_loads(
+    fed: Federation, tmp_path: Path
+) -> None:
+    chiyoda = "131016"
+    path = tmp_path / "tottori.csv"
+    tottori_rows = list(sample_rows(CODE, 3, seed=11))
+    tokyo = dict(tottori_rows[0], source_id="tokyo-1", address="東京都千代田区永田町1丁目7番1号")
+    _write(path, [list(COLUMNS), *(_row(r) for r in tottori_rows), _row(tokyo)])
+    channel = fed.channel(fed.municipal_ports[chiyoda], f"operator-{chiyoda}-admin")
+    summary = await import_csv(channel, path, batch=2, progress=False)
+    assert summary.imported == 1
+    assert sorted((r.line, r.field) for r in summary.rejected) == [
+        (2, "person.address"),
+        (3, "person.address"),
+        (4, "person.address"),
+    ]
+    assert all("is not in municipality 131016" in r.reason for r in summary.rejected)
+    held = [
+        r
+        async for page in fed.operator(chiyoda).ExportResidents(
+            municipal_pb2.ExportResidentsRequest()
+        )
+        for r in page.residents
+    ]
+    assert [r.person.address for r in held] == [tokyo["address"]]

@@ -603,3 +603,18 @@ async def test_move_between_municipalities(
     assert at_new.resident.local_government_code == new_home
     at_old = await resident(fed, old_home, code)
     assert at_old.resident.status == M.RESIDENT_STATUS_REMOVED
+
+
+async def test_variation_selectors_and_kana_normalisation_end_to_end(fed: Federation) -> None:
+    # IVS (U+E0100) and the standardised variation selector U+FE00 select the
+    # registered glyph; U+3000 separates surname and given name. All are kept.
+    details = person("葛\U000e0100城\u3000髙\ufe00子", "かつらぎ　ﾀｶｺ", sex=C.SEX_FEMALE)
+    born = await birth(fed, details=details)
+    code = born.resident.resident_code
+    stored = M.PersonDetails()
+    stored.CopyFrom(details)
+    stored.name_kana = "カツラギ　タカコ"  # hiragana and half-width kana become katakana
+    assert born.resident.person == stored
+    await fed.wait_delivered()
+    for held in await both_tiers(fed, "31", code):
+        assert_record(held.identity.record, code, stored, TOTTORI)

@@ -34,6 +34,7 @@ from jukinet.errors import (
     INFO_PEER,
     INFO_RETRY_AFTER_MS,
     AlreadyExists,
+    BeforeRegistration,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -208,6 +209,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
     Reason.NOT_REGISTERED: (
         lambda: FailedPrecondition("gone", reason=Reason.NOT_REGISTERED),
         grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.BEFORE_REGISTRATION: (
+        lambda: BeforeRegistration("effective_date", "before the registration began"),
+        grpc.StatusCode.INVALID_ARGUMENT,
     ),
     Reason.UNKNOWN_PURPOSE: (
         _purpose_denied(Reason.UNKNOWN_PURPOSE),
