@@ -91,8 +91,10 @@ class Receiver:
             notifications = []
             for i, entry in enumerate(entries):
                 prefix = f"entries[{i}].notification"
-                check_notification(entry.notification, prefix)
+                # Who sends it before what it says: a foreign origin is refused
+                # as such, whatever its content.
                 self._authorize_origin(caller, entry.notification, prefix)
+                check_notification(entry.notification, prefix)
                 notifications.append(entry.notification)
             try:
                 # Shielded: a sender that goes away mid-batch must not cancel the

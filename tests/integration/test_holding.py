@@ -46,14 +46,21 @@ KIND = {
 }
 
 
-def person(name: str = "鳥取 花子") -> M.PersonDetails:
-    """A valid person's details."""
+ADDRESSES = {
+    TOTTORI: "鳥取県鳥取市東町1丁目220番地",
+    YONAGO: "鳥取県米子市加茂町1丁目1番地",
+    CHIYODA: "東京都千代田区丸の内1丁目1番1号",
+}
+
+
+def person(municipality: str = TOTTORI, name: str = "鳥取 花子") -> M.PersonDetails:
+    """A valid person's details, living in ``municipality``."""
     return M.PersonDetails(
         name=name,
         name_kana="トットリ ハナコ",
         birth_date="1980-02-03",
         sex=C.SEX_FEMALE,
-        address="鳥取県鳥取市東町1丁目220番地",
+        address=ADDRESSES[municipality],
     )
 
 
@@ -86,7 +93,7 @@ def forged(
 async def born(fed: Federation, municipality: str) -> str:
     """A resident born at ``municipality`` and delivered to every tier."""
     r = await fed.operator(municipality).RegisterBirth(
-        M.RegisterBirthRequest(person=person()), timeout=TIMEOUT
+        M.RegisterBirthRequest(person=person(municipality)), timeout=TIMEOUT
     )
     await fed.wait_delivered()
     return r.resident.resident_code
@@ -212,7 +219,7 @@ async def test_a_late_move_out_of_the_old_municipality_is_still_accepted(fed: Fe
     await fed.start_prefecture("31")
     await fed.operator(YONAGO).MoveIn(
         M.MoveInRequest(
-            person=person(),
+            person=person(YONAGO),
             origin=M.MOVE_IN_ORIGIN_DOMESTIC,
             resident_code=code,
             previous_local_government_code=TOTTORI,
@@ -325,7 +332,7 @@ async def test_after_a_move_only_the_new_municipality_and_after_a_death_the_last
     assert ok.identity.status == C.RECORD_STATUS_REMOVED
     await fed.operator(YONAGO).MoveIn(
         M.MoveInRequest(
-            person=person(),
+            person=person(YONAGO),
             origin=M.MOVE_IN_ORIGIN_DOMESTIC,
             resident_code=code,
             previous_local_government_code=TOTTORI,
