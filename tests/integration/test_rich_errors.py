@@ -49,6 +49,7 @@ from jukinet.errors import (
 )
 from jukinet.identity import Identity
 from jukinet.interceptors import AuthInterceptor
+from jukinet.movecert import CertificateRefused
 from jukinet.reasons import DOMAIN, Reason
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import (
@@ -203,6 +204,30 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
     ),
     Reason.NOT_REGISTERED: (
         lambda: FailedPrecondition("gone", reason=Reason.NOT_REGISTERED),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_MISSING: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_MISSING, "refused"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_INVALID: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_INVALID, "refused"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_FOREIGN: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_FOREIGN, "refused"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_REPLAYED: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_REPLAYED, "refused"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_NOT_HELD: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_NOT_HELD, "refused"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_MISMATCH: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_MISMATCH, "refused"),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     Reason.UNKNOWN_PURPOSE: (
