@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.message import DecodeError
 
-from jukinet.errors import JukinetError
+from jukinet.errors import InvalidArgument, JukinetError
 from jukinet.identity import Kind
 from jukinet.pki import certificate_identity
 from jukinet.reasons import Reason
@@ -39,7 +39,6 @@ ARMOR_BEGIN = "-----BEGIN JUKINET MOVE-OUT CERTIFICATE-----"
 ARMOR_END = "-----END JUKINET MOVE-OUT CERTIFICATE-----"
 
 _STATUS: dict[Reason, grpc.StatusCode] = {
-    Reason.MOVE_OUT_CERTIFICATE_MISSING: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.MOVE_OUT_CERTIFICATE_INVALID: grpc.StatusCode.PERMISSION_DENIED,
     Reason.MOVE_OUT_CERTIFICATE_FOREIGN: grpc.StatusCode.PERMISSION_DENIED,
     Reason.MOVE_OUT_CERTIFICATE_REPLAYED: grpc.StatusCode.FAILED_PRECONDITION,
@@ -54,6 +53,15 @@ class CertificateRefused(JukinetError):
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message, reason=reason)
         self.code = _STATUS[reason]
+
+
+class CertificateMissing(InvalidArgument):
+    """A domestic move-in (or its notification) carries no move-out certificate."""
+
+    reason = Reason.MOVE_OUT_CERTIFICATE_MISSING
+
+    def __init__(self, field: str = "move_out_certificate") -> None:
+        super().__init__(field, "a domestic move-in requires the move-out certificate")
 
 
 def new_certificate_number(issuer: str) -> str:
@@ -130,7 +138,7 @@ def verify(
     """Check the signer's chain to ``ca``, its validity and revocation, that it
     is the node of the issuing municipality, and the signature."""
     if not signed.certificate and not signed.signature:
-        raise CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_MISSING, "no move-out certificate")
+        raise CertificateMissing()
     now = now or dt.datetime.now(dt.UTC)
     try:
         cert = movecert_pb2.MoveOutCertificate.FromString(signed.certificate)

@@ -49,7 +49,7 @@ from jukinet.errors import (
 )
 from jukinet.identity import Identity
 from jukinet.interceptors import AuthInterceptor
-from jukinet.movecert import CertificateRefused
+from jukinet.movecert import CertificateMissing, CertificateRefused
 from jukinet.reasons import DOMAIN, Reason
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import (
@@ -207,7 +207,7 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     Reason.MOVE_OUT_CERTIFICATE_MISSING: (
-        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_MISSING, "refused"),
+        CertificateMissing,
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     Reason.MOVE_OUT_CERTIFICATE_INVALID: (

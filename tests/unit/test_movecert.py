@@ -95,13 +95,10 @@ def test_a_signed_certificate_verifies_and_round_trips_as_a_file(ca: Pki) -> Non
 
 
 def test_a_missing_certificate_is_refused(ca: Pki) -> None:
-    error = _refused(
-        Reason.MOVE_OUT_CERTIFICATE_MISSING,
-        lambda: movecert.verify(
-            movecert_pb2.SignedMoveOutCertificate(), ca=ca.ca, revoked=frozenset()
-        ),
-    )
-    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(movecert.CertificateMissing) as info:
+        movecert.verify(movecert_pb2.SignedMoveOutCertificate(), ca=ca.ca, revoked=frozenset())
+    assert info.value.reason is Reason.MOVE_OUT_CERTIFICATE_MISSING
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_forged_signature_is_refused(ca: Pki) -> None:
