@@ -50,6 +50,22 @@ class Reason(enum.StrEnum):
     # removal it follows); a field violation names the date.
     BEFORE_REGISTRATION = "before-registration"
 
+    # The move-out certificate (転出証明書) a domestic move-in rests on.
+    MOVE_OUT_CERTIFICATE_MISSING = "move-out-certificate-missing"  # none was given
+    MOVE_OUT_CERTIFICATE_INVALID = (
+        "move-out-certificate-invalid"  # unreadable, bad signature or chain
+    )
+    MOVE_OUT_CERTIFICATE_FOREIGN = (
+        "move-out-certificate-foreign"  # signed by another than its issuer
+    )
+    MOVE_OUT_CERTIFICATE_REPLAYED = "move-out-certificate-replayed"  # used before at this node
+    MOVE_OUT_CERTIFICATE_NOT_HELD = (
+        "move-out-certificate-not-held"  # issuer does not hold the resident
+    )
+    MOVE_OUT_CERTIFICATE_MISMATCH = (
+        "move-out-certificate-mismatch"  # another code, items or destination
+    )
+
     # The purpose registry and quotas of agency lookups.
     UNKNOWN_PURPOSE = "unknown-purpose"  # the purpose code is not in the registry
     AGENCY_NOT_ALLOWED = "agency-not-allowed"  # the purpose is not granted to this agency

@@ -50,6 +50,7 @@ from jukinet.errors import (
 )
 from jukinet.identity import Identity
 from jukinet.interceptors import AuthInterceptor
+from jukinet.movecert import CertificateMissing, CertificateRefused
 from jukinet.reasons import DOMAIN, Reason
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import (
@@ -213,6 +214,30 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
     Reason.BEFORE_REGISTRATION: (
         lambda: BeforeRegistration("effective_date", "before the registration began"),
         grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_MISSING: (
+        CertificateMissing,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_INVALID: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_INVALID, "refused"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_FOREIGN: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_FOREIGN, "refused"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_REPLAYED: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_REPLAYED, "refused"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_NOT_HELD: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_NOT_HELD, "refused"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.MOVE_OUT_CERTIFICATE_MISMATCH: (
+        lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_MISMATCH, "refused"),
+        grpc.StatusCode.FAILED_PRECONDITION,
     ),
     Reason.UNKNOWN_PURPOSE: (
         _purpose_denied(Reason.UNKNOWN_PURPOSE),
