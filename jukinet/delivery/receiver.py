@@ -89,12 +89,12 @@ class Receiver:
             if len(entries) > MAX_BATCH:
                 raise InvalidArgument("entries", f"at most {MAX_BATCH} per batch")
             notifications = []
+            # Who sends them before what they say: a foreign origin anywhere in
+            # the batch is refused as such, whatever the content of any entry.
             for i, entry in enumerate(entries):
-                prefix = f"entries[{i}].notification"
-                # Who sends it before what it says: a foreign origin is refused
-                # as such, whatever its content.
-                self._authorize_origin(caller, entry.notification, prefix)
-                check_notification(entry.notification, prefix)
+                self._authorize_origin(caller, entry.notification, f"entries[{i}].notification")
+            for i, entry in enumerate(entries):
+                check_notification(entry.notification, f"entries[{i}].notification")
                 notifications.append(entry.notification)
             try:
                 # Shielded: a sender that goes away mid-batch must not cancel the

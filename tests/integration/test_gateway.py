@@ -1191,7 +1191,10 @@ async def test_invented_purposes_run_out_of_quota_and_create_no_series(gw: Feder
     denied = outcomes.count((grpc.StatusCode.PERMISSION_DENIED, Reason.UNKNOWN_PURPOSE))
     exhausted = outcomes.count((grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUOTA_EXCEEDED))
     assert denied + exhausted == 2000, set(outcomes)
-    assert outcomes[-1][0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Once empty, the bucket stays (nearly) empty: its refill (REFUSAL_RATE per
+    # second) lets only a few of the last 50 calls through, however slow the run.
+    last = [code for code, _ in outcomes[-50:]]
+    assert last.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 40, last
     assert exhausted > 0
     # Bounded by the refusal bucket: its burst and its rate over the attack.
     bound = REFUSAL_BURST + REFUSAL_RATE * elapsed + 1
