@@ -34,7 +34,9 @@ class Database:
             raise ConfigError(f"database_url: cannot parse {url!r}: {exc}") from None
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {}
+        # A failed statement's parameters are a person's record: never let them
+        # into an exception message, and so into a log.
+        kwargs: dict[str, Any] = {"hide_parameters": True}
         if self.is_sqlite:
             # Each aiosqlite connection owns a thread; a small pool is plenty and
             # ":memory:" would give every connection its own empty database.
@@ -124,7 +126,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def null_pool_engine(url: str) -> AsyncEngine:
     """An engine without pooling, for one-off administrative work."""
-    return create_async_engine(url, poolclass=NullPool)
+    return create_async_engine(url, poolclass=NullPool, hide_parameters=True)
 
 
 def one_of(

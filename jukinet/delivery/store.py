@@ -23,6 +23,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
     UniqueConstraint,
     bindparam,
     func,
@@ -64,9 +65,12 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         Column("registered_since", String(10), nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),
         # Folded keys for search by the four basic items (jukinet.names); the
-        # name itself keeps its original characters.
-        Column("name_key", String(100), nullable=False, server_default=""),
-        Column("kana_key", String(100), nullable=False, server_default=""),
+        # name itself keeps its original characters. Text, not a bounded
+        # varchar: NFKC can make a key many times longer than the name it
+        # folds (U+FDFA becomes 18 characters), and a key that did not fit
+        # would refuse at this tier a name every tier below accepted.
+        Column("name_key", Text, nullable=False, server_default=""),
+        Column("kana_key", Text, nullable=False, server_default=""),
         Index("ix_identities_lg", "local_government_code"),
         Index("ix_identities_name_key", "name_key", "birth_date"),
         Index("ix_identities_kana_key", "kana_key", "birth_date"),
