@@ -83,7 +83,6 @@ import grpc.aio
 
 from bench.common import BenchError, machine_facts, percentile, postgres_version, progress
 from bench.processes import BaselineServer, CpuMeter, settle
-from gateway.registry import load_registry
 from jukinet import localgov
 from jukinet.client import tls_files
 from jukinet.codes import new_resident_code
@@ -91,6 +90,7 @@ from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
 from jukinet.metrics import NodeMetrics
+from jukinet.purposes import load_registry
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
     common_pb2,

@@ -12,12 +12,12 @@ import grpc
 from gateway.access import rules
 from gateway.national import NationalClient
 from gateway.quotas import Clock, Quotas
-from gateway.registry import PurposeRegistry, load_registry
 from gateway.service import GatewayService
 from gateway.servicer import GatewayServicer
 from gateway.spool import DenialSpool, SpooledDenial
 from jukinet.config import GatewayConfig
 from jukinet.metrics import NodeMetrics
+from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import MAX_MESSAGE, RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import gateway_pb2_grpc, national_pb2_grpc

@@ -35,8 +35,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.registry import Purpose
 from jukinet.errors import Unavailable
+from jukinet.purposes import Purpose
 from jukinet.v1 import gateway_pb2
 
 Answer = tuple[gateway_pb2.Verification, str]

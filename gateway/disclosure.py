@@ -14,9 +14,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from gateway.registry import PurposeRegistry, load_registry
 from jukinet.errors import ConfigError
 from jukinet.localgov import lookup
+from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.textwidth import display_width, ljust, table
 from jukinet.v1 import common_pb2, provision_pb2
 from jukinet.validation import visible

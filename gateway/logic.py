@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from gateway.registry import Purpose, Quota
 from jukinet.codes import is_valid_resident_code
 from jukinet.errors import InvalidArgument
+from jukinet.purposes import Purpose, Quota
 from jukinet.v1 import gateway_pb2, provision_pb2
 from jukinet.vocabulary import PROVIDABLE_FIELDS
 

@@ -9,8 +9,8 @@ from typing import TypeVar
 import grpc
 
 from gateway.logic import provision_context
-from gateway.registry import Operation, Purpose
 from jukinet.errors import Unavailable, from_upstream
+from jukinet.purposes import Operation, Purpose
 from jukinet.v1 import gateway_pb2, national_pb2_grpc, provision_pb2
 from jukinet.vocabulary import operation_of
 

@@ -28,8 +28,8 @@ import math
 import time
 from collections.abc import Callable
 
-from gateway.registry import Purpose
 from jukinet.errors import ResourceExhausted
+from jukinet.purposes import Purpose
 from jukinet.reasons import Reason
 
 Clock = Callable[[], float]

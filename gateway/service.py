@@ -47,11 +47,11 @@ from gateway.logic import (
 )
 from gateway.national import NationalClient
 from gateway.quotas import QuotaExceeded, Quotas
-from gateway.registry import Operation, Purpose, PurposeDenied, PurposeRegistry
 from gateway.spool import RETRYABLE, DenialSpool, SpooledDenial
 from jukinet.codes import check_resident_code
 from jukinet.errors import InvalidArgument, JukinetError
 from jukinet.metrics import UNKNOWN_LABEL, NodeMetrics
+from jukinet.purposes import Operation, Purpose, PurposeDenied, PurposeRegistry
 from jukinet.reasons import Reason
 from jukinet.v1 import gateway_pb2, provision_pb2
 from jukinet.validation import (

@@ -14,10 +14,10 @@ import grpc
 
 from gateway.app import GatewayApp
 from gateway.quotas import Clock
-from gateway.registry import PurposeRegistry
 from jukinet import pki
 from jukinet.client import tls_files
 from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, PrefectureConfig
+from jukinet.purposes import PurposeRegistry
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
     gateway_pb2_grpc,

@@ -80,12 +80,12 @@ from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
-from gateway.registry import load_registry
 from jukinet import localgov
 from jukinet.cli.csvfile import CsvFormatError
 from jukinet.cli.importer import ImportSummary, import_csv
 from jukinet.client import describe_error
 from jukinet.errors import ConfigError
+from jukinet.purposes import load_registry
 from jukinet.textwidth import pad
 from jukinet.v1 import (
     common_pb2,

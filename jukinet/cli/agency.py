@@ -96,7 +96,6 @@ import grpc
 from google.protobuf import json_format
 
 from gateway.quotas import RETRY_AFTER_KEY
-from gateway.registry import load_registry
 from jukinet.cli.common import (
     SEX,
     connection_options,
@@ -116,6 +115,7 @@ from jukinet.cli.csvfile import (
 from jukinet.cli.importer import parse_sex, positive_int
 from jukinet.client import connect, tls_files
 from jukinet.errors import ConfigError, InvalidArgument, error_metadata
+from jukinet.purposes import load_registry
 from jukinet.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from jukinet.validation import check_claim
 from jukinet.vocabulary import PROVIDABLE_FIELDS, result_label, verification_outcome

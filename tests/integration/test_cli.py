@@ -27,7 +27,6 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from gateway.registry import PurposeRegistry, load_registry
 from jukinet.cli import csvfile
 from jukinet.cli.agency import verify_batch
 from jukinet.cli.common import in_jst
@@ -40,6 +39,7 @@ from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.errors import ConfigError
 from jukinet.metrics import NodeMetrics
+from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import start_server
 from jukinet.textwidth import display_width, table
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, provision_pb2

@@ -20,16 +20,16 @@ import grpc
 import pytest
 
 from gateway.quotas import REFUSAL_BURST, REFUSAL_RATE
-from gateway.registry import (
-    Operation,
-    PurposeRegistry,
-    load_registry,
-)
 from jukinet import pki
 from jukinet.codes import new_resident_code
 from jukinet.errors import error_metadata
 from jukinet.identity import Identity
 from jukinet.metrics import UNKNOWN_LABEL, NodeMetrics
+from jukinet.purposes import (
+    Operation,
+    PurposeRegistry,
+    load_registry,
+)
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, municipal_pb2, provision_pb2
 from jukinet.vocabulary import operation_label, result_label

@@ -24,7 +24,6 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
 from gateway.quotas import QuotaExceeded
-from gateway.registry import Operation, PurposeDenied
 from jukinet.client import tls_files
 from jukinet.codes import new_resident_code
 from jukinet.errors import (
@@ -51,6 +50,7 @@ from jukinet.errors import (
 from jukinet.identity import Identity
 from jukinet.interceptors import AuthInterceptor
 from jukinet.movecert import CertificateMissing, CertificateRefused
+from jukinet.purposes import Operation, PurposeDenied
 from jukinet.reasons import DOMAIN, Reason
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import (

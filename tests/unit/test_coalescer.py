@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.coalescer import VerifyCoalescer
-from gateway.registry import Purpose, load_registry
 from jukinet.errors import Unavailable
+from jukinet.purposes import Purpose, load_registry
 from jukinet.v1 import gateway_pb2
 
 EXISTENCE = "NENKIN-EXISTENCE-CHECK"

@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.registry import (
+from jukinet.errors import ConfigError, PermissionDenied
+from jukinet.purposes import (
     RECORD_FIELDS,
     Operation,
     Purpose,
@@ -17,7 +18,6 @@ from gateway.registry import (
     allowed_fields,
     load_registry,
 )
-from jukinet.errors import ConfigError, PermissionDenied
 from jukinet.reasons import Reason
 
 # The policy, written out independently of the TOML file so that widening any

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from gateway.quotas import QuotaExceeded, Quotas, TokenBucket
-from gateway.registry import Purpose, load_registry
+from jukinet.purposes import Purpose, load_registry
 from jukinet.reasons import Reason
 
 

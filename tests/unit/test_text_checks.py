@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.disclosure import format_disclosure
-from gateway.registry import parse_registry
 from jukinet.errors import ConfigError, InvalidArgument
+from jukinet.purposes import parse_registry
 from jukinet.v1 import common_pb2, delivery_pb2, provision_pb2
 from jukinet.validation import check_address, check_kana, check_name, forbidden_character
 

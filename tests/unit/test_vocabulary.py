@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.registry import Operation
 from jukinet.delivery.rules import StoredIdentity
+from jukinet.purposes import Operation
 from jukinet.v1 import common_pb2, gateway_pb2, municipal_pb2, provision_pb2
 from jukinet.vocabulary import (
     OPERATION_LABELS,
