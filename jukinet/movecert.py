@@ -28,7 +28,7 @@ from jukinet.errors import InvalidArgument, JukinetError
 from jukinet.identity import Kind
 from jukinet.pki import certificate_identity
 from jukinet.reasons import Reason
-from jukinet.v1 import movecert_pb2
+from jukinet.v1 import common_pb2
 from jukinet.vocabulary import Person, person_values
 
 DOMAIN_PREFIX = b"jukinet move-out certificate v1\x00"
@@ -79,9 +79,9 @@ def build(
     move_out_sequence: int,
     issued_at: dt.datetime,
     number: str | None = None,
-) -> movecert_pb2.MoveOutCertificate:
+) -> common_pb2.MoveOutCertificate:
     """The certificate for one move-out notification of ``issuer``."""
-    return movecert_pb2.MoveOutCertificate(
+    return common_pb2.MoveOutCertificate(
         certificate_number=number or new_certificate_number(issuer),
         issuing_local_government_code=issuer,
         resident_code=resident_code,
@@ -94,14 +94,14 @@ def build(
 
 
 def sign(
-    certificate: movecert_pb2.MoveOutCertificate,
+    certificate: common_pb2.MoveOutCertificate,
     key: ec.EllipticCurvePrivateKey,
     signer: x509.Certificate,
-) -> movecert_pb2.SignedMoveOutCertificate:
+) -> common_pb2.SignedMoveOutCertificate:
     """Sign ``certificate`` with the issuing node's key (ECDSA P-256, SHA-256)."""
     body = certificate.SerializeToString()
     signature = key.sign(DOMAIN_PREFIX + body, ec.ECDSA(hashes.SHA256()))
-    return movecert_pb2.SignedMoveOutCertificate(
+    return common_pb2.SignedMoveOutCertificate(
         certificate=body, signature=signature, signer_certificate=signer.public_bytes(Encoding.DER)
     )
 
@@ -110,7 +110,7 @@ def sign(
 class Verified:
     """A certificate whose signature, chain and issuer were checked."""
 
-    certificate: movecert_pb2.MoveOutCertificate
+    certificate: common_pb2.MoveOutCertificate
     signer_serial: int
 
 
@@ -129,7 +129,7 @@ def _parse_time(text: str) -> dt.datetime:
 
 
 def verify(
-    signed: movecert_pb2.SignedMoveOutCertificate,
+    signed: common_pb2.SignedMoveOutCertificate,
     *,
     ca: x509.Certificate,
     revoked: Callable[[], frozenset[int]] | frozenset[int],
@@ -141,7 +141,7 @@ def verify(
         raise CertificateMissing()
     now = now or dt.datetime.now(dt.UTC)
     try:
-        cert = movecert_pb2.MoveOutCertificate.FromString(signed.certificate)
+        cert = common_pb2.MoveOutCertificate.FromString(signed.certificate)
         signer = x509.load_der_x509_certificate(signed.signer_certificate)
     except (DecodeError, ValueError):
         raise _invalid("the certificate or its signer cannot be read") from None
@@ -181,7 +181,7 @@ def verify(
 
 
 def check_fits(
-    cert: movecert_pb2.MoveOutCertificate,
+    cert: common_pb2.MoveOutCertificate,
     *,
     resident_code: str,
     previous: str,
@@ -214,26 +214,26 @@ def check_fits(
             )
 
 
-def person_from(cert: movecert_pb2.MoveOutCertificate) -> dict[str, object]:
+def person_from(cert: common_pb2.MoveOutCertificate) -> dict[str, object]:
     """The identity items the certificate carries, by vocabulary field."""
     return dict(person_values(cert))
 
 
-def armor(signed: movecert_pb2.SignedMoveOutCertificate) -> str:
+def armor(signed: common_pb2.SignedMoveOutCertificate) -> str:
     """The signed certificate as a text file a person can carry."""
     body = base64.b64encode(signed.SerializeToString()).decode()
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
     return "\n".join([ARMOR_BEGIN, *lines, ARMOR_END]) + "\n"
 
 
-def dearmor(text: str) -> movecert_pb2.SignedMoveOutCertificate:
+def dearmor(text: str) -> common_pb2.SignedMoveOutCertificate:
     """Read a file written by :func:`armor`; refused as invalid otherwise."""
     lines = [line.strip() for line in text.strip().splitlines()]
     if len(lines) < 2 or lines[0] != ARMOR_BEGIN or lines[-1] != ARMOR_END:
         raise _invalid("not a move-out certificate file")
     try:
         raw = base64.b64decode("".join(lines[1:-1]), validate=True)
-        return movecert_pb2.SignedMoveOutCertificate.FromString(raw)
+        return common_pb2.SignedMoveOutCertificate.FromString(raw)
     except (ValueError, DecodeError):
         raise _invalid("the certificate file is damaged") from None
 
@@ -241,7 +241,7 @@ def dearmor(text: str) -> movecert_pb2.SignedMoveOutCertificate:
 _SEX = {1: "男", 2: "女"}
 
 
-def document(cert: movecert_pb2.MoveOutCertificate) -> str:
+def document(cert: common_pb2.MoveOutCertificate) -> str:
     """The certificate as a document a person reads (Japanese labels)."""
     rows = [
         ("証明書番号", cert.certificate_number),

@@ -24,23 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jukinet/v1/common.proto\x12\njukinet.v1\"\xd1\x01\n\x0eIdentityRecord\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tname_kana\x18\x03 \x01(\t\x12\x16\n\x0e\x66ormer_surname\x18\x04 \x01(\t\x12\r\n\x05\x61lias\x18\x05 \x01(\t\x12\x12\n\nbirth_date\x18\x06 \x01(\t\x12\x1c\n\x03sex\x18\x07 \x01(\x0e\x32\x0f.jukinet.v1.Sex\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x1d\n\x15local_government_code\x18\t \x01(\t\"\xfe\x01\n\x0cNotification\x12\x13\n\x0borigin_code\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.jukinet.v1.ChangeKind\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.jukinet.v1.ChangeReason\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x05 \x01(\t\x12\x13\n\x0brecorded_at\x18\x06 \x01(\t\x12*\n\x06record\x18\x07 \x01(\x0b\x32\x1a.jukinet.v1.IdentityRecord\x12\x1e\n\x16previous_resident_code\x18\x08 \x01(\t*8\n\x03Sex\x12\x13\n\x0fSEX_UNSPECIFIED\x10\x00\x12\x0c\n\x08SEX_MALE\x10\x01\x12\x0e\n\nSEX_FEMALE\x10\x02*t\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_KIND_CREATED\x10\x01\x12\x17\n\x13\x43HANGE_KIND_REMOVED\x10\x02\x12\x17\n\x13\x43HANGE_KIND_AMENDED\x10\x03*\x94\x04\n\x0c\x43hangeReason\x12\x1d\n\x19\x43HANGE_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HANGE_REASON_MOVE_IN\x10\x01\x12!\n\x1d\x43HANGE_REASON_SPECIAL_MOVE_IN\x10\x02\x12\x17\n\x13\x43HANGE_REASON_BIRTH\x10\x03\x12%\n!CHANGE_REASON_MOVE_IN_FROM_ABROAD\x10\x04\x12\"\n\x1e\x43HANGE_REASON_EX_OFFICIO_ENTRY\x10\x05\x12\x1a\n\x16\x43HANGE_REASON_MOVE_OUT\x10\n\x12\x1d\n\x19\x43HANGE_REASON_MOVE_ABROAD\x10\x0b\x12\x17\n\x13\x43HANGE_REASON_DEATH\x10\x0c\x12\"\n\x1e\x43HANGE_REASON_DECLARED_MISSING\x10\r\x12$\n CHANGE_REASON_EX_OFFICIO_REMOVAL\x10\x0e\x12\x1c\n\x18\x43HANGE_REASON_RELOCATION\x10\x14\x12\x1d\n\x19\x43HANGE_REASON_NAME_CHANGE\x10\x15\x12!\n\x1d\x43HANGE_REASON_ADDRESS_RENAMED\x10\x16\x12\x1d\n\x19\x43HANGE_REASON_CODE_CHANGE\x10\x17\x12&\n\"CHANGE_REASON_EX_OFFICIO_AMENDMENT\x10\x18*\x80\x01\n\x0cRecordStatus\x12\x1d\n\x19RECORD_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14RECORD_STATUS_ACTIVE\x10\x01\x12\x19\n\x15RECORD_STATUS_REMOVED\x10\x02\x12\x1c\n\x18RECORD_STATUS_SUPERSEDED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jukinet/v1/common.proto\x12\njukinet.v1\"\xd1\x01\n\x0eIdentityRecord\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tname_kana\x18\x03 \x01(\t\x12\x16\n\x0e\x66ormer_surname\x18\x04 \x01(\t\x12\r\n\x05\x61lias\x18\x05 \x01(\t\x12\x12\n\nbirth_date\x18\x06 \x01(\t\x12\x1c\n\x03sex\x18\x07 \x01(\x0e\x32\x0f.jukinet.v1.Sex\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x1d\n\x15local_government_code\x18\t \x01(\t\"\xc2\x02\n\x0cNotification\x12\x13\n\x0borigin_code\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.jukinet.v1.ChangeKind\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.jukinet.v1.ChangeReason\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x05 \x01(\t\x12\x13\n\x0brecorded_at\x18\x06 \x01(\t\x12*\n\x06record\x18\x07 \x01(\x0b\x32\x1a.jukinet.v1.IdentityRecord\x12\x1e\n\x16previous_resident_code\x18\x08 \x01(\t\x12\x42\n\x14move_out_certificate\x18\t \x01(\x0b\x32$.jukinet.v1.SignedMoveOutCertificate\"\xf1\x02\n\x12MoveOutCertificate\x12\x1a\n\x12\x63\x65rtificate_number\x18\x01 \x01(\t\x12%\n\x1dissuing_local_government_code\x18\x02 \x01(\t\x12\x15\n\rresident_code\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tname_kana\x18\x05 \x01(\t\x12\x16\n\x0e\x66ormer_surname\x18\x06 \x01(\t\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12\x12\n\nbirth_date\x18\x08 \x01(\t\x12\x1c\n\x03sex\x18\t \x01(\x0e\x32\x0f.jukinet.v1.Sex\x12\x0f\n\x07\x61\x64\x64ress\x18\n \x01(\t\x12\x1d\n\x15planned_move_out_date\x18\x0b \x01(\t\x12)\n!destination_local_government_code\x18\x0c \x01(\t\x12\x19\n\x11move_out_sequence\x18\r \x01(\x04\x12\x11\n\tissued_at\x18\x0e \x01(\t\"^\n\x18SignedMoveOutCertificate\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1a\n\x12signer_certificate\x18\x03 \x01(\x0c*8\n\x03Sex\x12\x13\n\x0fSEX_UNSPECIFIED\x10\x00\x12\x0c\n\x08SEX_MALE\x10\x01\x12\x0e\n\nSEX_FEMALE\x10\x02*t\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_KIND_CREATED\x10\x01\x12\x17\n\x13\x43HANGE_KIND_REMOVED\x10\x02\x12\x17\n\x13\x43HANGE_KIND_AMENDED\x10\x03*\x94\x04\n\x0c\x43hangeReason\x12\x1d\n\x19\x43HANGE_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HANGE_REASON_MOVE_IN\x10\x01\x12!\n\x1d\x43HANGE_REASON_SPECIAL_MOVE_IN\x10\x02\x12\x17\n\x13\x43HANGE_REASON_BIRTH\x10\x03\x12%\n!CHANGE_REASON_MOVE_IN_FROM_ABROAD\x10\x04\x12\"\n\x1e\x43HANGE_REASON_EX_OFFICIO_ENTRY\x10\x05\x12\x1a\n\x16\x43HANGE_REASON_MOVE_OUT\x10\n\x12\x1d\n\x19\x43HANGE_REASON_MOVE_ABROAD\x10\x0b\x12\x17\n\x13\x43HANGE_REASON_DEATH\x10\x0c\x12\"\n\x1e\x43HANGE_REASON_DECLARED_MISSING\x10\r\x12$\n CHANGE_REASON_EX_OFFICIO_REMOVAL\x10\x0e\x12\x1c\n\x18\x43HANGE_REASON_RELOCATION\x10\x14\x12\x1d\n\x19\x43HANGE_REASON_NAME_CHANGE\x10\x15\x12!\n\x1d\x43HANGE_REASON_ADDRESS_RENAMED\x10\x16\x12\x1d\n\x19\x43HANGE_REASON_CODE_CHANGE\x10\x17\x12&\n\"CHANGE_REASON_EX_OFFICIO_AMENDMENT\x10\x18*\x80\x01\n\x0cRecordStatus\x12\x1d\n\x19RECORD_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14RECORD_STATUS_ACTIVE\x10\x01\x12\x19\n\x15RECORD_STATUS_REMOVED\x10\x02\x12\x1c\n\x18RECORD_STATUS_SUPERSEDED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jukinet.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEX']._serialized_start=508
-  _globals['_SEX']._serialized_end=564
-  _globals['_CHANGEKIND']._serialized_start=566
-  _globals['_CHANGEKIND']._serialized_end=682
-  _globals['_CHANGEREASON']._serialized_start=685
-  _globals['_CHANGEREASON']._serialized_end=1217
-  _globals['_RECORDSTATUS']._serialized_start=1220
-  _globals['_RECORDSTATUS']._serialized_end=1348
+  _globals['_SEX']._serialized_start=1044
+  _globals['_SEX']._serialized_end=1100
+  _globals['_CHANGEKIND']._serialized_start=1102
+  _globals['_CHANGEKIND']._serialized_end=1218
+  _globals['_CHANGEREASON']._serialized_start=1221
+  _globals['_CHANGEREASON']._serialized_end=1753
+  _globals['_RECORDSTATUS']._serialized_start=1756
+  _globals['_RECORDSTATUS']._serialized_end=1884
   _globals['_IDENTITYRECORD']._serialized_start=40
   _globals['_IDENTITYRECORD']._serialized_end=249
   _globals['_NOTIFICATION']._serialized_start=252
-  _globals['_NOTIFICATION']._serialized_end=506
+  _globals['_NOTIFICATION']._serialized_end=574
+  _globals['_MOVEOUTCERTIFICATE']._serialized_start=577
+  _globals['_MOVEOUTCERTIFICATE']._serialized_end=946
+  _globals['_SIGNEDMOVEOUTCERTIFICATE']._serialized_start=948
+  _globals['_SIGNEDMOVEOUTCERTIFICATE']._serialized_end=1042
 # @@protoc_insertion_point(module_scope)

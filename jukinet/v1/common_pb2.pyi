@@ -242,6 +242,7 @@ class Notification(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     RECORD_FIELD_NUMBER: _builtins.int
     PREVIOUS_RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    MOVE_OUT_CERTIFICATE_FIELD_NUMBER: _builtins.int
     origin_code: _builtins.str
     """municipality that made the change"""
     sequence: _builtins.int
@@ -258,6 +259,12 @@ class Notification(_message.Message):
     def record(self) -> Global___IdentityRecord:
         """the record after the change"""
 
+    @_builtins.property
+    def move_out_certificate(self) -> Global___SignedMoveOutCertificate:
+        """Set for a domestic move-in (CHANGE_REASON_MOVE_IN, SPECIAL_MOVE_IN): the
+        old municipality's signed move-out certificate the move-in rests on.
+        """
+
     def __init__(
         self,
         *,
@@ -269,11 +276,110 @@ class Notification(_message.Message):
         recorded_at: _builtins.str = ...,
         record: Global___IdentityRecord | None = ...,
         previous_resident_code: _builtins.str = ...,
+        move_out_certificate: Global___SignedMoveOutCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["move_out_certificate", b"move_out_certificate", "record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "kind", b"kind", "origin_code", b"origin_code", "previous_resident_code", b"previous_resident_code", "reason", b"reason", "record", b"record", "recorded_at", b"recorded_at", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "kind", b"kind", "move_out_certificate", b"move_out_certificate", "origin_code", b"origin_code", "previous_resident_code", b"previous_resident_code", "reason", b"reason", "record", b"record", "recorded_at", b"recorded_at", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Notification: _TypeAlias = Notification  # noqa: Y015
+
+@_typing.final
+class MoveOutCertificate(_message.Message):
+    """The move-out certificate (転出証明書): the old municipality's signed
+    evidence of a move-out, on which the new municipality's move-in rests.
+    What the old municipality certifies. Dates are ISO 8601 (YYYY-MM-DD).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUING_LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NAME_KANA_FIELD_NUMBER: _builtins.int
+    FORMER_SURNAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    BIRTH_DATE_FIELD_NUMBER: _builtins.int
+    SEX_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PLANNED_MOVE_OUT_DATE_FIELD_NUMBER: _builtins.int
+    DESTINATION_LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
+    MOVE_OUT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    certificate_number: _builtins.str
+    """unique: "<issuing code>-<random id>" """
+    issuing_local_government_code: _builtins.str
+    resident_code: _builtins.str
+    name: _builtins.str
+    name_kana: _builtins.str
+    former_surname: _builtins.str
+    alias: _builtins.str
+    birth_date: _builtins.str
+    sex: Global___Sex.ValueType
+    address: _builtins.str
+    """the address at the issuing municipality"""
+    planned_move_out_date: _builtins.str
+    destination_local_government_code: _builtins.str
+    """empty when not given"""
+    move_out_sequence: _builtins.int
+    """sequence of the issuer's move-out notification"""
+    issued_at: _builtins.str
+    """RFC 3339, UTC"""
+    def __init__(
+        self,
+        *,
+        certificate_number: _builtins.str = ...,
+        issuing_local_government_code: _builtins.str = ...,
+        resident_code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        name_kana: _builtins.str = ...,
+        former_surname: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        birth_date: _builtins.str = ...,
+        sex: Global___Sex.ValueType = ...,
+        address: _builtins.str = ...,
+        planned_move_out_date: _builtins.str = ...,
+        destination_local_government_code: _builtins.str = ...,
+        move_out_sequence: _builtins.int = ...,
+        issued_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alias", b"alias", "birth_date", b"birth_date", "certificate_number", b"certificate_number", "destination_local_government_code", b"destination_local_government_code", "former_surname", b"former_surname", "issued_at", b"issued_at", "issuing_local_government_code", b"issuing_local_government_code", "move_out_sequence", b"move_out_sequence", "name", b"name", "name_kana", b"name_kana", "planned_move_out_date", b"planned_move_out_date", "resident_code", b"resident_code", "sex", b"sex"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveOutCertificate: _TypeAlias = MoveOutCertificate  # noqa: Y015
+
+@_typing.final
+class SignedMoveOutCertificate(_message.Message):
+    """A certificate as signed: the exact bytes signed, never re-serialized."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNER_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    """a serialized MoveOutCertificate"""
+    signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256 over a fixed prefix + certificate"""
+    signer_certificate: _builtins.bytes
+    """the issuing node's X.509 certificate, DER"""
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        signer_certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "signature", b"signature", "signer_certificate", b"signer_certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedMoveOutCertificate: _TypeAlias = SignedMoveOutCertificate  # noqa: Y015

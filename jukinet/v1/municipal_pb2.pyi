@@ -232,6 +232,7 @@ class MoveInRequest(_message.Message):
     PREVIOUS_LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
     EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
+    MOVE_OUT_CERTIFICATE_FIELD_NUMBER: _builtins.int
     origin: Global___MoveInOrigin.ValueType
     resident_code: _builtins.str
     """required from another municipality"""
@@ -241,6 +242,12 @@ class MoveInRequest(_message.Message):
     effective_date: _builtins.str
     @_builtins.property
     def person(self) -> Global___PersonDetails: ...
+    @_builtins.property
+    def move_out_certificate(self) -> _common_pb2.SignedMoveOutCertificate:
+        """Required from another municipality: the old municipality's certificate.
+        Its identity items are registered; person then gives only the new address.
+        """
+
     def __init__(
         self,
         *,
@@ -250,10 +257,11 @@ class MoveInRequest(_message.Message):
         previous_local_government_code: _builtins.str = ...,
         household_id: _builtins.str = ...,
         effective_date: _builtins.str = ...,
+        move_out_certificate: _common_pb2.SignedMoveOutCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["move_out_certificate", b"move_out_certificate", "person", b"person"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "household_id", b"household_id", "origin", b"origin", "person", b"person", "previous_local_government_code", b"previous_local_government_code", "resident_code", b"resident_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "household_id", b"household_id", "move_out_certificate", b"move_out_certificate", "origin", b"origin", "person", b"person", "previous_local_government_code", b"previous_local_government_code", "resident_code", b"resident_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,22 +431,71 @@ class MoveOutResponse(_message.Message):
 
     RESIDENT_FIELD_NUMBER: _builtins.int
     NOTIFICATION_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     notification_sequence: _builtins.int
     @_builtins.property
     def resident(self) -> Global___Resident: ...
+    @_builtins.property
+    def certificate(self) -> _common_pb2.SignedMoveOutCertificate:
+        """unset for a move abroad"""
+
     def __init__(
         self,
         *,
         resident: Global___Resident | None = ...,
         notification_sequence: _builtins.int = ...,
+        certificate: _common_pb2.SignedMoveOutCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resident", b"resident"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "resident", b"resident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["notification_sequence", b"notification_sequence", "resident", b"resident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "notification_sequence", b"notification_sequence", "resident", b"resident"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MoveOutResponse: _TypeAlias = MoveOutResponse  # noqa: Y015
+
+@_typing.final
+class ReissueMoveOutCertificateRequest(_message.Message):
+    """The move-out certificate again (lost, or the node key renewed): the same
+    number and contents, signed again with the node's current key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReissueMoveOutCertificateRequest: _TypeAlias = ReissueMoveOutCertificateRequest  # noqa: Y015
+
+@_typing.final
+class ReissueMoveOutCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificate(self) -> _common_pb2.SignedMoveOutCertificate: ...
+    def __init__(
+        self,
+        *,
+        certificate: _common_pb2.SignedMoveOutCertificate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReissueMoveOutCertificateResponse: _TypeAlias = ReissueMoveOutCertificateResponse  # noqa: Y015
 
 @_typing.final
 class RecordDeathRequest(_message.Message):

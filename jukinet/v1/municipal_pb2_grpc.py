@@ -60,6 +60,11 @@ class MunicipalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutResponse.FromString,
                 _registered_method=True)
+        self.ReissueMoveOutCertificate = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/ReissueMoveOutCertificate',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.ReissueMoveOutCertificateRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.ReissueMoveOutCertificateResponse.FromString,
+                _registered_method=True)
         self.RecordDeath = channel.unary_unary(
                 '/jukinet.v1.MunicipalService/RecordDeath',
                 request_serializer=jukinet_dot_v1_dot_municipal__pb2.RecordDeathRequest.SerializeToString,
@@ -141,6 +146,12 @@ class MunicipalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MoveOut(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReissueMoveOutCertificate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +246,11 @@ def add_MunicipalServiceServicer_to_server(servicer, server):
                     servicer.MoveOut,
                     request_deserializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutResponse.SerializeToString,
+            ),
+            'ReissueMoveOutCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReissueMoveOutCertificate,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.ReissueMoveOutCertificateRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.ReissueMoveOutCertificateResponse.SerializeToString,
             ),
             'RecordDeath': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordDeath,
@@ -422,6 +438,33 @@ class MunicipalService:
             '/jukinet.v1.MunicipalService/MoveOut',
             jukinet_dot_v1_dot_municipal__pb2.MoveOutRequest.SerializeToString,
             jukinet_dot_v1_dot_municipal__pb2.MoveOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReissueMoveOutCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/ReissueMoveOutCertificate',
+            jukinet_dot_v1_dot_municipal__pb2.ReissueMoveOutCertificateRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.ReissueMoveOutCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

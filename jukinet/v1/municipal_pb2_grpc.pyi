@@ -41,6 +41,7 @@ class MunicipalServiceStub:
     Relocate: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.RelocateRequest, _municipal_pb2.RelocateResponse]
     ChangeName: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ChangeNameRequest, _municipal_pb2.ChangeNameResponse]
     MoveOut: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.MoveOutRequest, _municipal_pb2.MoveOutResponse]
+    ReissueMoveOutCertificate: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ReissueMoveOutCertificateRequest, _municipal_pb2.ReissueMoveOutCertificateResponse]
     RecordDeath: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.RecordDeathRequest, _municipal_pb2.RecordDeathResponse]
     ChangeResidentCode: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ChangeResidentCodeRequest, _municipal_pb2.ChangeResidentCodeResponse]
     EnterExOfficio: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.EnterExOfficioRequest, _municipal_pb2.EnterExOfficioResponse]
@@ -64,6 +65,7 @@ class MunicipalServiceAsyncStub(MunicipalServiceStub):
     Relocate: _aio.UnaryUnaryMultiCallable[_municipal_pb2.RelocateRequest, _municipal_pb2.RelocateResponse]  # type: ignore[assignment]
     ChangeName: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ChangeNameRequest, _municipal_pb2.ChangeNameResponse]  # type: ignore[assignment]
     MoveOut: _aio.UnaryUnaryMultiCallable[_municipal_pb2.MoveOutRequest, _municipal_pb2.MoveOutResponse]  # type: ignore[assignment]
+    ReissueMoveOutCertificate: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ReissueMoveOutCertificateRequest, _municipal_pb2.ReissueMoveOutCertificateResponse]  # type: ignore[assignment]
     RecordDeath: _aio.UnaryUnaryMultiCallable[_municipal_pb2.RecordDeathRequest, _municipal_pb2.RecordDeathResponse]  # type: ignore[assignment]
     ChangeResidentCode: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ChangeResidentCodeRequest, _municipal_pb2.ChangeResidentCodeResponse]  # type: ignore[assignment]
     EnterExOfficio: _aio.UnaryUnaryMultiCallable[_municipal_pb2.EnterExOfficioRequest, _municipal_pb2.EnterExOfficioResponse]  # type: ignore[assignment]
@@ -114,6 +116,13 @@ class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _municipal_pb2.MoveOutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_municipal_pb2.MoveOutResponse, _abc.Awaitable[_municipal_pb2.MoveOutResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReissueMoveOutCertificate(
+        self,
+        request: _municipal_pb2.ReissueMoveOutCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.ReissueMoveOutCertificateResponse, _abc.Awaitable[_municipal_pb2.ReissueMoveOutCertificateResponse]]: ...
 
     @_abc_1.abstractmethod
     def RecordDeath(

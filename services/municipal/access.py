@@ -30,6 +30,7 @@ def rules(local_government_code: str) -> dict[str, Rule]:
             "Relocate": own_operator,
             "ChangeName": own_operator,
             "MoveOut": own_operator,
+            "ReissueMoveOutCertificate": own_operator,
             "RecordDeath": own_operator,
             "ChangeResidentCode": own_operator,
             "EnterExOfficio": own_operator,

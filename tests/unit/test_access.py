@@ -25,6 +25,7 @@ ALL_MUNICIPAL = {
     "Relocate",
     "ChangeName",
     "MoveOut",
+    "ReissueMoveOutCertificate",
     "RecordDeath",
     "ChangeResidentCode",
     "EnterExOfficio",

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jukinet import movecert, pki
 from jukinet.identity import Identity
 from jukinet.reasons import Reason
-from jukinet.v1 import common_pb2, movecert_pb2
+from jukinet.v1 import common_pb2
 from jukinet.vocabulary import Person
 
 A, B = "131016", "312011"
@@ -54,7 +54,7 @@ def ca(tmp_path: Path) -> Pki:
 
 def _signed(
     ca: Pki, identity: Identity = ISSUER, **kw: object
-) -> tuple[movecert_pb2.SignedMoveOutCertificate, int]:
+) -> tuple[common_pb2.SignedMoveOutCertificate, int]:
     issued = pki.issue(ca.directory, identity, f"n{len(list(ca.directory.iterdir()))}")
     cert, key = _load(issued)
     args: dict[str, object] = dict(
@@ -96,16 +96,16 @@ def test_a_signed_certificate_verifies_and_round_trips_as_a_file(ca: Pki) -> Non
 
 def test_a_missing_certificate_is_refused(ca: Pki) -> None:
     with pytest.raises(movecert.CertificateMissing) as info:
-        movecert.verify(movecert_pb2.SignedMoveOutCertificate(), ca=ca.ca, revoked=frozenset())
+        movecert.verify(common_pb2.SignedMoveOutCertificate(), ca=ca.ca, revoked=frozenset())
     assert info.value.reason is Reason.MOVE_OUT_CERTIFICATE_MISSING
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_forged_signature_is_refused(ca: Pki) -> None:
     signed, _ = _signed(ca)
-    body = movecert_pb2.MoveOutCertificate.FromString(signed.certificate)
+    body = common_pb2.MoveOutCertificate.FromString(signed.certificate)
     body.name = "偽者"
-    forged = movecert_pb2.SignedMoveOutCertificate(
+    forged = common_pb2.SignedMoveOutCertificate(
         certificate=body.SerializeToString(),
         signature=signed.signature,
         signer_certificate=signed.signer_certificate,
