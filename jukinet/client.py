@@ -1,11 +1,13 @@
 """Client side for tools (the CLI, the demo, benchmarks): channels opened with a
-certificate from a PKI directory, and readable gRPC errors."""
+certificate from a PKI directory, readable gRPC errors, and the ready headers
+that open a client-streaming call (the one wire convention both ends share)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -24,6 +26,25 @@ def connect(target: str, pki_dir: Path | str, name: str) -> grpc.aio.Channel:
     files = tls_files(pki_dir, name)
     files.load()  # fail early, with one clear line, on a missing or bad file
     return secure_channel(target, files)
+
+
+STREAM_READY = ("jukinet-stream", "ready")
+"""Headers a server sends first on a client-streaming call it accepted, before it
+reads a message. A refusal of the whole call (permission, limits) is sent in
+their place, with no headers."""
+
+
+async def wait_until_accepted(call: Any) -> None:
+    """Before the first write on a streaming ``call``: wait for its headers and
+    raise the server's refusal as :class:`grpc.aio.AioRpcError` when they are
+    not :data:`STREAM_READY`. A client still writing when the server ends the
+    call otherwise sees the transport's ``INTERNAL: Internal error from Core``
+    instead of the server's status (grpc/grpc#36066)."""
+    headers = await call.initial_metadata()
+    if STREAM_READY in tuple(headers or ()):
+        return
+    await call.read()  # the call has ended: this raises its status
+    raise RuntimeError("the server opened the stream without its ready headers")
 
 
 # A server that words an upstream failure with str(AioRpcError) sends this

@@ -88,7 +88,7 @@ from jukinet.cli.csvfile import (
     progress_bar,
     read_csv,
 )
-from jukinet.client import connect
+from jukinet.client import connect, wait_until_accepted
 from jukinet.errors import ConfigError
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
 from jukinet.vocabulary import PERSON_FIELDS
@@ -396,6 +396,12 @@ async def import_csv(
     call: grpc.aio.StreamStreamCall[
         municipal_pb2.ImportResidentsRequest, municipal_pb2.ImportResidentsResponse
     ] = cast(Any, stub.ImportResidents)()
+    try:
+        await wait_until_accepted(call)
+    except BaseException:
+        call.cancel()
+        bar.close()
+        raise
 
     sender = asyncio.create_task(
         _send_batches(call, batches, slots, in_flight), name=f"import-send:{path.name}"

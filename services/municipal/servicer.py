@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from jukinet.client import STREAM_READY
 from jukinet.v1 import municipal_pb2 as pb
 from jukinet.v1 import municipal_pb2_grpc, provision_pb2
 from services.municipal.service import MunicipalService
@@ -115,7 +116,14 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     async def ImportResidents(
         self, request_iterator: AsyncIterator[pb.ImportResidentsRequest], context: Any
     ) -> AsyncIterator[pb.ImportResidentsResponse]:
-        """Load an existing register, one transaction and answer per batch; its operators only."""
+        """Load an existing register, one transaction and answer per batch; its operators only.
+
+        The stream opens with the headers :data:`IMPORT_READY` before any row is
+        read: a client writes only once they arrived, so a refusal of the whole
+        stream (sent in their place) reaches it as its status rather than as a
+        failed write.
+        """
+        await context.send_initial_metadata((STREAM_READY,))
         async for request in request_iterator:
             yield await self._r.import_rows(request.rows)
 

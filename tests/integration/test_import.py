@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 
 from jukinet.cli.importer import (
@@ -236,3 +237,21 @@ async def test_rows_of_another_municipality_are_refused_and_the_rest_loads(
         for r in page.residents
     ]
     assert [r.person.address for r in held] == [tokyo["address"]]
+
+
+async def test_an_import_by_a_foreign_operator_is_refused_whole_with_its_status(
+    fed: Federation, tmp_path: Path
+) -> None:
+    # An operator of another municipality: the node refuses the stream before
+    # reading a row. The client writes one batch and waits for its answer before
+    # opening the window, so the refusal arrives as PERMISSION_DENIED every time,
+    # not as the transport's INTERNAL of a client still writing (grpc/grpc#36066).
+    path = tmp_path / "tottori.csv"
+    write_sample(path, CODE, 400)
+    before = len(await _register(fed))
+    channel = fed.channel(fed.municipal_ports[CODE], "operator-131016-admin")
+    for _ in range(10):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await import_csv(channel, path, batch=10, window=8, progress=False)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, refused.value.details()
+    assert len(await _register(fed)) == before
