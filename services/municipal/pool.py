@@ -23,6 +23,8 @@ log = logging.getLogger("jukinet.municipal")
 # reachable (a prefecture starting up), and the deadline of a background refill.
 ENSURE_WITHIN = 3.0
 REFILL_WITHIN = 30.0
+# Requests an operation sends at most: one left open, then one for the rest.
+ENSURE_ROUNDS = 2
 
 
 class PoolKeeper:
@@ -65,19 +67,28 @@ class PoolKeeper:
                 self._wanted.set()
 
     async def ensure(self, needed: int) -> None:
-        """Make sure ``needed`` codes are free, refilling now if they are not."""
+        """Make sure ``needed`` codes are free, refilling now if they are not.
+
+        A request left open (sent while the prefecture was away) is sent again
+        as it was, so it may bring fewer codes than needed: then one more
+        request asks for the rest.
+        """
         free = self._free if self._free is not None else await self._count()
-        if free >= needed:
-            return
-        try:
-            await self._fill(
-                max(self._refill, needed - free + self._low), within=ENSURE_WITHIN, wait=True
-            )
-        except Exception as exc:
-            raise Unavailable(
-                f"the resident-code pool is short ({free} free, {needed} needed) and the "
-                f"prefecture could not be reached: {_brief(exc)}"
-            ) from exc
+        for _ in range(ENSURE_ROUNDS):
+            if free >= needed:
+                return
+            try:
+                await self._fill(
+                    max(self._refill, needed - free + self._low), within=ENSURE_WITHIN, wait=True
+                )
+            except Exception as exc:
+                raise Unavailable(
+                    f"the resident-code pool is short ({free} free, {needed} needed) and the "
+                    f"prefecture could not be reached: {_brief(exc)}"
+                ) from exc
+            free = await self._count()
+        if free < needed:
+            raise Unavailable(f"the resident-code pool is short ({free} free, {needed} needed)")
 
     async def _fill(self, count: int, *, within: float = REFILL_WITHIN, wait: bool = False) -> None:
         """Ask the prefecture for ``count`` codes (or resend the request still open).

@@ -194,11 +194,6 @@ async def take_codes(conn: AsyncConnection, count: int) -> list[str]:
     return codes
 
 
-async def in_pool(conn: AsyncConnection, code: str) -> bool:
-    """Whether the pool holds ``code``, used or not."""
-    return await conn.scalar(select(P.c.resident_code).where(P.c.resident_code == code)) is not None
-
-
 async def pending_pool_request(conn: AsyncConnection) -> tuple[str, int] | None:
     """The oldest pool request not yet answered (its id and size), to be sent again as it was."""
     Q = models.pool_requests

@@ -451,3 +451,33 @@ async def test_codes_never_repeat_across_municipalities(fed: Federation) -> None
     assert {h.record.resident_code for h in held} == set().union(*used.values())
     for h in held:
         assert h.record.resident_code in used[h.record.local_government_code]
+
+
+def _import_request(start: int, count: int) -> M.ImportResidentsRequest:
+    return M.ImportResidentsRequest(
+        rows=[
+            M.ImportRow(line=i + 1, source_id=f"old-{i}", person=person(i))
+            for i in range(start, start + count)
+        ]
+    )
+
+
+async def test_a_pool_request_left_open_is_topped_up_when_an_operation_needs_more(
+    fed: Federation,
+) -> None:
+    # A request for too few codes, left open while the prefecture was away, is
+    # sent again as it was; the operation that needs more then asks for the rest.
+    op = fed.operator(TOTTORI)
+    free = await pool_filled(fed, TOTTORI)
+    await fed.prefectures["31"].stop()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in op.ImportResidents(iter([_import_request(0, free + 10)]), timeout=TIMEOUT):
+            pass
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    await fed.start_prefecture("31")
+    needed = free + 3 * REFILL
+    answers = [
+        r async for r in op.ImportResidents(iter([_import_request(0, needed)]), timeout=TIMEOUT)
+    ]
+    assert [(r.imported, len(r.rejected)) for r in answers] == [(needed, 0)]
+    assert (await status(fed, TOTTORI)).active_residents == needed
