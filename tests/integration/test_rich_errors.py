@@ -442,9 +442,8 @@ async def test_real_nodes_refuse_with_an_equal_error_info(fed: Federation) -> No
         operator.MoveIn(
             M.MoveInRequest(
                 person=person(),
-                origin=M.MOVE_IN_ORIGIN_DOMESTIC,
+                origin=M.MOVE_IN_ORIGIN_ABROAD,
                 resident_code=code,
-                previous_local_government_code=YONAGO,
                 effective_date=EFFECTIVE,
             ),
             timeout=TIMEOUT,
