@@ -209,9 +209,9 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
     assert "転出先: 312029" in move_out
     assert '"local_government_code": "312029"' in move_out
     assert '"last_reason": "CHANGE_REASON_MOVE_IN"' in move_out
-    first = movecert.dearmor((tmp_path / "hanako.cert").read_text(encoding="utf-8"))
-    again = movecert.dearmor((tmp_path / "hanako-again.cert").read_text(encoding="utf-8"))
-    assert first.certificate == again.certificate
+    issued = movecert.dearmor((tmp_path / "hanako.cert").read_text(encoding="utf-8"))
+    reissued = movecert.dearmor((tmp_path / "hanako-again.cert").read_text(encoding="utf-8"))
+    assert issued.certificate == reissued.certificate
 
     # A second national node on the same port: one line, exit 2, and the
     # first one keeps serving.
