@@ -46,6 +46,7 @@ class Reason(enum.StrEnum):
     # The municipal register.
     ALREADY_REGISTERED = "already-registered"  # the resident is registered here already
     NOT_REGISTERED = "not-registered"  # the resident is not (or no longer) registered here
+    NOT_MOVED_OUT = "not-moved-out"  # the resident's last change here is no domestic move-out
     # A change dated before the current registration began (or a return dated before the
     # removal it follows); a field violation names the date.
     BEFORE_REGISTRATION = "before-registration"

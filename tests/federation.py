@@ -4,6 +4,8 @@ files or fresh PostgreSQL databases)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, Prefe
 from jukinet.purposes import PurposeRegistry
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
+    common_pb2,
+    delivery_pb2,
     gateway_pb2_grpc,
     municipal_pb2,
     municipal_pb2_grpc,
@@ -237,6 +241,93 @@ async def federation(
 
 
 PersonFactory = Callable[..., municipal_pb2.PersonDetails]
+
+MOVE_TIMEOUT = 15
+
+
+async def move_out(
+    fed: Federation, code: str, old: str, new: str, *, effective_date: str
+) -> common_pb2.SignedMoveOutCertificate:
+    """Move ``code`` out of ``old`` towards ``new``; returns the move-out certificate."""
+    out = await fed.operator(old).MoveOut(
+        municipal_pb2.MoveOutRequest(
+            resident_code=code,
+            destination_local_government_code=new,
+            effective_date=effective_date,
+        ),
+        timeout=MOVE_TIMEOUT,
+    )
+    assert out.HasField("certificate"), out
+    return out.certificate
+
+
+async def move_in(
+    fed: Federation,
+    certificate: common_pb2.SignedMoveOutCertificate,
+    new: str,
+    *,
+    address: str,
+    effective_date: str,
+    person: municipal_pb2.PersonDetails | None = None,
+    household_id: str = "",
+) -> municipal_pb2.MoveInResponse:
+    """The move-in at ``new`` that rests on ``certificate``: the identity items
+    come from it, the operator gives the address (and, if ``person`` is given,
+    enters the items again)."""
+    details = municipal_pb2.PersonDetails()
+    if person is not None:
+        details.CopyFrom(person)
+    details.address = address
+    response: municipal_pb2.MoveInResponse = await fed.operator(new).MoveIn(
+        municipal_pb2.MoveInRequest(
+            person=details,
+            origin=municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC,
+            move_out_certificate=certificate,
+            household_id=household_id,
+            effective_date=effective_date,
+        ),
+        timeout=MOVE_TIMEOUT,
+    )
+    return response
+
+
+async def move(
+    fed: Federation,
+    code: str,
+    old: str,
+    new: str,
+    *,
+    address: str,
+    effective_date: str,
+    household_id: str = "",
+) -> municipal_pb2.MoveInResponse:
+    """Move ``code`` from ``old`` to ``new`` as at two counters: the move-out
+    at ``old`` and the move-in with its certificate at ``new``."""
+    certificate = await move_out(fed, code, old, new, effective_date=effective_date)
+    return await move_in(
+        fed,
+        certificate,
+        new,
+        address=address,
+        effective_date=effective_date,
+        household_id=household_id,
+    )
+
+
+async def until_registered_at(stub: Any, code: str, municipality: str) -> None:
+    """Wait until an upper tier's record of ``code`` is at ``municipality``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            r = await stub.GetIdentity(
+                delivery_pb2.GetIdentityRequest(resident_code=code), timeout=5
+            )
+            if r.identity.record.local_government_code == municipality:
+                return
+        assert loop.time() < deadline, f"{code} never reached {municipality}"
+        await asyncio.sleep(0.05)
+
 
 # The sentinel a stream's read() returns at its end (grpc-stubs lacks it).
 EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]

@@ -23,8 +23,9 @@ What it does, in order:
 4. runs a day of life through the operator API: births into existing
    households, deaths, a household's relocation, a name change on marriage
    (with 旧氏), a resident-code change on request, moves within a prefecture
-   and across prefectures (move-out at the old municipality, move-in with the
-   same resident code at the new one) and two move-ins from abroad, one of them
+   and across prefectures (move-out at the old municipality, which issues and
+   prints its signed move-out certificate; move-in at the new one with that
+   certificate, whose identity items it registers) and two move-ins from abroad, one of them
    渡邊 和子, whose surname is registered with a variant kanji;
 5. waits until the national node has applied every municipal notification,
    prints what each tier holds and one moved resident's history as the
@@ -80,7 +81,7 @@ from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
-from jukinet import localgov
+from jukinet import localgov, movecert
 from jukinet.cli.csvfile import CsvFormatError
 from jukinet.cli.importer import ImportSummary, import_csv
 from jukinet.client import describe_error
@@ -449,6 +450,13 @@ class Day:
         self.result.lines.append(line)
         print(line, file=self.out, flush=True)
 
+    def show(self, document: str) -> None:
+        """A document (a certificate) in the day's report, indented under its line."""
+        for text in document.splitlines():
+            line = f"      {text}"
+            self.result.lines.append(line)
+            print(line, file=self.out, flush=True)
+
     def age(self, r: municipal_pb2.Resident) -> int:
         """Age today."""
         return _age(r.person.birth_date, self.date)
@@ -642,27 +650,9 @@ async def moves(day: Day) -> None:
     person = mover.person
     for old, new, back in ((TOTTORI, YONAGO, 12), (YONAGO, CHIYODA, 2)):
         when = day.days_ago(back)
-        await day.m[old].MoveOut(
+        out = await day.m[old].MoveOut(
             municipal_pb2.MoveOutRequest(
                 resident_code=code, destination_local_government_code=new, effective_date=when
-            ),
-            timeout=_RPC_TIMEOUT,
-        )
-        moved_in = await day.m[new].MoveIn(
-            municipal_pb2.MoveInRequest(
-                person=municipal_pb2.PersonDetails(
-                    name=person.name,
-                    name_kana=person.name_kana,
-                    former_surname=person.former_surname,
-                    alias=person.alias,
-                    birth_date=person.birth_date,
-                    sex=person.sex,
-                    address=day.fresh_address(new, back),
-                ),
-                origin=municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC,
-                resident_code=code,
-                previous_local_government_code=old,
-                effective_date=when,
             ),
             timeout=_RPC_TIMEOUT,
         )
@@ -670,12 +660,27 @@ async def moves(day: Day) -> None:
         day.say(
             "転出 move out",
             old,
-            f"{person.name} ({code}) to {municipality_name(new)} ({across}) on {when}",
+            f"{person.name} ({code}) to {municipality_name(new)} ({across}) on {when}; "
+            "the move-out certificate it issued:",
+        )
+        certificate = common_pb2.MoveOutCertificate.FromString(out.certificate.certificate)
+        day.show(movecert.document(certificate))
+        # The new municipality registers the certificate's identity items: the
+        # operator enters only the new address, the date and the household.
+        moved_in = await day.m[new].MoveIn(
+            municipal_pb2.MoveInRequest(
+                person=municipal_pb2.PersonDetails(address=day.fresh_address(new, back)),
+                origin=municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC,
+                move_out_certificate=out.certificate,
+                effective_date=when,
+            ),
+            timeout=_RPC_TIMEOUT,
         )
         day.say(
             "転入 move in",
             new,
-            f"{person.name} ({code}) from {municipality_name(old)}, same code, "
+            f"{moved_in.resident.person.name} ({moved_in.resident.resident_code}) from "
+            f"{municipality_name(old)} with certificate {certificate.certificate_number}, "
             f"{moved_in.resident.person.address}",
         )
 

@@ -17,8 +17,10 @@ Connection options may come from JUKINET_TARGET, JUKINET_PKI and JUKINET_AS.
 What each command prints on stdout: resident, identity and agency commands
 print the answer as JSON (times in JST, with their offset); agency verify-batch
 prints one JSON line per row and a one-line summary on stderr; resident
-disclose --format table prints a table for the resident; pki, import and run
-print text lines. Errors are one line on stderr naming what to fix, and the
+disclose --format table prints a table for the resident; resident move-out (to
+another municipality) and reissue-certificate print the move-out certificate
+as a document (--format json: the answer); pki, import and run print text
+lines. Errors are one line on stderr naming what to fix, and the
 exit status is non-zero (2 for a usage, file or configuration problem).
 """
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from jukinet import movecert
 from jukinet.cli.common import (
     PERSON_FLAGS,
     SEX,
@@ -15,7 +17,8 @@ from jukinet.cli.common import (
     print_message,
     run_call,
 )
-from jukinet.v1 import municipal_pb2, municipal_pb2_grpc, provision_pb2
+from jukinet.errors import ConfigError, JukinetError
+from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, provision_pb2
 
 
 def _person_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -35,7 +38,7 @@ def _person(args: argparse.Namespace) -> municipal_pb2.PersonDetails:
         former_surname=args.former_surname,
         alias=args.alias,
         birth_date=args.birth_date,
-        sex=SEX[args.sex],
+        sex=SEX[args.sex] if args.sex else common_pb2.SEX_UNSPECIFIED,
         address=args.address,
     )
 
@@ -57,6 +60,7 @@ FLAGS: dict[str, str] = {
     "previous_local_government_code": "--previous",
     "origin": "--origin",
     "ground": "--ground",
+    "move_out_certificate": "--certificate",
 }
 
 
@@ -74,6 +78,7 @@ def register_cli(sub: Any) -> None:
         _relocate,
         _rename,
         _move_out,
+        _reissue_certificate,
         _death,
         _change_code,
         _enter,
@@ -113,6 +118,31 @@ def _birth(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--household", default="", help="join this household (default: a new one)")
 
 
+def read_certificate(path: str) -> common_pb2.SignedMoveOutCertificate:
+    """The move-out certificate in the file at ``path`` (as ``move-out
+    --certificate-out`` wrote it); a missing or damaged file is one line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--certificate: {path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--certificate: {path}: not a move-out certificate file") from None
+    except OSError as exc:
+        raise ConfigError(f"--certificate: {path}: cannot read ({exc.strerror})") from None
+    try:
+        return movecert.dearmor(text)
+    except JukinetError as exc:
+        raise ConfigError(f"--certificate: {path}: {exc}") from None
+
+
+def write_certificate(path: str, certificate: common_pb2.SignedMoveOutCertificate) -> None:
+    """Write ``certificate`` to ``path`` as a file a person can carry."""
+    try:
+        Path(path).write_text(movecert.armor(certificate), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--certificate-out: {path}: cannot write ({exc.strerror})") from None
+
+
 def _move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``resident move-in`` to ``ops``."""
 
@@ -122,30 +152,53 @@ def _move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "special": municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC_SPECIAL,
             "abroad": municipal_pb2.MOVE_IN_ORIGIN_ABROAD,
         }[a.origin]
-        return _municipal(ch).MoveIn(
-            municipal_pb2.MoveInRequest(
-                person=_person(a),
-                origin=origin,
-                resident_code=a.code,
-                previous_local_government_code=a.previous,
-                household_id=a.household,
-                effective_date=a.date,
-            )
+        request = municipal_pb2.MoveInRequest(
+            person=_person(a),
+            origin=origin,
+            resident_code=a.code,
+            previous_local_government_code=a.previous,
+            household_id=a.household,
+            effective_date=a.date,
         )
+        if a.certificate:
+            request.move_out_certificate.CopyFrom(read_certificate(a.certificate))
+        return _municipal(ch).MoveIn(request)
 
     p = _op(
         ops,
         "move-in",
-        "register a move in (転入, 特例転入, 国外からの転入)",
+        "register a move in (転入, 特例転入, 国外からの転入); from another municipality it "
+        "rests on the move-out certificate (--certificate), whose identity items are "
+        "registered: give only the new address, the date and the household",
         move_in,
         {**FLAGS, "resident_code": "--code"},
     )
-    _person_options(p)
-    p.add_argument("--origin", choices=["domestic", "special", "abroad"], default="domestic")
-    p.add_argument("--code", default="", help="resident code (required from another municipality)")
-    p.add_argument("--previous", default="", help="local government code moved from")
-    p.add_argument("--household", default="")
-    p.add_argument("--date", required=True, help="effective date YYYY-MM-DD")
+    _person_options(p, required=False)
+    p.add_argument(
+        "--origin",
+        choices=["domestic", "special", "abroad"],
+        default="domestic",
+        help="domestic (転入, default), special (特例転入) or abroad (国外からの転入)",
+    )
+    p.add_argument(
+        "--certificate",
+        default="",
+        metavar="FILE",
+        help="the move-out certificate file of the old municipality (required unless "
+        "--origin abroad)",
+    )
+    p.add_argument(
+        "--code",
+        default="",
+        help="resident code (default: the certificate's; from abroad: a former code, if any)",
+    )
+    p.add_argument(
+        "--previous",
+        default="",
+        help="local government code moved from (default: the certificate's issuer)",
+    )
+    p.add_argument("--household", default="", help="join this household (default: a new one)")
+    p.add_argument("--date", required=True, help="effective date YYYY-MM-DD (the day of moving)")
 
 
 def _relocate(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -190,6 +243,45 @@ def _rename(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--date", required=True)
 
 
+def _certificate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--certificate-out",
+        default="",
+        metavar="FILE",
+        help="write the signed move-out certificate to FILE, for move-in --certificate",
+    )
+    p.add_argument(
+        "--format",
+        choices=["document", "json"],
+        default="document",
+        help="document (default): the certificate as a person reads it; json: the answer",
+    )
+
+
+def _show_certificate(a: argparse.Namespace) -> Any:
+    """Print an answer carrying a certificate, and write the certificate file."""
+
+    def show(response: Any) -> None:
+        certificate: common_pb2.SignedMoveOutCertificate = response.certificate
+        issued = response.HasField("certificate")
+        if a.format == "json" or not issued:
+            print_message(response)
+        else:
+            body = common_pb2.MoveOutCertificate.FromString(certificate.certificate)
+            print(movecert.document(body))
+        if issued and a.certificate_out:
+            try:
+                write_certificate(a.certificate_out, certificate)
+            except ConfigError as exc:
+                # The change is made: say how to get the file after all.
+                raise ConfigError(
+                    f"{exc}; the certificate was issued: write it with "
+                    f"`jukinet resident reissue-certificate {a.code} --certificate-out FILE`"
+                ) from None
+
+    return show
+
+
 def _move_out(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``resident move-out`` to ``ops``."""
 
@@ -203,11 +295,45 @@ def _move_out(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             )
         )
 
-    p = _op(ops, "move-out", "move out (転出, 国外転出)", move_out)
+    p = _op(
+        ops,
+        "move-out",
+        "move out (転出, 国外転出); a move to another municipality issues the move-out "
+        "certificate (転出証明書), printed as a document (a move abroad: the answer as JSON)",
+        move_out,
+    )
     p.add_argument("code")
     p.add_argument("--to", help="local government code moved to")
     p.add_argument("--abroad", action="store_true")
-    p.add_argument("--date", required=True)
+    p.add_argument("--date", required=True, help="planned date of moving YYYY-MM-DD")
+    _certificate_options(p)
+    p.set_defaults(
+        func=lambda a: run_call(
+            a, move_out, show=_show_certificate(a), service=SERVICE, flags=FLAGS
+        )
+    )
+
+
+def _reissue_certificate(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident reissue-certificate`` to ``ops``."""
+
+    def reissue(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        return _municipal(ch).ReissueMoveOutCertificate(
+            municipal_pb2.ReissueMoveOutCertificateRequest(resident_code=a.code)
+        )
+
+    p = _op(
+        ops,
+        "reissue-certificate",
+        "the move-out certificate again (lost, or the node key renewed): the latest one of "
+        "a resident who moved to another municipality, same number and contents, signed again",
+        reissue,
+    )
+    p.add_argument("code")
+    _certificate_options(p)
+    p.set_defaults(
+        func=lambda a: run_call(a, reissue, show=_show_certificate(a), service=SERVICE, flags=FLAGS)
+    )
 
 
 def _death(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

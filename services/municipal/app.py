@@ -7,23 +7,42 @@ import contextlib
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from jukinet.config import MunicipalConfig
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
+from jukinet.errors import ConfigError
 from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
-from jukinet.tls import secure_channel
+from jukinet.tls import RevocationList, TlsFiles, secure_channel
 from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc
 from services.municipal import models
 from services.municipal.access import rules
 from services.municipal.pool import PoolKeeper
-from services.municipal.service import MunicipalService
+from services.municipal.service import CertificateKeys, MunicipalService
 from services.municipal.servicer import MunicipalServicer
 
 SERVICE = "jukinet.v1.MunicipalService"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def certificate_keys(files: TlsFiles) -> CertificateKeys:
+    """The node's own key and certificate (move-out certificates are signed with
+    them) and the CA and CRL others' certificates are checked against."""
+    material = files.load(usage="server")
+    key = serialization.load_pem_private_key(material.key, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"tls.key: {files.key}: move-out certificates need an EC key")
+    return CertificateKeys(
+        key=key,
+        certificate=x509.load_pem_x509_certificates(material.cert)[0],
+        ca=x509.load_pem_x509_certificate(material.ca),
+        revoked=RevocationList(files) if files.crl else frozenset(),
+    )
 
 
 class MunicipalApp:
@@ -71,6 +90,7 @@ class MunicipalApp:
             prefecture=prefecture,
             municipality=self.config.local_government_code,
             metrics=self.metrics,
+            keys=certificate_keys(self.config.tls),
         )
         self.service = service
 

@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from jukinet.errors import BeforeRegistration, FailedPrecondition, InvalidArgument
+from jukinet.movecert import check_fits
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2
 from jukinet.validation import (
@@ -17,7 +18,7 @@ from jukinet.validation import (
     check_name,
     check_sex,
 )
-from jukinet.vocabulary import Person, person_values
+from jukinet.vocabulary import PERSON_FIELDS, Person, person_values
 
 ACTIVE = municipal_pb2.RESIDENT_STATUS_ACTIVE
 REMOVED = municipal_pb2.RESIDENT_STATUS_REMOVED
@@ -36,6 +37,33 @@ def check_person(
         sex=check_sex(p.sex, f"{prefix}.sex"),
         address=check_address(p.address, f"{prefix}.address", municipality),
     )
+
+
+IDENTITY_FIELDS: tuple[str, ...] = tuple(f for f in PERSON_FIELDS if f != "address")
+"""The identity items a move-out certificate carries to the new municipality."""
+
+
+def move_in_person(
+    cert: common_pb2.MoveOutCertificate, details: municipal_pb2.PersonDetails, municipality: str
+) -> Person:
+    """The person a domestic move-in registers: the certificate's identity items
+    and the new address the operator entered. An identity item the operator
+    left empty is the certificate's; one they entered must equal it (after the
+    usual checks, so that a hiragana reading compares as katakana)."""
+    merged = municipal_pb2.PersonDetails()
+    merged.CopyFrom(details)
+    for field in IDENTITY_FIELDS:
+        if not getattr(details, field):
+            setattr(merged, field, getattr(cert, field))
+    person = check_person(merged, municipality)
+    check_fits(
+        cert,
+        resident_code=cert.resident_code,
+        previous=cert.issuing_local_government_code,
+        destination=municipality,
+        person=person,
+    )
+    return person
 
 
 def check_not_before_birth(date: str, person: Person, field: str) -> None:
@@ -117,6 +145,8 @@ class Change:
     reason: common_pb2.ChangeReason.ValueType
     effective_date: str
     previous_resident_code: str = ""
+    certificate: common_pb2.SignedMoveOutCertificate | None = None
+    """The move-out certificate a domestic move-in rests on, carried as signed."""
 
 
 def build_notification(
@@ -136,6 +166,7 @@ def build_notification(
             local_government_code=origin,
         ),
         previous_resident_code=change.previous_resident_code,
+        move_out_certificate=change.certificate,
     )
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -66,6 +67,39 @@ pool_requests = Table(
     Column("count", Integer, nullable=False),
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("fulfilled_at", DateTime(timezone=True), nullable=True),
+)
+
+# The move-out certificates this node issued (転出証明書): the certificate
+# bytes as signed, so that a re-issue signs exactly the same contents again.
+move_out_certificates = Table(
+    "move_out_certificates",
+    metadata,
+    Column("certificate_number", String(64), primary_key=True),
+    Column("resident_id", BigInteger, nullable=False),
+    Column("resident_code", String(11), nullable=False),
+    Column("move_out_sequence", BigInteger, nullable=False, unique=True),
+    Column("certificate", LargeBinary, nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Index("ix_move_out_certificates_resident", "resident_id"),
+)
+
+# The move-out certificates of other municipalities a move-in here rested on:
+# each is used once (a re-issue keeps the number and the move-out sequence).
+used_move_out_certificates = Table(
+    "used_move_out_certificates",
+    metadata,
+    Column("certificate_number", String(64), primary_key=True),
+    Column("issuing_local_government_code", String(6), nullable=False),
+    Column("move_out_sequence", BigInteger, nullable=False),
+    Column("resident_code", String(11), nullable=False),
+    Column("move_in_sequence", BigInteger, nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=False),
+    Index(
+        "ix_used_move_out_certificates_origin",
+        "issuing_local_government_code",
+        "move_out_sequence",
+        unique=True,
+    ),
 )
 
 outbox = define_outbox(metadata)

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
@@ -233,3 +233,83 @@ async def fulfil_pool_request(conn: AsyncConnection, request_id: str, codes: Seq
         )
     await conn.execute(update(Q).where(Q.c.request_id == request_id).values(fulfilled_at=now))
     return len(codes)
+
+
+# -- move-out certificates ---------------------------------------------------
+
+C = models.move_out_certificates
+U = models.used_move_out_certificates
+
+
+async def insert_certificate(
+    conn: AsyncConnection,
+    *,
+    number: str,
+    resident_id: int,
+    resident_code: str,
+    move_out_sequence: int,
+    certificate: bytes,
+) -> None:
+    """Keep a move-out certificate this node issued (its bytes as signed)."""
+    await conn.execute(
+        insert(C).values(
+            certificate_number=number,
+            resident_id=resident_id,
+            resident_code=resident_code,
+            move_out_sequence=move_out_sequence,
+            certificate=certificate,
+            issued_at=_now(),
+        )
+    )
+
+
+async def latest_certificate(conn: AsyncConnection, resident_id: int) -> bytes | None:
+    """The bytes of the latest move-out certificate issued for the resident, if any."""
+    found: bytes | None = await conn.scalar(
+        select(C.c.certificate)
+        .where(C.c.resident_id == resident_id)
+        .order_by(C.c.move_out_sequence.desc())
+        .limit(1)
+    )
+    return found
+
+
+async def certificate_used(conn: AsyncConnection, number: str, issuer: str, sequence: int) -> bool:
+    """Whether a move-in here already rested on this certificate (by its number,
+    or by its issuer's move-out sequence)."""
+    found = await conn.scalar(
+        select(U.c.certificate_number)
+        .where(
+            or_(
+                U.c.certificate_number == number,
+                and_(
+                    U.c.issuing_local_government_code == issuer,
+                    U.c.move_out_sequence == sequence,
+                ),
+            )
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+async def use_certificate(
+    conn: AsyncConnection,
+    *,
+    number: str,
+    issuer: str,
+    move_out_sequence: int,
+    resident_code: str,
+    move_in_sequence: int,
+) -> None:
+    """Record that the move-in ``move_in_sequence`` rested on this certificate."""
+    await conn.execute(
+        insert(U).values(
+            certificate_number=number,
+            issuing_local_government_code=issuer,
+            move_out_sequence=move_out_sequence,
+            resident_code=resident_code,
+            move_in_sequence=move_in_sequence,
+            used_at=_now(),
+        )
+    )

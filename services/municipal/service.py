@@ -10,18 +10,23 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jukinet import movecert
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox, PendingEntry
 from jukinet.delivery.pusher import Pusher
 from jukinet.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -52,6 +57,7 @@ from services.municipal.logic import (
     check_not_before_birth,
     check_person,
     check_return,
+    move_in_person,
     move_in_reason,
     removal_reason,
 )
@@ -62,6 +68,7 @@ log = logging.getLogger("jukinet.municipal")
 R = common_pb2
 MAX_IMPORT_BATCH = 10_000
 MAX_PAGE = 5_000
+MAX_CERTIFICATE_NUMBER = 64  # the column's width; the issuers' numbers are 23 characters
 
 
 def _now() -> dt.datetime:
@@ -70,6 +77,18 @@ def _now() -> dt.datetime:
 
 def _new_household() -> str:
     return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class CertificateKeys:
+    """What the node signs its move-out certificates with (its own TLS key and
+    certificate) and checks other municipalities' against (the federation CA
+    and the revoked serials it already loads)."""
+
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+    ca: x509.Certificate
+    revoked: Callable[[], frozenset[int]] | frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -96,8 +115,10 @@ class MunicipalService:
         prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
         municipality: str,
         metrics: NodeMetrics,
+        keys: CertificateKeys,
     ) -> None:
         self.db = db
+        self.keys = keys
         self.outbox = outbox
         self.pool = pool
         self.municipality = municipality
@@ -187,35 +208,85 @@ class MunicipalService:
         self._committed(codes_used=1)
         return resident, seq
 
+    def _certificate_of(self, req: municipal_pb2.MoveInRequest) -> movecert.Verified:
+        """The move-out certificate a domestic move-in rests on: signed by the
+        federation's node of its issuer, for the code and previous municipality
+        the request names (each may be left empty) and for this municipality."""
+        if not req.HasField("move_out_certificate"):
+            raise movecert.CertificateMissing()
+        keys = self.keys
+        verified = movecert.verify(req.move_out_certificate, ca=keys.ca, revoked=keys.revoked)
+        cert = verified.certificate
+        if not cert.certificate_number or len(cert.certificate_number) > MAX_CERTIFICATE_NUMBER:
+            raise movecert.CertificateRefused(
+                Reason.MOVE_OUT_CERTIFICATE_INVALID, "the certificate number is malformed"
+            )
+        movecert.check_fits(
+            cert,
+            resident_code=req.resident_code or cert.resident_code,
+            previous=req.previous_local_government_code or cert.issuing_local_government_code,
+            destination=self.municipality,
+        )
+        check_resident_code(cert.resident_code)
+        check_known_local_government(
+            cert.issuing_local_government_code, "previous_local_government_code"
+        )
+        if cert.issuing_local_government_code == self.municipality:
+            raise InvalidArgument(
+                "previous_local_government_code", "a move within the municipality is Relocate"
+            )
+        return verified
+
     async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
-        """Register a move-in (転入) from another municipality or from abroad."""
-        person = check_person(req.person, self.municipality)
+        """Register a move-in (転入) from another municipality or from abroad.
+
+        From another municipality (転入, 特例転入) it rests on the old
+        municipality's move-out certificate: the person is registered with the
+        certificate's identity items and the operator's new address, the
+        certificate is used once here, and the notification carries it.
+        """
         reason = move_in_reason(req.origin)
         effective = check_effective_date(req.effective_date).isoformat()
-        check_not_before_birth(effective, person, "effective_date")
         domestic = req.origin != municipal_pb2.MOVE_IN_ORIGIN_ABROAD
-        if domestic:
-            if not req.resident_code:
-                raise InvalidArgument(
-                    "resident_code", "required for a move from another municipality"
-                )
-            check_known_local_government(
-                req.previous_local_government_code, "previous_local_government_code"
-            )
-            if req.previous_local_government_code == self.municipality:
-                raise InvalidArgument(
-                    "previous_local_government_code", "a move within the municipality is Relocate"
-                )
-        elif req.previous_local_government_code:
-            raise InvalidArgument("previous_local_government_code", "not for a move from abroad")
         if req.resident_code:
             check_resident_code(req.resident_code)
+        signed: common_pb2.SignedMoveOutCertificate | None = None
+        cert: common_pb2.MoveOutCertificate | None = None
+        if domestic:
+            if req.previous_local_government_code:
+                check_known_local_government(
+                    req.previous_local_government_code, "previous_local_government_code"
+                )
+            cert = self._certificate_of(req).certificate
+            signed = req.move_out_certificate
+            person = move_in_person(cert, req.person, self.municipality)
+            given_code = cert.resident_code
         else:
+            if req.previous_local_government_code:
+                raise InvalidArgument(
+                    "previous_local_government_code", "not for a move from abroad"
+                )
+            if req.HasField("move_out_certificate"):
+                raise InvalidArgument("move_out_certificate", "not for a move from abroad")
+            person = check_person(req.person, self.municipality)
+            given_code = req.resident_code
+        check_not_before_birth(effective, person, "effective_date")
+        if not given_code:
             await self.pool.ensure(1)
         async with self.db.write() as conn:
+            if cert is not None and await repo.certificate_used(
+                conn,
+                cert.certificate_number,
+                cert.issuing_local_government_code,
+                cert.move_out_sequence,
+            ):
+                raise movecert.CertificateRefused(
+                    Reason.MOVE_OUT_CERTIFICATE_REPLAYED,
+                    f"certificate {cert.certificate_number} was used for a move-in here before",
+                )
             household = await self._household(conn, req.household_id)
-            code = req.resident_code or await self._take_code(conn)
-            existing = await repo.resident_by_code(conn, code) if req.resident_code else None
+            code = given_code or await self._take_code(conn)
+            existing = await repo.resident_by_code(conn, code) if given_code else None
             if existing is not None and existing.resident_code != code:
                 raise InvalidArgument(
                     "resident_code", f"{code} was replaced by {existing.resident_code}"
@@ -244,8 +315,26 @@ class MunicipalService:
                 resident = await repo.insert_resident(
                     conn, code, person, household, effective, reason
                 )
-            seq = await self._announce(conn, [Change(code, person, reason, effective)])
-        self._committed(codes_used=0 if req.resident_code else 1)
+            seq = await self._announce(
+                conn, [Change(code, person, reason, effective, certificate=signed)]
+            )
+            if cert is not None:
+                try:
+                    await repo.use_certificate(
+                        conn,
+                        number=cert.certificate_number,
+                        issuer=cert.issuing_local_government_code,
+                        move_out_sequence=cert.move_out_sequence,
+                        resident_code=code,
+                        move_in_sequence=seq,
+                    )
+                except IntegrityError:
+                    # A concurrent move-in on the same certificate committed first.
+                    raise movecert.CertificateRefused(
+                        Reason.MOVE_OUT_CERTIFICATE_REPLAYED,
+                        f"certificate {cert.certificate_number} was used for a move-in here",
+                    ) from None
+        self._committed(codes_used=0 if given_code else 1)
         return resident, seq
 
     # -- amendments ----------------------------------------------------------
@@ -365,6 +454,29 @@ class MunicipalService:
 
     # -- removals ------------------------------------------------------------
 
+    async def _removal(
+        self,
+        conn: AsyncConnection,
+        code: str,
+        reason: common_pb2.ChangeReason.ValueType,
+        effective: str,
+        field: str = "effective_date",
+    ) -> tuple[ResidentState, int]:
+        """Remove a resident inside ``conn``'s transaction and write its notification."""
+        resident = await self._resident(conn, code)
+        resident.require_active()
+        check_dated_change(effective, resident, field)
+        await repo.update_resident(
+            conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
+        )
+        seq = await self._announce(
+            conn, [Change(resident.resident_code, resident.person, reason, effective)]
+        )
+        removed = dataclasses.replace(
+            resident, status=REMOVED, removed_on=effective, last_reason=reason
+        )
+        return removed, seq
+
     async def _remove(
         self,
         code: str,
@@ -373,38 +485,82 @@ class MunicipalService:
         field: str = "effective_date",
     ) -> tuple[ResidentState, int]:
         async with self.db.write() as conn:
-            resident = await self._resident(conn, code)
-            resident.require_active()
-            check_dated_change(effective, resident, field)
-            await repo.update_resident(
-                conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
-            )
-            seq = await self._announce(
-                conn, [Change(resident.resident_code, resident.person, reason, effective)]
-            )
+            removed, seq = await self._removal(conn, code, reason, effective, field)
         self._committed()
-        return dataclasses.replace(
-            resident, status=REMOVED, removed_on=effective, last_reason=reason
-        ), seq
+        return removed, seq
 
-    async def move_out(self, req: municipal_pb2.MoveOutRequest) -> tuple[ResidentState, int]:
-        """Remove a resident who moves out (転出) or abroad."""
+    async def move_out(
+        self, req: municipal_pb2.MoveOutRequest
+    ) -> tuple[ResidentState, int, common_pb2.SignedMoveOutCertificate | None]:
+        """Remove a resident who moves out (転出) or abroad.
+
+        A move to another municipality issues the move-out certificate (転出証明書)
+        in the same transaction: the resident's identity items, the planned date
+        (the effective date given), the destination and the sequence of the
+        move-out notification, signed with this node's key.
+        """
         effective = check_effective_date(req.effective_date).isoformat()
         if req.abroad:
             if req.destination_local_government_code:
                 raise InvalidArgument("destination_local_government_code", "not for a move abroad")
-            reason = R.CHANGE_REASON_MOVE_ABROAD
-        else:
-            check_known_local_government(
-                req.destination_local_government_code, "destination_local_government_code"
+            return (
+                *await self._remove(req.resident_code, R.CHANGE_REASON_MOVE_ABROAD, effective),
+                None,
             )
-            if req.destination_local_government_code == self.municipality:
-                raise InvalidArgument(
-                    "destination_local_government_code",
-                    "a move within the municipality is Relocate",
-                )
-            reason = R.CHANGE_REASON_MOVE_OUT
-        return await self._remove(req.resident_code, reason, effective)
+        destination = req.destination_local_government_code
+        check_known_local_government(destination, "destination_local_government_code")
+        if destination == self.municipality:
+            raise InvalidArgument(
+                "destination_local_government_code",
+                "a move within the municipality is Relocate",
+            )
+        async with self.db.write() as conn:
+            removed, seq = await self._removal(
+                conn, req.resident_code, R.CHANGE_REASON_MOVE_OUT, effective
+            )
+            cert = movecert.build(
+                issuer=self.municipality,
+                resident_code=removed.resident_code,
+                person=removed.person,
+                planned_date=effective,
+                destination=destination,
+                move_out_sequence=seq,
+                issued_at=_now(),
+            )
+            signed = movecert.sign(cert, self.keys.key, self.keys.certificate)
+            await repo.insert_certificate(
+                conn,
+                number=cert.certificate_number,
+                resident_id=removed.id,
+                resident_code=removed.resident_code,
+                move_out_sequence=seq,
+                certificate=signed.certificate,
+            )
+        self._committed()
+        return removed, seq, signed
+
+    async def reissue_certificate(self, code: str) -> common_pb2.SignedMoveOutCertificate:
+        """The latest move-out certificate of a resident who moved from here to
+        another municipality, with its number and contents unchanged, signed
+        again with this node's key (a lost certificate, a renewed key)."""
+        async with self.db.read() as conn:
+            resident = await self._resident(conn, code)
+            body: bytes | None = None
+            if resident.status == REMOVED and resident.last_reason == R.CHANGE_REASON_MOVE_OUT:
+                body = await repo.latest_certificate(conn, resident.id)
+        if body is None:
+            raise FailedPrecondition(
+                f"resident {code} has not moved out from {self.municipality} to another "
+                "municipality (no move-out certificate to re-issue)",
+                reason=Reason.NOT_MOVED_OUT,
+            )
+        signed = movecert.sign(
+            common_pb2.MoveOutCertificate.FromString(body), self.keys.key, self.keys.certificate
+        )
+        if signed.certificate != body:
+            # The stored bytes are what was certified; never sign anything else.
+            raise RuntimeError("a stored move-out certificate does not re-serialize to itself")
+        return signed
 
     async def record_death(
         self, req: municipal_pb2.RecordDeathRequest

@@ -50,9 +50,21 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
         )
 
     async def MoveOut(self, request: pb.MoveOutRequest, context: Any) -> pb.MoveOutResponse:
-        """Remove a resident who moves out (転出) or abroad; its operators only."""
-        resident, seq = await self._r.move_out(request)
-        return pb.MoveOutResponse(resident=resident.to_proto(self._lg), notification_sequence=seq)
+        """Remove a resident who moves out (転出, certificate issued) or abroad; its operators."""
+        resident, seq, certificate = await self._r.move_out(request)
+        return pb.MoveOutResponse(
+            resident=resident.to_proto(self._lg),
+            notification_sequence=seq,
+            certificate=certificate,
+        )
+
+    async def ReissueMoveOutCertificate(
+        self, request: pb.ReissueMoveOutCertificateRequest, context: Any
+    ) -> pb.ReissueMoveOutCertificateResponse:
+        """The latest move-out certificate of a resident who moved to another
+        municipality, signed again with the node's current key; its operators only."""
+        certificate = await self._r.reissue_certificate(request.resident_code)
+        return pb.ReissueMoveOutCertificateResponse(certificate=certificate)
 
     async def RecordDeath(
         self, request: pb.RecordDeathRequest, context: Any

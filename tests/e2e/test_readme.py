@@ -29,6 +29,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from jukinet import movecert
 from jukinet.client import tls_files
 from jukinet.tls import secure_channel
 
@@ -98,8 +99,9 @@ class Nodes:
         self.procs: list[tuple[str, subprocess.Popen[str], IO[str]]] = []
 
     def start(self, line: str, env: dict[str, str]) -> None:
-        """Start the node a README `jukinet run` line names, logging to its own file."""
-        tier = line.split()[2]
+        """Start the node a README `jukinet run` line names, logging to its own file
+        (named for its config file: two municipal nodes have two logs)."""
+        tier = Path(line.split("--config", 1)[1].split()[0]).stem
         log = (self.workdir / f"{tier}.log").open("w", encoding="utf-8")
         proc = subprocess.Popen(
             ["bash", "-c", f"exec {line}"],
@@ -169,7 +171,7 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
     text = with_free_ports(section((ROOT / "README.md").read_text(encoding="utf-8"), SECTION))
     env = environment()
     found = blocks(text)
-    assert [b.language for b in found] == ["sh", "toml", "toml", "toml", "toml", "sh", "sh"]
+    assert [b.language for b in found] == ["sh", *["toml"] * 5, "sh", "sh", "sh"]
     outputs: list[str] = []
     for block in found:
         if block.language == "toml":
@@ -188,7 +190,7 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
         assert done.returncode == 0, (block.text, done.stdout, done.stderr)
         outputs.append(done.stdout)
 
-    pki_out, cli_out = outputs
+    pki_out, cli_out, move_out = outputs
     assert "wrote pki/agency-nenkin.pem" in pki_out
     assert "wrote pki/operator-312011-admin.pem" in pki_out
     # The birth, the relocation seen by the national node, the pension
@@ -200,6 +202,16 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
     assert "日本年金機構" in cli_out and "NENKIN-EXISTENCE-CHECK" in cli_out
     assert re.search(r'"recorded_at": "[^"]+\+09:00"', cli_out), cli_out
     assert (tmp_path / "var" / "national.db").is_file()  # the folder was created
+
+    # The move to 米子市: the certificate printed and written, the move-in
+    # resting on it, and the re-issue with the same contents.
+    assert "転出証明書" in move_out and "証明書番号: 312011-" in move_out
+    assert "転出先: 312029" in move_out
+    assert '"local_government_code": "312029"' in move_out
+    assert '"last_reason": "CHANGE_REASON_MOVE_IN"' in move_out
+    issued = movecert.dearmor((tmp_path / "hanako.cert").read_text(encoding="utf-8"))
+    reissued = movecert.dearmor((tmp_path / "hanako-again.cert").read_text(encoding="utf-8"))
+    assert issued.certificate == reissued.certificate
 
     # A second national node on the same port: one line, exit 2, and the
     # first one keeps serving.
@@ -219,7 +231,13 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
     assert again.returncode == 0, again.stderr
 
     codes = nodes.stop()
-    assert codes == {"national": 0, "prefecture": 0, "municipal": 0, "gateway": 0}, codes
+    assert codes == {
+        "national": 0,
+        "prefecture-31": 0,
+        "municipality-312011": 0,
+        "municipality-312029": 0,
+        "gateway": 0,
+    }, codes
     for tier in codes:
         log = nodes.log(tier)
         assert "Traceback" not in log, (tier, log)

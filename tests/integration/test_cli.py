@@ -27,6 +27,7 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
+from jukinet import movecert
 from jukinet.cli import csvfile
 from jukinet.cli.agency import verify_batch
 from jukinet.cli.common import in_jst
@@ -49,6 +50,7 @@ from tests.federation import PG_ADMIN_DSN, Federation
 
 TIMEOUT = 15
 TOTTORI = "312011"
+YONAGO = "312029"
 ADDRESS_1 = "鳥取県鳥取市東町1丁目220番地"
 ADDRESS_2 = "鳥取県鳥取市幸町71番地"
 EXISTENCE = "NENKIN-EXISTENCE-CHECK"  # nenkin: verify, verify_batch; status
@@ -1001,3 +1003,123 @@ async def test_nodes_refuse_to_share_a_port(pki_dir: Path) -> None:
             )
     finally:
         await first.stop(None)
+
+
+# --- the move-out certificate -------------------------------------------------------
+
+
+def at(fed: Federation, municipality: str) -> list[str]:
+    """CLI options to call a municipal node as its administrator."""
+    return [
+        "--target",
+        f"127.0.0.1:{fed.municipal_ports[municipality]}",
+        "--pki",
+        str(fed.pki_dir),
+        "--as",
+        f"operator-{municipality}-admin",
+    ]
+
+
+async def test_a_move_through_the_certificate_file(
+    fed: Federation, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = await register(fed, "倉吉　一美", "クラヨシ　カズミ", "1950-01-01")
+    issued = tmp_path / "move-out.cert"
+    out = await jukinet(
+        capsys,
+        "resident",
+        "move-out",
+        code,
+        "--to",
+        YONAGO,
+        "--date",
+        "2026-11-27",
+        "--certificate-out",
+        str(issued),
+        *at_counter(fed),
+    )
+    assert out.code == 0, out.err
+    signed = movecert.dearmor(issued.read_text(encoding="utf-8"))
+    assert out.out.strip() == movecert.document(
+        common_pb2.MoveOutCertificate.FromString(signed.certificate)
+    )
+    assert f"住民票コード: {code}" in out.out and f"転出先: {YONAGO}" in out.out
+
+    # Lost: the old municipality re-issues it, same contents.
+    again = tmp_path / "again.cert"
+    reissued = await jukinet(
+        capsys,
+        "resident",
+        "reissue-certificate",
+        code,
+        "--certificate-out",
+        str(again),
+        *at_counter(fed),
+    )
+    assert reissued.code == 0, reissued.err
+    assert reissued.out == out.out
+    assert movecert.dearmor(again.read_text(encoding="utf-8")).certificate == signed.certificate
+    as_json = await jukinet(
+        capsys, "resident", "reissue-certificate", code, "--format", "json", *at_counter(fed)
+    )
+    assert as_json.code == 0 and "certificate" in as_json.json(), as_json
+
+    moved = await jukinet(
+        capsys,
+        "resident",
+        "move-in",
+        "--certificate",
+        str(again),
+        "--address",
+        "鳥取県米子市加茂町1丁目1番地",
+        "--date",
+        "2026-11-28",
+        *at(fed, YONAGO),
+    )
+    assert moved.code == 0, moved.err
+    resident = moved.json()["resident"]
+    assert (resident["resident_code"], resident["local_government_code"]) == (code, YONAGO)
+    assert resident["person"]["name"] == "倉吉　一美"
+
+    # Used: the original file is refused now, in one line.
+    replay = await jukinet(
+        capsys,
+        "resident",
+        "move-in",
+        "--certificate",
+        str(issued),
+        "--address",
+        "鳥取県米子市加茂町1丁目1番地",
+        "--date",
+        "2026-11-28",
+        *at(fed, YONAGO),
+    )
+    assert replay.code == 1
+    assert one_line(replay).startswith("jukinet: "), replay.err
+    assert "move-out-certificate-" in replay.err
+
+
+async def test_a_move_in_without_a_readable_certificate_is_one_line(
+    fed: Federation, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.cert"
+    damaged.write_text(f"{movecert.ARMOR_BEGIN}\nnot base64!\n{movecert.ARMOR_END}\n")
+    binary = tmp_path / "binary.cert"
+    binary.write_bytes(b"\xff\xfe\x00")
+    common = ["--address", "鳥取県米子市加茂町1丁目1番地", "--date", "2026-11-28", *at(fed, YONAGO)]
+    for path, says in (
+        (tmp_path / "absent.cert", "file not found"),
+        (damaged, "damaged"),
+        (binary, "not a move-out certificate file"),
+        (tmp_path, "cannot read"),
+    ):
+        run = await jukinet(capsys, "resident", "move-in", "--certificate", str(path), *common)
+        assert run.code == 2, (path, run)
+        line = one_line(run)
+        assert line.startswith(f"jukinet: --certificate: {path}: "), line
+        assert says in line, line
+    missing = await jukinet(capsys, "resident", "move-in", *common)
+    assert missing.code == 1
+    line = one_line(missing)
+    assert line.startswith("jukinet: INVALID_ARGUMENT: --certificate: "), line
+    assert "move-out-certificate-missing" in line, line

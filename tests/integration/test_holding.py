@@ -5,8 +5,6 @@ and disclosure answers only the municipality that registers the resident now
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +23,7 @@ from jukinet.v1 import (
     prefecture_pb2_grpc,
     provision_pb2,
 )
-from tests.federation import Federation, trailers
+from tests.federation import Federation, move_in, move_out, trailers, until_registered_at
 from tests.integration.test_bad_input import batch, pool_code, push
 
 TIMEOUT = 15
@@ -139,21 +137,6 @@ async def yonago_key(
         await channel.close(grace=None)
 
 
-async def until_registered_at(stub: Any, code: str, municipality: str) -> None:
-    """Wait until an upper tier's record of ``code`` is at ``municipality``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            r = await stub.GetIdentity(
-                delivery_pb2.GetIdentityRequest(resident_code=code), timeout=5
-            )
-            if r.identity.record.local_government_code == municipality:
-                return
-        assert loop.time() < deadline, f"{code} never reached {municipality}"
-        await asyncio.sleep(0.05)
-
-
 # --- hole: a notification for a resident its sender does not hold -------------------
 
 
@@ -206,27 +189,11 @@ async def test_the_national_node_refuses_it_too(fed: Federation) -> None:
 async def test_a_late_move_out_of_the_old_municipality_is_still_accepted(fed: Federation) -> None:
     code = await born(fed, TOTTORI)
     await fed.prefectures["31"].stop()
-    await fed.operator(TOTTORI).MoveOut(
-        M.MoveOutRequest(
-            resident_code=code,
-            destination_local_government_code=YONAGO,
-            effective_date="2025-05-01",
-        ),
-        timeout=TIMEOUT,
-    )
+    certificate = await move_out(fed, code, TOTTORI, YONAGO, effective_date="2025-05-01")
     # 312011's move-out waits in its outbox while the move-in at 312029 arrives first.
     await fed.municipalities[TOTTORI].stop()
     await fed.start_prefecture("31")
-    await fed.operator(YONAGO).MoveIn(
-        M.MoveInRequest(
-            person=person(YONAGO),
-            origin=M.MOVE_IN_ORIGIN_DOMESTIC,
-            resident_code=code,
-            previous_local_government_code=TOTTORI,
-            effective_date="2025-05-01",
-        ),
-        timeout=TIMEOUT,
-    )
+    await move_in(fed, certificate, YONAGO, address=ADDRESSES[YONAGO], effective_date="2025-05-01")
     for stub in (fed.prefecture_operator("31"), fed.national_operator()):
         await until_registered_at(stub, code, YONAGO)
     await fed.start_municipality(TOTTORI)
@@ -318,28 +285,12 @@ async def test_after_a_move_only_the_new_municipality_and_after_a_death_the_last
     fed: Federation,
 ) -> None:
     code = await born(fed, TOTTORI)
-    await fed.operator(TOTTORI).MoveOut(
-        M.MoveOutRequest(
-            resident_code=code,
-            destination_local_government_code=YONAGO,
-            effective_date="2025-05-01",
-        ),
-        timeout=TIMEOUT,
-    )
+    certificate = await move_out(fed, code, TOTTORI, YONAGO, effective_date="2025-05-01")
     await fed.wait_delivered()
     # Moved out, not registered anywhere yet: 312011 registered them last.
     ok = await fed.operator(TOTTORI).DiscloseProvisions(disclose_request(code), timeout=TIMEOUT)
     assert ok.identity.status == C.RECORD_STATUS_REMOVED
-    await fed.operator(YONAGO).MoveIn(
-        M.MoveInRequest(
-            person=person(YONAGO),
-            origin=M.MOVE_IN_ORIGIN_DOMESTIC,
-            resident_code=code,
-            previous_local_government_code=TOTTORI,
-            effective_date="2025-05-01",
-        ),
-        timeout=TIMEOUT,
-    )
+    await move_in(fed, certificate, YONAGO, address=ADDRESSES[YONAGO], effective_date="2025-05-01")
     await fed.wait_delivered()
     got = await refused(
         fed.operator(TOTTORI).DiscloseProvisions(disclose_request(code), timeout=TIMEOUT)

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2
-from tests.federation import Federation, trailers
+from tests.federation import Federation, move_out, trailers, until_registered_at
 
 TIMEOUT = 15
 C = common_pb2
@@ -529,18 +529,7 @@ async def test_move_between_municipalities(
     await fed.wait_delivered()
     moved_details = person(birth_date="1975-09-30", address=ADDRESS[new_home])
 
-    async def move_out() -> None:
-        await fed.operator(old_home).MoveOut(
-            M.MoveOutRequest(
-                resident_code=code,
-                destination_local_government_code=new_home,
-                effective_date=EFFECTIVE,
-            ),
-            timeout=TIMEOUT,
-        )
-        await fed.wait_delivered()
-
-    async def move_in() -> None:
+    async def move_in(certificate: C.SignedMoveOutCertificate) -> None:
         moved = await fed.operator(new_home).MoveIn(
             M.MoveInRequest(
                 person=moved_details,
@@ -548,26 +537,35 @@ async def test_move_between_municipalities(
                 resident_code=code,
                 previous_local_government_code=old_home,
                 effective_date=EFFECTIVE,
+                move_out_certificate=certificate,
             ),
             timeout=TIMEOUT,
         )
         assert moved.resident.resident_code == code
         assert moved.resident.last_reason == C.CHANGE_REASON_MOVE_IN
-        await fed.wait_delivered()
 
     if move_in_first:
         # The new municipality's move-in is delivered before the old one's
-        # move-out even exists upstream: the move-out arrives late.
-        await move_in()
-        await move_out()
+        # move-out reaches the upper tiers: the move-out waits in the old
+        # municipality's outbox while its prefecture is down and it is stopped.
+        await fed.prefectures["31"].stop()
+        certificate = await move_out(fed, code, old_home, new_home, effective_date=EFFECTIVE)
+        await fed.municipalities[old_home].stop()
+        await fed.start_prefecture("31")
+        await move_in(certificate)
+        await until_registered_at(fed.national_operator(), code, new_home)
+        await fed.start_municipality(old_home)
+        await fed.wait_delivered()
         expected = [
             (C.CHANGE_REASON_BIRTH, True),
             (C.CHANGE_REASON_MOVE_IN, True),
             (C.CHANGE_REASON_MOVE_OUT, False),
         ]
     else:
-        await move_out()
-        await move_in()
+        certificate = await move_out(fed, code, old_home, new_home, effective_date=EFFECTIVE)
+        await fed.wait_delivered()
+        await move_in(certificate)
+        await fed.wait_delivered()
         expected = [
             (C.CHANGE_REASON_BIRTH, True),
             (C.CHANGE_REASON_MOVE_OUT, True),

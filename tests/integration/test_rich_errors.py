@@ -20,6 +20,8 @@ from typing import Any, cast
 import grpc
 import grpc.aio
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
@@ -209,6 +211,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
     ),
     Reason.NOT_REGISTERED: (
         lambda: FailedPrecondition("gone", reason=Reason.NOT_REGISTERED),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.NOT_MOVED_OUT: (
+        lambda: FailedPrecondition("still here", reason=Reason.NOT_MOVED_OUT),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     Reason.BEFORE_REGISTRATION: (
@@ -442,14 +448,78 @@ async def test_real_nodes_refuse_with_an_equal_error_info(fed: Federation) -> No
         operator.MoveIn(
             M.MoveInRequest(
                 person=person(),
-                origin=M.MOVE_IN_ORIGIN_DOMESTIC,
+                origin=M.MOVE_IN_ORIGIN_ABROAD,
                 resident_code=code,
-                previous_local_government_code=YONAGO,
                 effective_date=EFFECTIVE,
             ),
             timeout=TIMEOUT,
         ),
     )
+    await expect(
+        Reason.NOT_MOVED_OUT,
+        operator.ReissueMoveOutCertificate(
+            M.ReissueMoveOutCertificateRequest(resident_code=code), timeout=TIMEOUT
+        ),
+    )
+
+    # The move-out certificate a domestic move-in at Yonago rests on.
+    yonago = operator_of(fed, YONAGO)
+    leaving = await operator.RegisterBirth(
+        M.RegisterBirthRequest(person=person("鳥取 次郎")), timeout=TIMEOUT
+    )
+    out = await operator.MoveOut(
+        M.MoveOutRequest(
+            resident_code=leaving.resident.resident_code,
+            destination_local_government_code=YONAGO,
+            effective_date=EFFECTIVE,
+        ),
+        timeout=TIMEOUT,
+    )
+
+    def move_in(**kw: Any) -> Awaitable[Any]:
+        values: dict[str, Any] = {
+            "person": M.PersonDetails(address="鳥取県米子市加茂町1丁目1番地"),
+            "origin": M.MOVE_IN_ORIGIN_DOMESTIC,
+            "effective_date": EFFECTIVE,
+            "move_out_certificate": out.certificate,
+        }
+        values.update(kw)
+        return yonago.MoveIn(M.MoveInRequest(**values), timeout=TIMEOUT)
+
+    info = await expect(Reason.MOVE_OUT_CERTIFICATE_MISSING, move_in(move_out_certificate=None))
+    assert info.metadata[INFO_FIELD] == "move_out_certificate"
+    await expect(
+        Reason.MOVE_OUT_CERTIFICATE_INVALID,
+        move_in(
+            move_out_certificate=common_pb2.SignedMoveOutCertificate(
+                certificate=out.certificate.certificate + b"\x00",
+                signature=out.certificate.signature,
+                signer_certificate=out.certificate.signer_certificate,
+            )
+        ),
+    )
+    await expect(
+        Reason.MOVE_OUT_CERTIFICATE_FOREIGN,
+        move_in(
+            move_out_certificate=common_pb2.SignedMoveOutCertificate(
+                certificate=out.certificate.certificate,
+                signature=out.certificate.signature,
+                signer_certificate=x509.load_pem_x509_certificate(
+                    (fed.pki_dir / f"municipality-{YONAGO}.pem").read_bytes()
+                ).public_bytes(Encoding.DER),
+            )
+        ),
+    )
+    await expect(Reason.MOVE_OUT_CERTIFICATE_MISMATCH, move_in(resident_code=code))
+    await move_in()
+    await yonago.MoveOut(
+        M.MoveOutRequest(
+            resident_code=leaving.resident.resident_code, abroad=True, effective_date=EFFECTIVE
+        ),
+        timeout=TIMEOUT,
+    )
+    await expect(Reason.MOVE_OUT_CERTIFICATE_REPLAYED, move_in())
+
     await operator.RecordDeath(
         M.RecordDeathRequest(resident_code=code, date_of_death=EFFECTIVE), timeout=TIMEOUT
     )
@@ -535,6 +605,12 @@ async def test_real_nodes_refuse_with_an_equal_error_info(fed: Federation) -> No
         Reason.INVALID_ARGUMENT,
         Reason.ALREADY_REGISTERED,
         Reason.NOT_REGISTERED,
+        Reason.NOT_MOVED_OUT,
+        Reason.MOVE_OUT_CERTIFICATE_MISSING,
+        Reason.MOVE_OUT_CERTIFICATE_INVALID,
+        Reason.MOVE_OUT_CERTIFICATE_FOREIGN,
+        Reason.MOVE_OUT_CERTIFICATE_MISMATCH,
+        Reason.MOVE_OUT_CERTIFICATE_REPLAYED,
         Reason.FOREIGN_ORIGIN,
         Reason.UNKNOWN_PURPOSE,
         Reason.AGENCY_NOT_ALLOWED,
