@@ -38,6 +38,7 @@ import inspect
 import logging
 import re
 import time
+import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
@@ -49,6 +50,7 @@ from cryptography.exceptions import InvalidSignature
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from jukinet.db import describe_error
 from jukinet.errors import (
     InvalidArgument,
     JukinetError,
@@ -414,16 +416,28 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
         # does not implement; that is UNIMPLEMENTED, not a server fault.
         await _abort(context, Unimplemented("method not implemented"))
     caller = _identity.get()
+    # Neither the exception's text nor a traceback's: a database error quotes
+    # the row it failed on. Its classes, codes and where it was raised are
+    # enough to find the fault.
     _log.error(
-        "unhandled %s in %s (caller %s)",
-        type(exc).__name__,
+        "unhandled %s in %s (caller %s) at %s",
+        describe_error(exc),
         method,
         caller.uri if caller is not None else "unknown",
-        exc_info=exc,
+        _where(exc),
     )
     # The message stays generic: exception text can carry personal data or
     # internals that must not reach another organisation.
     await _abort(context, JukinetError("internal error"))
+
+
+def _where(exc: BaseException, depth: int = 8) -> str:
+    """Where ``exc`` was raised: the innermost frames, as file:line (function)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-depth:]
+    return " <- ".join(
+        f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} ({frame.name})"
+        for frame in reversed(frames)
+    )
 
 
 class _Refused:
