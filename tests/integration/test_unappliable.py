@@ -93,14 +93,18 @@ async def test_an_unappliable_entry_is_reported_once_and_delivery_resumes(
     assert stuck.notification_sequence == 2
 
     def reported() -> float:
-        return metrics.get_sample_value(
-            "jukinet_unappliable_notifications_total", {"origin": TOTTORI}
-        ) or 0.0
+        return (
+            metrics.get_sample_value("jukinet_unappliable_notifications_total", {"origin": TOTTORI})
+            or 0.0
+        )
 
     def attempts() -> float:
-        return metrics.get_sample_value(
-            "jukinet_rpcs_total", {"method": PUSH, "code": "FAILED_PRECONDITION"}
-        ) or 0.0
+        return (
+            metrics.get_sample_value(
+                "jukinet_rpcs_total", {"method": PUSH, "code": "FAILED_PRECONDITION"}
+            )
+            or 0.0
+        )
 
     for _ in range(300):
         if reported():
