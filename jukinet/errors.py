@@ -15,7 +15,7 @@ two forms the ecosystem reads:
 
 The ErrorInfo reason always equals the ``jukinet-reason`` trailer. Anything
 that is not a JukinetError becomes INTERNAL with a generic message and is
-logged in full on the server.
+logged on the server as one line without its text (:func:`jukinet.db.describe_error`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ call runs, it
 5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
    becomes its status, its ``jukinet-*`` trailers and a ``google.rpc.Status``
    with an ErrorInfo of the same reason; anything else becomes INTERNAL
-   "internal error" and is logged in full on ``jukinet.rpc``.
+   "internal error" and is logged on ``jukinet.rpc`` as one line without its text.
 
 Authorization failures are raised as JukinetErrors too, so every status a
 caller can see leaves through the same translation code.
@@ -521,7 +521,7 @@ def _never_run(behavior: Callable[..., Any], method: str) -> Callable[..., Await
     asyncio server meets are the generated base-class stubs of methods a
     servicer does not implement (UNIMPLEMENTED); anything else is a wiring
     bug, and running it would block the event loop, so it fails as INTERNAL
-    (logged in full by the translation). Either way it runs after the
+    (logged by the translation). Either way it runs after the
     authorization check, so a caller the table refuses learns nothing more.
     """
     generated = getattr(behavior, "__module__", "").endswith("_pb2_grpc")
