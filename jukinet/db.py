@@ -10,6 +10,7 @@ need the lock (parsing, validation) happens outside it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import ARRAY, ColumnElement, String, any_, cast, event, literal
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -143,3 +144,96 @@ def one_of(
         item_type = column.type if isinstance(column.type, String) else String()
         return column == any_(cast(literal(list(values), ARRAY(item_type)), ARRAY(item_type)))
     return column.in_(values)
+
+
+# SQLite names what failed in its message: identifiers only, never values.
+_SQLITE_CONSTRAINT = re.compile(
+    r"^(?:UNIQUE|CHECK|NOT NULL|FOREIGN KEY|PRIMARY KEY) constraint failed: ([\w.]+(?:, [\w.]+)*)$"
+)
+# The attributes of an asyncpg error that name, never quote: the values a
+# failed row held travel in its message and its DETAIL ("Failing row contains").
+_NAMING = (("constraint_name", "constraint"), ("table_name", "table"), ("column_name", "column"))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line about ``exc`` that is safe to log or to put into a status.
+
+    A database error's text can carry the record it failed on: PostgreSQL's
+    DETAIL (``Failing row contains (...)``), a key's value, a trigger's
+    message, the statement's parameters. This line names only the exception
+    classes, the SQLSTATE (or SQLite's error name) and the constraint, table
+    and column involved; anything else is described by its class alone, since
+    its text is not ours to trust either.
+    """
+    parts = [type(exc).__name__]
+    if isinstance(exc, StatementError):
+        cause: BaseException | None = exc.orig
+        # The asyncpg adapter's error wraps asyncpg's own, which has the fields.
+        if cause is not None and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is not None:
+            parts.append(type(cause).__name__)
+            parts.extend(_described_cause(cause))
+    return parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
+
+
+def _described_cause(cause: BaseException) -> list[str]:
+    said: list[str] = []
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if isinstance(sqlstate, str) and re.fullmatch(r"[0-9A-Z]{5}", sqlstate):
+        said.append(f"SQLSTATE {sqlstate}")
+    errorname = getattr(cause, "sqlite_errorname", None)
+    if isinstance(errorname, str) and re.fullmatch(r"SQLITE_[A-Z_]+", errorname):
+        said.append(errorname)
+        found = _SQLITE_CONSTRAINT.match(str(cause))
+        if found is not None:
+            said.append(f"constraint on {found.group(1)}")
+    for attribute, label in _NAMING:
+        value = getattr(cause, attribute, None)
+        if isinstance(value, str) and re.fullmatch(r"[\w.$]{1,63}", value):
+            said.append(f"{label} {value}")
+    return said
+
+
+# SQLSTATE classes that speak of the server, not of the data: connection
+# exceptions, transaction rollbacks (serialization, deadlock), insufficient
+# resources (disk full, out of memory), operator intervention, system errors.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_SQLITE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_NOMEM",
+    "SQLITE_INTERRUPT",
+    "SQLITE_PROTOCOL",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` says the database cannot work now (unreachable, busy,
+    full), so the same statement may succeed later; False for an error about
+    what was written (a constraint, a value the column refuses, a trigger's
+    refusal) and for anything that is not a database error at all."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    cause: BaseException | None = exc.orig
+    if cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is None:
+        return False
+    if isinstance(cause, OSError | TimeoutError):
+        return True
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    errorname = getattr(cause, "sqlite_errorname", None)
+    if isinstance(errorname, str):
+        return errorname.startswith(_TRANSIENT_SQLITE)
+    # A driver's own error without a code: a closed or broken connection.
+    return isinstance(exc, InterfaceError | OperationalError)

@@ -15,7 +15,7 @@ two forms the ecosystem reads:
 
 The ErrorInfo reason always equals the ``jukinet-reason`` trailer. Anything
 that is not a JukinetError becomes INTERNAL with a generic message and is
-logged in full on the server.
+logged on the server as one line without its text (:func:`jukinet.db.describe_error`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ INFO_FIELD = "field"
 INFO_ORIGIN = "origin"
 INFO_EXPECTED_SEQUENCE = "expectedSequence"
 INFO_RECEIVED_SEQUENCE = "receivedSequence"
+INFO_SEQUENCE = "sequence"
 INFO_RETRY_AFTER_MS = "retryAfterMs"
 INFO_PEER = "peer"
 
@@ -191,6 +192,30 @@ class SequenceGap(FailedPrecondition):
             INFO_EXPECTED_SEQUENCE: str(self.expected),
             INFO_RECEIVED_SEQUENCE: str(self.got),
         }
+
+
+class Unappliable(FailedPrecondition):
+    """An entry this tier cannot apply although it is valid: the store refused it
+    for a reason of its own. Nothing of its batch is stored; the sender backs off
+    and retries, and delivery resumes once an operator removed the obstacle."""
+
+    reason = Reason.NOTIFICATION_UNAPPLIABLE
+
+    def __init__(self, origin: str, sequence: int) -> None:
+        super().__init__(
+            f"origin {origin}: notification {sequence} cannot be applied here now; "
+            "the operator of this node is alerted"
+        )
+        self.origin = origin
+        self.sequence = sequence
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The reason and the origin, as text trailers."""
+        return (*super().metadata(), ("jukinet-origin", self.origin))
+
+    def info(self) -> Mapping[str, str]:
+        """Which entry is stuck: its origin and sequence."""
+        return {INFO_ORIGIN: self.origin, INFO_SEQUENCE: str(self.sequence)}
 
 
 class PermissionDenied(JukinetError):

@@ -17,7 +17,7 @@ call runs, it
 5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
    becomes its status, its ``jukinet-*`` trailers and a ``google.rpc.Status``
    with an ErrorInfo of the same reason; anything else becomes INTERNAL
-   "internal error" and is logged in full on ``jukinet.rpc``.
+   "internal error" and is logged on ``jukinet.rpc`` as one line without its text.
 
 Authorization failures are raised as JukinetErrors too, so every status a
 caller can see leaves through the same translation code.
@@ -38,6 +38,7 @@ import inspect
 import logging
 import re
 import time
+import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
@@ -49,6 +50,7 @@ from cryptography.exceptions import InvalidSignature
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from jukinet.db import describe_error
 from jukinet.errors import (
     InvalidArgument,
     JukinetError,
@@ -414,16 +416,28 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
         # does not implement; that is UNIMPLEMENTED, not a server fault.
         await _abort(context, Unimplemented("method not implemented"))
     caller = _identity.get()
+    # Neither the exception's text nor a traceback's: a database error quotes
+    # the row it failed on. Its classes, codes and where it was raised are
+    # enough to find the fault.
     _log.error(
-        "unhandled %s in %s (caller %s)",
-        type(exc).__name__,
+        "unhandled %s in %s (caller %s) at %s",
+        describe_error(exc),
         method,
         caller.uri if caller is not None else "unknown",
-        exc_info=exc,
+        _where(exc),
     )
     # The message stays generic: exception text can carry personal data or
     # internals that must not reach another organisation.
     await _abort(context, JukinetError("internal error"))
+
+
+def _where(exc: BaseException, depth: int = 8) -> str:
+    """Where ``exc`` was raised: the innermost frames, as file:line (function)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-depth:]
+    return " <- ".join(
+        f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} ({frame.name})"
+        for frame in reversed(frames)
+    )
 
 
 class _Refused:
@@ -507,7 +521,7 @@ def _never_run(behavior: Callable[..., Any], method: str) -> Callable[..., Await
     asyncio server meets are the generated base-class stubs of methods a
     servicer does not implement (UNIMPLEMENTED); anything else is a wiring
     bug, and running it would block the event loop, so it fails as INTERNAL
-    (logged in full by the translation). Either way it runs after the
+    (logged by the translation). Either way it runs after the
     authorization check, so a caller the table refuses learns nothing more.
     """
     generated = getattr(behavior, "__module__", "").endswith("_pb2_grpc")

@@ -7,7 +7,8 @@ from :mod:`jukinet.vocabulary`, reasons from :mod:`jukinet.reasons`. The
 ``count_*`` methods apply the sets; call them rather than ``.labels(...)`` of
 a family that takes a caller's value. The other families are closed by their
 callers: methods are those the node serves (the interceptor wraps only
-served handlers), status codes are gRPC's, refusal reasons are
+served handlers), origins are municipalities already authorized as senders
+to the tier, status codes are gRPC's, refusal reasons are
 :class:`~jukinet.reasons.Reason` members, notification outcomes are literals.
 """
 
@@ -98,6 +99,21 @@ class NodeMetrics:
         )
         self.outbox_backlog = Gauge(
             "jukinet_outbox_backlog", "Outbox entries not yet acknowledged", registry=r
+        )
+        # Labelled by origin: a municipality the receiver has authorized as a
+        # sender to this tier, so the set is the tier's own municipalities.
+        self.unappliable = Counter(
+            "jukinet_unappliable_notifications",
+            "Valid notifications this tier's store could not apply, counted once per "
+            "(origin, sequence)",
+            ["origin"],
+            registry=r,
+        )
+        self.stuck_sequence = Gauge(
+            "jukinet_unappliable_sequence",
+            "The sequence of the origin's notification that cannot be applied now (0: none)",
+            ["origin"],
+            registry=r,
         )
         self.push_reconnects = Counter(
             "jukinet_push_reconnects", "Times the push stream was re-established", registry=r

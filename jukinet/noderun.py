@@ -41,6 +41,9 @@ def run_node(
         # every start; only the migrations it runs are worth a line.
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
         logging.getLogger("alembic.runtime.migration").addFilter(_only_upgrades)
+        # The SQLite driver logs every statement with its parameters (a
+        # person's record) at DEBUG: never, whatever the node's level.
+        logging.getLogger("aiosqlite").setLevel(logging.INFO)
         # Load the local-government list (Japan Post data, about 1.5 s) before
         # serving: loaded lazily, it would block the event loop, and every
         # call and stream of the node, at the first code it checks.

@@ -42,6 +42,10 @@ class Reason(enum.StrEnum):
     SEQUENCE_GAP = "sequence-gap"  # a delivery skipped ahead; rewind to the expected one
     FOREIGN_ORIGIN = "foreign-origin"  # a notification's origin is not the sender's own
     NOT_HELD = "not-held"  # the municipality acting on a resident does not hold (register) them
+    # A well-formed entry this tier's store refused for a reason that is not the data's
+    # (a constraint or trigger of the store, a fault while folding): the sender backs off
+    # until an operator has removed the obstacle; ErrorInfo names origin and sequence.
+    NOTIFICATION_UNAPPLIABLE = "notification-unappliable"
 
     # The municipal register.
     ALREADY_REGISTERED = "already-registered"  # the resident is registered here already

@@ -64,9 +64,20 @@ _BIDI = frozenset(
 MAX_NAME = 100
 MAX_ADDRESS = 200
 EARLIEST_BIRTH = dt.date(1870, 1, 1)
-# How far ahead an effective date may lie: a moving-out notice may be filed
-# before the planned move (assumed: up to 30 days ahead).
-MAX_EFFECTIVE_AHEAD = dt.timedelta(days=30)
+# The dates of the register against the clock (the date in Japan). A change
+# is registered once it has happened, so its effective date is today at the
+# latest; only a move out of the municipality (転出, 国外転出) is notified before
+# it happens, and its effective date is then the planned date of the move,
+# at most PLANNED_AHEAD ahead (an assumption: municipalities take the notice
+# about two weeks ahead, some up to a month).
+PLANNED_AHEAD = dt.timedelta(days=30)
+# The upper tiers check the same dates against their own clock with this
+# tolerance, so that a node whose clock (or date line) is behind the
+# municipality's never refuses what the municipality accepted: a clock may
+# be up to a day behind. Delivery only makes the tiers' dates later, which
+# the window never refuses.
+UPPER_TIER_TOLERANCE = dt.timedelta(days=1)
+NO_TOLERANCE = dt.timedelta(0)
 
 # Which kind each reason belongs to (DOMAIN.md, "The identity-confirmation record").
 REASON_KIND: dict[common_pb2.ChangeReason.ValueType, common_pb2.ChangeKind.ValueType] = {
@@ -127,21 +138,57 @@ def check_date(value: str, field: str) -> dt.date:
         raise InvalidArgument(field, f"{value} is not a date on the calendar") from None
 
 
-def check_birth_date(value: str, field: str = "birth_date") -> dt.date:
-    """A birth date: on the calendar, not in the future, not absurdly old."""
+def check_birth_date(
+    value: str, field: str = "birth_date", *, tolerance: dt.timedelta = NO_TOLERANCE
+) -> dt.date:
+    """A birth (or death) date: on the calendar, not in the future, not absurdly
+    old. ``tolerance``: how far beyond today an upper tier still accepts."""
     date = check_date(value, field)
-    if date > today():
+    if date > today() + tolerance:
         raise InvalidArgument(field, f"{value} is in the future")
     if date < EARLIEST_BIRTH:
         raise InvalidArgument(field, f"{value} is before {EARLIEST_BIRTH.isoformat()}")
     return date
 
 
-def check_effective_date(value: str, field: str = "effective_date") -> dt.date:
-    """The date a change took effect: not before 1870, at most 30 days ahead."""
+# The reasons whose effective date is a planned date, which may lie ahead.
+PLANNED_REASONS = frozenset(
+    {common_pb2.CHANGE_REASON_MOVE_OUT, common_pb2.CHANGE_REASON_MOVE_ABROAD}
+)
+
+
+def latest_effective_date(
+    reason: common_pb2.ChangeReason.ValueType, tolerance: dt.timedelta = NO_TOLERANCE
+) -> dt.date:
+    """The latest effective date a change for ``reason`` may carry today."""
+    ahead = PLANNED_AHEAD if reason in PLANNED_REASONS else dt.timedelta(0)
+    return today() + ahead + tolerance
+
+
+def check_effective_date(
+    value: str,
+    field: str = "effective_date",
+    *,
+    reason: common_pb2.ChangeReason.ValueType,
+    tolerance: dt.timedelta = NO_TOLERANCE,
+) -> dt.date:
+    """The date a change for ``reason`` took effect: not before 1870, and not
+    after :func:`latest_effective_date` (today, or the planned date of a move
+    out at most :data:`PLANNED_AHEAD` ahead). The municipal node checks it with
+    no tolerance, the upper tiers with :data:`UPPER_TIER_TOLERANCE`."""
     date = check_date(value, field)
-    if date > today() + MAX_EFFECTIVE_AHEAD:
-        raise InvalidArgument(field, f"{value} is more than 30 days ahead")
+    if date > latest_effective_date(reason, tolerance):
+        if reason in PLANNED_REASONS:
+            problem = (
+                f"{value} is more than {PLANNED_AHEAD.days} days ahead; a move out may be "
+                f"notified at most {PLANNED_AHEAD.days} days before its planned date"
+            )
+        else:
+            problem = (
+                f"{value} is in the future; a change is registered once it has happened "
+                "(only a move out may be dated ahead, to its planned date)"
+            )
+        raise InvalidArgument(field, problem)
     if date < EARLIEST_BIRTH:
         raise InvalidArgument(field, f"{value} is before {EARLIEST_BIRTH.isoformat()}")
     return date
@@ -348,21 +395,35 @@ def _known_local_government(code: str) -> bool:
     return is_valid_local_government_code(code) and lookup(code) is not None
 
 
-def check_identity_record(record: common_pb2.IdentityRecord, prefix: str = "record") -> None:
-    """Every field of an identity-confirmation record."""
+def check_identity_record(
+    record: common_pb2.IdentityRecord,
+    prefix: str = "record",
+    *,
+    tolerance: dt.timedelta = NO_TOLERANCE,
+) -> None:
+    """Every field of an identity-confirmation record (``tolerance``: for the
+    birth date at an upper tier, see :data:`UPPER_TIER_TOLERANCE`)."""
     check_resident_code(record.resident_code, f"{prefix}.resident_code")
     check_name(record.name, f"{prefix}.name")
     check_kana(record.name_kana, f"{prefix}.name_kana", normalise=False)
     check_name(record.former_surname, f"{prefix}.former_surname", required=False)
     check_name(record.alias, f"{prefix}.alias", required=False)
-    check_birth_date(record.birth_date, f"{prefix}.birth_date")
+    check_birth_date(record.birth_date, f"{prefix}.birth_date", tolerance=tolerance)
     check_sex(record.sex, f"{prefix}.sex")
     check_known_local_government(record.local_government_code, f"{prefix}.local_government_code")
     check_address(record.address, f"{prefix}.address", record.local_government_code)
 
 
-def check_notification(n: common_pb2.Notification, prefix: str = "notification") -> None:
-    """A notification as it travels: origin, numbering, kind and reason, record."""
+def check_notification(
+    n: common_pb2.Notification, prefix: str = "notification", *, tolerance: dt.timedelta
+) -> None:
+    """A notification as it travels: origin, numbering, kind and reason, record.
+
+    Every tier runs it: the municipal node on each notification it writes
+    (``tolerance`` :data:`NO_TOLERANCE`), the upper tiers on each one they
+    receive (:data:`UPPER_TIER_TOLERANCE`), so that what a municipality wrote
+    is never refused above for its content.
+    """
     check_known_local_government(n.origin_code, f"{prefix}.origin_code")
     if n.sequence < 1:
         raise InvalidArgument(f"{prefix}.sequence", "must be 1 or more")
@@ -377,7 +438,9 @@ def check_notification(n: common_pb2.Notification, prefix: str = "notification")
         raise InvalidArgument(f"{prefix}.reason", f"unknown or unset value {n.reason}")
     if expected_kind != n.kind:
         raise InvalidArgument(f"{prefix}.reason", "does not belong to the notification's kind")
-    check_effective_date(n.effective_date, f"{prefix}.effective_date")
+    check_effective_date(
+        n.effective_date, f"{prefix}.effective_date", reason=n.reason, tolerance=tolerance
+    )
     try:
         dt.datetime.fromisoformat(n.recorded_at)
     except ValueError:
@@ -387,7 +450,7 @@ def check_notification(n: common_pb2.Notification, prefix: str = "notification")
             f"{prefix}.record.local_government_code", "must be the origin municipality"
         )
     # The address is checked against the record's municipality, the origin.
-    check_identity_record(n.record, f"{prefix}.record")
+    check_identity_record(n.record, f"{prefix}.record", tolerance=tolerance)
     if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
         check_resident_code(n.previous_resident_code, f"{prefix}.previous_resident_code")
         if n.previous_resident_code == n.record.resident_code:

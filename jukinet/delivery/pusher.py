@@ -6,6 +6,10 @@ acknowledgement is recorded durably before the window moves. After any break
 backoff and resumes after the last recorded acknowledgement; the receiver
 ignores what it already has. When the receiver reports a gap it names the
 origin sequence it expects, and the pusher rewinds to the entry that carried it.
+When the receiver reports an entry it cannot apply (``notification-unappliable``:
+an obstacle on its side that an operator must remove), the pusher says so once
+and retries with a longer backoff, doubling up to ``max_stuck_backoff``, until
+the entry is acknowledged.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from typing import Any, cast
 
 import grpc
 
-from jukinet.db import Database
+from jukinet.db import Database, describe_error
 from jukinet.delivery.outbox import Outbox
-from jukinet.errors import INFO_EXPECTED_SEQUENCE, INFO_ORIGIN, error_info
+from jukinet.errors import INFO_EXPECTED_SEQUENCE, INFO_ORIGIN, INFO_SEQUENCE, error_info
 from jukinet.metrics import NodeMetrics
 from jukinet.reasons import DOMAIN, Reason
 from jukinet.v1 import common_pb2, delivery_pb2
@@ -49,6 +53,8 @@ class Pusher:
         window: int = 4,
         idle_poll: float = 1.0,
         max_backoff: float = 5.0,
+        stuck_backoff: float = 1.0,
+        max_stuck_backoff: float = 60.0,
     ) -> None:
         self._db = db
         self._outbox = outbox
@@ -58,6 +64,11 @@ class Pusher:
         self._window = window
         self._idle_poll = idle_poll
         self._max_backoff = max_backoff
+        self._first_stuck_backoff = stuck_backoff
+        self._stuck_backoff = stuck_backoff
+        self._max_stuck_backoff = max_stuck_backoff
+        # The (origin, sequence) the receiver cannot apply, while it cannot.
+        self.stuck: tuple[str, int] | None = None
         self._wake = asyncio.Event()
         self.connected = False
 
@@ -79,13 +90,44 @@ class Pusher:
                 if await self._handle_refusal(exc):
                     backoff = 0.05
                     continue
+                if self._unappliable(exc):
+                    self._metrics.push_reconnects.inc()
+                    await asyncio.sleep(self._stuck_backoff * (0.5 + random.random()))
+                    self._stuck_backoff = min(self._stuck_backoff * 2, self._max_stuck_backoff)
+                    continue
                 log.warning("push stream broke: %s %s", exc.code().name, exc.details())
-            except Exception:
+            except Exception as exc:
                 self.connected = False
-                log.exception("push stream failed")
+                log.error("push stream failed: %s", describe_error(exc))
             self._metrics.push_reconnects.inc()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._max_backoff)
+
+    def _unappliable(self, exc: grpc.aio.AioRpcError) -> bool:
+        """True when the receiver cannot apply an entry; said once per entry."""
+        info = error_info(exc)
+        if info is None or info.domain != DOMAIN or info.reason != Reason.NOTIFICATION_UNAPPLIABLE:
+            return False
+        try:
+            stuck = (info.metadata[INFO_ORIGIN], int(info.metadata[INFO_SEQUENCE]))
+        except (KeyError, ValueError):
+            stuck = ("", 0)
+        if stuck != self.stuck:
+            self.stuck = stuck
+            self._stuck_backoff = self._first_stuck_backoff
+            log.warning(
+                "the next tier cannot apply %s #%d; retrying at most every %.0f s until it can",
+                *stuck,
+                self._max_stuck_backoff,
+            )
+        return True
+
+    def _delivered(self) -> None:
+        """An acknowledgement came: an entry that was stuck is through."""
+        if self.stuck is not None:
+            log.warning("the next tier applied %s #%d; delivery resumed", *self.stuck)
+            self.stuck = None
+            self._stuck_backoff = self._first_stuck_backoff
 
     async def _handle_refusal(self, exc: grpc.aio.AioRpcError) -> bool:
         """Rewind after a sequence gap; True when delivery can resume at once."""
@@ -131,6 +173,7 @@ class Pusher:
                     # Shielded: ending the session must not cut this write short.
                     await asyncio.shield(asyncio.ensure_future(self._acknowledge(ack)))
                     self.connected = True
+                    self._delivered()
                     self._metrics.notifications_pushed.inc(response.applied + response.duplicates)
                     async with room:
                         while in_flight and in_flight[0] <= ack:

@@ -10,6 +10,7 @@ on (the prefecture's outbox to the national node; none at the national node).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,7 +18,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_local_government_code, check_resident_code
-from jukinet.db import Database
+from jukinet.db import Database, describe_error, is_transient
 from jukinet.delivery.rules import (
     fold_batch,
     fresh_codes,
@@ -26,12 +27,14 @@ from jukinet.delivery.rules import (
     touched_codes,
 )
 from jukinet.delivery.store import IdentityStore
-from jukinet.errors import InvalidArgument, JukinetError, NotFound
+from jukinet.errors import InvalidArgument, JukinetError, NotFound, Unappliable, Unavailable
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
 from jukinet.v1 import common_pb2, delivery_pb2
-from jukinet.validation import check_notification
+from jukinet.validation import UPPER_TIER_TOLERANCE, check_notification
+
+log = logging.getLogger("jukinet.delivery.receiver")
 
 AuthorizeOrigin = Callable[[Identity, common_pb2.Notification, str], None]
 """Raises PermissionDenied when the caller may not send this notification."""
@@ -61,8 +64,22 @@ class BatchResult:
     lags: tuple[float, ...]
 
 
+class _Rollback(Exception):
+    """Ends a transaction that only looked for the entry a batch failed on."""
+
+
 class Receiver:
-    """Applies pushed notifications to an :class:`IdentityStore` and reads it."""
+    """Applies pushed notifications to an :class:`IdentityStore` and reads it.
+
+    A valid batch the store refuses for a reason of its own (a constraint or
+    trigger of this node's database, a fault while folding) is not the
+    sender's to fix: the entry it fails on is reported once, by origin and
+    sequence, in the log (without personal data) and in
+    ``jukinet_unappliable_notifications``, and each attempt is answered
+    FAILED_PRECONDITION ``notification-unappliable`` so that the sender backs
+    off. Nothing of such a batch is stored. A database that cannot work now
+    (unreachable, busy, full) is answered UNAVAILABLE instead.
+    """
 
     def __init__(
         self,
@@ -78,6 +95,8 @@ class Receiver:
         self._metrics = metrics
         self._authorize_origin = authorize_origin
         self._relay = relay
+        # origin -> the sequence reported as unappliable, until it is applied.
+        self._stuck: dict[str, int] = {}
 
     async def push(
         self, requests: AsyncIterator[delivery_pb2.PushNotificationsRequest]
@@ -94,7 +113,11 @@ class Receiver:
             for i, entry in enumerate(entries):
                 self._authorize_origin(caller, entry.notification, f"entries[{i}].notification")
             for i, entry in enumerate(entries):
-                check_notification(entry.notification, f"entries[{i}].notification")
+                check_notification(
+                    entry.notification,
+                    f"entries[{i}].notification",
+                    tolerance=UPPER_TIER_TOLERANCE,
+                )
                 notifications.append(entry.notification)
             try:
                 # Shielded: a sender that goes away mid-batch must not cancel the
@@ -104,6 +127,13 @@ class Receiver:
             except JukinetError:
                 self._metrics.notifications.labels("refused").inc(len(notifications))
                 raise
+            except Exception as exc:
+                self._metrics.notifications.labels("refused").inc(len(notifications))
+                raise await asyncio.shield(
+                    asyncio.ensure_future(self._refusal(notifications, exc))
+                ) from None
+            if self._stuck:
+                self._resumed(notifications)
             self._metrics.notifications.labels("applied").inc(result.applied)
             self._metrics.notifications.labels("duplicate").inc(result.duplicates)
             for lag in result.lags:
@@ -116,29 +146,94 @@ class Receiver:
                 duplicates=result.duplicates,
             )
 
+    async def _refusal(
+        self, notifications: Sequence[common_pb2.Notification], exc: Exception
+    ) -> JukinetError:
+        """The answer to a batch that failed with ``exc``, which is not ours."""
+        if is_transient(exc):
+            log.warning("could not apply a batch now: %s", describe_error(exc))
+            return Unavailable("this node cannot store notifications now; try again later")
+        culprit, cause = await self._locate(notifications)
+        if isinstance(cause, JukinetError):
+            # Applied one by one, an entry is refused for a reason of its own.
+            return cause
+        if cause is not None:
+            exc = cause
+        origin, seq = culprit.origin_code, culprit.sequence
+        if self._stuck.get(origin) != seq:
+            self._stuck[origin] = seq
+            self._metrics.unappliable.labels(origin).inc()
+            self._metrics.stuck_sequence.labels(origin).set(seq)
+            log.error(
+                "cannot apply notification %s #%d: %s; nothing of its batch is stored, "
+                "and its sender backs off until this is resolved",
+                origin,
+                seq,
+                describe_error(exc),
+            )
+        return Unappliable(origin, seq)
+
+    async def _locate(
+        self, notifications: Sequence[common_pb2.Notification]
+    ) -> tuple[common_pb2.Notification, Exception | None]:
+        """The entry a failed batch fails on, and how, found by applying the
+        entries one at a time in a transaction that is then rolled back. When
+        each applies alone, the batch's first entry, without a cause."""
+        found: tuple[common_pb2.Notification, Exception | None] = (notifications[0], None)
+        try:
+            async with self._db.write() as conn:
+                for n in notifications:
+                    try:
+                        await self._apply_in(conn, [n])
+                    except Exception as exc:
+                        found = (n, exc)
+                        break
+                raise _Rollback
+        except _Rollback:
+            pass
+        except Exception as exc:
+            # The rollback itself failed: the entry found (if any) still stands.
+            log.warning("could not roll back a search for a failing entry: %s", describe_error(exc))
+        return found
+
+    def _resumed(self, notifications: Sequence[common_pb2.Notification]) -> None:
+        """Clear the report of each origin whose stuck entry is now applied."""
+        for n in notifications:
+            stuck = self._stuck.get(n.origin_code)
+            if stuck is not None and n.sequence >= stuck:
+                del self._stuck[n.origin_code]
+                self._metrics.stuck_sequence.labels(n.origin_code).set(0)
+                log.warning("notification %s #%d is applied now", n.origin_code, stuck)
+
     async def apply(self, notifications: Sequence[common_pb2.Notification]) -> BatchResult:
         """Apply validated notifications in order, in one write transaction: skip
         what was applied, refuse a gap, check fresh codes against the pools,
         check that each change comes from a municipality holding the resident,
         fold into the records, write history and cursors, and relay."""
         async with self._db.write() as conn:
-            before = await self._store.cursors(conn, sorted({n.origin_code for n in notifications}))
-            sequenced = sequence(before, notifications)
-            fresh = sequenced.fresh
-            if not fresh:
-                return BatchResult(0, sequenced.duplicates, ())
-            codes = touched_codes(fresh)
-            records = await self._store.load(conn, codes)
-            owners = await self._store.pool_owners(conn, codes)
-            born = await self._store.born(conn, fresh_codes(fresh))
-            wanted = holdings_to_look_up(fresh, records)
-            registered = await self._store.holdings(conn, wanted) if wanted else set()
-            folded = fold_batch(fresh, records, owners, born, registered=registered)
-            stored = await self._store.record_batch(
-                conn, fresh, folded, set(records), before, sequenced.cursors
-            )
-            if self._relay is not None:
-                await self._relay.stage(conn, stored.applied)
+            return await self._apply_in(conn, notifications)
+
+    async def _apply_in(
+        self, conn: AsyncConnection, notifications: Sequence[common_pb2.Notification]
+    ) -> BatchResult:
+        """:meth:`apply` inside the write transaction ``conn``."""
+        before = await self._store.cursors(conn, sorted({n.origin_code for n in notifications}))
+        sequenced = sequence(before, notifications)
+        fresh = sequenced.fresh
+        if not fresh:
+            return BatchResult(0, sequenced.duplicates, ())
+        codes = touched_codes(fresh)
+        records = await self._store.load(conn, codes)
+        owners = await self._store.pool_owners(conn, codes)
+        born = await self._store.born(conn, fresh_codes(fresh))
+        wanted = holdings_to_look_up(fresh, records)
+        registered = await self._store.holdings(conn, wanted) if wanted else set()
+        folded = fold_batch(fresh, records, owners, born, registered=registered)
+        stored = await self._store.record_batch(
+            conn, fresh, folded, set(records), before, sequenced.cursors
+        )
+        if self._relay is not None:
+            await self._relay.stage(conn, stored.applied)
         return BatchResult(len(fresh), sequenced.duplicates, stored.lags)
 
     async def get_identity(

@@ -11,7 +11,7 @@ import uuid
 
 import grpc
 
-from jukinet.db import Database
+from jukinet.db import Database, describe_error
 from jukinet.errors import Unavailable
 from jukinet.metrics import NodeMetrics
 from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
@@ -145,4 +145,4 @@ def _brief(exc: Exception) -> str:
     """One line for a failed refill: a gRPC error's status and details, not its dump."""
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
-    return str(exc)
+    return describe_error(exc)

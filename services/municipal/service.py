@@ -37,12 +37,14 @@ from jukinet.metrics import NodeMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
 from jukinet.validation import (
+    NO_TOLERANCE,
     check_address,
     check_birth_date,
     check_effective_date,
     check_kana,
     check_known_local_government,
     check_name,
+    check_notification,
 )
 from jukinet.vocabulary import Person, person_values
 from services.municipal import repository as repo
@@ -137,6 +139,9 @@ class MunicipalService:
         entries = []
         for i, change in enumerate(changes):
             n = build_notification(self.municipality, first + i, change, now)
+            # The rules every tier checks a notification by: what the
+            # prefecture would refuse is refused here, and nothing is written.
+            check_notification(n, "notification", tolerance=NO_TOLERANCE)
             entries.append(
                 PendingEntry(self.municipality, 0, change.resident_code, n.SerializeToString())
             )
@@ -196,13 +201,13 @@ class MunicipalService:
     ) -> tuple[ResidentState, int]:
         """Enter a person ex officio (職権記載) with a fresh code from the pool."""
         person = check_person(req.person, self.municipality)
-        effective = check_effective_date(req.effective_date).isoformat()
+        reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
+        effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         check_not_before_birth(effective, person, "effective_date")
         await self.pool.ensure(1)
         async with self.db.write() as conn:
             household = await self._household(conn, req.household_id)
             code = await self._take_code(conn)
-            reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
             resident = await repo.insert_resident(conn, code, person, household, effective, reason)
             seq = await self._announce(conn, [Change(code, person, reason, effective)])
         self._committed(codes_used=1)
@@ -246,7 +251,7 @@ class MunicipalService:
         certificate is used once here, and the notification carries it.
         """
         reason = move_in_reason(req.origin)
-        effective = check_effective_date(req.effective_date).isoformat()
+        effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         domestic = req.origin != municipal_pb2.MOVE_IN_ORIGIN_ABROAD
         if req.resident_code:
             check_resident_code(req.resident_code)
@@ -342,7 +347,9 @@ class MunicipalService:
     async def relocate(self, req: municipal_pb2.RelocateRequest) -> tuple[list[ResidentState], int]:
         """Move a resident (or their whole household) to a new address here (転居)."""
         address = check_address(req.new_address, "new_address", self.municipality)
-        effective = check_effective_date(req.effective_date).isoformat()
+        effective = check_effective_date(
+            req.effective_date, reason=R.CHANGE_REASON_RELOCATION
+        ).isoformat()
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
@@ -374,8 +381,8 @@ class MunicipalService:
         name = check_name(req.name, "name")
         kana = check_kana(req.name_kana, "name_kana")
         former = check_name(req.former_surname, "former_surname", required=False)
-        effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_NAME_CHANGE
+        effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
@@ -395,8 +402,8 @@ class MunicipalService:
     async def amend(self, req: municipal_pb2.AmendRequest) -> tuple[ResidentState, int]:
         """Correct a resident's details ex officio (職権修正)."""
         person = check_person(req.person, self.municipality)
-        effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_EX_OFFICIO_AMENDMENT
+        effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
@@ -428,8 +435,8 @@ class MunicipalService:
         self, req: municipal_pb2.ChangeResidentCodeRequest
     ) -> tuple[ResidentState, str, int]:
         """Give a resident a new code from the pool (住民票コード変更)."""
-        effective = check_effective_date(req.effective_date).isoformat()
         reason = R.CHANGE_REASON_CODE_CHANGE
+        effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         await self.pool.ensure(1)
         async with self.db.write() as conn:
             resident = await self._resident(conn, req.resident_code)
@@ -496,10 +503,11 @@ class MunicipalService:
 
         A move to another municipality issues the move-out certificate (転出証明書)
         in the same transaction: the resident's identity items, the planned date
-        (the effective date given), the destination and the sequence of the
-        move-out notification, signed with this node's key.
+        (the effective date given, which may lie ahead), the destination and
+        the sequence of the move-out notification, signed with this node's key.
         """
-        effective = check_effective_date(req.effective_date).isoformat()
+        reason = R.CHANGE_REASON_MOVE_ABROAD if req.abroad else R.CHANGE_REASON_MOVE_OUT
+        effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         if req.abroad:
             if req.destination_local_government_code:
                 raise InvalidArgument("destination_local_government_code", "not for a move abroad")
@@ -574,7 +582,7 @@ class MunicipalService:
     ) -> tuple[ResidentState, int]:
         """Remove a resident ex officio (職権消除) or declared missing."""
         reason = removal_reason(req.ground)
-        effective = check_effective_date(req.effective_date).isoformat()
+        effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         return await self._remove(req.resident_code, reason, effective)
 
     # -- bulk import ---------------------------------------------------------
@@ -602,7 +610,9 @@ class MunicipalService:
                     raise InvalidArgument("source_id", "appears twice in the batch")
                 person = check_person(row.person, self.municipality)
                 registered = check_effective_date(
-                    row.registered_on or person.birth_date, "registered_on"
+                    row.registered_on or person.birth_date,
+                    "registered_on",
+                    reason=R.CHANGE_REASON_EX_OFFICIO_ENTRY,
                 ).isoformat()
                 check_not_before_birth(registered, person, "registered_on")
                 if row.household_id and len(row.household_id) > 32:

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jukinet.db import Database
+from jukinet.db import Database, describe_error
 from jukinet.errors import Unavailable
 from jukinet.vocabulary import OperationValue, ResultValue, operation_label, result_label
 from services.national.connections import KeptConnections
@@ -158,8 +158,8 @@ class ProvisionLog:
 
     @staticmethod
     def _fail(future: asyncio.Future[None], exc: Exception) -> None:
-        # The exception's class only: its text can hold the SQL parameters.
-        log.error("provision records could not be written: %s", type(exc).__name__)
+        # Never the exception's text: it can quote the rows (an agency's request).
+        log.error("provision records could not be written: %s", describe_error(exc))
         if not future.done():
             future.set_exception(
                 Unavailable("the provision record could not be written; nothing is returned")
@@ -190,6 +190,6 @@ async def retention_job(db: Database, every: float = 24 * 3600) -> None:
             purged = await purge_older_than(db, dt.datetime.now(dt.UTC))
             if purged:
                 log.info("purged %d provision records older than seven years", purged)
-        except Exception:
-            log.exception("provision retention job failed")
+        except Exception as exc:
+            log.error("provision retention job failed: %s", describe_error(exc))
         await asyncio.sleep(every)

@@ -34,6 +34,7 @@ from jukinet.errors import (
     INFO_ORIGIN,
     INFO_PEER,
     INFO_RETRY_AFTER_MS,
+    INFO_SEQUENCE,
     AlreadyExists,
     BeforeRegistration,
     FailedPrecondition,
@@ -42,6 +43,7 @@ from jukinet.errors import (
     PermissionDenied,
     ResourceExhausted,
     SequenceGap,
+    Unappliable,
     Unauthenticated,
     Unavailable,
     Upstream,
@@ -205,6 +207,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: PermissionDenied("not held", reason=Reason.NOT_HELD),
         grpc.StatusCode.PERMISSION_DENIED,
     ),
+    Reason.NOTIFICATION_UNAPPLIABLE: (
+        lambda: Unappliable(TOTTORI, 7),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     Reason.ALREADY_REGISTERED: (
         lambda: AlreadyExists("registered", reason=Reason.ALREADY_REGISTERED),
         grpc.StatusCode.ALREADY_EXISTS,
@@ -362,6 +368,9 @@ async def test_typed_details_beside_the_error_info(refusals: grpc.aio.Channel) -
         INFO_EXPECTED_SEQUENCE: "4",
         "receivedSequence": "9",
     }
+
+    stuck = checked(await refusal(call(Reason.NOTIFICATION_UNAPPLIABLE)))
+    assert dict(stuck.metadata) == {INFO_ORIGIN: TOTTORI, INFO_SEQUENCE: "7"}
 
     quota = await refusal(call(Reason.QUOTA_EXCEEDED))
     assert checked(quota).metadata[INFO_RETRY_AFTER_MS] == "1500"
