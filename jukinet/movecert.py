@@ -35,6 +35,10 @@ DOMAIN_PREFIX = b"jukinet move-out certificate v1\x00"
 """Prefixed to the certificate bytes before signing: a node key's signature
 over anything else (a TLS handshake, another document) is never one of these."""
 
+ISSUED_AHEAD = dt.timedelta(minutes=5)
+"""How far ahead of the checking node's clock a certificate's issue time may be
+(the issuing node's clock may run ahead)."""
+
 ARMOR_BEGIN = "-----BEGIN JUKINET MOVE-OUT CERTIFICATE-----"
 ARMOR_END = "-----END JUKINET MOVE-OUT CERTIFICATE-----"
 
@@ -149,10 +153,13 @@ def verify(
         signer.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         raise _invalid("the signer is not issued by the federation CA") from None
-    issued_at = _parse_time(cert.issued_at)
-    for label, when in (("issued_at", issued_at), ("now", now)):
-        if not signer.not_valid_before_utc <= when <= signer.not_valid_after_utc:
-            raise _invalid(f"the signer's certificate is not valid at {label}")
+    # The signer must be valid when the certificate is presented: a re-issue
+    # keeps the contents (issued_at included) and is signed by the node's
+    # current key, which may be younger than the first issue.
+    if _parse_time(cert.issued_at) > now + ISSUED_AHEAD:
+        raise _invalid("issued_at lies in the future")
+    if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
+        raise _invalid("the signer's certificate is not valid now")
     serials = revoked() if callable(revoked) else revoked
     if signer.serial_number in serials:
         raise _invalid("the signer's certificate is revoked")

@@ -133,6 +133,25 @@ def test_a_revoked_signer_is_refused(ca: Pki) -> None:
     )
 
 
+def test_a_reissue_by_a_renewed_node_key_verifies(ca: Pki) -> None:
+    # The contents, issue time included, are kept; the signer is checked as of now.
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3650)
+    signed, _ = _signed(ca, issued_at=long_ago)
+    verified = movecert.verify(signed, ca=ca.ca, revoked=frozenset())
+    assert verified.certificate.issued_at == long_ago.isoformat()
+
+
+def test_a_certificate_issued_in_the_future_is_refused(ca: Pki) -> None:
+    ahead = dt.datetime.now(dt.UTC) + movecert.ISSUED_AHEAD + dt.timedelta(minutes=1)
+    signed, _ = _signed(ca, issued_at=ahead)
+    _refused(
+        Reason.MOVE_OUT_CERTIFICATE_INVALID,
+        lambda: movecert.verify(signed, ca=ca.ca, revoked=frozenset()),
+    )
+    signed, _ = _signed(ca, issued_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=4))
+    movecert.verify(signed, ca=ca.ca, revoked=frozenset())
+
+
 def test_a_signer_that_is_not_the_issuer_is_refused(ca: Pki) -> None:
     for identity in (Identity.municipality(B), Identity.prefecture("13"), Identity.national()):
         signed, _ = _signed(ca, identity)
