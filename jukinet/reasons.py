@@ -42,6 +42,9 @@ class Reason(enum.StrEnum):
     SEQUENCE_GAP = "sequence-gap"  # a delivery skipped ahead; rewind to the expected one
     FOREIGN_ORIGIN = "foreign-origin"  # a notification's origin is not the sender's own
     NOT_HELD = "not-held"  # the municipality acting on a resident does not hold (register) them
+    # A notification redelivered under an applied (origin, sequence) with other content:
+    # the sender's history diverges from what it delivered (restored from an old backup).
+    NOTIFICATION_CONFLICT = "notification-conflict"
 
     # The municipal register.
     ALREADY_REGISTERED = "already-registered"  # the resident is registered here already

@@ -16,6 +16,7 @@ import jaconv
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from jukinet.clock import latest_accepted_date
 from jukinet.codes import (
     check_local_government_code,
     check_resident_code,
@@ -127,20 +128,28 @@ def check_date(value: str, field: str) -> dt.date:
         raise InvalidArgument(field, f"{value} is not a date on the calendar") from None
 
 
-def check_birth_date(value: str, field: str = "birth_date") -> dt.date:
-    """A birth date: on the calendar, not in the future, not absurdly old."""
+def check_birth_date(
+    value: str, field: str = "birth_date", *, latest: dt.date | None = None
+) -> dt.date:
+    """A birth date: on the calendar, not in the future, not absurdly old.
+
+    ``latest`` is the last date that is not the future (default: today here).
+    """
     date = check_date(value, field)
-    if date > today():
+    if date > (latest or today()):
         raise InvalidArgument(field, f"{value} is in the future")
     if date < EARLIEST_BIRTH:
         raise InvalidArgument(field, f"{value} is before {EARLIEST_BIRTH.isoformat()}")
     return date
 
 
-def check_effective_date(value: str, field: str = "effective_date") -> dt.date:
-    """The date a change took effect: not before 1870, at most 30 days ahead."""
+def check_effective_date(
+    value: str, field: str = "effective_date", *, latest: dt.date | None = None
+) -> dt.date:
+    """The date a change took effect: not before 1870, at most 30 days ahead
+    (of ``latest``, the last date that is not the future; default: today here)."""
     date = check_date(value, field)
-    if date > today() + MAX_EFFECTIVE_AHEAD:
+    if date > (latest or today()) + MAX_EFFECTIVE_AHEAD:
         raise InvalidArgument(field, f"{value} is more than 30 days ahead")
     if date < EARLIEST_BIRTH:
         raise InvalidArgument(field, f"{value} is before {EARLIEST_BIRTH.isoformat()}")
@@ -348,21 +357,34 @@ def _known_local_government(code: str) -> bool:
     return is_valid_local_government_code(code) and lookup(code) is not None
 
 
-def check_identity_record(record: common_pb2.IdentityRecord, prefix: str = "record") -> None:
-    """Every field of an identity-confirmation record."""
+def check_identity_record(
+    record: common_pb2.IdentityRecord, prefix: str = "record", *, latest: dt.date | None = None
+) -> None:
+    """Every field of an identity-confirmation record (``latest``: see
+    :func:`check_birth_date`)."""
     check_resident_code(record.resident_code, f"{prefix}.resident_code")
     check_name(record.name, f"{prefix}.name")
     check_kana(record.name_kana, f"{prefix}.name_kana", normalise=False)
     check_name(record.former_surname, f"{prefix}.former_surname", required=False)
     check_name(record.alias, f"{prefix}.alias", required=False)
-    check_birth_date(record.birth_date, f"{prefix}.birth_date")
+    check_birth_date(record.birth_date, f"{prefix}.birth_date", latest=latest)
     check_sex(record.sex, f"{prefix}.sex")
     check_known_local_government(record.local_government_code, f"{prefix}.local_government_code")
     check_address(record.address, f"{prefix}.address", record.local_government_code)
 
 
-def check_notification(n: common_pb2.Notification, prefix: str = "notification") -> None:
-    """A notification as it travels: origin, numbering, kind and reason, record."""
+def check_notification(
+    n: common_pb2.Notification, prefix: str = "notification", *, now: dt.datetime | None = None
+) -> None:
+    """A notification as it travels: origin, numbering, kind and reason, record.
+
+    Checked by a receiving tier whose clock shows ``now``: its dates may lie up
+    to :data:`jukinet.clock.MAX_CLOCK_SKEW` ahead of it, so that a sender's
+    clock running ahead (around midnight) never has a notification refused
+    that the sender accepted. Its ``recorded_at`` is the sender's time and is
+    never compared with the receiver's clock.
+    """
+    latest = latest_accepted_date(now or dt.datetime.now(dt.UTC))
     check_known_local_government(n.origin_code, f"{prefix}.origin_code")
     if n.sequence < 1:
         raise InvalidArgument(f"{prefix}.sequence", "must be 1 or more")
@@ -377,7 +399,7 @@ def check_notification(n: common_pb2.Notification, prefix: str = "notification")
         raise InvalidArgument(f"{prefix}.reason", f"unknown or unset value {n.reason}")
     if expected_kind != n.kind:
         raise InvalidArgument(f"{prefix}.reason", "does not belong to the notification's kind")
-    check_effective_date(n.effective_date, f"{prefix}.effective_date")
+    check_effective_date(n.effective_date, f"{prefix}.effective_date", latest=latest)
     try:
         dt.datetime.fromisoformat(n.recorded_at)
     except ValueError:
@@ -387,7 +409,7 @@ def check_notification(n: common_pb2.Notification, prefix: str = "notification")
             f"{prefix}.record.local_government_code", "must be the origin municipality"
         )
     # The address is checked against the record's municipality, the origin.
-    check_identity_record(n.record, f"{prefix}.record")
+    check_identity_record(n.record, f"{prefix}.record", latest=latest)
     if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
         check_resident_code(n.previous_resident_code, f"{prefix}.previous_resident_code")
         if n.previous_resident_code == n.record.resident_code:

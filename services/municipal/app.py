@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import MunicipalConfig
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
@@ -29,8 +30,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 class MunicipalApp:
     """A municipal node: register, code pool keeper, pusher, server."""
 
-    def __init__(self, config: MunicipalConfig) -> None:
+    def __init__(self, config: MunicipalConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
+        self.clock = clock
         self.metrics = NodeMetrics("municipal")
         self.db = Database(config.database_url)
         self.outbox = Outbox(models.outbox)
@@ -61,6 +63,7 @@ class MunicipalApp:
             metrics=self.metrics,
             batch_size=self.config.push_batch_size,
             window=self.config.push_window,
+            clock=self.clock,
         )
         self.pusher = pusher
         service = MunicipalService(
@@ -71,6 +74,7 @@ class MunicipalApp:
             prefecture=prefecture,
             municipality=self.config.local_government_code,
             metrics=self.metrics,
+            clock=self.clock,
         )
         self.service = service
 

@@ -7,7 +7,6 @@ handed down (:class:`services.municipal.pool.PoolKeeper`).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox, PendingEntry
@@ -64,10 +64,6 @@ MAX_IMPORT_BATCH = 10_000
 MAX_PAGE = 5_000
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _new_household() -> str:
     return secrets.token_hex(8)
 
@@ -96,8 +92,10 @@ class MunicipalService:
         prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
         municipality: str,
         metrics: NodeMetrics,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
+        self._clock = clock
         self.outbox = outbox
         self.pool = pool
         self.municipality = municipality
@@ -112,7 +110,7 @@ class MunicipalService:
         if not changes:
             return 0
         first = await self.outbox.reserve(conn, len(changes))
-        now = _now()
+        now = self._clock.now()
         entries = []
         for i, change in enumerate(changes):
             n = build_notification(self.municipality, first + i, change, now)

@@ -203,6 +203,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: PermissionDenied("not held", reason=Reason.NOT_HELD),
         grpc.StatusCode.PERMISSION_DENIED,
     ),
+    Reason.NOTIFICATION_CONFLICT: (
+        lambda: FailedPrecondition("conflict", reason=Reason.NOTIFICATION_CONFLICT),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     Reason.ALREADY_REGISTERED: (
         lambda: AlreadyExists("registered", reason=Reason.ALREADY_REGISTERED),
         grpc.StatusCode.ALREADY_EXISTS,
