@@ -51,6 +51,12 @@ CLIENT_OPTIONS: tuple[ChannelOption, ...] = (
     # Default 2: after two pings without data the client stops pinging, which
     # defeats keepalive on a quiet stream.
     ("grpc.http2.max_pings_without_data", 0),
+    # Only one ping is in flight at a time: a keepalive ping waits behind any
+    # other (gRPC's bandwidth probe pings as data arrives), and an unanswered
+    # ping of another kind closes the transport only after this timeout, one
+    # minute by default. Without it, a hole that opens while a probe is in
+    # flight is noticed after a minute.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # gRPC's reconnect backoff grows to 120 s by default: a node that comes
     # back after an outage would then wait up to two minutes for its peers to
     # try again. Ten seconds at most keeps recovery prompt. gRPC core also
