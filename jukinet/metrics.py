@@ -57,13 +57,20 @@ class NodeMetrics:
     """
 
     def __init__(
-        self, tier: str, *, agencies: Iterable[str] = (), purposes: Iterable[str] = ()
+        self,
+        tier: str,
+        *,
+        agencies: Iterable[str] = (),
+        purposes: Iterable[str] = (),
+        peers: Iterable[str] = (),
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.tier = tier
         self.agency_label = LabelSet(agencies)
         self.purpose_label = LabelSet(purposes)
+        # The nodes that may push to this one: its municipalities or prefectures.
+        self.peer_label = LabelSet(peers)
         self.operation_label = LabelSet(_OPERATIONS)
         self.result_label = LabelSet(_RESULTS)
         self.reason_label = LabelSet(_REASONS)
@@ -87,6 +94,19 @@ class NodeMetrics:
             "jukinet_notifications",
             "Notifications received, by outcome (applied, duplicate, refused)",
             ["outcome"],
+            registry=r,
+        )
+        self.notification_conflicts = Counter(
+            "jukinet_notification_conflicts",
+            "Notifications refused because an applied one has the same origin and sequence "
+            "but other content",
+            registry=r,
+        )
+        self.peer_clock_offset = Gauge(
+            "jukinet_peer_clock_offset_seconds",
+            "This node's clock minus the send time a pushing peer stated, at the last batch "
+            "(negative: the peer's clock runs ahead; includes the transfer time)",
+            ["peer"],
             registry=r,
         )
         self.notifications_written = Counter(

@@ -46,6 +46,9 @@ class Reason(enum.StrEnum):
     # (a constraint or trigger of the store, a fault while folding): the sender backs off
     # until an operator has removed the obstacle; ErrorInfo names origin and sequence.
     NOTIFICATION_UNAPPLIABLE = "notification-unappliable"
+    # A notification redelivered under an applied (origin, sequence) with other content:
+    # the sender's history diverges from what it delivered (restored from an old backup).
+    NOTIFICATION_CONFLICT = "notification-conflict"
 
     # The municipal register.
     ALREADY_REGISTERED = "already-registered"  # the resident is registered here already

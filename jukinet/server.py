@@ -28,7 +28,7 @@ from jukinet.config import NodeConfig
 from jukinet.errors import ConfigError
 from jukinet.interceptors import AuthInterceptor, Rule, authenticated
 from jukinet.metrics import NodeMetrics, stop_metrics_server
-from jukinet.tls import RevocationList, server_credentials
+from jukinet.tls import SERVER_OPTIONS, RevocationList, server_credentials
 
 log = logging.getLogger("jukinet.server")
 
@@ -140,8 +140,8 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", receive_limit(service_names)),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            # Keepalive: the clients' ping rate is allowed (jukinet.tls).
+            *SERVER_OPTIONS,
             # gRPC sets SO_REUSEPORT by default, so a second node started on a
             # taken port would bind it too and share its calls: refuse instead.
             ("grpc.so_reuseport", 0),

@@ -32,10 +32,15 @@ from jukinet.errors import ConfigError
 ChannelOption = tuple[str, Any]
 
 # Long-lived streams (the pusher's PushNotifications) can sit idle for a long
-# time; without keepalive a dead peer or a NAT/load balancer that silently
-# dropped the connection is only noticed at the next write, possibly never.
-KEEPALIVE_TIME_MS = 30_000
-KEEPALIVE_TIMEOUT_MS = 10_000
+# time, and a peer can vanish without closing (a half-open connection: the
+# host froze, a NAT or load balancer dropped its state, a black hole in the
+# network). The client pings every KEEPALIVE_TIME_MS and drops the transport
+# when a ping is not answered within KEEPALIVE_TIMEOUT_MS, so a dead upstream
+# is noticed within DEAD_PEER_NOTICED_MS of the last sign of life; the call on
+# it then fails UNAVAILABLE and the caller reconnects.
+KEEPALIVE_TIME_MS = 4_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+DEAD_PEER_NOTICED_MS = KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS
 
 CLIENT_OPTIONS: tuple[ChannelOption, ...] = (
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
@@ -46,20 +51,36 @@ CLIENT_OPTIONS: tuple[ChannelOption, ...] = (
     # Default 2: after two pings without data the client stops pinging, which
     # defeats keepalive on a quiet stream.
     ("grpc.http2.max_pings_without_data", 0),
+    # Only one ping is in flight at a time: a keepalive ping waits behind any
+    # other (gRPC's bandwidth probe pings as data arrives), and an unanswered
+    # ping of another kind closes the transport only after this timeout, one
+    # minute by default. Without it, a hole that opens while a probe is in
+    # flight is noticed after a minute.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # gRPC's reconnect backoff grows to 120 s by default: a node that comes
     # back after an outage would then wait up to two minutes for its peers to
-    # try again. Ten seconds at most keeps recovery prompt.
+    # try again. Ten seconds at most keeps recovery prompt. gRPC core also
+    # takes the minimum backoff as the shortest time it gives one connection
+    # attempt (20 s by default), and an attempt into a black hole hangs until
+    # then: with 500 ms, an attempt lasts as long as the current backoff.
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 10_000),
 )
 
-# Servers must tolerate the clients' ping rate, or they answer with GOAWAY
-# "too_many_pings" and tear down the very streams keepalive is protecting.
-# The minimum interval is below KEEPALIVE_TIME_MS to leave room for jitter.
+# Servers must tolerate the clients' ping rate, or they count each early ping
+# as a strike and, after two, answer GOAWAY "too_many_pings", tearing down the
+# very streams keepalive protects. A server's minimum interval between pings
+# without data (gRPC's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+# five minutes by default) is half the clients' ping interval, to leave room
+# for timer jitter. Servers ping their callers less often: a dead caller only
+# costs a stream, not delivery.
+SERVER_KEEPALIVE_TIME_MS = 30_000
+SERVER_KEEPALIVE_TIMEOUT_MS = 10_000
+
 SERVER_OPTIONS: tuple[ChannelOption, ...] = (
-    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     ("grpc.http2.max_pings_without_data", 0),

@@ -16,6 +16,7 @@ import jaconv
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from jukinet.clock import latest_accepted_date
 from jukinet.codes import (
     check_local_government_code,
     check_resident_code,
@@ -71,13 +72,11 @@ EARLIEST_BIRTH = dt.date(1870, 1, 1)
 # at most PLANNED_AHEAD ahead (an assumption: municipalities take the notice
 # about two weeks ahead, some up to a month).
 PLANNED_AHEAD = dt.timedelta(days=30)
-# The upper tiers check the same dates against their own clock with this
-# tolerance, so that a node whose clock (or date line) is behind the
-# municipality's never refuses what the municipality accepted: a clock may
-# be up to a day behind. Delivery only makes the tiers' dates later, which
+# The upper tiers check the same dates against their own clock, shifted by
+# the skew they tolerate (jukinet.clock.MAX_CLOCK_SKEW), so that a node
+# whose clock is behind the municipality's never refuses what the
+# municipality accepted. Delivery only makes the tiers' dates later, which
 # the window never refuses.
-UPPER_TIER_TOLERANCE = dt.timedelta(days=1)
-NO_TOLERANCE = dt.timedelta(0)
 
 # Which kind each reason belongs to (DOMAIN.md, "The identity-confirmation record").
 REASON_KIND: dict[common_pb2.ChangeReason.ValueType, common_pb2.ChangeKind.ValueType] = {
@@ -139,12 +138,14 @@ def check_date(value: str, field: str) -> dt.date:
 
 
 def check_birth_date(
-    value: str, field: str = "birth_date", *, tolerance: dt.timedelta = NO_TOLERANCE
+    value: str, field: str = "birth_date", *, latest: dt.date | None = None
 ) -> dt.date:
-    """A birth (or death) date: on the calendar, not in the future, not absurdly
-    old. ``tolerance``: how far beyond today an upper tier still accepts."""
+    """A birth date: on the calendar, not in the future, not absurdly old.
+
+    ``latest`` is the last date that is not the future (default: today here).
+    """
     date = check_date(value, field)
-    if date > today() + tolerance:
+    if date > (latest or today()):
         raise InvalidArgument(field, f"{value} is in the future")
     if date < EARLIEST_BIRTH:
         raise InvalidArgument(field, f"{value} is before {EARLIEST_BIRTH.isoformat()}")
@@ -158,11 +159,12 @@ PLANNED_REASONS = frozenset(
 
 
 def latest_effective_date(
-    reason: common_pb2.ChangeReason.ValueType, tolerance: dt.timedelta = NO_TOLERANCE
+    reason: common_pb2.ChangeReason.ValueType, latest: dt.date | None = None
 ) -> dt.date:
-    """The latest effective date a change for ``reason`` may carry today."""
+    """The latest effective date a change for ``reason`` may carry when
+    ``latest`` (default: today here) is the last date that is not the future."""
     ahead = PLANNED_AHEAD if reason in PLANNED_REASONS else dt.timedelta(0)
-    return today() + ahead + tolerance
+    return (latest or today()) + ahead
 
 
 def check_effective_date(
@@ -170,14 +172,15 @@ def check_effective_date(
     field: str = "effective_date",
     *,
     reason: common_pb2.ChangeReason.ValueType,
-    tolerance: dt.timedelta = NO_TOLERANCE,
+    latest: dt.date | None = None,
 ) -> dt.date:
     """The date a change for ``reason`` took effect: not before 1870, and not
     after :func:`latest_effective_date` (today, or the planned date of a move
-    out at most :data:`PLANNED_AHEAD` ahead). The municipal node checks it with
-    no tolerance, the upper tiers with :data:`UPPER_TIER_TOLERANCE`."""
+    out at most :data:`PLANNED_AHEAD` ahead). ``latest``: see
+    :func:`check_birth_date`; a receiving tier passes the date at its clock
+    plus the skew it tolerates (:func:`check_notification`)."""
     date = check_date(value, field)
-    if date > latest_effective_date(reason, tolerance):
+    if date > latest_effective_date(reason, latest):
         if reason in PLANNED_REASONS:
             problem = (
                 f"{value} is more than {PLANNED_AHEAD.days} days ahead; a move out may be "
@@ -396,34 +399,36 @@ def _known_local_government(code: str) -> bool:
 
 
 def check_identity_record(
-    record: common_pb2.IdentityRecord,
-    prefix: str = "record",
-    *,
-    tolerance: dt.timedelta = NO_TOLERANCE,
+    record: common_pb2.IdentityRecord, prefix: str = "record", *, latest: dt.date | None = None
 ) -> None:
-    """Every field of an identity-confirmation record (``tolerance``: for the
-    birth date at an upper tier, see :data:`UPPER_TIER_TOLERANCE`)."""
+    """Every field of an identity-confirmation record (``latest``: see
+    :func:`check_birth_date`)."""
     check_resident_code(record.resident_code, f"{prefix}.resident_code")
     check_name(record.name, f"{prefix}.name")
     check_kana(record.name_kana, f"{prefix}.name_kana", normalise=False)
     check_name(record.former_surname, f"{prefix}.former_surname", required=False)
     check_name(record.alias, f"{prefix}.alias", required=False)
-    check_birth_date(record.birth_date, f"{prefix}.birth_date", tolerance=tolerance)
+    check_birth_date(record.birth_date, f"{prefix}.birth_date", latest=latest)
     check_sex(record.sex, f"{prefix}.sex")
     check_known_local_government(record.local_government_code, f"{prefix}.local_government_code")
     check_address(record.address, f"{prefix}.address", record.local_government_code)
 
 
 def check_notification(
-    n: common_pb2.Notification, prefix: str = "notification", *, tolerance: dt.timedelta
+    n: common_pb2.Notification, prefix: str = "notification", *, now: dt.datetime | None = None
 ) -> None:
     """A notification as it travels: origin, numbering, kind and reason, record.
 
-    Every tier runs it: the municipal node on each notification it writes
-    (``tolerance`` :data:`NO_TOLERANCE`), the upper tiers on each one they
-    receive (:data:`UPPER_TIER_TOLERANCE`), so that what a municipality wrote
-    is never refused above for its content.
+    Every tier runs it: the municipal node on each notification it writes, the
+    upper tiers on each one they receive, so that what a municipality wrote is
+    never refused above for its content. Checked by a node whose clock shows
+    ``now``: its dates may lie up to :data:`jukinet.clock.MAX_CLOCK_SKEW`
+    ahead of it, so that a sender's
+    clock running ahead (around midnight) never has a notification refused
+    that the sender accepted. Its ``recorded_at`` is the sender's time and is
+    never compared with the receiver's clock.
     """
+    latest = latest_accepted_date(now or dt.datetime.now(dt.UTC))
     check_known_local_government(n.origin_code, f"{prefix}.origin_code")
     if n.sequence < 1:
         raise InvalidArgument(f"{prefix}.sequence", "must be 1 or more")
@@ -439,7 +444,7 @@ def check_notification(
     if expected_kind != n.kind:
         raise InvalidArgument(f"{prefix}.reason", "does not belong to the notification's kind")
     check_effective_date(
-        n.effective_date, f"{prefix}.effective_date", reason=n.reason, tolerance=tolerance
+        n.effective_date, f"{prefix}.effective_date", reason=n.reason, latest=latest
     )
     try:
         dt.datetime.fromisoformat(n.recorded_at)
@@ -450,7 +455,7 @@ def check_notification(
             f"{prefix}.record.local_government_code", "must be the origin municipality"
         )
     # The address is checked against the record's municipality, the origin.
-    check_identity_record(n.record, f"{prefix}.record", tolerance=tolerance)
+    check_identity_record(n.record, f"{prefix}.record", latest=latest)
     if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
         check_resident_code(n.previous_resident_code, f"{prefix}.previous_resident_code")
         if n.previous_resident_code == n.record.resident_code:

@@ -18,6 +18,8 @@ from gateway.app import GatewayApp
 from gateway.quotas import Clock
 from jukinet import pki
 from jukinet.client import tls_files
+from jukinet.clock import SYSTEM_CLOCK
+from jukinet.clock import Clock as WallClock
 from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, PrefectureConfig
 from jukinet.purposes import PurposeRegistry
 from jukinet.tls import secure_channel
@@ -129,20 +131,26 @@ class Federation:
             self.gateway = None
 
     async def start_national(
-        self, *, purposes: Path | None = None, registry: PurposeRegistry | None = None
+        self,
+        *,
+        purposes: Path | None = None,
+        registry: PurposeRegistry | None = None,
+        clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
-        """Start the national node (on its former port after a restart)."""
+        """Start the national node (on its former port after a restart), on ``clock``."""
         config = NationalConfig(
             listen=f"127.0.0.1:{self.national_port}",
             database_url=await self._url("national"),
             tls=self._tls("national"),
             purposes=str(purposes) if purposes is not None else "",
         )
-        self.national = NationalApp(config, registry=registry)
+        self.national = NationalApp(config, registry=registry, clock=clock)
         self.national_port = await self.national.start()
 
-    async def start_prefecture(self, code: str, port: int = 0) -> None:
-        """Start prefecture ``code`` (on its former port after a restart)."""
+    async def start_prefecture(
+        self, code: str, port: int = 0, *, clock: WallClock = SYSTEM_CLOCK
+    ) -> None:
+        """Start prefecture ``code`` (on its former port after a restart), on ``clock``."""
         config = PrefectureConfig(
             listen=f"127.0.0.1:{port or self.prefecture_ports.get(code, 0)}",
             database_url=await self._url(f"prefecture-{code}"),
@@ -151,16 +159,19 @@ class Federation:
             national_target=f"127.0.0.1:{self.national_port}",
             push_batch_size=200,
         )
-        app = PrefectureApp(config)
+        app = PrefectureApp(config, clock=clock)
         self.prefectures[code] = app
         self.prefecture_ports[code] = await app.start()
 
-    async def start_municipality(self, code: str, **overrides: Any) -> None:
-        """Start municipality ``code``; ``overrides`` change its config."""
+    async def start_municipality(
+        self, code: str, *, clock: WallClock = SYSTEM_CLOCK, **overrides: Any
+    ) -> None:
+        """Start municipality ``code`` on ``clock``; ``overrides`` change its config."""
         settings: dict[str, Any] = {
             "pool_low_watermark": 20,
             "pool_refill_size": 100,
             "push_batch_size": 200,
+            "prefecture_target": f"127.0.0.1:{self.prefecture_ports[code[:2]]}",
         }
         settings.update(overrides)
         config = MunicipalConfig(
@@ -168,10 +179,9 @@ class Federation:
             database_url=await self._url(f"municipality-{code}"),
             tls=self._tls(f"municipality-{code}"),
             local_government_code=code,
-            prefecture_target=f"127.0.0.1:{self.prefecture_ports[code[:2]]}",
             **settings,
         )
-        app = MunicipalApp(config)
+        app = MunicipalApp(config, clock=clock)
         self.municipalities[code] = app
         self.municipal_ports[code] = await app.start()
 

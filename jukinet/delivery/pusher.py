@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import grpc
 
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.db import Database, describe_error
 from jukinet.delivery.outbox import Outbox
 from jukinet.errors import INFO_EXPECTED_SEQUENCE, INFO_ORIGIN, INFO_SEQUENCE, error_info
@@ -55,8 +56,10 @@ class Pusher:
         max_backoff: float = 5.0,
         stuck_backoff: float = 1.0,
         max_stuck_backoff: float = 60.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._outbox = outbox
         self._open_stream = open_stream
         self._metrics = metrics
@@ -216,7 +219,9 @@ class Pusher:
                             notification=common_pb2.Notification.FromString(payload),
                         )
                         for seq, payload in rows
-                    ]
+                    ],
+                    # The receiver measures this node's clock by it.
+                    sent_at=self._clock.now().isoformat(),
                 )
                 try:
                     await call.write(request)

@@ -10,29 +10,45 @@ on (the prefecture's outbox to the national node; none at the national node).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database, describe_error, is_transient
 from jukinet.delivery.rules import (
+    AppliedKey,
+    Sequenced,
+    conflicting,
     fold_batch,
     fresh_codes,
     holdings_to_look_up,
+    notification_digest,
     sequence,
     touched_codes,
 )
 from jukinet.delivery.store import IdentityStore
-from jukinet.errors import InvalidArgument, JukinetError, NotFound, Unappliable, Unavailable
+from jukinet.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    JukinetError,
+    NotFound,
+    Unappliable,
+    Unavailable,
+)
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, delivery_pb2
-from jukinet.validation import UPPER_TIER_TOLERANCE, check_notification
+from jukinet.validation import check_notification
+
+log = logging.getLogger("jukinet.delivery.receiver")
 
 log = logging.getLogger("jukinet.delivery.receiver")
 
@@ -89,8 +105,10 @@ class Receiver:
         metrics: NodeMetrics,
         authorize_origin: AuthorizeOrigin,
         relay: Relay | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._store = store
         self._metrics = metrics
         self._authorize_origin = authorize_origin
@@ -107,17 +125,15 @@ class Receiver:
             entries = request.entries
             if len(entries) > MAX_BATCH:
                 raise InvalidArgument("entries", f"at most {MAX_BATCH} per batch")
+            self._observe_clock(caller.code, request.sent_at)
+            now = self._clock.now()
             notifications = []
             # Who sends them before what they say: a foreign origin anywhere in
             # the batch is refused as such, whatever the content of any entry.
             for i, entry in enumerate(entries):
                 self._authorize_origin(caller, entry.notification, f"entries[{i}].notification")
             for i, entry in enumerate(entries):
-                check_notification(
-                    entry.notification,
-                    f"entries[{i}].notification",
-                    tolerance=UPPER_TIER_TOLERANCE,
-                )
+                check_notification(entry.notification, f"entries[{i}].notification", now=now)
                 notifications.append(entry.notification)
             try:
                 # Shielded: a sender that goes away mid-batch must not cancel the
@@ -205,6 +221,20 @@ class Receiver:
                 self._metrics.stuck_sequence.labels(n.origin_code).set(0)
                 log.warning("notification %s #%d is applied now", n.origin_code, stuck)
 
+    def _observe_clock(self, peer: str, sent_at: str) -> None:
+        """Export how far ``peer``'s clock is from this node's (a sender that
+        states no time, as before the field existed, is not measured)."""
+        if not sent_at:
+            return
+        try:
+            sent = dt.datetime.fromisoformat(sent_at)
+        except ValueError:
+            raise InvalidArgument("sent_at", "expected an RFC 3339 time") from None
+        if sent.tzinfo is None:
+            raise InvalidArgument("sent_at", "expected an RFC 3339 time with its offset")
+        offset = (self._clock.now() - sent).total_seconds()
+        self._metrics.peer_clock_offset.labels(self._metrics.peer_label(peer)).set(offset)
+
     async def apply(self, notifications: Sequence[common_pb2.Notification]) -> BatchResult:
         """Apply validated notifications in order, in one write transaction: skip
         what was applied, refuse a gap, check fresh codes against the pools,
@@ -220,6 +250,13 @@ class Receiver:
         before = await self._store.cursors(conn, sorted({n.origin_code for n in notifications}))
         sequenced = sequence(before, notifications)
         fresh = sequenced.fresh
+        if sequenced.redelivered:
+            self._check_redelivered(
+                sequenced,
+                await self._store.applied_digests(
+                    conn, {(n.origin_code, n.sequence) for n in sequenced.redelivered}
+                ),
+            )
         if not fresh:
             return BatchResult(0, sequenced.duplicates, ())
         codes = touched_codes(fresh)
@@ -235,6 +272,33 @@ class Receiver:
         if self._relay is not None:
             await self._relay.stage(conn, stored.applied)
         return BatchResult(len(fresh), sequenced.duplicates, stored.lags)
+
+    def _check_redelivered(
+        self,
+        sequenced: Sequenced,
+        applied: Mapping[AppliedKey, bytes],
+    ) -> None:
+        """Refuse the batch if a redelivered notification differs from the one
+        applied under its (origin, sequence), earlier or in this very batch."""
+        known = {
+            **applied,
+            **{(n.origin_code, n.sequence): notification_digest(n) for n in sequenced.fresh},
+        }
+        n = conflicting(sequenced.redelivered, known)
+        if n is None:
+            return
+        self._metrics.notification_conflicts.inc()
+        # The alarm: origin and sequence only, no personal data.
+        log.error(
+            "notification conflict: %s #%d was applied with other content; "
+            "the sender's outbox diverges from what it delivered (restored from a backup?)",
+            n.origin_code,
+            n.sequence,
+        )
+        raise FailedPrecondition(
+            f"origin {n.origin_code}: sequence {n.sequence} was applied with other content",
+            reason=Reason.NOTIFICATION_CONFLICT,
+        )
 
     async def get_identity(
         self, request: delivery_pb2.GetIdentityRequest

@@ -22,6 +22,7 @@ holds it, so its late move-out is accepted (and only enters the history).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -213,11 +214,17 @@ def check_held(
 @dataclass(frozen=True)
 class Sequenced:
     """A batch split by the origins' cursors: the notifications to apply, in
-    order, the number already applied, and each origin's cursor after it."""
+    order, those applied already (to compare with what was applied), and each
+    origin's cursor after it."""
 
     fresh: tuple[common_pb2.Notification, ...]
-    duplicates: int
+    redelivered: tuple[common_pb2.Notification, ...]
     cursors: dict[str, int]
+
+    @property
+    def duplicates(self) -> int:
+        """How many notifications of the batch were applied already."""
+        return len(self.redelivered)
 
 
 def sequence(
@@ -226,17 +233,48 @@ def sequence(
     """Skip what was applied already, take n only after n-1, refuse a gap."""
     cursor = dict(cursors)
     fresh: list[common_pb2.Notification] = []
-    duplicates = 0
+    redelivered: list[common_pb2.Notification] = []
     for n in notifications:
         last = cursor.get(n.origin_code, 0)
         if n.sequence <= last:
-            duplicates += 1
+            redelivered.append(n)
         elif n.sequence == last + 1:
             cursor[n.origin_code] = n.sequence
             fresh.append(n)
         else:
             raise SequenceGap(n.origin_code, last + 1, n.sequence)
-    return Sequenced(tuple(fresh), duplicates, cursor)
+    return Sequenced(tuple(fresh), tuple(redelivered), cursor)
+
+
+AppliedKey = tuple[str, int]
+"""(origin, sequence) of an applied notification."""
+
+
+def notification_digest(n: common_pb2.Notification) -> bytes:
+    """The SHA-256 digest of a notification's content, the same for equal content.
+
+    Over the deterministic serialization: every field, in field-number order,
+    whatever the sender's protobuf library or the order it set them in.
+    """
+    return hashlib.sha256(n.SerializeToString(deterministic=True)).digest()
+
+
+def conflicting(
+    redelivered: Sequence[common_pb2.Notification], applied: Mapping[AppliedKey, bytes]
+) -> common_pb2.Notification | None:
+    """The first notification redelivered with other content than the one applied
+    under its (origin, sequence) (``applied``: their digests), or None.
+
+    A sender restored from an old backup numbers its new changes again from an
+    old sequence: taken as duplicates by their numbers, they would be dropped
+    without a word. An applied notification this tier no longer knows the
+    content of is taken as a duplicate, as before digests were kept.
+    """
+    for n in redelivered:
+        digest = applied.get((n.origin_code, n.sequence))
+        if digest is not None and digest != notification_digest(n):
+            return n
+    return None
 
 
 def touched_codes(notifications: Sequence[common_pb2.Notification]) -> set[str]:

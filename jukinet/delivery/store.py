@@ -7,7 +7,7 @@ node. No decisions are taken here; :mod:`jukinet.delivery.rules` takes them and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,13 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
-from jukinet.delivery.rules import Folded, Holding, StoredIdentity
+from jukinet.delivery.rules import (
+    AppliedKey,
+    Folded,
+    Holding,
+    StoredIdentity,
+    notification_digest,
+)
 from jukinet.names import fold_kana, fold_name
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import NEW_CODE_REASONS
@@ -92,6 +98,10 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         Column("applied_at", DateTime(timezone=True), nullable=False),
         Column("changed_current", Boolean, nullable=False),
         Column("payload", LargeBinary, nullable=False),
+        # SHA-256 of the content (rules.notification_digest): a redelivery under
+        # the same (origin, sequence) is compared with it. Null in rows applied
+        # before digests were kept; their payload answers instead.
+        Column("digest", LargeBinary, nullable=True),
         # The database itself refuses a notification applied twice.
         UniqueConstraint("origin_code", "origin_sequence", name="uq_history_origin"),
         Index("ix_history_resident", "resident_code"),
@@ -218,6 +228,32 @@ class IdentityStore:
             out.update((r[0], r[1]) for r in rows if (r[0], r[1]) in wanted)
         return out
 
+    async def applied_digests(
+        self, conn: AsyncConnection, keys: Collection[AppliedKey]
+    ) -> dict[AppliedKey, bytes]:
+        """The content digests of the applied notifications among ``keys``
+        ((origin, sequence) pairs), one statement per origin."""
+        h = self.t.history
+        by_origin: dict[str, list[int]] = {}
+        for origin, seq in keys:
+            by_origin.setdefault(origin, []).append(seq)
+        out: dict[AppliedKey, bytes] = {}
+        for origin, seqs in sorted(by_origin.items()):
+            seqs.sort()
+            for i in range(0, len(seqs), 500):
+                rows = await conn.execute(
+                    select(h.c.origin_sequence, h.c.digest, h.c.payload).where(
+                        h.c.origin_code == origin, h.c.origin_sequence.in_(seqs[i : i + 500])
+                    )
+                )
+                for seq, digest, payload in rows:
+                    out[(origin, int(seq))] = (
+                        bytes(digest)
+                        if digest is not None
+                        else notification_digest(common_pb2.Notification.FromString(payload))
+                    )
+        return out
+
     async def record_batch(
         self,
         conn: AsyncConnection,
@@ -248,10 +284,12 @@ class IdentityStore:
                     "applied_at": now,
                     "changed_current": changed_current,
                     "payload": payload,
+                    "digest": notification_digest(n),
                 }
             )
             applied.append((n, payload))
-            lags.append((now - recorded).total_seconds())
+            # A sender's clock ahead of this one would make the lag negative.
+            lags.append(max(0.0, (now - recorded).total_seconds()))
         await self._store(conn, folded.changed, existed, now)
         await conn.execute(insert(self.t.history), history)
         cursors_t = self.t.cursors

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from jukinet.v1 import common_pb2 as jukinet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jukinet/v1/delivery.proto\x12\njukinet.v1\x1a\x17jukinet/v1/common.proto\"V\n\x0bOutboxEntry\x12\x17\n\x0foutbox_sequence\x18\x01 \x01(\x04\x12.\n\x0cnotification\x18\x02 \x01(\x0b\x32\x18.jukinet.v1.Notification\"D\n\x18PushNotificationsRequest\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.jukinet.v1.OutboxEntry\"^\n\x19PushNotificationsResponse\x12\x1c\n\x14\x61\x63knowledged_through\x18\x01 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\"W\n\x17\x41llocateCodePoolRequest\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x18\x41llocateCodePoolResponse\x12\x16\n\x0eresident_codes\x18\x01 \x03(\t\"\x8e\x01\n\rIdentityState\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.jukinet.v1.IdentityRecord\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.jukinet.v1.RecordStatus\x12\x13\n\x0breplaced_by\x18\x03 \x01(\t\x12\x12\n\nupdated_at\x18\x04 \x01(\t\"k\n\x0cHistoryEntry\x12.\n\x0cnotification\x18\x01 \x01(\x0b\x32\x18.jukinet.v1.Notification\x12\x12\n\napplied_at\x18\x02 \x01(\t\x12\x17\n\x0f\x63hanged_current\x18\x03 \x01(\x08\"+\n\x12GetIdentityRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\"m\n\x13GetIdentityResponse\x12+\n\x08identity\x18\x01 \x01(\x0b\x32\x19.jukinet.v1.IdentityState\x12)\n\x07history\x18\x02 \x03(\x0b\x32\x18.jukinet.v1.HistoryEntry\"G\n\x17\x45xportIdentitiesRequest\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\"I\n\x18\x45xportIdentitiesResponse\x12-\n\nidentities\x18\x01 \x03(\x0b\x32\x19.jukinet.v1.IdentityState\":\n\x0cOriginCursor\x12\x13\n\x0borigin_code\x18\x01 \x01(\t\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\"\x1a\n\x18GetDeliveryStatusRequest\"\x9a\x01\n\x19GetDeliveryStatusResponse\x12)\n\x07\x61pplied\x18\x01 \x03(\x0b\x32\x18.jukinet.v1.OriginCursor\x12\x1c\n\x14outbox_last_sequence\x18\x02 \x01(\x04\x12\x1b\n\x13outbox_acknowledged\x18\x03 \x01(\x04\x12\x17\n\x0fidentities_held\x18\x04 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jukinet/v1/delivery.proto\x12\njukinet.v1\x1a\x17jukinet/v1/common.proto\"V\n\x0bOutboxEntry\x12\x17\n\x0foutbox_sequence\x18\x01 \x01(\x04\x12.\n\x0cnotification\x18\x02 \x01(\x0b\x32\x18.jukinet.v1.Notification\"U\n\x18PushNotificationsRequest\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.jukinet.v1.OutboxEntry\x12\x0f\n\x07sent_at\x18\x02 \x01(\t\"^\n\x19PushNotificationsResponse\x12\x1c\n\x14\x61\x63knowledged_through\x18\x01 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\"W\n\x17\x41llocateCodePoolRequest\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x18\x41llocateCodePoolResponse\x12\x16\n\x0eresident_codes\x18\x01 \x03(\t\"\x8e\x01\n\rIdentityState\x12*\n\x06record\x18\x01 \x01(\x0b\x32\x1a.jukinet.v1.IdentityRecord\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.jukinet.v1.RecordStatus\x12\x13\n\x0breplaced_by\x18\x03 \x01(\t\x12\x12\n\nupdated_at\x18\x04 \x01(\t\"k\n\x0cHistoryEntry\x12.\n\x0cnotification\x18\x01 \x01(\x0b\x32\x18.jukinet.v1.Notification\x12\x12\n\napplied_at\x18\x02 \x01(\t\x12\x17\n\x0f\x63hanged_current\x18\x03 \x01(\x08\"+\n\x12GetIdentityRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\"m\n\x13GetIdentityResponse\x12+\n\x08identity\x18\x01 \x01(\x0b\x32\x19.jukinet.v1.IdentityState\x12)\n\x07history\x18\x02 \x03(\x0b\x32\x18.jukinet.v1.HistoryEntry\"G\n\x17\x45xportIdentitiesRequest\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\"I\n\x18\x45xportIdentitiesResponse\x12-\n\nidentities\x18\x01 \x03(\x0b\x32\x19.jukinet.v1.IdentityState\":\n\x0cOriginCursor\x12\x13\n\x0borigin_code\x18\x01 \x01(\t\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\"\x1a\n\x18GetDeliveryStatusRequest\"\x9a\x01\n\x19GetDeliveryStatusResponse\x12)\n\x07\x61pplied\x18\x01 \x03(\x0b\x32\x18.jukinet.v1.OriginCursor\x12\x1c\n\x14outbox_last_sequence\x18\x02 \x01(\x04\x12\x1b\n\x13outbox_acknowledged\x18\x03 \x01(\x04\x12\x17\n\x0fidentities_held\x18\x04 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTBOXENTRY']._serialized_start=66
   _globals['_OUTBOXENTRY']._serialized_end=152
   _globals['_PUSHNOTIFICATIONSREQUEST']._serialized_start=154
-  _globals['_PUSHNOTIFICATIONSREQUEST']._serialized_end=222
-  _globals['_PUSHNOTIFICATIONSRESPONSE']._serialized_start=224
-  _globals['_PUSHNOTIFICATIONSRESPONSE']._serialized_end=318
-  _globals['_ALLOCATECODEPOOLREQUEST']._serialized_start=320
-  _globals['_ALLOCATECODEPOOLREQUEST']._serialized_end=407
-  _globals['_ALLOCATECODEPOOLRESPONSE']._serialized_start=409
-  _globals['_ALLOCATECODEPOOLRESPONSE']._serialized_end=459
-  _globals['_IDENTITYSTATE']._serialized_start=462
-  _globals['_IDENTITYSTATE']._serialized_end=604
-  _globals['_HISTORYENTRY']._serialized_start=606
-  _globals['_HISTORYENTRY']._serialized_end=713
-  _globals['_GETIDENTITYREQUEST']._serialized_start=715
-  _globals['_GETIDENTITYREQUEST']._serialized_end=758
-  _globals['_GETIDENTITYRESPONSE']._serialized_start=760
-  _globals['_GETIDENTITYRESPONSE']._serialized_end=869
-  _globals['_EXPORTIDENTITIESREQUEST']._serialized_start=871
-  _globals['_EXPORTIDENTITIESREQUEST']._serialized_end=942
-  _globals['_EXPORTIDENTITIESRESPONSE']._serialized_start=944
-  _globals['_EXPORTIDENTITIESRESPONSE']._serialized_end=1017
-  _globals['_ORIGINCURSOR']._serialized_start=1019
-  _globals['_ORIGINCURSOR']._serialized_end=1077
-  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_start=1079
-  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_end=1105
-  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_start=1108
-  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_end=1262
+  _globals['_PUSHNOTIFICATIONSREQUEST']._serialized_end=239
+  _globals['_PUSHNOTIFICATIONSRESPONSE']._serialized_start=241
+  _globals['_PUSHNOTIFICATIONSRESPONSE']._serialized_end=335
+  _globals['_ALLOCATECODEPOOLREQUEST']._serialized_start=337
+  _globals['_ALLOCATECODEPOOLREQUEST']._serialized_end=424
+  _globals['_ALLOCATECODEPOOLRESPONSE']._serialized_start=426
+  _globals['_ALLOCATECODEPOOLRESPONSE']._serialized_end=476
+  _globals['_IDENTITYSTATE']._serialized_start=479
+  _globals['_IDENTITYSTATE']._serialized_end=621
+  _globals['_HISTORYENTRY']._serialized_start=623
+  _globals['_HISTORYENTRY']._serialized_end=730
+  _globals['_GETIDENTITYREQUEST']._serialized_start=732
+  _globals['_GETIDENTITYREQUEST']._serialized_end=775
+  _globals['_GETIDENTITYRESPONSE']._serialized_start=777
+  _globals['_GETIDENTITYRESPONSE']._serialized_end=886
+  _globals['_EXPORTIDENTITIESREQUEST']._serialized_start=888
+  _globals['_EXPORTIDENTITIESREQUEST']._serialized_end=959
+  _globals['_EXPORTIDENTITIESRESPONSE']._serialized_start=961
+  _globals['_EXPORTIDENTITIESRESPONSE']._serialized_end=1034
+  _globals['_ORIGINCURSOR']._serialized_start=1036
+  _globals['_ORIGINCURSOR']._serialized_end=1094
+  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_start=1096
+  _globals['_GETDELIVERYSTATUSREQUEST']._serialized_end=1122
+  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_start=1125
+  _globals['_GETDELIVERYSTATUSRESPONSE']._serialized_end=1279
 # @@protoc_insertion_point(module_scope)

@@ -48,21 +48,26 @@ Global___OutboxEntry: _TypeAlias = OutboxEntry  # noqa: Y015
 
 @_typing.final
 class PushNotificationsRequest(_message.Message):
-    """One batch on the delivery stream."""
+    """One batch on the delivery stream. sent_at (RFC 3339) is the sender's clock when
+    it sent the batch: the receiver exports the sender's clock offset from it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    sent_at: _builtins.str
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxEntry]: ...
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___OutboxEntry] | None = ...,
+        sent_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "sent_at", b"sent_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import MunicipalConfig
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
@@ -48,8 +49,9 @@ def certificate_keys(files: TlsFiles) -> CertificateKeys:
 class MunicipalApp:
     """A municipal node: register, code pool keeper, pusher, server."""
 
-    def __init__(self, config: MunicipalConfig) -> None:
+    def __init__(self, config: MunicipalConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
+        self.clock = clock
         self.metrics = NodeMetrics("municipal")
         self.db = Database(config.database_url)
         self.outbox = Outbox(models.outbox)
@@ -80,6 +82,7 @@ class MunicipalApp:
             metrics=self.metrics,
             batch_size=self.config.push_batch_size,
             window=self.config.push_window,
+            clock=self.clock,
         )
         self.pusher = pusher
         service = MunicipalService(
@@ -91,6 +94,7 @@ class MunicipalApp:
             municipality=self.config.local_government_code,
             metrics=self.metrics,
             keys=certificate_keys(self.config.tls),
+            clock=self.clock,
         )
         self.service = service
 

@@ -7,7 +7,6 @@ handed down (:class:`services.municipal.pool.PoolKeeper`).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet import movecert
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox, PendingEntry
@@ -37,7 +37,6 @@ from jukinet.metrics import NodeMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
 from jukinet.validation import (
-    NO_TOLERANCE,
     check_address,
     check_birth_date,
     check_effective_date,
@@ -71,10 +70,6 @@ R = common_pb2
 MAX_IMPORT_BATCH = 10_000
 MAX_PAGE = 5_000
 MAX_CERTIFICATE_NUMBER = 64  # the column's width; the issuers' numbers are 23 characters
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _new_household() -> str:
@@ -118,9 +113,11 @@ class MunicipalService:
         municipality: str,
         metrics: NodeMetrics,
         keys: CertificateKeys,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
         self.keys = keys
+        self._clock = clock
         self.outbox = outbox
         self.pool = pool
         self.municipality = municipality
@@ -135,13 +132,13 @@ class MunicipalService:
         if not changes:
             return 0
         first = await self.outbox.reserve(conn, len(changes))
-        now = _now()
+        now = self._clock.now()
         entries = []
         for i, change in enumerate(changes):
             n = build_notification(self.municipality, first + i, change, now)
             # The rules every tier checks a notification by: what the
             # prefecture would refuse is refused here, and nothing is written.
-            check_notification(n, "notification", tolerance=NO_TOLERANCE)
+            check_notification(n, "notification", now=now)
             entries.append(
                 PendingEntry(self.municipality, 0, change.resident_code, n.SerializeToString())
             )
@@ -533,7 +530,7 @@ class MunicipalService:
                 planned_date=effective,
                 destination=destination,
                 move_out_sequence=seq,
-                issued_at=_now(),
+                issued_at=self._clock.now(),
             )
             signed = movecert.sign(cert, self.keys.key, self.keys.certificate)
             await repo.insert_certificate(

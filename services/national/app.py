@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
@@ -33,9 +34,16 @@ KEPT_READ_CONNECTIONS = 4
 
 class NationalApp:
     """The national node: database, identity records, provision log, server.
-    ``registry`` replaces the configured purpose registry file (tests)."""
+    ``registry`` replaces the configured purpose registry file and ``clock`` the
+    system clock (tests)."""
 
-    def __init__(self, config: NationalConfig, *, registry: PurposeRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: NationalConfig,
+        *,
+        registry: PurposeRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.config = config
         # Loaded here so that a bad registry stops the start with one clear line.
         self.registry = (
@@ -48,6 +56,7 @@ class NationalApp:
             "national",
             agencies=self.registry.agency_codes,
             purposes=[p.code for p in self.registry],
+            peers=[f"{i:02d}" for i in range(1, 48)],
         )
         self.db = Database(config.database_url)
         self.store = IdentityStore(models.identities)
@@ -56,6 +65,7 @@ class NationalApp:
             store=self.store,
             metrics=self.metrics,
             authorize_origin=authorize_prefecture_origin,
+            clock=clock,
         )
         self.provisions = ProvisionLog(self.db)
         self.kept = KeptConnections(self.db, KEPT_READ_CONNECTIONS)

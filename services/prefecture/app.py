@@ -8,12 +8,14 @@ from pathlib import Path
 
 import grpc
 
+from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import PrefectureConfig
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
+from jukinet.localgov import all_local_governments
 from jukinet.metrics import NodeMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
@@ -33,9 +35,16 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 class PrefectureApp:
     """A prefecture node: identity records, relay outbox and its pusher, server."""
 
-    def __init__(self, config: PrefectureConfig) -> None:
+    def __init__(self, config: PrefectureConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
-        self.metrics = NodeMetrics("prefecture")
+        self.clock = clock
+        # Peers in labels: the prefecture's own local governments.
+        self.metrics = NodeMetrics(
+            "prefecture",
+            peers=[
+                g.code for g in all_local_governments() if g.code.startswith(config.prefecture_code)
+            ],
+        )
         self.db = Database(config.database_url)
         self.store = IdentityStore(models.identities)
         self.outbox = Outbox(models.outbox)
@@ -57,6 +66,7 @@ class PrefectureApp:
             metrics=self.metrics,
             batch_size=self.config.push_batch_size,
             window=self.config.push_window,
+            clock=self.clock,
         )
         receiver = Receiver(
             db=self.db,
@@ -64,6 +74,7 @@ class PrefectureApp:
             metrics=self.metrics,
             authorize_origin=authorize_municipal_origin,
             relay=OutboxRelay(self.outbox, self._pusher),
+            clock=self.clock,
         )
         service = PrefectureService(
             db=self.db,

@@ -568,9 +568,10 @@ async def test_gap_then_duplicate(
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert meta["jukinet-expected-sequence"] == "2"
 
-    # A batch that overlaps what was applied: the old part is a duplicate.
+    # A batch that overlaps what was applied: the old part, the same
+    # notification again, is a duplicate.
     code, _, acks = await push(
-        direct, batch((1, notification(1, codes[0])), (2, notification(2, codes[1])))
+        direct, batch((1, first.entries[0].notification), (2, notification(2, codes[1])))
     )
     assert code == grpc.StatusCode.OK
     assert [(a.acknowledged_through, a.applied, a.duplicates) for a in acks] == [(2, 1, 1)]

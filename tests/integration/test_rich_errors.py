@@ -211,6 +211,10 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: Unappliable(TOTTORI, 7),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
+    Reason.NOTIFICATION_CONFLICT: (
+        lambda: FailedPrecondition("conflict", reason=Reason.NOTIFICATION_CONFLICT),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     Reason.ALREADY_REGISTERED: (
         lambda: AlreadyExists("registered", reason=Reason.ALREADY_REGISTERED),
         grpc.StatusCode.ALREADY_EXISTS,

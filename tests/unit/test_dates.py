@@ -1,5 +1,6 @@
 """The register's dates against the clock: one rule, applied at the municipal
-node with no tolerance and at the upper tiers with UPPER_TIER_TOLERANCE."""
+node against its own date and at the upper tiers against theirs plus the clock
+skew they tolerate."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ import pytest
 from jukinet.errors import InvalidArgument
 from jukinet.v1 import common_pb2
 from jukinet.validation import (
-    NO_TOLERANCE,
     PLANNED_AHEAD,
     PLANNED_REASONS,
     REASON_KIND,
-    UPPER_TIER_TOLERANCE,
     check_effective_date,
     latest_effective_date,
     today,
@@ -42,16 +41,18 @@ def test_only_a_move_out_is_dated_ahead(reason: C.ChangeReason.ValueType) -> Non
 
 
 @pytest.mark.parametrize("reason", sorted(REASON_KIND))
-def test_what_a_municipality_accepts_is_accepted_above(
+def test_a_receiver_checks_against_the_date_it_is_given(
     reason: C.ChangeReason.ValueType,
 ) -> None:
-    # The latest date a municipality whose date is a day ahead accepts is
-    # still inside the upper tier's window; two days ahead is not.
-    municipal_latest = latest_effective_date(reason, NO_TOLERANCE) + DAY
-    check_effective_date(iso(municipal_latest), reason=reason, tolerance=UPPER_TIER_TOLERANCE)
+    # A receiver passes the date at its clock plus the skew it tolerates: a
+    # sender past midnight while the receiver is not is inside the window.
+    tomorrow = today() + DAY
+    check_effective_date(
+        iso(latest_effective_date(reason, tomorrow)), reason=reason, latest=tomorrow
+    )
     with pytest.raises(InvalidArgument):
         check_effective_date(
-            iso(municipal_latest + DAY), reason=reason, tolerance=UPPER_TIER_TOLERANCE
+            iso(latest_effective_date(reason, tomorrow) + DAY), reason=reason, latest=tomorrow
         )
 
 

@@ -13,10 +13,12 @@ from jukinet.delivery.rules import (
     SUPERSEDED,
     Holding,
     StoredIdentity,
+    conflicting,
     decide,
     fold_batch,
     fresh_codes,
     holdings_to_look_up,
+    notification_digest,
     record_after,
     registers,
     sequence,
@@ -172,6 +174,34 @@ def test_sequence_skips_duplicates_and_advances_each_origin() -> None:
     assert [(n.origin_code, n.sequence) for n in result.fresh] == [("312011", 4), ("131016", 1)]
     assert result.duplicates == 1
     assert result.cursors == {"312011": 4, "131016": 1}
+
+
+def test_sequence_keeps_the_redelivered_to_compare() -> None:
+    again = note("312011", 3, pb.CHANGE_REASON_RELOCATION, "2026-01-01")
+    result = sequence({"312011": 3}, [again])
+    assert result.redelivered == (again,)
+    assert result.fresh == ()
+
+
+def test_a_digest_is_of_the_content_whatever_order_its_fields_were_set_in() -> None:
+    a = note("312011", 3, pb.CHANGE_REASON_RELOCATION, "2026-01-01")
+    b = pb.Notification()
+    b.record.CopyFrom(a.record)
+    b.effective_date, b.sequence, b.origin_code = a.effective_date, a.sequence, a.origin_code
+    b.kind, b.reason, b.recorded_at = a.kind, a.reason, a.recorded_at
+    assert notification_digest(a) == notification_digest(b)
+    b.record.name = "別人 太郎"
+    assert notification_digest(a) != notification_digest(b)
+
+
+def test_a_redelivery_conflicts_only_with_other_content() -> None:
+    applied = note("312011", 3, pb.CHANGE_REASON_RELOCATION, "2026-01-01")
+    known = {("312011", 3): notification_digest(applied)}
+    other = note("312011", 3, pb.CHANGE_REASON_RELOCATION, "2026-01-02")
+    assert conflicting([applied], known) is None
+    assert conflicting([applied, other], known) is other
+    # A sequence with no content to compare with is a duplicate, as before.
+    assert conflicting([other], {}) is None
 
 
 def test_sequence_refuses_a_gap_with_the_expected_sequence() -> None:

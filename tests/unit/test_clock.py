@@ -1,0 +1,66 @@
+"""The clock tolerance of a receiving tier: a notification's dates may lie up
+to MAX_CLOCK_SKEW ahead of the receiver's clock, and no further."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from jukinet.clock import JST, MAX_CLOCK_SKEW, Clock, latest_accepted_date
+from jukinet.codes import resident_check_digit
+from jukinet.errors import InvalidArgument
+from jukinet.v1 import common_pb2
+from jukinet.validation import check_notification
+
+C = common_pb2
+NEW_YEAR = dt.date(2027, 1, 1)
+MIDNIGHT = dt.datetime(2027, 1, 1, tzinfo=JST)
+CODE = "1234567890" + str(resident_check_digit("1234567890"))
+
+
+def born_on(date: dt.date) -> C.Notification:
+    """A birth at 312011 dated ``date``."""
+    return C.Notification(
+        origin_code="312011",
+        sequence=1,
+        kind=C.CHANGE_KIND_CREATED,
+        reason=C.CHANGE_REASON_BIRTH,
+        effective_date=date.isoformat(),
+        recorded_at=MIDNIGHT.isoformat(),
+        record=C.IdentityRecord(
+            resident_code=CODE,
+            name="鳥取 元日",
+            name_kana="トットリ ガンジツ",
+            birth_date=date.isoformat(),
+            sex=C.SEX_FEMALE,
+            address="鳥取県鳥取市東町1丁目220番地",
+            local_government_code="312011",
+        ),
+    )
+
+
+def test_the_tolerance_is_five_minutes() -> None:
+    assert dt.timedelta(minutes=5) == MAX_CLOCK_SKEW
+    assert latest_accepted_date(MIDNIGHT - MAX_CLOCK_SKEW) == NEW_YEAR
+    assert latest_accepted_date(MIDNIGHT - MAX_CLOCK_SKEW - dt.timedelta(seconds=1)) < NEW_YEAR
+
+
+def test_a_date_within_the_tolerance_is_accepted() -> None:
+    check_notification(born_on(NEW_YEAR), now=MIDNIGHT - MAX_CLOCK_SKEW)
+    check_notification(born_on(NEW_YEAR), now=MIDNIGHT - dt.timedelta(seconds=60))
+
+
+def test_a_date_beyond_the_tolerance_is_in_the_future() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        check_notification(
+            born_on(NEW_YEAR), now=MIDNIGHT - MAX_CLOCK_SKEW - dt.timedelta(seconds=1)
+        )
+    assert caught.value.field == "notification.record.birth_date"
+
+
+def test_a_clock_runs_from_its_offset() -> None:
+    clock = Clock(dt.timedelta(hours=-3))
+    shown = clock.now()
+    behind = dt.datetime.now(dt.UTC) - shown
+    assert dt.timedelta(hours=3) <= behind < dt.timedelta(hours=3, seconds=5)
