@@ -56,7 +56,7 @@ def test_a_date_beyond_the_tolerance_is_in_the_future() -> None:
         check_notification(
             born_on(NEW_YEAR), now=MIDNIGHT - MAX_CLOCK_SKEW - dt.timedelta(seconds=1)
         )
-    assert caught.value.field == "notification.record.birth_date"
+    assert caught.value.field == "notification.effective_date"
 
 
 def test_a_clock_runs_from_its_offset() -> None:
