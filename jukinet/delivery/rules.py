@@ -193,12 +193,10 @@ def _absorb(current: StoredIdentity, n: common_pb2.Notification) -> Decision:
     return Decision((learned,) if learned != current else (), False)
 
 
-def _replacing(
-    current: StoredIdentity | None, new: StoredIdentity, **changes: object
-) -> StoredIdentity:
+def _replacing(current: StoredIdentity | None, new: StoredIdentity) -> StoredIdentity:
     # A state that replaces another follows everything the other followed.
     before = current.follows if current is not None else ()
-    return dataclasses.replace(new, follows=merge_follows(before, new.follows), **changes)
+    return dataclasses.replace(new, follows=merge_follows(before, new.follows))
 
 
 def _may_register(current: StoredIdentity | None, n: common_pb2.Notification) -> bool:
@@ -242,7 +240,8 @@ def decide(states: Mapping[str, StoredIdentity], n: common_pb2.Notification) -> 
     status = REMOVED if n.kind == common_pb2.CHANGE_KIND_REMOVED else ACTIVE
     since = current.registered_since if current is not None else n.effective_date
     updated = _replacing(
-        current, StoredIdentity.from_notification(n, status), registered_since=since
+        current,
+        dataclasses.replace(StoredIdentity.from_notification(n, status), registered_since=since),
     )
     return Decision((updated,), True)
 
@@ -262,9 +261,9 @@ def _change_code(states: Mapping[str, StoredIdentity], n: common_pb2.Notificatio
         out.append(
             _replacing(
                 old,
-                dataclasses.replace(old, follows=known_past(n)),
-                status=SUPERSEDED,
-                replaced_by=code,
+                dataclasses.replace(
+                    old, follows=known_past(n), status=SUPERSEDED, replaced_by=code
+                ),
             )
         )
     # The new code continues the old one's life: it follows what the old one did.
@@ -310,16 +309,27 @@ def holdings_to_look_up(
     fresh: Sequence[common_pb2.Notification], records: Mapping[str, StoredIdentity]
 ) -> set[Holding]:
     """The (code, origin) pairs the history must answer for this batch: those of
-    notifications acting on a code whose stored record is not at their origin.
-    Usually none (a municipality mostly changes the residents it registers now),
-    so the common batch costs no query."""
+    notifications acting on a code whose stored record is not at their origin,
+    or may leave it earlier in the batch (a batch relayed from a prefecture
+    carries several origins: another one's move-in may come first). Usually
+    none (a municipality mostly changes the residents it registers now), so
+    the common batch costs no query."""
+    registered_by: dict[str, set[str]] = {}
+    for n in fresh:
+        holding = registers(n)
+        if holding is not None:
+            registered_by.setdefault(holding[0], set()).add(holding[1])
     out: set[Holding] = set()
     for n in fresh:
         code = acted_on(n)
         if code is None:
             continue
         current = records.get(code)
-        if current is None or current.local_government_code != n.origin_code:
+        if (
+            current is None
+            or current.local_government_code != n.origin_code
+            or registered_by.get(code, set()) - {n.origin_code}
+        ):
             out.add((code, n.origin_code))
     return out
 

@@ -6,6 +6,7 @@ node. No decisions are taken here; :mod:`jukinet.delivery.rules` takes them and
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
@@ -188,7 +189,9 @@ class IdentityStore:
                 )
             )
             for row in rows:
-                record = StoredIdentity(*row[:-1], follows=decode_follows(row[-1]))
+                record = dataclasses.replace(
+                    StoredIdentity(*row[:-1]), follows=decode_follows(row[-1])
+                )
                 out[record.resident_code] = record
         return out
 
