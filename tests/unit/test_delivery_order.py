@@ -319,7 +319,9 @@ def lives(draw: st.DrawFn) -> Register:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(register=lives(), data=st.data())
-def test_any_interleaving_ends_as_the_registers_say(register: Register, data: st.DataObject) -> None:
+def test_any_interleaving_ends_as_the_registers_say(
+    register: Register, data: st.DataObject
+) -> None:
     pending = {o: list(s) for o, s in register.streams.items()}
     order: list[pb.Notification] = []
     while any(pending.values()):
