@@ -19,16 +19,19 @@ Whatever a state follows, it follows transitively; so:
   enters the history alone, and the record learns what it followed (a stale
   move-in's certificate, for instance);
 * a creation registers the person at its origin when the record does not
-  exist, or when it follows the record's state: every entry of the state's
-  :data:`Follows` is covered by (O, n - 1) and (I, s). It is *overtaken*,
-  and enters the history alone, when the state follows a later notification
-  of the certificate's issuer than s (the person came back to I after the
-  move-out this creation rests on). Where neither is known (no certificate:
-  moves from abroad, ex-officio entries; a record stored before the state
-  kept what it follows; or a chain of moves whose middle has not arrived yet),
-  a creation elsewhere registers the person only if its effective date is not
-  older than the registration it replaces, active or removed (a late birth
-  notice must not undo a later move and death somewhere else);
+  exist or is at that origin, or when it follows the record's state: every
+  entry of the state's :data:`Follows` is covered by (O, n - 1) and (I, s).
+  It is *overtaken*, and enters the history alone, when the state follows a
+  later notification of the certificate's issuer than s (the person came back
+  to I after the move-out this creation rests on). Where neither is known (no
+  certificate: a move from abroad with a former code; a record stored before
+  states kept what they follow; a chain of moves whose middle has not arrived
+  yet), a creation elsewhere registers the person only if its effective date
+  is not older than the registration it replaces, active or removed (a late
+  notice must not undo a later move and death somewhere else). Among two or
+  three municipalities every order ends as the registers say; a chain through
+  four or more on one effective date whose middle lags behind both ends can
+  still be decided wrongly by the date;
 * a creation with a fresh code (birth, ex-officio entry, the new code of a
   code change) is the first event of that code: when the record exists
   already, a later change of another municipality overtook it, and it enters

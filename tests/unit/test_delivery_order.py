@@ -399,3 +399,16 @@ def test_follows_round_trip_through_the_column() -> None:
     assert encode_follows(()) == "" and decode_follows("") == ()
     for garbage in ("[1]", "{", '{"312011":"x"}', '{"312011":true}', '{"312011":-1}', "null"):
         assert decode_follows(garbage) == (), garbage
+
+
+def test_a_relayed_batch_with_a_move_in_before_the_late_move_out() -> None:
+    # The national node's batches carry several origins: 312029's move-in comes
+    # first in the batch, so 312011's move-out no longer finds the record at
+    # 312011 and needs the history's word that 312011 holds the resident.
+    register = Register().born(A).move(B)
+    birth, move_out = register.streams[A]
+    (move_in,) = register.streams[B]
+    tier = final_state(register, [birth])
+    assert holdings_to_look_up([move_in, move_out], tier.records) == {(CODES[0], A)}
+    tier.push([move_in, move_out])
+    assert_register_truth(register, tier, "relayed")
