@@ -24,19 +24,17 @@ from jukinet.delivery.rules import (
     ACTIVE,
     REMOVED,
     SUPERSEDED,
-    Holding,
     StoredIdentity,
     certificate_link,
     decide,
-    fold_batch,
     holdings_to_look_up,
     merge_follows,
-    registers,
 )
 from jukinet.delivery.store import decode_follows, encode_follows
 from jukinet.identity import Identity
 from jukinet.v1 import common_pb2 as pb
 from jukinet.vocabulary import Person
+from tests.unit.test_delivery_rules import Tier
 
 A, B, C = "312011", "312029", "131016"
 CODES = ("12345678903", "24727059608", "36912345670", "48123456789")
@@ -157,35 +155,11 @@ class Register:
         return self
 
 
-class Tier:
-    """An upper tier's store, reduced to what the rules read and write: the
-    records (with what they follow), the pools and the history's holdings."""
-
-    def __init__(self, pools: dict[str, str]) -> None:
-        self.records: dict[str, StoredIdentity] = {}
-        self.history: set[Holding] = set()
-        self.born: set[str] = set()
-        self.pools = pools
-
-    def push(self, batch: Sequence[pb.Notification]) -> None:
-        """Fold a batch as the receiver does."""
-        wanted = holdings_to_look_up(batch, self.records)
-        folded = fold_batch(
-            batch, dict(self.records), self.pools, set(self.born), registered=self.history & wanted
-        )
-        self.records.update(folded.changed)
-        self.history |= {h for n in batch if (h := registers(n)) is not None}
-        self.born |= {n.record.resident_code for n in batch if n.reason in _FRESH}
-
-
-_FRESH = {pb.CHANGE_REASON_BIRTH, pb.CHANGE_REASON_CODE_CHANGE}
-
-
 def final_state(register: Register, order: Sequence[pb.Notification], batch: int = 1) -> Tier:
     """The tier after folding ``order`` in batches of ``batch``."""
     tier = Tier(register.pools)
     for i in range(0, len(order), batch):
-        tier.push(order[i : i + batch])
+        tier.push(list(order[i : i + batch]))
     return tier
 
 
