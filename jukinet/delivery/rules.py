@@ -2,16 +2,48 @@
 identity records it holds. Pure rules, no I/O.
 
 Order holds per municipality only: the two halves of a move (the new
-municipality's creation, the old one's removal) may arrive in either order.
-The rules make both orders end in the same state:
+municipality's creation, the old one's removal) may arrive in either order,
+and streams of different municipalities interleave differently at the
+prefecture and at the national node. The rules make every such order end in
+the state of the municipality that registers the resident last.
 
-* a creation registers the person at its origin, unless the record belongs to
-  another municipality since a later effective date;
+Ordering by cause. Each stored record keeps what its state is known to follow
+(:data:`Follows`): per origin, the highest sequence of that origin's stream
+that the state comes after. A notification (origin O, sequence n) follows
+O's own earlier notifications and, for a domestic move-in, the old
+municipality's move-out that its certificate names, (I, move_out_sequence s).
+Whatever a state follows, it follows transitively; so:
+
+* a notification is *stale* for a record whose state already follows (O, m)
+  with m >= n: the state is the result of something that came after it. It
+  enters the history alone, and the record learns what it followed (a stale
+  move-in's certificate, for instance);
+* a creation registers the person at its origin when the record does not
+  exist or is at that origin, or when it follows the record's state: every
+  entry of the state's :data:`Follows` is covered by (O, n - 1) and (I, s).
+  It is *overtaken*, and enters the history alone, when the state follows a
+  later notification of the certificate's issuer than s (the person came back
+  to I after the move-out this creation rests on). Where neither is known (no
+  certificate: a move from abroad with a former code; a record stored before
+  states kept what they follow; a chain of moves whose middle has not arrived
+  yet), a creation elsewhere registers the person only if its effective date
+  is not older than the registration it replaces, active or removed (a late
+  notice must not undo a later move and death somewhere else). Among two or
+  three municipalities every order ends as the registers say; a chain through
+  four or more on one effective date whose middle lags behind both ends can
+  still be decided wrongly by the date;
+* a creation with a fresh code (birth, ex-officio entry, the new code of a
+  code change) is the first event of that code: when the record exists
+  already, a later change of another municipality overtook it, and it enters
+  the history alone;
 * a removal or amendment changes the record only while the record belongs to
   the municipality that sent it; otherwise it enters the history alone (a late
   move-out never removes the registration at the new municipality);
 * a code change supersedes the old code (kept, pointing to the new one) and
-  registers the new code under the same rule as a creation.
+  registers the new code, which follows everything the old one followed.
+
+A state that replaces another follows everything the replaced one followed,
+and its own notification (with the certificate's move-out, if any).
 
 Before any of that, a removal, amendment or code change must come from a
 municipality that holds the resident (:func:`check_held`): one that registered
@@ -26,6 +58,8 @@ import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from jukinet.errors import InvalidArgument, PermissionDenied, SequenceGap
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2
@@ -35,6 +69,62 @@ from jukinet.vocabulary import person_values
 ACTIVE = common_pb2.RECORD_STATUS_ACTIVE
 REMOVED = common_pb2.RECORD_STATUS_REMOVED
 SUPERSEDED = common_pb2.RECORD_STATUS_SUPERSEDED
+
+Follows = tuple[tuple[str, int], ...]
+"""What a stored state is known to follow: (origin, highest sequence) pairs,
+sorted by origin, one per origin. Empty for a state that knows nothing (a
+record stored before states kept it)."""
+
+
+def follows_of(follows: Follows, origin: str) -> int:
+    """The highest sequence of ``origin`` that ``follows`` names (0: none)."""
+    for o, s in follows:
+        if o == origin:
+            return s
+    return 0
+
+
+def merge_follows(*parts: Follows) -> Follows:
+    """Everything the parts follow: per origin, the highest sequence."""
+    out: dict[str, int] = {}
+    for part in parts:
+        for o, s in part:
+            if s > out.get(o, 0):
+                out[o] = s
+    return tuple(sorted(out.items()))
+
+
+def certificate_link(n: common_pb2.Notification) -> tuple[str, int] | None:
+    """The move-out a creation rests on, (issuer, move-out sequence), as its
+    move-out certificate names it; None without a readable certificate for this
+    code from another municipality. The certificate's signature is checked
+    before the rules run; bytes that do not parse only lose the link."""
+    if n.kind != common_pb2.CHANGE_KIND_CREATED or not n.HasField("move_out_certificate"):
+        return None
+    raw = n.move_out_certificate.certificate
+    if not raw:
+        return None
+    try:
+        certificate = common_pb2.MoveOutCertificate.FromString(raw)
+    except (DecodeError, ValueError):
+        return None
+    issuer = certificate.issuing_local_government_code
+    if (
+        not issuer
+        or issuer == n.origin_code
+        or certificate.move_out_sequence <= 0
+        or certificate.resident_code != n.record.resident_code
+    ):
+        return None
+    return (issuer, int(certificate.move_out_sequence))
+
+
+def known_past(n: common_pb2.Notification) -> Follows:
+    """What the state a notification leaves follows of its own: the notification
+    itself and, for a domestic move-in, the move-out its certificate names."""
+    own: Follows = ((n.origin_code, n.sequence),)
+    link = certificate_link(n)
+    return own if link is None else merge_follows(own, (link,))
 
 
 @dataclass(frozen=True)
@@ -53,12 +143,14 @@ class StoredIdentity:
     status: common_pb2.RecordStatus.ValueType
     replaced_by: str
     registered_since: str  # effective date of the creation that registered it here
+    follows: Follows = ()  # what the state is known to follow (see the module docstring)
 
     @classmethod
     def from_notification(
         cls, n: common_pb2.Notification, status: common_pb2.RecordStatus.ValueType
     ) -> StoredIdentity:
-        """The record a notification carries, with ``status``, registered since its date."""
+        """The record a notification carries, with ``status``, registered since its
+        date, following what the notification itself follows."""
         r = n.record
         return cls(
             resident_code=r.resident_code,
@@ -67,6 +159,7 @@ class StoredIdentity:
             status=status,
             replaced_by="",
             registered_since=n.effective_date,
+            follows=known_past(n),
         )
 
     def to_record(self) -> common_pb2.IdentityRecord:
@@ -92,12 +185,38 @@ def record_after(n: common_pb2.Notification) -> StoredIdentity:
     return StoredIdentity.from_notification(n, status)
 
 
+def is_stale(current: StoredIdentity, n: common_pb2.Notification) -> bool:
+    """Whether the record's state already follows this notification of its origin."""
+    return follows_of(current.follows, n.origin_code) >= n.sequence
+
+
+def _absorb(current: StoredIdentity, n: common_pb2.Notification) -> Decision:
+    # The notification enters the history alone; the record learns what it
+    # followed, which the state follows too (the state came after it).
+    learned = dataclasses.replace(current, follows=merge_follows(current.follows, known_past(n)))
+    return Decision((learned,) if learned != current else (), False)
+
+
+def _replacing(current: StoredIdentity | None, new: StoredIdentity) -> StoredIdentity:
+    # A state that replaces another follows everything the other followed.
+    before = current.follows if current is not None else ()
+    return dataclasses.replace(new, follows=merge_follows(before, new.follows))
+
+
 def _may_register(current: StoredIdentity | None, n: common_pb2.Notification) -> bool:
-    # A creation elsewhere wins only if it is not older than the registration it
-    # replaces, whether that one is still active or already removed: a late
-    # birth notice must not undo a later move and death somewhere else.
     if current is None or current.local_government_code == n.origin_code:
+        # Not stale, so after everything the state follows of its own origin.
         return True
+    link = certificate_link(n)
+    if current.follows:
+        covered = merge_follows(((n.origin_code, n.sequence - 1),), (link,) if link else ())
+        if all(follows_of(covered, o) >= s for o, s in current.follows):
+            return True  # the state is in this creation's past
+        if link is not None and follows_of(current.follows, link[0]) > link[1]:
+            return False  # overtaken: the person came back to the issuer afterwards
+    # No causal link known: a creation elsewhere wins only if it is not older
+    # than the registration it replaces, whether that one is still active or
+    # already removed.
     return n.effective_date >= current.registered_since
 
 
@@ -107,40 +226,63 @@ def _belongs_to_origin(current: StoredIdentity | None, n: common_pb2.Notificatio
 
 def decide(states: Mapping[str, StoredIdentity], n: common_pb2.Notification) -> Decision:
     """Apply one validated notification to the stored records it touches."""
-    code = n.record.resident_code
-    current = states.get(code)
+    if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
+        return _change_code(states, n)
+    current = states.get(n.record.resident_code)
+    if current is not None and (
+        is_stale(current, n)
+        or (n.kind == common_pb2.CHANGE_KIND_CREATED and n.reason in NEW_CODE_REASONS)
+    ):
+        return _absorb(current, n)
     if n.kind == common_pb2.CHANGE_KIND_CREATED:
         if not _may_register(current, n):
             return Decision((), False)
-        return Decision((StoredIdentity.from_notification(n, ACTIVE),), True)
-    if n.kind == common_pb2.CHANGE_KIND_REMOVED:
-        if not _belongs_to_origin(current, n) or (current is not None and current.status != ACTIVE):
-            return Decision((), False)
-        base = StoredIdentity.from_notification(n, REMOVED)
-        if current is not None:
-            base = dataclasses.replace(base, registered_since=current.registered_since)
-        return Decision((base,), True)
-    if n.reason == common_pb2.CHANGE_REASON_CODE_CHANGE:
-        out: list[StoredIdentity] = []
-        old = states.get(n.previous_resident_code)
-        if old is not None and old.local_government_code == n.origin_code and old.status == ACTIVE:
-            out.append(dataclasses.replace(old, status=SUPERSEDED, replaced_by=code))
-        if _may_register(current, n):
-            since = old.registered_since if old is not None else n.effective_date
-            out.append(
-                dataclasses.replace(
-                    StoredIdentity.from_notification(n, ACTIVE), registered_since=since
-                )
-            )
-        return Decision(tuple(out), bool(out))
-    # Other amendments: only while the record is registered at the origin.
+        return Decision((_replacing(current, StoredIdentity.from_notification(n, ACTIVE)),), True)
+    # A removal or an amendment: only while the record is registered at the origin.
     if not _belongs_to_origin(current, n) or (current is not None and current.status != ACTIVE):
         return Decision((), False)
+    status = REMOVED if n.kind == common_pb2.CHANGE_KIND_REMOVED else ACTIVE
     since = current.registered_since if current is not None else n.effective_date
-    updated = dataclasses.replace(
-        StoredIdentity.from_notification(n, ACTIVE), registered_since=since
+    updated = _replacing(
+        current,
+        dataclasses.replace(StoredIdentity.from_notification(n, status), registered_since=since),
     )
     return Decision((updated,), True)
+
+
+def _change_code(states: Mapping[str, StoredIdentity], n: common_pb2.Notification) -> Decision:
+    code = n.record.resident_code
+    old = states.get(n.previous_resident_code)
+    current = states.get(code)
+    out: list[StoredIdentity] = []
+    superseded = (
+        old is not None
+        and old.local_government_code == n.origin_code
+        and old.status == ACTIVE
+        and not is_stale(old, n)
+    )
+    if old is not None and superseded:
+        out.append(
+            _replacing(
+                old,
+                dataclasses.replace(
+                    old, follows=known_past(n), status=SUPERSEDED, replaced_by=code
+                ),
+            )
+        )
+    # The new code continues the old one's life: it follows what the old one did.
+    inherited = merge_follows(old.follows if old is not None else (), known_past(n))
+    if current is None:
+        since = old.registered_since if old is not None else n.effective_date
+        created = dataclasses.replace(
+            StoredIdentity.from_notification(n, ACTIVE), registered_since=since, follows=inherited
+        )
+        return Decision((*out, created), True)
+    # The new code is fresh: a stored record of it came after this change.
+    learned = dataclasses.replace(current, follows=merge_follows(current.follows, inherited))
+    if learned != current:
+        out.append(learned)
+    return Decision(tuple(out), superseded)
 
 
 # -- who holds a resident -------------------------------------------------------
@@ -171,16 +313,27 @@ def holdings_to_look_up(
     fresh: Sequence[common_pb2.Notification], records: Mapping[str, StoredIdentity]
 ) -> set[Holding]:
     """The (code, origin) pairs the history must answer for this batch: those of
-    notifications acting on a code whose stored record is not at their origin.
-    Usually none (a municipality mostly changes the residents it registers now),
-    so the common batch costs no query."""
+    notifications acting on a code whose stored record is not at their origin,
+    or may leave it earlier in the batch (a batch relayed from a prefecture
+    carries several origins: another one's move-in may come first). Usually
+    none (a municipality mostly changes the residents it registers now), so
+    the common batch costs no query."""
+    registered_by: dict[str, set[str]] = {}
+    for n in fresh:
+        holding = registers(n)
+        if holding is not None:
+            registered_by.setdefault(holding[0], set()).add(holding[1])
     out: set[Holding] = set()
     for n in fresh:
         code = acted_on(n)
         if code is None:
             continue
         current = records.get(code)
-        if current is None or current.local_government_code != n.origin_code:
+        if (
+            current is None
+            or current.local_government_code != n.origin_code
+            or registered_by.get(code, set()) - {n.origin_code}
+        ):
             out.add((code, n.origin_code))
     return out
 
@@ -296,6 +449,8 @@ class Folded:
 
     changed: dict[str, StoredIdentity]
     changed_current: tuple[bool, ...]
+    follows_only: frozenset[str] = frozenset()
+    """Codes of ``changed`` whose record only learned what it follows."""
 
 
 def fold_batch(
@@ -345,4 +500,9 @@ def fold_batch(
             states[record.resident_code] = record
             changed[record.resident_code] = record
         flags.append(decision.changed_current)
-    return Folded(changed, tuple(flags))
+    follows_only = frozenset(
+        c
+        for c, record in changed.items()
+        if c in records and dataclasses.replace(record, follows=records[c].follows) == records[c]
+    )
+    return Folded(changed, tuple(flags), follows_only)

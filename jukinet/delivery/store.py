@@ -6,7 +6,9 @@ node. No decisions are taken here; :mod:`jukinet.delivery.rules` takes them and
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +40,10 @@ from jukinet.db import one_of
 from jukinet.delivery.rules import (
     AppliedKey,
     Folded,
+    Follows,
     Holding,
     StoredIdentity,
+    merge_follows,
     notification_digest,
 )
 from jukinet.names import fold_kana, fold_name
@@ -69,6 +73,9 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         Column("status", SmallInteger, nullable=False),
         Column("replaced_by", String(11), nullable=False),
         Column("registered_since", String(10), nullable=False),
+        # What the state is known to follow, per origin (jukinet.delivery.rules):
+        # compact JSON {"<origin>": <sequence>, ...}; empty when not known.
+        Column("follows", Text, nullable=False, server_default=""),
         Column("updated_at", DateTime(timezone=True), nullable=False),
         # Folded keys for search by the four basic items (jukinet.names); the
         # name itself keeps its original characters. Text, not a bounded
@@ -128,11 +135,39 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-STORED_FIELDS = tuple(f for f in StoredIdentity.__dataclass_fields__)
+STORED_FIELDS = tuple(f for f in StoredIdentity.__dataclass_fields__ if f != "follows")
+"""The record's own columns; what its state follows is read and written by the store."""
+
+
+def encode_follows(follows: Follows) -> str:
+    """The ``follows`` column's text: compact JSON, origins in order ("" for none)."""
+    if not follows:
+        return ""
+    return json.dumps(dict(follows), separators=(",", ":"), sort_keys=True)
+
+
+def decode_follows(text: str | None) -> Follows:
+    """The ``follows`` column read back; text that is not such an object knows nothing."""
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(value, dict):
+        return ()
+    return merge_follows(
+        tuple(
+            (o, s)
+            for o, s in value.items()
+            if isinstance(o, str) and isinstance(s, int) and not isinstance(s, bool) and s > 0
+        )
+    )
 
 
 def _identity_row(record: StoredIdentity, at: dt.datetime) -> dict[str, object]:
     row: dict[str, object] = {f: getattr(record, f) for f in STORED_FIELDS}
+    row["follows"] = encode_follows(record.follows)
     row["updated_at"] = at
     row["name_key"] = fold_name(record.name)
     row["kana_key"] = fold_kana(record.name_kana)
@@ -154,18 +189,21 @@ class IdentityStore:
         self.t = tables
 
     async def load(self, conn: AsyncConnection, codes: set[str]) -> dict[str, StoredIdentity]:
-        """The stored records of these codes (those that exist)."""
+        """The stored records of these codes (those that exist), with what their
+        states follow."""
         t = self.t.identities
         out: dict[str, StoredIdentity] = {}
         code_list = sorted(codes)
         for i in range(0, len(code_list), 500):
             rows = await conn.execute(
-                select(*(t.c[f] for f in STORED_FIELDS)).where(
+                select(*(t.c[f] for f in STORED_FIELDS), t.c.follows).where(
                     one_of(conn, t.c.resident_code, code_list[i : i + 500])
                 )
             )
             for row in rows:
-                record = StoredIdentity(*row)
+                record = dataclasses.replace(
+                    StoredIdentity(*row[:-1]), follows=decode_follows(row[-1])
+                )
                 out[record.resident_code] = record
         return out
 
@@ -290,7 +328,7 @@ class IdentityStore:
             applied.append((n, payload))
             # A sender's clock ahead of this one would make the lag negative.
             lags.append(max(0.0, (now - recorded).total_seconds()))
-        await self._store(conn, folded.changed, existed, now)
+        await self._store(conn, folded, existed, now)
         await conn.execute(insert(self.t.history), history)
         cursors_t = self.t.cursors
         moved = sorted(o for o, s in cursors_after.items() if cursors_before.get(o) != s)
@@ -314,17 +352,31 @@ class IdentityStore:
     async def _store(
         self,
         conn: AsyncConnection,
-        changed: dict[str, StoredIdentity],
+        folded: Folded,
         existed: set[str],
         now: dt.datetime,
     ) -> None:
         t = self.t.identities
+        changed = folded.changed
         new_rows = [_identity_row(h, now) for c, h in changed.items() if c not in existed]
         upd_rows = [
             {**{f"v_{k}": v for k, v in _identity_row(h, now).items()}, "k": c}
             for c, h in changed.items()
-            if c in existed
+            if c in existed and c not in folded.follows_only
         ]
+        # A record that only learned what it follows keeps its update time.
+        learned = [
+            {"k": c, "v_follows": encode_follows(h.follows)}
+            for c, h in changed.items()
+            if c in existed and c in folded.follows_only
+        ]
+        if learned:
+            await conn.execute(
+                update(t)
+                .where(t.c.resident_code == bindparam("k"))
+                .values(follows=bindparam("v_follows")),
+                learned,
+            )
         if new_rows:
             await conn.execute(insert(t), new_rows)
         if upd_rows:
@@ -458,7 +510,7 @@ class IdentityStore:
 
 
 def _identity_row_columns() -> tuple[str, ...]:
-    return (*STORED_FIELDS, "updated_at", "name_key", "kana_key")
+    return (*STORED_FIELDS, "follows", "updated_at", "name_key", "kana_key")
 
 
 def _iso(value: dt.datetime | None) -> str:

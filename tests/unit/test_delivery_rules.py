@@ -38,7 +38,7 @@ def note(
     reason: pb.ChangeReason.ValueType,
     date: str,
     code: str = CODE,
-    **kw: str,
+    previous_resident_code: str = "",
 ) -> pb.Notification:
     """A notification of ``origin``, of the kind its ``reason`` implies."""
     kind = {
@@ -63,7 +63,7 @@ def note(
             address=f"address at {origin} from {date}",
             local_government_code=origin,
         ),
-        **kw,
+        previous_resident_code=previous_resident_code,
     )
 
 
