@@ -6,11 +6,18 @@ acknowledgement is recorded durably before the window moves. After any break
 backoff and resumes after the last recorded acknowledgement; the receiver
 ignores what it already has. When the receiver reports a gap it names the
 origin sequence it expects, and the pusher rewinds to the entry that carried it.
+
+Beside the stream, the pusher keeps its upstream's delivery gauges true
+whether or not the upstream answers: it reads the outbox state (two lookups by
+key) after every commit it is woken for, after every acknowledgement it
+records, and every ``status_every`` seconds, and the connected gauge reads
+:attr:`Pusher.connected` at each scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -22,7 +29,7 @@ import grpc
 from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
 from jukinet.errors import INFO_EXPECTED_SEQUENCE, INFO_ORIGIN, error_info
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import UpstreamDelivery
 from jukinet.reasons import DOMAIN, Reason
 from jukinet.v1 import common_pb2, delivery_pb2
 
@@ -44,11 +51,12 @@ class Pusher:
         db: Database,
         outbox: Outbox,
         open_stream: StreamOpener,
-        metrics: NodeMetrics,
+        metrics: UpstreamDelivery,
         batch_size: int = 500,
         window: int = 4,
         idle_poll: float = 1.0,
         max_backoff: float = 5.0,
+        status_every: float = 1.0,
     ) -> None:
         self._db = db
         self._outbox = outbox
@@ -58,15 +66,48 @@ class Pusher:
         self._window = window
         self._idle_poll = idle_poll
         self._max_backoff = max_backoff
+        self._status_every = status_every
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
         self.connected = False
+        """True while the stream to the upstream is established."""
+        metrics.connected_by(lambda: self.connected)
 
     def wake(self) -> None:
         """Tell the pusher there is something new (called after an outbox commit)."""
         self._wake.set()
+        self._changed.set()
 
     async def run(self) -> None:
-        """Push until cancelled."""
+        """Push until cancelled, keeping the delivery gauges true meanwhile."""
+        watch = asyncio.create_task(self._watch_outbox())
+        try:
+            await self._deliver()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _watch_outbox(self) -> None:
+        """Publish the outbox backlog and its oldest entry's time, on change and on a tick."""
+        while True:
+            self._changed.clear()
+            try:
+                async with self._db.read() as conn:
+                    status = await self._outbox.status(conn)
+                    oldest = (
+                        await self._outbox.written_at(conn, status.acknowledged_through + 1)
+                        if status.backlog
+                        else None
+                    )
+                self._metrics.set_outbox(status.backlog, oldest)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cannot read the outbox state")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._status_every)
+
+    async def _deliver(self) -> None:
         backoff = 0.05
         while True:
             try:
@@ -83,7 +124,7 @@ class Pusher:
             except Exception:
                 self.connected = False
                 log.exception("push stream failed")
-            self._metrics.push_reconnects.inc()
+            self._metrics.reconnects.inc()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._max_backoff)
 
@@ -106,18 +147,23 @@ class Pusher:
                 )
                 return False
             await self._outbox.rewind(conn, located - 1)
+        self._changed.set()
         log.warning("receiver expects %s #%d: rewinding to entry %d", origin, expected, located)
         return True
 
     async def _acknowledge(self, through: int) -> None:
         async with self._db.write() as conn:
             await self._outbox.acknowledge(conn, through)
+        self._changed.set()
 
     async def _session(self) -> None:
         call = self._open_stream()
         async with self._db.read() as conn:
             status = await self._outbox.status(conn)
         next_after = status.acknowledged_through
+        # Established once its headers are out; raises if the upstream is unreachable.
+        await call.wait_for_connection()
+        self.connected = True
         in_flight: deque[int] = deque()
         room = asyncio.Condition()
 
@@ -131,7 +177,7 @@ class Pusher:
                     # Shielded: ending the session must not cut this write short.
                     await asyncio.shield(asyncio.ensure_future(self._acknowledge(ack)))
                     self.connected = True
-                    self._metrics.notifications_pushed.inc(response.applied + response.duplicates)
+                    self._metrics.pushed.inc(response.applied + response.duplicates)
                     async with room:
                         while in_flight and in_flight[0] <= ack:
                             in_flight.popleft()
@@ -155,8 +201,6 @@ class Pusher:
                 self._wake.clear()
                 async with self._db.read() as conn:
                     rows = await self._outbox.read_after(conn, next_after, self._batch_size)
-                    status = await self._outbox.status(conn)
-                self._metrics.outbox_backlog.set(status.backlog)
                 if not rows:
                     waiter = asyncio.create_task(self._wake.wait())
                     await asyncio.wait(

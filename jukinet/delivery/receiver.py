@@ -29,7 +29,7 @@ from jukinet.delivery.store import IdentityStore
 from jukinet.errors import InvalidArgument, JukinetError, NotFound
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import ReceiverMetrics
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import check_notification
 
@@ -69,7 +69,7 @@ class Receiver:
         *,
         db: Database,
         store: IdentityStore,
-        metrics: NodeMetrics,
+        metrics: ReceiverMetrics,
         authorize_origin: AuthorizeOrigin,
         relay: Relay | None = None,
     ) -> None:

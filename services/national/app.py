@@ -12,7 +12,7 @@ from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import NationalMetrics
 from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
@@ -44,8 +44,7 @@ class NationalApp:
             else load_registry(Path(config.purposes) if config.purposes else None)
         )
         # Labels name registered agencies and purposes only.
-        self.metrics = NodeMetrics(
-            "national",
+        self.metrics = NationalMetrics(
             agencies=self.registry.agency_codes,
             purposes=[p.code for p in self.registry],
         )
@@ -54,7 +53,7 @@ class NationalApp:
         self.receiver = Receiver(
             db=self.db,
             store=self.store,
-            metrics=self.metrics,
+            metrics=self.metrics.receiver,
             authorize_origin=authorize_prefecture_origin,
         )
         self.provisions = ProvisionLog(self.db)

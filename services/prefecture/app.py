@@ -14,7 +14,8 @@ from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
-from jukinet.metrics import NodeMetrics
+from jukinet.identity import Identity
+from jukinet.metrics import PrefectureMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import national_pb2_grpc, prefecture_pb2_grpc
@@ -35,7 +36,7 @@ class PrefectureApp:
 
     def __init__(self, config: PrefectureConfig) -> None:
         self.config = config
-        self.metrics = NodeMetrics("prefecture")
+        self.metrics = PrefectureMetrics()
         self.db = Database(config.database_url)
         self.store = IdentityStore(models.identities)
         self.outbox = Outbox(models.outbox)
@@ -54,14 +55,14 @@ class PrefectureApp:
             db=self.db,
             outbox=self.outbox,
             open_stream=national.PushNotifications,
-            metrics=self.metrics,
+            metrics=self.metrics.delivery.upstream(Identity.national().uri),
             batch_size=self.config.push_batch_size,
             window=self.config.push_window,
         )
         receiver = Receiver(
             db=self.db,
             store=self.store,
-            metrics=self.metrics,
+            metrics=self.metrics.receiver,
             authorize_origin=authorize_municipal_origin,
             relay=OutboxRelay(self.outbox, self._pusher),
         )
