@@ -89,6 +89,7 @@ class Pusher:
 
     async def _watch_outbox(self) -> None:
         """Publish the outbox backlog and its oldest entry's time, on change and on a tick."""
+        failing = False
         while True:
             self._changed.clear()
             try:
@@ -100,10 +101,13 @@ class Pusher:
                         else None
                     )
                 self._metrics.set_outbox(status.backlog, oldest)
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("cannot read the outbox state")
+                if not failing:  # once per failing stretch, not every tick
+                    log.exception("cannot read the outbox state")
+                failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._status_every)
 
@@ -161,8 +165,12 @@ class Pusher:
         async with self._db.read() as conn:
             status = await self._outbox.status(conn)
         next_after = status.acknowledged_through
-        # Established once its headers are out; raises if the upstream is unreachable.
-        await call.wait_for_connection()
+        try:
+            # Established once its headers are out; raises if the upstream is unreachable.
+            await call.wait_for_connection()
+        except BaseException:
+            call.cancel()
+            raise
         self.connected = True
         in_flight: deque[int] = deque()
         room = asyncio.Condition()

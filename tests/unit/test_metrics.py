@@ -100,3 +100,30 @@ def test_no_family_is_defined_by_two_tiers_apart() -> None:
         for family in tier_metrics(tier).registry.collect():
             helps.setdefault(family.name, set()).add(family.documentation)
     assert {name: h for name, h in helps.items() if len(h) > 1} == {}
+
+
+def test_delivery_gauges_read_the_outbox_and_the_stream_at_scrape_time() -> None:
+    metrics = MunicipalMetrics()
+    up = metrics.delivery.upstream("jukinet://prefecture/31")
+    labels = {"upstream": "jukinet://prefecture/31"}
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert sample("jukinet_upstream_connected") == 0
+    connected = [True]
+    up.connected_by(lambda: connected[0])
+    assert sample("jukinet_upstream_connected") == 1
+    connected[0] = False
+    assert sample("jukinet_upstream_connected") == 0
+
+    written = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=90)
+    up.set_outbox(3, written)
+    assert sample("jukinet_outbox_backlog") == 3
+    age = sample("jukinet_outbox_oldest_unacknowledged_seconds")
+    assert age is not None and 90 <= age < 90 + 60
+    up.set_outbox(0, None)
+    assert sample("jukinet_outbox_backlog") == 0
+    assert sample("jukinet_outbox_oldest_unacknowledged_seconds") == 0
+    # One upstream, one set of series: asking again gives the same.
+    assert metrics.delivery.upstream("jukinet://prefecture/31") is up
