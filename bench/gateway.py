@@ -89,7 +89,7 @@ from jukinet.codes import new_resident_code
 from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import NationalMetrics
 from jukinet.purposes import load_registry
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
@@ -234,7 +234,7 @@ class Loader:
         self.receiver = Receiver(
             db=self.db,
             store=self.store,
-            metrics=NodeMetrics("national"),
+            metrics=NationalMetrics().receiver,
             authorize_origin=authorize_prefecture_origin,
         )
         self.municipalities = list(municipalities)

@@ -16,7 +16,7 @@ from gateway.service import GatewayService
 from gateway.servicer import GatewayServicer
 from gateway.spool import DenialSpool, SpooledDenial
 from jukinet.config import GatewayConfig
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import GatewayMetrics
 from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import MAX_MESSAGE, RunningServer, start_server
 from jukinet.tls import secure_channel
@@ -44,8 +44,7 @@ class GatewayApp:
             else load_registry(Path(config.purposes) if config.purposes else None)
         )
         # Labels name registered agencies and purposes only.
-        self.metrics = NodeMetrics(
-            "gateway",
+        self.metrics = GatewayMetrics(
             agencies=self.registry.agency_codes,
             purposes=[p.code for p in self.registry],
         )

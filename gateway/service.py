@@ -50,7 +50,7 @@ from gateway.quotas import QuotaExceeded, Quotas
 from gateway.spool import RETRYABLE, DenialSpool, SpooledDenial
 from jukinet.codes import check_resident_code
 from jukinet.errors import InvalidArgument, JukinetError
-from jukinet.metrics import UNKNOWN_LABEL, NodeMetrics
+from jukinet.metrics import UNKNOWN_LABEL, GatewayMetrics
 from jukinet.purposes import Operation, Purpose, PurposeDenied, PurposeRegistry
 from jukinet.reasons import Reason
 from jukinet.v1 import gateway_pb2, provision_pb2
@@ -83,7 +83,7 @@ class GatewayService:
         registry: PurposeRegistry,
         national: NationalClient,
         quotas: Quotas,
-        metrics: NodeMetrics,
+        metrics: GatewayMetrics,
         spool: DenialSpool,
         batch_pipeline: int = 2,
         verify_window: int = DEFAULT_WINDOW,

@@ -124,6 +124,12 @@ async def start_server(
     revoked: RevocationList | frozenset[int] = (
         RevocationList(config.tls) if config.tls.crl else frozenset()
     )
+    material = config.tls.load(usage="server")
+    metrics.watch_certificates(
+        node_cert=material.cert,
+        ca_cert=material.ca,
+        crl_next_update=revoked.next_update if isinstance(revoked, RevocationList) else None,
+    )
     server = grpc.aio.server(
         interceptors=[
             AuthInterceptor(
@@ -134,7 +140,7 @@ async def start_server(
                 revoked=revoked,
                 on_denied=lambda method, reason: metrics.denials.labels(method, reason).inc(),
                 on_finished=metrics.observe_rpc,
-                ca=config.tls.load(usage="server").ca,
+                ca=material.ca,
             )
         ],
         options=[

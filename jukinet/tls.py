@@ -245,13 +245,23 @@ class TlsFiles:
 
     def revoked_serials(self) -> frozenset[int]:
         """The serials revoked by the CRL (empty without one); ConfigError if it is bad."""
+        return self.read_crl()[0]
+
+    def read_crl(self) -> tuple[frozenset[int], dt.datetime | None]:
+        """The CRL's revoked serials and its next update (empty, None without one);
+        ConfigError if it is bad."""
         if self.crl is None:
-            return frozenset()
+            return frozenset(), None
         ca = x509.load_pem_x509_certificate(_read("ca", self.ca))
-        return _parse_crl(self.crl, _read("crl", self.crl), ca)
+        crl = _load_crl(self.crl, _read("crl", self.crl), ca)
+        return frozenset(entry.serial_number for entry in crl), crl.next_update_utc
 
 
 def _parse_crl(path: Path, pem: bytes, ca: x509.Certificate) -> frozenset[int]:
+    return frozenset(entry.serial_number for entry in _load_crl(path, pem, ca))
+
+
+def _load_crl(path: Path, pem: bytes, ca: x509.Certificate) -> x509.CertificateRevocationList:
     try:
         crl = x509.load_pem_x509_crl(pem)
     except ValueError:
@@ -265,7 +275,7 @@ def _parse_crl(path: Path, pem: bytes, ca: x509.Certificate) -> frozenset[int]:
         or not crl.is_signature_valid(ca_key)
     ):
         raise ConfigError(f"tls.crl: {path}: not signed by the CA")
-    return frozenset(entry.serial_number for entry in crl)
+    return crl
 
 
 class RevocationList:
@@ -284,7 +294,7 @@ class RevocationList:
         self._files = files
         self._check_every = check_every
         self._lock = threading.Lock()
-        self._serials = files.revoked_serials()
+        self._serials, self._next_update = files.read_crl()
         self._mtime = self._stat()
         self._checked = time.monotonic()
 
@@ -298,21 +308,29 @@ class RevocationList:
 
     def __call__(self) -> frozenset[int]:
         """The current revoked serials."""
+        self._refresh()
+        return self._serials
+
+    def next_update(self) -> dt.datetime | None:
+        """The next update the CRL in force announces (None: no CRL, or none announced)."""
+        self._refresh()
+        return self._next_update
+
+    def _refresh(self) -> None:
         if self._files.crl is None:
-            return self._serials
+            return
         now = time.monotonic()
         if now - self._checked < self._check_every:
-            return self._serials
+            return
         with self._lock:
             self._checked = now
             mtime = self._stat()
             if mtime is not None and mtime != self._mtime:
                 try:
-                    self._serials = self._files.revoked_serials()
+                    self._serials, self._next_update = self._files.read_crl()
                     self._mtime = mtime
                 except ConfigError:
                     pass  # keep the last good list; see the class docstring
-        return self._serials
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:

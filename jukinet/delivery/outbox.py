@@ -9,6 +9,7 @@ record of what it announced, and the way to rewind if a receiver asks).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -164,6 +165,15 @@ class Outbox:
         if row is None:
             return OutboxStatus(0, 0)
         return OutboxStatus(int(row[0]), int(row[1]))
+
+    async def written_at(self, conn: AsyncConnection, sequence: int) -> dt.datetime | None:
+        """When entry ``sequence`` was written (UTC), or None if there is no such entry."""
+        t = self.tables.entries
+        value = await conn.scalar(select(t.c.created_at).where(t.c.sequence == sequence))
+        if not isinstance(value, dt.datetime):
+            return None
+        # SQLite hands back CURRENT_TIMESTAMP without a zone; it is UTC.
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
     async def acknowledge(self, conn: AsyncConnection, through: int) -> None:
         """Record the receiver's acknowledgement (never moves backwards)."""

@@ -10,11 +10,18 @@ When the receiver reports an entry it cannot apply (``notification-unappliable``
 an obstacle on its side that an operator must remove), the pusher says so once
 and retries with a longer backoff, doubling up to ``max_stuck_backoff``, until
 the entry is acknowledged.
+
+Beside the stream, the pusher keeps its upstream's delivery gauges true
+whether or not the upstream answers: it reads the outbox state (two lookups by
+key) after every commit it is woken for, after every acknowledgement it
+records, and every ``status_every`` seconds, and the connected gauge reads
+:attr:`Pusher.connected` at each scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -27,7 +34,7 @@ from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.db import Database, describe_error
 from jukinet.delivery.outbox import Outbox
 from jukinet.errors import INFO_EXPECTED_SEQUENCE, INFO_ORIGIN, INFO_SEQUENCE, error_info
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import UpstreamDelivery
 from jukinet.reasons import DOMAIN, Reason
 from jukinet.v1 import common_pb2, delivery_pb2
 
@@ -49,7 +56,7 @@ class Pusher:
         db: Database,
         outbox: Outbox,
         open_stream: StreamOpener,
-        metrics: NodeMetrics,
+        metrics: UpstreamDelivery,
         batch_size: int = 500,
         window: int = 4,
         idle_poll: float = 1.0,
@@ -57,6 +64,7 @@ class Pusher:
         stuck_backoff: float = 1.0,
         max_stuck_backoff: float = 60.0,
         clock: Clock = SYSTEM_CLOCK,
+        status_every: float = 1.0,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -72,15 +80,52 @@ class Pusher:
         self._max_stuck_backoff = max_stuck_backoff
         # The (origin, sequence) the receiver cannot apply, while it cannot.
         self.stuck: tuple[str, int] | None = None
+        self._status_every = status_every
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
         self.connected = False
+        """True while the stream to the upstream is established."""
+        metrics.connected_by(lambda: self.connected)
 
     def wake(self) -> None:
         """Tell the pusher there is something new (called after an outbox commit)."""
         self._wake.set()
+        self._changed.set()
 
     async def run(self) -> None:
-        """Push until cancelled."""
+        """Push until cancelled, keeping the delivery gauges true meanwhile."""
+        watch = asyncio.create_task(self._watch_outbox())
+        try:
+            await self._deliver()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _watch_outbox(self) -> None:
+        """Publish the outbox backlog and its oldest entry's time, on change and on a tick."""
+        failing = False
+        while True:
+            self._changed.clear()
+            try:
+                async with self._db.read() as conn:
+                    status = await self._outbox.status(conn)
+                    oldest = (
+                        await self._outbox.written_at(conn, status.acknowledged_through + 1)
+                        if status.backlog
+                        else None
+                    )
+                self._metrics.set_outbox(status.backlog, oldest)
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:  # once per failing stretch, not every tick
+                    log.warning("cannot read the outbox state: %s", describe_error(exc))
+                failing = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._status_every)
+
+    async def _deliver(self) -> None:
         backoff = 0.05
         while True:
             try:
@@ -94,7 +139,7 @@ class Pusher:
                     backoff = 0.05
                     continue
                 if self._unappliable(exc):
-                    self._metrics.push_reconnects.inc()
+                    self._metrics.reconnects.inc()
                     await asyncio.sleep(self._stuck_backoff * (0.5 + random.random()))
                     self._stuck_backoff = min(self._stuck_backoff * 2, self._max_stuck_backoff)
                     continue
@@ -102,7 +147,7 @@ class Pusher:
             except Exception as exc:
                 self.connected = False
                 log.error("push stream failed: %s", describe_error(exc))
-            self._metrics.push_reconnects.inc()
+            self._metrics.reconnects.inc()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._max_backoff)
 
@@ -151,18 +196,27 @@ class Pusher:
                 )
                 return False
             await self._outbox.rewind(conn, located - 1)
+        self._changed.set()
         log.warning("receiver expects %s #%d: rewinding to entry %d", origin, expected, located)
         return True
 
     async def _acknowledge(self, through: int) -> None:
         async with self._db.write() as conn:
             await self._outbox.acknowledge(conn, through)
+        self._changed.set()
 
     async def _session(self) -> None:
         call = self._open_stream()
         async with self._db.read() as conn:
             status = await self._outbox.status(conn)
         next_after = status.acknowledged_through
+        try:
+            # Established once its headers are out; raises if the upstream is unreachable.
+            await call.wait_for_connection()
+        except BaseException:
+            call.cancel()
+            raise
+        self.connected = True
         in_flight: deque[int] = deque()
         room = asyncio.Condition()
 
@@ -177,7 +231,7 @@ class Pusher:
                     await asyncio.shield(asyncio.ensure_future(self._acknowledge(ack)))
                     self.connected = True
                     self._delivered()
-                    self._metrics.notifications_pushed.inc(response.applied + response.duplicates)
+                    self._metrics.pushed.inc(response.applied + response.duplicates)
                     async with room:
                         while in_flight and in_flight[0] <= ack:
                             in_flight.popleft()
@@ -201,8 +255,6 @@ class Pusher:
                 self._wake.clear()
                 async with self._db.read() as conn:
                     rows = await self._outbox.read_after(conn, next_after, self._batch_size)
-                    status = await self._outbox.status(conn)
-                self._metrics.outbox_backlog.set(status.backlog)
                 if not rows:
                     waiter = asyncio.create_task(self._wake.wait())
                     await asyncio.wait(

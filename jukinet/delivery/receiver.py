@@ -43,7 +43,7 @@ from jukinet.errors import (
 )
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import ReceiverMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import check_notification
@@ -102,7 +102,7 @@ class Receiver:
         *,
         db: Database,
         store: IdentityStore,
-        metrics: NodeMetrics,
+        metrics: ReceiverMetrics,
         authorize_origin: AuthorizeOrigin,
         relay: Relay | None = None,
         clock: Clock = SYSTEM_CLOCK,

@@ -17,7 +17,8 @@ from jukinet.db import Database
 from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
 from jukinet.errors import ConfigError
-from jukinet.metrics import NodeMetrics
+from jukinet.identity import Identity
+from jukinet.metrics import MunicipalMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import RevocationList, TlsFiles, secure_channel
 from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc
@@ -52,7 +53,7 @@ class MunicipalApp:
     def __init__(self, config: MunicipalConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self.clock = clock
-        self.metrics = NodeMetrics("municipal")
+        self.metrics = MunicipalMetrics()
         self.db = Database(config.database_url)
         self.outbox = Outbox(models.outbox)
         self._channel: grpc.aio.Channel | None = None
@@ -79,7 +80,9 @@ class MunicipalApp:
             db=self.db,
             outbox=self.outbox,
             open_stream=prefecture.PushNotifications,
-            metrics=self.metrics,
+            metrics=self.metrics.delivery.upstream(
+                Identity.prefecture(self.config.local_government_code[:2]).uri
+            ),
             batch_size=self.config.push_batch_size,
             window=self.config.push_window,
             clock=self.clock,

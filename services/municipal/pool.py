@@ -13,7 +13,7 @@ import grpc
 
 from jukinet.db import Database, describe_error
 from jukinet.errors import Unavailable
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import MunicipalMetrics
 from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc
 from services.municipal import repository as repo
 
@@ -36,7 +36,7 @@ class PoolKeeper:
         db: Database,
         municipality: str,
         prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
-        metrics: NodeMetrics,
+        metrics: MunicipalMetrics,
         low_watermark: int,
         refill_size: int,
     ) -> None:

@@ -33,7 +33,7 @@ from jukinet.errors import (
     Unavailable,
     from_upstream,
 )
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import MunicipalMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
 from jukinet.validation import (
@@ -111,7 +111,7 @@ class MunicipalService:
         pusher: Pusher,
         prefecture: prefecture_pb2_grpc.PrefectureServiceAsyncStub,
         municipality: str,
-        metrics: NodeMetrics,
+        metrics: MunicipalMetrics,
         keys: CertificateKeys,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:

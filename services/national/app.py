@@ -13,7 +13,7 @@ from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import NationalMetrics
 from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
@@ -52,18 +52,16 @@ class NationalApp:
             else load_registry(Path(config.purposes) if config.purposes else None)
         )
         # Labels name registered agencies and purposes only.
-        self.metrics = NodeMetrics(
-            "national",
+        self.metrics = NationalMetrics(
             agencies=self.registry.agency_codes,
             purposes=[p.code for p in self.registry],
-            peers=[f"{i:02d}" for i in range(1, 48)],
         )
         self.db = Database(config.database_url)
         self.store = IdentityStore(models.identities)
         self.receiver = Receiver(
             db=self.db,
             store=self.store,
-            metrics=self.metrics,
+            metrics=self.metrics.receiver,
             authorize_origin=authorize_prefecture_origin,
             clock=clock,
         )

@@ -15,7 +15,7 @@ from jukinet.delivery.rules import StoredIdentity
 from jukinet.delivery.store import IdentityStore
 from jukinet.errors import InvalidArgument, NotFound, PermissionDenied
 from jukinet.identity import Identity
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import NationalMetrics
 from jukinet.purposes import Operation, Purpose, PurposeRegistry
 from jukinet.reasons import Reason
 from jukinet.v1 import delivery_pb2, gateway_pb2, provision_pb2
@@ -68,7 +68,7 @@ class NationalService:
         receiver: Receiver,
         provisions: ProvisionLog,
         kept: KeptConnections,
-        metrics: NodeMetrics,
+        metrics: NationalMetrics,
         max_pool_size: int,
         registry: PurposeRegistry,
     ) -> None:

@@ -15,8 +15,9 @@ from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
+from jukinet.identity import Identity
 from jukinet.localgov import all_local_governments
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import PrefectureMetrics
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import national_pb2_grpc, prefecture_pb2_grpc
@@ -39,8 +40,7 @@ class PrefectureApp:
         self.config = config
         self.clock = clock
         # Peers in labels: the prefecture's own local governments.
-        self.metrics = NodeMetrics(
-            "prefecture",
+        self.metrics = PrefectureMetrics(
             peers=[
                 g.code for g in all_local_governments() if g.code.startswith(config.prefecture_code)
             ],
@@ -63,7 +63,7 @@ class PrefectureApp:
             db=self.db,
             outbox=self.outbox,
             open_stream=national.PushNotifications,
-            metrics=self.metrics,
+            metrics=self.metrics.delivery.upstream(Identity.national().uri),
             batch_size=self.config.push_batch_size,
             window=self.config.push_window,
             clock=self.clock,
@@ -71,7 +71,7 @@ class PrefectureApp:
         receiver = Receiver(
             db=self.db,
             store=self.store,
-            metrics=self.metrics,
+            metrics=self.metrics.receiver,
             authorize_origin=authorize_municipal_origin,
             relay=OutboxRelay(self.outbox, self._pusher),
             clock=self.clock,

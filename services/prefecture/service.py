@@ -10,7 +10,7 @@ from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
 from jukinet.errors import from_upstream
 from jukinet.identity import Identity
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import PrefectureMetrics
 from jukinet.v1 import delivery_pb2, national_pb2_grpc, provision_pb2
 from jukinet.validation import check_known_local_government, check_pool_request
 from services.prefecture.logic import authorize_pool_request, disclosure_for
@@ -30,7 +30,7 @@ class PrefectureService:
         repository: PrefectureRepository,
         receiver: Receiver,
         national: national_pb2_grpc.NationalServiceAsyncStub,
-        metrics: NodeMetrics,
+        metrics: PrefectureMetrics,
     ) -> None:
         self._db = db
         self._repo = repository

@@ -39,7 +39,7 @@ from jukinet.codes import new_resident_code
 from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.errors import ConfigError
-from jukinet.metrics import NodeMetrics
+from jukinet.metrics import NationalMetrics
 from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import start_server
 from jukinet.textwidth import display_width, table
@@ -999,7 +999,7 @@ async def test_nodes_refuse_to_share_a_port(pki_dir: Path) -> None:
                 rules={},
                 register=lambda server: None,
                 service_names=[],
-                metrics=NodeMetrics("national"),
+                metrics=NationalMetrics(),
             )
     finally:
         await first.stop(None)
