@@ -356,7 +356,7 @@ class PrefectureMetrics(NodeMetrics):
 
     tier = "prefecture"
 
-    def __init__(self, *, peers: Iterable[str]) -> None:
+    def __init__(self, *, peers: Iterable[str] = ()) -> None:
         super().__init__()
         self.receiver = ReceiverMetrics(self.registry, peers=peers)
         self.delivery = DeliveryMetrics(self.registry)

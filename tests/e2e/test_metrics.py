@@ -29,7 +29,8 @@ from prometheus_client.samples import Sample
 
 import jukinet.v1
 from jukinet.identity import Identity
-from jukinet.metrics import TIERS, UNKNOWN_LABEL, VERSION
+from jukinet.localgov import all_local_governments
+from jukinet.metrics import PREFECTURE_CODES, TIERS, UNKNOWN_LABEL, VERSION
 from jukinet.purposes import load_registry
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, municipal_pb2, municipal_pb2_grpc
@@ -175,6 +176,9 @@ def closed_sets() -> dict[str, set[str]]:
         "tier": set(TIERS),
         "version": {VERSION},
         "certificate": {"node", "ca"},
+        # Senders of a tier: local governments (a prefecture's), prefectures (national's).
+        "peer": {g.code for g in all_local_governments()} | set(PREFECTURE_CODES),
+        "origin": {g.code for g in all_local_governments()},
     }
 
 

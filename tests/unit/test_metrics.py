@@ -35,7 +35,14 @@ DELIVERY = {
     "jukinet_notifications_pushed",
     "jukinet_push_reconnects",
 }
-RECEIVER = {"jukinet_notifications", "jukinet_delivery_lag_seconds"}
+RECEIVER = {
+    "jukinet_notifications",
+    "jukinet_delivery_lag_seconds",
+    "jukinet_notification_conflicts",
+    "jukinet_peer_clock_offset_seconds",
+    "jukinet_unappliable_notifications",
+    "jukinet_unappliable_sequence",
+}
 
 FAMILIES: dict[str, set[str]] = {
     "municipal": COMMON
