@@ -49,6 +49,7 @@ from cryptography.exceptions import InvalidSignature
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from jukinet.db import storage_refusal
 from jukinet.errors import (
     InvalidArgument,
     JukinetError,
@@ -376,7 +377,8 @@ def _status_name(exc: BaseException | None) -> str:
         return "CANCELLED"
     if isinstance(exc, NotImplementedError):
         return "UNIMPLEMENTED"
-    return "INTERNAL"
+    refusal = storage_refusal(exc)
+    return refusal.code.name if refusal is not None else "INTERNAL"
 
 
 class _Timer:
@@ -413,6 +415,12 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
         # The generated servicer base class raises this for methods a node
         # does not implement; that is UNIMPLEMENTED, not a server fault.
         await _abort(context, Unimplemented("method not implemented"))
+    refusal = storage_refusal(exc)
+    if refusal is not None:
+        # A full disk or a database short of resources met outside
+        # Database.write/read (which turn it into the same refusal).
+        _log.warning("%s in %s: %s", type(exc).__name__, method, refusal.message)
+        await _abort(context, refusal)
     caller = _identity.get()
     _log.error(
         "unhandled %s in %s (caller %s)",

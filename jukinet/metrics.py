@@ -108,6 +108,11 @@ class NodeMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.storage_full = Counter(
+            "jukinet_storage_full",
+            "Database operations refused because the database's storage is full",
+            registry=r,
+        )
         self.code_pool = Gauge(
             "jukinet_code_pool_available", "Unused resident codes in the pool", registry=r
         )
@@ -144,6 +149,10 @@ class NodeMetrics:
         """Count one finished RPC and its handling time (methods the node serves)."""
         self.rpcs.labels(method, code).inc()
         self.rpc_latency.labels(method).observe(seconds)
+
+    def count_storage_full(self) -> None:
+        """Count one database operation refused because the storage is full."""
+        self.storage_full.inc()
 
     def count_provisions(
         self, agency: str, purpose: str, operation: str, result: str, n: int = 1

@@ -32,7 +32,7 @@ class MunicipalApp:
     def __init__(self, config: MunicipalConfig) -> None:
         self.config = config
         self.metrics = NodeMetrics("municipal")
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, on_storage_full=self.metrics.count_storage_full)
         self.outbox = Outbox(models.outbox)
         self._channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []

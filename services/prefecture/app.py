@@ -36,7 +36,7 @@ class PrefectureApp:
     def __init__(self, config: PrefectureConfig) -> None:
         self.config = config
         self.metrics = NodeMetrics("prefecture")
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, on_storage_full=self.metrics.count_storage_full)
         self.store = IdentityStore(models.identities)
         self.outbox = Outbox(models.outbox)
         self._channel: grpc.aio.Channel | None = None
