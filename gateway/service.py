@@ -71,6 +71,17 @@ DENIAL_CONCURRENCY = 16
 # Verify requests sent to the national node in one call at most (it takes
 # up to 10,000 items; VerifyBatch messages are capped lower by each purpose).
 VERIFY_MAX_ITEMS = 1000
+DRAIN_SECONDS = 2.0
+"""How long a VerifyBatch that ended early goes on reading (and dropping) the
+agency's messages before its status is sent."""
+
+
+async def _drain(requests: AsyncIterator[object]) -> None:
+    """Read and drop ``requests`` until their end, for at most :data:`DRAIN_SECONDS`."""
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in requests:
+                pass
 
 
 class GatewayService:
@@ -403,17 +414,33 @@ class GatewayService:
         the reader does not read the next message until a slot frees up, so
         a fast sender is held back by gRPC flow control. A refused or failed
         message ends the stream after the responses of the messages before it.
+        The messages sent after it are read and dropped (nothing is admitted,
+        counted or recorded for them) for at most :data:`DRAIN_SECONDS`, so
+        that the agency has finished sending when the status arrives: an
+        asyncio client still writing when its call ends reports INTERNAL
+        instead of the status the call ended with (grpc/grpc#36066).
         """
         slots = asyncio.Semaphore(self._pipeline)
+        stop = asyncio.Event()
         queue: asyncio.Queue[asyncio.Future[gateway_pb2.VerifyBatchResponse] | None] = (
             asyncio.Queue()
         )
         reader = asyncio.create_task(
-            self._read_batches(agency, request_iterator, slots, queue), name="verify-batch-reader"
+            self._read_batches(agency, request_iterator, slots, queue, stop),
+            name="verify-batch-reader",
         )
         try:
             while (pending := await queue.get()) is not None:
-                response = await pending
+                try:
+                    response = await pending
+                except Exception:
+                    # Let the reader drop what the agency still sends.
+                    stop.set()
+                    for _ in range(self._pipeline):
+                        slots.release()
+                    with contextlib.suppress(Exception, asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(reader), DRAIN_SECONDS + 1)
+                    raise
                 slots.release()
                 yield response
             await reader
@@ -434,15 +461,21 @@ class GatewayService:
         requests: AsyncIterator[gateway_pb2.VerifyBatchRequest],
         slots: asyncio.Semaphore,
         queue: asyncio.Queue[asyncio.Future[gateway_pb2.VerifyBatchResponse] | None],
+        stop: asyncio.Event,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not stop.is_set():
                 await slots.acquire()
+                if stop.is_set():
+                    break
                 try:
                     message = await anext(requests)
                 except StopAsyncIteration:
-                    break
+                    queue.put_nowait(None)
+                    return
+                if stop.is_set():
+                    break  # read after a failure: dropped
                 started = time.perf_counter()
                 purpose = await self._admit(
                     agency,
@@ -462,6 +495,7 @@ class GatewayService:
             failed: asyncio.Future[gateway_pb2.VerifyBatchResponse] = loop.create_future()
             failed.set_exception(exc)
             queue.put_nowait(failed)
+        await _drain(requests)
         queue.put_nowait(None)
 
     async def _one_batch(

@@ -5,13 +5,27 @@ Each node owns one database and runs as one process. Writes go through
 that is the only way to write anyway, and on PostgreSQL it makes counters and
 cursors race-free without row-lock choreography, while the work that does not
 need the lock (parsing, validation) happens outside it.
+
+A database that has run out of room (SQLite's ``SQLITE_FULL``, PostgreSQL's
+SQLSTATE 53100 ``disk_full``, ``ENOSPC``/``EDQUOT`` from the file system) is
+not a fault of the node: :meth:`Database.write` and :meth:`Database.read`
+turn it into :class:`~jukinet.errors.StorageFull` (RESOURCE_EXHAUSTED,
+reason ``storage-full``, a RetryInfo), the transaction rolled back, and
+count it with ``on_storage_full`` (the node's ``jukinet_storage_full_total``).
+Nothing needs resetting when space is freed: the next operation simply
+succeeds. Other
+PostgreSQL resource shortages (SQLSTATE class 53: memory, connections) are
+UNAVAILABLE. :func:`storage_refusal` is that one mapping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,13 +36,65 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, Stateme
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from jukinet.errors import ConfigError
+from jukinet.errors import ConfigError, JukinetError, StorageFull, Unavailable
+
+_log = logging.getLogger("jukinet.db")
+
+StorageHook = Callable[[], None]
+"""Told about each database operation refused because the storage is full."""
+
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+_PG_INSUFFICIENT_RESOURCES = "53"  # the SQLSTATE class
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the driver error a SQLAlchemy error wraps, and their causes."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 16:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+
+
+def storage_refusal(exc: BaseException) -> JukinetError | None:
+    """The refusal ``exc`` stands for if it is a lack of room or resources, else None.
+
+    SQLite reports a full disk (and a full ``max_page_count``) as
+    ``SQLITE_FULL``, "database or disk is full"; asyncpg errors carry their
+    SQLSTATE (``sqlstate``); a file write fails with ``ENOSPC`` or ``EDQUOT``.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.errno in _NO_ROOM:
+            return StorageFull()
+        if isinstance(cause, sqlite3.Error):
+            code = getattr(cause, "sqlite_errorcode", None)
+            if (code is not None and code & 0xFF == _SQLITE_FULL) or (
+                "database or disk is full" in str(cause)
+            ):
+                return StorageFull()
+            continue
+        state = getattr(cause, "sqlstate", None)
+        if isinstance(state, str) and state == _PG_DISK_FULL:
+            return StorageFull()
+        if isinstance(state, str) and state.startswith(_PG_INSUFFICIENT_RESOURCES):
+            return Unavailable("the database is short of resources now; retry later")
+    return None
 
 
 class Database:
     """One node's database: an async engine and a write lock."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 5, on_storage_full: StorageHook | None = None
+    ) -> None:
         try:
             parsed = make_url(url)
         except Exception as exc:
@@ -51,18 +117,41 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock()
+        self._on_storage_full = on_storage_full
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed on success, rolled back on any error."""
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        """A write transaction: committed on success, rolled back on any error
+        (:class:`~jukinet.errors.StorageFull` when the storage has no room)."""
+        try:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        except Exception as exc:
+            self._refuse_if_full(exc)
+            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only unit of work (no lock; WAL readers do not block the writer)."""
-        async with self.engine.connect() as conn:
-            yield conn
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except Exception as exc:
+            self._refuse_if_full(exc)
+            raise
+
+    def _refuse_if_full(self, exc: Exception) -> None:
+        """Raise the refusal ``exc`` stands for, if it is a lack of room (see the module)."""
+        if isinstance(exc, JukinetError):
+            return
+        refusal = storage_refusal(exc)
+        if refusal is None:
+            return
+        # The exception's class only: its text can name the statement.
+        _log.warning("database operation refused: %s (%s)", refusal.message, type(exc).__name__)
+        if isinstance(refusal, StorageFull) and self._on_storage_full is not None:
+            self._on_storage_full()
+        raise refusal from exc
 
     async def migrate(self, versions: Path) -> None:
         """Bring the schema to the newest revision in ``versions`` (Alembic).

@@ -254,6 +254,20 @@ class ResourceExhausted(JukinetError):
         return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
+class StorageFull(ResourceExhausted):
+    """The node's database (its disk, its quota) has no room: nothing was stored,
+    and the same call succeeds once space is freed."""
+
+    reason = Reason.STORAGE_FULL
+    retry_after_ms = 10_000
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "the node's database storage is full: nothing was stored; retry once space is freed"
+        )
+
+
 class Unavailable(JukinetError):
     """A dependency (the next tier, the database) cannot be reached now."""
 

@@ -50,7 +50,7 @@ from cryptography.exceptions import InvalidSignature
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from jukinet.db import describe_error
+from jukinet.db import describe_error, storage_refusal
 from jukinet.errors import (
     InvalidArgument,
     JukinetError,
@@ -378,7 +378,8 @@ def _status_name(exc: BaseException | None) -> str:
         return "CANCELLED"
     if isinstance(exc, NotImplementedError):
         return "UNIMPLEMENTED"
-    return "INTERNAL"
+    refusal = storage_refusal(exc)
+    return refusal.code.name if refusal is not None else "INTERNAL"
 
 
 class _Timer:
@@ -415,6 +416,12 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
         # The generated servicer base class raises this for methods a node
         # does not implement; that is UNIMPLEMENTED, not a server fault.
         await _abort(context, Unimplemented("method not implemented"))
+    refusal = storage_refusal(exc)
+    if refusal is not None:
+        # A full disk or a database short of resources met outside
+        # Database.write/read (which turn it into the same refusal).
+        _log.warning("%s in %s: %s", type(exc).__name__, method, refusal.message)
+        await _abort(context, refusal)
     caller = _identity.get()
     # Neither the exception's text nor a traceback's: a database error quotes
     # the row it failed on. Its classes, codes and where it was raised are

@@ -328,6 +328,21 @@ class ReceiverMetrics:
         )
 
 
+class StorageMetrics:
+    """The storage family of a node with a database."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.storage_full = Counter(
+            "jukinet_storage_full",
+            "Database operations refused because the database's storage is full",
+            registry=registry,
+        )
+
+    def count_full(self) -> None:
+        """Count one database operation refused because the storage is full."""
+        self.storage_full.inc()
+
+
 def _codes_issued(registry: CollectorRegistry) -> Counter:
     return Counter(
         "jukinet_codes_issued", "Resident codes minted or handed down", registry=registry
@@ -349,6 +364,7 @@ class MunicipalMetrics(NodeMetrics):
             "jukinet_code_pool_available", "Unused resident codes in the pool", registry=r
         )
         self.delivery = DeliveryMetrics(r)
+        self.storage = StorageMetrics(r)
 
 
 class PrefectureMetrics(NodeMetrics):
@@ -361,6 +377,7 @@ class PrefectureMetrics(NodeMetrics):
         self.receiver = ReceiverMetrics(self.registry, peers=peers)
         self.delivery = DeliveryMetrics(self.registry)
         self.codes_issued = _codes_issued(self.registry)
+        self.storage = StorageMetrics(self.registry)
 
 
 class AgencyMetrics(NodeMetrics):
@@ -400,6 +417,7 @@ class NationalMetrics(AgencyMetrics):
         super().__init__(agencies=agencies, purposes=purposes)
         self.receiver = ReceiverMetrics(self.registry, peers=PREFECTURE_CODES)
         self.codes_issued = _codes_issued(self.registry)
+        self.storage = StorageMetrics(self.registry)
 
 
 class GatewayMetrics(AgencyMetrics):

@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     RESOURCE_EXHAUSTED = "resource-exhausted"  # a limit was reached
     UNAVAILABLE = "unavailable"  # a dependency cannot be reached now; retry
     UPSTREAM = "upstream"  # the next tier failed without giving a reason of its own
+    STORAGE_FULL = "storage-full"  # the node's database storage is full; nothing was stored
 
     # Authentication and authorization (the server interceptor).
     NO_CLIENT_CERTIFICATE = "no-client-certificate"  # the connection carries no certificate

@@ -15,15 +15,20 @@ PostgreSQL database per node on the server :data:`PG_SERVER` names (the
 
 Each node runs in its own session (Ctrl-C reaches the caller, which stops the
 nodes in order) and, on Linux, gets SIGTERM if the caller dies without
-stopping it. ``JUKINET_*`` variables of the caller's environment are not
-passed on: a node's settings come from its config file alone.
+stopping it (the node's ``--parent-pid``). ``JUKINET_*`` variables of the
+caller's environment are not passed on: a node's settings come from its
+config file alone.
+
+Nodes are spawned without any Python code running between ``fork`` and
+``exec`` (no ``preexec_fn``; only options the C side of :mod:`subprocess`
+applies): the caller usually holds gRPC channels, and Python in the forked
+child runs gRPC's fork handlers, which crash the child now and then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -322,11 +327,16 @@ class Node:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the node gets SIGTERM if its parent dies without stopping it."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def node_command(node: Node) -> list[str]:
+    """The command that runs ``node``; on Linux it stops when this process exits.
+
+    (The kernel signals when the thread that spawned the node ends: nodes are
+    started from the caller's event-loop thread, never from a passing one.)
+    """
+    command = [sys.executable, "-m", node.module, "--config", str(node.config_path)]
+    if sys.platform.startswith("linux"):
+        command += ["--parent-pid", str(os.getpid())]
+    return command
 
 
 def _toml_value(value: Any) -> str:
@@ -460,14 +470,14 @@ class LocalFederation:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         node.process = subprocess.Popen(
-            [sys.executable, "-m", node.module, "--config", str(node.config_path)],
+            node_command(node),
             cwd=self.workdir,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            close_fds=True,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.close()
 

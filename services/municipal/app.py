@@ -54,7 +54,7 @@ class MunicipalApp:
         self.config = config
         self.clock = clock
         self.metrics = MunicipalMetrics()
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, on_storage_full=self.metrics.storage.count_full)
         self.outbox = Outbox(models.outbox)
         self._channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -56,7 +56,7 @@ class NationalApp:
             agencies=self.registry.agency_codes,
             purposes=[p.code for p in self.registry],
         )
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, on_storage_full=self.metrics.storage.count_full)
         self.store = IdentityStore(models.identities)
         self.receiver = Receiver(
             db=self.db,

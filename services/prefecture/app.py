@@ -45,7 +45,7 @@ class PrefectureApp:
                 g.code for g in all_local_governments() if g.code.startswith(config.prefecture_code)
             ],
         )
-        self.db = Database(config.database_url)
+        self.db = Database(config.database_url, on_storage_full=self.metrics.storage.count_full)
         self.store = IdentityStore(models.identities)
         self.outbox = Outbox(models.outbox)
         self._channel: grpc.aio.Channel | None = None

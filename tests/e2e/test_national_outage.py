@@ -46,7 +46,7 @@ async def local(tmp_path: Path, backend: str) -> AsyncIterator[LocalFederation]:
     )
     await fed.prepare()
     try:
-        await fed.start_all()
+        await fed.start_all(within=120)  # a busy machine starts nodes slowly
         yield fed
     finally:
         await fed.close()
@@ -222,3 +222,76 @@ async def test_refusals_made_while_the_national_node_is_down_are_all_disclosed(
             break
         await asyncio.sleep(0.1)
     assert spool.read_text(encoding="utf-8") == ""
+
+
+async def test_verify_batch_streams_across_national_restarts_see_only_unavailable(
+    local: LocalFederation,
+) -> None:
+    """Agencies keep streaming while the national node is killed and restarted,
+    again and again: every failed stream is UNAVAILABLE (never INTERNAL or
+    UNKNOWN), every result that arrived is a valid answer, and after the last
+    restart the streams succeed again.
+
+    A stream the gateway ended while the agency was still sending used to
+    reach the agency as INTERNAL: its asyncio client overwrote the status
+    (grpc/grpc#36066).
+    """
+    codes = await register(local, 3)
+    channel = local.channel("gateway", f"agency-{NENKIN}")
+    failures: list[grpc.StatusCode] = []
+    odd: list[str] = []
+    streamed: list[G.VerifyBatchResult] = []
+    completed = 0
+    outages_over = asyncio.Event()
+
+    async def batches() -> AsyncIterator[G.VerifyBatchRequest]:
+        for i in range(5):
+            yield G.VerifyBatchRequest(
+                purpose_code=EXISTENCE,
+                items=[
+                    G.VerifyBatchItem(
+                        item_id=f"{i}-{code}", claim=G.ClaimedIdentity(resident_code=code)
+                    )
+                    for code in codes
+                ],
+            )
+            await asyncio.sleep(0.02)
+
+    async def agency() -> None:
+        nonlocal completed
+        nenkin = gateway_pb2_grpc.GatewayServiceStub(channel)
+        # Bounded: streams until the outages are over and one more stream
+        # succeeded, or the test's timeout.
+        for _ in range(10_000):
+            try:
+                async for response in nenkin.VerifyBatch(batches(), timeout=TIMEOUT):
+                    streamed.extend(response.results)
+                if outages_over.is_set():
+                    completed += 1
+                    return
+            except grpc.aio.AioRpcError as exc:
+                failures.append(exc.code())
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    odd.append(f"{exc.code().name}: {exc.details()} {exc.debug_error_string()}")
+                assert "127.0.0.1" not in (exc.details() or "")
+                await asyncio.sleep(0.05)
+
+    try:
+        streams = [asyncio.create_task(agency()) for _ in range(3)]
+        for _ in range(3):
+            await asyncio.sleep(0.5)  # streams under way
+            local.kill("national")
+            await asyncio.sleep(0.5)  # streams meet the outage
+            await local.start_nodes(["national"], within=120)
+        outages_over.set()
+        await asyncio.wait_for(asyncio.gather(*streams), timeout=60)
+    finally:
+        await channel.close(grace=None)
+    assert failures, "no stream met an outage"
+    assert set(failures) == {grpc.StatusCode.UNAVAILABLE}, odd
+    assert completed == 3
+    assert streamed
+    for result in streamed:
+        assert result.item_id.split("-", 1)[1] in codes
+        assert result.verification.found
+        assert result.verification.currently_registered

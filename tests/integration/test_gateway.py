@@ -1434,3 +1434,38 @@ async def test_an_agency_at_its_quota_leaves_another_within_twice_its_latency(
         f"Verify p50 {loaded_p50 * 1000:.1f} ms with the other agency at its quota, "
         f"{idle_p50 * 1000:.1f} ms without"
     )
+
+
+async def test_verify_batch_ends_unavailable_while_the_agency_is_still_sending(
+    gw: Federation,
+) -> None:
+    """The national node stops; an agency streaming many messages gets UNAVAILABLE
+    (the gateway reads its remaining messages before ending the call), not the
+    INTERNAL its asyncio client reports for a call ended under its writes."""
+    code = await register(gw, person("日南　五郎", birth_date="1950-05-05", sex=C.SEX_MALE))
+    await gw.wait_delivered()
+    nenkin = gw.agency(NENKIN)
+    message = G.VerifyBatchRequest(
+        purpose_code=EXISTENCE,
+        items=[G.VerifyBatchItem(item_id="a", claim=G.ClaimedIdentity(resident_code=code))],
+    )
+    assert [len(r.results) for r in await batch_call(nenkin, [message])] == [1]
+    assert gw.national is not None
+    await gw.national.stop()
+
+    sent = 0
+
+    async def many() -> AsyncIterator[G.VerifyBatchRequest]:
+        nonlocal sent
+        for _ in range(40):
+            sent += 1
+            yield message
+            await asyncio.sleep(0.01)
+
+    for _ in range(3):
+        sent = 0
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in nenkin.VerifyBatch(many(), timeout=TIMEOUT):
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+        assert sent == 40  # the agency finished sending before the status came

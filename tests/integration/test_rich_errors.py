@@ -13,6 +13,7 @@ test until it is added to the table of the second server.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -169,6 +170,12 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     ),
     Reason.UNAVAILABLE: (lambda: Unavailable("database down"), grpc.StatusCode.UNAVAILABLE),
+    # The driver's own error, as a handler meets it: the interceptor maps it
+    # like Database.write does (a real full disk: tests/integration/test_storage_full.py).
+    Reason.STORAGE_FULL: (
+        lambda: sqlite3.OperationalError("database or disk is full"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
     Reason.UPSTREAM: (
         lambda: Upstream(
             grpc.StatusCode.UNAVAILABLE, "national node: connection refused", peer="national node"
@@ -387,6 +394,17 @@ async def test_typed_details_beside_the_error_info(refusals: grpc.aio.Channel) -
         if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)  # type: ignore[arg-type]
     ]
     assert retry.retry_delay.ToMilliseconds() == 1500
+
+    full = await refusal(call(Reason.STORAGE_FULL))
+    assert checked(full).metadata[INFO_RETRY_AFTER_MS] == "10000"
+    assert "database or disk is full" not in (full.details() or "")
+    status = rich_status(full)
+    assert status is not None
+    assert [
+        unpack(d, error_details_pb2.RetryInfo()).retry_delay.ToMilliseconds()
+        for d in status.details
+        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)  # type: ignore[arg-type]
+    ] == [10_000]
 
     upstream = checked(await refusal(call(Reason.UPSTREAM)))
     assert upstream.metadata[INFO_PEER] == "national node"

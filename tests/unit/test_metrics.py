@@ -47,9 +47,11 @@ RECEIVER = {
 FAMILIES: dict[str, set[str]] = {
     "municipal": COMMON
     | DELIVERY
-    | {"jukinet_notifications_written", "jukinet_code_pool_available"},
-    "prefecture": COMMON | DELIVERY | RECEIVER | {"jukinet_codes_issued"},
-    "national": COMMON | RECEIVER | {"jukinet_codes_issued", "jukinet_provisions"},
+    | {"jukinet_notifications_written", "jukinet_code_pool_available", "jukinet_storage_full"},
+    "prefecture": COMMON | DELIVERY | RECEIVER | {"jukinet_codes_issued", "jukinet_storage_full"},
+    "national": COMMON
+    | RECEIVER
+    | {"jukinet_codes_issued", "jukinet_provisions", "jukinet_storage_full"},
     "gateway": COMMON
     | {"jukinet_provisions", "jukinet_gateway_denials", "jukinet_gateway_operation_seconds"},
 }
