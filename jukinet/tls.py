@@ -294,6 +294,12 @@ class RevocationList:
         return self._serials
 
 
+def revocation_source(files: TlsFiles) -> RevocationList | frozenset[int]:
+    """What a node checks serials against: its CRL, re-read when it changes, or
+    nothing revoked when it has none."""
+    return RevocationList(files) if files.crl else frozenset()
+
+
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server credentials that demand and verify a client certificate from our CA."""
     material = files.load(usage="server")

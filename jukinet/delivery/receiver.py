@@ -10,6 +10,7 @@ on (the prefecture's outbox to the national node; none at the national node).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,7 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database
+from jukinet.delivery.certificates import (
+    MoveInPolicy,
+    Screened,
+    certificate_of,
+    certificates_to_look_up,
+    screen_batch,
+)
 from jukinet.delivery.rules import (
+    Holding,
+    StoredIdentity,
     fold_batch,
     fresh_codes,
     holdings_to_look_up,
@@ -32,6 +42,8 @@ from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import check_notification
+
+log = logging.getLogger("jukinet.delivery.receiver")
 
 AuthorizeOrigin = Callable[[Identity, common_pb2.Notification, str], None]
 """Raises PermissionDenied when the caller may not send this notification."""
@@ -59,6 +71,7 @@ class BatchResult:
     applied: int
     duplicates: int
     lags: tuple[float, ...]
+    quarantined: int = 0
 
 
 class Receiver:
@@ -72,8 +85,12 @@ class Receiver:
         metrics: NodeMetrics,
         authorize_origin: AuthorizeOrigin,
         relay: Relay | None = None,
+        move_in: MoveInPolicy | None = None,
     ) -> None:
         self._db = db
+        # Without a policy every domestic move-in is refused (nothing to check
+        # its certificate against).
+        self._move_in = move_in
         self._store = store
         self._metrics = metrics
         self._authorize_origin = authorize_origin
@@ -104,7 +121,8 @@ class Receiver:
             except JukinetError:
                 self._metrics.notifications.labels("refused").inc(len(notifications))
                 raise
-            self._metrics.notifications.labels("applied").inc(result.applied)
+            self._metrics.notifications.labels("applied").inc(result.applied - result.quarantined)
+            self._metrics.notifications.labels("quarantined").inc(result.quarantined)
             self._metrics.notifications.labels("duplicate").inc(result.duplicates)
             for lag in result.lags:
                 self._metrics.delivery_lag.observe(lag)
@@ -118,28 +136,82 @@ class Receiver:
 
     async def apply(self, notifications: Sequence[common_pb2.Notification]) -> BatchResult:
         """Apply validated notifications in order, in one write transaction: skip
-        what was applied, refuse a gap, check fresh codes against the pools,
-        check that each change comes from a municipality holding the resident,
-        fold into the records, write history and cursors, and relay."""
+        what was applied, refuse a gap, check the move-out certificates of
+        domestic move-ins, check fresh codes against the pools, check that each
+        change comes from a municipality holding the resident, fold into the
+        records, write history, used certificates and cursors, and relay."""
         async with self._db.write() as conn:
             before = await self._store.cursors(conn, sorted({n.origin_code for n in notifications}))
             sequenced = sequence(before, notifications)
             fresh = sequenced.fresh
             if not fresh:
                 return BatchResult(0, sequenced.duplicates, ())
+            certificates = {}
+            for i, n in enumerate(fresh):
+                cert = certificate_of(n, self._move_in, f"entries[{i}].notification")
+                if cert is not None:
+                    certificates[i] = cert
             codes = touched_codes(fresh)
             records = await self._store.load(conn, codes)
             owners = await self._store.pool_owners(conn, codes)
             born = await self._store.born(conn, fresh_codes(fresh))
             wanted = holdings_to_look_up(fresh, records)
+            screened = Screened()
+            if certificates:
+                wanted |= certificates_to_look_up(certificates)[2]
             registered = await self._store.holdings(conn, wanted) if wanted else set()
-            folded = fold_batch(fresh, records, owners, born, registered=registered)
+            if certificates or (wanted and self._quarantines):
+                screened = await self._screen(
+                    conn, fresh, certificates, records, registered, wanted, before
+                )
+            refused = screened.quarantined
+            kept = [n for i, n in enumerate(fresh) if i not in refused]
+            folded = fold_batch(kept, records, owners, born, registered=registered)
+            await self._store.record_used(conn, screened.used)
             stored = await self._store.record_batch(
-                conn, fresh, folded, set(records), before, sequenced.cursors
+                conn, fresh, folded, set(records), before, sequenced.cursors, refused
             )
             if self._relay is not None:
                 await self._relay.stage(conn, stored.applied)
-        return BatchResult(len(fresh), sequenced.duplicates, stored.lags)
+        for i, reason in sorted(refused.items()):
+            n = fresh[i]
+            log.warning(
+                "kept %s #%d as refused, not applied: %s", n.origin_code, n.sequence, reason
+            )
+        return BatchResult(len(fresh), sequenced.duplicates, stored.lags, len(refused))
+
+    @property
+    def _quarantines(self) -> bool:
+        # Only the national node keeps entries as refused instead of refusing them.
+        return self._move_in is not None and not self._move_in.prefecture
+
+    async def _screen(
+        self,
+        conn: AsyncConnection,
+        fresh: Sequence[common_pb2.Notification],
+        certificates: dict[int, common_pb2.MoveOutCertificate],
+        records: dict[str, StoredIdentity],
+        registered: set[Holding],
+        wanted: set[Holding],
+        before: dict[str, int],
+    ) -> Screened:
+        numbers, move_outs, _ = certificates_to_look_up(certificates)
+        used = await self._store.used(conn, numbers, move_outs)
+        issuers = sorted({issuer for issuer, _ in move_outs} - set(before))
+        cursors = {**before, **(await self._store.cursors(conn, issuers) if issuers else {})}
+        quarantined_holdings = (
+            await self._store.holdings(conn, wanted, refused=True) if self._quarantines else set()
+        )
+        return screen_batch(
+            fresh,
+            certificates,
+            records=records,
+            registered=registered,
+            quarantined_holdings=quarantined_holdings,
+            used=used,
+            cursors=cursors,
+            prefecture=self._move_in.prefecture if self._move_in is not None else "",
+        )
 
     async def get_identity(
         self, request: delivery_pb2.GetIdentityRequest

@@ -6,8 +6,9 @@ node. No decisions are taken here; :mod:`jukinet.delivery.rules` takes them and
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
+    false,
     func,
     insert,
     or_,
@@ -35,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
+from jukinet.delivery.certificates import Used, UsedCertificate
 from jukinet.delivery.rules import Folded, Holding, StoredIdentity
 from jukinet.names import fold_kana, fold_name
 from jukinet.v1 import common_pb2, delivery_pb2
@@ -50,6 +53,7 @@ class IdentityTables:
     history: Table
     cursors: Table
     issued_codes: Table
+    used_certificates: Table
 
 
 def define_identity_tables(metadata: MetaData) -> IdentityTables:
@@ -92,6 +96,10 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         Column("applied_at", DateTime(timezone=True), nullable=False),
         Column("changed_current", Boolean, nullable=False),
         Column("payload", LargeBinary, nullable=False),
+        # Acknowledged but never applied (a move-in whose certificate the
+        # national node alone could see to be forged, and what followed it):
+        # kept for the record, left out of the resident's history and holdings.
+        Column("refused", Boolean, nullable=False, server_default=false()),
         # The database itself refuses a notification applied twice.
         UniqueConstraint("origin_code", "origin_sequence", name="uq_history_origin"),
         Index("ix_history_resident", "resident_code"),
@@ -111,7 +119,21 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         Column("issued_at", DateTime(timezone=True), nullable=False),
         Index("ix_issued_request", "request_id"),
     )
-    return IdentityTables(identities, history, cursors, issued_codes)
+    # Each move-out certificate is used once at a tier: by its number, and by the
+    # move-out it certifies (a second certificate for one move-out is a replay).
+    used_certificates = Table(
+        "used_certificates",
+        metadata,
+        Column("certificate_number", String(64), primary_key=True),
+        Column("issuer", String(6), nullable=False),
+        Column("move_out_sequence", BigInteger, nullable=False),
+        Column("resident_code", String(11), nullable=False),
+        Column("origin_code", String(6), nullable=False),
+        Column("origin_sequence", BigInteger, nullable=False),
+        Column("used_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("issuer", "move_out_sequence", name="uq_used_certificates_move_out"),
+    )
+    return IdentityTables(identities, history, cursors, issued_codes, used_certificates)
 
 
 def _now() -> dt.datetime:
@@ -191,15 +213,19 @@ class IdentityStore:
                 select(h.c.resident_code).where(
                     one_of(conn, h.c.resident_code, code_list[i : i + 500]),
                     h.c.reason.in_(sorted(NEW_CODE_REASONS)),
+                    h.c.refused == false(),
                 )
             )
             out.update(rows.scalars())
         return out
 
-    async def holdings(self, conn: AsyncConnection, wanted: set[Holding]) -> set[Holding]:
+    async def holdings(
+        self, conn: AsyncConnection, wanted: set[Holding], *, refused: bool = False
+    ) -> set[Holding]:
         """Those of the (code, municipality) pairs ``wanted`` whose municipality
         registered the code by a notification stored here (a creation, or a code
-        change to it): one statement for a batch's pairs."""
+        change to it): one statement for a batch's pairs. With ``refused``, those
+        registered only by a notification kept as refused instead."""
         h = self.t.history
         out: set[Holding] = set()
         code_list = sorted({code for code, _ in wanted})
@@ -212,11 +238,46 @@ class IdentityStore:
                         h.c.kind == common_pb2.CHANGE_KIND_CREATED,
                         h.c.reason == common_pb2.CHANGE_REASON_CODE_CHANGE,
                     ),
+                    h.c.refused == refused,
                 )
                 .distinct()
             )
             out.update((r[0], r[1]) for r in rows if (r[0], r[1]) in wanted)
         return out
+
+    async def used(
+        self, conn: AsyncConnection, numbers: set[str], move_outs: set[tuple[str, int]]
+    ) -> Used:
+        """Which of these certificate numbers and (issuer, move-out sequence) pairs
+        were used here before."""
+        u = self.t.used_certificates
+        issuers = sorted({issuer for issuer, _ in move_outs})
+        rows = await conn.execute(
+            select(u.c.certificate_number, u.c.issuer, u.c.move_out_sequence).where(
+                or_(
+                    one_of(conn, u.c.certificate_number, sorted(numbers)),
+                    one_of(conn, u.c.issuer, issuers),
+                )
+            )
+        )
+        found_numbers: set[str] = set()
+        found_move_outs: set[tuple[str, int]] = set()
+        for number, issuer, sequence in rows:
+            if number in numbers:
+                found_numbers.add(number)
+            if (issuer, int(sequence)) in move_outs:
+                found_move_outs.add((issuer, int(sequence)))
+        return Used(frozenset(found_numbers), frozenset(found_move_outs))
+
+    async def record_used(self, conn: AsyncConnection, used: Sequence[UsedCertificate]) -> None:
+        """Remember certificates as used (the unique keys refuse a second use)."""
+        if not used:
+            return
+        now = _now()
+        await conn.execute(
+            insert(self.t.used_certificates),
+            [{**dataclasses.asdict(u), "used_at": now} for u in used],
+        )
 
     async def record_batch(
         self,
@@ -226,14 +287,20 @@ class IdentityStore:
         existed: set[str],
         cursors_before: Mapping[str, int],
         cursors_after: Mapping[str, int],
+        refused: Collection[int] = (),
     ) -> StoredBatch:
         """Write a folded batch: the changed records, one history row per
-        notification, and the origins' cursors."""
+        notification, and the origins' cursors. ``refused``: the indexes of the
+        notifications kept as refused (not folded; ``folded`` covers the others,
+        in order)."""
         now = _now()
         history: list[dict[str, object]] = []
         applied: list[tuple[common_pb2.Notification, bytes]] = []
         lags: list[float] = []
-        for n, changed_current in zip(fresh, folded.changed_current, strict=True):
+        flags = iter(folded.changed_current)
+        for i, n in enumerate(fresh):
+            kept_refused = i in refused
+            changed_current = False if kept_refused else next(flags)
             payload = n.SerializeToString()
             recorded = dt.datetime.fromisoformat(n.recorded_at)
             history.append(
@@ -248,10 +315,14 @@ class IdentityStore:
                     "applied_at": now,
                     "changed_current": changed_current,
                     "payload": payload,
+                    "refused": kept_refused,
                 }
             )
-            applied.append((n, payload))
             lags.append((now - recorded).total_seconds())
+            if not kept_refused:
+                applied.append((n, payload))
+        if next(flags, None) is not None:
+            raise ValueError("more folded notifications than applied ones")
         await self._store(conn, folded.changed, existed, now)
         await conn.execute(insert(self.t.history), history)
         cursors_t = self.t.cursors
@@ -377,7 +448,7 @@ class IdentityStore:
         chain = await self.chain(conn, resident_code)
         history_rows = await conn.execute(
             select(h.c.payload, h.c.applied_at, h.c.changed_current)
-            .where(one_of(conn, h.c.resident_code, sorted(chain)))
+            .where(one_of(conn, h.c.resident_code, sorted(chain)), h.c.refused == false())
             .order_by(h.c.id)
         )
         history = [

@@ -10,6 +10,7 @@ import grpc
 
 from jukinet.config import NationalConfig
 from jukinet.db import Database
+from jukinet.delivery.certificates import MoveInPolicy
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
 from jukinet.metrics import NodeMetrics
@@ -56,6 +57,7 @@ class NationalApp:
             store=self.store,
             metrics=self.metrics,
             authorize_origin=authorize_prefecture_origin,
+            move_in=MoveInPolicy.from_tls(config.tls),
         )
         self.provisions = ProvisionLog(self.db)
         self.kept = KeptConnections(self.db, KEPT_READ_CONNECTIONS)

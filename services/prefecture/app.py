@@ -10,6 +10,7 @@ import grpc
 
 from jukinet.config import PrefectureConfig
 from jukinet.db import Database
+from jukinet.delivery.certificates import MoveInPolicy
 from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
 from jukinet.delivery.receiver import Receiver
@@ -64,6 +65,7 @@ class PrefectureApp:
             metrics=self.metrics,
             authorize_origin=authorize_municipal_origin,
             relay=OutboxRelay(self.outbox, self._pusher),
+            move_in=MoveInPolicy.from_tls(self.config.tls, self.config.prefecture_code),
         )
         service = PrefectureService(
             db=self.db,

@@ -1,0 +1,50 @@
+"""Used move-out certificates and history entries kept as refused.
+
+A tier records each move-out certificate it accepts, unique by number and by
+the move-out it certifies, so none is used twice. A history entry may be kept
+as refused: acknowledged, never applied (at the national node, a move-in
+whose certificate's issuer did not hold the resident).
+
+Revision ID: 8c3a08bbb2d5
+Revises: 64d7cafe09cc
+Create Date: 2026-12-02 00:43:09
+
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision: str = "8c3a08bbb2d5"
+down_revision: str | Sequence[str] | None = "64d7cafe09cc"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Upgrade schema."""
+    op.create_table(
+        "used_certificates",
+        sa.Column("certificate_number", sa.String(length=64), nullable=False),
+        sa.Column("issuer", sa.String(length=6), nullable=False),
+        sa.Column("move_out_sequence", sa.BigInteger(), nullable=False),
+        sa.Column("resident_code", sa.String(length=11), nullable=False),
+        sa.Column("origin_code", sa.String(length=6), nullable=False),
+        sa.Column("origin_sequence", sa.BigInteger(), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("certificate_number"),
+        sa.UniqueConstraint("issuer", "move_out_sequence", name="uq_used_certificates_move_out"),
+    )
+    with op.batch_alter_table("identity_history", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("refused", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+
+
+def downgrade() -> None:
+    """Downgrade schema."""
+    with op.batch_alter_table("identity_history", schema=None) as batch_op:
+        batch_op.drop_column("refused")
+    op.drop_table("used_certificates")
