@@ -84,7 +84,7 @@ class NodeMetrics:
         )
         self.notifications = Counter(
             "jukinet_notifications",
-            "Notifications received, by outcome (applied, duplicate, refused)",
+            "Notifications received, by outcome (applied, duplicate, refused, quarantined)",
             ["outcome"],
             registry=r,
         )
