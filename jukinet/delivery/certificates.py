@@ -17,19 +17,22 @@ Two kinds of check:
   here, and, at the prefecture, on whether the issuer is one of its own
   municipalities at all.
 
-A prefecture refuses what fails. The national node must not refuse what its
-prefecture accepted for reasons the prefecture could not know (it would stall
-that prefecture's relay, every municipality behind it): a forgery it alone can
-see (an issuer from another prefecture that never held the resident, a
-certificate used in another prefecture first) is acknowledged and kept in the
-history as refused, never applied; what a quarantined registration would
-register counts as quarantined too, so the sender's later changes of that
-resident follow it there instead of stalling the relay.
+A prefecture refuses what fails (a lagging issuer retryably). The national
+node must not refuse what its prefecture accepted for reasons the prefecture
+could not know (it would stall that prefecture's relay, every municipality
+behind it): a forgery it alone can see (an issuer from another prefecture that
+never held the resident, a certificate used in another prefecture first) is
+acknowledged and kept in the history as refused, never applied; a move-in
+whose issuer's stream has not come as far as the move-out is acknowledged and
+kept pending, and settled (applied or refused) once it has. What such a
+registration would register counts as refused or pending too, so the sender's
+later changes of that resident follow it instead of stalling the relay.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +193,14 @@ class Used:
     move_outs: frozenset[tuple[str, int]] = frozenset()
 
 
+class Verdict(enum.Enum):
+    """What a tier does with a notification it screened."""
+
+    APPLY = "apply"
+    QUARANTINE = "quarantine"  # the national node: kept as refused, never applied
+    WAIT = "wait"  # the national node: kept pending until the issuer's stream comes
+
+
 def judge_holding(
     cert: common_pb2.MoveOutCertificate,
     *,
@@ -198,14 +209,18 @@ def judge_holding(
     issuer_cursor: int,
     prefecture: str,
     prefix: str,
-) -> bool:
-    """Whether the issuer held the resident at this tier's knowledge: True when it
-    did; False when a definitive forgery is to be quarantined (national node);
-    refuses otherwise.
+    pending: Collection[Holding] = (),
+    quarantined: Collection[Holding] = (),
+) -> Verdict:
+    """Whether the issuer held the resident at this tier's knowledge: APPLY when
+    it did; at the national node QUARANTINE for a definitive forgery and WAIT
+    while the issuer's stream is behind; a prefecture refuses instead.
 
     ``registered``: the holdings known (history and batch so far); ``current``:
     the stored record; ``issuer_cursor``: how far the issuer's stream has come
-    here; ``prefecture``: this prefecture's code, empty at the national node.
+    here; ``prefecture``: this prefecture's code, empty at the national node;
+    ``pending``, ``quarantined``: holdings that notifications kept pending or
+    refused would register (the issuer's own move-in may be one).
     A prefecture cannot know the holdings of another prefecture's municipality:
     it lets such a certificate through to the national node unless the resident
     is registered (active) at one of its own municipalities now.
@@ -213,31 +228,37 @@ def judge_holding(
     code, issuer = cert.resident_code, cert.issuing_local_government_code
     where = f"{prefix}.move_out_certificate"
     if current is not None and current.local_government_code == issuer:
-        return True
+        return Verdict.APPLY
     if (code, issuer) in registered:
-        return True
+        return Verdict.APPLY
     not_held = _refused(
         Reason.MOVE_OUT_CERTIFICATE_NOT_HELD, where, f"{issuer} does not hold the resident"
     )
-    if prefecture and prefecture_of(issuer) != prefecture:
-        if current is None or current.status != ACTIVE:
-            return True
-        raise not_held
-    if issuer_cursor < cert.move_out_sequence:
-        raise MoveOutNotYetReceived(
-            f"{where}: {issuer} #{cert.move_out_sequence} has not arrived here yet"
-        )
     if prefecture:
+        if prefecture_of(issuer) != prefecture:
+            if current is None or current.status != ACTIVE:
+                return Verdict.APPLY
+            raise not_held
+        if issuer_cursor < cert.move_out_sequence:
+            raise MoveOutNotYetReceived(
+                f"{where}: {issuer} #{cert.move_out_sequence} has not arrived here yet"
+            )
         raise not_held
-    return False
+    if (code, issuer) in quarantined:
+        return Verdict.QUARANTINE
+    if (code, issuer) in pending or issuer_cursor < cert.move_out_sequence:
+        return Verdict.WAIT
+    return Verdict.QUARANTINE
 
 
 @dataclass(frozen=True)
 class Screened:
     """A batch screened for move-out certificates: the notifications (by index in
-    the batch) quarantined with their reason, and the certificates to record used."""
+    the batch) held back, quarantined with their reason or pending, and the
+    certificates to record used."""
 
     quarantined: dict[int, Reason] = field(default_factory=dict)
+    pending: frozenset[int] = frozenset()
     used: tuple[UsedCertificate, ...] = ()
 
 
@@ -251,22 +272,28 @@ def screen_batch(
     used: Used,
     cursors: Mapping[str, int],
     prefecture: str,
+    pending_holdings: Collection[Holding] = (),
 ) -> Screened:
     """Check, in order, that no certificate was used before and that each issuer
-    held its resident; at the national node, sort out what is quarantined.
+    held its resident; at the national node, sort out what is quarantined and
+    what waits.
 
     ``certificates``: the verified certificates by index in ``fresh``;
     ``cursors``: the origins' cursors before the batch (issuers included);
-    ``quarantined_holdings``: those of the batch's acted-on (code, origin) pairs
-    that a quarantined entry registered. Refuses as the prefecture (or, for
-    what the prefecture checked too, the national node) must.
+    ``quarantined_holdings``, ``pending_holdings``: those of the batch's
+    acted-on (code, origin) pairs that a notification kept refused or pending
+    registered. A municipality's later changes of a resident it holds only by
+    such a registration follow it. Refuses as the prefecture (or, for what the
+    prefecture checked too, the national node) must.
     """
     national = not prefecture
     numbers, move_outs = set(used.numbers), set(used.move_outs)
     held = set(registered)
     quarantined_held = set(quarantined_holdings)
+    pending_held = set(pending_holdings)
     cursor = dict(cursors)
     out: dict[int, Reason] = {}
+    waiting: set[int] = set()
     to_record: list[UsedCertificate] = []
     for i, n in enumerate(fresh):
         prefix = f"entries[{i}].notification"
@@ -287,41 +314,60 @@ def screen_batch(
                 numbers.add(cert.certificate_number)
                 move_outs.add(move_out)
                 to_record.append(UsedCertificate.of(cert, n))
-                if not judge_holding(
+                verdict = judge_holding(
                     cert,
                     current=records.get(cert.resident_code),
                     registered=held,
                     issuer_cursor=cursor.get(issuer, 0),
                     prefecture=prefecture,
                     prefix=prefix,
-                ):
+                    pending=pending_held,
+                    quarantined=quarantined_held,
+                )
+                if verdict is Verdict.QUARANTINE:
                     out[i] = Reason.MOVE_OUT_CERTIFICATE_NOT_HELD
-        elif national and _follows_quarantine(n, records, held, quarantined_held, prefix):
-            out[i] = Reason.NOT_HELD
+                elif verdict is Verdict.WAIT:
+                    waiting.add(i)
+        elif national:
+            follows = _follows(n, records, held, quarantined_held, pending_held, prefix)
+            if follows is Verdict.QUARANTINE:
+                out[i] = Reason.NOT_HELD
+            elif follows is Verdict.WAIT:
+                waiting.add(i)
         holding = registers(n)
         if holding is not None:
-            (quarantined_held if i in out else held).add(holding)
-        cursor[n.origin_code] = n.sequence
-    return Screened(out, tuple(to_record))
+            if i in out:
+                quarantined_held.add(holding)
+            elif i in waiting:
+                pending_held.add(holding)
+            else:
+                held.add(holding)
+        cursor[n.origin_code] = max(cursor.get(n.origin_code, 0), n.sequence)
+    return Screened(out, frozenset(waiting), tuple(to_record))
 
 
-def _follows_quarantine(
+def _follows(
     n: common_pb2.Notification,
     records: Mapping[str, StoredIdentity],
     held: Collection[Holding],
     quarantined_held: Collection[Holding],
+    pending_held: Collection[Holding],
     prefix: str,
-) -> bool:
-    """A change by a municipality that holds the resident only by a quarantined
-    registration (its later changes of a forged move-in's resident)."""
+) -> Verdict:
+    """For a change by a municipality that holds the resident only by a
+    registration kept refused or pending (its later changes of a forged or a
+    waiting move-in's resident): QUARANTINE or WAIT with it; else APPLY."""
     code = acted_on(n)
-    if code is None or (code, n.origin_code) not in quarantined_held:
-        return False
+    if code is None:
+        return Verdict.APPLY
+    pair = (code, n.origin_code)
+    if pair not in quarantined_held and pair not in pending_held:
+        return Verdict.APPLY
     try:
         check_held(n, records, held, prefix)
     except PermissionDenied:
-        return True
-    return False
+        return Verdict.WAIT if pair in pending_held else Verdict.QUARANTINE
+    return Verdict.APPLY
 
 
 def certificates_to_look_up(

@@ -24,6 +24,7 @@ from jukinet.delivery.certificates import (
     Screened,
     certificate_of,
     certificates_to_look_up,
+    is_domestic_move_in,
     screen_batch,
 )
 from jukinet.delivery.rules import (
@@ -35,11 +36,12 @@ from jukinet.delivery.rules import (
     sequence,
     touched_codes,
 )
-from jukinet.delivery.store import IdentityStore
+from jukinet.delivery.store import APPLIED, PENDING, REFUSED, IdentityStore
 from jukinet.errors import InvalidArgument, JukinetError, NotFound
 from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import NodeMetrics
+from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import check_notification
 
@@ -121,7 +123,9 @@ class Receiver:
             except JukinetError:
                 self._metrics.notifications.labels("refused").inc(len(notifications))
                 raise
-            self._metrics.notifications.labels("applied").inc(result.applied - result.quarantined)
+            self._metrics.notifications.labels("applied").inc(
+                max(result.applied - result.quarantined, 0)
+            )
             self._metrics.notifications.labels("quarantined").inc(result.quarantined)
             self._metrics.notifications.labels("duplicate").inc(result.duplicates)
             for lag in result.lags:
@@ -165,20 +169,108 @@ class Receiver:
                     conn, fresh, certificates, records, registered, wanted, before
                 )
             refused = screened.quarantined
-            kept = [n for i, n in enumerate(fresh) if i not in refused]
+            held_back = {i: REFUSED for i in refused} | {i: PENDING for i in screened.pending}
+            kept = [n for i, n in enumerate(fresh) if i not in held_back]
             folded = fold_batch(kept, records, owners, born, registered=registered)
             await self._store.record_used(conn, screened.used)
             stored = await self._store.record_batch(
-                conn, fresh, folded, set(records), before, sequenced.cursors, refused
+                conn, fresh, folded, set(records), before, sequenced.cursors, held_back
             )
             if self._relay is not None:
                 await self._relay.stage(conn, stored.applied)
+            settled: list[tuple[common_pb2.Notification, Reason | None]] = []
+            if self._quarantines and (screened.pending or await self._store.has_pending(conn)):
+                settled = await self._settle_pending(conn, {n.origin_code for n in fresh})
         for i, reason in sorted(refused.items()):
-            n = fresh[i]
-            log.warning(
-                "kept %s #%d as refused, not applied: %s", n.origin_code, n.sequence, reason
+            self._kept_refused(fresh[i], reason)
+        later_refused = [(n, why) for n, why in settled if why is not None]
+        for n, why in later_refused:
+            self._kept_refused(n, why)
+        quarantined = len(refused) + len(later_refused)
+        return BatchResult(len(fresh), sequenced.duplicates, stored.lags, quarantined)
+
+    def _kept_refused(self, n: common_pb2.Notification, reason: Reason) -> None:
+        # One line by origin and sequence, nothing of the person.
+        log.warning("kept %s #%d as refused, not applied: %s", n.origin_code, n.sequence, reason)
+
+    async def _settle_pending(
+        self, conn: AsyncConnection, advanced: set[str]
+    ) -> list[tuple[common_pb2.Notification, Reason | None]]:
+        """Settle the pending notifications that may settle now, oldest first, one
+        at a time (each sees what the ones before it did); again while any settles.
+        A move-in is looked at when its issuer's stream moved (``advanced``: the
+        origins of the batch, then those of what settled), a later change when
+        its own municipality's pending entries settled. Returns those settled,
+        with the reason of each kept refused (None: applied)."""
+        out: list[tuple[common_pb2.Notification, Reason | None]] = []
+        rows = await self._store.pending(conn)
+        moved = set(advanced)
+        for _ in range(len(rows) + 1):
+            progress = False
+            remaining = []
+            for row_id, n in rows:
+                trigger = (
+                    common_pb2.MoveOutCertificate.FromString(
+                        n.move_out_certificate.certificate
+                    ).issuing_local_government_code
+                    if is_domestic_move_in(n)
+                    else n.origin_code
+                )
+                done, why = (
+                    await self._settle_one(conn, row_id, n) if trigger in moved else (False, None)
+                )
+                if done:
+                    progress = True
+                    moved.add(n.origin_code)
+                    out.append((n, why))
+                else:
+                    remaining.append((row_id, n))
+            rows = remaining
+            if not progress:
+                break
+        return out
+
+    async def _settle_one(
+        self, conn: AsyncConnection, row_id: int, n: common_pb2.Notification
+    ) -> tuple[bool, Reason | None]:
+        """Settle one pending notification if it can be now: (whether it was
+        settled, the reason it was kept refused or None when applied)."""
+        certificates = {}
+        if is_domestic_move_in(n):
+            certificates[0] = common_pb2.MoveOutCertificate.FromString(
+                n.move_out_certificate.certificate
             )
-        return BatchResult(len(fresh), sequenced.duplicates, stored.lags, len(refused))
+        codes = touched_codes([n])
+        records = await self._store.load(conn, codes)
+        wanted = holdings_to_look_up([n], records)
+        if certificates:
+            wanted |= certificates_to_look_up(certificates)[2]
+        registered = await self._store.holdings(conn, wanted) if wanted else set()
+        screened = await self._screen(
+            conn,
+            [n],
+            certificates,
+            records,
+            registered,
+            wanted,
+            {},
+            own=(n.origin_code, n.sequence),
+        )
+        if screened.pending:
+            return False, None
+        if 0 in screened.quarantined:
+            await self._store.settle(conn, row_id, REFUSED, None, set(records))
+            return True, screened.quarantined[0]
+        owners = await self._store.pool_owners(conn, codes)
+        born = await self._store.born(conn, fresh_codes([n]))
+        try:
+            folded = fold_batch([n], records, owners, born, registered=registered)
+        except JukinetError as exc:
+            # Settling must never refuse the batch that let it settle.
+            await self._store.settle(conn, row_id, REFUSED, None, set(records))
+            return True, exc.reason
+        await self._store.settle(conn, row_id, APPLIED, folded, set(records))
+        return True, None
 
     @property
     def _quarantines(self) -> bool:
@@ -194,14 +286,18 @@ class Receiver:
         registered: set[Holding],
         wanted: set[Holding],
         before: dict[str, int],
+        own: tuple[str, int] | None = None,
     ) -> Screened:
         numbers, move_outs, _ = certificates_to_look_up(certificates)
-        used = await self._store.used(conn, numbers, move_outs)
-        issuers = sorted({issuer for issuer, _ in move_outs} - set(before))
-        cursors = {**before, **(await self._store.cursors(conn, issuers) if issuers else {})}
-        quarantined_holdings = (
-            await self._store.holdings(conn, wanted, refused=True) if self._quarantines else set()
-        )
+        used = await self._store.used(conn, numbers, move_outs, by_other_than=own)
+        origins = {issuer for issuer, _ in move_outs} | {n.origin_code for n in fresh}
+        missing = sorted(origins - set(before))
+        cursors = {**before, **(await self._store.cursors(conn, missing) if missing else {})}
+        quarantined_holdings: set[Holding] = set()
+        pending_holdings: set[Holding] = set()
+        if self._quarantines and wanted:
+            quarantined_holdings = await self._store.holdings(conn, wanted, outcome=REFUSED)
+            pending_holdings = await self._store.holdings(conn, wanted, outcome=PENDING)
         return screen_batch(
             fresh,
             certificates,
@@ -211,6 +307,7 @@ class Receiver:
             used=used,
             cursors=cursors,
             prefecture=self._move_in.prefecture if self._move_in is not None else "",
+            pending_holdings=pending_holdings,
         )
 
     async def get_identity(

@@ -12,6 +12,7 @@ import pytest
 from jukinet.delivery.certificates import (
     MoveOutNotYetReceived,
     Used,
+    Verdict,
     judge_holding,
     screen_batch,
 )
@@ -49,7 +50,7 @@ def cert(issuer: str = TOTTORI, sequence: int = 5, number: str = "") -> C.MoveOu
     )
 
 
-def judge(c: C.MoveOutCertificate, prefecture: str, **kw: object) -> bool:
+def judge(c: C.MoveOutCertificate, prefecture: str, **kw: object) -> Verdict:
     """judge_holding with nothing known unless given."""
     args: dict[str, object] = {
         "current": None,
@@ -71,10 +72,10 @@ def refused_with(reason: Reason, c: C.MoveOutCertificate, prefecture: str, **kw:
 
 @pytest.mark.parametrize("prefecture", ["31", ""])
 def test_a_holding_issuer_is_accepted_at_both_tiers(prefecture: str) -> None:
-    assert judge(cert(), prefecture, registered={(CODE, TOTTORI)})
-    assert judge(cert(), prefecture, current=RECORD)
+    assert judge(cert(), prefecture, registered={(CODE, TOTTORI)}) is Verdict.APPLY
+    assert judge(cert(), prefecture, current=RECORD) is Verdict.APPLY
     removed = dataclasses.replace(RECORD, status=C.RECORD_STATUS_REMOVED)
-    assert judge(cert(), prefecture, current=removed)
+    assert judge(cert(), prefecture, current=removed) is Verdict.APPLY
 
 
 def test_the_prefecture_refuses_its_own_municipality_that_does_not_hold() -> None:
@@ -89,18 +90,21 @@ def test_the_prefecture_refuses_its_own_municipality_that_does_not_hold() -> Non
 
 
 def test_the_prefecture_leaves_another_prefectures_issuer_to_the_national_node() -> None:
-    assert judge(cert(CHIYODA), "31")
+    assert judge(cert(CHIYODA), "31") is Verdict.APPLY
     gone = dataclasses.replace(RECORD, status=C.RECORD_STATUS_REMOVED)
-    assert judge(cert(CHIYODA), "31", current=gone)
+    assert judge(cert(CHIYODA), "31", current=gone) is Verdict.APPLY
     # Unless the resident is registered at one of its own municipalities now.
     refused_with(Reason.MOVE_OUT_CERTIFICATE_NOT_HELD, cert(CHIYODA), "31", current=RECORD)
 
 
 def test_the_national_node_keeps_a_forgery_and_waits_for_a_lagging_issuer() -> None:
-    assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=5) is False
-    assert judge(cert(CHIYODA), "", issuer_cursor=9) is False
-    with pytest.raises(MoveOutNotYetReceived):
-        judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=4)
+    assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=5) is Verdict.QUARANTINE
+    assert judge(cert(CHIYODA), "", issuer_cursor=9) is Verdict.QUARANTINE
+    assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=4) is Verdict.WAIT
+    # The issuer's own registration waits too, or was kept refused.
+    waiting = {(CODE, CHIYODA)}
+    assert judge(cert(CHIYODA), "", issuer_cursor=9, pending=waiting) is Verdict.WAIT
+    assert judge(cert(CHIYODA), "", quarantined=waiting) is Verdict.QUARANTINE
 
 
 def move_in(
@@ -182,3 +186,25 @@ def test_the_national_node_keeps_a_replay_and_what_follows_a_kept_move_in() -> N
     assert screen(later, {}, "", quarantined_holdings={(CODE, CHIYODA)}) == {0: Reason.NOT_HELD}
     # A real move-in is applied, and so is what follows it.
     assert screen(fresh, {0: cert()}, "") == {}
+
+
+def test_the_national_node_keeps_a_lagging_move_in_and_what_follows_it_pending() -> None:
+    fresh = [
+        move_in(CHIYODA, 1),
+        move_in(CHIYODA, 2, C.CHANGE_REASON_RELOCATION),
+        move_in(CHIYODA, 3, C.CHANGE_REASON_DEATH),
+    ]
+    lagging = cert(YONAGO, 7)
+    args: dict[str, object] = {
+        "records": {CODE: RECORD},
+        "registered": {(CODE, TOTTORI)},
+        "quarantined_holdings": set(),
+        "used": Used(),
+        "cursors": {YONAGO: 6},
+    }
+    got = screen_batch(fresh, {0: lagging}, prefecture="", **args)  # type: ignore[arg-type]
+    assert (got.quarantined, got.pending) == ({}, frozenset({0, 1, 2}))
+    later = [move_in(CHIYODA, 4, C.CHANGE_REASON_DEATH)]
+    args["pending_holdings"] = {(CODE, CHIYODA)}
+    got = screen_batch(later, {}, prefecture="", **args)  # type: ignore[arg-type]
+    assert got.pending == frozenset({0})

@@ -1,9 +1,10 @@
-"""Used move-out certificates and history entries kept as refused.
+"""Used move-out certificates, and the outcome of a history entry.
 
 A tier records each move-out certificate it accepts, unique by number and by
-the move-out it certifies, so none is used twice. A history entry may be kept
-as refused: acknowledged, never applied (at the national node, a move-in
-whose certificate's issuer did not hold the resident).
+the move-out it certifies, so none is used twice. A history entry is applied
+(0); or, at the national node, acknowledged but kept as refused (1: a move-in
+whose certificate's issuer did not hold the resident) or pending (2: until
+the issuer's notifications arrive).
 
 Revision ID: 8c3a08bbb2d5
 Revises: 64d7cafe09cc
@@ -39,12 +40,14 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("identity_history", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column("refused", sa.Boolean(), server_default=sa.false(), nullable=False)
+            sa.Column("outcome", sa.SmallInteger(), server_default=sa.text("0"), nullable=False)
         )
+        batch_op.create_index("ix_history_outcome", ["outcome"], unique=False)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
     with op.batch_alter_table("identity_history", schema=None) as batch_op:
-        batch_op.drop_column("refused")
+        batch_op.drop_index("ix_history_outcome")
+        batch_op.drop_column("outcome")
     op.drop_table("used_certificates")
