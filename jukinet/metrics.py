@@ -288,7 +288,7 @@ class ReceiverMetrics:
         self.peer_label = LabelSet(peers)
         self.notifications = Counter(
             "jukinet_notifications",
-            "Notifications received, by outcome (applied, duplicate, refused)",
+            "Notifications received, by outcome (applied, duplicate, refused, quarantined)",
             ["outcome"],
             registry=registry,
         )

@@ -28,7 +28,7 @@ from jukinet.config import NodeConfig
 from jukinet.errors import ConfigError
 from jukinet.interceptors import AuthInterceptor, Rule, authenticated
 from jukinet.metrics import NodeMetrics, stop_metrics_server
-from jukinet.tls import SERVER_OPTIONS, RevocationList, server_credentials
+from jukinet.tls import SERVER_OPTIONS, RevocationList, revocation_source, server_credentials
 
 log = logging.getLogger("jukinet.server")
 
@@ -121,9 +121,7 @@ async def start_server(
     metrics: NodeMetrics,
 ) -> RunningServer:
     """Bind the node's port with mTLS and start serving."""
-    revoked: RevocationList | frozenset[int] = (
-        RevocationList(config.tls) if config.tls.crl else frozenset()
-    )
+    revoked = revocation_source(config.tls)
     material = config.tls.load(usage="server")
     metrics.watch_certificates(
         node_cert=material.cert,

@@ -333,6 +333,12 @@ class RevocationList:
                     pass  # keep the last good list; see the class docstring
 
 
+def revocation_source(files: TlsFiles) -> RevocationList | frozenset[int]:
+    """What a node checks serials against: its CRL, re-read when it changes, or
+    nothing revoked when it has none."""
+    return RevocationList(files) if files.crl else frozenset()
+
+
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server credentials that demand and verify a client certificate from our CA."""
     material = files.load(usage="server")

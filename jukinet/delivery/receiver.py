@@ -21,9 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database, describe_error, is_transient
+from jukinet.delivery.certificates import (
+    MoveInPolicy,
+    Screened,
+    certificate_of,
+    certificates_to_look_up,
+    is_domestic_move_in,
+    screen_batch,
+)
 from jukinet.delivery.rules import (
     AppliedKey,
+    Holding,
     Sequenced,
+    StoredIdentity,
     conflicting,
     fold_batch,
     fresh_codes,
@@ -32,7 +42,7 @@ from jukinet.delivery.rules import (
     sequence,
     touched_codes,
 )
-from jukinet.delivery.store import IdentityStore
+from jukinet.delivery.store import APPLIED, PENDING, REFUSED, IdentityStore
 from jukinet.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -47,8 +57,6 @@ from jukinet.metrics import ReceiverMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, delivery_pb2
 from jukinet.validation import check_notification
-
-log = logging.getLogger("jukinet.delivery.receiver")
 
 log = logging.getLogger("jukinet.delivery.receiver")
 
@@ -78,6 +86,9 @@ class BatchResult:
     applied: int
     duplicates: int
     lags: tuple[float, ...]
+    quarantined: int = 0
+    # Entries acknowledged but kept as refused (national node), with why.
+    kept_refused: tuple[tuple[common_pb2.Notification, Reason], ...] = ()
 
 
 class _Rollback(Exception):
@@ -106,9 +117,13 @@ class Receiver:
         authorize_origin: AuthorizeOrigin,
         relay: Relay | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        move_in: MoveInPolicy | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
+        # Without a policy every domestic move-in is refused (nothing to check
+        # its certificate against).
+        self._move_in = move_in
         self._store = store
         self._metrics = metrics
         self._authorize_origin = authorize_origin
@@ -150,7 +165,10 @@ class Receiver:
                 ) from None
             if self._stuck:
                 self._resumed(notifications)
-            self._metrics.notifications.labels("applied").inc(result.applied)
+            self._metrics.notifications.labels("applied").inc(
+                max(result.applied - result.quarantined, 0)
+            )
+            self._metrics.notifications.labels("quarantined").inc(result.quarantined)
             self._metrics.notifications.labels("duplicate").inc(result.duplicates)
             for lag in result.lags:
                 self._metrics.delivery_lag.observe(lag)
@@ -237,11 +255,16 @@ class Receiver:
 
     async def apply(self, notifications: Sequence[common_pb2.Notification]) -> BatchResult:
         """Apply validated notifications in order, in one write transaction: skip
-        what was applied, refuse a gap, check fresh codes against the pools,
-        check that each change comes from a municipality holding the resident,
-        fold into the records, write history and cursors, and relay."""
+        what was applied, refuse a gap, check the move-out certificates of
+        domestic move-ins, check fresh codes against the pools, check that each
+        change comes from a municipality holding the resident, fold into the
+        records, write history, used certificates and cursors, and relay."""
         async with self._db.write() as conn:
-            return await self._apply_in(conn, notifications)
+            result = await self._apply_in(conn, notifications)
+        # After the commit: one line per entry kept as refused.
+        for n, reason in result.kept_refused:
+            self._kept_refused(n, reason)
+        return result
 
     async def _apply_in(
         self, conn: AsyncConnection, notifications: Sequence[common_pb2.Notification]
@@ -259,19 +282,163 @@ class Receiver:
             )
         if not fresh:
             return BatchResult(0, sequenced.duplicates, ())
+        certificates = {}
+        for i, n in enumerate(fresh):
+            cert = certificate_of(n, self._move_in, f"entries[{i}].notification")
+            if cert is not None:
+                certificates[i] = cert
         codes = touched_codes(fresh)
         records = await self._store.load(conn, codes)
         owners = await self._store.pool_owners(conn, codes)
         born = await self._store.born(conn, fresh_codes(fresh))
         wanted = holdings_to_look_up(fresh, records)
+        screened = Screened()
+        if certificates:
+            wanted |= certificates_to_look_up(certificates)[2]
         registered = await self._store.holdings(conn, wanted) if wanted else set()
-        folded = fold_batch(fresh, records, owners, born, registered=registered)
+        if certificates or (wanted and self._quarantines):
+            screened = await self._screen(
+                conn, fresh, certificates, records, registered, wanted, before
+            )
+        refused = screened.quarantined
+        held_back = {i: REFUSED for i in refused} | {i: PENDING for i in screened.pending}
+        kept = [n for i, n in enumerate(fresh) if i not in held_back]
+        folded = fold_batch(kept, records, owners, born, registered=registered)
+        await self._store.record_used(conn, screened.used)
         stored = await self._store.record_batch(
-            conn, fresh, folded, set(records), before, sequenced.cursors
+            conn, fresh, folded, set(records), before, sequenced.cursors, held_back
         )
         if self._relay is not None:
             await self._relay.stage(conn, stored.applied)
-        return BatchResult(len(fresh), sequenced.duplicates, stored.lags)
+        settled: list[tuple[common_pb2.Notification, Reason | None]] = []
+        if self._quarantines and (screened.pending or await self._store.has_pending(conn)):
+            settled = await self._settle_pending(conn, {n.origin_code for n in fresh})
+        kept_refused = [(fresh[i], reason) for i, reason in sorted(refused.items())]
+        kept_refused += [(n, why) for n, why in settled if why is not None]
+        return BatchResult(
+            len(fresh), sequenced.duplicates, stored.lags, len(kept_refused), tuple(kept_refused)
+        )
+
+    def _kept_refused(self, n: common_pb2.Notification, reason: Reason) -> None:
+        # One line by origin and sequence, nothing of the person.
+        log.warning("kept %s #%d as refused, not applied: %s", n.origin_code, n.sequence, reason)
+
+    async def _settle_pending(
+        self, conn: AsyncConnection, advanced: set[str]
+    ) -> list[tuple[common_pb2.Notification, Reason | None]]:
+        """Settle the pending notifications that may settle now, oldest first, one
+        at a time (each sees what the ones before it did); again while any settles.
+        A move-in is looked at when its issuer's stream moved (``advanced``: the
+        origins of the batch, then those of what settled), a later change when
+        its own municipality's pending entries settled. Returns those settled,
+        with the reason of each kept refused (None: applied)."""
+        out: list[tuple[common_pb2.Notification, Reason | None]] = []
+        rows = await self._store.pending(conn)
+        moved = set(advanced)
+        for _ in range(len(rows) + 1):
+            progress = False
+            remaining = []
+            for row_id, n in rows:
+                trigger = (
+                    common_pb2.MoveOutCertificate.FromString(
+                        n.move_out_certificate.certificate
+                    ).issuing_local_government_code
+                    if is_domestic_move_in(n)
+                    else n.origin_code
+                )
+                done, why = (
+                    await self._settle_one(conn, row_id, n) if trigger in moved else (False, None)
+                )
+                if done:
+                    progress = True
+                    moved.add(n.origin_code)
+                    out.append((n, why))
+                else:
+                    remaining.append((row_id, n))
+            rows = remaining
+            if not progress:
+                break
+        return out
+
+    async def _settle_one(
+        self, conn: AsyncConnection, row_id: int, n: common_pb2.Notification
+    ) -> tuple[bool, Reason | None]:
+        """Settle one pending notification if it can be now: (whether it was
+        settled, the reason it was kept refused or None when applied)."""
+        certificates = {}
+        if is_domestic_move_in(n):
+            certificates[0] = common_pb2.MoveOutCertificate.FromString(
+                n.move_out_certificate.certificate
+            )
+        codes = touched_codes([n])
+        records = await self._store.load(conn, codes)
+        wanted = holdings_to_look_up([n], records)
+        if certificates:
+            wanted |= certificates_to_look_up(certificates)[2]
+        registered = await self._store.holdings(conn, wanted) if wanted else set()
+        screened = await self._screen(
+            conn,
+            [n],
+            certificates,
+            records,
+            registered,
+            wanted,
+            {},
+            own=(n.origin_code, n.sequence),
+        )
+        if screened.pending:
+            return False, None
+        if 0 in screened.quarantined:
+            await self._store.settle(conn, row_id, REFUSED, None, set(records))
+            return True, screened.quarantined[0]
+        owners = await self._store.pool_owners(conn, codes)
+        born = await self._store.born(conn, fresh_codes([n]))
+        try:
+            folded = fold_batch([n], records, owners, born, registered=registered)
+        except JukinetError as exc:
+            # Settling must never refuse the batch that let it settle.
+            await self._store.settle(conn, row_id, REFUSED, None, set(records))
+            return True, exc.reason
+        await self._store.settle(conn, row_id, APPLIED, folded, set(records))
+        return True, None
+
+    @property
+    def _quarantines(self) -> bool:
+        # Only the national node keeps entries as refused instead of refusing them.
+        return self._move_in is not None and not self._move_in.prefecture
+
+    async def _screen(
+        self,
+        conn: AsyncConnection,
+        fresh: Sequence[common_pb2.Notification],
+        certificates: dict[int, common_pb2.MoveOutCertificate],
+        records: dict[str, StoredIdentity],
+        registered: set[Holding],
+        wanted: set[Holding],
+        before: dict[str, int],
+        own: tuple[str, int] | None = None,
+    ) -> Screened:
+        numbers, move_outs, _ = certificates_to_look_up(certificates)
+        used = await self._store.used(conn, numbers, move_outs, by_other_than=own)
+        origins = {issuer for issuer, _ in move_outs} | {n.origin_code for n in fresh}
+        missing = sorted(origins - set(before))
+        cursors = {**before, **(await self._store.cursors(conn, missing) if missing else {})}
+        quarantined_holdings: set[Holding] = set()
+        pending_holdings: set[Holding] = set()
+        if self._quarantines and wanted:
+            quarantined_holdings = await self._store.holdings(conn, wanted, outcome=REFUSED)
+            pending_holdings = await self._store.holdings(conn, wanted, outcome=PENDING)
+        return screen_batch(
+            fresh,
+            certificates,
+            records=records,
+            registered=registered,
+            quarantined_holdings=quarantined_holdings,
+            used=used,
+            cursors=cursors,
+            prefecture=self._move_in.prefecture if self._move_in is not None else "",
+            pending_holdings=pending_holdings,
+        )
 
     def _check_redelivered(
         self,

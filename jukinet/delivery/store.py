@@ -32,11 +32,13 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
+from jukinet.delivery.certificates import Used, UsedCertificate
 from jukinet.delivery.rules import (
     AppliedKey,
     Folded,
@@ -60,6 +62,7 @@ class IdentityTables:
     history: Table
     cursors: Table
     issued_codes: Table
+    used_certificates: Table
 
 
 def define_identity_tables(metadata: MetaData) -> IdentityTables:
@@ -109,9 +112,16 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         # the same (origin, sequence) is compared with it. Null in rows applied
         # before digests were kept; their payload answers instead.
         Column("digest", LargeBinary, nullable=True),
+        # APPLIED; or acknowledged but not applied (a move-in whose certificate
+        # the national node alone could see to be forged, and what followed
+        # it): REFUSED, kept for the record; or PENDING until the issuer's
+        # notifications arrive. Only applied rows are the resident's history
+        # and holdings.
+        Column("outcome", SmallInteger, nullable=False, server_default=text("0")),
         # The database itself refuses a notification applied twice.
         UniqueConstraint("origin_code", "origin_sequence", name="uq_history_origin"),
         Index("ix_history_resident", "resident_code"),
+        Index("ix_history_outcome", "outcome"),
     )
     cursors = Table(
         "origin_cursors",
@@ -128,7 +138,25 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
         Column("issued_at", DateTime(timezone=True), nullable=False),
         Index("ix_issued_request", "request_id"),
     )
-    return IdentityTables(identities, history, cursors, issued_codes)
+    # Each move-out certificate is used once at a tier: by its number, and by the
+    # move-out it certifies (a second certificate for one move-out is a replay).
+    used_certificates = Table(
+        "used_certificates",
+        metadata,
+        Column("certificate_number", String(64), primary_key=True),
+        Column("issuer", String(6), nullable=False),
+        Column("move_out_sequence", BigInteger, nullable=False),
+        Column("resident_code", String(11), nullable=False),
+        Column("origin_code", String(6), nullable=False),
+        Column("origin_sequence", BigInteger, nullable=False),
+        Column("used_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("issuer", "move_out_sequence", name="uq_used_certificates_move_out"),
+    )
+    return IdentityTables(identities, history, cursors, issued_codes, used_certificates)
+
+
+APPLIED, REFUSED, PENDING = 0, 1, 2
+"""The outcomes of a stored notification (``identity_history.outcome``)."""
 
 
 def _now() -> dt.datetime:
@@ -239,15 +267,19 @@ class IdentityStore:
                 select(h.c.resident_code).where(
                     one_of(conn, h.c.resident_code, code_list[i : i + 500]),
                     h.c.reason.in_(sorted(NEW_CODE_REASONS)),
+                    h.c.outcome == APPLIED,
                 )
             )
             out.update(rows.scalars())
         return out
 
-    async def holdings(self, conn: AsyncConnection, wanted: set[Holding]) -> set[Holding]:
+    async def holdings(
+        self, conn: AsyncConnection, wanted: set[Holding], *, outcome: int = 0
+    ) -> set[Holding]:
         """Those of the (code, municipality) pairs ``wanted`` whose municipality
         registered the code by a notification stored here (a creation, or a code
-        change to it): one statement for a batch's pairs."""
+        change to it): one statement for a batch's pairs. With another
+        ``outcome`` (REFUSED, PENDING), those registered by such a notification."""
         h = self.t.history
         out: set[Holding] = set()
         code_list = sorted({code for code, _ in wanted})
@@ -260,6 +292,7 @@ class IdentityStore:
                         h.c.kind == common_pb2.CHANGE_KIND_CREATED,
                         h.c.reason == common_pb2.CHANGE_REASON_CODE_CHANGE,
                     ),
+                    h.c.outcome == outcome,
                 )
                 .distinct()
             )
@@ -292,6 +325,88 @@ class IdentityStore:
                     )
         return out
 
+    async def used(
+        self,
+        conn: AsyncConnection,
+        numbers: set[str],
+        move_outs: set[tuple[str, int]],
+        by_other_than: tuple[str, int] | None = None,
+    ) -> Used:
+        """Which of these certificate numbers and (issuer, move-out sequence) pairs
+        were used here before (by another notification than ``by_other_than``,
+        an (origin, sequence), if given)."""
+        u = self.t.used_certificates
+        issuers = sorted({issuer for issuer, _ in move_outs})
+        rows = await conn.execute(
+            select(
+                u.c.certificate_number,
+                u.c.issuer,
+                u.c.move_out_sequence,
+                u.c.origin_code,
+                u.c.origin_sequence,
+            ).where(
+                or_(
+                    one_of(conn, u.c.certificate_number, sorted(numbers)),
+                    one_of(conn, u.c.issuer, issuers),
+                )
+            )
+        )
+        found_numbers: set[str] = set()
+        found_move_outs: set[tuple[str, int]] = set()
+        for number, issuer, sequence, origin, origin_sequence in rows:
+            if by_other_than == (origin, int(origin_sequence)):
+                continue
+            if number in numbers:
+                found_numbers.add(number)
+            if (issuer, int(sequence)) in move_outs:
+                found_move_outs.add((issuer, int(sequence)))
+        return Used(frozenset(found_numbers), frozenset(found_move_outs))
+
+    async def record_used(self, conn: AsyncConnection, used: Sequence[UsedCertificate]) -> None:
+        """Remember certificates as used (the unique keys refuse a second use)."""
+        if not used:
+            return
+        now = _now()
+        await conn.execute(
+            insert(self.t.used_certificates),
+            [{**dataclasses.asdict(u), "used_at": now} for u in used],
+        )
+
+    async def pending(self, conn: AsyncConnection) -> list[tuple[int, common_pb2.Notification]]:
+        """The notifications kept pending, oldest first, with their history row ids."""
+        h = self.t.history
+        rows = await conn.execute(
+            select(h.c.id, h.c.payload).where(h.c.outcome == PENDING).order_by(h.c.id)
+        )
+        return [(int(i), common_pb2.Notification.FromString(p)) for i, p in rows]
+
+    async def has_pending(self, conn: AsyncConnection) -> bool:
+        """Whether any notification is kept pending."""
+        h = self.t.history
+        row = await conn.execute(select(h.c.id).where(h.c.outcome == PENDING).limit(1))
+        return row.first() is not None
+
+    async def settle(
+        self,
+        conn: AsyncConnection,
+        row_id: int,
+        outcome: int,
+        folded: Folded | None,
+        existed: set[str],
+    ) -> None:
+        """Settle a pending notification: applied (with its folded records) or refused."""
+        now = _now()
+        changed_current = False
+        if folded is not None:
+            await self._store(conn, folded, existed, now)
+            changed_current = folded.changed_current[0]
+        h = self.t.history
+        await conn.execute(
+            update(h)
+            .where(h.c.id == row_id)
+            .values(outcome=outcome, changed_current=changed_current, applied_at=now)
+        )
+
     async def record_batch(
         self,
         conn: AsyncConnection,
@@ -300,14 +415,21 @@ class IdentityStore:
         existed: set[str],
         cursors_before: Mapping[str, int],
         cursors_after: Mapping[str, int],
+        held_back: Mapping[int, int] | None = None,
     ) -> StoredBatch:
         """Write a folded batch: the changed records, one history row per
-        notification, and the origins' cursors."""
+        notification, and the origins' cursors. ``held_back``: the outcome
+        (REFUSED, PENDING) of the notifications by index that were not folded;
+        ``folded`` covers the others, in order."""
+        held_back = held_back or {}
         now = _now()
         history: list[dict[str, object]] = []
         applied: list[tuple[common_pb2.Notification, bytes]] = []
         lags: list[float] = []
-        for n, changed_current in zip(fresh, folded.changed_current, strict=True):
+        flags = iter(folded.changed_current)
+        for i, n in enumerate(fresh):
+            outcome = held_back.get(i, APPLIED)
+            changed_current = False if outcome != APPLIED else next(flags)
             payload = n.SerializeToString()
             recorded = dt.datetime.fromisoformat(n.recorded_at)
             history.append(
@@ -323,11 +445,15 @@ class IdentityStore:
                     "changed_current": changed_current,
                     "payload": payload,
                     "digest": notification_digest(n),
+                    "outcome": outcome,
                 }
             )
-            applied.append((n, payload))
             # A sender's clock ahead of this one would make the lag negative.
             lags.append(max(0.0, (now - recorded).total_seconds()))
+            if outcome == APPLIED:
+                applied.append((n, payload))
+        if next(flags, None) is not None:
+            raise ValueError("more folded notifications than applied ones")
         await self._store(conn, folded, existed, now)
         await conn.execute(insert(self.t.history), history)
         cursors_t = self.t.cursors
@@ -467,7 +593,7 @@ class IdentityStore:
         chain = await self.chain(conn, resident_code)
         history_rows = await conn.execute(
             select(h.c.payload, h.c.applied_at, h.c.changed_current)
-            .where(one_of(conn, h.c.resident_code, sorted(chain)))
+            .where(one_of(conn, h.c.resident_code, sorted(chain)), h.c.outcome == APPLIED)
             .order_by(h.c.id)
         )
         history = [

@@ -11,6 +11,7 @@ import grpc
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import NationalConfig
 from jukinet.db import Database
+from jukinet.delivery.certificates import MoveInPolicy
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
 from jukinet.metrics import NationalMetrics
@@ -64,6 +65,7 @@ class NationalApp:
             metrics=self.metrics.receiver,
             authorize_origin=authorize_prefecture_origin,
             clock=clock,
+            move_in=MoveInPolicy.from_tls(config.tls),
         )
         self.provisions = ProvisionLog(self.db)
         self.kept = KeptConnections(self.db, KEPT_READ_CONNECTIONS)

@@ -11,6 +11,7 @@ import grpc
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import PrefectureConfig
 from jukinet.db import Database
+from jukinet.delivery.certificates import MoveInPolicy
 from jukinet.delivery.outbox import Outbox
 from jukinet.delivery.pusher import Pusher
 from jukinet.delivery.receiver import Receiver
@@ -75,6 +76,7 @@ class PrefectureApp:
             authorize_origin=authorize_municipal_origin,
             relay=OutboxRelay(self.outbox, self._pusher),
             clock=self.clock,
+            move_in=MoveInPolicy.from_tls(self.config.tls, self.config.prefecture_code),
         )
         service = PrefectureService(
             db=self.db,

@@ -1,0 +1,210 @@
+"""The upper tiers' rules for the move-out certificate of a domestic move-in: who
+holds the resident, by tier and by how far the issuer's stream has come, replays,
+and what the national node keeps as refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+
+from jukinet.delivery.certificates import (
+    MoveOutNotYetReceived,
+    Used,
+    Verdict,
+    judge_holding,
+    screen_batch,
+)
+from jukinet.delivery.rules import StoredIdentity
+from jukinet.movecert import CertificateRefused
+from jukinet.reasons import Reason
+from jukinet.v1 import common_pb2 as C
+
+TOTTORI, YONAGO, CHIYODA = "312011", "312029", "131016"
+CODE = "12345678901"
+
+RECORD = StoredIdentity(
+    resident_code=CODE,
+    local_government_code=TOTTORI,
+    name="鳥取 花子",
+    name_kana="トットリ ハナコ",
+    former_surname="",
+    alias="",
+    birth_date="1980-02-03",
+    sex=C.SEX_FEMALE,
+    address="鳥取県鳥取市東町1丁目220番地",
+    status=C.RECORD_STATUS_ACTIVE,
+    replaced_by="",
+    registered_since="1980-02-03",
+)
+
+
+def cert(issuer: str = TOTTORI, sequence: int = 5, number: str = "") -> C.MoveOutCertificate:
+    """A certificate of ``issuer``'s move-out #``sequence`` of CODE."""
+    return C.MoveOutCertificate(
+        certificate_number=number or f"{issuer}-00000000000000{sequence:02d}",
+        issuing_local_government_code=issuer,
+        resident_code=CODE,
+        move_out_sequence=sequence,
+    )
+
+
+def judge(c: C.MoveOutCertificate, prefecture: str, **kw: object) -> Verdict:
+    """judge_holding with nothing known unless given."""
+    args: dict[str, object] = {
+        "current": None,
+        "registered": set(),
+        "issuer_cursor": 0,
+        "prefecture": prefecture,
+        "prefix": "entries[0].notification",
+    }
+    args.update(kw)
+    return judge_holding(c, **args)  # type: ignore[arg-type]
+
+
+def refused_with(reason: Reason, c: C.MoveOutCertificate, prefecture: str, **kw: object) -> None:
+    """judge_holding refuses with ``reason``."""
+    with pytest.raises(CertificateRefused) as info:
+        judge(c, prefecture, **kw)
+    assert info.value.reason is reason
+
+
+@pytest.mark.parametrize("prefecture", ["31", ""])
+def test_a_holding_issuer_is_accepted_at_both_tiers(prefecture: str) -> None:
+    assert judge(cert(), prefecture, registered={(CODE, TOTTORI)}) is Verdict.APPLY
+    assert judge(cert(), prefecture, current=RECORD) is Verdict.APPLY
+    removed = dataclasses.replace(RECORD, status=C.RECORD_STATUS_REMOVED)
+    assert judge(cert(), prefecture, current=removed) is Verdict.APPLY
+
+
+def test_the_prefecture_refuses_its_own_municipality_that_does_not_hold() -> None:
+    elsewhere = dataclasses.replace(RECORD, local_government_code=YONAGO)
+    for current in (None, elsewhere):
+        refused_with(
+            Reason.MOVE_OUT_CERTIFICATE_NOT_HELD, cert(), "31", current=current, issuer_cursor=5
+        )
+    # Its stream has not come that far: the holding may still be on the way.
+    with pytest.raises(MoveOutNotYetReceived):
+        judge(cert(), "31", issuer_cursor=4)
+
+
+def test_the_prefecture_leaves_another_prefectures_issuer_to_the_national_node() -> None:
+    assert judge(cert(CHIYODA), "31") is Verdict.APPLY
+    gone = dataclasses.replace(RECORD, status=C.RECORD_STATUS_REMOVED)
+    assert judge(cert(CHIYODA), "31", current=gone) is Verdict.APPLY
+    # Unless the resident is registered at one of its own municipalities now.
+    refused_with(Reason.MOVE_OUT_CERTIFICATE_NOT_HELD, cert(CHIYODA), "31", current=RECORD)
+
+
+def test_the_national_node_keeps_a_forgery_and_waits_for_a_lagging_issuer() -> None:
+    assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=5) is Verdict.QUARANTINE
+    assert judge(cert(CHIYODA), "", issuer_cursor=9) is Verdict.QUARANTINE
+    assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=4) is Verdict.WAIT
+    # The issuer's own registration waits too, or was kept refused.
+    waiting = {(CODE, CHIYODA)}
+    assert judge(cert(CHIYODA), "", issuer_cursor=9, pending=waiting) is Verdict.WAIT
+    assert judge(cert(CHIYODA), "", quarantined=waiting) is Verdict.QUARANTINE
+
+
+def move_in(
+    origin: str, sequence: int, reason: C.ChangeReason.ValueType = C.CHANGE_REASON_MOVE_IN
+) -> C.Notification:
+    """A notification of ``origin`` for CODE."""
+    kind = {
+        C.CHANGE_REASON_MOVE_IN: C.CHANGE_KIND_CREATED,
+        C.CHANGE_REASON_DEATH: C.CHANGE_KIND_REMOVED,
+        C.CHANGE_REASON_RELOCATION: C.CHANGE_KIND_AMENDED,
+    }[reason]
+    return C.Notification(
+        origin_code=origin,
+        sequence=sequence,
+        kind=kind,
+        reason=reason,
+        effective_date="2025-05-01",
+        recorded_at=dt.datetime.now(dt.UTC).isoformat(),
+        record=C.IdentityRecord(resident_code=CODE, local_government_code=origin),
+    )
+
+
+def screen(
+    fresh: list[C.Notification],
+    certificates: dict[int, C.MoveOutCertificate],
+    prefecture: str,
+    **kw: object,
+) -> dict[int, Reason]:
+    """screen_batch's quarantined entries, with nothing known unless given."""
+    args: dict[str, object] = {
+        "records": {CODE: RECORD},
+        "registered": {(CODE, TOTTORI)},
+        "quarantined_holdings": set(),
+        "used": Used(),
+        "cursors": {TOTTORI: 5},
+    }
+    args.update(kw)
+    return screen_batch(fresh, certificates, prefecture=prefecture, **args).quarantined  # type: ignore[arg-type]
+
+
+def test_a_certificate_used_twice_in_one_batch_is_a_replay() -> None:
+    fresh = [move_in(YONAGO, 1), move_in(YONAGO, 2)]
+    renumbered = cert(number=f"{TOTTORI}-ffffffffffffffff")
+    for second in (cert(), renumbered):
+        with pytest.raises(CertificateRefused) as info:
+            screen(fresh, {0: cert(), 1: second}, "31")
+        assert info.value.reason is Reason.MOVE_OUT_CERTIFICATE_REPLAYED
+        assert "entries[1]" in info.value.message
+    # One used before at this tier, at the prefecture.
+    with pytest.raises(CertificateRefused):
+        screen(
+            fresh[:1], {0: cert()}, "31", used=Used(numbers=frozenset({cert().certificate_number}))
+        )
+
+
+def test_the_national_node_keeps_a_replay_and_what_follows_a_kept_move_in() -> None:
+    fresh = [
+        move_in(CHIYODA, 1),
+        move_in(CHIYODA, 2, C.CHANGE_REASON_RELOCATION),
+        move_in(CHIYODA, 3, C.CHANGE_REASON_DEATH),
+    ]
+    used = Used(move_outs=frozenset({(TOTTORI, 5)}))
+    got = screen(fresh, {0: cert()}, "", used=used)
+    assert got == {
+        0: Reason.MOVE_OUT_CERTIFICATE_REPLAYED,
+        1: Reason.NOT_HELD,
+        2: Reason.NOT_HELD,
+    }
+    # A forgery: the issuer's stream is past the move-out and it never held the code.
+    forged = cert(YONAGO, 1)
+    got = screen(fresh, {0: forged}, "", cursors={YONAGO: 3})
+    assert got == {
+        0: Reason.MOVE_OUT_CERTIFICATE_NOT_HELD,
+        1: Reason.NOT_HELD,
+        2: Reason.NOT_HELD,
+    }
+    # Known from the history as kept refused: later changes follow it.
+    later = [move_in(CHIYODA, 4, C.CHANGE_REASON_DEATH)]
+    assert screen(later, {}, "", quarantined_holdings={(CODE, CHIYODA)}) == {0: Reason.NOT_HELD}
+    # A real move-in is applied, and so is what follows it.
+    assert screen(fresh, {0: cert()}, "") == {}
+
+
+def test_the_national_node_keeps_a_lagging_move_in_and_what_follows_it_pending() -> None:
+    fresh = [
+        move_in(CHIYODA, 1),
+        move_in(CHIYODA, 2, C.CHANGE_REASON_RELOCATION),
+        move_in(CHIYODA, 3, C.CHANGE_REASON_DEATH),
+    ]
+    lagging = cert(YONAGO, 7)
+    args: dict[str, object] = {
+        "records": {CODE: RECORD},
+        "registered": {(CODE, TOTTORI)},
+        "quarantined_holdings": set(),
+        "used": Used(),
+        "cursors": {YONAGO: 6},
+    }
+    got = screen_batch(fresh, {0: lagging}, prefecture="", **args)  # type: ignore[arg-type]
+    assert (got.quarantined, got.pending) == ({}, frozenset({0, 1, 2}))
+    later = [move_in(CHIYODA, 4, C.CHANGE_REASON_DEATH)]
+    args["pending_holdings"] = {(CODE, CHIYODA)}
+    got = screen_batch(later, {}, prefecture="", **args)  # type: ignore[arg-type]
+    assert got.pending == frozenset({0})
