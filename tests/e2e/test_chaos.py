@@ -63,7 +63,7 @@ from jukinet.v1 import (
 from jukinet.validation import today
 from tests.conftest import backends
 from tools.demo import export_holdings, export_register, reconcile
-from tools.localfed import Databases, LocalFederation
+from tools.localfed import Databases, LocalFederation, NodeFailed
 from tools.population import NAME_SEPARATOR, PopulationGenerator
 
 # Node processes under a few minutes of load, then delivery settling.
@@ -77,6 +77,7 @@ MUNICIPALITIES = (TOTTORI, YONAGO, CHIYODA)
 CHAOS_SECONDS = 150.0
 """How long the operators work while nodes are killed and frozen."""
 OPERATORS_PER_MUNICIPALITY = 2
+"""Operator tasks per municipality, each with its own random choices."""
 CHAOS_PAUSE = (1.5, 4.0)
 """Seconds between two chaos actions (uniform)."""
 AT_ONCE = 2
@@ -86,10 +87,13 @@ KILLED_FOR = (0.2, 3.0)
 FROZEN_FOR = (0.5, 6.0)
 """Seconds a node stays frozen (uniform): often longer than :data:`RPC_TIMEOUT`."""
 START_WITHIN = 120.0
+PORT_RETRIES = 10
+"""Starts again (a second apart) of a node whose port something else holds."""
 """Seconds a node may take to answer after a (re)start: on a loaded machine, many."""
 SETTLE_WITHIN = 120.0
 """Seconds delivery may take to catch up once the chaos stopped."""
 RPC_TIMEOUT = 3.0
+"""Seconds an operator waits for one answer."""
 OPERATION_WITHIN = 90.0
 """An operation not done (answered, or found in the register) within this long fails the test."""
 CONFIRM_AFTER = 1.5
@@ -113,6 +117,9 @@ WEIGHTS: Mapping[str, float] = {
 SAME_DAY = ("same-day return", "birth and move on the birth day")
 """The operations whose two changes of one resident share an effective date."""
 SAME_DAY_MOVES = True
+"""Whether operators make :data:`SAME_DAY` moves. They pass only where the
+upper tiers order the two halves of a move by cause (the move-out sequence
+the certificate names), not by effective date."""
 MIN_POPULATION = 15
 """Below this many active residents, a municipality's operators only register births."""
 
@@ -146,6 +153,7 @@ class Stats:
     found_applied: int = 0  # of those, the register showed the change made
     retries: int = 0
     passed_over: int = 0  # chaos actions skipped: their node was still disturbed
+    port_busy: int = 0  # restarts repeated because another process held a node's port
     kills: Counter[str] = field(default_factory=Counter)
     stops: Counter[str] = field(default_factory=Counter)
     notifications: int = 0
@@ -162,7 +170,7 @@ class Stats:
             f"retries {self.retries}, notifications {self.notifications}\n"
             f"  kills {sum(self.kills.values())} {dict(self.kills)}, "
             f"stops {sum(self.stops.values())} {dict(self.stops)}, "
-            f"passed over {self.passed_over}"
+            f"passed over {self.passed_over}, restarts with a port busy {self.port_busy}"
         )
 
 
@@ -545,8 +553,18 @@ async def chaos(fed: LocalFederation, stats: Stats, until: float) -> None:
     async def kill(victim: str, down: float) -> None:
         fed.kill(victim)
         await asyncio.sleep(down)
-        fed.start(victim)
-        await fed.wait_ready(victim, within=START_WITHIN)
+        for attempt in range(PORT_RETRIES + 1):
+            fed.start(victim)
+            try:
+                await fed.wait_ready(victim, within=START_WITHIN)
+                return
+            except NodeFailed as exc:
+                # The node's ports were free when the federation was made; on a
+                # busy machine an outgoing connection may hold one for a while.
+                if "already in use" not in str(exc) or attempt == PORT_RETRIES:
+                    raise
+            stats.port_busy += 1
+            await asyncio.sleep(1.0)
 
     async def freeze(victim: str, frozen: float) -> None:
         fed.pause(victim)
