@@ -63,7 +63,7 @@ from jukinet.v1 import (
 from jukinet.validation import today
 from tests.conftest import backends
 from tools.demo import export_holdings, export_register, reconcile
-from tools.localfed import Databases, LocalFederation, NodeFailed
+from tools.localfed import Databases, DeliveryTimeout, LocalFederation, NodeFailed
 from tools.population import NAME_SEPARATOR, PopulationGenerator
 
 # Node processes under a few minutes of load, then delivery settling.
@@ -702,6 +702,19 @@ def report(stats: Stats, what: str, lines: list[str], most: int = 25) -> str:
     return f"{stats.summary()}\n{what} ({len(lines)}):\n  " + "\n  ".join(lines[:most]) + more
 
 
+def complaints(fed: LocalFederation, most: int = 3) -> list[str]:
+    """The last distinct warnings and errors in each node's log."""
+    out: list[str] = []
+    for name, node in fed.nodes.items():
+        lines = [
+            line.split(" ", 2)[-1][:300]
+            for line in node.log_tail(400).splitlines()
+            if " WARNING " in line or " ERROR " in line
+        ]
+        out.extend(f"{name}: {line}" for line in list(dict.fromkeys(lines))[-most:])
+    return out
+
+
 def chaos_seed() -> int:
     """``JUKINET_CHAOS_SEED``, or a fresh one."""
     given = os.environ.get("JUKINET_CHAOS_SEED", "")
@@ -753,7 +766,10 @@ async def test_every_tier_equals_the_registers_after_sustained_chaos(
                 await fed.start_nodes(down, within=START_WITHIN)
 
         stats.phase = "settling"
-        await fed.wait_delivered(within=SETTLE_WITHIN)
+        try:
+            await fed.wait_delivered(within=SETTLE_WITHIN)
+        except DeliveryTimeout as exc:
+            raise AssertionError(report(stats, str(exc), complaints(fed))) from exc
 
         stats.phase = "checking"
         exported = await registers(world)
