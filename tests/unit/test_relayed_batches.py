@@ -4,19 +4,11 @@ a move may arrive in one batch, the new municipality's move-in first."""
 
 from __future__ import annotations
 
-import pytest
-
 from jukinet.delivery.rules import ACTIVE
 from jukinet.v1 import common_pb2 as pb
 from tests.unit.test_delivery_rules import CODE, Tier, interleavings, note
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="holdings_to_look_up asks the history only about records not at the origin "
-    "before the batch; a move-in earlier in the same batch takes the record away, and "
-    "the old municipality's late move-out is then refused as NOT_HELD",
-)
 def test_a_late_move_out_relayed_in_the_batch_of_the_move_in_is_accepted() -> None:
     a = [
         note("312011", 1, pb.CHANGE_REASON_BIRTH, "1982-10-26"),
