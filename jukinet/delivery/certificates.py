@@ -273,6 +273,7 @@ def screen_batch(
     cursors: Mapping[str, int],
     prefecture: str,
     pending_holdings: Collection[Holding] = (),
+    certified: Mapping[tuple[str, int], common_pb2.Notification] | None = None,
 ) -> Screened:
     """Check, in order, that no certificate was used before and that each issuer
     held its resident; at the national node, sort out what is quarantined and
@@ -282,7 +283,10 @@ def screen_batch(
     ``cursors``: the origins' cursors before the batch (issuers included);
     ``quarantined_holdings``, ``pending_holdings``: those of the batch's
     acted-on (code, origin) pairs that a notification kept refused or pending
-    registered. A municipality's later changes of a resident it holds only by
+    registered; ``certified``: the stored notifications at the (issuer, move-out
+    sequence) the certificates name, where this tier has them: each must be
+    the move-out of the certificate's resident (a former holder cannot certify
+    a move-out it never notified). A municipality's later changes of a resident it holds only by
     such a registration follow it. Refuses as the prefecture (or, for what the
     prefecture checked too, the national node) must.
     """
@@ -292,6 +296,7 @@ def screen_batch(
     quarantined_held = set(quarantined_holdings)
     pending_held = set(pending_holdings)
     cursor = dict(cursors)
+    known = dict(certified or {})
     out: dict[int, Reason] = {}
     waiting: set[int] = set()
     to_record: list[UsedCertificate] = []
@@ -310,6 +315,14 @@ def screen_batch(
                     )
                 # Used in another prefecture first: the first use stands.
                 out[i] = Reason.MOVE_OUT_CERTIFICATE_REPLAYED
+            elif move_out in known and not is_move_out_of(known[move_out], cert.resident_code):
+                if not national:
+                    raise _refused(
+                        Reason.MOVE_OUT_CERTIFICATE_NOT_HELD,
+                        f"{prefix}.move_out_certificate",
+                        f"{issuer} #{cert.move_out_sequence} is not this resident's move-out",
+                    )
+                out[i] = Reason.MOVE_OUT_CERTIFICATE_NOT_HELD
             else:
                 numbers.add(cert.certificate_number)
                 move_outs.add(move_out)
@@ -343,7 +356,13 @@ def screen_batch(
             else:
                 held.add(holding)
         cursor[n.origin_code] = max(cursor.get(n.origin_code, 0), n.sequence)
+        known.setdefault((n.origin_code, n.sequence), n)
     return Screened(out, frozenset(waiting), tuple(to_record))
+
+
+def is_move_out_of(n: common_pb2.Notification, resident_code: str) -> bool:
+    """Whether ``n`` is the move-out (to another municipality) of ``resident_code``."""
+    return n.reason == common_pb2.CHANGE_REASON_MOVE_OUT and n.record.resident_code == resident_code
 
 
 def _follows(

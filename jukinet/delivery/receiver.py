@@ -423,6 +423,10 @@ class Receiver:
         origins = {issuer for issuer, _ in move_outs} | {n.origin_code for n in fresh}
         missing = sorted(origins - set(before))
         cursors = {**before, **(await self._store.cursors(conn, missing) if missing else {})}
+        # The move-outs the certificates name that this tier has received.
+        certified = await self._store.notifications_at(
+            conn, {m for m in move_outs if cursors.get(m[0], 0) >= m[1]}
+        )
         quarantined_holdings: set[Holding] = set()
         pending_holdings: set[Holding] = set()
         if self._quarantines and wanted:
@@ -438,6 +442,7 @@ class Receiver:
             cursors=cursors,
             prefecture=self._move_in.prefecture if self._move_in is not None else "",
             pending_holdings=pending_holdings,
+            certified=certified,
         )
 
     def _check_redelivered(

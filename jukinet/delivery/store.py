@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -299,16 +299,15 @@ class IdentityStore:
             out.update((r[0], r[1]) for r in rows if (r[0], r[1]) in wanted)
         return out
 
-    async def applied_digests(
+    async def _rows_at(
         self, conn: AsyncConnection, keys: Collection[AppliedKey]
-    ) -> dict[AppliedKey, bytes]:
-        """The content digests of the applied notifications among ``keys``
-        ((origin, sequence) pairs), one statement per origin."""
+    ) -> AsyncIterator[tuple[AppliedKey, bytes | None, bytes]]:
+        """(origin, sequence), digest and payload of the stored notifications among
+        ``keys``, one statement per origin and 500 sequences."""
         h = self.t.history
         by_origin: dict[str, list[int]] = {}
         for origin, seq in keys:
             by_origin.setdefault(origin, []).append(seq)
-        out: dict[AppliedKey, bytes] = {}
         for origin, seqs in sorted(by_origin.items()):
             seqs.sort()
             for i in range(0, len(seqs), 500):
@@ -318,12 +317,28 @@ class IdentityStore:
                     )
                 )
                 for seq, digest, payload in rows:
-                    out[(origin, int(seq))] = (
-                        bytes(digest)
-                        if digest is not None
-                        else notification_digest(common_pb2.Notification.FromString(payload))
-                    )
-        return out
+                    yield (origin, int(seq)), None if digest is None else bytes(digest), payload
+
+    async def applied_digests(
+        self, conn: AsyncConnection, keys: Collection[AppliedKey]
+    ) -> dict[AppliedKey, bytes]:
+        """The content digests of the stored notifications among ``keys``
+        ((origin, sequence) pairs)."""
+        return {
+            key: digest
+            if digest is not None
+            else notification_digest(common_pb2.Notification.FromString(payload))
+            async for key, digest, payload in self._rows_at(conn, keys)
+        }
+
+    async def notifications_at(
+        self, conn: AsyncConnection, keys: Collection[AppliedKey]
+    ) -> dict[AppliedKey, common_pb2.Notification]:
+        """The stored notifications among ``keys`` ((origin, sequence) pairs)."""
+        return {
+            key: common_pb2.Notification.FromString(payload)
+            async for key, _, payload in self._rows_at(conn, keys)
+        }
 
     async def used(
         self,

@@ -208,3 +208,36 @@ def test_the_national_node_keeps_a_lagging_move_in_and_what_follows_it_pending()
     args["pending_holdings"] = {(CODE, CHIYODA)}
     got = screen_batch(later, {}, prefecture="", **args)  # type: ignore[arg-type]
     assert got.pending == frozenset({0})
+
+
+def test_a_certificate_must_name_the_residents_own_move_out() -> None:
+    # A former holder (it registered CODE once) signs a certificate naming a
+    # sequence of its own that is not CODE's move-out: a birth of someone else.
+    fresh = [move_in(YONAGO, 1)]
+    other = C.Notification(
+        origin_code=TOTTORI,
+        sequence=5,
+        kind=C.CHANGE_KIND_CREATED,
+        reason=C.CHANGE_REASON_BIRTH,
+        record=C.IdentityRecord(resident_code="98765432109", local_government_code=TOTTORI),
+    )
+    moved_out = C.Notification(
+        origin_code=TOTTORI,
+        sequence=5,
+        kind=C.CHANGE_KIND_REMOVED,
+        reason=C.CHANGE_REASON_MOVE_OUT,
+        record=C.IdentityRecord(resident_code=CODE, local_government_code=TOTTORI),
+    )
+    with pytest.raises(CertificateRefused) as info:
+        screen(fresh, {0: cert()}, "31", certified={(TOTTORI, 5): other})
+    assert info.value.reason is Reason.MOVE_OUT_CERTIFICATE_NOT_HELD
+    assert "not this resident's move-out" in info.value.message
+    # The national node keeps it as refused rather than stall the relay.
+    got = screen(fresh, {0: cert()}, "", certified={(TOTTORI, 5): other})
+    assert got == {0: Reason.MOVE_OUT_CERTIFICATE_NOT_HELD}
+    # The resident's own move-out, stored or earlier in the batch, is what it names.
+    assert screen(fresh, {0: cert()}, "31", certified={(TOTTORI, 5): moved_out}) == {}
+    assert screen([moved_out, move_in(YONAGO, 1)], {1: cert()}, "31") == {}
+    # Another entry of the batch at that sequence that is not the move-out.
+    with pytest.raises(CertificateRefused):
+        screen([other, move_in(YONAGO, 1)], {1: cert()}, "31", cursors={TOTTORI: 4})
