@@ -74,9 +74,6 @@ class Reason(enum.StrEnum):
     MOVE_OUT_CERTIFICATE_MISMATCH = (
         "move-out-certificate-mismatch"  # another code, items or destination
     )
-    # The issuer's stream has not reached the move-out the certificate names:
-    # the holding cannot be judged yet; retry.
-    MOVE_OUT_NOT_YET_RECEIVED = "move-out-not-yet-received"
 
     # The purpose registry and quotas of agency lookups.
     UNKNOWN_PURPOSE = "unknown-purpose"  # the purpose code is not in the registry

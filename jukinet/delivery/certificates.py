@@ -38,14 +38,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from google.protobuf import duration_pb2
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 
 from jukinet import movecert
 from jukinet.codes import prefecture_of
-from jukinet.delivery.rules import ACTIVE, Holding, StoredIdentity, acted_on, check_held, registers
-from jukinet.errors import INFO_RETRY_AFTER_MS, InvalidArgument, PermissionDenied, Unavailable
+from jukinet.delivery.rules import Holding, StoredIdentity, acted_on, check_held, registers
+from jukinet.errors import InvalidArgument, PermissionDenied
 from jukinet.movecert import CertificateMissing, CertificateRefused
 from jukinet.reasons import Reason
 from jukinet.tls import TlsFiles, revocation_source
@@ -57,28 +54,7 @@ DOMESTIC_MOVE_IN = frozenset(
 )
 """The reasons of a move-in from another municipality, which rests on a certificate."""
 
-RETRY_AFTER_MS = 1000
-"""How long a sender waits before it retries a move-in whose move-out has not arrived."""
-
 _NUMBER = re.compile(r"^[0-9]{6}-[0-9A-Za-z]{1,40}$")
-
-
-class MoveOutNotYetReceived(Unavailable):
-    """The issuer's stream has not yet reached the move-out the certificate names,
-    and the issuer's holding is not known here yet: retry later (the pusher backs
-    off and sends the batch again)."""
-
-    reason = Reason.MOVE_OUT_NOT_YET_RECEIVED
-
-    def info(self) -> Mapping[str, str]:
-        """The wait before a retry."""
-        return {INFO_RETRY_AFTER_MS: str(RETRY_AFTER_MS)}
-
-    def extra_details(self) -> list[Message]:
-        """The wait as ``google.rpc.RetryInfo``."""
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(RETRY_AFTER_MS)
-        return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
 @dataclass(frozen=True)
@@ -214,16 +190,17 @@ def judge_holding(
 ) -> Verdict:
     """Whether the issuer held the resident at this tier's knowledge: APPLY when
     it did; at the national node QUARANTINE for a definitive forgery and WAIT
-    while the issuer's stream is behind; a prefecture refuses instead.
+    while the issuer's stream is behind; a prefecture refuses a definitive
+    forgery by one of its own municipalities and lets the rest through.
 
     ``registered``: the holdings known (history and batch so far); ``current``:
     the stored record; ``issuer_cursor``: how far the issuer's stream has come
     here; ``prefecture``: this prefecture's code, empty at the national node;
     ``pending``, ``quarantined``: holdings that notifications kept pending or
     refused would register (the issuer's own move-in may be one).
-    A prefecture cannot know the holdings of another prefecture's municipality:
-    it lets such a certificate through to the national node unless the resident
-    is registered (active) at one of its own municipalities now.
+    A prefecture cannot know the holdings of another prefecture's municipality,
+    nor yet those of its own whose stream is behind: it lets such a certificate
+    through to the national node.
     """
     code, issuer = cert.resident_code, cert.issuing_local_government_code
     where = f"{prefix}.move_out_certificate"
@@ -235,14 +212,13 @@ def judge_holding(
         Reason.MOVE_OUT_CERTIFICATE_NOT_HELD, where, f"{issuer} does not hold the resident"
     )
     if prefecture:
-        if prefecture_of(issuer) != prefecture:
-            if current is None or current.status != ACTIVE:
-                return Verdict.APPLY
-            raise not_held
-        if issuer_cursor < cert.move_out_sequence:
-            raise MoveOutNotYetReceived(
-                f"{where}: {issuer} #{cert.move_out_sequence} has not arrived here yet"
-            )
+        # A prefecture never holds a stream up for another: an issuer of
+        # another prefecture, or one of its own whose stream has not come as far
+        # as the move-out, is left to the national node, which keeps such a
+        # move-in pending until it can judge (two municipalities exchanging
+        # residents would otherwise wait for each other for ever).
+        if prefecture_of(issuer) != prefecture or issuer_cursor < cert.move_out_sequence:
+            return Verdict.APPLY
         raise not_held
     if (code, issuer) in quarantined:
         return Verdict.QUARANTINE

@@ -29,7 +29,6 @@ from google.rpc import error_details_pb2
 from gateway.quotas import QuotaExceeded
 from jukinet.client import tls_files
 from jukinet.codes import new_resident_code
-from jukinet.delivery.certificates import RETRY_AFTER_MS, MoveOutNotYetReceived
 from jukinet.errors import (
     INFO_EXPECTED_SEQUENCE,
     INFO_FIELD,
@@ -263,10 +262,6 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: CertificateRefused(Reason.MOVE_OUT_CERTIFICATE_MISMATCH, "refused"),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
-    Reason.MOVE_OUT_NOT_YET_RECEIVED: (
-        lambda: MoveOutNotYetReceived("the move-out has not arrived yet"),
-        grpc.StatusCode.UNAVAILABLE,
-    ),
     Reason.UNKNOWN_PURPOSE: (
         _purpose_denied(Reason.UNKNOWN_PURPOSE),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -410,18 +405,6 @@ async def test_typed_details_beside_the_error_info(refusals: grpc.aio.Channel) -
         for d in status.details
         if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)  # type: ignore[arg-type]
     ] == [10_000]
-    # A move-in whose move-out has not arrived yet: retry after a while.
-    lagging = await refusal(call(Reason.MOVE_OUT_NOT_YET_RECEIVED))
-    assert lagging.code() == grpc.StatusCode.UNAVAILABLE
-    assert checked(lagging).metadata[INFO_RETRY_AFTER_MS] == str(RETRY_AFTER_MS)
-    lag_status = rich_status(lagging)
-    assert lag_status is not None
-    (lag_retry,) = [
-        unpack(d, error_details_pb2.RetryInfo())
-        for d in lag_status.details
-        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)  # type: ignore[arg-type]
-    ]
-    assert lag_retry.retry_delay.ToMilliseconds() == RETRY_AFTER_MS
 
     upstream = checked(await refusal(call(Reason.UPSTREAM)))
     assert upstream.metadata[INFO_PEER] == "national node"

@@ -396,7 +396,7 @@ async def test_a_certificate_is_used_once(fed: Federation) -> None:
 # --- the holding: the issuer must hold the resident -------------------------------------
 
 
-async def test_a_move_in_waits_for_the_issuers_registration_at_the_prefecture(
+async def test_a_move_in_ahead_of_the_issuers_registration_is_let_through_the_prefecture(
     fed: Federation,
 ) -> None:
     # Born and moved out at 312011 while its prefecture is down; 312011's node
@@ -417,39 +417,37 @@ async def test_a_move_in_waits_for_the_issuers_registration_at_the_prefecture(
         certificate(fed, issuer=TOTTORI, code=code, sequence=sequence),
         person(TOTTORI),
     )
-    before = await upper_tiers(fed, [code])
+    # The prefecture does not hold 312029's stream up for 312011's: it takes the
+    # move-in, and the national node keeps it pending until 312011's arrive.
     got, meta, acks = await push(speak_as(fed, YONAGO), batch((1, early)))
-    assert (got, meta.get("jukinet-reason")) == (
-        grpc.StatusCode.UNAVAILABLE,
-        "move-out-not-yet-received",
-    )
-    assert acks == []
-    assert await upper_tiers(fed, [code]) == before
+    assert got == grpc.StatusCode.OK, meta
+    assert [a.applied for a in acks] == [1]
     await fed.start_municipality(TOTTORI)
     await fed.wait_delivered()
-    got, _, acks = await push(speak_as(fed, YONAGO), batch((1, early)))
-    assert got == grpc.StatusCode.OK
-    assert [a.applied for a in acks] == [1]
     for stub in (fed.prefecture_operator("31"), fed.national_operator()):
         await until_at(stub, code, YONAGO)
 
 
-async def test_a_takeover_in_the_same_prefecture_is_refused_at_the_prefecture(
+async def test_a_takeover_by_another_prefectures_key_is_kept_refused_at_the_national_node(
     fed: Federation,
 ) -> None:
     victim = await born(fed, TOTTORI)
-    # 131016 signs, with its own key, a move-out of a Tottori resident it never held;
-    # someone presents it at 312029.
+    await born(fed, CHIYODA)  # 131016's stream has come as far as its #1 everywhere
+    before = await record(fed.national_operator(), victim)
+    before_count = kept_refused(fed)
+    # 131016 signs, with its own key, a move-out of a Tottori resident it never
+    # held; someone presents it at 312029. Prefecture 31 cannot know 131016's
+    # residents (its move-out may be on its way), so the national node judges.
     await stop_node(fed, YONAGO)
     forged = certificate(fed, issuer=CHIYODA, code=victim, sequence=1, who=FORGED)
-    await refused_everywhere(
-        fed,
-        move_in(YONAGO, 1, victim, forged, FORGED),
-        grpc.StatusCode.PERMISSION_DENIED,
-        "move-out-certificate-not-held",
-        [victim],
-        national=False,
+    status, meta, acks = await push(
+        speak_as(fed, YONAGO), batch((1, move_in(YONAGO, 1, victim, forged, FORGED)))
     )
+    assert status == grpc.StatusCode.OK, meta
+    assert [a.applied for a in acks] == [1]
+    await until_national_cursor(fed, YONAGO, 1)
+    assert await record(fed.national_operator(), victim) == before
+    assert kept_refused(fed) == before_count + 1
 
 
 async def test_a_forged_certificate_of_a_municipality_of_the_prefecture_is_refused(
