@@ -356,7 +356,15 @@ def _follows(
     if code is None:
         return Verdict.APPLY
     pair = (code, n.origin_code)
-    if pair not in quarantined_held and pair not in pending_held:
+    if pair in pending_held:
+        # Its registration waits: so does every later change of that resident by
+        # the same municipality, even one that registered the code long before
+        # (a resident coming back), or the change would be applied ahead of it.
+        current = records.get(code)
+        if current is None or current.local_government_code != n.origin_code:
+            return Verdict.WAIT
+        return Verdict.APPLY
+    if pair not in quarantined_held:
         return Verdict.APPLY
     try:
         check_held(n, records, held, prefix)

@@ -241,3 +241,23 @@ def test_a_certificate_must_name_the_residents_own_move_out() -> None:
     # Another entry of the batch at that sequence that is not the move-out.
     with pytest.raises(CertificateRefused):
         screen([other, move_in(YONAGO, 1)], {1: cert()}, "31", cursors={TOTTORI: 4})
+
+
+def test_a_returning_residents_changes_wait_for_its_pending_move_in() -> None:
+    # 131016 registered CODE long ago (it is in its holdings); the resident came
+    # back with a move-in that waits for its issuer: a later death by 131016
+    # waits with it rather than being applied (as history only) ahead of it.
+    elsewhere = dataclasses.replace(RECORD, local_government_code=YONAGO)
+    later = [move_in(CHIYODA, 4, C.CHANGE_REASON_DEATH)]
+    got = screen_batch(
+        later,
+        {},
+        prefecture="",
+        records={CODE: elsewhere},
+        registered={(CODE, CHIYODA), (CODE, YONAGO)},
+        quarantined_holdings=set(),
+        used=Used(),
+        cursors={},
+        pending_holdings={(CODE, CHIYODA)},
+    )
+    assert got.pending == frozenset({0})
