@@ -222,8 +222,12 @@ def judge_holding(
         raise not_held
     if (code, issuer) in quarantined:
         return Verdict.QUARANTINE
-    if (code, issuer) in pending or issuer_cursor < cert.move_out_sequence:
+    if (code, issuer) in pending:
         return Verdict.WAIT
+    if issuer_cursor < cert.move_out_sequence:
+        # The issuer's notifications are on their way by another prefecture:
+        # applied now, in the order of cause (rules.py), as a prefecture does.
+        return Verdict.APPLY
     return Verdict.QUARANTINE
 
 

@@ -97,10 +97,10 @@ def test_the_prefecture_leaves_another_prefectures_issuer_to_the_national_node()
     assert judge(cert(CHIYODA), "31", current=RECORD) is Verdict.APPLY
 
 
-def test_the_national_node_keeps_a_forgery_and_waits_for_a_lagging_issuer() -> None:
+def test_the_national_node_keeps_a_forgery_and_applies_a_lagging_issuer_by_cause() -> None:
     assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=5) is Verdict.QUARANTINE
     assert judge(cert(CHIYODA), "", issuer_cursor=9) is Verdict.QUARANTINE
-    assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=4) is Verdict.WAIT
+    assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=4) is Verdict.APPLY
     # The issuer's own registration waits too, or was kept refused.
     waiting = {(CODE, CHIYODA)}
     assert judge(cert(CHIYODA), "", issuer_cursor=9, pending=waiting) is Verdict.WAIT
@@ -188,7 +188,7 @@ def test_the_national_node_keeps_a_replay_and_what_follows_a_kept_move_in() -> N
     assert screen(fresh, {0: cert()}, "") == {}
 
 
-def test_the_national_node_keeps_a_lagging_move_in_and_what_follows_it_pending() -> None:
+def test_a_lagging_move_in_applies_and_a_pending_registration_keeps_what_follows() -> None:
     fresh = [
         move_in(CHIYODA, 1),
         move_in(CHIYODA, 2, C.CHANGE_REASON_RELOCATION),
@@ -203,7 +203,7 @@ def test_the_national_node_keeps_a_lagging_move_in_and_what_follows_it_pending()
         "cursors": {YONAGO: 6},
     }
     got = screen_batch(fresh, {0: lagging}, prefecture="", **args)  # type: ignore[arg-type]
-    assert (got.quarantined, got.pending) == ({}, frozenset({0, 1, 2}))
+    assert (got.quarantined, got.pending) == ({}, frozenset())
     later = [move_in(CHIYODA, 4, C.CHANGE_REASON_DEATH)]
     args["pending_holdings"] = {(CODE, CHIYODA)}
     got = screen_batch(later, {}, prefecture="", **args)  # type: ignore[arg-type]
