@@ -425,13 +425,14 @@ async def _translate(exc: BaseException, method: str, context: Context) -> NoRet
     caller = _identity.get()
     # Neither the exception's text nor a traceback's: a database error quotes
     # the row it failed on. Its classes, codes and where it was raised are
-    # enough to find the fault.
+    # enough to find the fault. A wiring fault of our own says what it is.
     _log.error(
-        "unhandled %s in %s (caller %s) at %s",
+        "unhandled %s in %s (caller %s) at %s%s",
         describe_error(exc),
         method,
         caller.uri if caller is not None else "unknown",
         _where(exc),
+        f": {exc}" if isinstance(exc, SynchronousHandler) else "",
     )
     # The message stays generic: exception text can carry personal data or
     # internals that must not reach another organisation.
@@ -517,6 +518,13 @@ def _unbind(token: contextvars.Token[Identity | None] | None) -> None:
         _identity.reset(token)
 
 
+class SynchronousHandler(TypeError):
+    """A servicer method that is not async: a wiring fault, never run.
+
+    Its message is written here and names only the method, so it is logged.
+    """
+
+
 def _is_async(behavior: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
@@ -536,7 +544,9 @@ def _never_run(behavior: Callable[..., Any], method: str) -> Callable[..., Await
     async def refuse(request: Any, context: Context) -> NoReturn:
         if generated:
             raise NotImplementedError(f"{method} is not implemented")
-        raise TypeError(f"the handler of {method} is synchronous; an asyncio server runs none")
+        raise SynchronousHandler(
+            f"the handler of {method} is synchronous; an asyncio server runs none"
+        )
 
     return refuse
 

@@ -311,6 +311,16 @@ class ReceiverMetrics:
             ["peer"],
             registry=r,
         )
+        # Labelled by origin: a municipality whose notifications reached this
+        # tier (through its prefecture, at the national node).
+        self.certificate_contradictions = Counter(
+            "jukinet_certificate_contradictions",
+            "Notifications at the sequence that a move-out certificate named before they "
+            "arrived which are not that resident's move-out (the origin signed a move-out "
+            "it did not notify)",
+            ["origin"],
+            registry=r,
+        )
         # Labelled by origin: a municipality the receiver has authorized as a
         # sender to this tier, so the set is the tier's own municipalities.
         self.unappliable = Counter(

@@ -22,11 +22,18 @@ node must not refuse what its prefecture accepted for reasons the prefecture
 could not know (it would stall that prefecture's relay, every municipality
 behind it): a forgery it alone can see (an issuer from another prefecture that
 never held the resident, a certificate used in another prefecture first) is
-acknowledged and kept in the history as refused, never applied; a move-in
-whose issuer's stream has not come as far as the move-out is acknowledged and
-kept pending, and settled (applied or refused) once it has. What such a
-registration would register counts as refused or pending too, so the sender's
-later changes of that resident follow it instead of stalling the relay.
+acknowledged and kept in the history as refused, never applied. What such a
+registration would register counts as refused too, so the sender's later
+changes of that resident follow it instead of stalling the relay.
+
+A move-in whose issuer's stream has not come as far as the move-out is applied
+at either tier, in the order of cause (rules.py): no stream waits for another.
+Its certificate is checked after the fact instead (:func:`contradictions`):
+when the issuer's notification at the named sequence arrives, it must be that
+resident's move-out. One that is not is an issuer that signed a move-out it
+did not notify; it is applied (it is the issuer's own stream) and reported.
+Only the issuer, who held the resident, can sign such a certificate: the
+register it contradicts is its own.
 """
 
 from __future__ import annotations
@@ -174,7 +181,6 @@ class Verdict(enum.Enum):
 
     APPLY = "apply"
     QUARANTINE = "quarantine"  # the national node: kept as refused, never applied
-    WAIT = "wait"  # the national node: kept pending until the issuer's stream comes
 
 
 def judge_holding(
@@ -185,19 +191,18 @@ def judge_holding(
     issuer_cursor: int,
     prefecture: str,
     prefix: str,
-    pending: Collection[Holding] = (),
     quarantined: Collection[Holding] = (),
 ) -> Verdict:
     """Whether the issuer held the resident at this tier's knowledge: APPLY when
-    it did; at the national node QUARANTINE for a definitive forgery and WAIT
-    while the issuer's stream is behind; a prefecture refuses a definitive
+    it did or its stream is behind (checked after the fact); at the national
+    node QUARANTINE for a definitive forgery; a prefecture refuses a definitive
     forgery by one of its own municipalities and lets the rest through.
 
     ``registered``: the holdings known (history and batch so far); ``current``:
     the stored record; ``issuer_cursor``: how far the issuer's stream has come
     here; ``prefecture``: this prefecture's code, empty at the national node;
-    ``pending``, ``quarantined``: holdings that notifications kept pending or
-    refused would register (the issuer's own move-in may be one).
+    ``quarantined``: holdings that notifications kept refused would register
+    (the issuer's own move-in may be one).
     A prefecture cannot know the holdings of another prefecture's municipality,
     nor yet those of its own whose stream is behind: it lets such a certificate
     through to the national node.
@@ -213,17 +218,15 @@ def judge_holding(
     )
     if prefecture:
         # A prefecture never holds a stream up for another: an issuer of
-        # another prefecture, or one of its own whose stream has not come as far
-        # as the move-out, is left to the national node, which keeps such a
-        # move-in pending until it can judge (two municipalities exchanging
-        # residents would otherwise wait for each other for ever).
+        # another prefecture is left to the national node; one of its own whose
+        # stream has not come as far as the move-out is checked after the fact
+        # (two municipalities exchanging residents would otherwise wait for
+        # each other for ever).
         if prefecture_of(issuer) != prefecture or issuer_cursor < cert.move_out_sequence:
             return Verdict.APPLY
         raise not_held
     if (code, issuer) in quarantined:
         return Verdict.QUARANTINE
-    if (code, issuer) in pending:
-        return Verdict.WAIT
     if issuer_cursor < cert.move_out_sequence:
         # The issuer's notifications are on their way by another prefecture:
         # applied now, in the order of cause (rules.py), as a prefecture does.
@@ -234,11 +237,10 @@ def judge_holding(
 @dataclass(frozen=True)
 class Screened:
     """A batch screened for move-out certificates: the notifications (by index in
-    the batch) held back, quarantined with their reason or pending, and the
-    certificates to record used."""
+    the batch) quarantined with their reason, and the certificates to record
+    used."""
 
     quarantined: dict[int, Reason] = field(default_factory=dict)
-    pending: frozenset[int] = frozenset()
     used: tuple[UsedCertificate, ...] = ()
 
 
@@ -252,21 +254,19 @@ def screen_batch(
     used: Used,
     cursors: Mapping[str, int],
     prefecture: str,
-    pending_holdings: Collection[Holding] = (),
     certified: Mapping[tuple[str, int], common_pb2.Notification] | None = None,
 ) -> Screened:
     """Check, in order, that no certificate was used before and that each issuer
-    held its resident; at the national node, sort out what is quarantined and
-    what waits.
+    held its resident; at the national node, sort out what is quarantined.
 
     ``certificates``: the verified certificates by index in ``fresh``;
     ``cursors``: the origins' cursors before the batch (issuers included);
-    ``quarantined_holdings``, ``pending_holdings``: those of the batch's
-    acted-on (code, origin) pairs that a notification kept refused or pending
-    registered; ``certified``: the stored notifications at the (issuer, move-out
-    sequence) the certificates name, where this tier has them: each must be
-    the move-out of the certificate's resident (a former holder cannot certify
-    a move-out it never notified). A municipality's later changes of a resident it holds only by
+    ``quarantined_holdings``: those of the batch's acted-on (code, origin)
+    pairs that a notification kept refused registered; ``certified``: the
+    stored notifications at the (issuer, move-out sequence) the certificates
+    name, where this tier has them: each must be the move-out of the
+    certificate's resident (a former holder cannot certify a move-out it never
+    notified). A municipality's later changes of a resident it holds only by
     such a registration follow it. Refuses as the prefecture (or, for what the
     prefecture checked too, the national node) must.
     """
@@ -274,11 +274,9 @@ def screen_batch(
     numbers, move_outs = set(used.numbers), set(used.move_outs)
     held = set(registered)
     quarantined_held = set(quarantined_holdings)
-    pending_held = set(pending_holdings)
     cursor = dict(cursors)
     known = dict(certified or {})
     out: dict[int, Reason] = {}
-    waiting: set[int] = set()
     to_record: list[UsedCertificate] = []
     for i, n in enumerate(fresh):
         prefix = f"entries[{i}].notification"
@@ -314,30 +312,21 @@ def screen_batch(
                     issuer_cursor=cursor.get(issuer, 0),
                     prefecture=prefecture,
                     prefix=prefix,
-                    pending=pending_held,
                     quarantined=quarantined_held,
                 )
                 if verdict is Verdict.QUARANTINE:
                     out[i] = Reason.MOVE_OUT_CERTIFICATE_NOT_HELD
-                elif verdict is Verdict.WAIT:
-                    waiting.add(i)
-        elif national:
-            follows = _follows(n, records, held, quarantined_held, pending_held, prefix)
-            if follows is Verdict.QUARANTINE:
-                out[i] = Reason.NOT_HELD
-            elif follows is Verdict.WAIT:
-                waiting.add(i)
+        elif national and _follows_a_quarantined(n, records, held, quarantined_held, prefix):
+            out[i] = Reason.NOT_HELD
         holding = registers(n)
         if holding is not None:
             if i in out:
                 quarantined_held.add(holding)
-            elif i in waiting:
-                pending_held.add(holding)
             else:
                 held.add(holding)
         cursor[n.origin_code] = max(cursor.get(n.origin_code, 0), n.sequence)
         known.setdefault((n.origin_code, n.sequence), n)
-    return Screened(out, frozenset(waiting), tuple(to_record))
+    return Screened(out, tuple(to_record))
 
 
 def is_move_out_of(n: common_pb2.Notification, resident_code: str) -> bool:
@@ -345,36 +334,51 @@ def is_move_out_of(n: common_pb2.Notification, resident_code: str) -> bool:
     return n.reason == common_pb2.CHANGE_REASON_MOVE_OUT and n.record.resident_code == resident_code
 
 
-def _follows(
+def _follows_a_quarantined(
     n: common_pb2.Notification,
     records: Mapping[str, StoredIdentity],
     held: Collection[Holding],
     quarantined_held: Collection[Holding],
-    pending_held: Collection[Holding],
     prefix: str,
-) -> Verdict:
-    """For a change by a municipality that holds the resident only by a
-    registration kept refused or pending (its later changes of a forged or a
-    waiting move-in's resident): QUARANTINE or WAIT with it; else APPLY."""
+) -> bool:
+    """Whether ``n`` is a change by a municipality that holds the resident only
+    by a registration kept refused (its later changes of a forged move-in's
+    resident), to be kept refused with it."""
     code = acted_on(n)
-    if code is None:
-        return Verdict.APPLY
-    pair = (code, n.origin_code)
-    if pair in pending_held:
-        # Its registration waits: so does every later change of that resident by
-        # the same municipality, even one that registered the code long before
-        # (a resident coming back), or the change would be applied ahead of it.
-        current = records.get(code)
-        if current is None or current.local_government_code != n.origin_code:
-            return Verdict.WAIT
-        return Verdict.APPLY
-    if pair not in quarantined_held:
-        return Verdict.APPLY
+    if code is None or (code, n.origin_code) not in quarantined_held:
+        return False
     try:
         check_held(n, records, held, prefix)
     except PermissionDenied:
-        return Verdict.WAIT if pair in pending_held else Verdict.QUARANTINE
-    return Verdict.APPLY
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class Contradiction:
+    """A notification at the (issuer, sequence) that a move-in's certificate
+    named before it arrived, which is not that resident's move-out."""
+
+    notification: common_pb2.Notification
+    used: UsedCertificate
+
+
+def contradictions(
+    fresh: Sequence[common_pb2.Notification],
+    named: Mapping[tuple[str, int], UsedCertificate],
+) -> list[Contradiction]:
+    """The notifications of a batch that contradict a certificate naming them.
+
+    ``named``: the certificates recorded used at this tier (by earlier batches
+    or this one) by the (issuer, move-out sequence) they name, for the batch's
+    (origin, sequence) pairs.
+    """
+    out = []
+    for n in fresh:
+        used = named.get((n.origin_code, n.sequence))
+        if used is not None and not is_move_out_of(n, used.resident_code):
+            out.append(Contradiction(n, used))
+    return out
 
 
 def certificates_to_look_up(

@@ -22,11 +22,12 @@ from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.codes import check_local_government_code, check_resident_code
 from jukinet.db import Database, describe_error, is_transient
 from jukinet.delivery.certificates import (
+    Contradiction,
     MoveInPolicy,
     Screened,
     certificate_of,
     certificates_to_look_up,
-    is_domestic_move_in,
+    contradictions,
     screen_batch,
 )
 from jukinet.delivery.rules import (
@@ -42,7 +43,7 @@ from jukinet.delivery.rules import (
     sequence,
     touched_codes,
 )
-from jukinet.delivery.store import APPLIED, PENDING, REFUSED, IdentityStore
+from jukinet.delivery.store import REFUSED, IdentityStore
 from jukinet.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -89,6 +90,9 @@ class BatchResult:
     quarantined: int = 0
     # Entries acknowledged but kept as refused (national node), with why.
     kept_refused: tuple[tuple[common_pb2.Notification, Reason], ...] = ()
+    # Entries at a sequence that a certificate named ahead of them, which are
+    # not that resident's move-out (applied: the issuer's own stream).
+    contradictions: tuple[Contradiction, ...] = ()
 
 
 class _Rollback(Exception):
@@ -264,6 +268,8 @@ class Receiver:
         # After the commit: one line per entry kept as refused.
         for n, reason in result.kept_refused:
             self._kept_refused(n, reason)
+        for found in result.contradictions:
+            self._contradicted(found)
         return result
 
     async def _apply_in(
@@ -301,7 +307,7 @@ class Receiver:
                 conn, fresh, certificates, records, registered, wanted, before
             )
         refused = screened.quarantined
-        held_back = {i: REFUSED for i in refused} | {i: PENDING for i in screened.pending}
+        held_back = dict.fromkeys(refused, REFUSED)
         kept = [n for i, n in enumerate(fresh) if i not in held_back]
         folded = fold_batch(kept, records, owners, born, registered=registered)
         await self._store.record_used(conn, screened.used)
@@ -310,97 +316,39 @@ class Receiver:
         )
         if self._relay is not None:
             await self._relay.stage(conn, stored.applied)
-        settled: list[tuple[common_pb2.Notification, Reason | None]] = []
-        if self._quarantines and (screened.pending or await self._store.has_pending(conn)):
-            settled = await self._settle_pending(conn, {n.origin_code for n in fresh})
+        # Certificates that named one of these notifications ahead of it, by
+        # earlier batches or this one: each must be its resident's move-out.
+        named = await self._store.named_move_outs(
+            conn, {(n.origin_code, n.sequence) for n in fresh}
+        )
         kept_refused = [(fresh[i], reason) for i, reason in sorted(refused.items())]
-        kept_refused += [(n, why) for n, why in settled if why is not None]
         return BatchResult(
-            len(fresh), sequenced.duplicates, stored.lags, len(kept_refused), tuple(kept_refused)
+            len(fresh),
+            sequenced.duplicates,
+            stored.lags,
+            len(kept_refused),
+            tuple(kept_refused),
+            tuple(contradictions(fresh, named)),
         )
 
     def _kept_refused(self, n: common_pb2.Notification, reason: Reason) -> None:
         # One line by origin and sequence, nothing of the person.
         log.warning("kept %s #%d as refused, not applied: %s", n.origin_code, n.sequence, reason)
 
-    async def _settle_pending(
-        self, conn: AsyncConnection, advanced: set[str]
-    ) -> list[tuple[common_pb2.Notification, Reason | None]]:
-        """Settle the pending notifications that may settle now, oldest first, one
-        at a time (each sees what the ones before it did); again while any settles.
-        A move-in is looked at when its issuer's stream moved (``advanced``: the
-        origins of the batch, then those of what settled), a later change when
-        its own municipality's pending entries settled. Returns those settled,
-        with the reason of each kept refused (None: applied)."""
-        out: list[tuple[common_pb2.Notification, Reason | None]] = []
-        rows = await self._store.pending(conn)
-        moved = set(advanced)
-        for _ in range(len(rows) + 1):
-            progress = False
-            remaining = []
-            for row_id, n in rows:
-                trigger = (
-                    common_pb2.MoveOutCertificate.FromString(
-                        n.move_out_certificate.certificate
-                    ).issuing_local_government_code
-                    if is_domestic_move_in(n)
-                    else n.origin_code
-                )
-                done, why = (
-                    await self._settle_one(conn, row_id, n) if trigger in moved else (False, None)
-                )
-                if done:
-                    progress = True
-                    moved.add(n.origin_code)
-                    out.append((n, why))
-                else:
-                    remaining.append((row_id, n))
-            rows = remaining
-            if not progress:
-                break
-        return out
-
-    async def _settle_one(
-        self, conn: AsyncConnection, row_id: int, n: common_pb2.Notification
-    ) -> tuple[bool, Reason | None]:
-        """Settle one pending notification if it can be now: (whether it was
-        settled, the reason it was kept refused or None when applied)."""
-        certificates = {}
-        if is_domestic_move_in(n):
-            certificates[0] = common_pb2.MoveOutCertificate.FromString(
-                n.move_out_certificate.certificate
-            )
-        codes = touched_codes([n])
-        records = await self._store.load(conn, codes)
-        wanted = holdings_to_look_up([n], records)
-        if certificates:
-            wanted |= certificates_to_look_up(certificates)[2]
-        registered = await self._store.holdings(conn, wanted) if wanted else set()
-        screened = await self._screen(
-            conn,
-            [n],
-            certificates,
-            records,
-            registered,
-            wanted,
-            {},
-            own=(n.origin_code, n.sequence),
+    def _contradicted(self, found: Contradiction) -> None:
+        # By origin, sequence and certificate number, nothing of the person.
+        n, used = found.notification, found.used
+        log.error(
+            "%s #%d is not the move-out that its certificate %s named "
+            "(used by %s #%d): %s signed a move-out it did not notify",
+            n.origin_code,
+            n.sequence,
+            used.certificate_number,
+            used.origin_code,
+            used.origin_sequence,
+            n.origin_code,
         )
-        if screened.pending:
-            return False, None
-        if 0 in screened.quarantined:
-            await self._store.settle(conn, row_id, REFUSED, None, set(records))
-            return True, screened.quarantined[0]
-        owners = await self._store.pool_owners(conn, codes)
-        born = await self._store.born(conn, fresh_codes([n]))
-        try:
-            folded = fold_batch([n], records, owners, born, registered=registered)
-        except JukinetError as exc:
-            # Settling must never refuse the batch that let it settle.
-            await self._store.settle(conn, row_id, REFUSED, None, set(records))
-            return True, exc.reason
-        await self._store.settle(conn, row_id, APPLIED, folded, set(records))
-        return True, None
+        self._metrics.certificate_contradictions.labels(n.origin_code).inc()
 
     @property
     def _quarantines(self) -> bool:
@@ -416,10 +364,9 @@ class Receiver:
         registered: set[Holding],
         wanted: set[Holding],
         before: dict[str, int],
-        own: tuple[str, int] | None = None,
     ) -> Screened:
         numbers, move_outs, _ = certificates_to_look_up(certificates)
-        used = await self._store.used(conn, numbers, move_outs, by_other_than=own)
+        used = await self._store.used(conn, numbers, move_outs)
         origins = {issuer for issuer, _ in move_outs} | {n.origin_code for n in fresh}
         missing = sorted(origins - set(before))
         cursors = {**before, **(await self._store.cursors(conn, missing) if missing else {})}
@@ -428,10 +375,8 @@ class Receiver:
             conn, {m for m in move_outs if cursors.get(m[0], 0) >= m[1]}
         )
         quarantined_holdings: set[Holding] = set()
-        pending_holdings: set[Holding] = set()
         if self._quarantines and wanted:
             quarantined_holdings = await self._store.holdings(conn, wanted, outcome=REFUSED)
-            pending_holdings = await self._store.holdings(conn, wanted, outcome=PENDING)
         return screen_batch(
             fresh,
             certificates,
@@ -441,7 +386,6 @@ class Receiver:
             used=used,
             cursors=cursors,
             prefecture=self._move_in.prefecture if self._move_in is not None else "",
-            pending_holdings=pending_holdings,
             certified=certified,
         )
 

@@ -155,7 +155,7 @@ def define_identity_tables(metadata: MetaData) -> IdentityTables:
     return IdentityTables(identities, history, cursors, issued_codes, used_certificates)
 
 
-APPLIED, REFUSED, PENDING = 0, 1, 2
+APPLIED, REFUSED = 0, 1
 """The outcomes of a stored notification (``identity_history.outcome``)."""
 
 
@@ -279,7 +279,7 @@ class IdentityStore:
         """Those of the (code, municipality) pairs ``wanted`` whose municipality
         registered the code by a notification stored here (a creation, or a code
         change to it): one statement for a batch's pairs. With another
-        ``outcome`` (REFUSED, PENDING), those registered by such a notification."""
+        ``outcome`` (REFUSED), those registered by such a notification."""
         h = self.t.history
         out: set[Holding] = set()
         code_list = sorted({code for code, _ in wanted})
@@ -345,37 +345,56 @@ class IdentityStore:
         conn: AsyncConnection,
         numbers: set[str],
         move_outs: set[tuple[str, int]],
-        by_other_than: tuple[str, int] | None = None,
     ) -> Used:
         """Which of these certificate numbers and (issuer, move-out sequence) pairs
-        were used here before (by another notification than ``by_other_than``,
-        an (origin, sequence), if given)."""
+        were used here before."""
         u = self.t.used_certificates
-        issuers = sorted({issuer for issuer, _ in move_outs})
-        rows = await conn.execute(
-            select(
-                u.c.certificate_number,
-                u.c.issuer,
-                u.c.move_out_sequence,
-                u.c.origin_code,
-                u.c.origin_sequence,
-            ).where(
-                or_(
-                    one_of(conn, u.c.certificate_number, sorted(numbers)),
-                    one_of(conn, u.c.issuer, issuers),
-                )
-            )
-        )
         found_numbers: set[str] = set()
         found_move_outs: set[tuple[str, int]] = set()
-        for number, issuer, sequence, origin, origin_sequence in rows:
-            if by_other_than == (origin, int(origin_sequence)):
-                continue
-            if number in numbers:
-                found_numbers.add(number)
-            if (issuer, int(sequence)) in move_outs:
-                found_move_outs.add((issuer, int(sequence)))
+        if numbers:
+            rows = await conn.execute(
+                select(u.c.certificate_number).where(
+                    one_of(conn, u.c.certificate_number, sorted(numbers))
+                )
+            )
+            found_numbers.update(rows.scalars())
+        found_move_outs.update((await self.named_move_outs(conn, move_outs)).keys())
         return Used(frozenset(found_numbers), frozenset(found_move_outs))
+
+    async def named_move_outs(
+        self, conn: AsyncConnection, keys: Collection[AppliedKey]
+    ) -> dict[AppliedKey, UsedCertificate]:
+        """The certificates used here that name one of ``keys`` ((issuer, move-out
+        sequence) pairs) as their move-out: one statement per issuer and 500
+        sequences, on the unique key."""
+        u = self.t.used_certificates
+        by_issuer: dict[str, list[int]] = {}
+        for issuer, seq in keys:
+            by_issuer.setdefault(issuer, []).append(seq)
+        out: dict[AppliedKey, UsedCertificate] = {}
+        for issuer, seqs in sorted(by_issuer.items()):
+            seqs.sort()
+            for i in range(0, len(seqs), 500):
+                rows = await conn.execute(
+                    select(
+                        u.c.certificate_number,
+                        u.c.issuer,
+                        u.c.move_out_sequence,
+                        u.c.resident_code,
+                        u.c.origin_code,
+                        u.c.origin_sequence,
+                    ).where(u.c.issuer == issuer, u.c.move_out_sequence.in_(seqs[i : i + 500]))
+                )
+                for number, iss, seq, code, origin, origin_seq in rows:
+                    out[(iss, int(seq))] = UsedCertificate(
+                        certificate_number=number,
+                        issuer=iss,
+                        move_out_sequence=int(seq),
+                        resident_code=code,
+                        origin_code=origin,
+                        origin_sequence=int(origin_seq),
+                    )
+        return out
 
     async def record_used(self, conn: AsyncConnection, used: Sequence[UsedCertificate]) -> None:
         """Remember certificates as used (the unique keys refuse a second use)."""
@@ -385,41 +404,6 @@ class IdentityStore:
         await conn.execute(
             insert(self.t.used_certificates),
             [{**dataclasses.asdict(u), "used_at": now} for u in used],
-        )
-
-    async def pending(self, conn: AsyncConnection) -> list[tuple[int, common_pb2.Notification]]:
-        """The notifications kept pending, oldest first, with their history row ids."""
-        h = self.t.history
-        rows = await conn.execute(
-            select(h.c.id, h.c.payload).where(h.c.outcome == PENDING).order_by(h.c.id)
-        )
-        return [(int(i), common_pb2.Notification.FromString(p)) for i, p in rows]
-
-    async def has_pending(self, conn: AsyncConnection) -> bool:
-        """Whether any notification is kept pending."""
-        h = self.t.history
-        row = await conn.execute(select(h.c.id).where(h.c.outcome == PENDING).limit(1))
-        return row.first() is not None
-
-    async def settle(
-        self,
-        conn: AsyncConnection,
-        row_id: int,
-        outcome: int,
-        folded: Folded | None,
-        existed: set[str],
-    ) -> None:
-        """Settle a pending notification: applied (with its folded records) or refused."""
-        now = _now()
-        changed_current = False
-        if folded is not None:
-            await self._store(conn, folded, existed, now)
-            changed_current = folded.changed_current[0]
-        h = self.t.history
-        await conn.execute(
-            update(h)
-            .where(h.c.id == row_id)
-            .values(outcome=outcome, changed_current=changed_current, applied_at=now)
         )
 
     async def record_batch(
@@ -434,7 +418,7 @@ class IdentityStore:
     ) -> StoredBatch:
         """Write a folded batch: the changed records, one history row per
         notification, and the origins' cursors. ``held_back``: the outcome
-        (REFUSED, PENDING) of the notifications by index that were not folded;
+        (REFUSED) of the notifications by index that were not folded;
         ``folded`` covers the others, in order."""
         held_back = held_back or {}
         now = _now()

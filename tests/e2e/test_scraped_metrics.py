@@ -171,7 +171,7 @@ def closed_sets() -> dict[str, set[str]]:
         "purpose": {p.code for p in registry} | {UNKNOWN_LABEL},
         "operation": set(OPERATION_LABELS.values()) | {UNKNOWN_LABEL},
         "result": set(RESULT_LABELS.values()) | {UNKNOWN_LABEL},
-        "outcome": {"applied", "duplicate", "refused"},
+        "outcome": {"applied", "duplicate", "refused", "quarantined"},
         "upstream": {PREFECTURE_UPSTREAM["upstream"], NATIONAL_UPSTREAM["upstream"]},
         "tier": set(TIERS),
         "version": {VERSION},

@@ -624,3 +624,47 @@ async def test_a_move_across_prefectures_before_the_issuers_registration(
     )
     reasons = [(h.notification.origin_code, h.notification.reason) for h in final.history]
     assert (CHIYODA, C.CHANGE_REASON_MOVE_IN) in reasons
+
+
+def contradictions(node: Any, origin: str) -> float:
+    """How many of ``origin``'s notifications contradicted a certificate at ``node``."""
+    value = node.metrics.registry.get_sample_value(
+        "jukinet_certificate_contradictions_total", {"origin": origin}
+    )
+    return value or 0.0
+
+
+async def test_a_certificate_naming_a_sequence_that_is_not_the_move_out_is_reported(
+    fed: Federation, caplog: Any
+) -> None:
+    # 312011 holds the resident and signs a certificate naming its next sequence,
+    # which it then uses for something else: a move-out it never notified.
+    code = await born(fed, TOTTORI)
+    status = await fed.operator(TOTTORI).GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
+    ahead = int(status.last_sequence) + 1
+    await stop_node(fed, YONAGO)
+    signed = certificate(fed, issuer=TOTTORI, code=code, sequence=ahead)
+    number = C.MoveOutCertificate.FromString(signed.certificate).certificate_number
+    tiers = (fed.prefectures["31"], fed.national)
+    before = [contradictions(node, TOTTORI) for node in tiers]
+    got, meta, _ = await push(
+        speak_as(fed, YONAGO), batch((1, move_in(YONAGO, 1, code, signed, person(TOTTORI))))
+    )
+    # Applied: 312011's stream has not come as far as the move-out, and no stream
+    # waits for another.
+    assert got == grpc.StatusCode.OK, meta
+    await until_at(fed.national_operator(), code, YONAGO)
+    assert [contradictions(node, TOTTORI) for node in tiers] == before
+    # 312011's notification at that sequence is another resident's birth.
+    caplog.set_level("ERROR", logger="jukinet.delivery.receiver")
+    other = await born(fed, TOTTORI, person(TOTTORI, name="鳥取 次郎"))
+    assert await last_sequence(fed, TOTTORI) == ahead
+    assert [contradictions(node, TOTTORI) for node in tiers] == [b + 1 for b in before]
+    lines = [r.getMessage() for r in caplog.records if "did not notify" in r.getMessage()]
+    assert len(lines) == 2, lines  # the prefecture and the national node
+    assert all(f"{TOTTORI} #{ahead}" in line and number in line for line in lines)
+    assert all(code not in line and "鳥取" not in line for line in lines)
+    # The birth is applied (it is 312011's own stream) and nothing else stalls.
+    for stub in (fed.prefecture_operator("31"), fed.national_operator()):
+        await until_at(stub, other, TOTTORI)
+        await until_at(stub, code, YONAGO)

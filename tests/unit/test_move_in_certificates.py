@@ -10,8 +10,11 @@ import datetime as dt
 import pytest
 
 from jukinet.delivery.certificates import (
+    Contradiction,
     Used,
+    UsedCertificate,
     Verdict,
+    contradictions,
     judge_holding,
     screen_batch,
 )
@@ -101,10 +104,10 @@ def test_the_national_node_keeps_a_forgery_and_applies_a_lagging_issuer_by_cause
     assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=5) is Verdict.QUARANTINE
     assert judge(cert(CHIYODA), "", issuer_cursor=9) is Verdict.QUARANTINE
     assert judge(cert(CHIYODA), "", current=RECORD, issuer_cursor=4) is Verdict.APPLY
-    # The issuer's own registration waits too, or was kept refused.
-    waiting = {(CODE, CHIYODA)}
-    assert judge(cert(CHIYODA), "", issuer_cursor=9, pending=waiting) is Verdict.WAIT
-    assert judge(cert(CHIYODA), "", quarantined=waiting) is Verdict.QUARANTINE
+    # The issuer's own registration was kept refused: so is this.
+    forged = {(CODE, CHIYODA)}
+    assert judge(cert(CHIYODA), "", quarantined=forged) is Verdict.QUARANTINE
+    assert judge(cert(CHIYODA), "", issuer_cursor=4, quarantined=forged) is Verdict.QUARANTINE
 
 
 def move_in(
@@ -188,7 +191,7 @@ def test_the_national_node_keeps_a_replay_and_what_follows_a_kept_move_in() -> N
     assert screen(fresh, {0: cert()}, "") == {}
 
 
-def test_a_lagging_move_in_applies_and_a_pending_registration_keeps_what_follows() -> None:
+def test_a_lagging_move_in_applies_with_what_follows_and_is_recorded_for_the_check() -> None:
     fresh = [
         move_in(CHIYODA, 1),
         move_in(CHIYODA, 2, C.CHANGE_REASON_RELOCATION),
@@ -202,12 +205,13 @@ def test_a_lagging_move_in_applies_and_a_pending_registration_keeps_what_follows
         "used": Used(),
         "cursors": {YONAGO: 6},
     }
-    got = screen_batch(fresh, {0: lagging}, prefecture="", **args)  # type: ignore[arg-type]
-    assert (got.quarantined, got.pending) == ({}, frozenset())
-    later = [move_in(CHIYODA, 4, C.CHANGE_REASON_DEATH)]
-    args["pending_holdings"] = {(CODE, CHIYODA)}
-    got = screen_batch(later, {}, prefecture="", **args)  # type: ignore[arg-type]
-    assert got.pending == frozenset({0})
+    for prefecture in ("31", ""):
+        got = screen_batch(fresh, {0: lagging}, prefecture=prefecture, **args)  # type: ignore[arg-type]
+        assert got.quarantined == {}
+        # Recorded used: YONAGO's #7, when it comes, is checked against it.
+        assert [(u.issuer, u.move_out_sequence, u.resident_code) for u in got.used] == [
+            (YONAGO, 7, CODE)
+        ]
 
 
 def test_a_certificate_must_name_the_residents_own_move_out() -> None:
@@ -243,21 +247,19 @@ def test_a_certificate_must_name_the_residents_own_move_out() -> None:
         screen([other, move_in(YONAGO, 1)], {1: cert()}, "31", cursors={TOTTORI: 4})
 
 
-def test_a_returning_residents_changes_wait_for_its_pending_move_in() -> None:
-    # 131016 registered CODE long ago (it is in its holdings); the resident came
-    # back with a move-in that waits for its issuer: a later death by 131016
-    # waits with it rather than being applied (as history only) ahead of it.
-    elsewhere = dataclasses.replace(RECORD, local_government_code=YONAGO)
-    later = [move_in(CHIYODA, 4, C.CHANGE_REASON_DEATH)]
-    got = screen_batch(
-        later,
-        {},
-        prefecture="",
-        records={CODE: elsewhere},
-        registered={(CODE, CHIYODA), (CODE, YONAGO)},
-        quarantined_holdings=set(),
-        used=Used(),
-        cursors={},
-        pending_holdings={(CODE, CHIYODA)},
-    )
-    assert got.pending == frozenset({0})
+def test_a_notification_at_a_named_sequence_must_be_the_residents_move_out() -> None:
+    used = UsedCertificate("131016-X", CHIYODA, 5, CODE, TOTTORI, 1)
+    out = move_in(CHIYODA, 5, C.CHANGE_REASON_DEATH)
+    moved = C.Notification()
+    moved.CopyFrom(out)
+    moved.reason = C.CHANGE_REASON_MOVE_OUT
+    elsewhere = C.Notification()
+    elsewhere.CopyFrom(moved)
+    elsewhere.record.resident_code = "98765432109"
+    named = {(CHIYODA, 5): used}
+    assert contradictions([moved], named) == []
+    assert contradictions([out], named) == [Contradiction(out, used)]
+    assert contradictions([elsewhere], named) == [Contradiction(elsewhere, used)]
+    # Another sequence, or a certificate named nothing here: nothing to check.
+    assert contradictions([move_in(CHIYODA, 6, C.CHANGE_REASON_DEATH)], named) == []
+    assert contradictions([out], {}) == []
