@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,6 +51,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jukinet import localgov, pki
 from jukinet.client import tls_files
+from jukinet.db import Database
 from jukinet.tls import secure_channel
 from jukinet.v1 import delivery_pb2, municipal_pb2, municipal_pb2_grpc, national_pb2_grpc
 
@@ -92,7 +97,15 @@ def process_cpu_seconds(pid: int) -> float:
 
 class Databases:
     """One database per node: SQLite files in ``folder``, or fresh PostgreSQL
-    databases on ``server`` (created by :meth:`url`, dropped by :meth:`drop_all`)."""
+    databases on ``server`` (created by :meth:`url`, dropped by :meth:`drop_all`).
+
+    A node's database starts as a copy of a template its tier's migrations
+    have already run on (a file copy, or ``CREATE DATABASE ... TEMPLATE``),
+    made once per process (SQLite) or per server (PostgreSQL) and named by a
+    digest of the migrations: a federation starts without running six
+    migration chains. The node still runs its migrations at start, which then
+    have nothing to do. ``templates=False`` starts every database empty.
+    """
 
     def __init__(
         self,
@@ -102,6 +115,7 @@ class Databases:
         server: str = PG_SERVER,
         prefix: str = "jk",
         plan_cache_mode: str = "",
+        templates: bool = True,
     ) -> None:
         if backend not in ("sqlite", "postgres"):
             raise ValueError(f"unknown database backend {backend!r}")
@@ -111,19 +125,28 @@ class Databases:
         self.prefix = prefix
         # A what-if of the benchmark: set on every database it creates.
         self.plan_cache_mode = plan_cache_mode
+        self.templates = templates
         self.created: list[str] = []
         self._tag = uuid.uuid4().hex[:10]
 
     async def url(self, node: str) -> str:
         """A new database for ``node``, as a SQLAlchemy URL."""
+        migrations = tier_migrations(node) if self.templates else None
         if self.backend == "sqlite":
             self.folder.mkdir(parents=True, exist_ok=True)
-            return f"sqlite+aiosqlite:///{self.folder / (node + '.db')}"
+            path = self.folder / (node + ".db")
+            if migrations is not None and not path.exists():
+                shutil.copyfile(await _sqlite_template(migrations), path)
+            return f"sqlite+aiosqlite:///{path}"
         # Unique per instance, so that parallel runs on one server do not collide.
         name = f"{self.prefix}_{self._tag}_{node.replace('-', '_')}"
+        template = "" if migrations is None else await _pg_template(self.server, migrations)
         conn = await asyncpg.connect(self.server, timeout=10)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            if template:
+                await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            else:
+                await conn.execute(f'CREATE DATABASE "{name}"')
             self.created.append(name)
             if self.plan_cache_mode:
                 await conn.execute(
@@ -145,6 +168,77 @@ class Databases:
         finally:
             await conn.close()
         self.created.clear()
+
+
+_NODE_PACKAGES = {"national": "national", "prefecture": "prefecture", "municipality": "municipal"}
+
+
+def tier_migrations(node: str) -> Path | None:
+    """The migrations folder of the tier a node name belongs to (national,
+    prefecture-NN, municipality-NNNNNN), or None for any other name."""
+    package = _NODE_PACKAGES.get(node.split("-", 1)[0])
+    return None if package is None else ROOT / "services" / package / "migrations"
+
+
+def _digest(migrations: Path) -> str:
+    """A digest of a migrations folder: its revisions' names and contents."""
+    h = hashlib.sha256()
+    for path in sorted(migrations.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+_templates: dict[str, Path] = {}
+
+
+async def _sqlite_template(migrations: Path) -> Path:
+    """An SQLite file that ``migrations`` ran on, made once per process."""
+    key = f"{migrations.parent.name}-{_digest(migrations)}"
+    path = _templates.get(key)
+    if path is None or not path.exists():
+        # Two tasks that get here at once each build one; either will do.
+        folder = Path(tempfile.mkdtemp(prefix="jukinet-templates-"))
+        path = folder / f"{key}.db"
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        try:
+            await db.migrate(migrations)
+        finally:
+            await db.close()
+        # One self-contained file (its write-ahead log folded in) to copy.
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE")
+        _templates[key] = path
+    return path
+
+
+async def _pg_template(server: str, migrations: Path) -> str:
+    """The name of a PostgreSQL database that ``migrations`` ran on, made once
+    per server: built under another name and renamed when complete, under an
+    advisory lock, so that concurrent runs neither build it twice nor copy a
+    half-built one. Nobody connects to it after the rename (a template must be
+    idle to be copied)."""
+    name = f"jk_template_{migrations.parent.name}_{_digest(migrations)}"
+    conn = await asyncpg.connect(server, timeout=10)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", name)
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                building = f"{name}_building"
+                await conn.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+                await conn.execute(f'CREATE DATABASE "{building}"')
+                base = server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+                db = Database(f"{base}/{building}")
+                try:
+                    await db.migrate(migrations)
+                finally:
+                    await db.close()
+                await conn.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", name)
+    finally:
+        await conn.close()
+    return name
 
 
 async def postgres_version(server: str = PG_SERVER) -> str:
