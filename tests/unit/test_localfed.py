@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from jukinet.db import Database
+from jukinet.migrate import alembic_config
 from tools.localfed import (
     Cursors,
     Databases,
     Delivery,
     DeliveryTimeout,
+    _digest,
     process_cpu_seconds,
+    tier_migrations,
     wait_delivered,
 )
 
@@ -84,3 +92,53 @@ def test_cpu_seconds_of_a_process_and_of_one_that_is_gone() -> None:
     sum(i * i for i in range(200_000))  # some CPU time of our own
     assert process_cpu_seconds(os.getpid()) > 0
     assert process_cpu_seconds(2**22 + 1) == 0.0  # above any pid_max: no such process
+
+
+async def migrated_heads(url: str) -> set[str]:
+    """The Alembic revisions a database is at."""
+    db = Database(url)
+    try:
+        async with db.read() as conn:
+            rows = await conn.execute(text("SELECT version_num FROM alembic_version"))
+            return {r[0] for r in rows}
+    finally:
+        await db.close()
+
+
+def head_of(migrations: Path) -> str:
+    """The newest revision of a migrations folder."""
+    script = ScriptDirectory.from_config(alembic_config(migrations))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+async def test_a_node_database_starts_migrated_from_its_tiers_template(
+    tmp_path: Path, backend: str
+) -> None:
+    dbs = Databases(backend, tmp_path / "data")
+    try:
+        for node in ("national", "prefecture-31", "municipality-312011"):
+            migrations = tier_migrations(node)
+            assert migrations is not None
+            assert await migrated_heads(await dbs.url(node)) == {head_of(migrations)}
+        # Any other name, or templates off: an empty database.
+        plain = Databases(backend, tmp_path / "plain", templates=False)
+        try:
+            for url in (await dbs.url("other"), await plain.url("national")):
+                with pytest.raises(DBAPIError):
+                    await migrated_heads(url)
+        finally:
+            await plain.drop_all()
+    finally:
+        await dbs.drop_all()
+
+
+def test_a_template_is_named_by_its_migrations(tmp_path: Path) -> None:
+    source = tier_migrations("national")
+    assert source is not None
+    copy = tmp_path / "national" / "migrations"
+    shutil.copytree(source, copy)
+    assert _digest(copy) == _digest(source)
+    (copy / "zz_new_revision.py").write_text("# a new revision\n")
+    assert _digest(copy) != _digest(source)
