@@ -39,6 +39,7 @@ RECEIVER = {
     "jukinet_notifications",
     "jukinet_delivery_lag_seconds",
     "jukinet_notification_conflicts",
+    "jukinet_certificate_contradictions",
     "jukinet_peer_clock_offset_seconds",
     "jukinet_unappliable_notifications",
     "jukinet_unappliable_sequence",
