@@ -16,6 +16,7 @@ otherwise): the tests run nodes whose clocks differ inside one process.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -50,3 +51,19 @@ def japan_date(at: dt.datetime) -> dt.date:
 def latest_accepted_date(now: dt.datetime) -> dt.date:
     """The latest date a receiver whose clock shows ``now`` takes as not in the future."""
     return japan_date(now + MAX_CLOCK_SKEW)
+
+
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` have passed; whether it was set.
+
+    A background loop waits with this rather than ``asyncio.wait_for``: on
+    Python 3.11 ``wait_for`` swallows a cancellation that comes in the same
+    turn as the event, and the loop then outlives the stop that cancelled it
+    (the stop waits for it for ever).
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

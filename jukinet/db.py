@@ -25,10 +25,10 @@ import errno
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ARRAY, ColumnElement, String, any_, cast, event, literal
 from sqlalchemy.engine import make_url
@@ -39,6 +39,12 @@ from sqlalchemy.pool import NullPool
 from jukinet.errors import ConfigError, JukinetError, StorageFull, Unavailable
 
 _log = logging.getLogger("jukinet.db")
+
+T = TypeVar("T")
+
+CLOSE_GRACE = 10.0
+"""Seconds :meth:`Database.close` waits for work started with
+:meth:`Database.complete` before it cancels what is left."""
 
 StorageHook = Callable[[], None]
 """Told about each database operation refused because the storage is full."""
@@ -118,6 +124,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock()
         self._on_storage_full = on_storage_full
+        self._completing: set[asyncio.Future[Any]] = set()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -198,8 +205,27 @@ class Database:
             )
         return f"database_url: PostgreSQL at {where}: {said}{hint}"
 
+    async def complete(self, work: Awaitable[T]) -> T:
+        """Run ``work`` (a transaction) to its end even if the caller is
+        cancelled: a batch whose sender went away, an acknowledgement at the end
+        of a session. The caller's retry then finds it done. :meth:`close`
+        waits for such work before it releases the connections."""
+        task = asyncio.ensure_future(work)
+        self._completing.add(task)
+        task.add_done_callback(self._completing.discard)
+        return await asyncio.shield(task)
+
     async def close(self) -> None:
-        """Close the pooled connections (on shutdown)."""
+        """Close the pooled connections (on shutdown), once the work started
+        with :meth:`complete` has ended (at most :data:`CLOSE_GRACE` seconds;
+        what is left then is cancelled and rolls back)."""
+        if self._completing:
+            _, pending = await asyncio.wait(set(self._completing), timeout=CLOSE_GRACE)
+            if pending:
+                _log.warning("closing the database with %d transactions cut short", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=CLOSE_GRACE)
         await self.engine.dispose()
 
 

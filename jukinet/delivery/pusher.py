@@ -21,7 +21,6 @@ records, and every ``status_every`` seconds, and the connected gauge reads
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import deque
@@ -30,7 +29,7 @@ from typing import Any, cast
 
 import grpc
 
-from jukinet.clock import SYSTEM_CLOCK, Clock
+from jukinet.clock import SYSTEM_CLOCK, Clock, wait_for_event
 from jukinet.db import Database, describe_error
 from jukinet.delivery.outbox import Outbox
 from jukinet.errors import INFO_EXPECTED_SEQUENCE, INFO_ORIGIN, INFO_SEQUENCE, error_info
@@ -122,8 +121,7 @@ class Pusher:
                 if not failing:  # once per failing stretch, not every tick
                     log.warning("cannot read the outbox state: %s", describe_error(exc))
                 failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._status_every)
+            await wait_for_event(self._changed, self._status_every)
 
     async def _deliver(self) -> None:
         backoff = 0.05
@@ -228,7 +226,7 @@ class Pusher:
                         raise ConnectionError("receiver closed the stream")
                     ack = response.acknowledged_through
                     # Shielded: ending the session must not cut this write short.
-                    await asyncio.shield(asyncio.ensure_future(self._acknowledge(ack)))
+                    await self._db.complete(self._acknowledge(ack))
                     self.connected = True
                     self._delivered()
                     self._metrics.pushed.inc(response.applied + response.duplicates)

@@ -9,7 +9,6 @@ on (the prefecture's outbox to the national node; none at the national node).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -158,15 +157,13 @@ class Receiver:
                 # Shielded: a sender that goes away mid-batch must not cancel the
                 # transaction half-way; it completes (or fails) on its own, and the
                 # sender's resend is then a duplicate.
-                result = await asyncio.shield(asyncio.ensure_future(self.apply(notifications)))
+                result = await self._db.complete(self.apply(notifications))
             except JukinetError:
                 self._metrics.notifications.labels("refused").inc(len(notifications))
                 raise
             except Exception as exc:
                 self._metrics.notifications.labels("refused").inc(len(notifications))
-                raise await asyncio.shield(
-                    asyncio.ensure_future(self._refusal(notifications, exc))
-                ) from None
+                raise await self._db.complete(self._refusal(notifications, exc)) from None
             if self._stuck:
                 self._resumed(notifications)
             self._metrics.notifications.labels("applied").inc(

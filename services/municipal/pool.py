@@ -5,12 +5,12 @@ than are left)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 
 import grpc
 
+from jukinet.clock import wait_for_event
 from jukinet.db import Database, describe_error
 from jukinet.errors import Unavailable
 from jukinet.metrics import MunicipalMetrics
@@ -127,8 +127,7 @@ class PoolKeeper:
                     await self._fill(self._refill)
                 backoff = 0.5
                 self._wanted.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), timeout=5)
+                await wait_for_event(self._wanted, 5)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -3,11 +3,12 @@ to MAX_CLOCK_SKEW ahead of the receiver's clock, and no further."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
 
-from jukinet.clock import JST, MAX_CLOCK_SKEW, Clock, latest_accepted_date
+from jukinet.clock import JST, MAX_CLOCK_SKEW, Clock, latest_accepted_date, wait_for_event
 from jukinet.codes import resident_check_digit
 from jukinet.errors import InvalidArgument
 from jukinet.v1 import common_pb2
@@ -64,3 +65,28 @@ def test_a_clock_runs_from_its_offset() -> None:
     shown = clock.now()
     behind = dt.datetime.now(dt.UTC) - shown
     assert dt.timedelta(hours=3) <= behind < dt.timedelta(hours=3, seconds=5)
+
+
+async def test_a_loop_waiting_for_an_event_stops_when_cancelled_as_the_event_is_set() -> None:
+    event = asyncio.Event()
+    rounds: list[bool] = []
+
+    async def loop() -> None:
+        while True:  # the shape of the nodes' background loops
+            event.clear()
+            rounds.append(await wait_for_event(event, 5))
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    # The same turn: asyncio.wait_for would swallow this cancellation on 3.11.
+    event.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done == {task} and task.cancelled()
+
+
+async def test_waiting_for_an_event_says_whether_it_came() -> None:
+    event = asyncio.Event()
+    assert await wait_for_event(event, 0.01) is False
+    event.set()
+    assert await wait_for_event(event, 5) is True
