@@ -70,12 +70,25 @@ class NodeFailed(RuntimeError):
     """A node exited or did not become ready; the message ends with its log's tail."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that nothing listens on right now and that this
+    process has not handed out before.
+
+    A federation picks all its ports before any node binds one, and the kernel
+    may offer a port it has just offered again; two nodes given one port would
+    have the second refuse to start while the first answered for it.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1 that was not handed out before")
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -382,6 +395,13 @@ class Node:
         return f"operator-{self.code}-admin"
 
     @property
+    def service(self) -> str:
+        """The gRPC service this node serves: the health check asks for it, so
+        that the answer comes from a node of this tier."""
+        kind = {"national": "National", "prefecture": "Prefecture", "municipal": "Municipal"}
+        return f"jukinet.v1.{kind.get(self.tier, 'Gateway')}Service"
+
+    @property
     def module(self) -> str:
         """The module that runs this node (``python -m``)."""
         return "gateway" if self.tier == "gateway" else f"services.{self.tier}"
@@ -576,7 +596,8 @@ class LocalFederation:
         log.close()
 
     async def wait_ready(self, name: str, within: float = 30.0) -> None:
-        """Until the node answers a health check over mTLS (or its process died)."""
+        """Until the node answers a health check of its service over mTLS (or
+        its process died)."""
         node = self.nodes[name]
         deadline = time.monotonic() + within
         channel = secure_channel(node.target, tls_files(self.pki_dir, node.operator))
@@ -588,7 +609,9 @@ class LocalFederation:
                         f"{name} exited with status {node.process.returncode}:\n" + node.log_tail()
                     )
                 try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    reply = await stub.Check(
+                        health_pb2.HealthCheckRequest(service=node.service), timeout=1
+                    )
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.aio.AioRpcError:

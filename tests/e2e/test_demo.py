@@ -88,32 +88,34 @@ def test_demo_tiers_agree(tmp_path: Path) -> None:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the node processes")
 def test_ctrl_c_stops_every_node(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         _demo(workdir, "--keep-running", "--quiet"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "keeps running" in line:
-                break
-        else:
-            pytest.fail("the demo ended before keeping the federation running:\n" + "".join(lines))
-        assert AGREE in "".join(lines)
-        assert len(_node_processes(workdir)) == NODES
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, "".join(lines) + rest
-        assert _node_processes(workdir) == []
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if "keeps running" in line:
+                    break
+            else:
+                pytest.fail(
+                    "the demo ended before keeping the federation running:\n" + "".join(lines)
+                )
+            assert AGREE in "".join(lines)
+            assert len(_node_processes(workdir)) == NODES
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, "".join(lines) + rest
+            assert _node_processes(workdir) == []
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 # --- the reconciliation rules, without processes ------------------------------------

@@ -3,6 +3,7 @@ node processes: what the benchmark relies on."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -35,6 +36,12 @@ async def test_pause_resume_and_stop_a_paused_node(tmp_path: Path) -> None:
         fed.resume("national")
         await fed.wait_ready("national", within=10)
         await fed.wait_delivered(within=10)
+
+        # A node of another tier answering on a node's port is not that node ready.
+        fed.nodes["impostor"] = dataclasses.replace(node, tier="municipal", process=None)
+        with pytest.raises(NodeFailed, match="not ready after 1 s"):
+            await fed.wait_ready("impostor", within=1)
+        del fed.nodes["impostor"]
 
         fed.pause("national")
         fed.stop("national", grace=15)  # resumed first, so it stops cleanly on SIGTERM
