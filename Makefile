@@ -10,7 +10,7 @@ BUF_DIR := $(VENV)/buf
 BUF := $(abspath $(BUF_DIR))/node_modules/.bin/buf
 BUF_STAMP := $(BUF_DIR)/.installed-$(BUF_VERSION)
 
-.PHONY: setup protos check-protos lint format typecheck imports check test test-sqlite demo bench clean \
+.PHONY: setup system-deps protos check-protos lint format typecheck imports check test test-sqlite demo bench clean \
 	buf buf-format buf-breaking deploy-check
 
 setup: $(STAMP) $(BUF_STAMP)
@@ -81,10 +81,24 @@ check: lint typecheck imports check-protos buf buf-breaking deploy-check
 
 # Runs the whole suite. PostgreSQL tests use JUKINET_TEST_PG_DSN (default: the
 # local server); set JUKINET_TEST_PG=skip on a machine without PostgreSQL.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-sqlite: $(STAMP)
+# The system package the tests need: SoftHSM2, the PKCS#11 token an operator
+# card is in the tests (jukinet/card.py). Installed with apt-get as root on
+# Debian or Ubuntu; anywhere else, the command to run is printed.
+system-deps:
+	@command -v softhsm2-util >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing softhsm2 (Debian)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q softhsm2; \
+	  else \
+	    echo "SoftHSM2 is missing: sudo apt-get install softhsm2 (Debian, Ubuntu)," \
+	      "or your system's softhsm2 package" >&2; \
+	    exit 1; \
+	  fi; }
+
+test-sqlite: $(STAMP) system-deps
 	JUKINET_TEST_PG=skip $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -95,7 +95,32 @@ class NodeConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class NationalConfig(NodeConfig):
+class LoggedNodeConfig(NodeConfig):
+    """A node that keeps an operation log (municipal, prefecture, national)."""
+
+    log_key: str = ""
+    """The log key file (the node's head-signing key and its witness key);
+    empty: ``<tls key>.log.key`` beside the TLS key. Made at the first start
+    if missing (the tier above then refuses the node's heads until its
+    ``log_verifiers`` lists the new key)."""
+    log_verifiers: str = ""
+    """The verifier keys of the logs of the tier below, one a line; empty:
+    ``log-verifiers`` beside the CA certificate (written by ``jukinet pki``).
+    Absent: every head from below is refused."""
+    checkpoint_interval: int = 10
+    """Seconds between signed heads of the log (when it grew), each sent upward."""
+
+    path_settings: ClassVar[tuple[str, ...]] = ("log_key", "log_verifiers")
+
+    def __post_init__(self) -> None:
+        """Also refuse a checkpoint interval outside 1 to 3600 seconds."""
+        super().__post_init__()
+        if not 1 <= self.checkpoint_interval <= 3600:
+            raise ConfigError("checkpoint_interval: must be between 1 and 3600 seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NationalConfig(LoggedNodeConfig):
     """The national node."""
 
     max_pool_size: int = 100_000
@@ -103,7 +128,7 @@ class NationalConfig(NodeConfig):
     purposes: str = ""
     """The purpose registry file (TOML), the same as the gateway's; empty: the packaged one."""
 
-    path_settings: ClassVar[tuple[str, ...]] = ("purposes",)
+    path_settings: ClassVar[tuple[str, ...]] = ("purposes", *LoggedNodeConfig.path_settings)
 
     def __post_init__(self) -> None:
         """Also refuse a pool size outside 1 to 1,000,000."""
@@ -113,7 +138,7 @@ class NationalConfig(NodeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PrefectureConfig(NodeConfig):
+class PrefectureConfig(LoggedNodeConfig):
     """A prefecture node: its two-digit code and where the national node listens."""
 
     prefecture_code: str
@@ -137,7 +162,7 @@ class PrefectureConfig(NodeConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MunicipalConfig(NodeConfig):
+class MunicipalConfig(LoggedNodeConfig):
     """A municipal node: its local government code and its prefecture's address."""
 
     local_government_code: str
@@ -309,6 +334,7 @@ def load_config(
 
 __all__ = [
     "GatewayConfig",
+    "LoggedNodeConfig",
     "MunicipalConfig",
     "NationalConfig",
     "NodeConfig",

@@ -12,6 +12,10 @@ would be an authorization bypass.
     jukinet://gateway
     jukinet://agency/<[a-z0-9-]{2,32}>
     jukinet://operator/<municipality code | prefecture code | national>/<[a-z0-9._-]{1,64}>
+    jukinet://terminal/<municipality code | prefecture code | national>/<[a-z0-9._-]{1,64}>
+
+A terminal is a counter computer of an organisation (which computer a change
+was made at); it is named like an operator, by organisation and id.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ class Kind(enum.Enum):
     GATEWAY = "gateway"
     AGENCY = "agency"
     OPERATOR = "operator"
+    TERMINAL = "terminal"
+
+
+# The kinds named by an organisation and an id within it.
+_ORG_MEMBER_KINDS = frozenset({Kind.OPERATOR, Kind.TERMINAL})
 
 
 def is_prefecture_code(code: str) -> bool:
@@ -67,7 +76,8 @@ class Identity:
     ``code`` is the municipality / prefecture / agency code, or for an
     operator the organisation it belongs to (a municipality code, a prefecture
     code or ``national``); it is empty for the national node and the gateway.
-    ``operator_id`` is set for operators only. Construct through the class
+    ``operator_id`` is set for operators and terminals only (a terminal's id
+    within its organisation). Construct through the class
     methods or :func:`parse_identity_uri`, which validate; the constructor
     validates too so that no malformed identity can exist.
     """
@@ -112,19 +122,24 @@ class Identity:
         """An operator of a municipality, a prefecture or the national node."""
         return cls(Kind.OPERATOR, org, operator_id)
 
+    @classmethod
+    def terminal(cls, org: str, terminal_id: str) -> Identity:
+        """A counter terminal of a municipality, a prefecture or the national node."""
+        return cls(Kind.TERMINAL, org, terminal_id)
+
     @property
     def uri(self) -> str:
         """The URI SAN that names this identity in a certificate."""
         if self.kind in (Kind.NATIONAL, Kind.GATEWAY):
             return f"{_PREFIX}{self.kind.value}"
-        if self.kind is Kind.OPERATOR:
-            return f"{_PREFIX}operator/{self.code}/{self.operator_id}"
+        if self.kind in _ORG_MEMBER_KINDS:
+            return f"{_PREFIX}{self.kind.value}/{self.code}/{self.operator_id}"
         return f"{_PREFIX}{self.kind.value}/{self.code}"
 
     @property
     def org(self) -> str:
-        """The organisation an operator works for (its ``code``); empty otherwise."""
-        return self.code if self.kind is Kind.OPERATOR else ""
+        """The organisation an operator or a terminal belongs to (its ``code``); empty otherwise."""
+        return self.code if self.kind in _ORG_MEMBER_KINDS else ""
 
     @property
     def prefecture_code(self) -> str | None:
@@ -149,8 +164,8 @@ def _problem(kind: Kind, code: str, operator_id: str) -> str | None:
     """Why (kind, code, operator_id) is not a valid identity, or None if it is."""
     if not isinstance(kind, Kind):
         return f"kind must be a Kind, not {kind!r}"
-    if kind is not Kind.OPERATOR and operator_id:
-        return "only operators have an operator id"
+    if kind not in _ORG_MEMBER_KINDS and operator_id:
+        return "only operators and terminals have an id within their organisation"
     if kind in (Kind.NATIONAL, Kind.GATEWAY):
         return f"takes no code, got {code!r}" if code else None
     if kind is Kind.MUNICIPALITY:
@@ -161,11 +176,11 @@ def _problem(kind: Kind, code: str, operator_id: str) -> str | None:
         return None if is_prefecture_code(code) else f"{code!r} is not a prefecture code 01..47"
     if kind is Kind.AGENCY:
         return None if _AGENCY_RE.fullmatch(code) else f"{code!r} is not an agency code"
-    # Kind.OPERATOR
+    # Kind.OPERATOR, Kind.TERMINAL
     if not _is_operator_org(code):
         return f"{code!r} is not a municipality code, a prefecture code or {NATIONAL_ORG!r}"
     if _OPERATOR_ID_RE.fullmatch(operator_id) is None:
-        return f"{operator_id!r} is not an operator id ([a-z0-9._-]{{1,64}})"
+        return f"{operator_id!r} is not a {kind.value} id ([a-z0-9._-]{{1,64}})"
     return None
 
 
@@ -197,6 +212,7 @@ def parse_identity_uri(uri: str) -> Identity:
         Kind.PREFECTURE: 2,
         Kind.AGENCY: 2,
         Kind.OPERATOR: 3,
+        Kind.TERMINAL: 3,
     }[kind]
     if len(parts) != expected:
         raise ValueError(f"malformed {kind.value} identity URI: {uri!r}")

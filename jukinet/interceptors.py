@@ -41,7 +41,7 @@ import time
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias
 
 import grpc
 import grpc.aio
@@ -265,6 +265,101 @@ def _first(values: Iterable[bytes] | None) -> bytes | None:
     return None
 
 
+# --- the audit hook ----------------------------------------------------------------
+
+
+class AuditHook(Protocol):
+    """What logs operator calls (:class:`jukinet.audit.Recorder`)."""
+
+    def extractor(
+        self, method: str, identity: Identity | None
+    ) -> Callable[[Message], Iterable[str]] | None:
+        """How a call's messages name residents, or None if the call is not logged."""
+        ...
+
+    async def record(
+        self,
+        method: str,
+        identity: Identity,
+        terminal: str,
+        codes: Iterable[str],
+        status: str,
+        reason: str,
+    ) -> None:
+        """Append the entry of one call."""
+        ...
+
+
+class _CallAudit:
+    """The entry of one audited call in the making: the codes its messages named."""
+
+    __slots__ = ("_extract", "_hook", "_identity", "_method", "_terminal", "codes", "done")
+
+    def __init__(
+        self,
+        hook: AuditHook,
+        method: str,
+        identity: Identity,
+        extract: Callable[[Message], Iterable[str]],
+        terminal: str,
+    ) -> None:
+        self._hook = hook
+        self._method = method
+        self._identity = identity
+        self._extract = extract
+        self._terminal = terminal
+        self.codes: list[str] = []
+        self.done = False
+
+    def see(self, message: Any) -> None:
+        """Note the resident codes of a request or response message."""
+        if isinstance(message, Message):
+            self.codes.extend(self._extract(message))
+
+    async def finish(self, exc: BaseException | None) -> None:
+        """Append the call's entry (once); raises if it cannot be written."""
+        if self.done:
+            return
+        self.done = True
+        status = _status_name(exc)
+        if isinstance(exc, JukinetError):
+            reason = str(exc.reason)
+        else:
+            reason = "" if exc is None else status.lower().replace("_", "-")
+        await self._hook.record(
+            self._method, self._identity, self._terminal, self.codes, status, reason
+        )
+
+    async def finish_quietly(self, exc: BaseException) -> None:
+        """Append the entry of a call that failed; a failure to do so is logged."""
+        try:
+            await self.finish(exc)
+        except Exception as err:
+            _log.error(
+                "the operation log entry of %s could not be written: %s",
+                self._method,
+                describe_error(err),
+            )
+
+
+AuditStart: TypeAlias = Callable[[Context], "_CallAudit | None"]
+
+
+async def _audited_requests(requests: AsyncIterator[Any], audit: _CallAudit) -> AsyncIterator[Any]:
+    async for request in requests:
+        audit.see(request)
+        yield request
+
+
+def _seen_request(request: Any, audit: _CallAudit | None) -> Any:
+    if audit is None:
+        return request
+    if hasattr(request, "__aiter__"):
+        return _audited_requests(request, audit)
+    audit.see(request)
+    return request
+
+
 # --- the interceptor ---------------------------------------------------------------
 
 
@@ -278,7 +373,8 @@ class AuthInterceptor(_ServerInterceptor):
     callable returning the current set (e.g. :class:`jukinet.tls.RevocationList`).
     ``on_denied(method, reason)`` is told about every refused call (metrics).
     ``ca`` (the root CA's PEM) makes every caller's certificate have to be
-    signed by the root itself; nodes always give it.
+    signed by the root itself; nodes always give it. ``audit`` appends an
+    operation log entry for each call it audits, refused ones included.
     """
 
     def __init__(
@@ -289,6 +385,7 @@ class AuthInterceptor(_ServerInterceptor):
         on_denied: DenialHook | None = None,
         on_finished: FinishHook | None = None,
         ca: bytes | None = None,
+        audit: AuditHook | None = None,
     ) -> None:
         for method in rules:
             # A typo in a method name would silently deny that method forever;
@@ -304,6 +401,7 @@ class AuthInterceptor(_ServerInterceptor):
         self._on_denied = on_denied
         self._on_finished = on_finished
         self._ca = ca
+        self._audit = audit
 
     async def intercept_service(  # type: ignore[override]  # the stub omits None
         self,
@@ -320,8 +418,30 @@ class AuthInterceptor(_ServerInterceptor):
             return None
         method = handler_call_details.method
         return _wrap_handler(
-            handler, method, functools.partial(self._authorize, method), self._on_finished
+            handler,
+            method,
+            functools.partial(self._authorize, method),
+            self._on_finished,
+            None if self._audit is None else functools.partial(self._start_audit, method),
         )
+
+    def _start_audit(self, method: str, context: Context) -> _CallAudit | None:
+        """The entry of a call in the making, if its caller's call is audited.
+
+        The caller is read from its certificate before the rule is checked,
+        so that a refused call is logged under the identity it presented.
+        """
+        assert self._audit is not None
+        pem = _first(context.auth_context().get("x509_pem_cert"))
+        if pem is None:
+            return None
+        peer = _parse_peer(pem, self._ca)
+        if peer.identity is None or (peer.serial is not None and peer.serial in self._revoked()):
+            return None
+        extract = self._audit.extractor(method, peer.identity)
+        if extract is None:
+            return None
+        return _CallAudit(self._audit, method, peer.identity, extract, context.peer())
 
     def _authorize(self, method: str, context: Context) -> Identity:
         """The caller's identity if it may call ``method``; raises JukinetError if not."""
@@ -565,17 +685,28 @@ def _unary_response(
     method: str,
     authorize: Authorize,
     on_finished: FinishHook | None,
+    start_audit: AuditStart | None = None,
 ) -> Callable[..., Awaitable[Any]]:
     """Guard a coroutine behaviour: one response, or a reader/writer-style stream."""
 
     async def guarded(request: Any, context: Context) -> Any:
         token = None
         timer = _Timer(on_finished, method)
+        audit = None if start_audit is None else start_audit(context)
         try:
+            # Seen before the rule is checked: a refused attempt names whom it was about.
+            request = _seen_request(request, audit)
             token = _bind(authorize, context)
-            return await behavior(_checked_request(request, method), context)
+            response = await behavior(_checked_request(request, method), context)
+            if audit is not None:
+                # Before the answer leaves: a call that cannot be logged fails.
+                audit.see(response)
+                await audit.finish(None)
+            return response
         except BaseException as exc:
             timer.failure = exc
+            if audit is not None:
+                await audit.finish_quietly(exc)
             await _translate(exc, method, context)
         finally:
             _unbind(token)
@@ -589,24 +720,33 @@ def _stream_response(
     method: str,
     authorize: Authorize,
     on_finished: FinishHook | None,
+    start_audit: AuditStart | None = None,
 ) -> Callable[..., Any]:
     """Guard a behaviour with a response stream."""
     if not inspect.isasyncgenfunction(behavior):
         # A reader/writer-style handler (context.write) returns nothing;
         # keep it a coroutine so gRPC drives it the same way.
-        return _unary_response(behavior, method, authorize, on_finished)
+        return _unary_response(behavior, method, authorize, on_finished, start_audit)
 
     async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
         token = None
         responses: AsyncGenerator[Any, None] | None = None
         timer = _Timer(on_finished, method)
+        audit = None if start_audit is None else start_audit(context)
         try:
+            request = _seen_request(request, audit)
             token = _bind(authorize, context)
             responses = behavior(_checked_request(request, method), context)
             async for response in responses:
+                if audit is not None:
+                    audit.see(response)
                 yield response
+            if audit is not None:
+                await audit.finish(None)
         except BaseException as exc:
             timer.failure = exc
+            if audit is not None:
+                await audit.finish_quietly(exc)
             await _translate(exc, method, context)
         finally:
             timer.done()
@@ -624,6 +764,7 @@ def _wrap_handler(
     method: str,
     authorize: Authorize,
     on_finished: FinishHook | None = None,
+    start_audit: AuditStart | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler, with every cardinality's behaviour guarded."""
     kwargs: dict[str, Any] = {
@@ -636,22 +777,30 @@ def _wrap_handler(
 
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _unary_response(behaviour(handler.unary_unary), method, authorize, on_finished),
+            _unary_response(
+                behaviour(handler.unary_unary), method, authorize, on_finished, start_audit
+            ),
             **kwargs,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _unary_response(behaviour(handler.stream_unary), method, authorize, on_finished),
+            _unary_response(
+                behaviour(handler.stream_unary), method, authorize, on_finished, start_audit
+            ),
             **kwargs,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _stream_response(behaviour(handler.unary_stream), method, authorize, on_finished),
+            _stream_response(
+                behaviour(handler.unary_stream), method, authorize, on_finished, start_audit
+            ),
             **kwargs,
         )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            _stream_response(behaviour(handler.stream_stream), method, authorize, on_finished),
+            _stream_response(
+                behaviour(handler.stream_stream), method, authorize, on_finished, start_audit
+            ),
             **kwargs,
         )
     # A handler with no behaviour cannot be served; refuse to pass it through

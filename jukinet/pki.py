@@ -4,12 +4,29 @@ Everything is ECDSA P-256 with SHA-256. A PKI directory holds
 
     ca.pem, ca.key          the root CA (10 years, may sign leaves only)
     crl.pem                 the CA-signed revocation list (always present)
-    <name>.pem, <name>.key  one leaf per node, agency or operator
+    <name>.pem, <name>.key  one leaf per node, agency, operator or terminal
+    operator-ca-<org>/      an organisation's operator CA (see below)
 
 Each leaf carries its caller identity as a ``jukinet://`` URI SAN (the only
 thing a node trusts about its caller), serverAuth + clientAuth, and for nodes
 the DNS ``localhost`` and IP ``127.0.0.1`` SANs so that a local federation
 verifies host names without turning verification off.
+
+Terminals (``jukinet://terminal/<org>/<id>``, the counter computers) get a
+leaf like a node's, for client authentication only.
+
+An organisation's operator CA signs the certificates on its operators' IC
+cards (``jukinet://operator/<org>/<id>``, digitalSignature only, no extended
+key usage: they sign login challenges and never serve in TLS). Its directory
+has the layout of the root's (``ca.pem``, ``ca.key``, ``crl.pem``, and one
+``<name>.pem`` per card certificate, kept so that it can be revoked by name);
+its certificate is signed by the root, pathLen 0, and name-constrained to
+URIs of host ``operator``; it issues for its own organisation only. The
+root's own pathLen 0 is left as it is: TLS verification (OpenSSL) enforces it
+and so never accepts a chain through an operator CA, which is what keeps card
+certificates out of mTLS; the login verifier (:mod:`jukinet.login`) checks
+the two links of a card's chain itself, the root being its trust anchor
+(RFC 5280, 6.1: a trust anchor's own constraints do not bind the path).
 
 Private keys are written with mode 0600 via a temporary file and an atomic
 rename, so a crash never leaves a half-written or world-readable key.
@@ -34,6 +51,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from jukinet import audit
 from jukinet.identity import NATIONAL_ORG, Identity, Kind, parse_identity_uri
 
 CA_CERT = "ca.pem"
@@ -55,6 +73,8 @@ _CLOCK_SKEW = dt.timedelta(minutes=5)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RESERVED_NAMES = frozenset({"ca", "crl"})
 _SERVER_KINDS = frozenset({Kind.MUNICIPALITY, Kind.PREFECTURE, Kind.NATIONAL, Kind.GATEWAY})
+# Leaves that only ever call: their certificate allows clientAuth alone.
+_CLIENT_ONLY_KINDS = frozenset({Kind.TERMINAL})
 _LOCAL_HOSTS = ("localhost", "127.0.0.1")
 _ORGANIZATION = "jukinet"
 
@@ -301,7 +321,9 @@ def issue(
         )
         .add_extension(
             x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                [ExtendedKeyUsageOID.CLIENT_AUTH]
+                if identity.kind in _CLIENT_ONLY_KINDS
+                else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         )
@@ -456,8 +478,8 @@ def cert_name(identity: Identity) -> str:
     """The conventional file name (without extension) for an identity's certificate."""
     if identity.kind in (Kind.NATIONAL, Kind.GATEWAY):
         return str(identity.kind.value)
-    if identity.kind is Kind.OPERATOR:
-        return f"operator-{identity.code}-{identity.operator_id}"
+    if identity.kind in (Kind.OPERATOR, Kind.TERMINAL):
+        return f"{identity.kind.value}-{identity.code}-{identity.operator_id}"
     return f"{identity.kind.value}-{identity.code}"
 
 
@@ -550,7 +572,240 @@ def issue_federation(
         results.append(
             kept if kept is not None else issue(directory, identity, name, days, force=True)
         )
+        if identity.kind in (Kind.MUNICIPALITY, Kind.PREFECTURE, Kind.NATIONAL):
+            _ensure_log_key(directory, name, identity)
+    write_log_verifiers(directory)
     return results
+
+
+def _ensure_log_key(directory: Path, name: str, identity: Identity) -> None:
+    """Give a node a log key file beside its TLS key, unless it has one (it is kept)."""
+    path = audit.default_log_key_path(directory / f"{name}.key")
+    if not path.exists():
+        audit.write_log_keys(path, audit.new_log_keys(audit.origin_of(identity)))
+
+
+def write_log_verifiers(directory: Path | str) -> Path:
+    """Write ``log-verifiers`` beside the CA: the log verifier key of every node here.
+
+    Every node reads it (``log_verifiers``) to know the log keys of the tier
+    below; a node checks only the origins of its own callers.
+    """
+    directory = Path(directory)
+    lines = []
+    for key_file in sorted(directory.glob("*.log.key")):
+        name = key_file.name.removesuffix(".log.key")
+        identity = _node_identity(name)
+        if identity is not None:
+            keys = audit.read_log_keys(key_file, audit.origin_of(identity))
+            lines.append(keys.log.verifier.vkey + "\n")
+    path = directory / audit.VERIFIERS_FILE
+    _write_public(path, "".join(lines).encode())
+    return path
+
+
+def _node_identity(name: str) -> Identity | None:
+    """The node a conventional certificate name stands for, if it is a node's."""
+    kind, _, code = name.partition("-")
+    if kind == Kind.NATIONAL.value and not code:
+        return Identity.national()
+    if kind == Kind.PREFECTURE.value and code:
+        return Identity.prefecture(code)
+    if kind == Kind.MUNICIPALITY.value and code:
+        return Identity.municipality(code)
+    return None
+
+
+# --- operator CAs and card certificates ---------------------------------------
+
+OPERATOR_CA_DAYS = 1825
+# A card is lent to one person for years; its certificate is renewed with the card.
+CARD_DAYS = 1095
+# The host of every operator identity URI (jukinet://operator/...): the one URI
+# subtree an operator CA's name constraints permit (RFC 5280, 4.2.1.10).
+_OPERATOR_URI_HOST = "operator"
+# The subject O of an operator CA names the organisation it serves.
+_OPERATOR_CA_CN = "jukinet operator CA"
+
+
+def _key_usage(*, sign: bool, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def operator_ca_dir(directory: Path | str, org: str) -> Path:
+    """The directory of ``org``'s operator CA inside the PKI directory ``directory``."""
+    # Validates org (ValueError) before it becomes part of a path.
+    Identity.operator(org, "ca")
+    return Path(directory) / f"operator-ca-{org}"
+
+
+def operator_ca_org(cert: x509.Certificate) -> str:
+    """The organisation an operator CA certificate serves; ValueError if it is none.
+
+    An operator CA names its organisation in its subject's organizational unit
+    (a CA presents no caller identity, so it carries no ``jukinet://`` SAN).
+    """
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if len(units) != 1:
+        raise ValueError("operator CA certificate names no single organisation (OU)")
+    org = str(units[0].value)
+    Identity.operator(org, "ca")
+    return org
+
+
+def create_operator_ca(
+    directory: Path | str, org: str, *, days: int = OPERATOR_CA_DAYS
+) -> x509.Certificate:
+    """Create ``org``'s operator CA under the root of ``directory``, with an empty CRL.
+
+    Its certificate is signed by the root, is a CA of pathLen 0 (it signs card
+    certificates only), may sign certificates and CRLs only, and is
+    name-constrained to ``jukinet://operator/...`` URIs. Refuses
+    (FileExistsError) to replace an existing operator CA.
+    """
+    root_cert, root_key = _load_ca(Path(directory))
+    where = operator_ca_dir(directory, org)
+    where.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = where / CA_CERT, where / CA_KEY
+    for path in (cert_path, key_path):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists: refusing to replace the operator CA")
+    key = _new_key()
+    now = _now()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, org),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{_OPERATOR_CA_CN} {org}"),
+        ]
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(root_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), root_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(sign=False, ca=True), critical=True)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.UniformResourceIdentifier(_OPERATOR_URI_HOST)],
+                excluded_subtrees=None,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(root_cert)),
+            critical=False,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    _write_private(key_path, _key_pem(key))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    _write_crl(where, cert, key, [], crl_number=1)
+    return cert
+
+
+def issue_card_certificate(
+    directory: Path | str,
+    identity: Identity,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    days: int = CARD_DAYS,
+    force: bool = False,
+) -> x509.Certificate:
+    """Certify an IC card's ``public_key`` (generated on the card) for operator ``identity``.
+
+    Issued by the operator CA of the operator's own organisation (the policy:
+    an operator CA issues ``jukinet://operator/<its org>/<id>`` only), kept as
+    ``<operator-ca>/<cert_name(identity)>.pem``. The certificate allows
+    digitalSignature and nothing else, and carries no extended key usage, so
+    no TLS stack accepts it for a handshake. An existing certificate of that
+    name is refused (FileExistsError) unless ``force``, which revokes it.
+    """
+    if identity.kind is not Kind.OPERATOR:
+        raise ValueError(f"an operator CA certifies operators only, not {identity.uri}")
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise ValueError("a card key must be EC P-256")
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    where = operator_ca_dir(directory, identity.org)
+    ca_cert, ca_key = _load_ca(where)
+    if operator_ca_org(ca_cert) != identity.org:
+        raise ValueError(f"{where}: operator CA does not serve organisation {identity.org}")
+    name = cert_name(identity)
+    cert_path = where / f"{name}.pem"
+    if cert_path.exists():
+        if not force:
+            raise FileExistsError(
+                f"{cert_path} already exists: refusing to replace it "
+                "(use force to revoke the old card certificate)"
+            )
+        _revoke_replaced(where, cert_path, ca_cert, ca_key)
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.org),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name[:64]),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(sign=True, ca=False), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+def revoke_card(directory: Path | str, identity: Identity) -> int:
+    """Revoke operator ``identity``'s card certificate in its operator CA's CRL; the serial."""
+    if identity.kind is not Kind.OPERATOR:
+        raise ValueError(f"only operator cards are revoked here, not {identity.uri}")
+    return revoke(operator_ca_dir(directory, identity.org), cert_name(identity))
+
+
+def revoke_operator_ca(directory: Path | str, org: str) -> int:
+    """Revoke ``org``'s operator CA in the root's CRL (every card it certified stops working)."""
+    where = operator_ca_dir(directory, org)
+    root_cert, root_key = _load_ca(Path(directory))
+    cert = x509.load_pem_x509_certificate((where / CA_CERT).read_bytes())
+    _add_revoked(Path(directory), root_cert, root_key, cert.serial_number)
+    return cert.serial_number
 
 
 # --- command line -------------------------------------------------------------

@@ -82,3 +82,27 @@ class Reason(enum.StrEnum):
     FIELD_NOT_ALLOWED = "field-not-allowed"  # a requested field is outside the purpose
     UNKNOWN_AGENCY = "unknown-agency"  # the agency is not in the purpose registry
     QUOTA_EXCEEDED = "quota-exceeded"  # the agency's quota for the purpose is used up
+
+    # Operators at a counter terminal: the IC card, the password, the session.
+    CARD_INVALID = "card-invalid"  # the card's certificate or its chain does not verify
+    CARD_REVOKED = "card-revoked"  # the card's certificate (or its operator CA) is revoked
+    FOREIGN_CARD = "foreign-card"  # the card is of another organisation than the terminal
+    FOREIGN_TERMINAL = "foreign-terminal"  # the terminal is of another organisation than the node
+    # The login challenge is unknown, used, expired, of another terminal, or its
+    # signature does not verify against the card's certificate.
+    CHALLENGE_INVALID = "challenge-invalid"
+    WRONG_PASSWORD = "wrong-password"  # the password does not match (or no such account)
+    LOCKED_OUT = "locked-out"  # too many wrong passwords: the account waits a while
+    PASSWORD_EXPIRED = "password-expired"  # the password must be changed to log in
+    WEAK_PASSWORD = "weak-password"  # a new password does not meet the strength rule
+    PASSWORD_REUSED = "password-reused"  # a new password is the current or the previous one
+    SESSION_INVALID = "session-invalid"  # the session token is unknown or ended
+    SESSION_EXPIRED = "session-expired"  # the session was idle too long or reached its maximum
+    WRONG_TERMINAL = "wrong-terminal"  # the session token was presented from another terminal
+
+    # The operation log's heads between tiers.
+    CHECKPOINT_FOREIGN = "checkpoint-foreign"  # a head (or heads asked for) of another node's log
+    CHECKPOINT_INCONSISTENT = (
+        "checkpoint-inconsistent"  # a head that does not extend the one held (a forked log)
+    )
+    LOG_KEY_UNKNOWN = "log-key-unknown"  # no log verifier key is configured for the origin

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 import jukinet.v1
 from jukinet.config import NodeConfig
 from jukinet.errors import ConfigError
-from jukinet.interceptors import AuthInterceptor, Rule, authenticated
+from jukinet.interceptors import AuditHook, AuthInterceptor, Rule, authenticated
 from jukinet.metrics import NodeMetrics, stop_metrics_server
 from jukinet.tls import SERVER_OPTIONS, RevocationList, revocation_source, server_credentials
 
@@ -119,8 +119,9 @@ async def start_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: list[str],
     metrics: NodeMetrics,
+    audit: AuditHook | None = None,
 ) -> RunningServer:
-    """Bind the node's port with mTLS and start serving."""
+    """Bind the node's port with mTLS and start serving; ``audit`` logs operator calls."""
     revoked = revocation_source(config.tls)
     material = config.tls.load(usage="server")
     metrics.watch_certificates(
@@ -139,6 +140,7 @@ async def start_server(
                 on_denied=lambda method, reason: metrics.denials.labels(method, reason).inc(),
                 on_finished=metrics.observe_rpc,
                 ca=material.ca,
+                audit=audit,
             )
         ],
         options=[

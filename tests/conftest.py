@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from jukinet import card, pki
+from tests.cards import ORG, OTHER_ORG, Cards, require_softhsm
 from tests.federation import PG_ADMIN_DSN, Federation, federation, issue_certificates
 
 MUNICIPALITIES = ["312011", "312029", "131016"]
@@ -68,3 +70,24 @@ async def fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[Fede
     """A running federation (national, two prefectures, three municipalities) on ``backend``."""
     async for f in federation(tmp_path, backend, MUNICIPALITIES, pki_dir):
         yield f
+
+
+@pytest.fixture
+def cards(tmp_path: Path) -> Iterator[Cards]:
+    """A fresh PKI and an empty card reader (SoftHSM2 token directory) for one test."""
+    require_softhsm()
+    directory = tmp_path / "pki"
+    pki.create_ca(directory)
+    pki.create_operator_ca(directory, ORG)
+    pki.create_operator_ca(directory, OTHER_ORG)
+    saved = os.environ.get("SOFTHSM2_CONF")
+    hsm = card.SoftHsm.create(tmp_path / "hsm")
+    hsm.activate()
+    try:
+        yield Cards(directory, hsm)
+    finally:
+        if saved is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = saved
+        card.rescan()

@@ -36,7 +36,7 @@ def sample_rows(
     for h, household in enumerate(gen.households(municipality, count), start=1):
         settled = as_of - dt.timedelta(days=rng.randint(0, 40 * 365))
         household_id = f"{municipality}-{seed}-H{h:07d}"
-        for person in household.members:
+        for m, person in enumerate(household.members):
             n += 1
             yield {
                 "source_id": f"{municipality}-{seed}-{n:08d}",
@@ -49,6 +49,11 @@ def sample_rows(
                 "address": household.address,
                 "household_id": household_id,
                 "registered_on": max(settled, person.birth_date).isoformat(),
+                # The first member heads the household; the others' 続柄 is not recorded.
+                "relationship": "世帯主" if m == 0 else "",
+                "previous_address": "",
+                "domicile": "",
+                "domicile_head": "",
             }
 
 

@@ -24,12 +24,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jukinet.client import connect, describe_error
 from jukinet.errors import ConfigError
-from jukinet.v1 import common_pb2
+from jukinet.v1 import common_pb2, municipal_pb2
 
 SEX: dict[str, common_pb2.Sex.ValueType] = {
     "male": common_pb2.SEX_MALE,
     "female": common_pb2.SEX_FEMALE,
 }
+
+RELATIONSHIPS: dict[str, municipal_pb2.Relationship.ValueType] = {
+    name.removeprefix("RELATIONSHIP_").lower().replace("_", "-"): value
+    for name, value in municipal_pb2.Relationship.items()
+    if value != municipal_pb2.RELATIONSHIP_UNSPECIFIED
+}
+"""続柄 as options and files name them: the enum's names without their prefix,
+e.g. ``wife``, ``childs-wife``."""
 
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
 """The zone every time the CLI prints is shown in."""

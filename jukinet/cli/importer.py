@@ -11,7 +11,8 @@ The CSV format
 UTF-8, with or without a byte-order mark; the first row is a header naming
 the columns, in any order::
 
-    source_id,name,name_kana,former_surname,alias,birth_date,sex,address,household_id,registered_on
+    source_id,name,name_kana,former_surname,alias,birth_date,sex,address,household_id,registered_on,
+    relationship,previous_address,domicile,domicile_head
 
 =================  ========  ===========================================================
 column             required  content
@@ -30,6 +31,12 @@ household_id       no        the old system's household key (at most 32 characte
                              rows with the same value form one household (世帯);
                              empty gives the row a household of its own
 registered_on      no        YYYY-MM-DD the entry took effect; empty: the birth date
+relationship       no        続柄 to the head of the household: ``世帯主`` (or ``head``),
+                             ``妻`` (``wife``), ``子`` (``child``) ...; one 世帯主 per
+                             household; a row without household_id is its own head
+previous_address   no        前住所, where registered
+domicile           no        本籍, where registered
+domicile_head      no        筆頭者 of the family register at the domicile
 =================  ========  ===========================================================
 
 Columns marked "no" may be left out of the header altogether. Every data row
@@ -79,7 +86,7 @@ from typing import IO, Any, cast
 
 import grpc
 
-from jukinet.cli.common import explain_now, plain
+from jukinet.cli.common import RELATIONSHIPS, explain_now, plain
 from jukinet.cli.csvfile import (
     CsvFormatError,
     ProgressBar,
@@ -92,6 +99,9 @@ from jukinet.client import connect, wait_until_accepted
 from jukinet.errors import ConfigError
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
 from jukinet.vocabulary import PERSON_FIELDS
+from services.municipal.logic import RELATIONSHIP_LABELS
+
+_BY_LABEL = {label: value for value, label in RELATIONSHIP_LABELS.items() if label}
 
 __all__ = [
     "COLUMNS",
@@ -108,7 +118,16 @@ __all__ = [
     "write_rejections",
 ]
 
-COLUMNS: tuple[str, ...] = ("source_id", *PERSON_FIELDS, "household_id", "registered_on")
+COLUMNS: tuple[str, ...] = (
+    "source_id",
+    *PERSON_FIELDS,
+    "household_id",
+    "registered_on",
+    "relationship",
+    "previous_address",
+    "domicile",
+    "domicile_head",
+)
 """Every column the format knows, in the order :func:`write_sample` writes them."""
 
 REQUIRED_COLUMNS: frozenset[str] = frozenset({"source_id", "name", "birth_date", "sex", "address"})
@@ -190,6 +209,21 @@ def parse_sex(value: str) -> common_pb2.Sex.ValueType:
     return sex
 
 
+def parse_relationship(value: str) -> municipal_pb2.Relationship.ValueType:
+    """The Relationship enum value for a CSV relationship field (its label, as
+    世帯主, or its option name, as head); empty: not recorded; ValueError for
+    anything unknown."""
+    text = value.strip()
+    if not text:
+        return municipal_pb2.RELATIONSHIP_UNSPECIFIED
+    found = RELATIONSHIPS.get(text.lower()) or _BY_LABEL.get(text)
+    if found is None:
+        raise ValueError(
+            f"expected a relationship such as 世帯主, 妻, 子 (or head, wife, child), got {value!r}"
+        )
+    return found
+
+
 def _row(
     line: int, fields: Sequence[str], index: dict[str, int]
 ) -> municipal_pb2.ImportRow | Rejection:
@@ -211,6 +245,10 @@ def _row(
         sex = parse_sex(get("sex"))
     except ValueError as exc:
         return Rejection(line, source_id, "sex", str(exc), local=True)
+    try:
+        relationship = parse_relationship(get("relationship"))
+    except ValueError as exc:
+        return Rejection(line, source_id, "relationship", str(exc), local=True)
     # Names and addresses go as written: the node checks them and names the
     # field; only the structural fields are trimmed.
     return municipal_pb2.ImportRow(
@@ -227,6 +265,12 @@ def _row(
         ),
         household_id=get("household_id").strip(),
         registered_on=get("registered_on").strip(),
+        register=municipal_pb2.RegisterItems(
+            relationship=relationship,
+            previous_address=get("previous_address"),
+            domicile=get("domicile"),
+            domicile_head=get("domicile_head"),
+        ),
     )
 
 

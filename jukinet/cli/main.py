@@ -32,7 +32,7 @@ import sys
 from typing import NoReturn
 
 from jukinet import pki
-from jukinet.cli import agency, identity, importer, node, resident
+from jukinet.cli import agency, audit, identity, importer, node, resident
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     pki.register_cli(sub)
-    for group in (node, resident, identity, agency, importer):
+    for group in (node, resident, identity, agency, importer, audit):
         group.register_cli(sub)
     return parser
 

@@ -11,6 +11,7 @@ import grpc
 from jukinet import movecert
 from jukinet.cli.common import (
     PERSON_FLAGS,
+    RELATIONSHIPS,
     SEX,
     Call,
     connection_options,
@@ -43,6 +44,32 @@ def _person(args: argparse.Namespace) -> municipal_pb2.PersonDetails:
     )
 
 
+def _relationship(value: str | None) -> municipal_pb2.Relationship.ValueType:
+    return RELATIONSHIPS[value] if value else municipal_pb2.RELATIONSHIP_UNSPECIFIED
+
+
+def _register_options(parser: argparse.ArgumentParser, *, previous: bool = True) -> None:
+    """The register-only items of a new entry (they never leave the municipality)."""
+    parser.add_argument(
+        "--relationship",
+        choices=sorted(RELATIONSHIPS),
+        help="relationship to the head of --household (続柄); founding one: its head",
+    )
+    if previous:
+        parser.add_argument("--previous-address", default="", help="前住所")
+    parser.add_argument("--domicile", default="", help="registered domicile (本籍)")
+    parser.add_argument("--domicile-head", default="", help="head of the family register (筆頭者)")
+
+
+def _register(args: argparse.Namespace) -> municipal_pb2.RegisterItems:
+    return municipal_pb2.RegisterItems(
+        relationship=_relationship(args.relationship),
+        previous_address=getattr(args, "previous_address", ""),
+        domicile=args.domicile,
+        domicile_head=args.domicile_head,
+    )
+
+
 SERVICE = "jukinet.v1.MunicipalService"
 
 # Fields of the requests below as the options that set them, for error messages.
@@ -61,6 +88,14 @@ FLAGS: dict[str, str] = {
     "origin": "--origin",
     "ground": "--ground",
     "move_out_certificate": "--certificate",
+    "register.relationship": "--relationship",
+    "register.previous_address": "--previous-address",
+    "register.domicile": "--domicile",
+    "register.domicile_head": "--domicile-head",
+    "relationship": "--relationship",
+    "relationships": "--member",
+    "domicile": "--domicile",
+    "domicile_head": "--domicile-head",
 }
 
 
@@ -85,6 +120,8 @@ def register_cli(sub: Any) -> None:
         _amend,
         _remove,
         _show,
+        _household,
+        _domicile,
         _status,
         _disclose,
     ):
@@ -110,11 +147,14 @@ def _birth(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     def birth(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).RegisterBirth(
-            municipal_pb2.RegisterBirthRequest(person=_person(a), household_id=a.household)
+            municipal_pb2.RegisterBirthRequest(
+                person=_person(a), household_id=a.household, register=_register(a)
+            )
         )
 
     p = _op(ops, "birth", "register a birth (出生)", birth)
     _person_options(p)
+    _register_options(p, previous=False)
     p.add_argument("--household", default="", help="join this household (default: a new one)")
 
 
@@ -159,6 +199,7 @@ def _move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             previous_local_government_code=a.previous,
             household_id=a.household,
             effective_date=a.date,
+            register=_register(a),
         )
         if a.certificate:
             request.move_out_certificate.CopyFrom(read_certificate(a.certificate))
@@ -199,6 +240,7 @@ def _move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--household", default="", help="join this household (default: a new one)")
     p.add_argument("--date", required=True, help="effective date YYYY-MM-DD (the day of moving)")
+    _register_options(p)
 
 
 def _relocate(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -371,7 +413,10 @@ def _enter(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def enter(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).EnterExOfficio(
             municipal_pb2.EnterExOfficioRequest(
-                person=_person(a), household_id=a.household, effective_date=a.date
+                person=_person(a),
+                household_id=a.household,
+                effective_date=a.date,
+                register=_register(a),
             )
         )
 
@@ -379,6 +424,7 @@ def _enter(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _person_options(p)
     p.add_argument("--household", default="")
     p.add_argument("--date", required=True)
+    _register_options(p)
 
 
 def _amend(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -425,6 +471,93 @@ def _show(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = _op(ops, "show", "a register entry and its notifications", show)
     p.add_argument("code")
+
+
+def _member(value: str) -> municipal_pb2.MemberRelationship:
+    """``CODE=RELATIONSHIP`` of ``--member``."""
+    code, _, relationship = value.partition("=")
+    if relationship not in RELATIONSHIPS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give CODE=RELATIONSHIP, the relationship one of "
+            + ", ".join(sorted(RELATIONSHIPS))
+        )
+    return municipal_pb2.MemberRelationship(
+        resident_code=code, relationship=RELATIONSHIPS[relationship]
+    )
+
+
+def _household(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident household show`` and ``resident household change`` to ``ops``."""
+    household = ops.add_parser("household", help="households (世帯): show or change")
+    sub = household.add_subparsers(dest="household_op", required=True)
+
+    def show(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        request = (
+            municipal_pb2.GetHouseholdRequest(household_id=a.code)
+            if a.by_id
+            else municipal_pb2.GetHouseholdRequest(resident_code=a.code)
+        )
+        return _municipal(ch).GetHousehold(request)
+
+    p = _op(sub, "show", "a household: its head, address and members with their 続柄", show)
+    p.add_argument(
+        "code", metavar="CODE", help="a resident code (their household); with --id a household id"
+    )
+    p.add_argument("--id", dest="by_id", action="store_true", help="target is a household id")
+
+    def change(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        return _municipal(ch).ChangeHousehold(
+            municipal_pb2.ChangeHouseholdRequest(
+                resident_code=a.code,
+                household_id=a.household,
+                new_household=a.new,
+                relationship=_relationship(a.relationship),
+                effective_date=a.date,
+                relationships=a.member,
+            )
+        )
+
+    p = _op(
+        sub,
+        "change",
+        "世帯変更: join another household (--household), found one (--new), or change the "
+        "relationship in one's own (head: restate the others with --member)",
+        change,
+    )
+    p.add_argument("code")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--household", default="", help="join this household")
+    target.add_argument("--new", action="store_true", help="found a new household as its head")
+    p.add_argument("--relationship", choices=sorted(RELATIONSHIPS))
+    p.add_argument(
+        "--member",
+        type=_member,
+        action="append",
+        default=[],
+        metavar="CODE=RELATIONSHIP",
+        help="with --relationship head: another member's relationship to the new head",
+    )
+    p.add_argument("--date", required=True)
+
+
+def _domicile(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident domicile`` to ``ops``."""
+
+    def domicile(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        return _municipal(ch).ChangeDomicile(
+            municipal_pb2.ChangeDomicileRequest(
+                resident_code=a.code,
+                domicile=a.domicile,
+                domicile_head=a.domicile_head,
+                effective_date=a.date,
+            )
+        )
+
+    p = _op(ops, "domicile", "change of registered domicile (本籍) and its head (筆頭者)", domicile)
+    p.add_argument("code")
+    p.add_argument("--domicile", default="")
+    p.add_argument("--domicile-head", default="")
+    p.add_argument("--date", required=True)
 
 
 def _status(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -88,6 +88,132 @@ REMOVAL_GROUND_DECLARED_MISSING: RemovalGround.ValueType  # 2
 """失踪宣告"""
 Global___RemovalGround: _TypeAlias = RemovalGround  # noqa: Y015
 
+class _Relationship:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RelationshipEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Relationship.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELATIONSHIP_UNSPECIFIED: _Relationship.ValueType  # 0
+    """not recorded (entries made before it was kept)"""
+    RELATIONSHIP_HEAD: _Relationship.ValueType  # 1
+    """世帯主"""
+    RELATIONSHIP_WIFE: _Relationship.ValueType  # 2
+    """妻"""
+    RELATIONSHIP_HUSBAND: _Relationship.ValueType  # 3
+    """夫"""
+    RELATIONSHIP_UNREGISTERED_WIFE: _Relationship.ValueType  # 4
+    """妻（未届）"""
+    RELATIONSHIP_UNREGISTERED_HUSBAND: _Relationship.ValueType  # 5
+    """夫（未届）"""
+    RELATIONSHIP_CHILD: _Relationship.ValueType  # 6
+    """子"""
+    RELATIONSHIP_CHILDS_WIFE: _Relationship.ValueType  # 7
+    """子の妻"""
+    RELATIONSHIP_CHILDS_HUSBAND: _Relationship.ValueType  # 8
+    """子の夫"""
+    RELATIONSHIP_GRANDCHILD: _Relationship.ValueType  # 9
+    """孫"""
+    RELATIONSHIP_FATHER: _Relationship.ValueType  # 10
+    """父"""
+    RELATIONSHIP_MOTHER: _Relationship.ValueType  # 11
+    """母"""
+    RELATIONSHIP_GRANDFATHER: _Relationship.ValueType  # 12
+    """祖父"""
+    RELATIONSHIP_GRANDMOTHER: _Relationship.ValueType  # 13
+    """祖母"""
+    RELATIONSHIP_ELDER_BROTHER: _Relationship.ValueType  # 14
+    """兄"""
+    RELATIONSHIP_ELDER_SISTER: _Relationship.ValueType  # 15
+    """姉"""
+    RELATIONSHIP_YOUNGER_BROTHER: _Relationship.ValueType  # 16
+    """弟"""
+    RELATIONSHIP_YOUNGER_SISTER: _Relationship.ValueType  # 17
+    """妹"""
+    RELATIONSHIP_RELATIVE: _Relationship.ValueType  # 18
+    """縁故者"""
+    RELATIONSHIP_LODGER: _Relationship.ValueType  # 19
+    """同居人"""
+
+class Relationship(_Relationship, metaclass=_RelationshipEnumTypeWrapper):
+    """A resident's relationship to the head of their household (続柄)."""
+
+RELATIONSHIP_UNSPECIFIED: Relationship.ValueType  # 0
+"""not recorded (entries made before it was kept)"""
+RELATIONSHIP_HEAD: Relationship.ValueType  # 1
+"""世帯主"""
+RELATIONSHIP_WIFE: Relationship.ValueType  # 2
+"""妻"""
+RELATIONSHIP_HUSBAND: Relationship.ValueType  # 3
+"""夫"""
+RELATIONSHIP_UNREGISTERED_WIFE: Relationship.ValueType  # 4
+"""妻（未届）"""
+RELATIONSHIP_UNREGISTERED_HUSBAND: Relationship.ValueType  # 5
+"""夫（未届）"""
+RELATIONSHIP_CHILD: Relationship.ValueType  # 6
+"""子"""
+RELATIONSHIP_CHILDS_WIFE: Relationship.ValueType  # 7
+"""子の妻"""
+RELATIONSHIP_CHILDS_HUSBAND: Relationship.ValueType  # 8
+"""子の夫"""
+RELATIONSHIP_GRANDCHILD: Relationship.ValueType  # 9
+"""孫"""
+RELATIONSHIP_FATHER: Relationship.ValueType  # 10
+"""父"""
+RELATIONSHIP_MOTHER: Relationship.ValueType  # 11
+"""母"""
+RELATIONSHIP_GRANDFATHER: Relationship.ValueType  # 12
+"""祖父"""
+RELATIONSHIP_GRANDMOTHER: Relationship.ValueType  # 13
+"""祖母"""
+RELATIONSHIP_ELDER_BROTHER: Relationship.ValueType  # 14
+"""兄"""
+RELATIONSHIP_ELDER_SISTER: Relationship.ValueType  # 15
+"""姉"""
+RELATIONSHIP_YOUNGER_BROTHER: Relationship.ValueType  # 16
+"""弟"""
+RELATIONSHIP_YOUNGER_SISTER: Relationship.ValueType  # 17
+"""妹"""
+RELATIONSHIP_RELATIVE: Relationship.ValueType  # 18
+"""縁故者"""
+RELATIONSHIP_LODGER: Relationship.ValueType  # 19
+"""同居人"""
+Global___Relationship: _TypeAlias = Relationship  # noqa: Y015
+
+class _RegisterChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RegisterChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RegisterChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REGISTER_CHANGE_UNSPECIFIED: _RegisterChange.ValueType  # 0
+    REGISTER_CHANGE_HOUSEHOLD_SEPARATION: _RegisterChange.ValueType  # 1
+    """世帯分離: founds a household of their own"""
+    REGISTER_CHANGE_HOUSEHOLD_JOIN: _RegisterChange.ValueType  # 2
+    """世帯合併: joins another household"""
+    REGISTER_CHANGE_HEAD: _RegisterChange.ValueType  # 3
+    """世帯主変更"""
+    REGISTER_CHANGE_RELATIONSHIP: _RegisterChange.ValueType  # 4
+    """続柄の変更・修正"""
+    REGISTER_CHANGE_DOMICILE: _RegisterChange.ValueType  # 5
+    """本籍・筆頭者の変更"""
+
+class RegisterChange(_RegisterChange, metaclass=_RegisterChangeEnumTypeWrapper):
+    """Why a register-only item changed (no identity item changed, nothing goes upward)."""
+
+REGISTER_CHANGE_UNSPECIFIED: RegisterChange.ValueType  # 0
+REGISTER_CHANGE_HOUSEHOLD_SEPARATION: RegisterChange.ValueType  # 1
+"""世帯分離: founds a household of their own"""
+REGISTER_CHANGE_HOUSEHOLD_JOIN: RegisterChange.ValueType  # 2
+"""世帯合併: joins another household"""
+REGISTER_CHANGE_HEAD: RegisterChange.ValueType  # 3
+"""世帯主変更"""
+REGISTER_CHANGE_RELATIONSHIP: RegisterChange.ValueType  # 4
+"""続柄の変更・修正"""
+REGISTER_CHANGE_DOMICILE: RegisterChange.ValueType  # 5
+"""本籍・筆頭者の変更"""
+Global___RegisterChange: _TypeAlias = RegisterChange  # noqa: Y015
+
 @_typing.final
 class PersonDetails(_message.Message):
     """The identifying details an operator enters for a person."""
@@ -129,6 +255,42 @@ class PersonDetails(_message.Message):
 Global___PersonDetails: _TypeAlias = PersonDetails  # noqa: Y015
 
 @_typing.final
+class RegisterItems(_message.Message):
+    """Items of the register that never leave the municipal node: they are in no
+    notification and in no upper tier.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELATIONSHIP_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ADDRESS_FIELD_NUMBER: _builtins.int
+    DOMICILE_FIELD_NUMBER: _builtins.int
+    DOMICILE_HEAD_FIELD_NUMBER: _builtins.int
+    relationship: Global___Relationship.ValueType
+    """to the head of the household"""
+    previous_address: _builtins.str
+    """前住所: where a moving-in resident lived before"""
+    domicile: _builtins.str
+    """本籍"""
+    domicile_head: _builtins.str
+    """筆頭者 of the family register at the domicile"""
+    def __init__(
+        self,
+        *,
+        relationship: Global___Relationship.ValueType = ...,
+        previous_address: _builtins.str = ...,
+        domicile: _builtins.str = ...,
+        domicile_head: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domicile", b"domicile", "domicile_head", b"domicile_head", "previous_address", b"previous_address", "relationship", b"relationship"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterItems: _TypeAlias = RegisterItems  # noqa: Y015
+
+@_typing.final
 class Resident(_message.Message):
     """A register entry (住民票) as the municipality holds it."""
 
@@ -142,6 +304,8 @@ class Resident(_message.Message):
     REMOVED_ON_FIELD_NUMBER: _builtins.int
     LAST_REASON_FIELD_NUMBER: _builtins.int
     LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
+    ENTRY_REASON_FIELD_NUMBER: _builtins.int
     resident_code: _builtins.str
     household_id: _builtins.str
     status: Global___ResidentStatus.ValueType
@@ -151,8 +315,12 @@ class Resident(_message.Message):
     """effective date of the removal, if removed"""
     last_reason: _common_pb2.ChangeReason.ValueType
     local_government_code: _builtins.str
+    entry_reason: _common_pb2.ChangeReason.ValueType
+    """why the current registration began (unset: not recorded)"""
     @_builtins.property
     def person(self) -> Global___PersonDetails: ...
+    @_builtins.property
+    def register(self) -> Global___RegisterItems: ...
     def __init__(
         self,
         *,
@@ -164,14 +332,156 @@ class Resident(_message.Message):
         removed_on: _builtins.str = ...,
         last_reason: _common_pb2.ChangeReason.ValueType = ...,
         local_government_code: _builtins.str = ...,
+        register: Global___RegisterItems | None = ...,
+        entry_reason: _common_pb2.ChangeReason.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "last_reason", b"last_reason", "local_government_code", b"local_government_code", "person", b"person", "registered_on", b"registered_on", "removed_on", b"removed_on", "resident_code", b"resident_code", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_reason", b"entry_reason", "household_id", b"household_id", "last_reason", b"last_reason", "local_government_code", b"local_government_code", "person", b"person", "register", b"register", "registered_on", b"registered_on", "removed_on", b"removed_on", "resident_code", b"resident_code", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Resident: _TypeAlias = Resident  # noqa: Y015
+
+@_typing.final
+class FieldChange(_message.Message):
+    """One field of an entry as a change found and left it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """e.g. "address", "household_id", "register.relationship" """
+    before: _builtins.str
+    after: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldChange: _TypeAlias = FieldChange  # noqa: Y015
+
+@_typing.final
+class RegisterEvent(_message.Message):
+    """One change of a register entry, as the municipality keeps it: why, when it
+    took effect, when it was recorded, by whom, and what it changed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REGISTER_CHANGE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """increasing in the order changes were recorded"""
+    resident_code: _builtins.str
+    """the code at the time of the change"""
+    reason: _common_pb2.ChangeReason.ValueType
+    """set when identity items changed (a notification went up)"""
+    register_change: Global___RegisterChange.ValueType
+    """set for a change of register-only items"""
+    effective_date: _builtins.str
+    recorded_at: _builtins.str
+    """RFC 3339, UTC"""
+    operator: _builtins.str
+    """identity URI of the operator who made it"""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldChange]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        resident_code: _builtins.str = ...,
+        reason: _common_pb2.ChangeReason.ValueType = ...,
+        register_change: Global___RegisterChange.ValueType = ...,
+        effective_date: _builtins.str = ...,
+        recorded_at: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        changes: _abc.Iterable[Global___FieldChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "effective_date", b"effective_date", "id", b"id", "operator", b"operator", "reason", b"reason", "recorded_at", b"recorded_at", "register_change", b"register_change", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterEvent: _TypeAlias = RegisterEvent  # noqa: Y015
+
+@_typing.final
+class HouseholdMember(_message.Message):
+    """A member of a household as the register lists them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RELATIONSHIP_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    name: _builtins.str
+    relationship: Global___Relationship.ValueType
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        relationship: Global___Relationship.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "relationship", b"relationship", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HouseholdMember: _TypeAlias = HouseholdMember  # noqa: Y015
+
+@_typing.final
+class Household(_message.Message):
+    """A household (世帯): its head, its address and its current members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    HEAD_RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    household_id: _builtins.str
+    head_resident_code: _builtins.str
+    """empty: no current head (the head left or died)"""
+    address: _builtins.str
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___HouseholdMember]:
+        """current members, in the order entered"""
+
+    def __init__(
+        self,
+        *,
+        household_id: _builtins.str = ...,
+        head_resident_code: _builtins.str = ...,
+        address: _builtins.str = ...,
+        members: _abc.Iterable[Global___HouseholdMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "head_resident_code", b"head_resident_code", "household_id", b"household_id", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Household: _TypeAlias = Household  # noqa: Y015
 
 @_typing.final
 class RegisterBirthRequest(_message.Message):
@@ -179,21 +489,29 @@ class RegisterBirthRequest(_message.Message):
 
     PERSON_FIELD_NUMBER: _builtins.int
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
     household_id: _builtins.str
-    """empty: a new household"""
+    """empty: a new household, the child its head"""
     @_builtins.property
     def person(self) -> Global___PersonDetails:
         """birth_date is the effective date"""
+
+    @_builtins.property
+    def register(self) -> Global___RegisterItems:
+        """relationship: to the head of household_id (unset: not recorded), or HEAD
+        (or unset) for a new household. previous_address must be empty.
+        """
 
     def __init__(
         self,
         *,
         person: Global___PersonDetails | None = ...,
         household_id: _builtins.str = ...,
+        register: Global___RegisterItems | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "person", b"person"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "person", b"person", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,6 +551,7 @@ class MoveInRequest(_message.Message):
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
     EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
     MOVE_OUT_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
     origin: Global___MoveInOrigin.ValueType
     resident_code: _builtins.str
     """required from another municipality"""
@@ -248,6 +567,10 @@ class MoveInRequest(_message.Message):
         Its identity items are registered; person then gives only the new address.
         """
 
+    @_builtins.property
+    def register(self) -> Global___RegisterItems:
+        """As for a birth; previous_address defaults to the certificate's address."""
+
     def __init__(
         self,
         *,
@@ -258,10 +581,11 @@ class MoveInRequest(_message.Message):
         household_id: _builtins.str = ...,
         effective_date: _builtins.str = ...,
         move_out_certificate: _common_pb2.SignedMoveOutCertificate | None = ...,
+        register: Global___RegisterItems | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["move_out_certificate", b"move_out_certificate", "person", b"person"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["move_out_certificate", b"move_out_certificate", "person", b"person", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "household_id", b"household_id", "move_out_certificate", b"move_out_certificate", "origin", b"origin", "person", b"person", "previous_local_government_code", b"previous_local_government_code", "resident_code", b"resident_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "household_id", b"household_id", "move_out_certificate", b"move_out_certificate", "origin", b"origin", "person", b"person", "previous_local_government_code", b"previous_local_government_code", "register", b"register", "resident_code", b"resident_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -603,20 +927,26 @@ class EnterExOfficioRequest(_message.Message):
     PERSON_FIELD_NUMBER: _builtins.int
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
     EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
     household_id: _builtins.str
     effective_date: _builtins.str
     @_builtins.property
     def person(self) -> Global___PersonDetails: ...
+    @_builtins.property
+    def register(self) -> Global___RegisterItems:
+        """as for a move-in from abroad"""
+
     def __init__(
         self,
         *,
         person: Global___PersonDetails | None = ...,
         household_id: _builtins.str = ...,
         effective_date: _builtins.str = ...,
+        register: Global___RegisterItems | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "household_id", b"household_id", "person", b"person"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "household_id", b"household_id", "person", b"person", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -769,25 +1099,237 @@ class GetResidentResponse(_message.Message):
 
     RESIDENT_FIELD_NUMBER: _builtins.int
     NOTIFICATIONS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def resident(self) -> Global___Resident: ...
     @_builtins.property
     def notifications(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Notification]:
         """every notification about this resident"""
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisterEvent]:
+        """every change of the entry, oldest first"""
+
     def __init__(
         self,
         *,
         resident: Global___Resident | None = ...,
         notifications: _abc.Iterable[_common_pb2.Notification] | None = ...,
+        events: _abc.Iterable[Global___RegisterEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resident", b"resident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["notifications", b"notifications", "resident", b"resident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "notifications", b"notifications", "resident", b"resident"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetResidentResponse: _TypeAlias = GetResidentResponse  # noqa: Y015
+
+@_typing.final
+class GetHouseholdRequest(_message.Message):
+    """One of household_id, or resident_code (the household of that resident)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    household_id: _builtins.str
+    resident_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        household_id: _builtins.str = ...,
+        resident_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHouseholdRequest: _TypeAlias = GetHouseholdRequest  # noqa: Y015
+
+@_typing.final
+class GetHouseholdResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUSEHOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def household(self) -> Global___Household: ...
+    def __init__(
+        self,
+        *,
+        household: Global___Household | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["household", b"household"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household", b"household"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHouseholdResponse: _TypeAlias = GetHouseholdResponse  # noqa: Y015
+
+@_typing.final
+class MemberRelationship(_message.Message):
+    """A member's new relationship to the head, given with a change of head."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    RELATIONSHIP_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    relationship: Global___Relationship.ValueType
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        relationship: Global___Relationship.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["relationship", b"relationship", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberRelationship: _TypeAlias = MemberRelationship  # noqa: Y015
+
+@_typing.final
+class ChangeHouseholdRequest(_message.Message):
+    """世帯変更: move a resident to another household, found one of their own, or
+    change their relationship (to HEAD: the head of their household changes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    RELATIONSHIP_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
+    RELATIONSHIPS_FIELD_NUMBER: _builtins.int
+    NEW_HOUSEHOLD_FIELD_NUMBER: _builtins.int
+    NEW_ADDRESS_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    household_id: _builtins.str
+    """An existing household here to join; empty: the resident's own household
+    (a new head, or a relationship corrected), or with new_household a new one.
+    """
+    relationship: Global___Relationship.ValueType
+    """to the head of the household they end in"""
+    effective_date: _builtins.str
+    new_household: _builtins.bool
+    """found a new household, as its head"""
+    new_address: _builtins.str
+    """With new_household: its address here, if the resident moves (転居);
+    empty: their current address. Joining a household at another address
+    moves them to its address. A move changes an identity item: its
+    relocation notification (転居) goes upward, the household change does not.
+    """
+    @_builtins.property
+    def relationships(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberRelationship]:
+        """With relationship HEAD in a household that has a current head: the
+        relationships of other members to the new head (the former head's is required).
+        """
+
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        household_id: _builtins.str = ...,
+        relationship: Global___Relationship.ValueType = ...,
+        effective_date: _builtins.str = ...,
+        relationships: _abc.Iterable[Global___MemberRelationship] | None = ...,
+        new_household: _builtins.bool = ...,
+        new_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_date", b"effective_date", "household_id", b"household_id", "new_address", b"new_address", "new_household", b"new_household", "relationship", b"relationship", "relationships", b"relationships", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeHouseholdRequest: _TypeAlias = ChangeHouseholdRequest  # noqa: Y015
+
+@_typing.final
+class ChangeHouseholdResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUSEHOLD_FIELD_NUMBER: _builtins.int
+    RESIDENTS_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_SEQUENCE_FIELD_NUMBER: _builtins.int
+    notification_sequence: _builtins.int
+    """of the relocation, when the resident moved; else 0"""
+    @_builtins.property
+    def household(self) -> Global___Household:
+        """the household the resident is in after the change"""
+
+    @_builtins.property
+    def residents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resident]:
+        """every entry the change touched"""
+
+    def __init__(
+        self,
+        *,
+        household: Global___Household | None = ...,
+        residents: _abc.Iterable[Global___Resident] | None = ...,
+        notification_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["household", b"household"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household", b"household", "notification_sequence", b"notification_sequence", "residents", b"residents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeHouseholdResponse: _TypeAlias = ChangeHouseholdResponse  # noqa: Y015
+
+@_typing.final
+class ChangeDomicileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    DOMICILE_FIELD_NUMBER: _builtins.int
+    DOMICILE_HEAD_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    domicile: _builtins.str
+    """本籍; empty: none (e.g. a foreign resident)"""
+    domicile_head: _builtins.str
+    """筆頭者"""
+    effective_date: _builtins.str
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        domicile: _builtins.str = ...,
+        domicile_head: _builtins.str = ...,
+        effective_date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domicile", b"domicile", "domicile_head", b"domicile_head", "effective_date", b"effective_date", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeDomicileRequest: _TypeAlias = ChangeDomicileRequest  # noqa: Y015
+
+@_typing.final
+class ChangeDomicileResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resident(self) -> Global___Resident: ...
+    def __init__(
+        self,
+        *,
+        resident: Global___Resident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resident", b"resident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resident", b"resident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeDomicileResponse: _TypeAlias = ChangeDomicileResponse  # noqa: Y015
 
 @_typing.final
 class ExportResidentsRequest(_message.Message):
@@ -839,6 +1381,7 @@ class ImportRow(_message.Message):
     PERSON_FIELD_NUMBER: _builtins.int
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
     REGISTERED_ON_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
     line: _builtins.int
     """line number in the source, for error reports"""
     source_id: _builtins.str
@@ -847,6 +1390,12 @@ class ImportRow(_message.Message):
     registered_on: _builtins.str
     @_builtins.property
     def person(self) -> Global___PersonDetails: ...
+    @_builtins.property
+    def register(self) -> Global___RegisterItems:
+        """Relationship (HEAD: the head of household_id; without a household_id
+        the row is the head of a household of its own), previous address, domicile.
+        """
+
     def __init__(
         self,
         *,
@@ -855,10 +1404,11 @@ class ImportRow(_message.Message):
         person: Global___PersonDetails | None = ...,
         household_id: _builtins.str = ...,
         registered_on: _builtins.str = ...,
+        register: Global___RegisterItems | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "line", b"line", "person", b"person", "registered_on", b"registered_on", "source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "line", b"line", "person", b"person", "register", b"register", "registered_on", b"registered_on", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -95,6 +95,21 @@ class MunicipalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_municipal__pb2.GetResidentRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_municipal__pb2.GetResidentResponse.FromString,
                 _registered_method=True)
+        self.GetHousehold = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/GetHousehold',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.GetHouseholdRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.GetHouseholdResponse.FromString,
+                _registered_method=True)
+        self.ChangeHousehold = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/ChangeHousehold',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.ChangeHouseholdRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.ChangeHouseholdResponse.FromString,
+                _registered_method=True)
+        self.ChangeDomicile = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/ChangeDomicile',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.ChangeDomicileRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.ChangeDomicileResponse.FromString,
+                _registered_method=True)
         self.ExportResidents = channel.unary_stream(
                 '/jukinet.v1.MunicipalService/ExportResidents',
                 request_serializer=jukinet_dot_v1_dot_municipal__pb2.ExportResidentsRequest.SerializeToString,
@@ -193,6 +208,24 @@ class MunicipalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHousehold(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeHousehold(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeDomicile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportResidents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -281,6 +314,21 @@ def add_MunicipalServiceServicer_to_server(servicer, server):
                     servicer.GetResident,
                     request_deserializer=jukinet_dot_v1_dot_municipal__pb2.GetResidentRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_municipal__pb2.GetResidentResponse.SerializeToString,
+            ),
+            'GetHousehold': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHousehold,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.GetHouseholdRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.GetHouseholdResponse.SerializeToString,
+            ),
+            'ChangeHousehold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeHousehold,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.ChangeHouseholdRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.ChangeHouseholdResponse.SerializeToString,
+            ),
+            'ChangeDomicile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeDomicile,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.ChangeDomicileRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.ChangeDomicileResponse.SerializeToString,
             ),
             'ExportResidents': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportResidents,
@@ -627,6 +675,87 @@ class MunicipalService:
             '/jukinet.v1.MunicipalService/GetResident',
             jukinet_dot_v1_dot_municipal__pb2.GetResidentRequest.SerializeToString,
             jukinet_dot_v1_dot_municipal__pb2.GetResidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHousehold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/GetHousehold',
+            jukinet_dot_v1_dot_municipal__pb2.GetHouseholdRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.GetHouseholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeHousehold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/ChangeHousehold',
+            jukinet_dot_v1_dot_municipal__pb2.ChangeHouseholdRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.ChangeHouseholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeDomicile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/ChangeDomicile',
+            jukinet_dot_v1_dot_municipal__pb2.ChangeDomicileRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.ChangeDomicileResponse.FromString,
             options,
             channel_credentials,
             insecure,

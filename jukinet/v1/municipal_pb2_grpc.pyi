@@ -48,6 +48,9 @@ class MunicipalServiceStub:
     Amend: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.AmendRequest, _municipal_pb2.AmendResponse]
     RemoveExOfficio: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.RemoveExOfficioRequest, _municipal_pb2.RemoveExOfficioResponse]
     GetResident: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.GetResidentRequest, _municipal_pb2.GetResidentResponse]
+    GetHousehold: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.GetHouseholdRequest, _municipal_pb2.GetHouseholdResponse]
+    ChangeHousehold: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ChangeHouseholdRequest, _municipal_pb2.ChangeHouseholdResponse]
+    ChangeDomicile: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ChangeDomicileRequest, _municipal_pb2.ChangeDomicileResponse]
     ExportResidents: _grpc.UnaryStreamMultiCallable[_municipal_pb2.ExportResidentsRequest, _municipal_pb2.ExportResidentsResponse]
     ImportResidents: _grpc.StreamStreamMultiCallable[_municipal_pb2.ImportResidentsRequest, _municipal_pb2.ImportResidentsResponse]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.GetMunicipalStatusRequest, _municipal_pb2.GetMunicipalStatusResponse]
@@ -72,6 +75,9 @@ class MunicipalServiceAsyncStub(MunicipalServiceStub):
     Amend: _aio.UnaryUnaryMultiCallable[_municipal_pb2.AmendRequest, _municipal_pb2.AmendResponse]  # type: ignore[assignment]
     RemoveExOfficio: _aio.UnaryUnaryMultiCallable[_municipal_pb2.RemoveExOfficioRequest, _municipal_pb2.RemoveExOfficioResponse]  # type: ignore[assignment]
     GetResident: _aio.UnaryUnaryMultiCallable[_municipal_pb2.GetResidentRequest, _municipal_pb2.GetResidentResponse]  # type: ignore[assignment]
+    GetHousehold: _aio.UnaryUnaryMultiCallable[_municipal_pb2.GetHouseholdRequest, _municipal_pb2.GetHouseholdResponse]  # type: ignore[assignment]
+    ChangeHousehold: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ChangeHouseholdRequest, _municipal_pb2.ChangeHouseholdResponse]  # type: ignore[assignment]
+    ChangeDomicile: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ChangeDomicileRequest, _municipal_pb2.ChangeDomicileResponse]  # type: ignore[assignment]
     ExportResidents: _aio.UnaryStreamMultiCallable[_municipal_pb2.ExportResidentsRequest, _municipal_pb2.ExportResidentsResponse]  # type: ignore[assignment]
     ImportResidents: _aio.StreamStreamMultiCallable[_municipal_pb2.ImportResidentsRequest, _municipal_pb2.ImportResidentsResponse]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_municipal_pb2.GetMunicipalStatusRequest, _municipal_pb2.GetMunicipalStatusResponse]  # type: ignore[assignment]
@@ -165,6 +171,27 @@ class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _municipal_pb2.GetResidentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_municipal_pb2.GetResidentResponse, _abc.Awaitable[_municipal_pb2.GetResidentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetHousehold(
+        self,
+        request: _municipal_pb2.GetHouseholdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.GetHouseholdResponse, _abc.Awaitable[_municipal_pb2.GetHouseholdResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangeHousehold(
+        self,
+        request: _municipal_pb2.ChangeHouseholdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.ChangeHouseholdResponse, _abc.Awaitable[_municipal_pb2.ChangeHouseholdResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangeDomicile(
+        self,
+        request: _municipal_pb2.ChangeDomicileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.ChangeDomicileResponse, _abc.Awaitable[_municipal_pb2.ChangeDomicileResponse]]: ...
 
     @_abc_1.abstractmethod
     def ExportResidents(

@@ -23,16 +23,17 @@ _sym_db = _symbol_database.Default()
 
 
 from jukinet.v1 import delivery_pb2 as jukinet_dot_v1_dot_delivery__pb2
+from jukinet.v1 import oplog_pb2 as jukinet_dot_v1_dot_oplog__pb2
 from jukinet.v1 import provision_pb2 as jukinet_dot_v1_dot_provision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jukinet/v1/national.proto\x12\njukinet.v1\x1a\x19jukinet/v1/delivery.proto\x1a\x1ajukinet/v1/provision.proto2\x97\x07\n\x0fNationalService\x12\x64\n\x11PushNotifications\x12$.jukinet.v1.PushNotificationsRequest\x1a%.jukinet.v1.PushNotificationsResponse(\x01\x30\x01\x12]\n\x10\x41llocateCodePool\x12#.jukinet.v1.AllocateCodePoolRequest\x1a$.jukinet.v1.AllocateCodePoolResponse\x12N\n\x0bGetIdentity\x12\x1e.jukinet.v1.GetIdentityRequest\x1a\x1f.jukinet.v1.GetIdentityResponse\x12_\n\x10\x45xportIdentities\x12#.jukinet.v1.ExportIdentitiesRequest\x1a$.jukinet.v1.ExportIdentitiesResponse0\x01\x12`\n\x11GetDeliveryStatus\x12$.jukinet.v1.GetDeliveryStatusRequest\x1a%.jukinet.v1.GetDeliveryStatusResponse\x12\x66\n\x13ProvideVerification\x12&.jukinet.v1.ProvideVerificationRequest\x1a\'.jukinet.v1.ProvideVerificationResponse\x12T\n\rProvideRecord\x12 .jukinet.v1.ProvideRecordRequest\x1a!.jukinet.v1.ProvideRecordResponse\x12T\n\rProvideSearch\x12 .jukinet.v1.ProvideSearchRequest\x1a!.jukinet.v1.ProvideSearchResponse\x12Q\n\x0cRecordDenial\x12\x1f.jukinet.v1.RecordDenialRequest\x1a .jukinet.v1.RecordDenialResponse\x12\x45\n\x08\x44isclose\x12\x1b.jukinet.v1.DiscloseRequest\x1a\x1c.jukinet.v1.DiscloseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jukinet/v1/national.proto\x12\njukinet.v1\x1a\x19jukinet/v1/delivery.proto\x1a\x16jukinet/v1/oplog.proto\x1a\x1ajukinet/v1/provision.proto2\xcf\x08\n\x0fNationalService\x12\x64\n\x11PushNotifications\x12$.jukinet.v1.PushNotificationsRequest\x1a%.jukinet.v1.PushNotificationsResponse(\x01\x30\x01\x12]\n\x10\x41llocateCodePool\x12#.jukinet.v1.AllocateCodePoolRequest\x1a$.jukinet.v1.AllocateCodePoolResponse\x12N\n\x0bGetIdentity\x12\x1e.jukinet.v1.GetIdentityRequest\x1a\x1f.jukinet.v1.GetIdentityResponse\x12_\n\x10\x45xportIdentities\x12#.jukinet.v1.ExportIdentitiesRequest\x1a$.jukinet.v1.ExportIdentitiesResponse0\x01\x12`\n\x11GetDeliveryStatus\x12$.jukinet.v1.GetDeliveryStatusRequest\x1a%.jukinet.v1.GetDeliveryStatusResponse\x12\x66\n\x13ProvideVerification\x12&.jukinet.v1.ProvideVerificationRequest\x1a\'.jukinet.v1.ProvideVerificationResponse\x12T\n\rProvideRecord\x12 .jukinet.v1.ProvideRecordRequest\x1a!.jukinet.v1.ProvideRecordResponse\x12T\n\rProvideSearch\x12 .jukinet.v1.ProvideSearchRequest\x1a!.jukinet.v1.ProvideSearchResponse\x12Q\n\x0cRecordDenial\x12\x1f.jukinet.v1.RecordDenialRequest\x1a .jukinet.v1.RecordDenialResponse\x12\x45\n\x08\x44isclose\x12\x1b.jukinet.v1.DiscloseRequest\x1a\x1c.jukinet.v1.DiscloseResponse\x12]\n\x10SubmitCheckpoint\x12#.jukinet.v1.SubmitCheckpointRequest\x1a$.jukinet.v1.SubmitCheckpointResponse\x12W\n\x0eGetCheckpoints\x12!.jukinet.v1.GetCheckpointsRequest\x1a\".jukinet.v1.GetCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jukinet.v1.national_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NATIONALSERVICE']._serialized_start=97
-  _globals['_NATIONALSERVICE']._serialized_end=1016
+  _globals['_NATIONALSERVICE']._serialized_start=121
+  _globals['_NATIONALSERVICE']._serialized_end=1224
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from jukinet.v1 import delivery_pb2 as jukinet_dot_v1_dot_delivery__pb2
+from jukinet.v1 import oplog_pb2 as jukinet_dot_v1_dot_oplog__pb2
 from jukinet.v1 import provision_pb2 as jukinet_dot_v1_dot_provision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -85,6 +86,16 @@ class NationalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
                 _registered_method=True)
+        self.SubmitCheckpoint = channel.unary_unary(
+                '/jukinet.v1.NationalService/SubmitCheckpoint',
+                request_serializer=jukinet_dot_v1_dot_oplog__pb2.SubmitCheckpointRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_oplog__pb2.SubmitCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoints = channel.unary_unary(
+                '/jukinet.v1.NationalService/GetCheckpoints',
+                request_serializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class NationalServiceServicer:
@@ -156,6 +167,20 @@ class NationalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitCheckpoint(self, request, context):
+        """Prefectures only, for its own operation log: the head is kept and cosigned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoints(self, request, context):
+        """The heads held for a log: its node itself, and this tier's operators (audit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NationalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +233,16 @@ def add_NationalServiceServicer_to_server(servicer, server):
                     servicer.Disclose,
                     request_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.SerializeToString,
+            ),
+            'SubmitCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCheckpoint,
+                    request_deserializer=jukinet_dot_v1_dot_oplog__pb2.SubmitCheckpointRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_oplog__pb2.SubmitCheckpointResponse.SerializeToString,
+            ),
+            'GetCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoints,
+                    request_deserializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +515,60 @@ class NationalService:
             '/jukinet.v1.NationalService/Disclose',
             jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
             jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/SubmitCheckpoint',
+            jukinet_dot_v1_dot_oplog__pb2.SubmitCheckpointRequest.SerializeToString,
+            jukinet_dot_v1_dot_oplog__pb2.SubmitCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/GetCheckpoints',
+            jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsRequest.SerializeToString,
+            jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

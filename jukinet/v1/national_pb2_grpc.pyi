@@ -8,6 +8,7 @@ nationwide-unique resident-code pools.
 from collections import abc as _abc
 from grpc import aio as _aio
 from jukinet.v1 import delivery_pb2 as _delivery_pb2
+from jukinet.v1 import oplog_pb2 as _oplog_pb2
 from jukinet.v1 import provision_pb2 as _provision_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -51,6 +52,10 @@ class NationalServiceStub:
     """A resident's own record and its provisions: prefectures relaying for a
     municipality's counter, and national operators.
     """
+    SubmitCheckpoint: _grpc.UnaryUnaryMultiCallable[_oplog_pb2.SubmitCheckpointRequest, _oplog_pb2.SubmitCheckpointResponse]
+    """Prefectures only, for its own operation log: the head is kept and cosigned."""
+    GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_oplog_pb2.GetCheckpointsRequest, _oplog_pb2.GetCheckpointsResponse]
+    """The heads held for a log: its node itself, and this tier's operators (audit)."""
 
 @_typing.type_check_only
 class NationalServiceAsyncStub(NationalServiceStub):
@@ -72,6 +77,10 @@ class NationalServiceAsyncStub(NationalServiceStub):
     """A resident's own record and its provisions: prefectures relaying for a
     municipality's counter, and national operators.
     """
+    SubmitCheckpoint: _aio.UnaryUnaryMultiCallable[_oplog_pb2.SubmitCheckpointRequest, _oplog_pb2.SubmitCheckpointResponse]  # type: ignore[assignment]
+    """Prefectures only, for its own operation log: the head is kept and cosigned."""
+    GetCheckpoints: _aio.UnaryUnaryMultiCallable[_oplog_pb2.GetCheckpointsRequest, _oplog_pb2.GetCheckpointsResponse]  # type: ignore[assignment]
+    """The heads held for a log: its node itself, and this tier's operators (audit)."""
 
 class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -150,5 +159,21 @@ class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
         """A resident's own record and its provisions: prefectures relaying for a
         municipality's counter, and national operators.
         """
+
+    @_abc_1.abstractmethod
+    def SubmitCheckpoint(
+        self,
+        request: _oplog_pb2.SubmitCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oplog_pb2.SubmitCheckpointResponse, _abc.Awaitable[_oplog_pb2.SubmitCheckpointResponse]]:
+        """Prefectures only, for its own operation log: the head is kept and cosigned."""
+
+    @_abc_1.abstractmethod
+    def GetCheckpoints(
+        self,
+        request: _oplog_pb2.GetCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oplog_pb2.GetCheckpointsResponse, _abc.Awaitable[_oplog_pb2.GetCheckpointsResponse]]:
+        """The heads held for a log: its node itself, and this tier's operators (audit)."""
 
 def add_NationalServiceServicer_to_server(servicer: NationalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,16 +23,17 @@ _sym_db = _symbol_database.Default()
 
 
 from jukinet.v1 import delivery_pb2 as jukinet_dot_v1_dot_delivery__pb2
+from jukinet.v1 import oplog_pb2 as jukinet_dot_v1_dot_oplog__pb2
 from jukinet.v1 import provision_pb2 as jukinet_dot_v1_dot_provision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjukinet/v1/prefecture.proto\x12\njukinet.v1\x1a\x19jukinet/v1/delivery.proto\x1a\x1ajukinet/v1/provision.proto2\xb2\x04\n\x11PrefectureService\x12\x64\n\x11PushNotifications\x12$.jukinet.v1.PushNotificationsRequest\x1a%.jukinet.v1.PushNotificationsResponse(\x01\x30\x01\x12]\n\x10\x41llocateCodePool\x12#.jukinet.v1.AllocateCodePoolRequest\x1a$.jukinet.v1.AllocateCodePoolResponse\x12N\n\x0bGetIdentity\x12\x1e.jukinet.v1.GetIdentityRequest\x1a\x1f.jukinet.v1.GetIdentityResponse\x12_\n\x10\x45xportIdentities\x12#.jukinet.v1.ExportIdentitiesRequest\x1a$.jukinet.v1.ExportIdentitiesResponse0\x01\x12`\n\x11GetDeliveryStatus\x12$.jukinet.v1.GetDeliveryStatusRequest\x1a%.jukinet.v1.GetDeliveryStatusResponse\x12\x45\n\x08\x44isclose\x12\x1b.jukinet.v1.DiscloseRequest\x1a\x1c.jukinet.v1.DiscloseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjukinet/v1/prefecture.proto\x12\njukinet.v1\x1a\x19jukinet/v1/delivery.proto\x1a\x16jukinet/v1/oplog.proto\x1a\x1ajukinet/v1/provision.proto2\xea\x05\n\x11PrefectureService\x12\x64\n\x11PushNotifications\x12$.jukinet.v1.PushNotificationsRequest\x1a%.jukinet.v1.PushNotificationsResponse(\x01\x30\x01\x12]\n\x10\x41llocateCodePool\x12#.jukinet.v1.AllocateCodePoolRequest\x1a$.jukinet.v1.AllocateCodePoolResponse\x12N\n\x0bGetIdentity\x12\x1e.jukinet.v1.GetIdentityRequest\x1a\x1f.jukinet.v1.GetIdentityResponse\x12_\n\x10\x45xportIdentities\x12#.jukinet.v1.ExportIdentitiesRequest\x1a$.jukinet.v1.ExportIdentitiesResponse0\x01\x12`\n\x11GetDeliveryStatus\x12$.jukinet.v1.GetDeliveryStatusRequest\x1a%.jukinet.v1.GetDeliveryStatusResponse\x12\x45\n\x08\x44isclose\x12\x1b.jukinet.v1.DiscloseRequest\x1a\x1c.jukinet.v1.DiscloseResponse\x12]\n\x10SubmitCheckpoint\x12#.jukinet.v1.SubmitCheckpointRequest\x1a$.jukinet.v1.SubmitCheckpointResponse\x12W\n\x0eGetCheckpoints\x12!.jukinet.v1.GetCheckpointsRequest\x1a\".jukinet.v1.GetCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jukinet.v1.prefecture_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREFECTURESERVICE']._serialized_start=99
-  _globals['_PREFECTURESERVICE']._serialized_end=661
+  _globals['_PREFECTURESERVICE']._serialized_start=123
+  _globals['_PREFECTURESERVICE']._serialized_end=869
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ keeps their identity records, relays upward and hands out code pools.
 from collections import abc as _abc
 from grpc import aio as _aio
 from jukinet.v1 import delivery_pb2 as _delivery_pb2
+from jukinet.v1 import oplog_pb2 as _oplog_pb2
 from jukinet.v1 import provision_pb2 as _provision_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -46,6 +47,10 @@ class PrefectureServiceStub:
     """Municipalities of this prefecture, for a resident at their counter: relayed
     to the national node.
     """
+    SubmitCheckpoint: _grpc.UnaryUnaryMultiCallable[_oplog_pb2.SubmitCheckpointRequest, _oplog_pb2.SubmitCheckpointResponse]
+    """Municipality of this prefecture only, for its own operation log: the head is kept and cosigned."""
+    GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_oplog_pb2.GetCheckpointsRequest, _oplog_pb2.GetCheckpointsResponse]
+    """The heads held for a log: its node itself, and this tier's operators (audit)."""
 
 @_typing.type_check_only
 class PrefectureServiceAsyncStub(PrefectureServiceStub):
@@ -62,6 +67,10 @@ class PrefectureServiceAsyncStub(PrefectureServiceStub):
     """Municipalities of this prefecture, for a resident at their counter: relayed
     to the national node.
     """
+    SubmitCheckpoint: _aio.UnaryUnaryMultiCallable[_oplog_pb2.SubmitCheckpointRequest, _oplog_pb2.SubmitCheckpointResponse]  # type: ignore[assignment]
+    """Municipality of this prefecture only, for its own operation log: the head is kept and cosigned."""
+    GetCheckpoints: _aio.UnaryUnaryMultiCallable[_oplog_pb2.GetCheckpointsRequest, _oplog_pb2.GetCheckpointsResponse]  # type: ignore[assignment]
+    """The heads held for a log: its node itself, and this tier's operators (audit)."""
 
 class PrefectureServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,5 +120,21 @@ class PrefectureServiceServicer(metaclass=_abc_1.ABCMeta):
         """Municipalities of this prefecture, for a resident at their counter: relayed
         to the national node.
         """
+
+    @_abc_1.abstractmethod
+    def SubmitCheckpoint(
+        self,
+        request: _oplog_pb2.SubmitCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oplog_pb2.SubmitCheckpointResponse, _abc.Awaitable[_oplog_pb2.SubmitCheckpointResponse]]:
+        """Municipality of this prefecture only, for its own operation log: the head is kept and cosigned."""
+
+    @_abc_1.abstractmethod
+    def GetCheckpoints(
+        self,
+        request: _oplog_pb2.GetCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oplog_pb2.GetCheckpointsResponse, _abc.Awaitable[_oplog_pb2.GetCheckpointsResponse]]:
+        """The heads held for a log: its node itself, and this tier's operators (audit)."""
 
 def add_PrefectureServiceServicer_to_server(servicer: PrefectureServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import ServiceDescriptor
 
+from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
 from jukinet.interceptors import Rule, operator_of, service_rules
 from jukinet.v1 import municipal_pb2
 
@@ -37,9 +38,41 @@ def rules(local_government_code: str) -> dict[str, Rule]:
             "Amend": own_operator,
             "RemoveExOfficio": own_operator,
             "GetResident": own_operator,
+            "GetHousehold": own_operator,
+            "ChangeHousehold": own_operator,
+            "ChangeDomicile": own_operator,
             "ExportResidents": own_operator,
             "ImportResidents": own_operator,
             "GetStatus": own_operator,
             "DiscloseProvisions": own_operator,
+        },
+    )
+
+
+def audited() -> dict[str, Extractor]:
+    """How each method's messages name the residents an operation log entry records."""
+    codes = resident_codes_in
+    return audit_table(
+        SERVICE,
+        {
+            "RegisterBirth": codes,
+            "MoveIn": codes,
+            "Relocate": codes,
+            "ChangeName": codes,
+            "MoveOut": codes,
+            "ReissueMoveOutCertificate": codes,
+            "RecordDeath": codes,
+            "ChangeResidentCode": codes,
+            "EnterExOfficio": codes,
+            "Amend": codes,
+            "RemoveExOfficio": codes,
+            "GetResident": codes,
+            "GetHousehold": codes,
+            "ChangeHousehold": codes,
+            "ChangeDomicile": codes,
+            "ExportResidents": codes,
+            "ImportResidents": codes,
+            "GetStatus": no_residents,
+            "DiscloseProvisions": codes,
         },
     )

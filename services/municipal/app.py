@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from jukinet.audit import NodeLog, log_key_path, verifiers_path
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import MunicipalConfig
 from jukinet.db import Database
@@ -23,7 +24,7 @@ from jukinet.server import RunningServer, start_server
 from jukinet.tls import RevocationList, TlsFiles, secure_channel
 from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc
 from services.municipal import models
-from services.municipal.access import rules
+from services.municipal.access import audited, rules
 from services.municipal.pool import PoolKeeper
 from services.municipal.service import CertificateKeys, MunicipalService
 from services.municipal.servicer import MunicipalServicer
@@ -56,6 +57,16 @@ class MunicipalApp:
         self.metrics = MunicipalMetrics()
         self.db = Database(config.database_url, on_storage_full=self.metrics.storage.count_full)
         self.outbox = Outbox(models.outbox)
+        self.log = NodeLog(
+            identity=Identity.municipality(config.local_government_code),
+            db=self.db,
+            tables=models.oplog,
+            audited=audited(),
+            clock=clock,
+            log_key=log_key_path(config.log_key, config.tls.key),
+            verifiers=verifiers_path(config.log_verifiers, config.tls.ca),
+            interval=config.checkpoint_interval,
+        )
         self._channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: RunningServer | None = None
@@ -68,6 +79,7 @@ class MunicipalApp:
         channel = secure_channel(self.config.prefecture_target, self.config.tls)
         self._channel = channel
         prefecture = prefecture_pb2_grpc.PrefectureServiceStub(channel)
+        self.log.keeper.submit = prefecture.SubmitCheckpoint
         pool = PoolKeeper(
             db=self.db,
             municipality=self.config.local_government_code,
@@ -112,7 +124,9 @@ class MunicipalApp:
             register=add,
             service_names=[SERVICE],
             metrics=self.metrics,
+            audit=self.log.recorder,
         )
+        self.log.start()
         self._tasks = [
             asyncio.create_task(pusher.run(), name="pusher"),
             asyncio.create_task(pool.run(), name="pool-keeper"),
@@ -128,6 +142,7 @@ class MunicipalApp:
                 await task
         if self._server is not None:
             await self._server.stop()
+        await self.log.stop()
         if self._channel is not None:
             await self._channel.close(grace=None)
         await self.db.close()

@@ -4,19 +4,24 @@ entered, and turning a register change into its notification."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import TypeAlias
 
 from jukinet.errors import BeforeRegistration, FailedPrecondition, InvalidArgument
 from jukinet.movecert import check_fits
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2
 from jukinet.validation import (
+    MAX_ADDRESS,
     REASON_KIND,
     check_address,
     check_birth_date,
     check_kana,
     check_name,
     check_sex,
+    check_text,
 )
 from jukinet.vocabulary import PERSON_FIELDS, Person, person_values
 
@@ -101,6 +106,91 @@ def check_amended_birth(person: Person, resident: ResidentState, field: str) -> 
         )
 
 
+RelationshipValue: TypeAlias = municipal_pb2.Relationship.ValueType
+UNRECORDED = municipal_pb2.RELATIONSHIP_UNSPECIFIED
+HEAD = municipal_pb2.RELATIONSHIP_HEAD
+
+RELATIONSHIP_LABELS: dict[RelationshipValue, str] = {
+    municipal_pb2.RELATIONSHIP_UNSPECIFIED: "",
+    municipal_pb2.RELATIONSHIP_HEAD: "世帯主",
+    municipal_pb2.RELATIONSHIP_WIFE: "妻",
+    municipal_pb2.RELATIONSHIP_HUSBAND: "夫",
+    municipal_pb2.RELATIONSHIP_UNREGISTERED_WIFE: "妻（未届）",
+    municipal_pb2.RELATIONSHIP_UNREGISTERED_HUSBAND: "夫（未届）",
+    municipal_pb2.RELATIONSHIP_CHILD: "子",
+    municipal_pb2.RELATIONSHIP_CHILDS_WIFE: "子の妻",
+    municipal_pb2.RELATIONSHIP_CHILDS_HUSBAND: "子の夫",
+    municipal_pb2.RELATIONSHIP_GRANDCHILD: "孫",
+    municipal_pb2.RELATIONSHIP_FATHER: "父",
+    municipal_pb2.RELATIONSHIP_MOTHER: "母",
+    municipal_pb2.RELATIONSHIP_GRANDFATHER: "祖父",
+    municipal_pb2.RELATIONSHIP_GRANDMOTHER: "祖母",
+    municipal_pb2.RELATIONSHIP_ELDER_BROTHER: "兄",
+    municipal_pb2.RELATIONSHIP_ELDER_SISTER: "姉",
+    municipal_pb2.RELATIONSHIP_YOUNGER_BROTHER: "弟",
+    municipal_pb2.RELATIONSHIP_YOUNGER_SISTER: "妹",
+    municipal_pb2.RELATIONSHIP_RELATIVE: "縁故者",
+    municipal_pb2.RELATIONSHIP_LODGER: "同居人",
+}
+"""The relationship to the head (続柄) as the register writes it; the unit test
+checks that every value of the enum has its label."""
+
+
+def check_relationship(value: int, field: str) -> RelationshipValue:
+    """A relationship of the closed vocabulary (unset allowed: not recorded)."""
+    if value not in RELATIONSHIP_LABELS:
+        raise InvalidArgument(field, f"unknown relationship value {value}")
+    return municipal_pb2.Relationship.ValueType(value)
+
+
+@dataclass(frozen=True)
+class Register:
+    """The items of an entry that never leave the municipal node."""
+
+    relationship: RelationshipValue = UNRECORDED
+    previous_address: str = ""
+    domicile: str = ""
+    domicile_head: str = ""
+
+    def to_proto(self) -> municipal_pb2.RegisterItems:
+        """The items as the wire carries them."""
+        return municipal_pb2.RegisterItems(
+            relationship=self.relationship,
+            previous_address=self.previous_address,
+            domicile=self.domicile,
+            domicile_head=self.domicile_head,
+        )
+
+
+def check_domicile(domicile: str, head: str, prefix: str = "") -> tuple[str, str]:
+    """A registered domicile (本籍) and the head of its family register (筆頭者),
+    both optional, the head only with a domicile."""
+    domicile = check_text(domicile, f"{prefix}domicile", MAX_ADDRESS, required=False)
+    head = check_name(head, f"{prefix}domicile_head", required=False)
+    if head and not domicile:
+        raise InvalidArgument(f"{prefix}domicile_head", "given without a domicile")
+    return domicile, head
+
+
+def check_register(
+    items: municipal_pb2.RegisterItems,
+    prefix: str = "register",
+    *,
+    previous_address: bool = True,
+    default_previous: str = "",
+) -> Register:
+    """The register-only items an operator enters with a new entry; a birth
+    has no previous address (``previous_address`` False)."""
+    relationship = check_relationship(items.relationship, f"{prefix}.relationship")
+    previous = check_text(
+        items.previous_address, f"{prefix}.previous_address", MAX_ADDRESS, required=False
+    )
+    if previous and not previous_address:
+        raise InvalidArgument(f"{prefix}.previous_address", "not for a birth")
+    domicile, head = check_domicile(items.domicile, items.domicile_head, f"{prefix}.")
+    return Register(relationship, previous or default_previous, domicile, head)
+
+
 @dataclass(frozen=True)
 class ResidentState:
     """A register entry as stored."""
@@ -113,6 +203,8 @@ class ResidentState:
     registered_on: str
     removed_on: str
     last_reason: common_pb2.ChangeReason.ValueType
+    register: Register = dataclass_field(default_factory=Register)
+    entry_reason: common_pb2.ChangeReason.ValueType = common_pb2.CHANGE_REASON_UNSPECIFIED
 
     def require_active(self) -> None:
         """Refuse an operation on a resident no longer registered here."""
@@ -133,7 +225,48 @@ class ResidentState:
             removed_on=self.removed_on,
             last_reason=self.last_reason,
             local_government_code=local_government_code,
+            register=self.register.to_proto(),
+            entry_reason=self.entry_reason,
         )
+
+    def fields(self) -> dict[str, str]:
+        """The entry's fields as text, as a change event compares them."""
+        out: dict[str, str] = {"resident_code": self.resident_code}
+        out.update({n: str(v) for n, v in person_values(self.person).items()})
+        out["sex"] = common_pb2.Sex.Name(self.person.sex)
+        out.update(
+            household_id=self.household_id,
+            status=municipal_pb2.ResidentStatus.Name(self.status),
+            registered_on=self.registered_on,
+            removed_on=self.removed_on,
+            **{
+                "register.relationship": RELATIONSHIP_LABELS[self.register.relationship],
+                "register.previous_address": self.register.previous_address,
+                "register.domicile": self.register.domicile,
+                "register.domicile_head": self.register.domicile_head,
+            },
+        )
+        return out
+
+
+def changed_fields(before: ResidentState | None, after: ResidentState) -> str:
+    """The fields ``after`` changed from ``before`` (nothing: a new entry), as
+    the JSON an event stores: a list of {field, before, after}."""
+    old = before.fields() if before is not None else {}
+    new = after.fields()
+    return json.dumps(
+        [
+            {"field": f, "before": old.get(f, ""), "after": v}
+            for f, v in new.items()
+            if old.get(f, "") != v
+        ],
+        ensure_ascii=False,
+    )
+
+
+def event_changes(stored: str) -> list[municipal_pb2.FieldChange]:
+    """The changes of a stored event, as the wire carries them."""
+    return [municipal_pb2.FieldChange(**c) for c in json.loads(stored)]
 
 
 @dataclass(frozen=True)

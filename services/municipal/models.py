@@ -12,9 +12,11 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
 )
 
 from jukinet.delivery.outbox import define_outbox
+from jukinet.oplog.log import define_oplog_tables
 from jukinet.vocabulary import person_columns
 
 metadata = MetaData()
@@ -35,7 +37,47 @@ residents = Table(
     Column("removed_on", String(10), nullable=False),
     Column("last_reason", SmallInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Register-only items: they never leave the municipal node.
+    Column("relationship", SmallInteger, nullable=False, server_default="0"),  # 続柄
+    Column("previous_address", String(200), nullable=False, server_default=""),  # 前住所
+    Column("domicile", String(200), nullable=False, server_default=""),  # 本籍
+    Column("domicile_head", String(100), nullable=False, server_default=""),  # 筆頭者
+    # Why the current registration began (0: entered before it was kept).
+    Column("entry_reason", SmallInteger, nullable=False, server_default="0"),
     Index("ix_residents_household", "household_id"),
+)
+
+# Households (世帯): the head and the address. A household exists while it has
+# a current member; its head may have left (head_resident_id then points at a
+# removed entry) or never have been recorded (NULL, households entered before).
+households = Table(
+    "households",
+    metadata,
+    Column("household_id", String(32), primary_key=True),
+    Column("head_resident_id", BigInteger, nullable=True),
+    Column("address", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every change of a register entry, written in the transaction of the change:
+# why (the change reason, or the register-only change), when it took effect,
+# when and by whom it was recorded, and the fields it changed (JSON list of
+# {field, before, after}). Removed entries keep theirs.
+resident_events = Table(
+    "resident_events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("resident_id", BigInteger, nullable=False),
+    Column("resident_code", String(11), nullable=False),
+    Column("reason", SmallInteger, nullable=False),
+    Column("register_change", SmallInteger, nullable=False),
+    Column("effective_date", String(10), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("operator", String(200), nullable=False),
+    Column("changes", Text, nullable=False),
+    Index("ix_resident_events_resident", "resident_id"),
 )
 
 # Codes a resident had before a code change, so the old code still finds them.
@@ -103,3 +145,6 @@ used_move_out_certificates = Table(
 )
 
 outbox = define_outbox(metadata)
+
+# The node's operation log (its witnessed-heads table stays empty: no tier below).
+oplog = define_oplog_tables(metadata)

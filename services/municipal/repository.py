@@ -13,7 +13,12 @@ from jukinet.db import one_of
 from jukinet.v1 import common_pb2
 from jukinet.vocabulary import PERSON_FIELDS, Person, person_values
 from services.municipal import models
-from services.municipal.logic import ACTIVE, REMOVED, ResidentState
+from services.municipal.logic import (
+    ACTIVE,
+    REMOVED,
+    Register,
+    ResidentState,
+)
 
 R = models.residents
 _COLUMNS = (
@@ -25,6 +30,11 @@ _COLUMNS = (
     R.c.registered_on,
     R.c.removed_on,
     R.c.last_reason,
+    R.c.relationship,
+    R.c.previous_address,
+    R.c.domicile,
+    R.c.domicile_head,
+    R.c.entry_reason,
 )
 
 
@@ -42,7 +52,19 @@ def _state(row: Any) -> ResidentState:
         registered_on=row[11],
         removed_on=row[12],
         last_reason=row[13],
+        register=Register(row[14], row[15], row[16], row[17]),
+        entry_reason=row[18],
     )
+
+
+def register_values(register: Register) -> dict[str, object]:
+    """The columns of the register-only items."""
+    return {
+        "relationship": register.relationship,
+        "previous_address": register.previous_address,
+        "domicile": register.domicile,
+        "domicile_head": register.domicile_head,
+    }
 
 
 async def resident_by_code(conn: AsyncConnection, code: str) -> ResidentState | None:
@@ -86,9 +108,13 @@ async def insert_resident(
     registered_on: str,
     reason: common_pb2.ChangeReason.ValueType,
     source_id: str | None = None,
+    register: Register | None = None,
 ) -> ResidentState:
     """Enter an active resident under ``code``; returns the new entry."""
+    register = register or Register()
     values = {
+        **register_values(register),
+        "entry_reason": reason,
         "resident_code": code,
         "source_id": source_id,
         **person_values(person),
@@ -101,7 +127,22 @@ async def insert_resident(
     }
     result = await conn.execute(insert(R).values(**values).returning(R.c.id))
     resident_id = int(result.scalar_one())
-    return ResidentState(resident_id, code, person, household_id, ACTIVE, registered_on, "", reason)
+    return ResidentState(
+        resident_id, code, person, household_id, ACTIVE, registered_on, "", reason, register, reason
+    )
+
+
+async def ids_by_source(conn: AsyncConnection, source_ids: Sequence[str]) -> dict[str, int]:
+    """The entry id of each of ``source_ids`` that is entered."""
+    out: dict[str, int] = {}
+    for i in range(0, len(source_ids), 500):
+        rows = await conn.execute(
+            select(R.c.source_id, R.c.id).where(
+                one_of(conn, R.c.source_id, source_ids[i : i + 500])
+            )
+        )
+        out.update({str(s): int(n) for s, n in rows})
+    return out
 
 
 async def insert_residents(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
@@ -161,6 +202,133 @@ async def resident_counts(conn: AsyncConnection) -> tuple[int, int]:
     rows = await conn.execute(select(R.c.status, func.count()).group_by(R.c.status))
     counts = {int(s): int(c) for s, c in rows}
     return counts.get(ACTIVE, 0), counts.get(REMOVED, 0)
+
+
+async def resident_by_id(conn: AsyncConnection, resident_id: int) -> ResidentState | None:
+    """The entry with this id."""
+    row = (await conn.execute(select(*_COLUMNS).where(R.c.id == resident_id))).first()
+    return None if row is None else _state(row)
+
+
+async def household_entries(conn: AsyncConnection, household_id: str) -> list[ResidentState]:
+    """Every entry, current or removed, that is in the household now or left
+    it by removal (in the order entered)."""
+    rows = await conn.execute(
+        select(*_COLUMNS).where(R.c.household_id == household_id).order_by(R.c.id)
+    )
+    return [_state(r) for r in rows]
+
+
+# -- households ---------------------------------------------------------------
+
+H = models.households
+
+
+async def household_row(conn: AsyncConnection, household_id: str) -> tuple[int | None, str] | None:
+    """The household's recorded head (entry id, or None) and address; None if never recorded."""
+    row = (
+        await conn.execute(
+            select(H.c.head_resident_id, H.c.address).where(H.c.household_id == household_id)
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def household_head(conn: AsyncConnection, household_id: str) -> ResidentState | None:
+    """The current head of the household: the recorded head, while they are a
+    current member of it."""
+    found = await household_row(conn, household_id)
+    if found is None or found[0] is None:
+        return None
+    head = await resident_by_id(conn, found[0])
+    if head is None or head.status != ACTIVE or head.household_id != household_id:
+        return None
+    return head
+
+
+async def insert_household(
+    conn: AsyncConnection, household_id: str, head_resident_id: int | None, address: str
+) -> None:
+    """Record a new household with its head and address."""
+    await conn.execute(
+        insert(H).values(
+            household_id=household_id,
+            head_resident_id=head_resident_id,
+            address=address,
+            created_at=_now(),
+        )
+    )
+
+
+async def insert_missing_households(
+    conn: AsyncConnection, rows: dict[str, str], heads: dict[str, int]
+) -> list[str]:
+    """Record the households of ``rows`` (id -> address) not recorded yet, with
+    their head from ``heads`` (id -> entry id) where it has one; returns the
+    households that were recorded before."""
+    ids = list(rows)
+    known: set[str] = set()
+    for i in range(0, len(ids), 500):
+        found = await conn.execute(
+            select(H.c.household_id).where(one_of(conn, H.c.household_id, ids[i : i + 500]))
+        )
+        known.update(found.scalars())
+    now = _now()
+    missing = [
+        {"household_id": h, "head_resident_id": heads.get(h), "address": a, "created_at": now}
+        for h, a in rows.items()
+        if h not in known
+    ]
+    if missing:
+        await conn.execute(insert(H), missing)
+    return sorted(known)
+
+
+async def set_household(
+    conn: AsyncConnection, household_id: str, *, head: int | None = None, address: str = ""
+) -> None:
+    """Set the household's head or address (a household never recorded gets its row)."""
+    values: dict[str, object] = {}
+    if head is not None:
+        values["head_resident_id"] = head
+    if address:
+        values["address"] = address
+    found = await household_row(conn, household_id)
+    if found is None:
+        await insert_household(conn, household_id, head, address)
+    elif values:
+        await conn.execute(update(H).where(H.c.household_id == household_id).values(**values))
+
+
+# -- events ---------------------------------------------------------------------
+
+E = models.resident_events
+
+
+async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
+    """Record change events (one executemany); each row carries every column but id."""
+    if rows:
+        now = _now()
+        await conn.execute(insert(E), [{"recorded_at": now, **r} for r in rows])
+
+
+async def events_of(conn: AsyncConnection, resident_id: int) -> list[Any]:
+    """Every event of an entry, oldest first."""
+    rows = await conn.execute(
+        select(
+            E.c.id,
+            E.c.resident_code,
+            E.c.reason,
+            E.c.register_change,
+            E.c.effective_date,
+            E.c.recorded_at,
+            E.c.operator,
+            E.c.changes,
+        )
+        .where(E.c.resident_id == resident_id)
+        .order_by(E.c.id)
+    )
+    return list(rows)
 
 
 # -- code pool --------------------------------------------------------------

@@ -7,6 +7,7 @@ handed down (:class:`services.municipal.pool.PoolKeeper`).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,6 +34,7 @@ from jukinet.errors import (
     Unavailable,
     from_upstream,
 )
+from jukinet.interceptors import current_identity
 from jukinet.metrics import MunicipalMetrics
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
@@ -49,15 +51,25 @@ from jukinet.vocabulary import Person, person_values
 from services.municipal import repository as repo
 from services.municipal.logic import (
     ACTIVE,
+    HEAD,
+    RELATIONSHIP_LABELS,
     REMOVED,
+    UNRECORDED,
     Change,
+    Register,
+    RelationshipValue,
     ResidentState,
     build_notification,
+    changed_fields,
     check_amended_birth,
     check_dated_change,
+    check_domicile,
     check_not_before_birth,
     check_person,
+    check_register,
+    check_relationship,
     check_return,
+    event_changes,
     move_in_person,
     move_in_reason,
     removal_reason,
@@ -74,6 +86,11 @@ MAX_CERTIFICATE_NUMBER = 64  # the column's width; the issuers' numbers are 23 c
 
 def _new_household() -> str:
     return secrets.token_hex(8)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A stored time as UTC (SQLite gives it back without its zone)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,91 @@ class MunicipalService:
             raise InvalidArgument("household_id", f"no current household {household_id!r}")
         return household_id
 
+    async def _placement(
+        self, conn: AsyncConnection, household_id: str, register: Register
+    ) -> tuple[str, Register, bool]:
+        """The household a new entry goes into and its relationship there:
+        a new household with the person as its head, or an existing one with
+        a relationship to its current head (or none recorded). Returns the
+        household, the items and whether the household is new."""
+        relationship = register.relationship
+        field = "register.relationship"
+        if not household_id:
+            if relationship not in (UNRECORDED, HEAD):
+                raise InvalidArgument(
+                    field,
+                    f"{RELATIONSHIP_LABELS[relationship]} of no one: the founder of a new "
+                    "household is its head (give household_id to join one)",
+                )
+            return _new_household(), dataclasses.replace(register, relationship=HEAD), True
+        household = await self._household(conn, household_id)
+        if relationship == HEAD:
+            raise InvalidArgument(
+                field,
+                f"household {household} has its members already: join with a relationship "
+                "to its head, then ChangeHousehold to make a new head",
+            )
+        if relationship != UNRECORDED and await repo.household_head(conn, household) is None:
+            raise InvalidArgument(
+                field,
+                f"household {household} has no current head to be related to "
+                "(make a member its head with ChangeHousehold first)",
+            )
+        return household, register, False
+
+    @staticmethod
+    def _operator() -> str:
+        """The identity of the operator making the change (the RPC's caller)."""
+        return current_identity().uri
+
+    async def _events(
+        self,
+        conn: AsyncConnection,
+        pairs: Sequence[tuple[ResidentState | None, ResidentState]],
+        effective: str,
+        reason: common_pb2.ChangeReason.ValueType = R.CHANGE_REASON_UNSPECIFIED,
+        register_change: municipal_pb2.RegisterChange.ValueType = (
+            municipal_pb2.REGISTER_CHANGE_UNSPECIFIED
+        ),
+    ) -> None:
+        """Record the change of each (before, after) pair as an event of its entry."""
+        operator = self._operator()
+        await repo.insert_events(
+            conn,
+            [
+                {
+                    "resident_id": after.id,
+                    "resident_code": after.resident_code,
+                    "reason": reason,
+                    "register_change": register_change,
+                    "effective_date": effective,
+                    "operator": operator,
+                    "changes": changed_fields(before, after),
+                }
+                for before, after in pairs
+            ],
+        )
+
+    async def _enter(
+        self,
+        conn: AsyncConnection,
+        code: str,
+        person: Person,
+        placement: tuple[str, Register, bool],
+        effective: str,
+        reason: common_pb2.ChangeReason.ValueType,
+    ) -> ResidentState:
+        """Insert a new active entry in its household (from :meth:`_placement`;
+        a new household is recorded with the entry as its head) and its event."""
+        household, register, new = placement
+        resident = await repo.insert_resident(
+            conn, code, person, household, effective, reason, register=register
+        )
+        if new:
+            await repo.insert_household(conn, household, resident.id, person.address)
+        await self._events(conn, [(None, resident)], effective, reason)
+        return resident
+
     # -- creations -----------------------------------------------------------
 
     async def register_birth(
@@ -180,12 +282,18 @@ class MunicipalService:
     ) -> tuple[ResidentState, int]:
         """Register a birth (出生) with a fresh code from the pool."""
         person = check_person(req.person, self.municipality)
+        register = check_register(req.register, previous_address=False)
         await self.pool.ensure(1)
         async with self.db.write() as conn:
-            household = await self._household(conn, req.household_id)
+            placement = await self._placement(conn, req.household_id, register)
             code = await self._take_code(conn)
-            resident = await repo.insert_resident(
-                conn, code, person, household, person.birth_date, R.CHANGE_REASON_BIRTH
+            resident = await self._enter(
+                conn,
+                code,
+                person,
+                placement,
+                person.birth_date,
+                R.CHANGE_REASON_BIRTH,
             )
             seq = await self._announce(
                 conn, [Change(code, person, R.CHANGE_REASON_BIRTH, person.birth_date)]
@@ -201,11 +309,12 @@ class MunicipalService:
         reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
         effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         check_not_before_birth(effective, person, "effective_date")
+        register = check_register(req.register)
         await self.pool.ensure(1)
         async with self.db.write() as conn:
-            household = await self._household(conn, req.household_id)
+            placement = await self._placement(conn, req.household_id, register)
             code = await self._take_code(conn)
-            resident = await repo.insert_resident(conn, code, person, household, effective, reason)
+            resident = await self._enter(conn, code, person, placement, effective, reason)
             seq = await self._announce(conn, [Change(code, person, reason, effective)])
         self._committed(codes_used=1)
         return resident, seq
@@ -263,6 +372,7 @@ class MunicipalService:
             signed = req.move_out_certificate
             person = move_in_person(cert, req.person, self.municipality)
             given_code = cert.resident_code
+            register = check_register(req.register, default_previous=cert.address)
         else:
             if req.previous_local_government_code:
                 raise InvalidArgument(
@@ -272,6 +382,7 @@ class MunicipalService:
                 raise InvalidArgument("move_out_certificate", "not for a move from abroad")
             person = check_person(req.person, self.municipality)
             given_code = req.resident_code
+            register = check_register(req.register)
         check_not_before_birth(effective, person, "effective_date")
         if not given_code:
             await self.pool.ensure(1)
@@ -286,7 +397,8 @@ class MunicipalService:
                     Reason.MOVE_OUT_CERTIFICATE_REPLAYED,
                     f"certificate {cert.certificate_number} was used for a move-in here before",
                 )
-            household = await self._household(conn, req.household_id)
+            placement = await self._placement(conn, req.household_id, register)
+            household, register, new_household = placement
             code = given_code or await self._take_code(conn)
             existing = await repo.resident_by_code(conn, code) if given_code else None
             if existing is not None and existing.resident_code != code:
@@ -309,14 +421,26 @@ class MunicipalService:
                     registered_on=effective,
                     removed_on="",
                     last_reason=reason,
+                    entry_reason=reason,
+                    **repo.register_values(register),
                 )
                 resident = ResidentState(
-                    existing.id, code, person, household, ACTIVE, effective, "", reason
+                    existing.id,
+                    code,
+                    person,
+                    household,
+                    ACTIVE,
+                    effective,
+                    "",
+                    reason,
+                    register,
+                    reason,
                 )
+                if new_household:
+                    await repo.insert_household(conn, household, resident.id, person.address)
+                await self._events(conn, [(existing, resident)], effective, reason)
             else:
-                resident = await repo.insert_resident(
-                    conn, code, person, household, effective, reason
-                )
+                resident = await self._enter(conn, code, person, placement, effective, reason)
             seq = await self._announce(
                 conn, [Change(code, person, reason, effective, certificate=signed)]
             )
@@ -369,6 +493,12 @@ class MunicipalService:
                 updated.append(
                     dataclasses.replace(m, person=person, last_reason=R.CHANGE_REASON_RELOCATION)
                 )
+            head = await repo.household_head(conn, resident.household_id)
+            if req.whole_household or (head is not None and head.id == resident.id):
+                await repo.set_household(conn, resident.household_id, address=address)
+            await self._events(
+                conn, list(zip(movers, updated, strict=True)), effective, R.CHANGE_REASON_RELOCATION
+            )
             seq = await self._announce(conn, changes)
         self._committed()
         return updated, seq
@@ -390,11 +520,13 @@ class MunicipalService:
             await repo.update_resident(
                 conn, resident.id, **person_values(person), last_reason=reason
             )
+            renamed = dataclasses.replace(resident, person=person, last_reason=reason)
+            await self._events(conn, [(resident, renamed)], effective, reason)
             seq = await self._announce(
                 conn, [Change(resident.resident_code, person, reason, effective)]
             )
         self._committed()
-        return dataclasses.replace(resident, person=person, last_reason=reason), seq
+        return renamed, seq
 
     async def amend(self, req: municipal_pb2.AmendRequest) -> tuple[ResidentState, int]:
         """Correct a resident's details ex officio (職権修正)."""
@@ -419,13 +551,14 @@ class MunicipalService:
                 registered_on=registered,
                 last_reason=reason,
             )
+            amended = dataclasses.replace(
+                resident, person=person, registered_on=registered, last_reason=reason
+            )
+            await self._events(conn, [(resident, amended)], effective, reason)
             seq = await self._announce(
                 conn, [Change(resident.resident_code, person, reason, effective)]
             )
         self._committed()
-        amended = dataclasses.replace(
-            resident, person=person, registered_on=registered, last_reason=reason
-        )
         return amended, seq
 
     async def change_code(
@@ -446,6 +579,12 @@ class MunicipalService:
             new = await self._take_code(conn)
             await repo.update_resident(conn, resident.id, resident_code=new, last_reason=reason)
             await repo.record_code_change(conn, resident.id, resident.resident_code, new, effective)
+            await self._events(
+                conn,
+                [(resident, dataclasses.replace(resident, resident_code=new, last_reason=reason))],
+                effective,
+                reason,
+            )
             seq = await self._announce(
                 conn, [Change(new, resident.person, reason, effective, resident.resident_code)]
             )
@@ -473,11 +612,12 @@ class MunicipalService:
         await repo.update_resident(
             conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
         )
-        seq = await self._announce(
-            conn, [Change(resident.resident_code, resident.person, reason, effective)]
-        )
         removed = dataclasses.replace(
             resident, status=REMOVED, removed_on=effective, last_reason=reason
+        )
+        await self._events(conn, [(resident, removed)], effective, reason)
+        seq = await self._announce(
+            conn, [Change(resident.resident_code, resident.person, reason, effective)]
         )
         return removed, seq
 
@@ -599,6 +739,8 @@ class MunicipalService:
         rejected: list[municipal_pb2.RejectedRow] = []
         good: list[tuple[municipal_pb2.ImportRow, Person, str]] = []
         seen: set[str] = set()
+        registers: dict[str, Register] = {}
+        heads: dict[str, int] = {}  # household -> line of its head in the batch
         for row in rows:
             try:
                 if not row.source_id or len(row.source_id) > 64:
@@ -614,6 +756,20 @@ class MunicipalService:
                 check_not_before_birth(registered, person, "registered_on")
                 if row.household_id and len(row.household_id) > 32:
                     raise InvalidArgument("household_id", "at most 32 characters")
+                register = check_register(row.register)
+                if not row.household_id:
+                    if register.relationship not in (UNRECORDED, HEAD):
+                        raise InvalidArgument(
+                            "register.relationship",
+                            "a row without a household_id heads a household of its own",
+                        )
+                    register = dataclasses.replace(register, relationship=HEAD)
+                elif register.relationship == HEAD and row.household_id in heads:
+                    raise InvalidArgument(
+                        "register.relationship",
+                        f"household {row.household_id} has its head on line "
+                        f"{heads[row.household_id]} of the batch",
+                    )
             except InvalidArgument as exc:
                 rejected.append(
                     municipal_pb2.RejectedRow(
@@ -622,6 +778,9 @@ class MunicipalService:
                 )
                 continue
             seen.add(row.source_id)
+            registers[row.source_id] = register
+            if row.household_id and register.relationship == HEAD:
+                heads[row.household_id] = row.line
             good.append((row, person, registered))
         if good:
             await self.pool.ensure(len(good))
@@ -632,6 +791,7 @@ class MunicipalService:
             if len(codes) < len(todo):
                 raise Unavailable("the resident-code pool ran short; retry the batch")
             reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
+            households = {row.source_id: row.household_id or _new_household() for row, _, _ in todo}
             await repo.insert_residents(
                 conn,
                 [
@@ -639,15 +799,18 @@ class MunicipalService:
                         "resident_code": code,
                         "source_id": row.source_id,
                         **person_values(person),
-                        "household_id": row.household_id or _new_household(),
+                        "household_id": households[row.source_id],
                         "status": ACTIVE,
                         "registered_on": registered,
                         "removed_on": "",
                         "last_reason": reason,
+                        "entry_reason": reason,
+                        **repo.register_values(registers[row.source_id]),
                     }
                     for code, (row, person, registered) in zip(codes, todo, strict=True)
                 ],
             )
+            await self._imported(conn, codes, todo, households, registers)
             await self._announce(
                 conn,
                 [
@@ -661,15 +824,310 @@ class MunicipalService:
             imported=len(todo), already_present=len(good) - len(todo), rejected=rejected
         )
 
+    async def _imported(
+        self,
+        conn: AsyncConnection,
+        codes: Sequence[str],
+        todo: Sequence[tuple[municipal_pb2.ImportRow, Person, str]],
+        households: dict[str, str],
+        registers: dict[str, Register],
+    ) -> None:
+        """The households (with the head the rows name) and the entry events
+        of an imported batch just inserted."""
+        if not todo:
+            return
+        ids = await repo.ids_by_source(conn, [row.source_id for row, _, _ in todo])
+        reason = R.CHANGE_REASON_EX_OFFICIO_ENTRY
+        entries = [
+            ResidentState(
+                ids[row.source_id],
+                code,
+                person,
+                households[row.source_id],
+                ACTIVE,
+                registered,
+                "",
+                reason,
+                registers[row.source_id],
+                reason,
+            )
+            for code, (row, person, registered) in zip(codes, todo, strict=True)
+        ]
+        heads = {e.household_id: e.id for e in entries if e.register.relationship == HEAD}
+        known = await repo.insert_missing_households(
+            conn, {e.household_id: e.person.address for e in entries}, heads
+        )
+        for household in known:
+            if household in heads:
+                # The old system names the head of a household entered before.
+                await repo.set_household(conn, household, head=heads[household])
+        operator = self._operator()
+        await repo.insert_events(
+            conn,
+            [
+                {
+                    "resident_id": e.id,
+                    "resident_code": e.resident_code,
+                    "reason": reason,
+                    "register_change": municipal_pb2.REGISTER_CHANGE_UNSPECIFIED,
+                    "effective_date": e.registered_on,
+                    "operator": operator,
+                    "changes": changed_fields(None, e),
+                }
+                for e in entries
+            ],
+        )
+
     # -- reads ---------------------------------------------------------------
 
-    async def get(self, code: str) -> tuple[ResidentState, list[common_pb2.Notification]]:
-        """One resident and every notification written about them (all their codes)."""
+    async def get(
+        self, code: str
+    ) -> tuple[ResidentState, list[common_pb2.Notification], list[municipal_pb2.RegisterEvent]]:
+        """One resident (current or removed), every notification written about
+        them (all their codes) and every change of their entry."""
         async with self.db.read() as conn:
             resident = await self._resident(conn, code)
             codes = await repo.codes_of(conn, resident)
             payloads = await self.outbox.payloads_for(conn, codes)
-        return resident, [common_pb2.Notification.FromString(p) for p in payloads]
+            rows = await repo.events_of(conn, resident.id)
+        events = [
+            municipal_pb2.RegisterEvent(
+                id=r.id,
+                resident_code=r.resident_code,
+                reason=r.reason,
+                register_change=r.register_change,
+                effective_date=r.effective_date,
+                recorded_at=as_utc(r.recorded_at).isoformat(),
+                operator=r.operator,
+                changes=event_changes(r.changes),
+            )
+            for r in rows
+        ]
+        return resident, [common_pb2.Notification.FromString(p) for p in payloads], events
+
+    async def _household_of(
+        self, conn: AsyncConnection, household_id: str
+    ) -> municipal_pb2.Household:
+        members = await repo.household_members(conn, household_id)
+        row = await repo.household_row(conn, household_id)
+        if row is None and not members:
+            raise NotFound(f"no household {household_id} in {self.municipality}")
+        head = await repo.household_head(conn, household_id)
+        return municipal_pb2.Household(
+            household_id=household_id,
+            head_resident_code=head.resident_code if head is not None else "",
+            address=row[1] if row is not None else "",
+            members=[
+                municipal_pb2.HouseholdMember(
+                    resident_code=m.resident_code,
+                    name=m.person.name,
+                    relationship=m.register.relationship,
+                )
+                for m in members
+            ],
+        )
+
+    async def household(self, req: municipal_pb2.GetHouseholdRequest) -> municipal_pb2.Household:
+        """A household, by its id or by a resident's code: head, address, current members."""
+        if bool(req.household_id) == bool(req.resident_code):
+            raise InvalidArgument("household_id", "give exactly one of household_id, resident_code")
+        async with self.db.read() as conn:
+            if req.resident_code:
+                household_id = (await self._resident(conn, req.resident_code)).household_id
+            else:
+                if len(req.household_id) > 32:
+                    raise InvalidArgument("household_id", "at most 32 characters")
+                household_id = req.household_id
+            return await self._household_of(conn, household_id)
+
+    # -- register-only changes (nothing goes upward) ---------------------------
+
+    async def change_household(
+        self, req: municipal_pb2.ChangeHouseholdRequest
+    ) -> tuple[municipal_pb2.Household, list[ResidentState], int]:
+        """Move a resident to another household (世帯合併), found one of their
+        own (世帯分離), make them the head of theirs (世帯主変更) or correct
+        their relationship. Nothing of it goes upward, unless the resident
+        moves with it (a new household at a new address, or one at another
+        address joined): that move is a relocation (転居) and announced as one.
+        Returns the household after, the entries touched and the relocation's
+        notification sequence (0: none)."""
+        relationship = check_relationship(req.relationship, "relationship")
+        new_address = ""
+        if req.new_address:
+            if not req.new_household:
+                raise InvalidArgument("new_address", "only with new_household")
+            new_address = check_address(req.new_address, "new_address", self.municipality)
+        effective = check_effective_date(
+            req.effective_date, reason=R.CHANGE_REASON_RELOCATION
+        ).isoformat()
+        restated: dict[str, RelationshipValue] = {}
+        for i, given in enumerate(req.relationships):
+            field = f"relationships[{i}]"
+            check_resident_code(given.resident_code, f"{field}.resident_code")
+            value = check_relationship(given.relationship, f"{field}.relationship")
+            if value in (UNRECORDED, HEAD):
+                raise InvalidArgument(f"{field}.relationship", "must be a relationship to the head")
+            if given.resident_code in restated:
+                raise InvalidArgument(f"{field}.resident_code", "appears twice")
+            restated[given.resident_code] = value
+        if req.new_household and req.household_id:
+            raise InvalidArgument("household_id", "not with new_household")
+        if restated and relationship != HEAD:
+            raise InvalidArgument("relationships", "only with a change of head (relationship HEAD)")
+        if len(req.household_id) > 32:
+            raise InvalidArgument("household_id", "at most 32 characters")
+        async with self.db.write() as conn:
+            resident = await self._resident(conn, req.resident_code)
+            resident.require_active()
+            check_dated_change(effective, resident)
+            pairs: list[tuple[ResidentState, ResidentState]] = []
+
+            def moved(
+                who: ResidentState, household: str, value: RelationshipValue
+            ) -> ResidentState:
+                after = dataclasses.replace(
+                    who,
+                    household_id=household,
+                    register=dataclasses.replace(who.register, relationship=value),
+                )
+                pairs.append((who, after))
+                return after
+
+            if req.new_household:
+                if relationship not in (UNRECORDED, HEAD):
+                    raise InvalidArgument(
+                        "relationship", "the founder of a new household is its head"
+                    )
+                target = _new_household()
+                moved(resident, target, HEAD)
+                await repo.insert_household(
+                    conn, target, resident.id, new_address or resident.person.address
+                )
+                kind = municipal_pb2.REGISTER_CHANGE_HOUSEHOLD_SEPARATION
+            elif req.household_id and req.household_id != resident.household_id:
+                target = await self._household(conn, req.household_id)
+                head = await repo.household_head(conn, target)
+                if relationship == UNRECORDED:
+                    raise InvalidArgument("relationship", "required to join a household")
+                if relationship == HEAD and head is not None:
+                    raise InvalidArgument(
+                        "relationship",
+                        f"household {target} has a head ({head.resident_code}): join with a "
+                        "relationship to them, then make a new head",
+                    )
+                if relationship != HEAD and head is None:
+                    raise InvalidArgument(
+                        "relationship",
+                        f"household {target} has no current head to be related to "
+                        "(make a member its head first)",
+                    )
+                moved(resident, target, relationship)
+                if relationship == HEAD:
+                    await repo.set_household(conn, target, head=resident.id)
+                kind = municipal_pb2.REGISTER_CHANGE_HOUSEHOLD_JOIN
+            else:
+                target = resident.household_id
+                head = await repo.household_head(conn, target)
+                if relationship == UNRECORDED:
+                    raise InvalidArgument("relationship", "required")
+                if head is not None and head.id == resident.id:
+                    raise InvalidArgument(
+                        "relationship",
+                        f"{resident.resident_code} is the head of household {target} "
+                        "(make another member its head instead)",
+                    )
+                if relationship == HEAD:
+                    members = {
+                        m.resident_code: m for m in await repo.household_members(conn, target)
+                    }
+                    if head is not None and head.resident_code not in restated:
+                        raise InvalidArgument(
+                            "relationships",
+                            f"the current head {head.resident_code} needs a relationship "
+                            "to the new head",
+                        )
+                    for i, (code, value) in enumerate(restated.items()):
+                        member = members.get(code)
+                        if member is None or code == resident.resident_code:
+                            raise InvalidArgument(
+                                f"relationships[{i}].resident_code",
+                                f"{code} is not another current member of household {target}",
+                            )
+                        moved(member, target, value)
+                    await repo.set_household(conn, target, head=resident.id)
+                    kind = municipal_pb2.REGISTER_CHANGE_HEAD
+                else:
+                    if head is None:
+                        raise InvalidArgument(
+                            "relationship",
+                            f"household {target} has no current head to be related to "
+                            "(make a member its head first)",
+                        )
+                    kind = municipal_pb2.REGISTER_CHANGE_RELATIONSHIP
+                moved(resident, target, relationship)
+            for _, after in pairs:
+                await repo.update_resident(
+                    conn,
+                    after.id,
+                    household_id=after.household_id,
+                    relationship=after.register.relationship,
+                )
+            # The resident's own change is the last pair.
+            before, after = pairs.pop()
+            await self._events(conn, pairs, effective, register_change=kind)
+            found = await repo.household_row(conn, target)
+            address = new_address or (found[1] if found is not None and found[1] else "")
+            seq = 0
+            relocation = R.CHANGE_REASON_RELOCATION
+            if address and address != after.person.address:
+                after = dataclasses.replace(
+                    after,
+                    person=dataclasses.replace(after.person, address=address),
+                    last_reason=relocation,
+                )
+                await repo.update_resident(conn, after.id, address=address, last_reason=relocation)
+                await self._events(
+                    conn, [(before, after)], effective, relocation, register_change=kind
+                )
+                seq = await self._announce(
+                    conn, [Change(after.resident_code, after.person, relocation, effective)]
+                )
+            else:
+                await self._events(conn, [(before, after)], effective, register_change=kind)
+            pairs.append((before, after))
+            household = await self._household_of(conn, target)
+        if seq:
+            self._committed()
+        return household, [a for _, a in pairs], seq
+
+    async def change_domicile(self, req: municipal_pb2.ChangeDomicileRequest) -> ResidentState:
+        """Change a resident's registered domicile (本籍) and its head (筆頭者);
+        nothing goes upward."""
+        domicile, head = check_domicile(req.domicile, req.domicile_head)
+        effective = check_effective_date(
+            req.effective_date, reason=R.CHANGE_REASON_RELOCATION
+        ).isoformat()
+        async with self.db.write() as conn:
+            resident = await self._resident(conn, req.resident_code)
+            resident.require_active()
+            check_dated_change(effective, resident)
+            after = dataclasses.replace(
+                resident,
+                register=dataclasses.replace(
+                    resident.register, domicile=domicile, domicile_head=head
+                ),
+            )
+            if after == resident:
+                raise InvalidArgument("domicile", "is the domicile already registered")
+            await repo.update_resident(conn, resident.id, domicile=domicile, domicile_head=head)
+            await self._events(
+                conn,
+                [(resident, after)],
+                effective,
+                register_change=municipal_pb2.REGISTER_CHANGE_DOMICILE,
+            )
+        return after
 
     async def export(self, page_size: int) -> AsyncIterator[list[ResidentState]]:
         """Every resident, page by page (one read each), in register order."""

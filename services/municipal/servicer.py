@@ -113,10 +113,36 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
         self, request: pb.GetResidentRequest, context: Any
     ) -> pb.GetResidentResponse:
         """One resident and every notification about them; its operators only."""
-        resident, notifications = await self._r.get(request.resident_code)
+        resident, notifications, events = await self._r.get(request.resident_code)
         return pb.GetResidentResponse(
-            resident=resident.to_proto(self._lg), notifications=notifications
+            resident=resident.to_proto(self._lg), notifications=notifications, events=events
         )
+
+    async def GetHousehold(
+        self, request: pb.GetHouseholdRequest, context: Any
+    ) -> pb.GetHouseholdResponse:
+        """A household with its head and members' relationships; its operators only."""
+        return pb.GetHouseholdResponse(household=await self._r.household(request))
+
+    async def ChangeHousehold(
+        self, request: pb.ChangeHouseholdRequest, context: Any
+    ) -> pb.ChangeHouseholdResponse:
+        """Move a resident between households, or change the head or a
+        relationship (世帯変更), with the move (転居) it may make; its operators only."""
+        household, residents, seq = await self._r.change_household(request)
+        return pb.ChangeHouseholdResponse(
+            household=household,
+            residents=[r.to_proto(self._lg) for r in residents],
+            notification_sequence=seq,
+        )
+
+    async def ChangeDomicile(
+        self, request: pb.ChangeDomicileRequest, context: Any
+    ) -> pb.ChangeDomicileResponse:
+        """Change a resident's domicile (本籍) and its head; nothing goes upward;
+        its operators only."""
+        resident = await self._r.change_domicile(request)
+        return pb.ChangeDomicileResponse(resident=resident.to_proto(self._lg))
 
     async def ExportResidents(
         self, request: pb.ExportResidentsRequest, context: Any

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import ServiceDescriptor
 
+from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
 from jukinet.identity import NATIONAL_ORG, Kind
 from jukinet.interceptors import Rule, allow, any_of, operator_of, service_rules
 from jukinet.v1 import national_pb2
@@ -39,5 +40,34 @@ def rules() -> dict[str, Rule]:
             # A prefecture relays a municipal counter's request; national
             # operators disclose at the national level.
             "Disclose": any_of(prefecture, national_operator),
+            # A prefecture's own log; the witness checks the head is of the caller's.
+            "SubmitCheckpoint": prefecture,
+            "GetCheckpoints": any_of(prefecture, national_operator),
+        },
+    )
+
+
+def audited() -> dict[str, Extractor]:
+    """How each method's messages name residents; operators' calls are logged.
+
+    The gateway's provisions (Provide*, RecordDenial) are kept in the
+    provision table, not in the operation log: the gateway is not an operator.
+    """
+    codes = resident_codes_in
+    return audit_table(
+        SERVICE,
+        {
+            "PushNotifications": codes,
+            "AllocateCodePool": no_residents,
+            "GetIdentity": codes,
+            "ExportIdentities": codes,
+            "GetDeliveryStatus": no_residents,
+            "ProvideVerification": codes,
+            "ProvideRecord": codes,
+            "ProvideSearch": codes,
+            "RecordDenial": codes,
+            "Disclose": codes,
+            "SubmitCheckpoint": no_residents,
+            "GetCheckpoints": no_residents,
         },
     )

@@ -8,18 +8,20 @@ from pathlib import Path
 
 import grpc
 
+from jukinet.audit import NodeLog, log_key_path, verifiers_path
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.delivery.certificates import MoveInPolicy
 from jukinet.delivery.receiver import Receiver
 from jukinet.delivery.store import IdentityStore
+from jukinet.identity import Identity
 from jukinet.metrics import NationalMetrics
 from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import RunningServer, start_server
 from jukinet.v1 import national_pb2_grpc
 from services.national import models
-from services.national.access import rules
+from services.national.access import audited, rules
 from services.national.connections import KeptConnections
 from services.national.logic import authorize_prefecture_origin
 from services.national.provisions import ProvisionLog, retention_job
@@ -59,6 +61,16 @@ class NationalApp:
         )
         self.db = Database(config.database_url, on_storage_full=self.metrics.storage.count_full)
         self.store = IdentityStore(models.identities)
+        self.log = NodeLog(
+            identity=Identity.national(),
+            db=self.db,
+            tables=models.oplog,
+            audited=audited(),
+            clock=clock,
+            log_key=log_key_path(config.log_key, config.tls.key),
+            verifiers=verifiers_path(config.log_verifiers, config.tls.ca),
+            interval=config.checkpoint_interval,
+        )
         self.receiver = Receiver(
             db=self.db,
             store=self.store,
@@ -84,7 +96,7 @@ class NationalApp:
 
     def _register(self, server: grpc.aio.Server) -> None:
         national_pb2_grpc.add_NationalServiceServicer_to_server(
-            NationalServicer(self.receiver, self.service), server
+            NationalServicer(self.receiver, self.service, self.log.witness), server
         )
 
     async def start(self) -> int:
@@ -98,13 +110,16 @@ class NationalApp:
             register=self._register,
             service_names=[SERVICE],
             metrics=self.metrics,
+            audit=self.log.recorder,
         )
+        self.log.start()
         return self._server.port
 
     async def stop(self) -> None:
         """Stop the server and the background work; close the database."""
         if self._server is not None:
             await self._server.stop()
+        await self.log.stop()
         if self._retention is not None:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,9 +4,12 @@ resident code ever issued) and the provision records of what agencies received."
 from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table
 
 from jukinet.delivery.store import define_identity_tables
+from jukinet.oplog.log import define_oplog_tables
 
 metadata = MetaData()
 identities = define_identity_tables(metadata)
+# The node's operation log, and the heads it holds for the tier below.
+oplog = define_oplog_tables(metadata)
 
 # One row per answer given to an agency (and per refusal), written before the
 # answer leaves. Kept 7 years, then purged.

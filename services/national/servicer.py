@@ -6,18 +6,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from jukinet.audit import Witness
 from jukinet.delivery.receiver import Receiver
 from jukinet.interceptors import current_identity
-from jukinet.v1 import delivery_pb2, national_pb2_grpc, provision_pb2
+from jukinet.v1 import delivery_pb2, national_pb2_grpc, oplog_pb2, provision_pb2
 from services.national.service import NationalService
 
 
 class NationalServicer(national_pb2_grpc.NationalServiceServicer):
     """The NationalService RPCs."""
 
-    def __init__(self, receiver: Receiver, service: NationalService) -> None:
+    def __init__(self, receiver: Receiver, service: NationalService, witness: Witness) -> None:
         self._receiver = receiver
         self._service = service
+        self._witness = witness
 
     # -- delivery and reads ------------------------------------------------------
 
@@ -91,3 +93,17 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
         """A resident's record and who received it; for a prefecture relaying a municipal
         counter (for a resident its municipality holds), or national operators."""
         return await self._service.disclose(current_identity(), request)
+
+    # -- the operation log's heads ---------------------------------------------------
+
+    async def SubmitCheckpoint(
+        self, request: oplog_pb2.SubmitCheckpointRequest, context: Any
+    ) -> oplog_pb2.SubmitCheckpointResponse:
+        """Keep and cosign a head of the caller's own operation log; prefectures only."""
+        return await self._witness.submit(current_identity(), request)
+
+    async def GetCheckpoints(
+        self, request: oplog_pb2.GetCheckpointsRequest, context: Any
+    ) -> oplog_pb2.GetCheckpointsResponse:
+        """The heads held for a log: its node itself, or this tier's operators."""
+        return await self._witness.checkpoints(current_identity(), request)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import ServiceDescriptor
 
-from jukinet.interceptors import Rule, municipality_of_prefecture, operator_of, service_rules
+from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
+from jukinet.interceptors import (
+    Rule,
+    any_of,
+    municipality_of_prefecture,
+    operator_of,
+    service_rules,
+)
 from jukinet.v1 import prefecture_pb2
 
 SERVICE: ServiceDescriptor = prefecture_pb2.DESCRIPTOR.services_by_name["PrefectureService"]
@@ -30,5 +37,26 @@ def rules(prefecture_code: str) -> dict[str, Rule]:
             "ExportIdentities": own_operator,
             "GetDeliveryStatus": own_operator,
             "Disclose": own_municipality,
+            # A municipality's own log; the witness checks the head is of the caller's.
+            "SubmitCheckpoint": own_municipality,
+            "GetCheckpoints": any_of(own_municipality, own_operator),
+        },
+    )
+
+
+def audited() -> dict[str, Extractor]:
+    """How each method's messages name residents; operators' calls are logged."""
+    codes = resident_codes_in
+    return audit_table(
+        SERVICE,
+        {
+            "PushNotifications": codes,
+            "AllocateCodePool": no_residents,
+            "GetIdentity": codes,
+            "ExportIdentities": codes,
+            "GetDeliveryStatus": no_residents,
+            "Disclose": codes,
+            "SubmitCheckpoint": no_residents,
+            "GetCheckpoints": no_residents,
         },
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from jukinet.audit import NodeLog, log_key_path, verifiers_path
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import PrefectureConfig
 from jukinet.db import Database
@@ -23,7 +24,7 @@ from jukinet.server import RunningServer, start_server
 from jukinet.tls import secure_channel
 from jukinet.v1 import national_pb2_grpc, prefecture_pb2_grpc
 from services.prefecture import models
-from services.prefecture.access import rules
+from services.prefecture.access import audited, rules
 from services.prefecture.logic import authorize_municipal_origin
 from services.prefecture.relay import OutboxRelay
 from services.prefecture.repository import PrefectureRepository
@@ -49,6 +50,16 @@ class PrefectureApp:
         self.db = Database(config.database_url, on_storage_full=self.metrics.storage.count_full)
         self.store = IdentityStore(models.identities)
         self.outbox = Outbox(models.outbox)
+        self.log = NodeLog(
+            identity=Identity.prefecture(config.prefecture_code),
+            db=self.db,
+            tables=models.oplog,
+            audited=audited(),
+            clock=clock,
+            log_key=log_key_path(config.log_key, config.tls.key),
+            verifiers=verifiers_path(config.log_verifiers, config.tls.ca),
+            interval=config.checkpoint_interval,
+        )
         self._channel: grpc.aio.Channel | None = None
         self._pusher: Pusher | None = None
         self._push_task: asyncio.Task[None] | None = None
@@ -60,6 +71,7 @@ class PrefectureApp:
         channel = secure_channel(self.config.national_target, self.config.tls)
         self._channel = channel
         national = national_pb2_grpc.NationalServiceStub(channel)
+        self.log.keeper.submit = national.SubmitCheckpoint
         self._pusher = Pusher(
             db=self.db,
             outbox=self.outbox,
@@ -88,7 +100,7 @@ class PrefectureApp:
 
         def register(server: grpc.aio.Server) -> None:
             prefecture_pb2_grpc.add_PrefectureServiceServicer_to_server(
-                PrefectureServicer(receiver, service), server
+                PrefectureServicer(receiver, service, self.log.witness), server
             )
 
         self._server = await start_server(
@@ -97,7 +109,9 @@ class PrefectureApp:
             register=register,
             service_names=[SERVICE],
             metrics=self.metrics,
+            audit=self.log.recorder,
         )
+        self.log.start()
         self._push_task = asyncio.create_task(self._pusher.run(), name="relay-pusher")
         return self._server.port
 
@@ -109,6 +123,7 @@ class PrefectureApp:
                 await self._push_task
         if self._server is not None:
             await self._server.stop()
+        await self.log.stop()
         if self._channel is not None:
             await self._channel.close(grace=None)
         await self.db.close()

@@ -6,18 +6,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from jukinet.audit import Witness
 from jukinet.delivery.receiver import Receiver
 from jukinet.interceptors import current_identity
-from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc, provision_pb2
+from jukinet.v1 import delivery_pb2, oplog_pb2, prefecture_pb2_grpc, provision_pb2
 from services.prefecture.service import PrefectureService
 
 
 class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     """The PrefectureService RPCs."""
 
-    def __init__(self, receiver: Receiver, service: PrefectureService) -> None:
+    def __init__(self, receiver: Receiver, service: PrefectureService, witness: Witness) -> None:
         self._receiver = receiver
         self._service = service
+        self._witness = witness
 
     async def PushNotifications(
         self, request_iterator: AsyncIterator[delivery_pb2.PushNotificationsRequest], context: Any
@@ -58,3 +60,17 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     ) -> delivery_pb2.GetDeliveryStatusResponse:
         """How far delivery has come, in and out; its operators only."""
         return await self._service.delivery_status()
+
+    # -- the operation log's heads ---------------------------------------------------
+
+    async def SubmitCheckpoint(
+        self, request: oplog_pb2.SubmitCheckpointRequest, context: Any
+    ) -> oplog_pb2.SubmitCheckpointResponse:
+        """Keep and cosign a head of the caller's own operation log; its municipalities only."""
+        return await self._witness.submit(current_identity(), request)
+
+    async def GetCheckpoints(
+        self, request: oplog_pb2.GetCheckpointsRequest, context: Any
+    ) -> oplog_pb2.GetCheckpointsResponse:
+        """The heads held for a log: its node itself, or this tier's operators."""
+        return await self._witness.checkpoints(current_identity(), request)

@@ -1123,3 +1123,90 @@ async def test_a_move_in_without_a_readable_certificate_is_one_line(
     line = one_line(missing)
     assert line.startswith("jukinet: INVALID_ARGUMENT: --certificate: "), line
     assert "move-out-certificate-missing" in line, line
+
+
+async def test_households_at_the_counter(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    person = ["--birth-date", "1980-01-02", "--sex", "male", "--address", ADDRESS_1]
+    head = await jukinet(
+        capsys,
+        "resident",
+        "enter",
+        "--name",
+        "鳥取 一郎",
+        *person,
+        "--date",
+        "2024-01-01",
+        "--domicile",
+        "鳥取県鳥取市本籍1番地",
+        "--domicile-head",
+        "鳥取 一郎",
+        *at_counter(fed),
+    )
+    assert head.code == 0, head.err
+    household = head.json()["resident"]["household_id"]
+    head_code = head.json()["resident"]["resident_code"]
+    child = await jukinet(
+        capsys,
+        "resident",
+        "birth",
+        "--name",
+        "鳥取 二郎",
+        "--birth-date",
+        "2024-05-06",
+        "--sex",
+        "male",
+        "--address",
+        ADDRESS_1,
+        "--household",
+        household,
+        "--relationship",
+        "child",
+        *at_counter(fed),
+    )
+    assert child.code == 0, child.err
+    child_code = child.json()["resident"]["resident_code"]
+    shown = await jukinet(capsys, "resident", "household", "show", child_code, *at_counter(fed))
+    assert shown.code == 0, shown.err
+    got = shown.json()["household"]
+    assert got["household_id"] == household
+    assert got["head_resident_code"] == head_code
+    assert [(m["resident_code"], m["relationship"]) for m in got["members"]] == [
+        (head_code, "RELATIONSHIP_HEAD"),
+        (child_code, "RELATIONSHIP_CHILD"),
+    ]
+    moved = await jukinet(
+        capsys,
+        "resident",
+        "household",
+        "change",
+        child_code,
+        "--new",
+        "--date",
+        "2024-06-01",
+        *at_counter(fed),
+    )
+    assert moved.code == 0, moved.err
+    assert moved.json()["household"]["head_resident_code"] == child_code
+    refused = await jukinet(
+        capsys,
+        "resident",
+        "household",
+        "change",
+        head_code,
+        "--relationship",
+        "head",
+        "--member",
+        f"{child_code}=child",
+        "--date",
+        "2024-06-02",
+        *at_counter(fed),
+    )
+    assert refused.code == 1
+    assert "INVALID_ARGUMENT: --relationship:" in refused.err, refused.err
+    assert "is the head" in refused.err, refused.err
+    by_id = await jukinet(
+        capsys, "resident", "household", "show", household, "--id", *at_counter(fed)
+    )
+    assert [m["resident_code"] for m in by_id.json()["household"]["members"]] == [head_code]

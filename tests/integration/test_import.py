@@ -99,7 +99,7 @@ async def test_bad_rows_are_reported_and_good_rows_load(fed: Federation, tmp_pat
     assert "not a date on the calendar" in by_line[bad_date].reason
     assert "must not be empty" in by_line[empty_name].reason
     assert "male/female" in by_line[bad_sex].reason and by_line[bad_sex].local
-    assert "expected 10 fields" in by_line[short].reason and by_line[short].local
+    assert f"expected {len(COLUMNS)} fields" in by_line[short].reason and by_line[short].local
     assert not by_line[bad_date].local and by_line[bad_date].source_id.startswith(CODE)
     assert summary.exit_code == 1
     assert _residents(await _register(fed)) == _people(kept)
@@ -124,6 +124,55 @@ async def test_households_share_their_id_and_address(fed: Federation, tmp_path: 
         households.setdefault(r.household_id, set()).add(r.person.address)
     assert all(len(addresses) == 1 for addresses in households.values())
     assert len(households) < len(residents)  # some households have several members
+    # Each household's first member is its head (世帯主), also across batches.
+    heads = {
+        r.household_id: r.resident_code
+        for r in residents
+        if r.register.relationship == municipal_pb2.RELATIONSHIP_HEAD
+    }
+    assert set(heads) == set(households)
+    for household_id, head in list(heads.items())[:10]:
+        got = await fed.operator(CODE).GetHousehold(
+            municipal_pb2.GetHouseholdRequest(household_id=household_id)
+        )
+        assert got.household.head_resident_code == head
+
+
+async def test_relationships_and_domicile_are_imported_and_checked(
+    fed: Federation, tmp_path: Path
+) -> None:
+    rows = list(sample_rows(CODE, 6, seed=5))
+    head, *_ = rows
+    family = [r for r in rows if r["household_id"] == head["household_id"]]
+    assert len(family) >= 2, "the sample's first household has one member"
+    spouse = dict(family[1], relationship="妻", domicile="鳥取県鳥取市本籍1番地", domicile_head="x")
+    second_head = dict(family[1], source_id="extra-head", relationship="head")
+    lonely_child = dict(family[1], source_id="lonely", household_id="", relationship="child")
+    unknown = dict(family[1], source_id="unknown", relationship="はとこ")
+    path = tmp_path / "register.csv"
+    lines = [list(COLUMNS), _row(head), _row(spouse), _row(second_head), _row(lonely_child)]
+    _write(path, [*lines, _row(unknown)])
+    summary = await import_csv(
+        fed.channel(fed.municipal_ports[CODE], OPERATOR), path, batch=10, progress=False
+    )
+    assert summary.imported == 2
+    by_line = {r.line: r for r in summary.rejected}
+    assert (by_line[4].field, by_line[5].field, by_line[6].field) == (
+        "register.relationship",
+        "register.relationship",
+        "relationship",
+    )
+    assert "has its head on line 2" in by_line[4].reason
+    assert "heads a household of its own" in by_line[5].reason
+    assert by_line[6].local and "はとこ" in by_line[6].reason
+    entered = {r.person.name: r for r in await _register(fed)}
+    wife = entered[spouse["name"]]
+    assert wife.register.relationship == municipal_pb2.RELATIONSHIP_WIFE
+    assert (wife.register.domicile, wife.register.domicile_head) == ("鳥取県鳥取市本籍1番地", "x")
+    got = await fed.operator(CODE).GetHousehold(
+        municipal_pb2.GetHouseholdRequest(household_id=head["household_id"])
+    )
+    assert got.household.head_resident_code == entered[head["name"]].resident_code
 
 
 async def test_interrupted_import_resumes_with_every_row_once(

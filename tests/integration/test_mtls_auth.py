@@ -46,7 +46,7 @@ from jukinet.tls import (
     secure_channel,
     server_credentials,
 )
-from jukinet.v1 import delivery_pb2, prefecture_pb2_grpc, provision_pb2
+from jukinet.v1 import delivery_pb2, oplog_pb2, prefecture_pb2_grpc, provision_pb2
 from tests.federation import EOF, trailers
 
 SERVICE = "/jukinet.v1.PrefectureService/"
@@ -116,6 +116,18 @@ class ProbeServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     ) -> provision_pb2.DiscloseResponse:
         """Never admitted by these rules."""
         raise NotImplementedError("no rule of this suite admits Disclose")
+
+    async def SubmitCheckpoint(
+        self, request: oplog_pb2.SubmitCheckpointRequest, context: Any
+    ) -> oplog_pb2.SubmitCheckpointResponse:
+        """Not under test here."""
+        raise NotImplementedError("no rule of this suite admits SubmitCheckpoint")
+
+    async def GetCheckpoints(
+        self, request: oplog_pb2.GetCheckpointsRequest, context: Any
+    ) -> oplog_pb2.GetCheckpointsResponse:
+        """Not under test here."""
+        raise NotImplementedError("no rule of this suite admits GetCheckpoints")
 
 
 class BareServicer(prefecture_pb2_grpc.PrefectureServiceServicer):

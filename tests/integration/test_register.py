@@ -97,12 +97,15 @@ def assert_record(
 
 
 async def birth(
-    fed: Federation, municipality: str = TOTTORI, details: M.PersonDetails | None = None, **kw: str
+    fed: Federation,
+    municipality: str = TOTTORI,
+    details: M.PersonDetails | None = None,
+    household_id: str = "",
 ) -> M.RegisterBirthResponse:
-    """Register a birth at ``municipality``."""
+    """Register a birth at ``municipality`` (into ``household_id``, or a new household)."""
     details = details or person(address=ADDRESS[municipality])
     return await fed.operator(municipality).RegisterBirth(
-        M.RegisterBirthRequest(person=details, **kw), timeout=TIMEOUT
+        M.RegisterBirthRequest(person=details, household_id=household_id), timeout=TIMEOUT
     )
 
 

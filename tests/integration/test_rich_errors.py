@@ -54,6 +54,7 @@ from jukinet.errors import (
 )
 from jukinet.identity import Identity
 from jukinet.interceptors import AuthInterceptor
+from jukinet.login import PasswordReused, WeakPassword
 from jukinet.movecert import CertificateMissing, CertificateRefused
 from jukinet.purposes import Operation, PurposeDenied
 from jukinet.reasons import DOMAIN, Reason
@@ -285,6 +286,58 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
     Reason.QUOTA_EXCEEDED: (
         lambda: QuotaExceeded(NENKIN, EXISTENCE, 1.5),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
+    Reason.CARD_INVALID: (
+        lambda: Unauthenticated("refused", reason=Reason.CARD_INVALID),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.CARD_REVOKED: (
+        lambda: Unauthenticated("refused", reason=Reason.CARD_REVOKED),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.FOREIGN_CARD: (
+        lambda: PermissionDenied("refused", reason=Reason.FOREIGN_CARD),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.FOREIGN_TERMINAL: (
+        lambda: PermissionDenied("refused", reason=Reason.FOREIGN_TERMINAL),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.CHALLENGE_INVALID: (
+        lambda: Unauthenticated("refused", reason=Reason.CHALLENGE_INVALID),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.WRONG_PASSWORD: (
+        lambda: Unauthenticated("refused", reason=Reason.WRONG_PASSWORD),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.LOCKED_OUT: (
+        lambda: PermissionDenied("refused", reason=Reason.LOCKED_OUT),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.PASSWORD_EXPIRED: (
+        lambda: FailedPrecondition("refused", reason=Reason.PASSWORD_EXPIRED),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.SESSION_INVALID: (
+        lambda: Unauthenticated("refused", reason=Reason.SESSION_INVALID),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.SESSION_EXPIRED: (
+        lambda: Unauthenticated("refused", reason=Reason.SESSION_EXPIRED),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.WRONG_TERMINAL: (
+        lambda: PermissionDenied("refused", reason=Reason.WRONG_TERMINAL),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.WEAK_PASSWORD: (
+        lambda: WeakPassword("new_password", "too short"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    Reason.PASSWORD_REUSED: (
+        lambda: PasswordReused("new_password", "the previous one"),
+        grpc.StatusCode.INVALID_ARGUMENT,
     ),
 }
 

@@ -12,10 +12,14 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 import jukinet.v1
 from gateway.servicer import GatewayServicer
+from jukinet import audit
 from jukinet.identity import Kind
 from jukinet.interceptors import allow, method_path, service_rules
+from services.municipal import access as municipal_access
 from services.municipal.servicer import MunicipalServicer
+from services.national import access as national_access
 from services.national.servicer import NationalServicer
+from services.prefecture import access as prefecture_access
 from services.prefecture.servicer import PrefectureServicer
 from tests.authz import CALLERS, NODES, Node
 
@@ -32,6 +36,9 @@ ALL_MUNICIPAL = {
     "Amend",
     "RemoveExOfficio",
     "GetResident",
+    "GetHousehold",
+    "ChangeHousehold",
+    "ChangeDomicile",
     "ExportResidents",
     "ImportResidents",
     "GetStatus",
@@ -51,6 +58,8 @@ POLICY: dict[str, dict[str, set[str]]] = {
         "GetIdentity": {"operator-of-prefecture"},
         "ExportIdentities": {"operator-of-prefecture"},
         "GetDeliveryStatus": {"operator-of-prefecture"},
+        "SubmitCheckpoint": OWN_MUNICIPALITIES,
+        "GetCheckpoints": OWN_MUNICIPALITIES | {"operator-of-prefecture"},
     },
     "national": {
         "PushNotifications": {"prefecture", "prefecture-other"},
@@ -63,6 +72,8 @@ POLICY: dict[str, dict[str, set[str]]] = {
         "ProvideSearch": {"gateway"},
         "RecordDenial": {"gateway"},
         "Disclose": {"prefecture", "prefecture-other", "operator-of-national"},
+        "SubmitCheckpoint": {"prefecture", "prefecture-other"},
+        "GetCheckpoints": {"prefecture", "prefecture-other", "operator-of-national"},
     },
     "gateway": {method: {"agency"} for method in ("Verify", "Retrieve", "Search", "VerifyBatch")},
 }
@@ -139,3 +150,40 @@ def test_a_rule_for_a_method_the_service_lacks_stops_the_table() -> None:
         method_path(service, "registerBirth")
     table = service_rules(service, {"GetStatus": anyone})
     assert list(table) == [f"/{service.full_name}/GetStatus"]
+
+
+AUDITED = {
+    "municipal": municipal_access.audited(),
+    "prefecture": prefecture_access.audited(),
+    "national": national_access.audited(),
+}
+
+
+@pytest.mark.parametrize("node", NODES[:3], ids=node_ids)
+def test_every_rpc_of_a_logging_node_says_which_residents_it_touches(node: Node) -> None:
+    wanted = {method_path(service, method.name) for service, method in node.methods()}
+    assert set(AUDITED[node.name]) == wanted
+
+
+def test_an_audit_table_without_a_method_stops_the_node() -> None:
+    table = dict.fromkeys(
+        (m.name for m in municipal_access.SERVICE.methods), audit.resident_codes_in
+    )
+    del table["GetResident"]
+    with pytest.raises(ValueError, match="no extractor for \\['GetResident'\\]"):
+        audit.audit_table(municipal_access.SERVICE, table)
+    table["GetResident"] = audit.no_residents
+    table["Unheard"] = audit.no_residents
+    with pytest.raises(ValueError, match="not methods \\['Unheard'\\]"):
+        audit.audit_table(municipal_access.SERVICE, table)
+
+
+def test_resident_codes_are_found_at_any_depth() -> None:
+    from jukinet.v1 import delivery_pb2, municipal_pb2
+
+    answer = municipal_pb2.ChangeResidentCodeResponse(previous_resident_code="12345678903")
+    assert list(audit.resident_codes_in(answer)) == ["12345678903"]
+    pool = delivery_pb2.AllocateCodePoolResponse(resident_codes=["1", "2"])
+    assert list(audit.resident_codes_in(pool)) == ["1", "2"]
+    empty = municipal_pb2.GetResidentRequest()
+    assert list(audit.resident_codes_in(empty)) == []

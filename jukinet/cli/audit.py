@@ -1,0 +1,152 @@
+"""``jukinet audit verify``: check a node's operation log end to end and against
+the heads the tier above holds and cosigned.
+
+    jukinet audit verify municipal --config municipality-312011.toml
+
+Run on the node's host with the node's own config: it reads the node's
+database and log key file, and asks the tier above (over mTLS, with the
+node's certificate) for the heads it holds of this log. Prints ``ok, N
+entries, head at size S cosigned by W`` or the first problem (which entry was
+altered, removed, inserted or reordered); the exit status is 1 on a problem,
+2 on a usage or configuration problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from jukinet.audit import log_key_path, origin_of, read_log_keys
+from jukinet.config import LoggedNodeConfig, MunicipalConfig, NationalConfig, PrefectureConfig
+from jukinet.db import Database
+from jukinet.errors import ConfigError
+from jukinet.identity import Identity
+from jukinet.oplog import note
+from jukinet.oplog.log import OperationLog, OplogTables
+from jukinet.oplog.verify import verify_log
+from jukinet.tls import secure_channel
+from jukinet.v1 import national_pb2_grpc, oplog_pb2, prefecture_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of an audit: whether the log is sound, and the line that says so."""
+
+    ok: bool
+    line: str
+
+
+def _node(tier: str, config: LoggedNodeConfig) -> tuple[Identity, OplogTables, str]:
+    """The node's identity, its log's tables and the address of the tier above ("" if none)."""
+    if isinstance(config, MunicipalConfig):
+        from services.municipal import models as municipal
+
+        code = config.local_government_code
+        return Identity.municipality(code), municipal.oplog, config.prefecture_target
+    if isinstance(config, PrefectureConfig):
+        from services.prefecture import models as prefecture
+
+        code = config.prefecture_code
+        return Identity.prefecture(code), prefecture.oplog, config.national_target
+    from services.national import models as national
+
+    return Identity.national(), national.oplog, ""
+
+
+async def _upstream(
+    tier: str, target: str, config: LoggedNodeConfig, origin: str
+) -> tuple[list[note.Note], list[note.Verifier]]:
+    channel = secure_channel(target, config.tls)
+    try:
+        stub: Any = (
+            prefecture_pb2_grpc.PrefectureServiceStub(channel)
+            if tier == "municipal"
+            else national_pb2_grpc.NationalServiceStub(channel)
+        )
+        answer = await stub.GetCheckpoints(oplog_pb2.GetCheckpointsRequest(origin=origin))
+    finally:
+        await channel.close(grace=None)
+    held = [note.parse_note(text) for text in answer.checkpoints]
+    return held, [note.parse_vkey(answer.witness_key)] if answer.witness_key else []
+
+
+async def verify_node(tier: str, config: LoggedNodeConfig, *, offline: bool = False) -> Report:
+    """Verify the log of the node ``config`` describes; ``offline``: not against upstream."""
+    identity, tables, target = _node(tier, config)
+    origin = origin_of(identity)
+    keys = read_log_keys(log_key_path(config.log_key, config.tls.key), origin)
+    oplog = OperationLog(tables, origin, keys.log)
+    db = Database(config.database_url)
+    try:
+        async with db.read() as conn:
+            rows = await oplog.rows(conn)
+            heads = await oplog.heads(conn)
+            frontier = await oplog.frontier(conn)
+    finally:
+        await db.close()
+    upstream: list[note.Note] = []
+    witnesses: list[note.Verifier] = []
+    if target and not offline:
+        upstream, witnesses = await _upstream(tier, target, config, origin)
+    verdict = verify_log(
+        rows,
+        heads,
+        keys.log.verifier,
+        state=frontier,
+        upstream=upstream,
+        witnesses=witnesses,
+    )
+    if verdict.problem is not None:
+        return Report(False, f"{origin}: {verdict.problem}")
+    line = f"ok, {len(rows)} entries"
+    if upstream:
+        newest = upstream[-1]
+        size = note.parse_checkpoint(newest.text).size
+        line += f", head at size {size} cosigned by {', '.join(note.cosigners(newest, witnesses))}"
+    elif target and not offline:
+        line += ", no head held upstream yet"
+    return Report(True, line)
+
+
+_CONFIGS: dict[str, type[LoggedNodeConfig]] = {
+    "municipal": MunicipalConfig,
+    "prefecture": PrefectureConfig,
+    "national": NationalConfig,
+}
+
+
+def register_cli(sub: Any) -> None:
+    """Add ``audit verify <tier> --config FILE`` to the ``jukinet`` parser."""
+    group = sub.add_parser("audit", help="check a node's operation log")
+    actions = group.add_subparsers(dest="audit_command", required=True)
+    verify = actions.add_parser("verify", help="verify a node's log end to end and upstream")
+    verify.add_argument("tier", choices=sorted(_CONFIGS))
+    verify.add_argument("--config", required=True, help="the node's TOML config file")
+    verify.add_argument(
+        "--offline", action="store_true", help="do not ask the tier above for its heads"
+    )
+
+    def go(a: argparse.Namespace) -> int:
+        from jukinet.config import load_config
+
+        try:
+            config = load_config(_CONFIGS[a.tier], a.config)
+            report = asyncio.run(verify_node(a.tier, config, offline=a.offline))
+        except ConfigError as exc:
+            print(f"jukinet audit: {exc}", file=sys.stderr)
+            return 2
+        except grpc.aio.AioRpcError as exc:
+            print(
+                f"jukinet audit: the tier above answered {exc.code().name}: {exc.details()}",
+                file=sys.stderr,
+            )
+            return 1
+        print(report.line, file=sys.stdout if report.ok else sys.stderr)
+        return 0 if report.ok else 1
+
+    verify.set_defaults(func=go)
