@@ -4,15 +4,20 @@ that open a client-streaming call (the one wire convention both ends share)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from jukinet.errors import error_metadata
+from jukinet.identity import Identity
 from jukinet.tls import TlsFiles, secure_channel
+from jukinet.v1 import operator_pb2, operator_pb2_grpc
 
 
 def tls_files(pki_dir: Path | str, name: str) -> TlsFiles:
@@ -21,11 +26,56 @@ def tls_files(pki_dir: Path | str, name: str) -> TlsFiles:
     return TlsFiles(ca=d / "ca.pem", cert=d / f"{name}.pem", key=d / f"{name}.key")
 
 
-def connect(target: str, pki_dir: Path | str, name: str) -> grpc.aio.Channel:
-    """An mTLS channel to ``target`` presenting certificate ``name``."""
+def connect(
+    target: str, pki_dir: Path | str, name: str, *, session: str | None = None
+) -> grpc.aio.Channel:
+    """An mTLS channel to ``target`` presenting certificate ``name`` (with an
+    operator's ``session`` token on every call, if given)."""
     files = tls_files(pki_dir, name)
     files.load()  # fail early, with one clear line, on a missing or bad file
-    return secure_channel(target, files)
+    return secure_channel(target, files, session=session)
+
+
+class Signer(Protocol):
+    """What logs an operator in: an open operator card (:class:`jukinet.card.Card`)."""
+
+    certificate: x509.Certificate
+    identity: Identity
+
+    def sign(self, data: bytes) -> bytes:
+        """The card's signature of ``data``."""
+        ...
+
+
+async def log_in(
+    channel: grpc.aio.Channel,
+    card: Signer,
+    password: str,
+    *,
+    new_password: str | None = None,
+) -> operator_pb2.LoginResponse:
+    """Log the card's operator in over ``channel`` (a counter terminal's mTLS
+    channel, without a session): ask for a challenge, sign it on the card,
+    send the signature, the card's certificate and the password.
+
+    The response's ``session_token`` then opens a channel with
+    ``connect(..., session=token)`` from the same terminal.
+    """
+    stub = operator_pb2_grpc.OperatorServiceStub(channel)
+    begun: operator_pb2.BeginLoginResponse = await stub.BeginLogin(
+        operator_pb2.BeginLoginRequest(operator_id=card.identity.operator_id)
+    )
+    signature = await asyncio.to_thread(card.sign, begun.challenge)
+    response: operator_pb2.LoginResponse = await stub.Login(
+        operator_pb2.LoginRequest(
+            nonce=begun.nonce,
+            signature=signature,
+            card_certificate=card.certificate.public_bytes(serialization.Encoding.DER),
+            password=password,
+            new_password=new_password or "",
+        )
+    )
+    return response
 
 
 STREAM_READY = ("jukinet-stream", "ready")

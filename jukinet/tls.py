@@ -368,11 +368,29 @@ def merge_options(
     return list(merged.items())
 
 
+SESSION_METADATA = "jukinet-session"
+"""The metadata key that carries an operator's session token on every call
+from a counter terminal after the login (:mod:`jukinet.login`)."""
+
+
+class _SessionToken(grpc.AuthMetadataPlugin):
+    """Adds the session token to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ((SESSION_METADATA, token),)
+
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
+        callback(self._metadata, None)
+
+
 def secure_channel(
     target: str,
     files: TlsFiles,
     *,
     options: Sequence[ChannelOption] = (),
+    session: str | None = None,
 ) -> grpc.aio.Channel:
     """An mTLS ``grpc.aio`` channel to ``target`` (e.g. ``127.0.0.1:50051``).
 
@@ -380,8 +398,15 @@ def secure_channel(
     override: gRPC matches an IP target against the certificate's IP SANs
     (nodes get ``127.0.0.1``) and a name against its DNS SANs (``localhost``),
     which tests/integration/test_mtls_auth.py checks for both forms.
-    ``options`` override the keepalive defaults by name.
+    ``options`` override the keepalive defaults by name. ``session``, an
+    operator's session token, goes with every call (:data:`SESSION_METADATA`):
+    gRPC call credentials, which are sent only over the TLS channel.
     """
+    credentials = channel_credentials(files)
+    if session is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.metadata_call_credentials(_SessionToken(session))
+        )
     return grpc.aio.secure_channel(
-        target, channel_credentials(files), options=merge_options(CLIENT_OPTIONS, options)
+        target, credentials, options=merge_options(CLIENT_OPTIONS, options)
     )
