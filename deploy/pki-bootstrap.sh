@@ -7,7 +7,9 @@
 # one volume per node there), it copies in just what node <name> needs: ca.pem,
 # crl.pem, its certificate as tls.pem and its key as tls.key, owned by root and
 # group $NODE_GID (10001, the image's jukinet user), the key readable by that
-# group only. Never ca.key, never another node's key.
+# group only; a node that keeps an operation log also gets its log key as
+# tls.log.key (like tls.key) and log-verifiers (the log keys of the tier below).
+# Never ca.key, never another node's key.
 set -eu
 PKI_DIR=${PKI_DIR:-/pki}
 NODES_DIR=${NODES_DIR:-/nodes}
@@ -29,7 +31,13 @@ for dir in "$NODES_DIR"/*/; do
   install -o 0 -g "$NODE_GID" -m 0444 "$PKI_DIR/crl.pem" "$dir/crl.pem"
   install -o 0 -g "$NODE_GID" -m 0444 "$PKI_DIR/$name.pem" "$dir/tls.pem"
   install -o 0 -g "$NODE_GID" -m 0440 "$PKI_DIR/$name.key" "$dir/tls.key"
+  given="ca.pem crl.pem tls.pem tls.key"
+  if [ -f "$PKI_DIR/$name.log.key" ]; then
+    install -o 0 -g "$NODE_GID" -m 0440 "$PKI_DIR/$name.log.key" "$dir/tls.log.key"
+    install -o 0 -g "$NODE_GID" -m 0444 "$PKI_DIR/log-verifiers" "$dir/log-verifiers"
+    given="$given tls.log.key log-verifiers"
+  fi
   chown 0:"$NODE_GID" "$dir"
   chmod 0750 "$dir"
-  echo "pki-bootstrap: $name gets ca.pem crl.pem tls.pem tls.key"
+  echo "pki-bootstrap: $name gets $given"
 done

@@ -7,7 +7,8 @@ the heads it signs and sends upward, and the witness of the tier below.
   log's origin, :func:`origin_of`) and the cosignature/v1 key with which the
   node witnesses the logs of the tier below (``<origin>/witness``). The PKI
   tooling writes it beside each node's certificate; a node that finds none
-  makes one at its first start. The tier above learns a node's log key from
+  does not start (a key it made itself is one the tier above does not trust,
+  and a node's key folder is often read-only). The tier above learns a node's log key from
   its ``log_verifiers`` file (by default ``log-verifiers`` beside the CA
   certificate, which the PKI tooling writes): one verifier key a line,
   named by origin. A head of a log whose key is not listed there is refused.
@@ -106,8 +107,16 @@ def read_log_keys(path: Path, origin: str) -> LogKeys:
     try:
         lines = path.read_text(encoding="ascii").split()
         signers = [note.parse_skey(line) for line in lines]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"log_key: cannot read {path}: {exc}") from None
+    except FileNotFoundError:
+        raise ConfigError(
+            f"log_key: {path}: not found (`jukinet pki federation` writes each node's "
+            "log key beside its certificate; a node does not make its own, since the "
+            "tier above trusts only the keys listed in its log-verifiers)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"log_key: {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"log_key: {path}: not a log key file: {exc}") from None
     except note.NoteError as exc:
         raise ConfigError(f"log_key: {path}: {exc}") from None
     if len(signers) != 2:
@@ -118,20 +127,6 @@ def read_log_keys(path: Path, origin: str) -> LogKeys:
     if keys.witness.sig_type != note.COSIGNATURE_V1:
         raise ConfigError(f"log_key: {path}: the second key is not a cosignature/v1 key")
     return keys
-
-
-def load_or_create_log_keys(path: Path, origin: str) -> LogKeys:
-    """The keys of ``path``; made and written there first if the file does not exist."""
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):
-            write_log_keys(path, new_log_keys(origin))
-            log.warning(
-                "made a new log key %s: the tier above refuses this node's heads until its "
-                "log_verifiers lists %s",
-                path,
-                read_log_keys(path, origin).log.verifier.vkey,
-            )
-    return read_log_keys(path, origin)
 
 
 def read_verifiers(path: Path) -> dict[str, note.Verifier]:
@@ -470,7 +465,7 @@ class NodeLog:
         interval: float,
     ) -> None:
         self.origin = origin_of(identity)
-        self.keys = load_or_create_log_keys(log_key, self.origin)
+        self.keys = read_log_keys(log_key, self.origin)
         self.oplog = OperationLog(tables, self.origin, self.keys.log)
         self.recorder = Recorder(db, self.oplog, audited, clock)
         self.witness = Witness(db, tables, self.keys.witness, read_verifiers(verifiers), clock)

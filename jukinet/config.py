@@ -100,9 +100,8 @@ class LoggedNodeConfig(NodeConfig):
 
     log_key: str = ""
     """The log key file (the node's head-signing key and its witness key);
-    empty: ``<tls key>.log.key`` beside the TLS key. Made at the first start
-    if missing (the tier above then refuses the node's heads until its
-    ``log_verifiers`` lists the new key)."""
+    empty: ``<tls key>.log.key`` beside the TLS key. ``jukinet pki`` writes
+    it; a node without one does not start."""
     log_verifiers: str = ""
     """The verifier keys of the logs of the tier below, one a line; empty:
     ``log-verifiers`` beside the CA certificate (written by ``jukinet pki``).

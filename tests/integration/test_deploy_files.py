@@ -176,6 +176,9 @@ def _kubernetes_secret_volume(base: Path, pki_dir: Path, name: str) -> tuple[Pat
     tls.mkdir()
     files = {"ca.pem": "ca.pem", "crl.pem": "crl.pem", "tls.pem": f"{name}.pem"}
     files["tls.key"] = f"{name}.key"
+    if name != "gateway":  # the nodes that keep an operation log
+        files["tls.log.key"] = f"{name}.log.key"
+        files["log-verifiers"] = "log-verifiers"
     for target, source in files.items():
         shutil.copy(pki_dir / source, tls / target)
         os.chown(tls / target, 0, context["fsGroup"])
@@ -211,6 +214,20 @@ def test_a_root_only_key_is_one_line_not_a_crash(shared_tmp: Path, pki_dir: Path
 
 
 @needs_setpriv
+def test_a_missing_log_key_is_one_line_not_a_crash(shared_tmp: Path, pki_dir: Path) -> None:
+    tls, uid, gid = _kubernetes_secret_volume(shared_tmp, pki_dir, "national")
+    (tls / "tls.log.key").unlink()
+    health = f"127.0.0.1:{_free_port()}"
+    process = _run_national(tls, _data_dir(shared_tmp, uid, gid), uid, gid, health)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert err.strip().startswith(
+        f"jukinet national: log_key: {tls / 'tls.log.key'}: not found (`jukinet pki federation`"
+    ), err
+    assert not (tls / "tls.log.key").exists()
+
+
+@needs_setpriv
 def test_compose_pki_gives_each_node_its_own_key_readable_as_uid_10001(
     shared_tmp: Path,
 ) -> None:
@@ -226,15 +243,17 @@ def test_compose_pki_gives_each_node_its_own_key_readable_as_uid_10001(
         capture_output=True,
         timeout=120,
     )
+    tls_files = ["ca.pem", "crl.pem", "tls.key", "tls.pem"]
+    assert sorted(p.name for p in (nodes / "gateway").iterdir()) == tls_files
+    assert sorted(p.name for p in (nodes / "national").iterdir()) == sorted(
+        [*tls_files, "tls.log.key", "log-verifiers"]
+    )
     for name in ("national", "gateway"):
-        assert sorted(p.name for p in (nodes / name).iterdir()) == [
-            "ca.pem",
-            "crl.pem",
-            "tls.key",
-            "tls.pem",
-        ]
         assert (nodes / name / "tls.pem").read_bytes() == (ca / f"{name}.pem").read_bytes()
         assert (nodes / name / "tls.key").read_bytes() == (ca / f"{name}.key").read_bytes()
+    assert (nodes / "national" / "tls.log.key").read_bytes() == (
+        ca / "national.log.key"
+    ).read_bytes()
     uid, gid = 10001, 10001
     # The CA's key is out of reach of the node's user.
     assert SETPRIV is not None

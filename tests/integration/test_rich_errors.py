@@ -339,6 +339,18 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: PasswordReused("new_password", "the previous one"),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
+    Reason.CHECKPOINT_FOREIGN: (
+        lambda: PermissionDenied("refused", reason=Reason.CHECKPOINT_FOREIGN),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.CHECKPOINT_INCONSISTENT: (
+        lambda: FailedPrecondition("refused", reason=Reason.CHECKPOINT_INCONSISTENT),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.LOG_KEY_UNKNOWN: (
+        lambda: FailedPrecondition("refused", reason=Reason.LOG_KEY_UNKNOWN),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
 }
 
 
