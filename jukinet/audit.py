@@ -322,6 +322,9 @@ class CheckpointKeeper:
         self.clock = clock
         self.interval = interval
         self.submit = submit
+        # The witness keys of the tier below, by name, where log_verifiers lists them:
+        # a cosignature returned (CosignLogHead) must be made with the one listed.
+        self.witnesses: dict[str, note.Verifier] = {}
         self._warned = ""
 
     async def run(self) -> None:
@@ -416,7 +419,12 @@ class CheckpointKeeper:
                 f"the cosignature cannot be read: {exc}", reason=Reason.CHECKPOINT_INCONSISTENT
             ) from None
         expected = f"{origin_of(caller)}/witness"
-        if witness.name != expected or witness.sig_type != note.COSIGNATURE_V1:
+        known = self.witnesses.get(expected)
+        if (
+            witness.name != expected
+            or witness.sig_type != note.COSIGNATURE_V1
+            or (known is not None and known != witness)
+        ):
             raise PermissionDenied(
                 f"{caller.uri} cosigns with its own witness key {expected} only",
                 reason=Reason.CHECKPOINT_FOREIGN,
@@ -621,6 +629,7 @@ class NodeLog:
         self.recorder = Recorder(db, self.oplog, audited, clock)
         self.witness = Witness(db, tables, self.keys.witness, read_verifiers(verifiers), clock)
         self.keeper = CheckpointKeeper(db, self.oplog, clock, interval=interval, submit=None)
+        self.keeper.witnesses = {w.name: w for w in read_witness_keys(verifiers)}
         self.interval = interval
         self.top: TopWitness | None = None
         self._task: asyncio.Task[None] | None = None

@@ -149,7 +149,11 @@ def _check_provision(
             checkpoint.root,
         )
     except ProofError as exc:
-        return Line(False, f"{what}: entry {proof.index}: wrong inclusion proof: {exc}")
+        return Line(
+            False,
+            f"{what}: entry {proof.index} is not in the witnessed log "
+            f"(the entry or its inclusion proof was altered): {exc}",
+        )
     others = [c for c in entry.operation.resident_codes if c not in codes]
     if others:
         return Line(False, f"{what}: entry {proof.index} is for another resident ({others[0]})")

@@ -45,16 +45,23 @@ PROVISION_COLUMNS = (
     "log_index",
 )
 _PG_TYPES = {"provided_at": "timestamptz", "log_index": "bigint"}
-# The rows in the order given (ids follow it, and disclosure lists a resident's
-# provisions by time, then id).
-_PG_PROVISIONS = (
-    f"INSERT INTO {P.name} ({', '.join(PROVISION_COLUMNS)}) "
-    f"SELECT {', '.join(PROVISION_COLUMNS)} FROM unnest("
-    + ", ".join(
-        f"${i}::{_PG_TYPES.get(c, 'varchar')}[]" for i, c in enumerate(PROVISION_COLUMNS, start=1)
+
+
+def _pg_provisions(where: str = "") -> str:
+    # The rows in the order given (ids follow it, and disclosure lists a resident's
+    # provisions by time, then id).
+    return (
+        f"INSERT INTO {P.name} ({', '.join(PROVISION_COLUMNS)}) "
+        f"SELECT {', '.join(PROVISION_COLUMNS)} FROM unnest("
+        + ", ".join(
+            f"${i}::{_PG_TYPES.get(c, 'varchar')}[]"
+            for i, c in enumerate(PROVISION_COLUMNS, start=1)
+        )
+        + f") WITH ORDINALITY AS r({', '.join(PROVISION_COLUMNS)}, n) {where} ORDER BY n"
     )
-    + f") WITH ORDINALITY AS r({', '.join(PROVISION_COLUMNS)}, n) ORDER BY n"
-)
+
+
+_PG_PROVISIONS = _pg_provisions()
 E = models.oplog.entries
 S = models.oplog.state
 ENTRY_COLUMNS = tuple(c.name for c in E.columns)
@@ -62,20 +69,23 @@ _ENTRY_TYPES = {"idx": "bigint", "recorded_us": "bigint"} | {
     c.name: "bytea" for c in E.columns if isinstance(c.type, LargeBinary)
 }
 _N = len(PROVISION_COLUMNS)
+_SIZE, _FRONTIER, _OLD = (_N + len(ENTRY_COLUMNS) + i for i in (1, 2, 3))
+# Nothing is written unless the log is at the size the entries were made for.
+_AT_OLD = f"WHERE COALESCE((SELECT size FROM {S.name} WHERE id = {STATE_ID}), 0) = ${_OLD}"
 # Provision rows, their log entries and the log's new frontier in one statement
-# (one round trip, its own transaction). The entries' primary key is what keeps
-# two appends off one index: if another append took an index first, the whole
-# statement fails and nothing of it is written.
+# (one round trip, its own transaction). If the log is not at the size the
+# entries were made for, nothing is written; if another append is under way,
+# the entries' primary key makes the statement wait for it and then fail whole.
 _PG_LOGGED = (
-    f"WITH p AS ({_PG_PROVISIONS}), e AS ("
+    f"WITH p AS ({_pg_provisions(_AT_OLD)}), e AS ("
     f"INSERT INTO {E.name} ({', '.join(ENTRY_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(
         f"${i}::{_ENTRY_TYPES.get(c, 'text')}[]" for i, c in enumerate(ENTRY_COLUMNS, start=_N + 1)
     )
-    + f")) INSERT INTO {S.name} (id, size, frontier) "
-    f"VALUES ({STATE_ID}, ${_N + len(ENTRY_COLUMNS) + 1}, ${_N + len(ENTRY_COLUMNS) + 2}) "
+    + f") {_AT_OLD}) INSERT INTO {S.name} (id, size, frontier) "
+    f"SELECT {STATE_ID}, ${_SIZE}, ${_FRONTIER} {_AT_OLD} "
     "ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size, frontier = EXCLUDED.frontier "
-    f"WHERE {S.name}.size = ${_N + len(ENTRY_COLUMNS) + 3} RETURNING size"
+    f"WHERE {S.name}.size = ${_OLD} RETURNING size"
 )
 
 
@@ -263,8 +273,8 @@ async def insert_logged_provisions(
     ``old``) and the frontier ``new``, in one statement that commits on its own.
 
     Raises the driver's error (a unique violation when another append took one of
-    the indexes) with nothing written; :class:`LogError` if the frontier moved
-    although the indexes were free, which the entries' primary key rules out."""
+    the indexes) or :class:`LogError` (the log is not at ``old``'s size), with
+    nothing written."""
     pg = await driver(conn)
     if pg is None:
         raise RuntimeError("insert_logged_provisions is PostgreSQL's")
