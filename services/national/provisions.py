@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections import deque
@@ -79,12 +80,17 @@ class ProvisionEntry:
 _GATEWAY = Identity.gateway().uri
 
 
+@functools.lru_cache(maxsize=1024)
+def _agency_uri(code: str) -> str:
+    return Identity.agency(code).uri
+
+
 def log_operation(entry: ProvisionEntry, provision_id: str, at: dt.datetime) -> Operation:
     """The operation log entry of one provision (see the module docstring)."""
     denied = entry.result == provision_pb2.PROVISION_RESULT_DENIED
     return Operation(
         time=at,
-        operator=Identity.agency(entry.agency_code).uri,
+        operator=_agency_uri(entry.agency_code),
         terminal=_GATEWAY,
         operation=operation_label(entry.operation),
         resident_codes=(entry.resident_code,) if entry.resident_code else (),

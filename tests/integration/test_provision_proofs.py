@@ -201,9 +201,9 @@ async def test_provisions_are_logged_witnessed_and_proven_to_the_resident(
         tamper(bad)
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(bad), encoding="utf-8")
-        report = check_proof_file(str(path), verifiers, [])
-        assert not report.ok, name
-        problems = " | ".join(line.text for line in report.lines if not line.ok)
+        checked = check_proof_file(str(path), verifiers, [])
+        assert not checked.ok, name
+        problems = " | ".join(line.text for line in checked.lines if not line.ok)
         assert expected in problems, (name, problems)
     status, stdout, stderr = await cli(
         gw, "audit", "check-proof", str(tmp_path / "altered-entry.json"), "--verifiers", verifiers
