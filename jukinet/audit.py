@@ -8,10 +8,12 @@ the heads it signs and sends upward, and the witness of the tier below.
   node witnesses the logs of the tier below (``<origin>/witness``). The PKI
   tooling writes it beside each node's certificate; a node that finds none
   does not start (a key it made itself is one the tier above does not trust,
-  and a node's key folder is often read-only). The tier above learns a node's log key from
-  its ``log_verifiers`` file (by default ``log-verifiers`` beside the CA
+  and a node's key folder is often read-only). The tier above learns a
+  node's log key from its ``log_verifiers`` file (by default ``log-verifiers`` beside the CA
   certificate, which the PKI tooling writes): one verifier key a line,
-  named by origin. A head of a log whose key is not listed there is refused.
+  named by origin, and each node's witness key (``<origin>/witness``), with
+  which a resident checks a disclosure's proofs offline. A head of a log
+  whose key is not listed there is refused.
 - **Entries.** :class:`Recorder` is the interceptor's audit hook: every call
   of an operator identity to a method its node audits appends one entry
   after the call (ok, refused or failed, with the reason), in a transaction
@@ -25,6 +27,13 @@ the heads it signs and sends upward, and the witness of the tier below.
   that was; the cosignature returned is kept beside the head.
 - **Witness.** :class:`Witness` serves ``SubmitCheckpoint`` and
   ``GetCheckpoints`` on the tier above.
+- **The top tier.** The national node has no tier above: each prefecture
+  witnesses its log (:class:`TopWitness`), fetching the newest national head
+  with ``GetLogHead`` and the consistency proof from the one it holds,
+  checking it with the same :class:`Witness` code as a head sent from below,
+  and returning its cosignature with ``CosignLogHead``
+  (:meth:`CheckpointKeeper.cosigned_by`), which the national node keeps
+  beside its head as a lower tier keeps the cosignature of its own.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from jukinet.errors import ConfigError, FailedPrecondition, PermissionDenied
 from jukinet.identity import Identity, Kind
 from jukinet.oplog import note
 from jukinet.oplog.entry import Operation
-from jukinet.oplog.log import OperationLog, OplogTables, WitnessLog
+from jukinet.oplog.log import LogError, OperationLog, OplogTables, WitnessLog
 from jukinet.oplog.verify import WitnessError
 from jukinet.reasons import Reason
 from jukinet.v1 import oplog_pb2
@@ -129,15 +138,14 @@ def read_log_keys(path: Path, origin: str) -> LogKeys:
     return keys
 
 
-def read_verifiers(path: Path) -> dict[str, note.Verifier]:
-    """The log verifier keys of a ``log_verifiers`` file by origin; none if it is absent."""
+def _read_keys(path: Path) -> list[note.Verifier]:
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        return {}
+        return []
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"log_verifiers: cannot read {path}: {exc}") from None
-    found: dict[str, note.Verifier] = {}
+    found = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -146,10 +154,21 @@ def read_verifiers(path: Path) -> dict[str, note.Verifier]:
             verifier = note.parse_vkey(line)
         except note.NoteError as exc:
             raise ConfigError(f"log_verifiers: {path}:{number}: {exc}") from None
-        if verifier.sig_type != note.ED25519:
-            raise ConfigError(f"log_verifiers: {path}:{number}: not an Ed25519 log key")
-        found[verifier.name] = verifier
+        if verifier.sig_type not in (note.ED25519, note.COSIGNATURE_V1):
+            raise ConfigError(f"log_verifiers: {path}:{number}: not a log or witness key")
+        found.append(verifier)
     return found
+
+
+def read_verifiers(path: Path) -> dict[str, note.Verifier]:
+    """The log verifier keys (Ed25519) of a ``log_verifiers`` file by origin; none if it
+    is absent. The file also lists the nodes' witness keys (:func:`read_witness_keys`)."""
+    return {v.name: v for v in _read_keys(path) if v.sig_type == note.ED25519}
+
+
+def read_witness_keys(path: Path) -> list[note.Verifier]:
+    """The witness keys (cosignature/v1) of a ``log_verifiers`` file; none if it is absent."""
+    return [v for v in _read_keys(path) if v.sig_type == note.COSIGNATURE_V1]
 
 
 def default_verifiers_path(ca: Path) -> Path:
@@ -298,6 +317,9 @@ class CheckpointKeeper:
         self.clock = clock
         self.interval = interval
         self.submit = submit
+        # The witness keys of the tier below, by name, where log_verifiers lists them:
+        # a cosignature returned (CosignLogHead) must be made with the one listed.
+        self.witnesses: dict[str, note.Verifier] = {}
         self._warned = ""
 
     async def run(self) -> None:
@@ -345,14 +367,70 @@ class CheckpointKeeper:
         answer = await self.submit(
             oplog_pb2.SubmitCheckpointRequest(checkpoint=head.encode(), old_size=old, proof=proof)
         )
-        witness = note.parse_vkey(answer.witness_key)
-        cosigned_note = note.parse_note(head.text + "\n" + answer.cosignature)
-        async with self.db.write() as conn:
-            await self.oplog.record_cosignature(
-                conn, head.with_signature(cosigned_note.signatures[0]), witness
-            )
+        await self.keep(head.text, answer.cosignature, note.parse_vkey(answer.witness_key))
         self._warned = ""
         return True
+
+    async def keep(self, text: str, cosignature: str, witness: note.Verifier) -> None:
+        """Keep ``witness``'s cosignature line of this log's head of text ``text``, once
+        verified (:meth:`OperationLog.record_cosignature`)."""
+        cosigned_note = note.parse_note(text + "\n" + cosignature)
+        async with self.db.write() as conn:
+            await self.oplog.record_cosignature(conn, cosigned_note, witness)
+
+    async def newest_head(self, old_size: int) -> oplog_pb2.GetLogHeadResponse:
+        """This log's newest signed head (its own signature only) and the consistency
+        proof from ``old_size``, for a witness that fetches heads rather than receives them."""
+        t = self.oplog.tables
+        async with self.db.read() as conn:
+            newest = (await conn.execute(select(func.max(t.heads.c.tree_size)))).scalar()
+            if newest is None:
+                return oplog_pb2.GetLogHeadResponse()
+            if old_size > newest:
+                raise FailedPrecondition(
+                    f"old_size {old_size} is beyond the newest head ({newest})",
+                    reason=Reason.CHECKPOINT_INCONSISTENT,
+                )
+            head = await self.oplog.head(conn, int(newest))
+            proof = (
+                await self.oplog.consistency_proof(conn, old_size, int(newest))
+                if 0 < old_size < newest
+                else []
+            )
+        assert head is not None
+        own = note.Note(head.text, head.signatures[:1])  # the log key signs first
+        return oplog_pb2.GetLogHeadResponse(checkpoint=own.encode(), proof=proof)
+
+    async def cosigned_by(
+        self, caller: Identity, request: oplog_pb2.CosignLogHeadRequest
+    ) -> oplog_pb2.CosignLogHeadResponse:
+        """Keep the cosignature a node of the tier below returns for one of this log's
+        heads; its witness key must be named as the caller's (``<origin>/witness``)."""
+        try:
+            witness = note.parse_vkey(request.witness_key)
+            signed = note.parse_note(request.checkpoint)
+        except note.NoteError as exc:
+            raise FailedPrecondition(
+                f"the cosignature cannot be read: {exc}", reason=Reason.CHECKPOINT_INCONSISTENT
+            ) from None
+        expected = f"{origin_of(caller)}/witness"
+        known = self.witnesses.get(expected)
+        if (
+            witness.name != expected
+            or witness.sig_type != note.COSIGNATURE_V1
+            or (known is not None and known != witness)
+        ):
+            raise PermissionDenied(
+                f"{caller.uri} cosigns with its own witness key {expected} only",
+                reason=Reason.CHECKPOINT_FOREIGN,
+            )
+        try:
+            await self.keep(signed.text, request.cosignature, witness)
+        except (note.NoteError, LogError) as exc:
+            raise FailedPrecondition(
+                f"cosignature refused: {exc}", reason=Reason.CHECKPOINT_INCONSISTENT
+            ) from None
+        return oplog_pb2.CosignLogHeadResponse()
 
     def _warn(self, problem: str) -> None:
         if problem != self._warned:  # once per distinct problem, not every tick
@@ -440,6 +518,82 @@ class Witness:
         )
 
 
+Fetch: TypeAlias = Callable[[oplog_pb2.GetLogHeadRequest], Awaitable[Any]]
+Cosign: TypeAlias = Callable[[oplog_pb2.CosignLogHeadRequest], Awaitable[Any]]
+
+
+class TopWitness:
+    """Witnesses the log of the tier above, which has no tier above it (the national log).
+
+    Every ``interval`` seconds it fetches that log's newest head with the
+    consistency proof from the head held here, checks and keeps it exactly as
+    :meth:`Witness.submit` does for a head sent from below, and returns the
+    cosignature. A head that does not extend the one held (a fork, a rewritten
+    log) is refused and logged, and nothing is returned for it.
+    """
+
+    def __init__(
+        self,
+        witness: Witness,
+        above: Identity,
+        fetch: Fetch,
+        cosign: Cosign,
+        *,
+        interval: float,
+    ) -> None:
+        self.witness = witness
+        self.above = above
+        self.fetch = fetch
+        self.cosign = cosign
+        self.interval = interval
+        self._warned = ""
+
+    async def run(self) -> None:
+        """Every ``interval`` seconds, :meth:`tick`."""
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.tick()
+
+    async def tick(self) -> bool:
+        """Fetch, witness and cosign the newest head; whether a cosignature was returned."""
+        try:
+            return await self.once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next tick tries again
+            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            problem = f"{type(exc).__name__}: {details}"
+            if problem != self._warned:
+                log.warning("head of %s not witnessed: %s", origin_of(self.above), problem)
+                self._warned = problem
+            return False
+
+    async def once(self) -> bool:
+        """As :meth:`tick`, raising what goes wrong."""
+        origin = origin_of(self.above)
+        async with self.witness.db.read() as conn:
+            held = await self.witness.witness_log.held(conn, origin)
+        old = note.parse_checkpoint(held[-1].text).size if held else 0
+        answer = await self.fetch(oplog_pb2.GetLogHeadRequest(old_size=old))
+        if not answer.checkpoint:
+            return False
+        cosigned = await self.witness.submit(
+            self.above,
+            oplog_pb2.SubmitCheckpointRequest(
+                checkpoint=answer.checkpoint, old_size=old, proof=list(answer.proof)
+            ),
+        )
+        await self.cosign(
+            oplog_pb2.CosignLogHeadRequest(
+                checkpoint=answer.checkpoint,
+                cosignature=cosigned.cosignature,
+                witness_key=cosigned.witness_key,
+            )
+        )
+        self._warned = ""
+        return True
+
+
 # --- one node's log, wired ---------------------------------------------------------
 
 
@@ -470,19 +624,31 @@ class NodeLog:
         self.recorder = Recorder(db, self.oplog, audited, clock)
         self.witness = Witness(db, tables, self.keys.witness, read_verifiers(verifiers), clock)
         self.keeper = CheckpointKeeper(db, self.oplog, clock, interval=interval, submit=None)
+        self.keeper.witnesses = {w.name: w for w in read_witness_keys(verifiers)}
+        self.interval = interval
+        self.top: TopWitness | None = None
         self._task: asyncio.Task[None] | None = None
+        self._top_task: asyncio.Task[None] | None = None
+
+    def witness_top(self, above: Identity, fetch: Fetch, cosign: Cosign) -> TopWitness:
+        """Also witness the log of ``above``, the top tier (see :class:`TopWitness`)."""
+        self.top = TopWitness(self.witness, above, fetch, cosign, interval=self.interval)
+        return self.top
 
     def start(self) -> None:
-        """Start signing and sending heads in the background."""
+        """Start signing and sending heads (and witnessing the top tier's) in the background."""
         self._task = asyncio.create_task(self.keeper.run(), name="checkpoints")
+        if self.top is not None:
+            self._top_task = asyncio.create_task(self.top.run(), name="top-witness")
 
     async def stop(self) -> None:
         """Stop the keeper (which signs a last head if the log grew)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._top_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._top_task = None
 
 
 def log_key_path(log_key: str, tls_key: Path) -> Path:

@@ -586,7 +586,8 @@ def _ensure_log_key(directory: Path, name: str, identity: Identity) -> None:
 
 
 def write_log_verifiers(directory: Path | str) -> Path:
-    """Write ``log-verifiers`` beside the CA: the log verifier key of every node here.
+    """Write ``log-verifiers`` beside the CA: the log and witness verifier keys of every
+    node here.
 
     Every node reads it (``log_verifiers``) to know the log keys of the tier
     below; a node checks only the origins of its own callers.
@@ -599,6 +600,7 @@ def write_log_verifiers(directory: Path | str) -> Path:
         if identity is not None:
             keys = audit.read_log_keys(key_file, audit.origin_of(identity))
             lines.append(keys.log.verifier.vkey + "\n")
+            lines.append(keys.witness.verifier.vkey + "\n")
     path = directory / audit.VERIFIERS_FILE
     _write_public(path, "".join(lines).encode())
     return path

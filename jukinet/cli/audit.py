@@ -1,7 +1,9 @@
 """``jukinet audit verify``: check a node's operation log end to end and against
-the heads the tier above holds and cosigned.
+the heads the tier above holds and cosigned; ``jukinet audit check-proof``:
+check a resident's disclosure with proofs offline.
 
     jukinet audit verify municipal --config municipality-312011.toml
+    jukinet audit check-proof disclosure.json --verifiers pki/log-verifiers
 
 Run on the node's host with the node's own config: it reads the node's
 database and log key file, and asks the tier above (over mTLS, with the
@@ -15,22 +17,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
-from jukinet.audit import log_key_path, origin_of, read_log_keys
+from jukinet.audit import log_key_path, origin_of, read_log_keys, read_verifiers, read_witness_keys
 from jukinet.config import LoggedNodeConfig, MunicipalConfig, NationalConfig, PrefectureConfig
 from jukinet.db import Database
 from jukinet.errors import ConfigError
 from jukinet.identity import Identity
-from jukinet.oplog import note
+from jukinet.oplog import disclosure, note
 from jukinet.oplog.log import OperationLog, OplogTables
 from jukinet.oplog.verify import verify_log
 from jukinet.tls import secure_channel
-from jukinet.v1 import national_pb2_grpc, oplog_pb2, prefecture_pb2_grpc
+from jukinet.v1 import national_pb2_grpc, oplog_pb2, prefecture_pb2_grpc, provision_pb2
 
 
 @dataclass(frozen=True)
@@ -150,3 +155,62 @@ def register_cli(sub: Any) -> None:
         return 0 if report.ok else 1
 
     verify.set_defaults(func=go)
+    _check_proof(actions)
+
+
+def check_proof_file(path: str, verifiers: str, resident_codes: list[str]) -> disclosure.Report:
+    """Check the disclosure file ``path`` against the keys of the ``verifiers`` file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    response = provision_pb2.DiscloseResponse()
+    try:
+        json_format.Parse(text, response)
+    except json_format.ParseError as exc:
+        raise ConfigError(f"{path} is not a disclosure: {exc}") from None
+    keys = Path(verifiers)
+    log_key = read_verifiers(keys).get(disclosure.NATIONAL_ORIGIN)
+    if log_key is None:
+        raise ConfigError(f"{verifiers} lists no log key of {disclosure.NATIONAL_ORIGIN}")
+    witnesses = [w for w in read_witness_keys(keys) if w.name.startswith("jukinet/prefecture/")]
+    return disclosure.check_disclosure(response, log_key, witnesses, resident_codes)
+
+
+def _check_proof(actions: Any) -> None:
+    """Add ``audit check-proof FILE [--verifiers FILE] [--resident CODE ...]``."""
+    check = actions.add_parser(
+        "check-proof",
+        help="check a disclosure with proofs offline (jukinet resident disclose --proofs --out)",
+    )
+    check.add_argument("file", help="the disclosure JSON file")
+    check.add_argument(
+        "--verifiers",
+        default=str(Path(os.environ.get("JUKINET_PKI", "pki")) / "log-verifiers"),
+        help="the log-verifiers file: the national log key and the witnesses' keys "
+        "(default: log-verifiers in the PKI folder)",
+    )
+    check.add_argument(
+        "--resident",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="a resident code the resident holds or held (repeat; default: the disclosed one)",
+    )
+
+    def go(a: argparse.Namespace) -> int:
+        try:
+            report = check_proof_file(a.file, a.verifiers, a.resident)
+        except ConfigError as exc:
+            print(f"jukinet audit: {exc}", file=sys.stderr)
+            return 2
+        for line in report.lines:
+            print(("ok   " if line.ok else "FAIL ") + line.text)
+        failed = sum(1 for line in report.lines if not line.ok)
+        if report.ok:
+            print(f"verdict: ok, {len(report.lines) - 1} provisions proven")
+            return 0
+        print(f"verdict: FAILED, {failed} problems", file=sys.stderr)
+        return 1
+
+    check.set_defaults(func=go)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from jukinet import movecert
 from jukinet.cli.common import (
@@ -574,7 +576,7 @@ def _disclose(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     def disclose(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
         return _municipal(ch).DiscloseProvisions(
-            provision_pb2.DiscloseRequest(resident_code=a.code)
+            provision_pb2.DiscloseRequest(resident_code=a.code, with_proofs=a.proofs)
         )
 
     p = _op(
@@ -591,14 +593,33 @@ def _disclose(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="json",
         help="json (default), or a table to print for the resident",
     )
-    p.set_defaults(
-        func=lambda a: run_call(
-            a,
-            disclose,
-            show=print_message if a.format == "json" else _print_disclosure,
-            service=SERVICE,
-            flags=FLAGS,
-        )
+    p.add_argument(
+        "--proofs",
+        action="store_true",
+        help="with each provision's national log entry and its inclusion proof against "
+        "a witnessed head (check them with `jukinet audit check-proof`)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the disclosure to FILE as JSON (for `jukinet audit check-proof`)",
+    )
+
+    def show(a: argparse.Namespace) -> Callable[[provision_pb2.DiscloseResponse], None]:
+        if a.out:
+            return lambda response: _write_disclosure(a.out, response)
+        return print_message if a.format == "json" else _print_disclosure
+
+    p.set_defaults(func=lambda a: run_call(a, disclose, show=show(a), service=SERVICE, flags=FLAGS))
+
+
+def _write_disclosure(path: str, response: provision_pb2.DiscloseResponse) -> None:
+    """Write the disclosure as protobuf JSON (the file ``jukinet audit check-proof`` reads)."""
+    text = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=2)
+    Path(path).write_text(text + "\n", encoding="utf-8")
+    print(
+        f"wrote {len(response.provisions)} provisions, {len(response.proofs)} with proofs, "
+        f"to {path}"
     )
 
 

@@ -13,6 +13,16 @@ Each entry carries its own index and the root of the tree before it
 (``prev``). So a row moved to another place no longer fits it, and a row
 rewritten so that it agrees with itself breaks the chain at the next entry:
 the verifier can name the entry (``jukinet.oplog.verify``).
+
+A provision the national node makes for an agency (or a refusal it records)
+carries one key more, ``provision``: the provision's id, purpose code,
+result and fields, so that a resident's disclosure can be matched to its
+entry field by field. The key is present only in such entries, so every
+other entry keeps exactly the bytes (and leaf hash) it had; the rule "absent
+when there is no provision" keeps the form canonical, and :func:`decode`
+refuses an entry that holds the key in any other shape. The purpose is
+there rather than folded into ``operation`` or ``reason`` because those keep
+their meaning for every entry (what was done; why it was refused).
 """
 
 from __future__ import annotations
@@ -33,10 +43,27 @@ _KEYS = frozenset(
     {"v", "index", "time_us", "operator", "terminal", "operation", "residents", "outcome"}
     | {"reason", "prev"}
 )
+_PROVISION_KEY = "provision"
+_PROVISION_KEYS = frozenset({"id", "purpose", "result", "fields"})
 
 
 class EntryError(ValueError):
     """An entry that cannot be logged, or bytes that are not a canonical entry."""
+
+
+@dataclass(frozen=True)
+class Provided:
+    """What an entry of a provision adds: the provision's id, purpose, result and fields."""
+
+    provision_id: str
+    purpose: str
+    result: str
+    fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot be one."""
+        if not self.provision_id or not self.result:
+            raise EntryError("a provision entry names its provision id and result")
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,7 @@ class Operation:
     resident_codes: tuple[str, ...]
     outcome: str
     reason: str = ""
+    provision: Provided | None = None
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot be one."""
@@ -102,6 +130,14 @@ def encode(entry: Entry) -> bytes:
         "reason": op.reason,
         "prev": base64.b64encode(entry.prev_root).decode(),
     }
+    if op.provision is not None:
+        p = op.provision
+        doc[_PROVISION_KEY] = {
+            "id": p.provision_id,
+            "purpose": p.purpose,
+            "result": p.result,
+            "fields": list(p.fields),
+        }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -109,7 +145,11 @@ def decode(data: bytes) -> Entry:
     """The entry whose canonical bytes ``data`` are; :class:`EntryError` otherwise."""
     try:
         doc = json.loads(data.decode())
-        if not isinstance(doc, dict) or set(doc) != _KEYS or doc["v"] != FORMAT_VERSION:
+        if (
+            not isinstance(doc, dict)
+            or set(doc) - {_PROVISION_KEY} != _KEYS
+            or doc["v"] != FORMAT_VERSION
+        ):
             raise EntryError("the bytes are not a version 1 entry")
         entry = Entry(
             index=_int(doc["index"]),
@@ -121,6 +161,7 @@ def decode(data: bytes) -> Entry:
                 resident_codes=tuple(_str(c) for c in _list(doc["residents"])),
                 outcome=_str(doc["outcome"]),
                 reason=_str(doc["reason"]),
+                provision=_provided(doc.get(_PROVISION_KEY)),
             ),
             prev_root=base64.b64decode(_str(doc["prev"]), validate=True),
         )
@@ -129,6 +170,19 @@ def decode(data: bytes) -> Entry:
     if encode(entry) != data:
         raise EntryError("the bytes are not in canonical form")
     return entry
+
+
+def _provided(value: object) -> Provided | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != _PROVISION_KEYS:
+        raise EntryError("the provision field is not a provision")
+    return Provided(
+        provision_id=_str(value["id"]),
+        purpose=_str(value["purpose"]),
+        result=_str(value["result"]),
+        fields=tuple(_str(f) for f in _list(value["fields"])),
+    )
 
 
 def _int(value: object) -> int:
@@ -145,5 +199,5 @@ def _str(value: object) -> str:
 
 def _list(value: object) -> list[object]:
     if not isinstance(value, list):
-        raise EntryError("the residents field is not a list")
+        raise EntryError("a list field is not a list")
     return value

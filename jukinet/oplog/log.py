@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     update,
@@ -130,12 +131,17 @@ class OperationLog:
 
     async def append(self, conn: AsyncConnection, operation: Operation) -> Entry:
         """Log ``operation`` as the next entry, inside the caller's transaction."""
+        return (await self.append_many(conn, [operation]))[0]
+
+    async def append_many(
+        self, conn: AsyncConnection, operations: Sequence[Operation]
+    ) -> list[Entry]:
+        """Log ``operations`` as the next entries, in order, inside the caller's transaction."""
         frontier = await self._locked_frontier(conn)
-        entry = Entry(frontier.size, operation, frontier.root())
-        data = entries.encode(entry)
-        leaf = merkle.leaf_hash(data)
-        await conn.execute(insert(self.tables.entries).values(**_entry_row(entry, data, leaf)))
-        grown = frontier.append(leaf)
+        made, rows, grown = entry_rows(frontier, operations)
+        if not rows:
+            return []
+        await conn.execute(insert(self.tables.entries), rows)
         state = self.tables.state.c
         result = await conn.execute(
             update(self.tables.state)
@@ -144,7 +150,7 @@ class OperationLog:
         )
         if result.rowcount != 1:
             raise LogError(f"another append took index {frontier.size} first")
-        return entry
+        return made
 
     async def _locked_frontier(self, conn: AsyncConnection) -> Frontier:
         t = self.tables.state
@@ -233,6 +239,29 @@ class OperationLog:
             raise LogError(f"the log holds {len(leaves)} of the {size} entries asked for")
         return leaves
 
+    async def witnessed_head(self, conn: AsyncConnection) -> note.Note | None:
+        """The newest head that came back cosigned, with its cosignatures; None if none."""
+        c = self.tables.cosignatures.c
+        size = (await conn.execute(select(func.max(c.tree_size)))).scalar()
+        return None if size is None else await self.head(conn, int(size))
+
+    async def entries_at(self, conn: AsyncConnection, indexes: Sequence[int]) -> dict[int, bytes]:
+        """The logged bytes of the entries of these indexes (those that exist)."""
+        t = self.tables.entries
+        found: dict[int, bytes] = {}
+        wanted = sorted(set(indexes))
+        for i in range(0, len(wanted), 500):
+            query = select(t.c.idx, t.c.entry).where(t.c.idx.in_(wanted[i : i + 500]))
+            found.update({int(idx): bytes(data) for idx, data in await conn.execute(query)})
+        return found
+
+    async def inclusion_proofs(
+        self, conn: AsyncConnection, indexes: Sequence[int], size: int
+    ) -> dict[int, list[bytes]]:
+        """The proofs that each entry of ``indexes`` is in the tree of ``size`` entries."""
+        leaves = await self.leaf_hashes(conn, size)
+        return {i: merkle.inclusion_proof(i, leaves) for i in indexes}
+
     async def inclusion_proof(self, conn: AsyncConnection, index: int, size: int) -> list[bytes]:
         """The proof that entry ``index`` is in the tree of ``size`` entries."""
         return merkle.inclusion_proof(index, await self.leaf_hashes(conn, size))
@@ -310,6 +339,28 @@ class WitnessLog:
             )
         )
         return cosignature
+
+
+def entry_rows(
+    frontier: Frontier, operations: Sequence[Operation]
+) -> tuple[list[Entry], list[dict[str, object]], Frontier]:
+    """The entries of ``operations`` appended after ``frontier``, their ``oplog_entries``
+    rows, and the frontier after them (pure: the caller writes rows and frontier in
+    one transaction)."""
+    made: list[Entry] = []
+    rows: list[dict[str, object]] = []
+    for operation in operations:
+        entry = Entry(frontier.size, operation, frontier.root())
+        data = entries.encode(entry)
+        leaf = merkle.leaf_hash(data)
+        made.append(entry)
+        rows.append(_entry_row(entry, data, leaf))
+        frontier = frontier.append(leaf)
+    return made, rows, frontier
+
+
+STATE_ID = _STATE_ID
+"""The id of the one row of ``oplog_state``."""
 
 
 def _entry_row(entry: Entry, data: bytes, leaf: bytes) -> dict[str, object]:

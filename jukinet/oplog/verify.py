@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from jukinet.oplog import entry as entries
 from jukinet.oplog import merkle, note
-from jukinet.oplog.entry import Entry, EntryError, Operation
+from jukinet.oplog.entry import Entry, EntryError, Operation, Provided
 from jukinet.oplog.merkle import Frontier, ProofError
 
 ALTERED = "altered"
@@ -264,7 +264,9 @@ def self_fault(row: Row, decoded: Entry | None) -> str | None:
     if merkle.leaf_hash(row.entry) != row.leaf_hash:
         return "its leaf hash is not the hash of its logged bytes"
     try:
-        from_columns = _columns_entry(row, decoded.index)
+        # A provision's id, purpose, result and fields live in the logged bytes
+        # only (the provision table is their queryable copy).
+        from_columns = _columns_entry(row, decoded.index, decoded.operation.provision)
     except EntryError as exc:
         return f"its columns are not an entry ({exc})"
     if entries.encode(from_columns) != row.entry:
@@ -272,7 +274,7 @@ def self_fault(row: Row, decoded: Entry | None) -> str | None:
     return None
 
 
-def _columns_entry(row: Row, index: int) -> Entry:
+def _columns_entry(row: Row, index: int, provision: Provided | None) -> Entry:
     codes = tuple(row.resident_codes.split(",")) if row.resident_codes else ()
     operation = Operation(
         time=entries.time_from_us(row.recorded_us),
@@ -282,6 +284,7 @@ def _columns_entry(row: Row, index: int) -> Entry:
         resident_codes=codes,
         outcome=row.outcome,
         reason=row.reason,
+        provision=provision,
     )
     return Entry(index, operation, row.prev_root)
 

@@ -96,6 +96,16 @@ class NationalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.GetLogHead = channel.unary_unary(
+                '/jukinet.v1.NationalService/GetLogHead',
+                request_serializer=jukinet_dot_v1_dot_oplog__pb2.GetLogHeadRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_oplog__pb2.GetLogHeadResponse.FromString,
+                _registered_method=True)
+        self.CosignLogHead = channel.unary_unary(
+                '/jukinet.v1.NationalService/CosignLogHead',
+                request_serializer=jukinet_dot_v1_dot_oplog__pb2.CosignLogHeadRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_oplog__pb2.CosignLogHeadResponse.FromString,
+                _registered_method=True)
 
 
 class NationalServiceServicer:
@@ -181,6 +191,21 @@ class NationalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLogHead(self, request, context):
+        """Prefectures only: the national log's newest signed head, with the consistency
+        proof from the size the calling prefecture holds; each prefecture witnesses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CosignLogHead(self, request, context):
+        """Prefectures only: the caller's cosignature of a national head, kept beside it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NationalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +268,16 @@ def add_NationalServiceServicer_to_server(servicer, server):
                     servicer.GetCheckpoints,
                     request_deserializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsResponse.SerializeToString,
+            ),
+            'GetLogHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogHead,
+                    request_deserializer=jukinet_dot_v1_dot_oplog__pb2.GetLogHeadRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_oplog__pb2.GetLogHeadResponse.SerializeToString,
+            ),
+            'CosignLogHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.CosignLogHead,
+                    request_deserializer=jukinet_dot_v1_dot_oplog__pb2.CosignLogHeadRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_oplog__pb2.CosignLogHeadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -569,6 +604,60 @@ class NationalService:
             '/jukinet.v1.NationalService/GetCheckpoints',
             jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsRequest.SerializeToString,
             jukinet_dot_v1_dot_oplog__pb2.GetCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/GetLogHead',
+            jukinet_dot_v1_dot_oplog__pb2.GetLogHeadRequest.SerializeToString,
+            jukinet_dot_v1_dot_oplog__pb2.GetLogHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CosignLogHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.NationalService/CosignLogHead',
+            jukinet_dot_v1_dot_oplog__pb2.CosignLogHeadRequest.SerializeToString,
+            jukinet_dot_v1_dot_oplog__pb2.CosignLogHeadResponse.FromString,
             options,
             channel_credentials,
             insecure,

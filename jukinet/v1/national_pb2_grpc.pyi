@@ -56,6 +56,12 @@ class NationalServiceStub:
     """Prefectures only, for its own operation log: the head is kept and cosigned."""
     GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_oplog_pb2.GetCheckpointsRequest, _oplog_pb2.GetCheckpointsResponse]
     """The heads held for a log: its node itself, and this tier's operators (audit)."""
+    GetLogHead: _grpc.UnaryUnaryMultiCallable[_oplog_pb2.GetLogHeadRequest, _oplog_pb2.GetLogHeadResponse]
+    """Prefectures only: the national log's newest signed head, with the consistency
+    proof from the size the calling prefecture holds; each prefecture witnesses it.
+    """
+    CosignLogHead: _grpc.UnaryUnaryMultiCallable[_oplog_pb2.CosignLogHeadRequest, _oplog_pb2.CosignLogHeadResponse]
+    """Prefectures only: the caller's cosignature of a national head, kept beside it."""
 
 @_typing.type_check_only
 class NationalServiceAsyncStub(NationalServiceStub):
@@ -81,6 +87,12 @@ class NationalServiceAsyncStub(NationalServiceStub):
     """Prefectures only, for its own operation log: the head is kept and cosigned."""
     GetCheckpoints: _aio.UnaryUnaryMultiCallable[_oplog_pb2.GetCheckpointsRequest, _oplog_pb2.GetCheckpointsResponse]  # type: ignore[assignment]
     """The heads held for a log: its node itself, and this tier's operators (audit)."""
+    GetLogHead: _aio.UnaryUnaryMultiCallable[_oplog_pb2.GetLogHeadRequest, _oplog_pb2.GetLogHeadResponse]  # type: ignore[assignment]
+    """Prefectures only: the national log's newest signed head, with the consistency
+    proof from the size the calling prefecture holds; each prefecture witnesses it.
+    """
+    CosignLogHead: _aio.UnaryUnaryMultiCallable[_oplog_pb2.CosignLogHeadRequest, _oplog_pb2.CosignLogHeadResponse]  # type: ignore[assignment]
+    """Prefectures only: the caller's cosignature of a national head, kept beside it."""
 
 class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -175,5 +187,23 @@ class NationalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_oplog_pb2.GetCheckpointsResponse, _abc.Awaitable[_oplog_pb2.GetCheckpointsResponse]]:
         """The heads held for a log: its node itself, and this tier's operators (audit)."""
+
+    @_abc_1.abstractmethod
+    def GetLogHead(
+        self,
+        request: _oplog_pb2.GetLogHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oplog_pb2.GetLogHeadResponse, _abc.Awaitable[_oplog_pb2.GetLogHeadResponse]]:
+        """Prefectures only: the national log's newest signed head, with the consistency
+        proof from the size the calling prefecture holds; each prefecture witnesses it.
+        """
+
+    @_abc_1.abstractmethod
+    def CosignLogHead(
+        self,
+        request: _oplog_pb2.CosignLogHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oplog_pb2.CosignLogHeadResponse, _abc.Awaitable[_oplog_pb2.CosignLogHeadResponse]]:
+        """Prefectures only: the caller's cosignature of a national head, kept beside it."""
 
 def add_NationalServiceServicer_to_server(servicer: NationalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16jukinet/v1/oplog.proto\x12\njukinet.v1\"N\n\x17SubmitCheckpointRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\r\n\x05proof\x18\x03 \x03(\x0c\"D\n\x18SubmitCheckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t\x12\x13\n\x0bwitness_key\x18\x02 \x01(\t\"\'\n\x15GetCheckpointsRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"B\n\x16GetCheckpointsResponse\x12\x13\n\x0b\x63heckpoints\x18\x01 \x03(\t\x12\x13\n\x0bwitness_key\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16jukinet/v1/oplog.proto\x12\njukinet.v1\"N\n\x17SubmitCheckpointRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\r\n\x05proof\x18\x03 \x03(\x0c\"D\n\x18SubmitCheckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t\x12\x13\n\x0bwitness_key\x18\x02 \x01(\t\"\'\n\x15GetCheckpointsRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"B\n\x16GetCheckpointsResponse\x12\x13\n\x0b\x63heckpoints\x18\x01 \x03(\t\x12\x13\n\x0bwitness_key\x18\x02 \x01(\t\"%\n\x11GetLogHeadRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\"7\n\x12GetLogHeadResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05proof\x18\x02 \x03(\x0c\"T\n\x14\x43osignLogHeadRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x13\n\x0b\x63osignature\x18\x02 \x01(\t\x12\x13\n\x0bwitness_key\x18\x03 \x01(\t\"\x17\n\x15\x43osignLogHeadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,4 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCHECKPOINTSREQUEST']._serialized_end=227
   _globals['_GETCHECKPOINTSRESPONSE']._serialized_start=229
   _globals['_GETCHECKPOINTSRESPONSE']._serialized_end=295
+  _globals['_GETLOGHEADREQUEST']._serialized_start=297
+  _globals['_GETLOGHEADREQUEST']._serialized_end=334
+  _globals['_GETLOGHEADRESPONSE']._serialized_start=336
+  _globals['_GETLOGHEADRESPONSE']._serialized_end=391
+  _globals['_COSIGNLOGHEADREQUEST']._serialized_start=393
+  _globals['_COSIGNLOGHEADREQUEST']._serialized_end=477
+  _globals['_COSIGNLOGHEADRESPONSE']._serialized_start=479
+  _globals['_COSIGNLOGHEADRESPONSE']._serialized_end=502
 # @@protoc_insertion_point(module_scope)

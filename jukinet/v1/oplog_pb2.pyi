@@ -122,3 +122,96 @@ class GetCheckpointsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCheckpointsResponse: _TypeAlias = GetCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class GetLogHeadRequest(_message.Message):
+    """The national node is the top tier: each prefecture fetches its newest head and
+    witnesses it (the same checks as SubmitCheckpoint), then returns the cosignature.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    """The size of the national head the calling prefecture holds (0 for none)."""
+    def __init__(
+        self,
+        *,
+        old_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogHeadRequest: _TypeAlias = GetLogHeadRequest  # noqa: Y015
+
+@_typing.final
+class GetLogHeadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.str
+    """The newest signed national head (no cosignatures), empty while none is signed."""
+    @_builtins.property
+    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The consistency proof from old_size to this head (RFC 9162, 2.1.4)."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.str = ...,
+        proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogHeadResponse: _TypeAlias = GetLogHeadResponse  # noqa: Y015
+
+@_typing.final
+class CosignLogHeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    COSIGNATURE_FIELD_NUMBER: _builtins.int
+    WITNESS_KEY_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.str
+    """The national head cosigned, as GetLogHead returned it."""
+    cosignature: _builtins.str
+    """The caller's cosignature line of it (cosignature/v1), newline included."""
+    witness_key: _builtins.str
+    """The caller's witness verifier key (named jukinet/prefecture/<code>/witness)."""
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.str = ...,
+        cosignature: _builtins.str = ...,
+        witness_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "cosignature", b"cosignature", "witness_key", b"witness_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CosignLogHeadRequest: _TypeAlias = CosignLogHeadRequest  # noqa: Y015
+
+@_typing.final
+class CosignLogHeadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CosignLogHeadResponse: _TypeAlias = CosignLogHeadResponse  # noqa: Y015

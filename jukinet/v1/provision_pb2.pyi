@@ -378,6 +378,7 @@ class DiscloseRequest(_message.Message):
 
     RESIDENT_CODE_FIELD_NUMBER: _builtins.int
     MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
+    WITH_PROOFS_FIELD_NUMBER: _builtins.int
     resident_code: _builtins.str
     municipality_code: _builtins.str
     """The municipality the request is made for: set by the prefecture that relays
@@ -385,15 +386,20 @@ class DiscloseRequest(_message.Message):
     refused unless it is the caller's own). The national node answers only for
     the resident's current or last registering municipality.
     """
+    with_proofs: _builtins.bool
+    """Also return, for each provision, its national operation log entry and its
+    inclusion proof against the newest witnessed head (DiscloseResponse.checkpoint).
+    """
     def __init__(
         self,
         *,
         resident_code: _builtins.str = ...,
         municipality_code: _builtins.str = ...,
+        with_proofs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["municipality_code", b"municipality_code", "resident_code", b"resident_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["municipality_code", b"municipality_code", "resident_code", b"resident_code", "with_proofs", b"with_proofs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,6 +411,13 @@ class DiscloseResponse(_message.Message):
 
     IDENTITY_FIELD_NUMBER: _builtins.int
     PROVISIONS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    PROOFS_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.str
+    """With with_proofs: the national log head the proofs are against, as a signed note
+    (C2SP tlog-checkpoint) with the witnesses' cosignatures (tlog-cosignature);
+    empty while no head is witnessed.
+    """
     @_builtins.property
     def identity(self) -> _delivery_pb2.IdentityState:
         """the record as the national node holds it"""
@@ -413,16 +426,59 @@ class DiscloseResponse(_message.Message):
     def provisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provision]:
         """every provision of it, oldest first"""
 
+    @_builtins.property
+    def proofs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvisionProof]:
+        """With with_proofs: one for each provision the head covers, in the order of
+        provisions (a provision newer than the head has none yet).
+        """
+
     def __init__(
         self,
         *,
         identity: _delivery_pb2.IdentityState | None = ...,
         provisions: _abc.Iterable[Global___Provision] | None = ...,
+        checkpoint: _builtins.str = ...,
+        proofs: _abc.Iterable[Global___ProvisionProof] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "provisions", b"provisions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "identity", b"identity", "proofs", b"proofs", "provisions", b"provisions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscloseResponse: _TypeAlias = DiscloseResponse  # noqa: Y015
+
+@_typing.final
+class ProvisionProof(_message.Message):
+    """A provision's entry in the national operation log and its proof of inclusion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVISION_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    provision_id: _builtins.str
+    index: _builtins.int
+    """the entry's index in the log"""
+    entry: _builtins.bytes
+    """the entry's canonical bytes (the Merkle leaf)"""
+    @_builtins.property
+    def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162, 2.1.3, against DiscloseResponse.checkpoint"""
+
+    def __init__(
+        self,
+        *,
+        provision_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        entry: _builtins.bytes = ...,
+        inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "inclusion_proof", b"inclusion_proof", "index", b"index", "provision_id", b"provision_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvisionProof: _TypeAlias = ProvisionProof  # noqa: Y015

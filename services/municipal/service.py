@@ -1171,7 +1171,9 @@ class MunicipalService:
         try:
             response: provision_pb2.DiscloseResponse = await self._prefecture.Disclose(
                 provision_pb2.DiscloseRequest(
-                    resident_code=resident.resident_code, municipality_code=self.municipality
+                    resident_code=resident.resident_code,
+                    municipality_code=self.municipality,
+                    with_proofs=request.with_proofs,
                 ),
                 timeout=30,
             )

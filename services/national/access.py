@@ -43,6 +43,9 @@ def rules() -> dict[str, Rule]:
             # A prefecture's own log; the witness checks the head is of the caller's.
             "SubmitCheckpoint": prefecture,
             "GetCheckpoints": any_of(prefecture, national_operator),
+            # Each prefecture witnesses the national log (the top tier's).
+            "GetLogHead": prefecture,
+            "CosignLogHead": prefecture,
         },
     )
 
@@ -50,8 +53,10 @@ def rules() -> dict[str, Rule]:
 def audited() -> dict[str, Extractor]:
     """How each method's messages name residents; operators' calls are logged.
 
-    The gateway's provisions (Provide*, RecordDenial) are kept in the
-    provision table, not in the operation log: the gateway is not an operator.
+    The gateway is not an operator: its calls are not logged here. Each
+    provision and denial it asks for is logged instead by the provision log
+    (:mod:`services.national.provisions`), in the transaction of its
+    provision row, with the agency as operator and the gateway as terminal.
     """
     codes = resident_codes_in
     return audit_table(
@@ -69,5 +74,7 @@ def audited() -> dict[str, Extractor]:
             "Disclose": codes,
             "SubmitCheckpoint": no_residents,
             "GetCheckpoints": no_residents,
+            "GetLogHead": no_residents,
+            "CosignLogHead": no_residents,
         },
     )

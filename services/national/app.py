@@ -79,13 +79,14 @@ class NationalApp:
             clock=clock,
             move_in=MoveInPolicy.from_tls(config.tls),
         )
-        self.provisions = ProvisionLog(self.db)
+        self.provisions = ProvisionLog(self.db, self.log.oplog)
         self.kept = KeptConnections(self.db, KEPT_READ_CONNECTIONS)
         self.service = NationalService(
             db=self.db,
             store=self.store,
             receiver=self.receiver,
             provisions=self.provisions,
+            oplog=self.log.oplog,
             kept=self.kept,
             metrics=self.metrics,
             max_pool_size=config.max_pool_size,
@@ -96,7 +97,7 @@ class NationalApp:
 
     def _register(self, server: grpc.aio.Server) -> None:
         national_pb2_grpc.add_NationalServiceServicer_to_server(
-            NationalServicer(self.receiver, self.service, self.log.witness), server
+            NationalServicer(self.receiver, self.service, self.log.witness, self.log.keeper), server
         )
 
     async def start(self) -> int:

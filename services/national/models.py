@@ -28,6 +28,8 @@ provisions = Table(
     Column("fields", String(200), nullable=False),
     Column("result", String(16), nullable=False),
     Column("reason", String(64), nullable=False),
+    # The index of the provision's entry in the node's operation log.
+    Column("log_index", BigInteger, nullable=True),
     Index("ix_provisions_resident", "resident_code", "provided_at"),
     Index("ix_provisions_time", "provided_at"),
 )

@@ -16,6 +16,19 @@ single statement is its own transaction, committed (and, with the default
 round trip instead of BEGIN, INSERT and COMMIT. It needs no part of the node's
 write lock, which serialises read-modify-write work (delivery, code pools):
 provision records are only appended. SQLite keeps the locked transaction.
+
+Every provision row is also an entry of the node's operation log
+(:mod:`jukinet.oplog`), written in the same statement (PostgreSQL) or
+transaction (SQLite), so a provision never exists without its entry nor an
+entry without its provision: the agency is the entry's operator, the gateway
+its terminal, the operation label (``verify``, ``retrieve`` ...) its
+operation, the resident code its resident, ``ok`` (``refused`` for a denial)
+its outcome, the denial's reason its reason, and the provision's id,
+purpose, result and fields its ``provision``. On PostgreSQL the writer keeps
+the log's frontier between writes instead of reading it (it is the only
+appender but for the national operators' entries, rare): a write whose
+frontier went stale fails whole on the entries' primary key and is made
+again once from the frontier read afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections import deque
@@ -31,9 +45,19 @@ from dataclasses import dataclass
 
 from jukinet.db import Database, describe_error
 from jukinet.errors import Unavailable
+from jukinet.identity import Identity
+from jukinet.oplog.entry import Operation, Provided
+from jukinet.oplog.log import OperationLog, entry_rows
+from jukinet.oplog.merkle import Frontier
+from jukinet.v1 import provision_pb2
 from jukinet.vocabulary import OperationValue, ResultValue, operation_label, result_label
 from services.national.connections import KeptConnections
-from services.national.repository import delete_provisions_before, insert_provisions
+from services.national.repository import (
+    delete_provisions_before,
+    insert_logged_provisions,
+    insert_provisions,
+    log_frontier,
+)
 
 log = logging.getLogger("jukinet.provisions")
 
@@ -53,6 +77,31 @@ class ProvisionEntry:
     reason: str = ""
 
 
+_GATEWAY = Identity.gateway().uri
+
+
+@functools.lru_cache(maxsize=1024)
+def _agency_uri(code: str) -> str:
+    return Identity.agency(code).uri
+
+
+def log_operation(entry: ProvisionEntry, provision_id: str, at: dt.datetime) -> Operation:
+    """The operation log entry of one provision (see the module docstring)."""
+    denied = entry.result == provision_pb2.PROVISION_RESULT_DENIED
+    return Operation(
+        time=at,
+        operator=_agency_uri(entry.agency_code),
+        terminal=_GATEWAY,
+        operation=operation_label(entry.operation),
+        resident_codes=(entry.resident_code,) if entry.resident_code else (),
+        outcome="refused" if denied else "ok",
+        reason=entry.reason,
+        provision=Provided(
+            provision_id, entry.purpose_code, result_label(entry.result), entry.fields
+        ),
+    )
+
+
 def new_provision_id() -> str:
     """A fresh, unguessable provision id."""
     return uuid.uuid4().hex
@@ -61,8 +110,11 @@ def new_provision_id() -> str:
 class ProvisionLog:
     """Records provisions in shared transactions; see the module docstring."""
 
-    def __init__(self, db: Database, *, max_rows: int = 20_000) -> None:
+    def __init__(self, db: Database, oplog: OperationLog, *, max_rows: int = 20_000) -> None:
         self._db = db
+        self._oplog = oplog
+        # PostgreSQL: the log's frontier after this writer's last write (None: read it).
+        self._frontier: Frontier | None = None
         self._max_rows = max_rows
         self._pending: deque[tuple[list[dict[str, object]], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
@@ -103,6 +155,8 @@ class ProvisionLog:
                 "fields": ",".join(e.fields),
                 "result": result_label(e.result),
                 "reason": e.reason,
+                "log_index": None,
+                "operation_entry": log_operation(e, pid, now),
             }
             for pid, e in zip(ids, entries, strict=True)
         ]
@@ -166,13 +220,38 @@ class ProvisionLog:
             )
 
     async def _write(self, rows: list[dict[str, object]]) -> None:
-        """Insert and commit ``rows``; see the module docstring."""
+        """Insert and commit ``rows`` and their log entries; see the module docstring."""
+        operations = [r["operation_entry"] for r in rows]
+        assert all(isinstance(o, Operation) for o in operations)
+        logged = [o for o in operations if isinstance(o, Operation)]
         if self._db.is_sqlite:
             async with self._db.write() as conn:
-                await insert_provisions(conn, rows)
+                made = await self._oplog.append_many(conn, logged)
+                await insert_provisions(conn, _indexed(rows, [e.index for e in made]))
             return
         async with self._kept.acquire() as conn:
-            await insert_provisions(conn, rows)
+            for retry in (False, True):
+                cached, self._frontier = self._frontier, None
+                frontier = cached if cached is not None else await log_frontier(conn)
+                made, entries, grown = entry_rows(frontier, logged)
+                try:
+                    await insert_logged_provisions(
+                        conn, _indexed(rows, [e.index for e in made]), entries, frontier, grown
+                    )
+                except Exception:
+                    if cached is None or retry:
+                        raise
+                    continue  # another append moved the log: once more, from its frontier
+                self._frontier = grown
+                return
+
+
+def _indexed(rows: list[dict[str, object]], indexes: list[int]) -> list[dict[str, object]]:
+    """The provision rows with their entries' log indexes (and without the operations)."""
+    return [
+        {k: v for k, v in r.items() if k != "operation_entry"} | {"log_index": i}
+        for r, i in zip(rows, indexes, strict=True)
+    ]
 
 
 async def purge_older_than(

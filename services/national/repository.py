@@ -17,13 +17,15 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import LargeBinary, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.db import one_of
 from jukinet.delivery.rules import SUPERSEDED, StoredIdentity, record_after
 from jukinet.delivery.store import STORED_FIELDS, IdentityStore
 from jukinet.names import fold_kana
+from jukinet.oplog.log import STATE_ID, LogError
+from jukinet.oplog.merkle import Frontier
 from jukinet.v1 import common_pb2, provision_pb2
 from jukinet.vocabulary import operation_of, result_of
 from services.national import models
@@ -40,17 +42,50 @@ PROVISION_COLUMNS = (
     "fields",
     "result",
     "reason",
+    "log_index",
 )
-# The rows in the order given (ids follow it, and disclosure lists a resident's
-# provisions by time, then id).
-_PG_INSERT = (
-    f"INSERT INTO {P.name} ({', '.join(PROVISION_COLUMNS)}) "
-    f"SELECT {', '.join(PROVISION_COLUMNS)} FROM unnest("
-    + ", ".join(
-        f"${i}::{'timestamptz' if c == 'provided_at' else 'varchar'}[]"
-        for i, c in enumerate(PROVISION_COLUMNS, start=1)
+_PG_TYPES = {"provided_at": "timestamptz", "log_index": "bigint"}
+
+
+def _pg_provisions(where: str = "") -> str:
+    # The rows in the order given (ids follow it, and disclosure lists a resident's
+    # provisions by time, then id).
+    return (
+        f"INSERT INTO {P.name} ({', '.join(PROVISION_COLUMNS)}) "
+        f"SELECT {', '.join(PROVISION_COLUMNS)} FROM unnest("
+        + ", ".join(
+            f"${i}::{_PG_TYPES.get(c, 'varchar')}[]"
+            for i, c in enumerate(PROVISION_COLUMNS, start=1)
+        )
+        + f") WITH ORDINALITY AS r({', '.join(PROVISION_COLUMNS)}, n) {where} ORDER BY n"
     )
-    + f") WITH ORDINALITY AS r({', '.join(PROVISION_COLUMNS)}, n) ORDER BY n"
+
+
+_PG_PROVISIONS = _pg_provisions()
+E = models.oplog.entries
+S = models.oplog.state
+ENTRY_COLUMNS = tuple(c.name for c in E.columns)
+_ENTRY_TYPES = {"idx": "bigint", "recorded_us": "bigint"} | {
+    c.name: "bytea" for c in E.columns if isinstance(c.type, LargeBinary)
+}
+_N = len(PROVISION_COLUMNS)
+_SIZE, _FRONTIER, _OLD = (_N + len(ENTRY_COLUMNS) + i for i in (1, 2, 3))
+# Nothing is written unless the log is at the size the entries were made for.
+_AT_OLD = f"WHERE COALESCE((SELECT size FROM {S.name} WHERE id = {STATE_ID}), 0) = ${_OLD}"
+# Provision rows, their log entries and the log's new frontier in one statement
+# (one round trip, its own transaction). If the log is not at the size the
+# entries were made for, nothing is written; if another append is under way,
+# the entries' primary key makes the statement wait for it and then fail whole.
+_PG_LOGGED = (
+    f"WITH p AS ({_pg_provisions(_AT_OLD)}), e AS ("
+    f"INSERT INTO {E.name} ({', '.join(ENTRY_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(
+        f"${i}::{_ENTRY_TYPES.get(c, 'text')}[]" for i, c in enumerate(ENTRY_COLUMNS, start=_N + 1)
+    )
+    + f") {_AT_OLD}) INSERT INTO {S.name} (id, size, frontier) "
+    f"SELECT {STATE_ID}, ${_SIZE}, ${_FRONTIER} {_AT_OLD} "
+    "ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size, frontier = EXCLUDED.frontier "
+    f"WHERE {S.name}.size = ${_OLD} RETURNING size"
 )
 
 
@@ -211,7 +246,48 @@ async def insert_provisions(conn: AsyncConnection, rows: Sequence[dict[str, obje
     if pg is None:
         await conn.execute(insert(P), list(rows))
         return
-    await pg.execute(_PG_INSERT, *([r[c] for r in rows] for c in PROVISION_COLUMNS))
+    await pg.execute(_PG_PROVISIONS, *([r[c] for r in rows] for c in PROVISION_COLUMNS))
+
+
+async def log_frontier(conn: AsyncConnection) -> Frontier:
+    """The operation log's frontier as committed, read straight on the driver on PostgreSQL
+    (so that no transaction of the adapter is left open on a kept connection)."""
+    pg = await driver(conn)
+    if pg is None:
+        row = (
+            await conn.execute(select(S.c.size, S.c.frontier).where(S.c.id == STATE_ID))
+        ).one_or_none()
+    else:
+        row = await pg.fetchrow(f"SELECT size, frontier FROM {S.name} WHERE id = {STATE_ID}")
+    return Frontier() if row is None else Frontier.from_bytes(int(row[0]), bytes(row[1]))
+
+
+async def insert_logged_provisions(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, object]],
+    entries: Sequence[dict[str, object]],
+    old: Frontier,
+    new: Frontier,
+) -> None:
+    """PostgreSQL: insert provision rows, their log entries (``entries``, appended after
+    ``old``) and the frontier ``new``, in one statement that commits on its own.
+
+    Raises the driver's error (a unique violation when another append took one of
+    the indexes) or :class:`LogError` (the log is not at ``old``'s size), with
+    nothing written."""
+    pg = await driver(conn)
+    if pg is None:
+        raise RuntimeError("insert_logged_provisions is PostgreSQL's")
+    size = await pg.fetchval(
+        _PG_LOGGED,
+        *([r[c] for r in rows] for c in PROVISION_COLUMNS),
+        *([r[c] for r in entries] for c in ENTRY_COLUMNS),
+        new.size,
+        new.to_bytes(),
+        old.size,
+    )
+    if size != new.size:
+        raise LogError(f"the operation log was not at size {old.size}")
 
 
 async def provisions_of(
@@ -249,6 +325,16 @@ async def provisions_of(
             )
         )
     return out
+
+
+async def provision_log_indexes(conn: AsyncConnection, codes: Sequence[str]) -> dict[str, int]:
+    """The log index of each provision of these codes that has an entry, by provision id."""
+    rows = await conn.execute(
+        select(P.c.provision_id, P.c.log_index).where(
+            P.c.resident_code.in_(codes), P.c.log_index.is_not(None)
+        )
+    )
+    return {pid: int(idx) for pid, idx in rows}
 
 
 async def delete_provisions_before(conn: AsyncConnection, cutoff: dt.datetime) -> int:

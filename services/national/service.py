@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from jukinet.codes import check_resident_code
 from jukinet.db import Database
 from jukinet.delivery.receiver import Receiver
@@ -16,6 +18,8 @@ from jukinet.delivery.store import IdentityStore
 from jukinet.errors import InvalidArgument, NotFound, PermissionDenied
 from jukinet.identity import Identity
 from jukinet.metrics import NationalMetrics
+from jukinet.oplog import note
+from jukinet.oplog.log import OperationLog
 from jukinet.purposes import Operation, Purpose, PurposeRegistry
 from jukinet.reasons import Reason
 from jukinet.v1 import delivery_pb2, gateway_pb2, provision_pb2
@@ -67,6 +71,7 @@ class NationalService:
         store: IdentityStore,
         receiver: Receiver,
         provisions: ProvisionLog,
+        oplog: OperationLog,
         kept: KeptConnections,
         metrics: NationalMetrics,
         max_pool_size: int,
@@ -80,6 +85,8 @@ class NationalService:
         self._store = store
         self._receiver = receiver
         self._provisions = provisions
+        # The node's operation log, which holds every provision's entry.
+        self._oplog = oplog
         # Connections kept for the lookups of provide_verification (every agency call).
         self._kept = kept
         self._metrics = metrics
@@ -337,7 +344,40 @@ class NationalService:
             if stored is None:
                 raise NotFound(f"no identity record for {request.resident_code}")
             provisions = await repo.provisions_of(conn, sorted(codes))
-        return provision_pb2.DiscloseResponse(identity=stored.identity, provisions=provisions)
+            response = provision_pb2.DiscloseResponse(
+                identity=stored.identity, provisions=provisions
+            )
+            if request.with_proofs:
+                await self._add_proofs(conn, sorted(codes), response)
+        return response
+
+    async def _add_proofs(
+        self, conn: AsyncConnection, codes: Sequence[str], response: provision_pb2.DiscloseResponse
+    ) -> None:
+        """Each provision's log entry and its inclusion proof against the newest witnessed
+        head (a provision newer than that head has none yet)."""
+        head = await self._oplog.witnessed_head(conn)
+        if head is None:
+            return
+        size = note.parse_checkpoint(head.text).size
+        indexes = await repo.provision_log_indexes(conn, codes)
+        covered = {
+            p.provision_id: indexes[p.provision_id]
+            for p in response.provisions
+            if indexes.get(p.provision_id, size) < size
+        }
+        logged = await self._oplog.entries_at(conn, list(covered.values()))
+        proofs = await self._oplog.inclusion_proofs(conn, list(covered.values()), size)
+        response.checkpoint = head.encode()
+        for pid, index in covered.items():
+            response.proofs.append(
+                provision_pb2.ProvisionProof(
+                    provision_id=pid,
+                    index=index,
+                    entry=logged.get(index, b""),
+                    inclusion_proof=proofs[index],
+                )
+            )
 
     # -- for the prefectures ---------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from jukinet.audit import Witness
+from jukinet.audit import CheckpointKeeper, Witness
 from jukinet.delivery.receiver import Receiver
 from jukinet.interceptors import current_identity
 from jukinet.v1 import delivery_pb2, national_pb2_grpc, oplog_pb2, provision_pb2
@@ -16,10 +16,17 @@ from services.national.service import NationalService
 class NationalServicer(national_pb2_grpc.NationalServiceServicer):
     """The NationalService RPCs."""
 
-    def __init__(self, receiver: Receiver, service: NationalService, witness: Witness) -> None:
+    def __init__(
+        self,
+        receiver: Receiver,
+        service: NationalService,
+        witness: Witness,
+        keeper: CheckpointKeeper,
+    ) -> None:
         self._receiver = receiver
         self._service = service
         self._witness = witness
+        self._keeper = keeper
 
     # -- delivery and reads ------------------------------------------------------
 
@@ -107,3 +114,15 @@ class NationalServicer(national_pb2_grpc.NationalServiceServicer):
     ) -> oplog_pb2.GetCheckpointsResponse:
         """The heads held for a log: its node itself, or this tier's operators."""
         return await self._witness.checkpoints(current_identity(), request)
+
+    async def GetLogHead(
+        self, request: oplog_pb2.GetLogHeadRequest, context: Any
+    ) -> oplog_pb2.GetLogHeadResponse:
+        """The national log's newest head for a prefecture to witness; prefectures only."""
+        return await self._keeper.newest_head(request.old_size)
+
+    async def CosignLogHead(
+        self, request: oplog_pb2.CosignLogHeadRequest, context: Any
+    ) -> oplog_pb2.CosignLogHeadResponse:
+        """Keep a prefecture's cosignature of a national head; prefectures only."""
+        return await self._keeper.cosigned_by(current_identity(), request)

@@ -72,6 +72,8 @@ class PrefectureApp:
         self._channel = channel
         national = national_pb2_grpc.NationalServiceStub(channel)
         self.log.keeper.submit = national.SubmitCheckpoint
+        # The national node is the top tier: each prefecture witnesses its log.
+        self.log.witness_top(Identity.national(), national.GetLogHead, national.CosignLogHead)
         self._pusher = Pusher(
             db=self.db,
             outbox=self.outbox,

@@ -75,7 +75,9 @@ class PrefectureService:
         check_resident_code(request.resident_code)
         municipality = disclosure_for(caller, request.municipality_code)
         relayed = provision_pb2.DiscloseRequest(
-            resident_code=request.resident_code, municipality_code=municipality
+            resident_code=request.resident_code,
+            municipality_code=municipality,
+            with_proofs=request.with_proofs,
         )
         try:
             response: provision_pb2.DiscloseResponse = await self._national.Disclose(

@@ -16,9 +16,14 @@ import pytest
 
 from jukinet.db import Database
 from jukinet.errors import Unavailable, error_metadata
+from jukinet.oplog import note
+from jukinet.oplog.entry import decode
+from jukinet.oplog.log import OperationLog
+from jukinet.oplog.verify import verify_log
 from jukinet.reasons import Reason
 from jukinet.v1 import gateway_pb2, national_pb2_grpc, provision_pb2
 from jukinet.vocabulary import PROVIDABLE_FIELDS
+from services.national import models
 from services.national.app import MIGRATIONS
 from services.national.provisions import ProvisionEntry, ProvisionLog
 from tests.federation import Databases, Federation
@@ -317,7 +322,10 @@ async def test_a_bad_member_of_a_group_commit_fails_alone(
 ) -> None:
     dbs = Databases(backend, tmp_path)
     db = Database(await dbs.url("national"))
-    log = ProvisionLog(db)
+    oplog = OperationLog(
+        models.oplog, "jukinet/national", note.Signer.generate("jukinet/national", note.ED25519)
+    )
+    log = ProvisionLog(db, oplog)
     try:
         await db.migrate(MIGRATIONS)
         if db.is_sqlite:
@@ -354,6 +362,13 @@ async def test_a_bad_member_of_a_group_commit_fails_alone(
                 for row in (await conn.exec_driver_sql("SELECT provision_id FROM provisions"))
             }
         assert ids == stored
+        # Each provision written has its log entry, and the refused one has none.
+        async with db.read() as conn:
+            rows = await oplog.rows(conn)
+            frontier = await oplog.frontier(conn)
+        logged = {decode(r.entry).operation.provision.provision_id for r in rows}  # type: ignore[union-attr]
+        assert logged == stored
+        assert verify_log(rows, [], oplog.verifier, state=frontier).ok
     finally:
         await log.stop()
         await db.close()

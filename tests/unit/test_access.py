@@ -74,6 +74,8 @@ POLICY: dict[str, dict[str, set[str]]] = {
         "Disclose": {"prefecture", "prefecture-other", "operator-of-national"},
         "SubmitCheckpoint": {"prefecture", "prefecture-other"},
         "GetCheckpoints": {"prefecture", "prefecture-other", "operator-of-national"},
+        "GetLogHead": {"prefecture", "prefecture-other"},
+        "CosignLogHead": {"prefecture", "prefecture-other"},
     },
     "gateway": {method: {"agency"} for method in ("Verify", "Retrieve", "Search", "VerifyBatch")},
 }
