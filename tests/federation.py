@@ -178,9 +178,7 @@ class Federation:
     sessions: dict[str, str] = field(default_factory=dict)
     enrolled: set[Identity] = field(default_factory=set)
 
-    def channel(
-        self, port: int, cert_name: str, *, session: str | None = None
-    ) -> grpc.aio.Channel:
+    def channel(self, port: int, cert_name: str, *, session: str | None = None) -> grpc.aio.Channel:
         """A mutual-TLS channel to ``port`` as ``cert_name`` (with a session token),
         closed by :meth:`stop`."""
         ch = secure_channel(
@@ -237,14 +235,19 @@ class Federation:
         *,
         terminal: str = "desk1",
         operator_id: str | None = None,
+        first: bool | None = None,
     ) -> OperatorSession:
         """An operator of ``code`` holding ``roles`` (enrolled if new), logged in at
-        ``terminal`` with their card: stubs of both services in that session."""
+        ``terminal`` with their card: stubs of both services in that session.
+
+        The first login changes the initial password (``first``: by default,
+        whether this call enrolled the operator)."""
         if operator_id is None:
             names = sorted(operator_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in roles)
             operator_id = "-".join(names) or "none"
         operator = Identity.operator(code, operator_id)
-        first = operator not in self.enrolled
+        if first is None:
+            first = operator not in self.enrolled
         await self.enroll(code, operator_id, roles)
         response = await self.log_in(code, operator_id, terminal=terminal, first=first)
         ch = self.terminal_channel(code, terminal, session=response.session_token)
