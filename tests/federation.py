@@ -97,7 +97,7 @@ def _activated(hsm: card.SoftHsm) -> Iterator[Any]:
             card.rescan()
 
 
-@dataclass(frozen=True)
+@dataclass
 class TestCard:
     """One operator's card in the test session's reader (a :class:`jukinet.client.Signer`)."""
 
@@ -206,6 +206,11 @@ class Federation:
             self.terminal_channel(code, session=self.sessions[code])
         )
 
+    def card(self, operator: Identity) -> TestCard:
+        """``operator``'s card in the session's reader (provisioned the first time)."""
+        assert self.cards is not None, "the federation has no card reader"
+        return self.cards.card(operator)
+
     async def enroll(self, code: str, operator_id: str, roles: Sequence[int]) -> Identity:
         """Enroll an operator into municipality ``code``'s node (on its host), once."""
         operator = Identity.operator(code, operator_id)
@@ -243,7 +248,10 @@ class Federation:
         The first login changes the initial password (``first``: by default,
         whether this call enrolled the operator)."""
         if operator_id is None:
-            names = sorted(operator_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in roles)
+            names = sorted(
+                operator_pb2.Role.Name(operator_pb2.Role.ValueType(r)).removeprefix("ROLE_").lower()
+                for r in roles
+            )
             operator_id = "-".join(names) or "none"
         operator = Identity.operator(code, operator_id)
         if first is None:

@@ -21,13 +21,11 @@ import pytest
 
 from jukinet import pki
 from jukinet.client import tls_files
-from jukinet.identity import Identity
 from jukinet.tls import TlsFiles, secure_channel
 from jukinet.v1 import (
     common_pb2,
     delivery_pb2,
     municipal_pb2,
-    municipal_pb2_grpc,
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
@@ -35,7 +33,7 @@ from services.municipal import access as municipal_access
 from services.national import access as national_access
 from services.prefecture import access as prefecture_access
 from tests.authz import Outcome, call_method
-from tests.federation import OperatorCards, Databases, Federation, trailers
+from tests.federation import Databases, Federation, OperatorCards, trailers
 
 TIMEOUT = 15
 C = common_pb2

@@ -117,7 +117,7 @@ async def test_wrong_passwords_lock_the_account(fed: Federation) -> None:
     clock = Clock()
     await restart(fed, clock, login_failures=3, lockout=300)
     await fed.session(TOTTORI, [CLERK])  # enrolled, password changed
-    card = fed.cards.card(Identity.operator(TOTTORI, "clerk"))  # type: ignore[union-attr]
+    card = fed.card(Identity.operator(TOTTORI, "clerk"))
     ch = fed.terminal_channel(TOTTORI)
     before = await register_state(fed)
     for _ in range(2):
@@ -156,7 +156,7 @@ async def test_an_expired_password_must_be_changed(fed: Federation) -> None:
     clock = Clock()
     await restart(fed, clock, password_max_age_days=30)
     await fed.session(TOTTORI, [CLERK])
-    card = fed.cards.card(Identity.operator(TOTTORI, "clerk"))  # type: ignore[union-attr]
+    card = fed.card(Identity.operator(TOTTORI, "clerk"))
     ch = fed.terminal_channel(TOTTORI)
     clock.offset += dt.timedelta(days=31)
     await refused(
@@ -173,7 +173,7 @@ async def test_an_expired_password_must_be_changed(fed: Federation) -> None:
     # The first login after an enrolment needs a change too.
     ch2 = fed.terminal_channel(TOTTORI, "desk2")
     await fed.enroll(TOTTORI, "fresh", [CLERK])
-    fresh = fed.cards.card(Identity.operator(TOTTORI, "fresh"))  # type: ignore[union-attr]
+    fresh = fed.card(Identity.operator(TOTTORI, "fresh"))
     await refused(
         log_in(ch2, fresh, INITIAL_PASSWORD),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -184,7 +184,7 @@ async def test_an_expired_password_must_be_changed(fed: Federation) -> None:
 async def test_a_revoked_card_is_refused(fed: Federation) -> None:
     operator = Identity.operator(TOTTORI, "revoked-card")
     await fed.enroll(TOTTORI, operator.operator_id, [CLERK])
-    card = fed.cards.card(operator)  # type: ignore[union-attr]
+    card = fed.card(operator)
     pki.revoke_card(fed.pki_dir, operator)
     await restart(fed)  # the node reads the operator CA's CRL at start
     before = await register_state(fed)
@@ -198,7 +198,7 @@ async def test_a_revoked_card_is_refused(fed: Federation) -> None:
 
 
 async def test_a_card_of_another_municipality_is_refused(fed: Federation) -> None:
-    yonago = fed.cards.card(Identity.operator(YONAGO, "counter"))  # type: ignore[union-attr]
+    yonago = fed.card(Identity.operator(YONAGO, "counter"))
     tottori = operator_pb2_grpc.OperatorServiceStub(fed.terminal_channel(TOTTORI))
     before = await register_state(fed)
     # The challenge is for Tottori's counter operator; Yonago's card signs it.
@@ -225,7 +225,7 @@ async def test_a_card_of_another_municipality_is_refused(fed: Federation) -> Non
 
 async def test_a_terminal_of_another_municipality_is_refused(fed: Federation) -> None:
     foreign = fed.channel(fed.municipal_ports[TOTTORI], f"terminal-{YONAGO}-desk1")
-    card = fed.cards.card(Identity.operator(TOTTORI, "counter"))  # type: ignore[union-attr]
+    card = fed.card(Identity.operator(TOTTORI, "counter"))
     before = await register_state(fed)
     await refused(
         log_in(foreign, card, PASSWORD), grpc.StatusCode.PERMISSION_DENIED, "foreign-terminal"

@@ -100,8 +100,8 @@ def test_every_method_is_in_the_permission_table_and_the_tables_agree() -> None:
             assert path in table, path
             assert path in rules, path
     # The administrator never reaches a resident by that role alone.
-    for method in access.ADMINISTRATOR:
-        assert method not in access.SERVICE.methods_by_name or method == "GetStatus"
+    for name in access.ADMINISTRATOR:
+        assert name not in access.SERVICE.methods_by_name or name == "GetStatus"
     assert {"ReadOperationLog"} == access.AUDITOR
     assert access.CLERK < access.SUPERVISOR
     assert {"ChangeResidentCode", "RemoveExOfficio"} <= access.SUPERVISOR - access.CLERK
@@ -138,7 +138,8 @@ async def test_the_administrator_cannot_read_residents(fed: Federation) -> None:
     before = await register_state(fed)
     for call in (
         admin.municipal.GetResident(
-            municipal_pb2.GetResidentRequest(resident_code=born.resident.resident_code), timeout=TIMEOUT
+            municipal_pb2.GetResidentRequest(resident_code=born.resident.resident_code),
+            timeout=TIMEOUT,
         ),
         admin.municipal.RegisterBirth(
             municipal_pb2.RegisterBirthRequest(person=person()), timeout=TIMEOUT
@@ -194,7 +195,8 @@ async def test_the_auditor_reads_the_log_and_nothing_else(fed: Federation) -> No
     before = await register_state(fed)
     err = await refusal(
         auditor.municipal.GetResident(
-            municipal_pb2.GetResidentRequest(resident_code=born.resident.resident_code), timeout=TIMEOUT
+            municipal_pb2.GetResidentRequest(resident_code=born.resident.resident_code),
+            timeout=TIMEOUT,
         )
     )
     assert (err.code(), trailers(err)["jukinet-reason"]) == (
@@ -204,7 +206,8 @@ async def test_the_auditor_reads_the_log_and_nothing_else(fed: Federation) -> No
     assert await register_state(fed) == before
 
     read = await auditor.operators.ReadOperationLog(
-        operator_pb2.ReadOperationLogRequest(resident_code=born.resident.resident_code), timeout=TIMEOUT
+        operator_pb2.ReadOperationLogRequest(resident_code=born.resident.resident_code),
+        timeout=TIMEOUT,
     )
     ops = [(e.operator, e.terminal, e.operation, e.outcome, e.reason) for e in read.entries]
     counter = f"jukinet://operator/{TOTTORI}/counter"
