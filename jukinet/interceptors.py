@@ -12,9 +12,17 @@ call runs, it
    open to any authenticated caller. Nodes build their tables from the rule
    combinators below with :func:`service_rules`, which names every key after
    a method of the service's descriptor,
-4. makes the caller's :class:`~jukinet.identity.Identity` available to the
+4. at a node whose operators log in (``sessions``, a :class:`SessionHook`):
+   a counter terminal's call carries the ``jukinet-session`` token, but for
+   the login itself (UNAUTHENTICATED ``session-required`` without one); the
+   hook resolves it to the operator logged in at that terminal and checks
+   the operator's roles for the method; the acting identity, and the
+   operation log's entry, are then the operator's, and
+   :func:`current_terminal` names the terminal. An operator certificate the
+   table would admit is refused there (PERMISSION_DENIED ``login-required``),
+5. makes the caller's :class:`~jukinet.identity.Identity` available to the
    handler through :func:`current_identity`, and
-5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
+6. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
    becomes its status, its ``jukinet-*`` trailers and a ``google.rpc.Status``
    with an ErrorInfo of the same reason; anything else becomes INTERNAL
    "internal error" and is logged on ``jukinet.rpc`` as one line without its text.
@@ -67,7 +75,7 @@ from jukinet.identity import (
     parse_identity_uri,
 )
 from jukinet.reasons import Reason
-from jukinet.tls import certificate_policy_problem
+from jukinet.tls import SESSION_METADATA, certificate_policy_problem
 from jukinet.validation import check_list_sizes
 
 Rule: TypeAlias = Callable[[Identity], bool]
@@ -81,6 +89,15 @@ _log = logging.getLogger("jukinet.rpc")
 
 _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "jukinet_identity", default=None
+)
+_terminal: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "jukinet_terminal", default=None
+)
+_session_token: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jukinet_session_token", default=None
+)
+_call_audit: contextvars.ContextVar[_CallAudit | None] = contextvars.ContextVar(
+    "jukinet_call_audit", default=None
 )
 
 if TYPE_CHECKING:
@@ -100,6 +117,42 @@ def current_identity() -> Identity:
     if identity is None:
         raise RuntimeError("no authenticated caller: not inside an RPC behind AuthInterceptor")
     return identity
+
+
+def current_terminal() -> Identity | None:
+    """The counter terminal the call comes from (its certificate), or None for a node's call."""
+    return _terminal.get()
+
+
+def current_session_token() -> str | None:
+    """The session token the call carried, once the node resolved it; None without one."""
+    return _session_token.get()
+
+
+def name_operator(operator: Identity) -> None:
+    """Name the operator a call is about in its log entry (a login, before any session)."""
+    audit = _call_audit.get()
+    if audit is not None:
+        audit.identity = operator
+
+
+class SessionHook(Protocol):
+    """How a node resolves the session of a terminal's call.
+
+    :class:`jukinet.operators.OperatorSessions` is the one nodes use.
+    """
+
+    def needs_session(self, method: str) -> bool:
+        """False for the methods a terminal calls without a session (the login)."""
+        ...
+
+    async def resolve(self, token: str, terminal: Identity) -> Identity:
+        """The operator of session ``token`` at ``terminal``; raises if there is none."""
+        ...
+
+    async def check(self, method: str, operator: Identity) -> None:
+        """Raise if no role of ``operator`` allows ``method``."""
+        ...
 
 
 # --- rules ---------------------------------------------------------------------
@@ -293,7 +346,7 @@ class AuditHook(Protocol):
 class _CallAudit:
     """The entry of one audited call in the making: the codes its messages named."""
 
-    __slots__ = ("_extract", "_hook", "_identity", "_method", "_terminal", "codes", "done")
+    __slots__ = ("_extract", "_hook", "_method", "codes", "done", "identity", "terminal")
 
     def __init__(
         self,
@@ -305,9 +358,9 @@ class _CallAudit:
     ) -> None:
         self._hook = hook
         self._method = method
-        self._identity = identity
+        self.identity = identity
         self._extract = extract
-        self._terminal = terminal
+        self.terminal = terminal
         self.codes: list[str] = []
         self.done = False
 
@@ -327,7 +380,7 @@ class _CallAudit:
         else:
             reason = "" if exc is None else status.lower().replace("_", "-")
         await self._hook.record(
-            self._method, self._identity, self._terminal, self.codes, status, reason
+            self._method, self.identity, self.terminal, self.codes, status, reason
         )
 
     async def finish_quietly(self, exc: BaseException) -> None:
@@ -386,6 +439,7 @@ class AuthInterceptor(_ServerInterceptor):
         on_finished: FinishHook | None = None,
         ca: bytes | None = None,
         audit: AuditHook | None = None,
+        sessions: SessionHook | None = None,
     ) -> None:
         for method in rules:
             # A typo in a method name would silently deny that method forever;
@@ -402,6 +456,7 @@ class AuthInterceptor(_ServerInterceptor):
         self._on_finished = on_finished
         self._ca = ca
         self._audit = audit
+        self._sessions = sessions
 
     async def intercept_service(  # type: ignore[override]  # the stub omits None
         self,
@@ -441,18 +496,40 @@ class AuthInterceptor(_ServerInterceptor):
         extract = self._audit.extractor(method, peer.identity)
         if extract is None:
             return None
-        return _CallAudit(self._audit, method, peer.identity, extract, context.peer())
+        terminal = peer.identity.uri if peer.identity.kind is Kind.TERMINAL else context.peer()
+        return _CallAudit(self._audit, method, peer.identity, extract, terminal)
 
-    def _authorize(self, method: str, context: Context) -> Identity:
+    async def _authorize(self, method: str, context: Context) -> Identity:
         """The caller's identity if it may call ``method``; raises JukinetError if not."""
         try:
-            return self._check(method, context)
+            return await self._check(method, context)
         except JukinetError as err:
             if self._on_denied is not None:
                 self._on_denied(method, err.reason)
             raise
 
-    def _check(self, method: str, context: Context) -> Identity:
+    async def _acting(self, method: str, identity: Identity, context: Context) -> Identity:
+        """Who acts in a terminal's call: the operator of its session (none for the login)."""
+        assert self._sessions is not None
+        _terminal.set(identity)
+        if not self._sessions.needs_session(method):
+            return identity
+        token = _session_of(context)
+        if not token:
+            raise Unauthenticated(
+                f"{method.rsplit('/', 1)[-1]} needs a session: log in first",
+                reason=Reason.SESSION_REQUIRED,
+            )
+        operator = await self._sessions.resolve(token, identity)
+        _session_token.set(token)
+        audit = _call_audit.get()
+        if audit is not None:
+            # From here on the entry is the operator's, a refusal for their roles included.
+            audit.identity = operator
+        await self._sessions.check(method, operator)
+        return operator
+
+    async def _check(self, method: str, context: Context) -> Identity:
         pem = _first(context.auth_context().get("x509_pem_cert"))
         if pem is None:
             # Only reachable on a server port without require_client_auth
@@ -475,6 +552,14 @@ class AuthInterceptor(_ServerInterceptor):
                 f"{identity.uri} may not call {method}: no rule allows it",
                 reason=Reason.NO_RULE,
             )
+        if self._sessions is not None:
+            if identity.kind is Kind.TERMINAL:
+                identity = await self._acting(method, identity, context)
+            elif identity.kind is Kind.OPERATOR and rule(identity):
+                raise PermissionDenied(
+                    f"{identity.uri}: operators log in at a counter terminal with their card",
+                    reason=Reason.LOGIN_REQUIRED,
+                )
         if not rule(identity):
             raise PermissionDenied(
                 f"{identity.uri} may not call {method}", reason=Reason.WRONG_IDENTITY
@@ -484,7 +569,7 @@ class AuthInterceptor(_ServerInterceptor):
 
 # --- handler wrapping ----------------------------------------------------------------
 
-Authorize: TypeAlias = Callable[[Context], Identity]
+Authorize: TypeAlias = Callable[[Context], Awaitable[Identity]]
 FinishHook: TypeAlias = Callable[[str, str, float], None]
 """Told (method, status code name, seconds) when a call ends: RPC metrics."""
 
@@ -624,8 +709,15 @@ async def _checked_requests(requests: AsyncIterator[Any], method: str) -> AsyncI
         yield request
 
 
-def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:
-    return _identity.set(authorize(context))
+async def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:
+    return _identity.set(await authorize(context))
+
+
+def _session_of(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_METADATA and isinstance(value, str):
+            return value
+    return ""
 
 
 def _unbind(token: contextvars.Token[Identity | None] | None) -> None:
@@ -696,7 +788,9 @@ def _unary_response(
         try:
             # Seen before the rule is checked: a refused attempt names whom it was about.
             request = _seen_request(request, audit)
-            token = _bind(authorize, context)
+            if audit is not None:
+                _call_audit.set(audit)
+            token = await _bind(authorize, context)
             response = await behavior(_checked_request(request, method), context)
             if audit is not None:
                 # Before the answer leaves: a call that cannot be logged fails.
@@ -735,7 +829,9 @@ def _stream_response(
         audit = None if start_audit is None else start_audit(context)
         try:
             request = _seen_request(request, audit)
-            token = _bind(authorize, context)
+            if audit is not None:
+                _call_audit.set(audit)
+            token = await _bind(authorize, context)
             responses = behavior(_checked_request(request, method), context)
             async for response in responses:
                 if audit is not None:

@@ -27,8 +27,9 @@ session ended, since the token has left the computer it was given to.
 No gRPC here: every refusal is a :class:`~jukinet.errors.JukinetError` with
 its :class:`~jukinet.reasons.Reason`, which a node raises as is. Time comes
 from the node's :class:`~jukinet.clock.Clock`. The card trust (root, operator
-CAs, CRLs) is read from a PKI directory by :meth:`CardTrust.load`; a node
-reloads it when the files change. Ending the sessions of an operator whose
+CAs, CRLs) is read from a PKI directory by :meth:`CardTrust.load`; given
+``reload_trust``, the store reads it again at every login, so a revoked card
+is refused at once. Ending the sessions of an operator whose
 card was revoked is :meth:`OperatorStore.end_sessions`.
 """
 
@@ -38,11 +39,12 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from argon2 import PasswordHasher
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -68,7 +70,13 @@ from sqlalchemy import (
 from jukinet import passwords
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.db import Database
-from jukinet.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from jukinet.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from jukinet.identity import Identity, Kind, parse_identity_uri
 from jukinet.pki import (
     CA_CERT,
@@ -399,8 +407,14 @@ class OperatorStore:
         *,
         clock: Clock = SYSTEM_CLOCK,
         policy: LoginPolicy | None = None,
+        hasher: PasswordHasher = passwords.HASHER,
+        reload_trust: Callable[[], CardTrust] | None = None,
     ) -> None:
         Identity.operator(org, "x")  # validates org
+        self.hasher = hasher
+        # Read again at every login (a few small files), so that a card revoked
+        # in the operator CA's CRL is refused at once, without a restart.
+        self.reload_trust = reload_trust
         self.db = db
         self.t = tables
         self.trust = trust
@@ -431,7 +445,7 @@ class OperatorStore:
         """
         self._check_operator(operator)
         _check_strength(password, operator)
-        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        hashed = await asyncio.to_thread(passwords.hash_password, password, self.hasher)
         now = self.clock.now()
         async with self.db.write() as conn:
             await conn.execute(
@@ -447,6 +461,42 @@ class OperatorStore:
                     created_at=now,
                 )
             )
+
+    async def account(self, operator: Identity) -> Any:
+        """The account row of ``operator``, or None."""
+        async with self.db.read() as conn:
+            return (
+                await conn.execute(select(self.t.operators).where(*self._account(operator)))
+            ).first()
+
+    async def accounts(self) -> list[Any]:
+        """Every account row of the organisation, by operator id."""
+        c = self.t.operators.c
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(self.t.operators).where(c.org == self.org).order_by(c.operator_id)
+            )
+            return list(rows)
+
+    async def reset_password(self, operator: Identity, password: str) -> None:
+        """An administrator's reset: a password to change at the next login, lockout lifted,
+        the operator's open sessions ended."""
+        self._check_operator(operator)
+        _check_strength(password, operator)
+        hashed = await asyncio.to_thread(passwords.hash_password, password, self.hasher)
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(self.t.operators)
+                .where(*self._account(operator))
+                .values(
+                    password_hash=hashed,
+                    password_changed_at=self.clock.now(),
+                    must_change=True,
+                    failures=0,
+                    locked_until=None,
+                )
+            )
+        await self.end_sessions(operator)
 
     def _check_operator(self, operator: Identity) -> None:
         if operator.kind is not Kind.OPERATOR or operator.org != self.org:
@@ -532,6 +582,12 @@ class OperatorStore:
         """
         self._check_terminal(terminal)
         challenge = await self._take_challenge(terminal, nonce)
+        if self.reload_trust is not None:
+            try:
+                self.trust = await asyncio.to_thread(self.reload_trust)
+            except (OSError, ValueError) as exc:
+                # Fail closed: a CRL that cannot be read could hide a revocation.
+                raise Unavailable(f"the card trust cannot be read: {exc}") from None
         now = self.clock.now()
         operator, cert = self.trust.verify_card(card_certificate, terminal, now)
         if operator != challenge.operator:
@@ -559,8 +615,8 @@ class OperatorStore:
                 f"the password of {operator.uri} has expired: log in again with a new one",
                 reason=Reason.PASSWORD_EXPIRED,
             )
-        elif passwords.needs_rehash(account.password_hash):
-            hashed = await asyncio.to_thread(passwords.hash_password, password)
+        elif passwords.needs_rehash(account.password_hash, self.hasher):
+            hashed = await asyncio.to_thread(passwords.hash_password, password, self.hasher)
             async with self.db.write() as conn:
                 await conn.execute(
                     update(self.t.operators)
@@ -591,7 +647,9 @@ class OperatorStore:
                 f"until {_utc(account.locked_until):%Y-%m-%d %H:%M} UTC",
                 reason=Reason.LOCKED_OUT,
             )
-        if await asyncio.to_thread(passwords.verify_password, account.password_hash, password):
+        if await asyncio.to_thread(
+            passwords.verify_password, account.password_hash, password, self.hasher
+        ):
             if account.failures or account.locked_until is not None:
                 async with self.db.write() as conn:
                     await conn.execute(
@@ -632,11 +690,13 @@ class OperatorStore:
     async def _change(self, operator: Identity, account: Any, new: str) -> None:
         _check_strength(new, operator)
         for stored in (account.password_hash, account.previous_hash):
-            if stored and await asyncio.to_thread(passwords.verify_password, stored, new):
+            if stored and await asyncio.to_thread(
+                passwords.verify_password, stored, new, self.hasher
+            ):
                 raise PasswordReused(
                     "new_password", "the new password is the current or the previous one"
                 )
-        hashed = await asyncio.to_thread(passwords.hash_password, new)
+        hashed = await asyncio.to_thread(passwords.hash_password, new, self.hasher)
         async with self.db.write() as conn:
             await conn.execute(
                 update(self.t.operators)
@@ -679,7 +739,8 @@ class OperatorStore:
         return Opened(token, session)
 
     async def session(self, token: str, terminal: Identity) -> Session:
-        """The session of ``token`` presented from ``terminal``, marked as used now.
+        """The session of ``token`` presented from ``terminal``, marked as used (at most
+        once a minute, or a tenth of the idle limit).
 
         Refuses an unknown or ended token (``session-invalid``), one idle too
         long or past its maximum (``session-expired``, and ends it) and one
@@ -690,32 +751,39 @@ class OperatorStore:
         key = _token_hash(token)
         now = self.clock.now()
         refusal: Exception | None = None
-        async with self.db.write() as conn:
+        # Read first: a session in use is marked at most every _touch_interval,
+        # so that a read stays a read (and succeeds on a full disk); the idle
+        # limit is that much longer at worst.
+        async with self.db.read() as conn:
             row = (await conn.execute(select(self.t.sessions).where(c.token_hash == key))).first()
-            if row is None:
-                refusal = Unauthenticated(
-                    "no such session: log in again", reason=Reason.SESSION_INVALID
-                )
-            elif row.terminal != terminal.uri:
-                refusal = PermissionDenied(
-                    f"the session belongs to another terminal ({row.terminal}); it is ended",
-                    reason=Reason.WRONG_TERMINAL,
-                )
-            elif now >= _utc(row.expires_at):
-                refusal = Unauthenticated(
-                    "the session reached its maximum length: log in again",
-                    reason=Reason.SESSION_EXPIRED,
-                )
-            elif now >= _utc(row.last_seen_at) + self.policy.session_idle:
-                refusal = Unauthenticated(
-                    "the session was idle too long: log in again", reason=Reason.SESSION_EXPIRED
-                )
-            if refusal is None:
+        if row is None:
+            refusal = Unauthenticated(
+                "no such session: log in again", reason=Reason.SESSION_INVALID
+            )
+        elif row.terminal != terminal.uri:
+            refusal = PermissionDenied(
+                f"the session belongs to another terminal ({row.terminal}); it is ended",
+                reason=Reason.WRONG_TERMINAL,
+            )
+        elif now >= _utc(row.expires_at):
+            refusal = Unauthenticated(
+                "the session reached its maximum length: log in again",
+                reason=Reason.SESSION_EXPIRED,
+            )
+        elif now >= _utc(row.last_seen_at) + self.policy.session_idle:
+            refusal = Unauthenticated(
+                "the session was idle too long: log in again", reason=Reason.SESSION_EXPIRED
+            )
+        last_seen = _utc(row.last_seen_at) if row is not None else now
+        if refusal is not None and row is not None:
+            async with self.db.write() as conn:
+                await conn.execute(delete(self.t.sessions).where(c.token_hash == key))
+        elif refusal is None and now - last_seen >= self._touch_interval():
+            async with self.db.write() as conn:
                 await conn.execute(
                     update(self.t.sessions).where(c.token_hash == key).values(last_seen_at=now)
                 )
-            elif row is not None:
-                await conn.execute(delete(self.t.sessions).where(c.token_hash == key))
+            last_seen = now
         if refusal is not None:
             raise refusal
         assert row is not None
@@ -723,9 +791,12 @@ class OperatorStore:
             Identity.operator(row.org, row.operator_id),
             terminal,
             _utc(row.created_at),
-            now,
+            last_seen,
             _utc(row.expires_at),
         )
+
+    def _touch_interval(self) -> dt.timedelta:
+        return min(dt.timedelta(seconds=60), self.policy.session_idle / 10)
 
     async def logout(self, token: str) -> bool:
         """End the session of ``token``; False if there was none."""
