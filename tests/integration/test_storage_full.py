@@ -36,7 +36,7 @@ from tests.federation import PG_ADMIN_DSN, Databases, Federation
 M = municipal_pb2
 TOTTORI = "312011"
 TIMEOUT = 30
-DISK = "8m"
+DISK = "16m"  # a PostgreSQL database with the municipal schema is about 8 MB
 ATTEMPTS = 60  # births until a write needs a page the disk does not have
 
 
