@@ -7,6 +7,13 @@ never share an index: the frontier row is read ``FOR UPDATE`` (PostgreSQL
 locks it until commit; SQLite has one writer at a time), updated only from
 the size it was read at, and the entry's index is the table's primary key.
 
+An append costs two statements, not three: the log keeps the frontier it
+last wrote in memory and updates the row only where it still holds exactly
+that size and those hashes (which takes the row lock, as ``FOR UPDATE``
+would). A frontier that is no longer there (a rolled-back transaction,
+another writer) updates nothing, and the append reads the row ``FOR
+UPDATE`` and tries again, so what is cached is never trusted.
+
 Proofs are computed from the stored leaf hashes (one column read, O(n)
 hashing); the frontier makes the current root O(log n).
 """
@@ -27,6 +34,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     insert,
     select,
     update,
@@ -122,6 +130,17 @@ class OperationLog:
         self.tables = tables
         self.origin = origin
         self._signer = signer
+        self._last: Frontier | None = None
+        state = tables.state.c
+        self._advance = (
+            update(tables.state)
+            .where(
+                state.id == _STATE_ID,
+                state.size == bindparam("old_size"),
+                state.frontier == bindparam("old_frontier"),
+            )
+            .values(size=bindparam("size"), frontier=bindparam("frontier"))
+        )
 
     @property
     def verifier(self) -> note.Verifier:
@@ -130,20 +149,40 @@ class OperationLog:
 
     async def append(self, conn: AsyncConnection, operation: Operation) -> Entry:
         """Log ``operation`` as the next entry, inside the caller's transaction."""
+        cached = self._last
+        if cached is not None:
+            entry = await self._append_after(conn, cached, operation)
+            if entry is not None:
+                return entry
         frontier = await self._locked_frontier(conn)
+        entry = await self._append_after(conn, frontier, operation)
+        if entry is None:
+            raise LogError(f"another append took index {frontier.size} first")
+        return entry
+
+    async def _append_after(
+        self, conn: AsyncConnection, frontier: Frontier, operation: Operation
+    ) -> Entry | None:
+        """Append after ``frontier`` if the state row holds exactly it; None if not."""
         entry = Entry(frontier.size, operation, frontier.root())
         data = entries.encode(entry)
         leaf = merkle.leaf_hash(data)
-        await conn.execute(insert(self.tables.entries).values(**_entry_row(entry, data, leaf)))
         grown = frontier.append(leaf)
-        state = self.tables.state.c
         result = await conn.execute(
-            update(self.tables.state)
-            .where(state.id == _STATE_ID, state.size == frontier.size)
-            .values(size=grown.size, frontier=grown.to_bytes())
+            self._advance,
+            {
+                "old_size": frontier.size,
+                "old_frontier": frontier.to_bytes(),
+                "size": grown.size,
+                "frontier": grown.to_bytes(),
+            },
         )
         if result.rowcount != 1:
-            raise LogError(f"another append took index {frontier.size} first")
+            self._last = None
+            return None
+        await conn.execute(insert(self.tables.entries), _entry_row(entry, data, leaf))
+        # Written, not yet committed: the next append checks it against the row.
+        self._last = grown
         return entry
 
     async def _locked_frontier(self, conn: AsyncConnection) -> Frontier:
