@@ -608,9 +608,10 @@ LOG_COST: dict[str, Any] = {
         "What the operation log does to the figures above (PostgreSQL): "
         "`python -m bench --quick --backend postgres`, run alternately in a copy of the "
         "tree without the log (commit 38f10ee, before) and in this one (after), two rounds "
-        "each, back to back on 2026-12-02, on a machine loaded by other work (load average "
-        "5-7 on 2 cores: the absolute figures are a third of a quiet run's). Median of the "
-        "rounds, [range]:",
+        "each, back to back on 2026-12-02, then a third pair of "
+        "`python -m bench --only gateway --quick`; on a machine loaded by other work "
+        "(load average 5-7 on 2 cores: the absolute figures are a third of a quiet run's). "
+        "Median of the rounds, [range]:",
         "",
         "| | before | after | after ÷ before |",
         "|---|---:|---:|---:|",
@@ -619,20 +620,23 @@ LOG_COST: dict[str, Any] = {
         "| 595 [591-599] | 0.91 |",
         "| lag p99, ms | 3,362 [2,373-4,351] | 2,504 [2,382-2,626] | 0.74 |",
         "| bulk import, residents/s | 3,349 [3,339-3,359] | 2,091 [1,823-2,359] | 0.62 |",
-        "| **Verify c=16, req/s** | 381 [284-478] | 397 [350-444] | 1.04 |",
-        "| Verify c=16, CPU ms per request, gateway + national | 1.4 [1.1-1.7] "
-        "| 1.5 [1.5-1.5] | 1.07 |",
-        "| Verify c=64, req/s | 724 [685-763] | 415 [280-550] | 0.57 |",
-        "| baseline c=16 (no node code), req/s | 1,538 [1,328-1,748] | 1,431 [639-2,222] | 0.93 |",
+        "| **Verify c=16, req/s** | 478 [284-507] | 439 [350-444] | 0.92 |",
+        "| Verify c=16, CPU ms per request, gateway + national | 1.18 [1.12-1.67] "
+        "| 1.46 [1.16-1.52] | 1.23 |",
+        "| Verify c=64, req/s | 685 [618-763] | 550 [280-767] | 0.80 |",
+        "| Verify c=64, CPU ms per request, gateway + national | 0.96 [0.82-1.01] "
+        "| 1.01 [0.84-1.16] | 1.05 |",
+        "| baseline c=16 (no node code), req/s | 1,328 [1,027-1,748] | 2,222 [639-2,266] | 1.67 |",
         "",
         "Delivery and Verify do not pass through the log: only operators' calls are "
         "logged, and notifications and agency requests are not theirs; what the log adds "
-        "on those paths is the interceptor's check of each call's caller (no entry) and "
+        "on those paths is the interceptor's look at each call's caller (no entry) and "
         "a head signed every `checkpoint_interval` when the log grew. Delivery is within "
         "the 10 % (better, within the noise; its CPU per notification, the figure noise "
-        "moves least, is 9 % lower). Verify at c=16 is within it; at c=64 the after rounds "
-        "are lower, but so is the bare baseline of the same runs (down to 639 req/s), so "
-        "that figure is not settled by two rounds on this machine. The bulk import is "
+        "moves least, is 9 % lower). Verify is not settled by these rounds: the bare "
+        "baseline of the same runs swings from 639 to 2,266 req/s; the quietest pair "
+        "(the third) gave 507 and 439 req/s at c=16, 618 and 767 at c=64, and 1.18 and "
+        "1.16 ms of gateway and national CPU per request at c=16. The bulk import is "
         "not the log's alone: the tree after also writes each resident's household and "
         "register event, and the log adds one entry per 1,000-row batch.",
         "",
