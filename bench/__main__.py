@@ -2,8 +2,9 @@
 ``bench-results.json`` and ``docs/benchmarks.md``.
 
 The delivery benchmark (:mod:`bench.delivery`) runs first, then the agency
-gateway's (:mod:`bench.gateway`); ``--only`` runs one of them and keeps the
-other's figures in the results file.
+gateway's (:mod:`bench.gateway`), then the operation log's appends
+(:mod:`bench.oplog`); ``--only`` runs one of them and keeps the others'
+figures in the results file.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import delivery, gateway, report
-from bench.common import REPO, BenchError, progress
+from bench import delivery, gateway, oplog, report
+from bench.common import REPO, BenchError, postgres_version, progress
 
 COMMAND = "python -m bench"
 
@@ -65,8 +66,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--only",
-        choices=["delivery", "gateway"],
-        help="run one benchmark (default: delivery, then gateway)",
+        choices=["delivery", "gateway", "oplog"],
+        help="run one benchmark (default: delivery, then gateway, then oplog)",
+    )
+    p.add_argument(
+        "--oplog-entries",
+        type=int,
+        help="oplog: appends one per transaction (default 2000; quick 500), ten times as "
+        "many in batches",
     )
     gateway.add_arguments(p)
     return p
@@ -134,6 +141,28 @@ def run_gateway(
     return code
 
 
+def run_oplog(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """The operation log's appends, its figures under ``oplog`` in the results file
+    (alone, ``--only oplog``, it keeps the file's other contents)."""
+    out, markdown = Path(args.out), Path(args.markdown)
+    if not results:
+        results = _earlier(out)
+    entries = args.oplog_entries or (500 if args.quick else 2_000)
+    if args.backend in ("sqlite", "postgres"):
+        backends = [args.backend]
+    else:
+        backends = ["sqlite", "postgres"]
+        if not asyncio.run(postgres_version()):
+            backends = ["sqlite"]
+    try:
+        results["oplog"] = {"command": _command(), **oplog.run(backends, entries)}
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+    report.write(results, out, markdown)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks the options ask for; the exit status."""
     p = parser()
@@ -144,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     if args.only == "gateway":
         return run_gateway(args, gateway_plan, {})
+    if args.only == "oplog":
+        return run_oplog(args, {})
     error = delivery_options(args)
     if error is not None:
         p.error(error)
@@ -158,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "delivery":
         with contextlib.suppress(KeyError, TypeError):
             results["gateway"] = _earlier(Path(args.out))["gateway"]  # kept
+        with contextlib.suppress(KeyError, TypeError):
+            results["oplog"] = _earlier(Path(args.out))["oplog"]  # kept
         report.write(results, Path(args.out), Path(args.markdown))
         return 0
-    return run_gateway(args, gateway_plan, results)
+    code = run_gateway(args, gateway_plan, results)
+    return code or run_oplog(args, results)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,35 @@ the heads it signs and sends upward, and the witness of the tier below.
   tooling writes it beside each node's certificate; a node that finds none
   does not start (a key it made itself is one the tier above does not trust,
   and a node's key folder is often read-only). The tier above learns a
-  node's log key from its ``log_verifiers`` file (by default ``log-verifiers`` beside the CA
-  certificate, which the PKI tooling writes): one verifier key a line,
-  named by origin, and each node's witness key (``<origin>/witness``), with
-  which a resident checks a disclosure's proofs offline. A head of a log
-  whose key is not listed there is refused.
+  node's log key from its ``log_verifiers`` file (by default
+  ``log-verifiers`` beside the CA certificate, which the PKI tooling
+  writes): one verifier key a line, named by origin, and each node's
+  witness key (``<origin>/witness``), with which a resident checks a
+  disclosure's proofs offline. A head of a log whose key is not listed
+  there is refused.
 - **Entries.** :class:`Recorder` is the interceptor's audit hook: every call
-  of an operator identity to a method its node audits appends one entry
-  after the call (ok, refused or failed, with the reason), in a transaction
-  of its own. A write and its entry are not in one transaction: a crash
-  between the two loses the entry of a write that committed. A unary call's
-  entry is appended before its answer leaves: a call whose entry cannot be
-  written fails, so no read leaves unlogged.
+  of an operator identity to a method its node audits appends an entry (ok,
+  refused or failed, with the reason). A write and its entry are in one
+  transaction: the service writes with :meth:`~jukinet.db.Database.operation`,
+  whose last statement appends the entry of the call bound to it (the
+  interceptor binds it for the call, :func:`jukinet.db.bind_operation`), so
+  a crash never leaves a committed write without its entry, nor an "ok"
+  entry of a write that rolled back. Why a scope the transaction consumes
+  rather than an entry passed by the service: the interceptor alone knows
+  the caller, the terminal and the outcome, every write method gets it
+  without code of its own, and the services name only the residents no
+  message names (:func:`jukinet.db.touched`). Every other entry (a read, a
+  refused or failed call, whose transaction rolled back) is appended after
+  the call in a transaction of its own, before a unary answer leaves: a
+  read whose entry cannot be written fails, so no read of a resident leaves
+  unlogged.
+- **A full disk.** A write is refused with its transaction (nothing of it,
+  entry included, is stored). The entry of a refused or failed call and of
+  a call naming no resident (a status) need not precede its answer: when
+  the storage is full it is kept in memory (at most :data:`HELD_ENTRIES`,
+  in order) and appended before the next entry a transaction of its own
+  writes, or at the next head tick, once there is room. Such entries are
+  lost if the node stops while the disk stays full.
 - **Heads.** :class:`CheckpointKeeper` signs a head every ``checkpoint_interval``
   seconds (and at shutdown) when the log grew, and sends each head not yet
   cosigned to the tier above with the consistency proof from the last one
@@ -51,10 +68,11 @@ import grpc.aio
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet.clock import Clock
 from jukinet.db import Database
-from jukinet.errors import ConfigError, FailedPrecondition, PermissionDenied
+from jukinet.errors import ConfigError, FailedPrecondition, PermissionDenied, StorageFull
 from jukinet.identity import Identity, Kind
 from jukinet.oplog import note
 from jukinet.oplog.entry import Operation
@@ -251,6 +269,10 @@ def outcome_of(status: str) -> str:
     return "refused" if status in _REFUSALS else "failed"
 
 
+HELD_ENTRIES = 10_000
+"""How many entries a node keeps in memory while its storage is full."""
+
+
 class Recorder:
     """Appends the entry of each audited operator call to the node's log."""
 
@@ -265,6 +287,7 @@ class Recorder:
         self.oplog = oplog
         self.audited = dict(audited)
         self.clock = clock
+        self.held: list[Operation] = []
 
     def extractor(self, method: str, identity: Identity | None) -> Extractor | None:
         """How to read the codes of a call, or None if the call is not audited."""
@@ -281,8 +304,10 @@ class Recorder:
         codes: Iterable[str],
         status: str,
         reason: str,
+        conn: AsyncConnection | None = None,
     ) -> None:
-        """Append the entry of one call."""
+        """Append the entry of one call: in ``conn``'s transaction (a write's), or
+        in one of its own (see the module on a full disk)."""
         operation = Operation(
             time=self.clock.now(),
             operator=identity.uri,
@@ -292,8 +317,30 @@ class Recorder:
             outcome=outcome_of(status),
             reason=reason,
         )
-        async with self.db.write() as conn:
+        if conn is not None:
             await self.oplog.append(conn, operation)
+            return
+        try:
+            await self.flush(operation)
+        except StorageFull:
+            if (operation.outcome == "ok" and operation.resident_codes) or len(
+                self.held
+            ) >= HELD_ENTRIES:
+                raise
+            self.held.append(operation)
+
+    async def flush(self, operation: Operation | None = None) -> None:
+        """Append the entries held (if any) and then ``operation``, in one transaction."""
+        if not self.held and operation is None:
+            return
+        async with self.db.write() as conn:
+            held = list(self.held)  # under the write lock: no other flush has them
+            for waiting in held:
+                await self.oplog.append(conn, waiting)
+            if operation is not None:
+                await self.oplog.append(conn, operation)
+        # Committed; entries held meanwhile came after them and stay.
+        del self.held[: len(held)]
 
 
 # --- heads -----------------------------------------------------------------------
@@ -312,6 +359,7 @@ class CheckpointKeeper:
         *,
         interval: float,
         submit: Submit | None,
+        flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
         self.oplog = oplog
@@ -321,6 +369,7 @@ class CheckpointKeeper:
         # The witness keys of the tier below, by name, where log_verifiers lists them:
         # a cosignature returned (CosignLogHead) must be made with the one listed.
         self.witnesses: dict[str, note.Verifier] = {}
+        self.flush = flush
         self._warned = ""
 
     async def run(self) -> None:
@@ -331,12 +380,18 @@ class CheckpointKeeper:
                 await self.tick()
         finally:
             with contextlib.suppress(Exception):
+                if self.flush is not None:
+                    await self.flush()
+            with contextlib.suppress(Exception):
                 async with self.db.write() as conn:
                     await self._sign_if_grown(conn)
 
     async def tick(self) -> None:
-        """Sign a head if the log grew, then send the newest head not yet cosigned."""
+        """Append the entries held, sign a head if the log grew, then send the newest
+        head not yet cosigned."""
         try:
+            if self.flush is not None:
+                await self.flush()
             async with self.db.write() as conn:
                 await self._sign_if_grown(conn)
             await self.send()
@@ -624,7 +679,9 @@ class NodeLog:
         self.oplog = OperationLog(tables, self.origin, self.keys.log)
         self.recorder = Recorder(db, self.oplog, audited, clock)
         self.witness = Witness(db, tables, self.keys.witness, read_verifiers(verifiers), clock)
-        self.keeper = CheckpointKeeper(db, self.oplog, clock, interval=interval, submit=None)
+        self.keeper = CheckpointKeeper(
+            db, self.oplog, clock, interval=interval, submit=None, flush=self.recorder.flush
+        )
         self.keeper.witnesses = {w.name: w for w in read_witness_keys(verifiers)}
         self.interval = interval
         self.top: TopWitness | None = None

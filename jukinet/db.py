@@ -16,19 +16,31 @@ Nothing needs resetting when space is freed: the next operation simply
 succeeds. Other
 PostgreSQL resource shortages (SQLSTATE class 53: memory, connections) are
 UNAVAILABLE. :func:`storage_refusal` is that one mapping.
+
+The write of an operator's operation goes through :meth:`Database.operation`
+instead: the interceptor binds the call's :class:`OperationScope` (its
+operation log entry in the making, :func:`bind_operation`) for the call, and
+the transaction appends that entry as its last statement, so the change and
+its entry commit together or not at all. The frontier row of the log is
+therefore the last lock such a transaction takes, after the register's rows
+(and every other writer takes it alone), so writers never wait on each other
+in a cycle. A service names the residents its write touched with
+:func:`touched` (a new code, say, is in no request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import errno
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import ARRAY, ColumnElement, String, any_, cast, event, literal
 from sqlalchemy.engine import make_url
@@ -53,6 +65,47 @@ _SQLITE_FULL = 13
 _PG_DISK_FULL = "53100"
 _PG_INSUFFICIENT_RESOURCES = "53"  # the SQLSTATE class
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class OperationScope(Protocol):
+    """The operation log entry of the operator call being handled, in the making."""
+
+    def touch(self, codes: Iterable[str]) -> None:
+        """Note residents the call's write touched."""
+        ...
+
+    async def log_in(self, conn: AsyncConnection) -> None:
+        """Append the entry of the call's write (outcome ok) inside ``conn``'s transaction."""
+        ...
+
+    def committed(self) -> None:
+        """The transaction :meth:`log_in` wrote into has committed."""
+        ...
+
+
+_operation: contextvars.ContextVar[OperationScope | None] = contextvars.ContextVar(
+    "jukinet_operation", default=None
+)
+
+
+def bind_operation(scope: OperationScope) -> contextvars.Token[OperationScope | None]:
+    """Make ``scope`` the operation of the current call (its task's context)."""
+    return _operation.set(scope)
+
+
+def unbind_operation(token: contextvars.Token[OperationScope | None]) -> None:
+    """Undo :func:`bind_operation` (quietly, from another context too)."""
+    # An async generator can be finalised in another context; each call has
+    # its own context copy, so there is nothing to restore then.
+    with contextlib.suppress(ValueError):
+        _operation.reset(token)
+
+
+def touched(codes: Iterable[str]) -> None:
+    """Note resident codes the current operation's write touches (none bound: nothing)."""
+    scope = _operation.get()
+    if scope is not None:
+        scope.touch(codes)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -136,6 +189,24 @@ class Database:
         except Exception as exc:
             self._refuse_if_full(exc)
             raise
+
+    @asynccontextmanager
+    async def operation(self) -> AsyncIterator[AsyncConnection]:
+        """The write transaction of an operation: as :meth:`write`, and the
+        operation log entry of the operator call being handled (if one is
+        bound, :func:`bind_operation`) is its last statement, so both commit
+        or neither does. Without a bound call it is :meth:`write`."""
+        scope = _operation.get()
+        try:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+                if scope is not None:
+                    await scope.log_in(conn)
+        except Exception as exc:
+            self._refuse_if_full(exc)
+            raise
+        if scope is not None:
+            scope.committed()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

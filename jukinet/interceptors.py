@@ -57,12 +57,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jukinet.db import describe_error, storage_refusal
+from jukinet.db import bind_operation, describe_error, storage_refusal, unbind_operation
 from jukinet.errors import (
     InvalidArgument,
     JukinetError,
     PermissionDenied,
+    StorageFull,
     Unauthenticated,
     Unimplemented,
 )
@@ -338,15 +340,39 @@ class AuditHook(Protocol):
         codes: Iterable[str],
         status: str,
         reason: str,
+        conn: AsyncConnection | None = None,
     ) -> None:
-        """Append the entry of one call."""
+        """Append the entry of one call: inside ``conn``'s transaction, or in one of its own.
+
+        In a transaction of its own, an entry that need not precede the
+        answer (a refusal, a call naming no resident) may be kept for later
+        when the storage is full; any other raises.
+        """
         ...
 
 
 class _CallAudit:
-    """The entry of one audited call in the making: the codes its messages named."""
+    """The entry of one audited call in the making: the codes its messages named.
 
-    __slots__ = ("_extract", "_hook", "_method", "codes", "done", "identity", "terminal")
+    It is the call's :class:`jukinet.db.OperationScope`: a write made with
+    :meth:`jukinet.db.Database.operation` during the call commits this
+    entry (outcome ok) with it; each such write gets one, with the codes
+    named since the one before. A call that ends well after such a write
+    has its entries; any other end (a read, a refusal, a failure after a
+    write) appends one more in a transaction of its own.
+    """
+
+    __slots__ = (
+        "_extract",
+        "_hook",
+        "_method",
+        "_token",
+        "codes",
+        "done",
+        "identity",
+        "logged",
+        "terminal",
+    )
 
     def __init__(
         self,
@@ -363,17 +389,38 @@ class _CallAudit:
         self.terminal = terminal
         self.codes: list[str] = []
         self.done = False
+        self.logged = 0  # entries committed with the call's writes
+        self._token = bind_operation(self)
 
     def see(self, message: Any) -> None:
         """Note the resident codes of a request or response message."""
         if isinstance(message, Message):
             self.codes.extend(self._extract(message))
 
+    def touch(self, codes: Iterable[str]) -> None:
+        """Note residents the call's write touched (a service's word, not a message's)."""
+        self.codes.extend(codes)
+
+    async def log_in(self, conn: AsyncConnection) -> None:
+        """Append the entry of the call's write inside its transaction."""
+        await self._hook.record(
+            self._method, self.identity, self.terminal, self.codes, "OK", "", conn
+        )
+
+    def committed(self) -> None:
+        """The write's transaction, and so its entry, committed."""
+        self.logged += 1
+        self.codes = []
+
     async def finish(self, exc: BaseException | None) -> None:
-        """Append the call's entry (once); raises if it cannot be written."""
+        """Append the call's last entry (once), unless its writes hold it; raises if it
+        cannot be written."""
         if self.done:
             return
         self.done = True
+        unbind_operation(self._token)
+        if exc is None and self.logged:
+            return
         status = _status_name(exc)
         if isinstance(exc, JukinetError):
             reason = str(exc.reason)
@@ -387,6 +434,11 @@ class _CallAudit:
         """Append the entry of a call that failed; a failure to do so is logged."""
         try:
             await self.finish(exc)
+        except StorageFull:
+            _log.warning(
+                "the operation log entry of %s could not be written: the storage is full",
+                self._method,
+            )
         except Exception as err:
             _log.error(
                 "the operation log entry of %s could not be written: %s",

@@ -7,6 +7,13 @@ never share an index: the frontier row is read ``FOR UPDATE`` (PostgreSQL
 locks it until commit; SQLite has one writer at a time), updated only from
 the size it was read at, and the entry's index is the table's primary key.
 
+An append costs two statements, not three: the log keeps the frontier it
+last wrote in memory and updates the row only where it still holds exactly
+that size and those hashes (which takes the row lock, as ``FOR UPDATE``
+would). A frontier that is no longer there (a rolled-back transaction,
+another writer) updates nothing, and the append reads the row ``FOR
+UPDATE`` and tries again, so what is cached is never trusted.
+
 Proofs are computed from the stored leaf hashes (one column read, O(n)
 hashing); the frontier makes the current root O(log n).
 """
@@ -27,6 +34,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
     insert,
     select,
@@ -123,6 +131,17 @@ class OperationLog:
         self.tables = tables
         self.origin = origin
         self._signer = signer
+        self._last: Frontier | None = None
+        state = tables.state.c
+        self._advance = (
+            update(tables.state)
+            .where(
+                state.id == _STATE_ID,
+                state.size == bindparam("old_size"),
+                state.frontier == bindparam("old_frontier"),
+            )
+            .values(size=bindparam("size"), frontier=bindparam("frontier"))
+        )
 
     @property
     def verifier(self) -> note.Verifier:
@@ -137,19 +156,39 @@ class OperationLog:
         self, conn: AsyncConnection, operations: Sequence[Operation]
     ) -> list[Entry]:
         """Log ``operations`` as the next entries, in order, inside the caller's transaction."""
-        frontier = await self._locked_frontier(conn)
-        made, rows, grown = entry_rows(frontier, operations)
-        if not rows:
+        if not operations:
             return []
-        await conn.execute(insert(self.tables.entries), rows)
-        state = self.tables.state.c
+        cached = self._last
+        if cached is not None:
+            made = await self._append_after(conn, cached, operations)
+            if made is not None:
+                return made
+        frontier = await self._locked_frontier(conn)
+        made = await self._append_after(conn, frontier, operations)
+        if made is None:
+            raise LogError(f"another append took index {frontier.size} first")
+        return made
+
+    async def _append_after(
+        self, conn: AsyncConnection, frontier: Frontier, operations: Sequence[Operation]
+    ) -> list[Entry] | None:
+        """Append after ``frontier`` if the state row holds exactly it; None if not."""
+        made, rows, grown = entry_rows(frontier, operations)
         result = await conn.execute(
-            update(self.tables.state)
-            .where(state.id == _STATE_ID, state.size == frontier.size)
-            .values(size=grown.size, frontier=grown.to_bytes())
+            self._advance,
+            {
+                "old_size": frontier.size,
+                "old_frontier": frontier.to_bytes(),
+                "size": grown.size,
+                "frontier": grown.to_bytes(),
+            },
         )
         if result.rowcount != 1:
-            raise LogError(f"another append took index {frontier.size} first")
+            self._last = None
+            return None
+        await conn.execute(insert(self.tables.entries), rows)
+        # Written, not yet committed: the next append checks it against the row.
+        self._last = grown
         return made
 
     async def _locked_frontier(self, conn: AsyncConnection) -> Frontier:

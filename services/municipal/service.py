@@ -1,6 +1,7 @@
 """Use cases of a municipal node, the register's operations: each checks its
-input, changes the register and writes its notification in one transaction,
-then wakes the pusher. Resident codes come from the pool the prefecture
+input, changes the register and writes its notification in one transaction
+(:meth:`jukinet.db.Database.operation`, which commits the call's operation
+log entry with them), then wakes the pusher. Resident codes come from the pool the prefecture
 handed down (:class:`services.municipal.pool.PoolKeeper`).
 """
 
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jukinet import movecert
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.codes import check_resident_code
-from jukinet.db import Database
+from jukinet.db import Database, touched
 from jukinet.delivery.outbox import Outbox, PendingEntry
 from jukinet.delivery.pusher import Pusher
 from jukinet.errors import (
@@ -239,6 +240,7 @@ class MunicipalService:
     ) -> None:
         """Record the change of each (before, after) pair as an event of its entry."""
         operator = self._operator()
+        touched(after.resident_code for _, after in pairs)
         await repo.insert_events(
             conn,
             [
@@ -284,7 +286,7 @@ class MunicipalService:
         person = check_person(req.person, self.municipality)
         register = check_register(req.register, previous_address=False)
         await self.pool.ensure(1)
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             placement = await self._placement(conn, req.household_id, register)
             code = await self._take_code(conn)
             resident = await self._enter(
@@ -311,7 +313,7 @@ class MunicipalService:
         check_not_before_birth(effective, person, "effective_date")
         register = check_register(req.register)
         await self.pool.ensure(1)
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             placement = await self._placement(conn, req.household_id, register)
             code = await self._take_code(conn)
             resident = await self._enter(conn, code, person, placement, effective, reason)
@@ -386,7 +388,7 @@ class MunicipalService:
         check_not_before_birth(effective, person, "effective_date")
         if not given_code:
             await self.pool.ensure(1)
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             if cert is not None and await repo.certificate_used(
                 conn,
                 cert.certificate_number,
@@ -471,7 +473,7 @@ class MunicipalService:
         effective = check_effective_date(
             req.effective_date, reason=R.CHANGE_REASON_RELOCATION
         ).isoformat()
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             movers = (
@@ -510,7 +512,7 @@ class MunicipalService:
         former = check_name(req.former_surname, "former_surname", required=False)
         reason = R.CHANGE_REASON_NAME_CHANGE
         effective = check_effective_date(req.effective_date, reason=reason).isoformat()
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             check_dated_change(effective, resident)
@@ -533,7 +535,7 @@ class MunicipalService:
         person = check_person(req.person, self.municipality)
         reason = R.CHANGE_REASON_EX_OFFICIO_AMENDMENT
         effective = check_effective_date(req.effective_date, reason=reason).isoformat()
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             registered = resident.registered_on
@@ -568,7 +570,7 @@ class MunicipalService:
         reason = R.CHANGE_REASON_CODE_CHANGE
         effective = check_effective_date(req.effective_date, reason=reason).isoformat()
         await self.pool.ensure(1)
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             if resident.resident_code != req.resident_code:
@@ -628,7 +630,7 @@ class MunicipalService:
         effective: str,
         field: str = "effective_date",
     ) -> tuple[ResidentState, int]:
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             removed, seq = await self._removal(conn, code, reason, effective, field)
         self._committed()
         return removed, seq
@@ -659,7 +661,7 @@ class MunicipalService:
                 "destination_local_government_code",
                 "a move within the municipality is Relocate",
             )
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             removed, seq = await self._removal(
                 conn, req.resident_code, R.CHANGE_REASON_MOVE_OUT, effective
             )
@@ -784,7 +786,7 @@ class MunicipalService:
             good.append((row, person, registered))
         if good:
             await self.pool.ensure(len(good))
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             present = await repo.existing_source_ids(conn, [r.source_id for r, _, _ in good])
             todo = [g for g in good if g[0].source_id not in present]
             codes = await repo.take_codes(conn, len(todo))
@@ -862,6 +864,7 @@ class MunicipalService:
                 # The old system names the head of a household entered before.
                 await repo.set_household(conn, household, head=heads[household])
         operator = self._operator()
+        touched(codes)
         await repo.insert_events(
             conn,
             [
@@ -977,7 +980,7 @@ class MunicipalService:
             raise InvalidArgument("relationships", "only with a change of head (relationship HEAD)")
         if len(req.household_id) > 32:
             raise InvalidArgument("household_id", "at most 32 characters")
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             check_dated_change(effective, resident)
@@ -1108,7 +1111,7 @@ class MunicipalService:
         effective = check_effective_date(
             req.effective_date, reason=R.CHANGE_REASON_RELOCATION
         ).isoformat()
-        async with self.db.write() as conn:
+        async with self.db.operation() as conn:
             resident = await self._resident(conn, req.resident_code)
             resident.require_active()
             check_dated_change(effective, resident)

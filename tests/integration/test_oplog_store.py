@@ -348,3 +348,23 @@ async def test_the_witness_refuses_a_head_that_does_not_extend_the_one_held(node
             await node.witness.witness(
                 wconn, note.sign_note(signed.text, forger), proof, node.log.verifier, T0
             )
+
+
+async def test_an_append_rolled_back_or_made_elsewhere_is_not_built_on(node: Node) -> None:
+    await node.append(3)
+
+    class RolledBack(Exception):
+        pass
+
+    with pytest.raises(RolledBack):
+        async with node.db.write() as conn:
+            await node.log.append(conn, operation(3))
+            raise RolledBack
+    # Another writer of the same tables (the frontier this log last wrote is gone).
+    other = OperationLog(node.tables, ORIGIN, node.signer)
+    async with node.db.write() as conn:
+        assert (await other.append(conn, operation(30))).index == 3
+    await node.append(2)
+    verdict = await node.verify()
+    assert verdict.ok, verdict.problem
+    assert verdict.size == 6

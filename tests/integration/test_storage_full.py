@@ -36,7 +36,7 @@ from tests.federation import PG_ADMIN_DSN, Databases, Federation, OperatorCards
 M = municipal_pb2
 TOTTORI = "312011"
 TIMEOUT = 30
-DISK = "8m"
+DISK = "16m"  # a PostgreSQL database with the municipal schema is about 8 MB
 ATTEMPTS = 60  # births until a write needs a page the disk does not have
 
 
@@ -233,6 +233,17 @@ async def refused_then_recovered(fed: Federation, filler: Path) -> None:
     assert born.notification_sequence == before.last_sequence + 1
     now = await operator.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
     assert now.active_residents == before.active_residents + 1
+    # The log: an "ok" entry for each birth stored and none for a refused one,
+    # whose refusal (kept in memory while the disk was full) is there too.
+    app = fed.municipalities[TOTTORI]
+    await app.log.recorder.flush()
+    assert app.log.recorder.held == []
+    async with app.db.read() as conn:
+        rows = await app.log.oplog.rows(conn)
+    births = [(r.outcome, r.reason) for r in rows if r.operation == "RegisterBirth"]
+    assert births.count(("ok", "")) == now.active_residents
+    assert births.count(("refused", Reason.STORAGE_FULL)) >= 2
+    assert [r.idx for r in rows] == list(range(len(rows)))
 
 
 async def _refusal(call: Any) -> grpc.aio.AioRpcError:
