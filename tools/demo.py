@@ -203,10 +203,10 @@ class Operators:
         self._fed = fed
         self._channels: list[grpc.aio.Channel] = []
         # Clerks do the everyday work; a supervisor the bulk and ex-officio work.
-        self.municipal: dict[str, municipal_pb2_grpc.MunicipalServiceStub] = {}
-        self.supervisor: dict[str, municipal_pb2_grpc.MunicipalServiceStub] = {}
+        self.municipal: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
+        self.supervisor: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
         self.supervisor_channel: dict[str, grpc.aio.Channel] = {}
-        self.auditor: dict[str, operator_pb2_grpc.OperatorServiceStub] = {}
+        self.auditor: dict[str, operator_pb2_grpc.OperatorServiceAsyncStub] = {}
         self._tokens: dict[tuple[str, str], str] = {}
         self.prefecture = {
             code: prefecture_pb2_grpc.PrefectureServiceStub(self.channel(f"prefecture-{code}"))

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -634,12 +635,13 @@ class LocalFederation:
                 card.provision_card(
                     lib,
                     CARD_PIN,
-                    lambda key, who=operator: pki.issue_card_certificate(
-                        self.pki_dir, who, key, force=True
-                    ),
+                    functools.partial(self._certify, operator),
                     label=card_label(code, member.operator_id),
                 )
         return hsm
+
+    def _certify(self, operator: Identity, key: Any) -> Any:
+        return pki.issue_card_certificate(self.pki_dir, operator, key, force=True)
 
     def member(self, operator_id: str) -> Staff:
         """The staff member ``operator_id``."""
