@@ -46,6 +46,7 @@ from jukinet.textwidth import display_width, table
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, provision_pb2
 from jukinet.vocabulary import operation_label, operation_of, result_label, result_of
 from services.national.app import MIGRATIONS as NATIONAL_MIGRATIONS
+from tests.cards import Cards
 from tests.federation import PG_ADMIN_DSN, Federation
 
 TIMEOUT = 15
@@ -1210,3 +1211,124 @@ async def test_households_at_the_counter(
         capsys, "resident", "household", "show", household, "--id", *at_counter(fed)
     )
     assert [m["resident_code"] for m in by_id.json()["household"]["members"]] == [head_code]
+
+
+# --- operator cards: issued on the card, revoked in the operator CA's CRL --------------
+
+
+def test_card_issue_show_and_revoke(
+    cards: Cards, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jukinet import card as card_module
+    from jukinet import pki as pki_module
+    from tests.cards import PIN
+
+    monkeypatch.setenv("JUKINET_CARD_PIN", PIN)
+    cards.blank("t.tanaka")
+    code = _main(
+        [
+            "card",
+            "issue",
+            "--pki",
+            str(cards.pki),
+            "--operator",
+            "312011/t.tanaka",
+            "--card",
+            "t.tanaka",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "issued the card of jukinet://operator/312011/t.tanaka" in out
+    with card_module.open_card(card_module.load_module(), PIN, label="t.tanaka") as c:
+        assert c.identity.uri == "jukinet://operator/312011/t.tanaka"
+        serial = c.certificate.serial_number
+    assert _main(["card", "show", "--card", "t.tanaka"]) == 0
+    assert "jukinet://operator/312011/t.tanaka" in capsys.readouterr().out
+
+    # A card that holds a key already is refused, and nothing changes on it.
+    assert (
+        _main(
+            [
+                "card",
+                "issue",
+                "--pki",
+                str(cards.pki),
+                "--operator",
+                "312011/t.tanaka",
+                "--card",
+                "t.tanaka",
+            ]
+        )
+        == 1
+    )
+    assert "holds a key already" in capsys.readouterr().err
+
+    assert _main(["card", "revoke", "--pki", str(cards.pki), "--operator", "312011/t.tanaka"]) == 0
+    assert f"serial {serial:x}" in capsys.readouterr().out
+    crl = pki_module.operator_ca_dir(cards.pki, "312011") / pki_module.CRL_FILE
+    assert serial in pki_module.load_revoked_serials(crl)
+
+
+def test_card_commands_refuse_bad_input(
+    cards: Cards, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.cards import PIN
+
+    monkeypatch.setenv("JUKINET_CARD_PIN", PIN)
+    # Not an operator.
+    assert (
+        _main(["card", "revoke", "--pki", str(cards.pki), "--operator", "municipality/312011"]) == 2
+    )
+    capsys.readouterr()
+    # No card in the reader with that label.
+    cards.blank("other")
+    assert (
+        _main(
+            ["card", "issue", "--pki", str(cards.pki), "--operator", "312011/x.y", "--card", "none"]
+        )
+        == 1
+    )
+    assert "no card labelled 'none'" in capsys.readouterr().err
+    # A wrong PIN.
+    monkeypatch.setenv("JUKINET_CARD_PIN", "000000")
+    assert (
+        _main(
+            [
+                "card",
+                "issue",
+                "--pki",
+                str(cards.pki),
+                "--operator",
+                "312011/x.y",
+                "--card",
+                "other",
+            ]
+        )
+        == 1
+    )
+    assert "wrong PIN" in capsys.readouterr().err
+
+
+def test_no_session_says_to_log_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    code = _main(
+        [
+            "resident",
+            "status",
+            "--target",
+            "127.0.0.1:1",
+            "--pki",
+            str(tmp_path),
+            "--as",
+            "terminal-312011-desk1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        "log in first: jukinet login --target 127.0.0.1:1 --pki "
+        f"{tmp_path} --as terminal-312011-desk1" in err
+    )
