@@ -254,7 +254,8 @@ class Recorder:
 
     def extractor(self, method: str, identity: Identity | None) -> Extractor | None:
         """How to read the codes of a call, or None if the call is not audited."""
-        if identity is None or identity.kind is not Kind.OPERATOR:
+        # A terminal's calls are an operator's (the one logged in, or logging in there).
+        if identity is None or identity.kind not in (Kind.OPERATOR, Kind.TERMINAL):
             return None
         return self.audited.get(method)
 

@@ -22,6 +22,7 @@ The README's "Config files" lists every setting of every node.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
 import tomllib
@@ -30,11 +31,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from jukinet.codes import is_valid_local_government_code
 from jukinet.errors import ConfigError
 from jukinet.tls import TlsFiles
+
+if TYPE_CHECKING:
+    from jukinet.login import LoginPolicy
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -177,10 +181,59 @@ class MunicipalConfig(LoggedNodeConfig):
     """Notifications per batch pushed to the prefecture."""
     push_window: int = 4
     """Batches in flight unacknowledged."""
+    card_trust: str = ""
+    """The PKI folder operator cards are checked against: the root ``ca.pem``
+    and ``crl.pem`` and ``operator-ca-<code>/`` (its ``ca.pem`` and
+    ``crl.pem``); empty: the folder of ``tls.ca``."""
+    session_idle: int = 15 * 60
+    """Seconds without a call after which an operator's session ends."""
+    session_max: int = 9 * 3600
+    """Seconds after the login at which a session ends whatever happens."""
+    login_failures: int = 5
+    """Wrong passwords in a row that lock an operator's account."""
+    lockout: int = 15 * 60
+    """Seconds a locked account waits before a login is tried again."""
+    password_max_age_days: int = 90
+    """Days after which an operator's password must be changed at the next login."""
+    password_hash_time_cost: int = 3
+    """Argon2id passes per password hash (RFC 9106's second option: 3)."""
+    password_hash_memory_kib: int = 64 * 1024
+    """Argon2id memory per password hash, in KiB (RFC 9106's second option: 65536)."""
+
+    path_settings: ClassVar[tuple[str, ...]] = ("log_key", "log_verifiers", "card_trust")
+
+    def login_policy(self) -> LoginPolicy:
+        """The limits of logins and sessions these settings give."""
+        from jukinet.login import LoginPolicy  # here: the login module is heavier than config
+
+        return LoginPolicy(
+            max_failures=self.login_failures,
+            lockout=dt.timedelta(seconds=self.lockout),
+            password_max_age=dt.timedelta(days=self.password_max_age_days),
+            session_idle=dt.timedelta(seconds=self.session_idle),
+            session_max=dt.timedelta(seconds=self.session_max),
+        )
+
+    def card_trust_dir(self) -> Path:
+        """The folder of the card trust (``card_trust``, else the folder of ``tls.ca``)."""
+        return Path(self.card_trust) if self.card_trust else Path(self.tls.ca).parent
 
     def __post_init__(self) -> None:
-        """Also refuse a bad local government code, prefecture address, pool or batching."""
+        """Also refuse a bad local government code, prefecture address, pool, batching or
+        login policy."""
         super().__post_init__()
+        if not 1 <= self.session_idle <= self.session_max <= 7 * 24 * 3600 * 3650:
+            raise ConfigError("session_idle, session_max: need 1 <= session_idle <= session_max")
+        if not 1 <= self.login_failures <= 100:
+            raise ConfigError("login_failures: must be between 1 and 100")
+        if not 1 <= self.lockout <= 30 * 24 * 3600:
+            raise ConfigError("lockout: must be between 1 second and 30 days")
+        if not 1 <= self.password_max_age_days <= 36500:
+            raise ConfigError("password_max_age_days: must be between 1 and 36500")
+        if not 1 <= self.password_hash_time_cost <= 20:
+            raise ConfigError("password_hash_time_cost: must be between 1 and 20")
+        if not 32 <= self.password_hash_memory_kib <= 4 * 1024 * 1024:
+            raise ConfigError("password_hash_memory_kib: must be between 32 and 4194304")
         if not is_valid_local_government_code(self.local_government_code):
             raise ConfigError(
                 f"local_government_code: {self.local_government_code!r} is not a valid code"

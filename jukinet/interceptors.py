@@ -67,7 +67,7 @@ from jukinet.identity import (
     parse_identity_uri,
 )
 from jukinet.reasons import Reason
-from jukinet.tls import certificate_policy_problem
+from jukinet.tls import SESSION_METADATA, certificate_policy_problem
 from jukinet.validation import check_list_sizes
 
 Rule: TypeAlias = Callable[[Identity], bool]
@@ -81,6 +81,15 @@ _log = logging.getLogger("jukinet.rpc")
 
 _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "jukinet_identity", default=None
+)
+_terminal: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "jukinet_terminal", default=None
+)
+_session_token: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jukinet_session_token", default=None
+)
+_call_audit: contextvars.ContextVar[_CallAudit | None] = contextvars.ContextVar(
+    "jukinet_call_audit", default=None
 )
 
 if TYPE_CHECKING:
@@ -100,6 +109,38 @@ def current_identity() -> Identity:
     if identity is None:
         raise RuntimeError("no authenticated caller: not inside an RPC behind AuthInterceptor")
     return identity
+
+
+def current_terminal() -> Identity | None:
+    """The counter terminal the call comes from (its certificate), or None for a node's call."""
+    return _terminal.get()
+
+
+def current_session_token() -> str | None:
+    """The session token the call carried, once the node resolved it; None without one."""
+    return _session_token.get()
+
+
+def name_operator(operator: Identity) -> None:
+    """Name the operator a call is about in its log entry (a login, before any session)."""
+    audit = _call_audit.get()
+    if audit is not None:
+        audit.identity = operator
+
+
+class SessionHook(Protocol):
+    """How a node resolves the session of a terminal's call.
+
+    :class:`jukinet.operators.OperatorSessions` is the one nodes use.
+    """
+
+    def needs_session(self, method: str) -> bool:
+        """False for the methods a terminal calls without a session (the login)."""
+        ...
+
+    async def resolve(self, method: str, token: str, terminal: Identity) -> Identity:
+        """The operator of session ``token`` at ``terminal``, allowed ``method``; raises if not."""
+        ...
 
 
 # --- rules ---------------------------------------------------------------------
@@ -293,7 +334,7 @@ class AuditHook(Protocol):
 class _CallAudit:
     """The entry of one audited call in the making: the codes its messages named."""
 
-    __slots__ = ("_extract", "_hook", "_identity", "_method", "_terminal", "codes", "done")
+    __slots__ = ("_extract", "_hook", "_method", "codes", "done", "identity", "terminal")
 
     def __init__(
         self,
@@ -305,9 +346,9 @@ class _CallAudit:
     ) -> None:
         self._hook = hook
         self._method = method
-        self._identity = identity
+        self.identity = identity
         self._extract = extract
-        self._terminal = terminal
+        self.terminal = terminal
         self.codes: list[str] = []
         self.done = False
 
@@ -327,7 +368,7 @@ class _CallAudit:
         else:
             reason = "" if exc is None else status.lower().replace("_", "-")
         await self._hook.record(
-            self._method, self._identity, self._terminal, self.codes, status, reason
+            self._method, self.identity, self.terminal, self.codes, status, reason
         )
 
     async def finish_quietly(self, exc: BaseException) -> None:
@@ -386,6 +427,7 @@ class AuthInterceptor(_ServerInterceptor):
         on_finished: FinishHook | None = None,
         ca: bytes | None = None,
         audit: AuditHook | None = None,
+        sessions: SessionHook | None = None,
     ) -> None:
         for method in rules:
             # A typo in a method name would silently deny that method forever;
@@ -402,6 +444,7 @@ class AuthInterceptor(_ServerInterceptor):
         self._on_finished = on_finished
         self._ca = ca
         self._audit = audit
+        self._sessions = sessions
 
     async def intercept_service(  # type: ignore[override]  # the stub omits None
         self,
@@ -441,18 +484,38 @@ class AuthInterceptor(_ServerInterceptor):
         extract = self._audit.extractor(method, peer.identity)
         if extract is None:
             return None
-        return _CallAudit(self._audit, method, peer.identity, extract, context.peer())
+        terminal = peer.identity.uri if peer.identity.kind is Kind.TERMINAL else context.peer()
+        return _CallAudit(self._audit, method, peer.identity, extract, terminal)
 
-    def _authorize(self, method: str, context: Context) -> Identity:
+    async def _authorize(self, method: str, context: Context) -> Identity:
         """The caller's identity if it may call ``method``; raises JukinetError if not."""
         try:
-            return self._check(method, context)
+            return await self._check(method, context)
         except JukinetError as err:
             if self._on_denied is not None:
                 self._on_denied(method, err.reason)
             raise
 
-    def _check(self, method: str, context: Context) -> Identity:
+    async def _acting(self, method: str, identity: Identity, context: Context) -> Identity:
+        """Who acts in a terminal's call: the operator of its session (none for the login)."""
+        assert self._sessions is not None
+        _terminal.set(identity)
+        if not self._sessions.needs_session(method):
+            return identity
+        token = _session_of(context)
+        if not token:
+            raise Unauthenticated(
+                f"{method.rsplit('/', 1)[-1]} needs a session: log in first",
+                reason=Reason.SESSION_REQUIRED,
+            )
+        operator = await self._sessions.resolve(method, token, identity)
+        _session_token.set(token)
+        audit = _call_audit.get()
+        if audit is not None:
+            audit.identity = operator
+        return operator
+
+    async def _check(self, method: str, context: Context) -> Identity:
         pem = _first(context.auth_context().get("x509_pem_cert"))
         if pem is None:
             # Only reachable on a server port without require_client_auth
@@ -475,6 +538,14 @@ class AuthInterceptor(_ServerInterceptor):
                 f"{identity.uri} may not call {method}: no rule allows it",
                 reason=Reason.NO_RULE,
             )
+        if self._sessions is not None:
+            if identity.kind is Kind.TERMINAL:
+                identity = await self._acting(method, identity, context)
+            elif identity.kind is Kind.OPERATOR and rule(identity):
+                raise PermissionDenied(
+                    f"{identity.uri}: operators log in at a counter terminal with their card",
+                    reason=Reason.LOGIN_REQUIRED,
+                )
         if not rule(identity):
             raise PermissionDenied(
                 f"{identity.uri} may not call {method}", reason=Reason.WRONG_IDENTITY
@@ -484,7 +555,7 @@ class AuthInterceptor(_ServerInterceptor):
 
 # --- handler wrapping ----------------------------------------------------------------
 
-Authorize: TypeAlias = Callable[[Context], Identity]
+Authorize: TypeAlias = Callable[[Context], Awaitable[Identity]]
 FinishHook: TypeAlias = Callable[[str, str, float], None]
 """Told (method, status code name, seconds) when a call ends: RPC metrics."""
 
@@ -624,8 +695,15 @@ async def _checked_requests(requests: AsyncIterator[Any], method: str) -> AsyncI
         yield request
 
 
-def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:
-    return _identity.set(authorize(context))
+async def _bind(authorize: Authorize, context: Context) -> contextvars.Token[Identity | None]:
+    return _identity.set(await authorize(context))
+
+
+def _session_of(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_METADATA and isinstance(value, str):
+            return value
+    return ""
 
 
 def _unbind(token: contextvars.Token[Identity | None] | None) -> None:
@@ -696,7 +774,9 @@ def _unary_response(
         try:
             # Seen before the rule is checked: a refused attempt names whom it was about.
             request = _seen_request(request, audit)
-            token = _bind(authorize, context)
+            if audit is not None:
+                _call_audit.set(audit)
+            token = await _bind(authorize, context)
             response = await behavior(_checked_request(request, method), context)
             if audit is not None:
                 # Before the answer leaves: a call that cannot be logged fails.
@@ -735,7 +815,9 @@ def _stream_response(
         audit = None if start_audit is None else start_audit(context)
         try:
             request = _seen_request(request, audit)
-            token = _bind(authorize, context)
+            if audit is not None:
+                _call_audit.set(audit)
+            token = await _bind(authorize, context)
             responses = behavior(_checked_request(request, method), context)
             async for response in responses:
                 if audit is not None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from argon2 import PasswordHasher
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -399,8 +400,10 @@ class OperatorStore:
         *,
         clock: Clock = SYSTEM_CLOCK,
         policy: LoginPolicy | None = None,
+        hasher: PasswordHasher = passwords.HASHER,
     ) -> None:
         Identity.operator(org, "x")  # validates org
+        self.hasher = hasher
         self.db = db
         self.t = tables
         self.trust = trust
@@ -431,7 +434,7 @@ class OperatorStore:
         """
         self._check_operator(operator)
         _check_strength(password, operator)
-        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        hashed = await asyncio.to_thread(passwords.hash_password, password, self.hasher)
         now = self.clock.now()
         async with self.db.write() as conn:
             await conn.execute(
@@ -447,6 +450,42 @@ class OperatorStore:
                     created_at=now,
                 )
             )
+
+    async def account(self, operator: Identity) -> Any:
+        """The account row of ``operator``, or None."""
+        async with self.db.read() as conn:
+            return (
+                await conn.execute(select(self.t.operators).where(*self._account(operator)))
+            ).first()
+
+    async def accounts(self) -> list[Any]:
+        """Every account row of the organisation, by operator id."""
+        c = self.t.operators.c
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(self.t.operators).where(c.org == self.org).order_by(c.operator_id)
+            )
+            return list(rows)
+
+    async def reset_password(self, operator: Identity, password: str) -> None:
+        """An administrator's reset: a password to change at the next login, lockout lifted,
+        the operator's open sessions ended."""
+        self._check_operator(operator)
+        _check_strength(password, operator)
+        hashed = await asyncio.to_thread(passwords.hash_password, password, self.hasher)
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(self.t.operators)
+                .where(*self._account(operator))
+                .values(
+                    password_hash=hashed,
+                    password_changed_at=self.clock.now(),
+                    must_change=True,
+                    failures=0,
+                    locked_until=None,
+                )
+            )
+        await self.end_sessions(operator)
 
     def _check_operator(self, operator: Identity) -> None:
         if operator.kind is not Kind.OPERATOR or operator.org != self.org:
@@ -559,8 +598,8 @@ class OperatorStore:
                 f"the password of {operator.uri} has expired: log in again with a new one",
                 reason=Reason.PASSWORD_EXPIRED,
             )
-        elif passwords.needs_rehash(account.password_hash):
-            hashed = await asyncio.to_thread(passwords.hash_password, password)
+        elif passwords.needs_rehash(account.password_hash, self.hasher):
+            hashed = await asyncio.to_thread(passwords.hash_password, password, self.hasher)
             async with self.db.write() as conn:
                 await conn.execute(
                     update(self.t.operators)
@@ -591,7 +630,9 @@ class OperatorStore:
                 f"until {_utc(account.locked_until):%Y-%m-%d %H:%M} UTC",
                 reason=Reason.LOCKED_OUT,
             )
-        if await asyncio.to_thread(passwords.verify_password, account.password_hash, password):
+        if await asyncio.to_thread(
+            passwords.verify_password, account.password_hash, password, self.hasher
+        ):
             if account.failures or account.locked_until is not None:
                 async with self.db.write() as conn:
                     await conn.execute(
@@ -632,11 +673,13 @@ class OperatorStore:
     async def _change(self, operator: Identity, account: Any, new: str) -> None:
         _check_strength(new, operator)
         for stored in (account.password_hash, account.previous_hash):
-            if stored and await asyncio.to_thread(passwords.verify_password, stored, new):
+            if stored and await asyncio.to_thread(
+                passwords.verify_password, stored, new, self.hasher
+            ):
                 raise PasswordReused(
                     "new_password", "the new password is the current or the previous one"
                 )
-        hashed = await asyncio.to_thread(passwords.hash_password, new)
+        hashed = await asyncio.to_thread(passwords.hash_password, new, self.hasher)
         async with self.db.write() as conn:
             await conn.execute(
                 update(self.t.operators)

@@ -51,7 +51,22 @@ HASHER = PasswordHasher(
     encoding="utf-8",
     type=Type.ID,
 )
-"""The Argon2id hasher of every operator password."""
+"""The Argon2id hasher of every operator password (unless a node's settings give others)."""
+
+
+def make_hasher(*, time_cost: int = 3, memory_kib: int = 64 * 1024) -> PasswordHasher:
+    """An Argon2id hasher like :data:`HASHER` with other cost parameters (a node's settings)."""
+    if time_cost == HASHER.time_cost and memory_kib == HASHER.memory_cost:
+        return HASHER
+    return PasswordHasher(
+        time_cost=time_cost,
+        memory_cost=memory_kib,
+        parallelism=HASHER.parallelism,
+        hash_len=HASHER.hash_len,
+        salt_len=HASHER.salt_len,
+        encoding="utf-8",
+        type=Type.ID,
+    )
 
 
 def normalise(password: str) -> str:
@@ -88,24 +103,24 @@ def password_problem(password: str, *, operator_id: str = "") -> str | None:
     return None
 
 
-def hash_password(password: str) -> str:
+def hash_password(password: str, hasher: PasswordHasher = HASHER) -> str:
     """The Argon2id hash (PHC string, salt included) of ``password``."""
-    return HASHER.hash(normalise(password))
+    return hasher.hash(normalise(password))
 
 
-def verify_password(stored_hash: str, password: str) -> bool:
+def verify_password(stored_hash: str, password: str, hasher: PasswordHasher = HASHER) -> bool:
     """True if ``password`` matches ``stored_hash``; False if not or if the hash is unreadable."""
     try:
-        return HASHER.verify(stored_hash, normalise(password))
+        return hasher.verify(stored_hash, normalise(password))
     except VerifyMismatchError:
         return False
     except (VerificationError, InvalidHashError):
         return False
 
 
-def needs_rehash(stored_hash: str) -> bool:
-    """True if ``stored_hash`` was made with other parameters than :data:`HASHER`'s."""
+def needs_rehash(stored_hash: str, hasher: PasswordHasher = HASHER) -> bool:
+    """True if ``stored_hash`` was made with other parameters than ``hasher``'s."""
     try:
-        return HASHER.check_needs_rehash(stored_hash)
+        return hasher.check_needs_rehash(stored_hash)
     except InvalidHashError:
         return True

@@ -489,8 +489,13 @@ class FederationSpec:
 
     The national node and the gateway are always included; every
     municipality's prefecture is added even when not listed. With
-    ``operators`` an ``admin`` operator is issued for every municipality,
-    every prefecture and the national node.
+    ``operators`` an ``admin`` operator certificate is issued for every
+    municipality, every prefecture and the national node (the upper tiers'
+    operators call with one; a municipal node refuses it: its operators log
+    in at a terminal with their card). Every municipality also gets its
+    operator CA (``operator-ca-<code>/``, which issues its cards) and a
+    counter terminal certificate for each of ``terminals``
+    (``terminal-<code>-desk1``, identity ``jukinet://terminal/<code>/desk1``).
     """
 
     prefectures: Sequence[str] = ()
@@ -498,6 +503,7 @@ class FederationSpec:
     agencies: Sequence[str] = ()
     operators: bool = False
     operator_id: str = "admin"
+    terminals: Sequence[str] = ("desk1", "desk2")
     extra: Sequence[Identity] = field(default_factory=tuple)
 
     def identities(self) -> list[Identity]:
@@ -508,6 +514,7 @@ class FederationSpec:
         wanted: list[Identity] = [Identity.national(), Identity.gateway()]
         wanted += prefectures + municipalities
         wanted += [Identity.agency(c) for c in self.agencies]
+        wanted += [Identity.terminal(m.code, t) for m in municipalities for t in self.terminals]
         if self.operators:
             orgs = [NATIONAL_ORG, *(p.code for p in prefectures), *(m.code for m in municipalities)]
             wanted += [Identity.operator(org, self.operator_id) for org in orgs]
@@ -574,6 +581,11 @@ def issue_federation(
         )
         if identity.kind in (Kind.MUNICIPALITY, Kind.PREFECTURE, Kind.NATIONAL):
             _ensure_log_key(directory, name, identity)
+        if (
+            identity.kind is Kind.MUNICIPALITY
+            and not (operator_ca_dir(directory, identity.code) / CA_CERT).exists()
+        ):
+            create_operator_ca(directory, identity.code)
     write_log_verifiers(directory)
     return results
 
@@ -910,7 +922,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     fed.add_argument("--municipality", action="append", default=[], metavar="CODE")
     fed.add_argument("--agency", action="append", default=[], metavar="CODE")
     fed.add_argument(
-        "--operators", action="store_true", help="also an admin operator per organisation"
+        "--operators",
+        action="store_true",
+        help="also an admin operator certificate per organisation (the upper tiers')",
     )
     fed.add_argument("--days", type=int, default=NODE_DAYS, help=f"lifetime (default {NODE_DAYS})")
     fed.set_defaults(func=_friendly(_cmd_federation))

@@ -99,6 +99,12 @@ class Reason(enum.StrEnum):
     SESSION_INVALID = "session-invalid"  # the session token is unknown or ended
     SESSION_EXPIRED = "session-expired"  # the session was idle too long or reached its maximum
     WRONG_TERMINAL = "wrong-terminal"  # the session token was presented from another terminal
+    SESSION_REQUIRED = "session-required"  # a terminal's call carries no session token
+    # An operator certificate at a node where operators log in at a terminal with their card.
+    LOGIN_REQUIRED = "login-required"
+    ROLE_MISSING = "role-missing"  # no role of the operator allows the method (ErrorInfo: roles)
+    SELF_GRANT = "self-grant"  # an administrator acting on their own roles or password
+    LAST_ADMINISTRATOR = "last-administrator"  # the role withdrawn is the last administrator's
 
     # The operation log's heads between tiers.
     CHECKPOINT_FOREIGN = "checkpoint-foreign"  # a head (or heads asked for) of another node's log

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 import jukinet.v1
 from jukinet.config import NodeConfig
 from jukinet.errors import ConfigError
-from jukinet.interceptors import AuditHook, AuthInterceptor, Rule, authenticated
+from jukinet.interceptors import AuditHook, AuthInterceptor, Rule, SessionHook, authenticated
 from jukinet.metrics import NodeMetrics, stop_metrics_server
 from jukinet.tls import SERVER_OPTIONS, RevocationList, revocation_source, server_credentials
 
@@ -120,8 +120,10 @@ async def start_server(
     service_names: list[str],
     metrics: NodeMetrics,
     audit: AuditHook | None = None,
+    sessions: SessionHook | None = None,
 ) -> RunningServer:
-    """Bind the node's port with mTLS and start serving; ``audit`` logs operator calls."""
+    """Bind the node's port with mTLS and start serving; ``audit`` logs operator calls;
+    ``sessions`` resolves the operator sessions of terminals' calls."""
     revoked = revocation_source(config.tls)
     material = config.tls.load(usage="server")
     metrics.watch_certificates(
@@ -141,6 +143,7 @@ async def start_server(
                 on_finished=metrics.observe_rpc,
                 ca=material.ca,
                 audit=audit,
+                sessions=sessions,
             )
         ],
         options=[

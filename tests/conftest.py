@@ -12,7 +12,13 @@ import pytest
 
 from jukinet import card, pki
 from tests.cards import ORG, OTHER_ORG, Cards, require_softhsm
-from tests.federation import PG_ADMIN_DSN, Federation, federation, issue_certificates
+from tests.federation import (
+    PG_ADMIN_DSN,
+    Federation,
+    OperatorCards,
+    federation,
+    issue_certificates,
+)
 
 MUNICIPALITIES = ["312011", "312029", "131016"]
 AGENCIES = ["nenkin", "mofa-passport"]
@@ -65,10 +71,20 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def operator_cards(pki_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> OperatorCards:
+    """The session's card reader (SoftHSM2): operators' cards, made once per session."""
+    require_softhsm()
+    return OperatorCards.create(pki_dir, tmp_path_factory.mktemp("operator-cards"))
+
+
 @pytest.fixture
-async def fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[Federation]:
-    """A running federation (national, two prefectures, three municipalities) on ``backend``."""
-    async for f in federation(tmp_path, backend, MUNICIPALITIES, pki_dir):
+async def fed(
+    tmp_path: Path, backend: str, pki_dir: Path, operator_cards: OperatorCards
+) -> AsyncIterator[Federation]:
+    """A running federation (national, two prefectures, three municipalities) on ``backend``,
+    each municipality's counter operator logged in (:meth:`Federation.operator`)."""
+    async for f in federation(tmp_path, backend, MUNICIPALITIES, pki_dir, operator_cards):
         yield f
 
 

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
+from cryptography import x509
 
 from gateway.app import GatewayApp
 from gateway.quotas import Clock
-from jukinet import pki
-from jukinet.client import tls_files
+from jukinet import card, pki
+from jukinet.client import log_in, tls_files
 from jukinet.clock import SYSTEM_CLOCK
 from jukinet.clock import Clock as WallClock
 from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, PrefectureConfig
+from jukinet.identity import Identity
 from jukinet.purposes import PurposeRegistry
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
@@ -30,9 +34,12 @@ from jukinet.v1 import (
     municipal_pb2,
     municipal_pb2_grpc,
     national_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
     prefecture_pb2_grpc,
 )
 from services.municipal.app import MunicipalApp
+from services.municipal.operators import enroll_operator
 from services.national.app import NationalApp
 from services.prefecture.app import PrefectureApp
 from tools.localfed import (
@@ -48,6 +55,107 @@ from tools.localfed import (
 # The PostgreSQL server the tests create their databases on (one variable for
 # tests, demo and benchmark, read by tools.localfed).
 PG_ADMIN_DSN = PG_SERVER
+
+# --- operators at the counter: real SoftHSM2 cards -----------------------------------
+
+COUNTER_OPERATOR = "counter"
+"""The operator behind :meth:`Federation.operator`: clerk and supervisor, at desk1."""
+COUNTER_ROLES = (operator_pb2.ROLE_CLERK, operator_pb2.ROLE_SUPERVISOR)
+INITIAL_PASSWORD = "Initial-pass-0001"
+"""What a test operator is enrolled with (to be changed at the first login)."""
+PASSWORD = "Sakyu-Dunes-2026!"
+"""What a test operator's password is after the first login."""
+CARD_PIN = "246810"
+CARD_SO_PIN = "so-135791"
+TEST_LOGIN_SETTINGS: dict[str, Any] = {
+    # Cheap Argon2id: a test logs in many times; the node's defaults are RFC 9106's.
+    "password_hash_time_cost": 1,
+    "password_hash_memory_kib": 64,
+    # Long sessions: a test moving a node's clock forward keeps its operator's session.
+    "session_idle": 3650 * 24 * 3600,
+    "session_max": 3650 * 24 * 3600,
+    "password_max_age_days": 36500,
+}
+"""Municipal settings of a test federation (a test overrides them to try the policy)."""
+
+_hsm_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _activated(hsm: card.SoftHsm) -> Iterator[Any]:
+    """``hsm`` as this process's card reader for a while, the previous one after."""
+    with _hsm_lock:
+        saved = os.environ.get("SOFTHSM2_CONF")
+        lib = hsm.activate()
+        try:
+            yield lib
+        finally:
+            if saved is None:
+                os.environ.pop("SOFTHSM2_CONF", None)
+            else:
+                os.environ["SOFTHSM2_CONF"] = saved
+            card.rescan()
+
+
+@dataclass(frozen=True)
+class TestCard:
+    """One operator's card in the test session's reader (a :class:`jukinet.client.Signer`)."""
+
+    hsm: card.SoftHsm
+    label: str
+    identity: Identity
+    certificate: x509.Certificate
+
+    def sign(self, data: bytes) -> bytes:
+        """The card's signature of ``data`` (the card's own key, on the SoftHSM2 token)."""
+        with _activated(self.hsm) as lib, card.open_card(lib, CARD_PIN, label=self.label) as c:
+            return c.sign(data)
+
+
+@dataclass
+class OperatorCards:
+    """The test session's card reader: a SoftHSM2 token directory, a card per operator."""
+
+    pki_dir: Path
+    hsm: card.SoftHsm
+    issued: dict[Identity, TestCard] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, pki_dir: Path, directory: Path) -> OperatorCards:
+        """An empty reader in ``directory`` for cards of ``pki_dir``'s operator CAs."""
+        return cls(pki_dir, card.SoftHsm.create(directory))
+
+    def card(self, operator: Identity) -> TestCard:
+        """``operator``'s card, provisioned by its organisation's operator CA the first time."""
+        found = self.issued.get(operator)
+        if found is not None:
+            return found
+        label = f"{operator.org}-{operator.operator_id}"[:32]
+        with _activated(self.hsm):
+            self.hsm.init_token(label, CARD_SO_PIN, CARD_PIN)
+        with _activated(self.hsm) as lib:
+            cert = card.provision_card(
+                lib,
+                CARD_PIN,
+                lambda key: pki.issue_card_certificate(self.pki_dir, operator, key),
+                label=label,
+            )
+        made = TestCard(self.hsm, label, operator, cert)
+        self.issued[operator] = made
+        return made
+
+
+@dataclass
+class OperatorSession:
+    """An operator logged in at a counter terminal: stubs of both services, in session."""
+
+    operator: Identity
+    terminal: Identity
+    token: str
+    card: TestCard
+    municipal: municipal_pb2_grpc.MunicipalServiceAsyncStub
+    operators: operator_pb2_grpc.OperatorServiceAsyncStub
+    channel: grpc.aio.Channel
 
 
 @dataclass
@@ -65,17 +173,91 @@ class Federation:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     gateway: GatewayApp | None = None
     gateway_port: int = 0
+    cards: OperatorCards | None = None
+    # The session token of each municipality's counter operator (at desk1).
+    sessions: dict[str, str] = field(default_factory=dict)
+    enrolled: set[Identity] = field(default_factory=set)
 
-    def channel(self, port: int, cert_name: str) -> grpc.aio.Channel:
-        """A mutual-TLS channel to ``port`` as ``cert_name``, closed by :meth:`stop`."""
-        ch = secure_channel(f"127.0.0.1:{port}", tls_files(self.pki_dir, cert_name))
+    def channel(
+        self, port: int, cert_name: str, *, session: str | None = None
+    ) -> grpc.aio.Channel:
+        """A mutual-TLS channel to ``port`` as ``cert_name`` (with a session token),
+        closed by :meth:`stop`."""
+        ch = secure_channel(
+            f"127.0.0.1:{port}", tls_files(self.pki_dir, cert_name), session=session
+        )
         self.channels.append(ch)
         return ch
 
+    def terminal_channel(
+        self, code: str, terminal: str = "desk1", *, session: str | None = None
+    ) -> grpc.aio.Channel:
+        """A channel to municipality ``code`` from its counter terminal ``terminal``."""
+        return self.channel(
+            self.municipal_ports[code], f"terminal-{code}-{terminal}", session=session
+        )
+
     def operator(self, code: str) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
-        """Municipality ``code``'s service, as its administrator."""
-        ch = self.channel(self.municipal_ports[code], f"operator-{code}-admin")
-        return municipal_pb2_grpc.MunicipalServiceStub(ch)
+        """Municipality ``code``'s service, from its terminal desk1, in the session of its
+        counter operator (clerk and supervisor, logged in with a card)."""
+        if code not in self.sessions:
+            raise RuntimeError(
+                f"no counter operator is logged in at {code}: the federation has no cards"
+            )
+        return municipal_pb2_grpc.MunicipalServiceStub(
+            self.terminal_channel(code, session=self.sessions[code])
+        )
+
+    async def enroll(self, code: str, operator_id: str, roles: Sequence[int]) -> Identity:
+        """Enroll an operator into municipality ``code``'s node (on its host), once."""
+        operator = Identity.operator(code, operator_id)
+        if operator not in self.enrolled:
+            await enroll_operator(
+                self.municipalities[code].config, operator_id, INITIAL_PASSWORD, roles
+            )
+            self.enrolled.add(operator)
+        return operator
+
+    async def log_in(
+        self, code: str, operator_id: str, *, terminal: str = "desk1", first: bool = True
+    ) -> operator_pb2.LoginResponse:
+        """Log ``operator_id`` in at ``terminal`` with their card (changing the initial
+        password at the ``first`` login)."""
+        assert self.cards is not None, "the federation has no card reader"
+        signer = self.cards.card(Identity.operator(code, operator_id))
+        ch = self.terminal_channel(code, terminal)
+        if first:
+            return await log_in(ch, signer, INITIAL_PASSWORD, new_password=PASSWORD)
+        return await log_in(ch, signer, PASSWORD)
+
+    async def session(
+        self,
+        code: str,
+        roles: Sequence[int],
+        *,
+        terminal: str = "desk1",
+        operator_id: str | None = None,
+    ) -> OperatorSession:
+        """An operator of ``code`` holding ``roles`` (enrolled if new), logged in at
+        ``terminal`` with their card: stubs of both services in that session."""
+        if operator_id is None:
+            names = sorted(operator_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in roles)
+            operator_id = "-".join(names) or "none"
+        operator = Identity.operator(code, operator_id)
+        first = operator not in self.enrolled
+        await self.enroll(code, operator_id, roles)
+        response = await self.log_in(code, operator_id, terminal=terminal, first=first)
+        ch = self.terminal_channel(code, terminal, session=response.session_token)
+        assert self.cards is not None
+        return OperatorSession(
+            operator=operator,
+            terminal=Identity.terminal(code, terminal),
+            token=response.session_token,
+            card=self.cards.card(operator),
+            municipal=municipal_pb2_grpc.MunicipalServiceStub(ch),
+            operators=operator_pb2_grpc.OperatorServiceStub(ch),
+            channel=ch,
+        )
 
     def prefecture_operator(self, code: str) -> prefecture_pb2_grpc.PrefectureServiceAsyncStub:
         """Prefecture ``code``'s service, as its administrator."""
@@ -168,6 +350,7 @@ class Federation:
     ) -> None:
         """Start municipality ``code`` on ``clock``; ``overrides`` change its config."""
         settings: dict[str, Any] = {
+            **TEST_LOGIN_SETTINGS,
             "pool_low_watermark": 20,
             "pool_refill_size": 100,
             "push_batch_size": 200,
@@ -184,6 +367,11 @@ class Federation:
         app = MunicipalApp(config, clock=clock)
         self.municipalities[code] = app
         self.municipal_ports[code] = await app.start()
+        if self.cards is not None and code not in self.sessions:
+            first = Identity.operator(code, COUNTER_OPERATOR) not in self.enrolled
+            await self.enroll(code, COUNTER_OPERATOR, COUNTER_ROLES)
+            response = await self.log_in(code, COUNTER_OPERATOR, first=first)
+            self.sessions[code] = response.session_token
 
     _urls: dict[str, str] = field(default_factory=dict)
 
@@ -233,11 +421,18 @@ def issue_certificates(
 
 
 async def federation(
-    tmp: Path, backend: str, municipalities: list[str], pki_dir: Path
+    tmp: Path,
+    backend: str,
+    municipalities: list[str],
+    pki_dir: Path,
+    cards: OperatorCards | None = None,
 ) -> AsyncIterator[Federation]:
-    """Start a federation for ``municipalities`` and their prefectures; stop and drop it after."""
+    """Start a federation for ``municipalities`` and their prefectures; stop and drop it after.
+
+    With ``cards`` each municipality gets its counter operator, logged in at desk1
+    (:meth:`Federation.operator`)."""
     dbs = Databases(backend, tmp)
-    fed = Federation(pki_dir=pki_dir, databases=dbs)
+    fed = Federation(pki_dir=pki_dir, databases=dbs, cards=cards)
     try:
         await fed.start_national()
         for pref in sorted({m[:2] for m in municipalities}):

@@ -1,8 +1,15 @@
-"""Who may call each method of a municipal node: its own operators, and no one else.
+"""Who may call each method of a municipal node: its own operators, logged in at a
+counter terminal, each with the roles the method needs; no one else.
 
-The keys come from the service descriptor (:func:`jukinet.interceptors.service_rules`),
-so a rule for a method the proto does not have stops the node at start-up;
-the unit tests check that no method of :data:`SERVICES` is left without a rule.
+Two tables, both keyed from the service descriptors (a key that is not a
+method stops the node at start-up; a method missing from either is refused,
+and the tests fail until it is listed):
+
+- :func:`rules` says which kind of caller: the operator of a session at a
+  terminal (:func:`jukinet.interceptors.operator_of` on the acting identity),
+  or a terminal before a session (BeginLogin, Login);
+- :func:`permissions` says which roles: see :data:`CLERK`, :data:`SUPERVISOR`,
+  :data:`AUDITOR`, :data:`ADMINISTRATOR` and :data:`ANY_SESSION`.
 """
 
 from __future__ import annotations
@@ -10,20 +17,105 @@ from __future__ import annotations
 from google.protobuf.descriptor import ServiceDescriptor
 
 from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
-from jukinet.interceptors import Rule, operator_of, service_rules
-from jukinet.v1 import municipal_pb2
+from jukinet.identity import Kind
+from jukinet.interceptors import Rule, allow, operator_of, service_rules
+from jukinet.operators import ANY_OPERATOR, NO_SESSION, Permissions
+from jukinet.v1 import municipal_pb2, operator_pb2
 
 SERVICE: ServiceDescriptor = municipal_pb2.DESCRIPTOR.services_by_name["MunicipalService"]
-SERVICES: tuple[ServiceDescriptor, ...] = (SERVICE,)
+OPERATOR_SERVICE: ServiceDescriptor = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
+SERVICES: tuple[ServiceDescriptor, ...] = (SERVICE, OPERATOR_SERVICE)
 """Every service a municipal node serves."""
+
+CLERK: frozenset[str] = frozenset(
+    {
+        "RegisterBirth",
+        "MoveIn",
+        "Relocate",
+        "ChangeName",
+        "MoveOut",
+        "ReissueMoveOutCertificate",
+        "RecordDeath",
+        "EnterExOfficio",
+        "Amend",
+        "GetResident",
+        "GetHousehold",
+        "ChangeHousehold",
+        "ChangeDomicile",
+        "DiscloseProvisions",
+        "GetStatus",
+    }
+)
+"""The counter's everyday notifications and reads (MunicipalService)."""
+SUPERVISOR: frozenset[str] = CLERK | {
+    "ChangeResidentCode",
+    "RemoveExOfficio",
+    "ExportResidents",
+    "ImportResidents",
+}
+"""A clerk's methods, the ex-officio code change and removal, and bulk work."""
+AUDITOR: frozenset[str] = frozenset({"ReadOperationLog"})
+"""The operation log, and nothing else."""
+ADMINISTRATOR: frozenset[str] = frozenset(
+    {"AddOperator", "ResetPassword", "GrantRole", "WithdrawRole", "ListOperators", "GetStatus"}
+)
+"""Operator accounts and roles, and the node's status: never a resident."""
+ANY_SESSION: frozenset[str] = frozenset({"Logout", "WhoAmI", "ChangePassword"})
+"""Any operator in a session (OperatorService)."""
+BEFORE_SESSION: frozenset[str] = frozenset({"BeginLogin", "Login"})
+"""A terminal of this municipality without a session (OperatorService)."""
+
+ROLE_METHODS: dict[int, frozenset[str]] = {
+    operator_pb2.ROLE_CLERK: CLERK,
+    operator_pb2.ROLE_SUPERVISOR: SUPERVISOR,
+    operator_pb2.ROLE_AUDITOR: AUDITOR,
+    operator_pb2.ROLE_ADMINISTRATOR: ADMINISTRATOR,
+}
+"""The methods of each role."""
+
+
+def permissions() -> Permissions:
+    """Full method name -> the roles that may call it, for every method of :data:`SERVICES`."""
+    table: dict[str, frozenset[int] | None] = {}
+    for service in SERVICES:
+        for method in service.methods_by_name:
+            path = f"/{service.full_name}/{method}"
+            if method in BEFORE_SESSION:
+                table[path] = NO_SESSION
+            elif method in ANY_SESSION:
+                table[path] = ANY_OPERATOR
+            else:
+                roles = frozenset(r for r, methods in ROLE_METHODS.items() if method in methods)
+                if roles:
+                    table[path] = roles
+                # else: no entry, and rules() has none either: refused (no-rule).
+    return table
 
 
 def rules(local_government_code: str) -> dict[str, Rule]:
-    """Operators of this municipality, and no one else, run the register."""
+    """Operators of this municipality in a session, and its terminals to log in."""
     own_operator = operator_of(local_government_code)
+    # The login's own store refuses another organisation's terminal (foreign-terminal).
+    terminal = allow(Kind.TERMINAL)
+    operator_rules = service_rules(
+        OPERATOR_SERVICE,
+        {
+            "BeginLogin": terminal,
+            "Login": terminal,
+            "Logout": own_operator,
+            "WhoAmI": own_operator,
+            "ChangePassword": own_operator,
+            "AddOperator": own_operator,
+            "ResetPassword": own_operator,
+            "GrantRole": own_operator,
+            "WithdrawRole": own_operator,
+            "ListOperators": own_operator,
+            "ReadOperationLog": own_operator,
+        },
+    )
     # Listed one by one rather than "every method": a new method must get a
     # rule of its own, chosen on purpose, or the rule-coverage test fails.
-    return service_rules(
+    return operator_rules | service_rules(
         SERVICE,
         {
             "RegisterBirth": own_operator,
@@ -52,7 +144,25 @@ def rules(local_government_code: str) -> dict[str, Rule]:
 def audited() -> dict[str, Extractor]:
     """How each method's messages name the residents an operation log entry records."""
     codes = resident_codes_in
-    return audit_table(
+    none = no_residents
+    operator_methods = audit_table(
+        OPERATOR_SERVICE,
+        {
+            "BeginLogin": none,
+            "Login": none,
+            "Logout": none,
+            "WhoAmI": none,
+            "ChangePassword": none,
+            "AddOperator": none,
+            "ResetPassword": none,
+            "GrantRole": none,
+            "WithdrawRole": none,
+            "ListOperators": none,
+            # The codes it asks about, not the many its answer lists.
+            "ReadOperationLog": none,
+        },
+    )
+    return operator_methods | audit_table(
         SERVICE,
         {
             "RegisterBirth": codes,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -20,17 +19,20 @@ from jukinet.delivery.pusher import Pusher
 from jukinet.errors import ConfigError
 from jukinet.identity import Identity
 from jukinet.metrics import MunicipalMetrics
+from jukinet.operators import OperationLogReader, OperatorServicer, OperatorSessions
 from jukinet.server import RunningServer, start_server
 from jukinet.tls import RevocationList, TlsFiles, secure_channel
-from jukinet.v1 import municipal_pb2_grpc, prefecture_pb2_grpc
+from jukinet.v1 import municipal_pb2_grpc, operator_pb2_grpc, prefecture_pb2_grpc
 from services.municipal import models
-from services.municipal.access import audited, rules
+from services.municipal.access import audited, permissions, rules
+from services.municipal.operators import MIGRATIONS, granted_roles, operator_store
 from services.municipal.pool import PoolKeeper
 from services.municipal.service import CertificateKeys, MunicipalService
 from services.municipal.servicer import MunicipalServicer
 
 SERVICE = "jukinet.v1.MunicipalService"
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+OPERATOR_SERVICE = "jukinet.v1.OperatorService"
+__all__ = ["MIGRATIONS", "MunicipalApp", "certificate_keys"]
 
 
 def certificate_keys(files: TlsFiles) -> CertificateKeys:
@@ -67,6 +69,8 @@ class MunicipalApp:
             verifiers=verifiers_path(config.log_verifiers, config.tls.ca),
             interval=config.checkpoint_interval,
         )
+        self.operators = operator_store(config, self.db, clock=clock)
+        self.roles = granted_roles(config, self.db, clock=clock)
         self._channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: RunningServer | None = None
@@ -117,14 +121,21 @@ class MunicipalApp:
             municipal_pb2_grpc.add_MunicipalServiceServicer_to_server(
                 MunicipalServicer(service), server
             )
+            operator_pb2_grpc.add_OperatorServiceServicer_to_server(
+                OperatorServicer(
+                    self.operators, self.roles, OperationLogReader(self.db, models.oplog)
+                ),
+                server,
+            )
 
         self._server = await start_server(
             config=self.config,
             rules=rules(self.config.local_government_code),
             register=add,
-            service_names=[SERVICE],
+            service_names=[SERVICE, OPERATOR_SERVICE],
             metrics=self.metrics,
             audit=self.log.recorder,
+            sessions=OperatorSessions(self.operators, self.roles, permissions()),
         )
         self.log.start()
         self._tasks = [

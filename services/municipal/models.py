@@ -16,6 +16,8 @@ from sqlalchemy import (
 )
 
 from jukinet.delivery.outbox import define_outbox
+from jukinet.login import define_operator_tables
+from jukinet.operators import define_role_table
 from jukinet.oplog.log import define_oplog_tables
 from jukinet.vocabulary import person_columns
 
@@ -148,3 +150,7 @@ outbox = define_outbox(metadata)
 
 # The node's operation log (its witnessed-heads table stays empty: no tier below).
 oplog = define_oplog_tables(metadata)
+
+# Operator accounts, login challenges, sessions, and the roles granted.
+operator_tables = define_operator_tables(metadata)
+operator_roles = define_role_table(metadata)

@@ -166,6 +166,10 @@ def test_federation_is_complete_and_idempotent(tmp_path: Path) -> None:
         "municipality-312011",
         "municipality-131016",
         "agency-nta",
+        "terminal-312011-desk1",
+        "terminal-312011-desk2",
+        "terminal-131016-desk1",
+        "terminal-131016-desk2",
         "operator-national-admin",
         "operator-31-admin",
         "operator-13-admin",
@@ -173,6 +177,10 @@ def test_federation_is_complete_and_idempotent(tmp_path: Path) -> None:
         "operator-131016-admin",
     ]
     assert all(i.created for i in first)
+    for code in ("312011", "131016"):
+        # Each municipality's operator CA, made once and kept after.
+        assert (pki.operator_ca_dir(tmp_path, code) / "ca.pem").exists()
+    operator_ca = (pki.operator_ca_dir(tmp_path, "312011") / "ca.pem").read_bytes()
     for issued in first:
         assert pki.certificate_identity(cert(issued.cert_path)) == issued.identity
         assert issued.name == pki.cert_name(issued.identity)
@@ -182,6 +190,7 @@ def test_federation_is_complete_and_idempotent(tmp_path: Path) -> None:
     assert not any(i.created for i in second)
     assert [i.serial for i in second] == [i.serial for i in first]
     assert (tmp_path / "ca.pem").read_bytes() == ca_before
+    assert (pki.operator_ca_dir(tmp_path, "312011") / "ca.pem").read_bytes() == operator_ca
 
     # A revoked or missing certificate is replaced; the rest are kept.
     pki.revoke(tmp_path, "municipality-312011")
@@ -207,7 +216,8 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "refusing" in capsys.readouterr().err
     assert run("pki", "federation", "--dir", d, "--municipality", "312011", "--agency", "nta") == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 5 and all(line.startswith("wrote ") for line in out)
+    # national, gateway, prefecture, municipality, agency, two counter terminals
+    assert len(out) == 7 and all(line.startswith("wrote ") for line in out)
     assert run("pki", "federation", "--dir", d, "--municipality", "312011") == 0
     assert all(line.startswith("kept ") for line in capsys.readouterr().out.splitlines())
     assert (
