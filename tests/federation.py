@@ -178,9 +178,7 @@ class Federation:
     sessions: dict[str, str] = field(default_factory=dict)
     enrolled: set[Identity] = field(default_factory=set)
 
-    def channel(
-        self, port: int, cert_name: str, *, session: str | None = None
-    ) -> grpc.aio.Channel:
+    def channel(self, port: int, cert_name: str, *, session: str | None = None) -> grpc.aio.Channel:
         """A mutual-TLS channel to ``port`` as ``cert_name`` (with a session token),
         closed by :meth:`stop`."""
         ch = secure_channel(
@@ -241,7 +239,10 @@ class Federation:
         """An operator of ``code`` holding ``roles`` (enrolled if new), logged in at
         ``terminal`` with their card: stubs of both services in that session."""
         if operator_id is None:
-            names = sorted(operator_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in roles)
+            names = sorted(
+                operator_pb2.Role.Name(operator_pb2.Role.ValueType(r)).removeprefix("ROLE_").lower()
+                for r in roles
+            )
             operator_id = "-".join(names) or "none"
         operator = Identity.operator(code, operator_id)
         first = operator not in self.enrolled
