@@ -33,6 +33,7 @@ from typing import Any
 
 from jukinet import card as cards
 from jukinet import pki
+from jukinet.cli.common import plain
 from jukinet.cli.counter import PIN_ENV, read_secret
 from jukinet.errors import ConfigError
 from jukinet.identity import Identity, Kind, parse_identity_uri
@@ -127,7 +128,7 @@ def register_cli(sub: Any) -> None:
     group = sub.add_parser(
         "card",
         help="operator IC cards: issue, show, revoke",
-        description=__doc__,
+        description=plain(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ops = group.add_subparsers(dest="card_command", required=True)

@@ -44,6 +44,7 @@ from jukinet.cli.common import (
     in_jst,
     load_session,
     login_command,
+    plain,
     print_message,
 )
 from jukinet.client import connect, describe_error, log_in
@@ -296,7 +297,7 @@ def register_cli(sub: Any) -> None:
     login = sub.add_parser(
         "login",
         help="log an operator in at this counter terminal (IC card + password)",
-        description=__doc__,
+        description=plain(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     counter_options(login)

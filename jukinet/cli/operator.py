@@ -33,7 +33,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from jukinet.cli.common import counter_options, in_jst, run_call
+from jukinet.cli.common import counter_options, in_jst, plain, run_call
 from jukinet.cli.counter import read_secret
 from jukinet.cli.session import ROLE_NAMES, role_name
 from jukinet.errors import ConfigError, JukinetError
@@ -100,9 +100,8 @@ def _role(text: str) -> operator_pb2.Role.ValueType:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
-    from services.municipal.operators import enroll_operator
-
     from jukinet.config import MunicipalConfig, load_config
+    from services.municipal.operators import enroll_operator
 
     try:
         config = load_config(MunicipalConfig, args.config)
@@ -138,7 +137,7 @@ def register_cli(sub: Any) -> None:
     group = sub.add_parser(
         "operator",
         help="operator accounts and roles (an administrator's session)",
-        description=__doc__,
+        description=plain(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ops = group.add_subparsers(dest="operator_command", required=True)

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from jukinet import movecert
 from jukinet.cli import csvfile
+from jukinet.cli import session as sessions
 from jukinet.cli.agency import verify_batch
 from jukinet.cli.common import in_jst
 from jukinet.cli.csvfile import NoBar, progress_bar
@@ -39,6 +40,7 @@ from jukinet.codes import new_resident_code
 from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.errors import ConfigError
+from jukinet.identity import Identity
 from jukinet.metrics import NationalMetrics
 from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import start_server
@@ -47,7 +49,7 @@ from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, provision_
 from jukinet.vocabulary import operation_label, operation_of, result_label, result_of
 from services.national.app import MIGRATIONS as NATIONAL_MIGRATIONS
 from tests.cards import Cards
-from tests.federation import PG_ADMIN_DSN, Federation
+from tests.federation import COUNTER_OPERATOR, PG_ADMIN_DSN, Federation
 
 TIMEOUT = 15
 TOTTORI = "312011"
@@ -84,6 +86,15 @@ async def gw(fed: Federation) -> Federation:
     return fed
 
 
+@pytest.fixture(autouse=True)
+def session_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own session folder ($XDG_STATE_HOME), and no JUKINET_SESSION."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv(sessions.SESSION_ENV, raising=False)
+    return state / "jukinet"
+
+
 @pytest.fixture
 def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No JUKINET_* variable of the caller's shell reaches the CLI."""
@@ -118,16 +129,35 @@ def as_agency(fed: Federation, agency: str) -> list[str]:
     ]
 
 
-def at_counter(fed: Federation) -> list[str]:
-    """CLI options to call Tottori's municipal node as its administrator."""
-    return [
-        "--target",
-        f"127.0.0.1:{fed.municipal_ports[TOTTORI]}",
-        "--pki",
-        str(fed.pki_dir),
-        "--as",
-        f"operator-{TOTTORI}-admin",
-    ]
+def at_counter(fed: Federation, code: str = TOTTORI) -> list[str]:
+    """CLI options to call municipality ``code``'s node from its counter terminal desk1,
+    in the session of its counter operator (a clerk and supervisor logged in with a
+    card; the session file the CLI reads is written here as ``jukinet login`` would)."""
+    target = f"127.0.0.1:{fed.municipal_ports[code]}"
+    return in_session(target, fed.pki_dir, code, fed.sessions[code])
+
+
+def in_session(
+    target: str, pki_dir: Path, code: str, token: str, terminal: str | None = None
+) -> list[str]:
+    """CLI options to call ``target`` from ``code``'s terminal desk1 (or the certificate
+    ``terminal``) with session ``token`` (its session file written as ``jukinet login``
+    would)."""
+    terminal = terminal or f"terminal-{code}-desk1"
+    sessions.save(
+        sessions.session_path(target, terminal),
+        sessions.SavedSession(
+            target=target,
+            terminal=terminal,
+            token=token,
+            operator=Identity.operator(code, COUNTER_OPERATOR).uri,
+            terminal_uri=Identity.terminal(code, "desk1").uri,
+            roles=("clerk", "supervisor"),
+            expires_at="",
+            idle_expires_at="",
+        ),
+    )
+    return ["--target", target, "--pki", str(pki_dir), "--as", terminal]
 
 
 async def register(
@@ -670,13 +700,11 @@ async def test_disclose_lists_exactly_the_provisions_made(
     assert run.code == 0, run.err
     assert "No provision of this record to any agency." in run.out
 
-    # Only the municipality's operators may ask; an agency may not.
-    run = await jukinet(
-        capsys,
-        "resident", "disclose", code,
-        "--target", f"127.0.0.1:{gw.municipal_ports[TOTTORI]}", "--pki", str(gw.pki_dir),
-        "--as", "agency-nenkin",
-    )  # fmt: skip
+    # Only the municipality's operators may ask; an agency may not, even holding
+    # an operator's session token.
+    target = f"127.0.0.1:{gw.municipal_ports[TOTTORI]}"
+    as_nenkin = in_session(target, gw.pki_dir, TOTTORI, gw.sessions[TOTTORI], "agency-nenkin")
+    run = await jukinet(capsys, "resident", "disclose", code, *as_nenkin)
     assert run.code == 1
     assert run.err.startswith("jukinet: PERMISSION_DENIED")
 
@@ -706,8 +734,9 @@ async def test_the_wrong_tier_says_who_answers_there(
     pki = ["--pki", str(fed.pki_dir)]
     national = f"127.0.0.1:{fed.national_port}"
     municipal = f"127.0.0.1:{fed.municipal_ports[TOTTORI]}"
+    # A counter terminal's session sent to the national node by mistake.
     run = await jukinet(
-        capsys, "resident", "status", "--target", national, *pki, "--as", "operator-national-admin"
+        capsys, "resident", "status", *in_session(national, fed.pki_dir, TOTTORI, "token")
     )
     assert run.code == 1
     line = one_line(run)
@@ -768,10 +797,10 @@ async def test_an_unreachable_node_is_one_line(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # free once closed: nothing listens there
+    target = f"127.0.0.1:{port}"
     run = await jukinet(
-        capsys, "resident", "status", "--target", f"127.0.0.1:{port}", "--pki", str(pki_dir),
-        "--as", f"operator-{TOTTORI}-admin",
-    )  # fmt: skip
+        capsys, "resident", "status", *in_session(target, pki_dir, TOTTORI, "token")
+    )
     assert run.code == 1
     assert one_line(run).startswith("jukinet: UNAVAILABLE: ")
 
@@ -782,7 +811,7 @@ async def test_a_nested_rpc_error_is_reduced_to_its_details(pki_dir: Path) -> No
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    channel = connect(f"127.0.0.1:{port}", pki_dir, f"operator-{TOTTORI}-admin")
+    channel = connect(f"127.0.0.1:{port}", pki_dir, f"terminal-{TOTTORI}-desk1")
     try:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await municipal_pb2_grpc.MunicipalServiceStub(channel).GetStatus(
@@ -1010,15 +1039,8 @@ async def test_nodes_refuse_to_share_a_port(pki_dir: Path) -> None:
 
 
 def at(fed: Federation, municipality: str) -> list[str]:
-    """CLI options to call a municipal node as its administrator."""
-    return [
-        "--target",
-        f"127.0.0.1:{fed.municipal_ports[municipality]}",
-        "--pki",
-        str(fed.pki_dir),
-        "--as",
-        f"operator-{municipality}-admin",
-    ]
+    """CLI options to call a municipal node from its counter terminal, in session."""
+    return at_counter(fed, municipality)
 
 
 async def test_a_move_through_the_certificate_file(
