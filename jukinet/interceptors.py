@@ -138,8 +138,12 @@ class SessionHook(Protocol):
         """False for the methods a terminal calls without a session (the login)."""
         ...
 
-    async def resolve(self, method: str, token: str, terminal: Identity) -> Identity:
-        """The operator of session ``token`` at ``terminal``, allowed ``method``; raises if not."""
+    async def resolve(self, token: str, terminal: Identity) -> Identity:
+        """The operator of session ``token`` at ``terminal``; raises if there is none."""
+        ...
+
+    async def check(self, method: str, operator: Identity) -> None:
+        """Raise if no role of ``operator`` allows ``method``."""
         ...
 
 
@@ -508,11 +512,13 @@ class AuthInterceptor(_ServerInterceptor):
                 f"{method.rsplit('/', 1)[-1]} needs a session: log in first",
                 reason=Reason.SESSION_REQUIRED,
             )
-        operator = await self._sessions.resolve(method, token, identity)
+        operator = await self._sessions.resolve(token, identity)
         _session_token.set(token)
         audit = _call_audit.get()
         if audit is not None:
+            # From here on the entry is the operator's, a refusal for their roles included.
             audit.identity = operator
+        await self._sessions.check(method, operator)
         return operator
 
     async def _check(self, method: str, context: Context) -> Identity:

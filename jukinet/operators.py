@@ -250,19 +250,21 @@ class OperatorSessions:
         """False for the methods a terminal calls before a session (and unknown ones)."""
         return self.permissions.get(method, NO_SESSION) is not NO_SESSION
 
-    async def resolve(self, method: str, token: str, terminal: Identity) -> Identity:
-        """The operator of session ``token`` at ``terminal``, if one of their roles allows
-        ``method``."""
+    async def resolve(self, token: str, terminal: Identity) -> Identity:
+        """The operator of session ``token`` at ``terminal`` (the session marked as used)."""
         session = await self.store.session(token, terminal)
+        return session.operator
+
+    async def check(self, method: str, operator: Identity) -> None:
+        """Refuse (``role-missing``) a method none of ``operator``'s roles allows, read now."""
         allowed = self.permissions.get(method)
         if allowed is None:
             # needs_session() said no: the interceptor does not ask then.
             raise PermissionDenied(f"{method} takes no session", reason=Reason.NO_RULE)
         if allowed:
-            held = await self.roles.of(session.operator.operator_id)
+            held = await self.roles.of(operator.operator_id)
             if not held & allowed:
-                raise RoleMissing(session.operator, method, allowed)
-        return session.operator
+                raise RoleMissing(operator, method, allowed)
 
 
 # --- the service --------------------------------------------------------------------

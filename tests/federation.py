@@ -97,7 +97,7 @@ def _activated(hsm: card.SoftHsm) -> Iterator[Any]:
             card.rescan()
 
 
-@dataclass(frozen=True)
+@dataclass
 class TestCard:
     """One operator's card in the test session's reader (a :class:`jukinet.client.Signer`)."""
 
@@ -206,6 +206,11 @@ class Federation:
             self.terminal_channel(code, session=self.sessions[code])
         )
 
+    def card(self, operator: Identity) -> TestCard:
+        """``operator``'s card in the session's reader (provisioned the first time)."""
+        assert self.cards is not None, "the federation has no card reader"
+        return self.cards.card(operator)
+
     async def enroll(self, code: str, operator_id: str, roles: Sequence[int]) -> Identity:
         """Enroll an operator into municipality ``code``'s node (on its host), once."""
         operator = Identity.operator(code, operator_id)
@@ -235,9 +240,13 @@ class Federation:
         *,
         terminal: str = "desk1",
         operator_id: str | None = None,
+        first: bool | None = None,
     ) -> OperatorSession:
         """An operator of ``code`` holding ``roles`` (enrolled if new), logged in at
-        ``terminal`` with their card: stubs of both services in that session."""
+        ``terminal`` with their card: stubs of both services in that session.
+
+        The first login changes the initial password (``first``: by default,
+        whether this call enrolled the operator)."""
         if operator_id is None:
             names = sorted(
                 operator_pb2.Role.Name(operator_pb2.Role.ValueType(r)).removeprefix("ROLE_").lower()
@@ -245,7 +254,8 @@ class Federation:
             )
             operator_id = "-".join(names) or "none"
         operator = Identity.operator(code, operator_id)
-        first = operator not in self.enrolled
+        if first is None:
+            first = operator not in self.enrolled
         await self.enroll(code, operator_id, roles)
         response = await self.log_in(code, operator_id, terminal=terminal, first=first)
         ch = self.terminal_channel(code, terminal, session=response.session_token)

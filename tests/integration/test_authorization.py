@@ -21,13 +21,11 @@ import pytest
 
 from jukinet import pki
 from jukinet.client import tls_files
-from jukinet.identity import Identity
 from jukinet.tls import TlsFiles, secure_channel
 from jukinet.v1 import (
     common_pb2,
     delivery_pb2,
     municipal_pb2,
-    municipal_pb2_grpc,
     national_pb2_grpc,
     prefecture_pb2_grpc,
 )
@@ -35,7 +33,7 @@ from services.municipal import access as municipal_access
 from services.national import access as national_access
 from services.prefecture import access as prefecture_access
 from tests.authz import Outcome, call_method
-from tests.federation import Databases, Federation, trailers
+from tests.federation import Databases, Federation, OperatorCards, trailers
 
 TIMEOUT = 15
 C = common_pb2
@@ -348,17 +346,19 @@ class CrlFederation(Federation):
 
 
 @pytest.fixture
-async def revoking_fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIterator[CrlFederation]:
+async def revoking_fed(
+    tmp_path: Path, backend: str, pki_dir: Path, operator_cards: OperatorCards
+) -> AsyncIterator[CrlFederation]:
     """National, prefecture 31 and Tottori on a private PKI whose CRL revokes
-    Tottori's administrator and Yonago; a Tottori clerk certificate is added."""
+    Tottori's administrator certificate, its counter terminal desk2 and Yonago."""
     # A private copy of the session PKI, so revocations stay in this test.
     private = tmp_path / "pki"
     shutil.copytree(pki_dir, private)
-    pki.issue(private, Identity.operator(TOTTORI, "clerk"), f"operator-{TOTTORI}-clerk")
     pki.revoke(private, f"operator-{TOTTORI}-admin")
+    pki.revoke(private, f"terminal-{TOTTORI}-desk2")
     pki.revoke(private, f"municipality-{YONAGO}")
     dbs = Databases(backend, tmp_path)
-    fed = CrlFederation(pki_dir=private, databases=dbs)
+    fed = CrlFederation(pki_dir=private, databases=dbs, cards=operator_cards)
     try:
         await fed.start_national()
         await fed.start_prefecture("31")
@@ -372,12 +372,14 @@ async def revoking_fed(tmp_path: Path, backend: str, pki_dir: Path) -> AsyncIter
 async def test_revoked_certificates_are_unauthenticated(revoking_fed: CrlFederation) -> None:
     fed = revoking_fed
     port = fed.municipal_ports[TOTTORI]
-    for method in ("GetStatus", "RegisterBirth", "ExportResidents"):
-        outcome = await invoke(fed.channel(port, f"operator-{TOTTORI}-admin"), "municipal", method)
-        assert outcome.code == grpc.StatusCode.UNAUTHENTICATED, (method, outcome)
-        assert outcome.meta["jukinet-reason"] == "revoked-certificate"
-    # Another operator of the same municipality, not revoked, is let in.
-    clerk = municipal_pb2_grpc.MunicipalServiceStub(fed.channel(port, f"operator-{TOTTORI}-clerk"))
+    revoked_desk = fed.channel(port, f"terminal-{TOTTORI}-desk2", session=fed.sessions[TOTTORI])
+    for channel in (fed.channel(port, f"operator-{TOTTORI}-admin"), revoked_desk):
+        for method in ("GetStatus", "RegisterBirth", "ExportResidents"):
+            outcome = await invoke(channel, "municipal", method)
+            assert outcome.code == grpc.StatusCode.UNAUTHENTICATED, (method, outcome)
+            assert outcome.meta["jukinet-reason"] == "revoked-certificate"
+    # The counter operator at a terminal not revoked is let in.
+    clerk = fed.operator(TOTTORI)
     born = await clerk.RegisterBirth(M.RegisterBirthRequest(person=person()), timeout=TIMEOUT)
     assert born.notification_sequence == 1
     status = await clerk.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)

@@ -331,6 +331,26 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: PermissionDenied("refused", reason=Reason.WRONG_TERMINAL),
         grpc.StatusCode.PERMISSION_DENIED,
     ),
+    Reason.SESSION_REQUIRED: (
+        lambda: Unauthenticated("refused", reason=Reason.SESSION_REQUIRED),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.LOGIN_REQUIRED: (
+        lambda: PermissionDenied("refused", reason=Reason.LOGIN_REQUIRED),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.ROLE_MISSING: (
+        lambda: PermissionDenied("refused", reason=Reason.ROLE_MISSING),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.SELF_GRANT: (
+        lambda: PermissionDenied("refused", reason=Reason.SELF_GRANT),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.LAST_ADMINISTRATOR: (
+        lambda: FailedPrecondition("refused", reason=Reason.LAST_ADMINISTRATOR),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     Reason.WEAK_PASSWORD: (
         lambda: WeakPassword("new_password", "too short"),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -476,10 +496,8 @@ async def test_refusals_of_the_interceptor_itself(refusals: grpc.aio.Channel) ->
 
 
 def operator_of(fed: Federation, code: str) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
-    """The municipal register of ``code``, as its administrator."""
-    return municipal_pb2_grpc.MunicipalServiceStub(
-        fed.channel(fed.municipal_ports[code], f"operator-{code}-admin")
-    )
+    """The municipal register of ``code``, as its counter operator in a session."""
+    return fed.operator(code)
 
 
 def person(name: str = "鳥取 花子", **kw: Any) -> M.PersonDetails:
