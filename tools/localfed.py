@@ -64,6 +64,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jukinet import card, localgov, pki
 from jukinet.client import log_in, tls_files
 from jukinet.db import Database
+from jukinet.errors import error_metadata
 from jukinet.identity import Identity
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
@@ -109,7 +110,7 @@ DEFAULT_OPERATOR = "counter"
 CARD_PIN = "246810"
 CARD_SO_PIN = "so-135791"
 INITIAL_PASSWORD = "Initial-pass-2026"
-PASSWORD = "Counter-pass-2026"
+PASSWORD = "Tottori-Sakyu-2026"
 """Every operator's password after the first login (the initial one is changed then)."""
 
 TERMINALS = ("desk1", "desk2")
@@ -564,6 +565,8 @@ class LocalFederation:
             workdir / "softhsm" / "softhsm2.conf", workdir / "softhsm" / "tokens"
         )
         self._tokens: dict[tuple[str, str], str] = {}
+        # Operators enrolled by this federation who have not logged in yet.
+        self._first_login: set[tuple[str, str]] = set()
         self._client_channels: list[grpc.aio.Channel] = []
 
     # -- set-up --------------------------------------------------------------
@@ -605,9 +608,8 @@ class LocalFederation:
 
     async def _prepare_counters(self) -> None:
         """Terminals, operator CAs and cards of every municipality; its staff enrolled."""
-        from services.municipal.operators import enroll_operator
-
         from jukinet.config import MunicipalConfig, load_config
+        from services.municipal.operators import enroll_operator
 
         for code in self.municipality_codes:
             for desk in TERMINALS:
@@ -621,6 +623,7 @@ class LocalFederation:
             config = load_config(MunicipalConfig, self.nodes[f"municipality-{code}"].config_path)
             for member in self.staff:
                 await enroll_operator(config, member.operator_id, INITIAL_PASSWORD, member.roles)
+                self._first_login.add((code, member.operator_id))
 
     def _provision_cards(self) -> card.SoftHsm:
         hsm = card.SoftHsm.create(self.workdir / "softhsm")
@@ -667,17 +670,31 @@ class LocalFederation:
             with card.open_card(
                 card.load_module(), CARD_PIN, label=card_label(code, operator_id)
             ) as operator_card:
+                # The first login changes the enrolled password; a later one (or
+                # one after a restart of the caller) uses the changed one.
+                first = key in self._first_login
                 try:
-                    answer = await log_in(channel, operator_card, PASSWORD)
-                except grpc.aio.AioRpcError:
-                    # The first login: the enrolled password must be changed.
-                    answer = await log_in(
-                        channel, operator_card, INITIAL_PASSWORD, new_password=PASSWORD
-                    )
+                    answer = await self._log_in(channel, operator_card, first=first)
+                except grpc.aio.AioRpcError as exc:
+                    if error_metadata(exc).get("jukinet-reason") not in (
+                        "wrong-password",
+                        "password-expired",
+                    ):
+                        raise
+                    answer = await self._log_in(channel, operator_card, first=not first)
+                self._first_login.discard(key)
         finally:
             await channel.close(grace=None)
         self._tokens[key] = answer.session_token
         return answer.session_token
+
+    @staticmethod
+    async def _log_in(
+        channel: grpc.aio.Channel, operator_card: card.Card, *, first: bool
+    ) -> operator_pb2.LoginResponse:
+        if first:
+            return await log_in(channel, operator_card, INITIAL_PASSWORD, new_password=PASSWORD)
+        return await log_in(channel, operator_card, PASSWORD)
 
     async def log_in_counters(self) -> None:
         """Log ``counter`` in at every municipality (what :meth:`channel` uses)."""
