@@ -722,7 +722,8 @@ class OperatorStore:
         return Opened(token, session)
 
     async def session(self, token: str, terminal: Identity) -> Session:
-        """The session of ``token`` presented from ``terminal``, marked as used now.
+        """The session of ``token`` presented from ``terminal``, marked as used (at most
+        once a minute, or a tenth of the idle limit).
 
         Refuses an unknown or ended token (``session-invalid``), one idle too
         long or past its maximum (``session-expired``, and ends it) and one
@@ -733,32 +734,39 @@ class OperatorStore:
         key = _token_hash(token)
         now = self.clock.now()
         refusal: Exception | None = None
-        async with self.db.write() as conn:
+        # Read first: a session in use is marked at most every _touch_interval,
+        # so that a read stays a read (and succeeds on a full disk); the idle
+        # limit is that much longer at worst.
+        async with self.db.read() as conn:
             row = (await conn.execute(select(self.t.sessions).where(c.token_hash == key))).first()
-            if row is None:
-                refusal = Unauthenticated(
-                    "no such session: log in again", reason=Reason.SESSION_INVALID
-                )
-            elif row.terminal != terminal.uri:
-                refusal = PermissionDenied(
-                    f"the session belongs to another terminal ({row.terminal}); it is ended",
-                    reason=Reason.WRONG_TERMINAL,
-                )
-            elif now >= _utc(row.expires_at):
-                refusal = Unauthenticated(
-                    "the session reached its maximum length: log in again",
-                    reason=Reason.SESSION_EXPIRED,
-                )
-            elif now >= _utc(row.last_seen_at) + self.policy.session_idle:
-                refusal = Unauthenticated(
-                    "the session was idle too long: log in again", reason=Reason.SESSION_EXPIRED
-                )
-            if refusal is None:
+        if row is None:
+            refusal = Unauthenticated(
+                "no such session: log in again", reason=Reason.SESSION_INVALID
+            )
+        elif row.terminal != terminal.uri:
+            refusal = PermissionDenied(
+                f"the session belongs to another terminal ({row.terminal}); it is ended",
+                reason=Reason.WRONG_TERMINAL,
+            )
+        elif now >= _utc(row.expires_at):
+            refusal = Unauthenticated(
+                "the session reached its maximum length: log in again",
+                reason=Reason.SESSION_EXPIRED,
+            )
+        elif now >= _utc(row.last_seen_at) + self.policy.session_idle:
+            refusal = Unauthenticated(
+                "the session was idle too long: log in again", reason=Reason.SESSION_EXPIRED
+            )
+        last_seen = _utc(row.last_seen_at) if row is not None else now
+        if refusal is not None and row is not None:
+            async with self.db.write() as conn:
+                await conn.execute(delete(self.t.sessions).where(c.token_hash == key))
+        elif refusal is None and now - last_seen >= self._touch_interval():
+            async with self.db.write() as conn:
                 await conn.execute(
                     update(self.t.sessions).where(c.token_hash == key).values(last_seen_at=now)
                 )
-            elif row is not None:
-                await conn.execute(delete(self.t.sessions).where(c.token_hash == key))
+            last_seen = now
         if refusal is not None:
             raise refusal
         assert row is not None
@@ -766,9 +774,12 @@ class OperatorStore:
             Identity.operator(row.org, row.operator_id),
             terminal,
             _utc(row.created_at),
-            now,
+            last_seen,
             _utc(row.expires_at),
         )
+
+    def _touch_interval(self) -> dt.timedelta:
+        return min(dt.timedelta(seconds=60), self.policy.session_idle / 10)
 
     async def logout(self, token: str) -> bool:
         """End the session of ``token``; False if there was none."""

@@ -24,7 +24,7 @@ YONAGO = "312029"
 HOME = "鳥取県鳥取市東町1丁目220番地"
 FLAT = "鳥取県鳥取市栄町603番地"
 YONAGO_HOME = "鳥取県米子市加茂町1丁目1番地"
-OPERATOR = f"jukinet://operator/{TOTTORI}/admin"
+OPERATOR = f"jukinet://operator/{TOTTORI}/counter"  # the federation's counter operator
 
 
 def person(name: str, kana: str, birth: str, sex: C.Sex.ValueType, address: str = HOME) -> Any:

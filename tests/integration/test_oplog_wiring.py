@@ -67,6 +67,16 @@ async def refused(call: Any) -> grpc.aio.AioRpcError:
 async def test_operator_calls_are_logged_and_heads_witnessed(fed: Federation) -> None:
     town: MunicipalApp = fed.municipalities[TOTTORI]
     clerk = fed.operator(TOTTORI)
+    # The counter operator's enrolment on the host and login come first.
+    login = [(r.operator, r.terminal, r.operation, r.outcome) for r in await rows_of(town)]
+    me = f"jukinet://operator/{TOTTORI}/counter"
+    desk1 = f"jukinet://terminal/{TOTTORI}/desk1"
+    assert login == [
+        (me, "host", "EnrollOperator", "ok"),
+        (me, desk1, "BeginLogin", "ok"),
+        (me, desk1, "Login", "ok"),
+    ]
+    p = len(login)
     born = await clerk.RegisterBirth(M.RegisterBirthRequest(person=person()), timeout=TIMEOUT)
     code = born.resident.resident_code
     await clerk.GetResident(M.GetResidentRequest(resident_code=code), timeout=TIMEOUT)
@@ -79,35 +89,35 @@ async def test_operator_calls_are_logged_and_heads_witnessed(fed: Federation) ->
     )
     assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
 
-    entries = [
-        (r.operator, r.operation, r.resident_codes, r.outcome, r.reason)
-        for r in await rows_of(town)
-    ]
-    me, them = f"jukinet://operator/{TOTTORI}/admin", f"jukinet://operator/{YONAGO}/admin"
+    rows = (await rows_of(town))[p:]
+    entries = [(r.operator, r.operation, r.resident_codes, r.outcome, r.reason) for r in rows]
+    them = f"jukinet://operator/{YONAGO}/admin"
     assert entries == [
         (me, "RegisterBirth", code, "ok", ""),
         (me, "GetResident", code, "ok", ""),
         (me, "GetResident", "12", "refused", "invalid-argument"),  # as attempted
         (them, "GetResident", code, "refused", "wrong-identity"),
     ]
-    assert all(r.terminal.startswith("ipv") for r in await rows_of(town))
+    # Which computer: the terminal's identity; a certificate's caller, its address.
+    assert [r.terminal for r in rows[:3]] == [desk1] * 3
+    assert rows[3].terminal.startswith("ipv")
 
     # A head goes to the prefecture and comes back with its cosignature.
     prefecture = fed.prefectures["31"]
     witness = prefecture.log.witness.witness_log.verifier
     await town.log.keeper.tick()
     first = (await heads_of(town))[-1]
-    assert note.parse_checkpoint(first.text).size == 4
+    assert note.parse_checkpoint(first.text).size == p + 4
     note.verify_cosignature(first, witness)
     # The next one is proven to extend it.
     await clerk.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
     await town.log.keeper.tick()
     second = (await heads_of(town))[-1]
-    assert note.parse_checkpoint(second.text).size == 5
+    assert note.parse_checkpoint(second.text).size == p + 5
     note.verify_cosignature(second, witness)
     async with prefecture.db.read() as conn:
         held = await prefecture.log.witness.witness_log.held(conn, "jukinet/municipality/312011")
-    assert [note.parse_checkpoint(h.text).size for h in held] == [4, 5]
+    assert [note.parse_checkpoint(h.text).size for h in held] == [p + 4, p + 5]
 
     # The prefecture logs its own operators and has the national node witness it.
     await fed.prefecture_operator("31").GetDeliveryStatus(
@@ -122,7 +132,9 @@ async def test_operator_calls_are_logged_and_heads_witnessed(fed: Federation) ->
 
     report = await verify_node("municipal", town.config)
     assert report.ok, report.line
-    assert report.line == "ok, 5 entries, head at size 5 cosigned by jukinet/prefecture/31/witness"
+    assert report.line == (
+        f"ok, {p + 5} entries, head at size {p + 5} cosigned by jukinet/prefecture/31/witness"
+    )
 
     # A row edited in the database: the audit names it, in-process and from the command line.
     async with town.db.write() as conn:
@@ -174,7 +186,7 @@ async def test_the_witness_refuses_a_forked_log_and_foreign_heads(
     await town.log.keeper.tick()
     held = (await heads_of(town))[-1]
     held_size = note.parse_checkpoint(held.text).size
-    assert held_size == 2
+    assert held_size == 2 + 3  # after the counter operator's enrolment and login
 
     # The same key signs a rewritten history, one entry longer.
     fork_db = Database(f"sqlite+aiosqlite:///{tmp_path / 'fork.db'}")

@@ -351,6 +351,18 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: FailedPrecondition("refused", reason=Reason.LAST_ADMINISTRATOR),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
+    Reason.CHECKPOINT_FOREIGN: (
+        lambda: PermissionDenied("refused", reason=Reason.CHECKPOINT_FOREIGN),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.CHECKPOINT_INCONSISTENT: (
+        lambda: FailedPrecondition("refused", reason=Reason.CHECKPOINT_INCONSISTENT),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.LOG_KEY_UNKNOWN: (
+        lambda: FailedPrecondition("refused", reason=Reason.LOG_KEY_UNKNOWN),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     Reason.WEAK_PASSWORD: (
         lambda: WeakPassword("new_password", "too short"),
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from jukinet.errors import error_info, rich_status
 from jukinet.reasons import Reason
 from jukinet.v1 import common_pb2, municipal_pb2
-from tests.federation import PG_ADMIN_DSN, Databases, Federation
+from tests.federation import PG_ADMIN_DSN, Databases, Federation, OperatorCards
 
 M = municipal_pb2
 TOTTORI = "312011"
@@ -145,7 +145,7 @@ def sample(fed: Federation, name: str) -> float:
 
 
 async def test_a_full_disk_is_refused_as_storage_full_and_recovers(
-    tmp_path: Path, backend: str, pki_dir: Path
+    tmp_path: Path, backend: str, pki_dir: Path, operator_cards: OperatorCards
 ) -> None:
     owner = "postgres" if backend == "postgres" else "root"
     with small_disk(owner) as disk:
@@ -155,7 +155,7 @@ async def test_a_full_disk_is_refused_as_storage_full_and_recovers(
             else:
                 url = f"sqlite+aiosqlite:///{disk / 'municipality.db'}"
             dbs = Databases(backend, tmp_path / "data")
-            fed = Federation(pki_dir=pki_dir, databases=dbs)
+            fed = Federation(pki_dir=pki_dir, databases=dbs, cards=operator_cards)
             fed._urls[f"municipality-{TOTTORI}"] = url
             try:
                 await fed.start_national()
