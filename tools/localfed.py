@@ -39,6 +39,7 @@ child runs gRPC's fork handlers, which crash the child now and then.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -449,10 +450,11 @@ class Node:
     def operator(self) -> str:
         """The certificate name a client of this node presents: its operator's (the
         gateway has none: the national operator, who may check its health but
-        call nothing else); a municipal node's counter terminal ``desk1``."""
+        call nothing else); a municipal node's counter terminal ``desk1`` (a node
+        posing as municipal under another organisation's code: that one's operator)."""
         if self.tier == "gateway":
             return "operator-national-admin"
-        if self.tier == "municipal":
+        if self.tier == "municipal" and len(self.code) == 6 and self.code.isdigit():
             return f"terminal-{self.code}-desk1"
         return f"operator-{self.code}-admin"
 
@@ -568,6 +570,7 @@ class LocalFederation:
         # Operators enrolled by this federation who have not logged in yet.
         self._first_login: set[tuple[str, str]] = set()
         self._client_channels: list[grpc.aio.Channel] = []
+        self._cards: concurrent.futures.Future[card.SoftHsm] | None = None
 
     # -- set-up --------------------------------------------------------------
 
@@ -618,12 +621,26 @@ class LocalFederation:
                     pki.issue(self.pki_dir, identity, pki.cert_name(identity), pki.NODE_DAYS)
             if not (pki.operator_ca_dir(self.pki_dir, code) / pki.CA_CERT).exists():
                 pki.create_operator_ca(self.pki_dir, code)
-        self.softhsm = await asyncio.to_thread(self._provision_cards)
+        # The cards are made on a thread of their own while the staff is enrolled
+        # and the nodes start (the nodes do not need them; the first login waits).
+        pool = concurrent.futures.ThreadPoolExecutor(1, "cards")
+        self._cards = pool.submit(self._provision_cards)
+        pool.shutdown(wait=False)  # the thread ends with the provisioning
+
+        # Before the nodes start: an enrolment appends to the node's operation log.
+        # One at a time: Alembic's migration context is one per process.
         for code in self.municipality_codes:
             config = load_config(MunicipalConfig, self.nodes[f"municipality-{code}"].config_path)
             for member in self.staff:
                 await enroll_operator(config, member.operator_id, INITIAL_PASSWORD, member.roles)
                 self._first_login.add((code, member.operator_id))
+
+    async def cards_ready(self) -> card.SoftHsm:
+        """The SoftHSM2 reader with every staff member's card, once provisioned."""
+        if self._cards is not None:
+            future, self._cards = self._cards, None
+            self.softhsm = await asyncio.wrap_future(future)
+        return self.softhsm
 
     def _provision_cards(self) -> card.SoftHsm:
         hsm = card.SoftHsm.create(self.workdir / "softhsm")
@@ -666,7 +683,7 @@ class LocalFederation:
         node = self.nodes[f"municipality-{code}"]
         channel = secure_channel(node.target, tls_files(self.pki_dir, self.terminal(*key)))
         try:
-            self.softhsm.activate()
+            (await self.cards_ready()).activate()
             with card.open_card(
                 card.load_module(), CARD_PIN, label=card_label(code, operator_id)
             ) as operator_card:
