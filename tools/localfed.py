@@ -612,7 +612,7 @@ class LocalFederation:
     async def _prepare_counters(self) -> None:
         """Terminals, operator CAs and cards of every municipality; its staff enrolled."""
         from jukinet.config import MunicipalConfig, load_config
-        from services.municipal.operators import enroll_operator
+        from services.municipal.operators import enroll_operators
 
         for code in self.municipality_codes:
             for desk in TERMINALS:
@@ -628,12 +628,13 @@ class LocalFederation:
         pool.shutdown(wait=False)  # the thread ends with the provisioning
 
         # Before the nodes start: an enrolment appends to the node's operation log.
-        # One at a time: Alembic's migration context is one per process.
+        # One municipality at a time: Alembic's migration context is one per process.
         for code in self.municipality_codes:
             config = load_config(MunicipalConfig, self.nodes[f"municipality-{code}"].config_path)
-            for member in self.staff:
-                await enroll_operator(config, member.operator_id, INITIAL_PASSWORD, member.roles)
-                self._first_login.add((code, member.operator_id))
+            await enroll_operators(
+                config, [(m.operator_id, INITIAL_PASSWORD, m.roles) for m in self.staff]
+            )
+            self._first_login.update((code, m.operator_id) for m in self.staff)
 
     async def cards_ready(self) -> card.SoftHsm:
         """The SoftHSM2 reader with every staff member's card, once provisioned."""
