@@ -222,8 +222,10 @@ class MunicipalConfig(LoggedNodeConfig):
         """Also refuse a bad local government code, prefecture address, pool, batching or
         login policy."""
         super().__post_init__()
-        if not 1 <= self.session_idle <= self.session_max <= 7 * 24 * 3600 * 3650:
-            raise ConfigError("session_idle, session_max: need 1 <= session_idle <= session_max")
+        if not 1 <= self.session_idle <= self.session_max <= 3650 * 24 * 3600:
+            raise ConfigError(
+                "session_idle, session_max: need 1 <= session_idle <= session_max <= 10 years"
+            )
         if not 1 <= self.login_failures <= 100:
             raise ConfigError("login_failures: must be between 1 and 100")
         if not 1 <= self.lockout <= 30 * 24 * 3600:

@@ -12,9 +12,17 @@ call runs, it
    open to any authenticated caller. Nodes build their tables from the rule
    combinators below with :func:`service_rules`, which names every key after
    a method of the service's descriptor,
-4. makes the caller's :class:`~jukinet.identity.Identity` available to the
+4. at a node whose operators log in (``sessions``, a :class:`SessionHook`):
+   a counter terminal's call carries the ``jukinet-session`` token, but for
+   the login itself (UNAUTHENTICATED ``session-required`` without one); the
+   hook resolves it to the operator logged in at that terminal and checks
+   the operator's roles for the method; the acting identity, and the
+   operation log's entry, are then the operator's, and
+   :func:`current_terminal` names the terminal. An operator certificate the
+   table would admit is refused there (PERMISSION_DENIED ``login-required``),
+5. makes the caller's :class:`~jukinet.identity.Identity` available to the
    handler through :func:`current_identity`, and
-5. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
+6. translates what the handler raises: a :class:`~jukinet.errors.JukinetError`
    becomes its status, its ``jukinet-*`` trailers and a ``google.rpc.Status``
    with an ErrorInfo of the same reason; anything else becomes INTERNAL
    "internal error" and is logged on ``jukinet.rpc`` as one line without its text.

@@ -27,8 +27,9 @@ session ended, since the token has left the computer it was given to.
 No gRPC here: every refusal is a :class:`~jukinet.errors.JukinetError` with
 its :class:`~jukinet.reasons.Reason`, which a node raises as is. Time comes
 from the node's :class:`~jukinet.clock.Clock`. The card trust (root, operator
-CAs, CRLs) is read from a PKI directory by :meth:`CardTrust.load`; a node
-reloads it when the files change. Ending the sessions of an operator whose
+CAs, CRLs) is read from a PKI directory by :meth:`CardTrust.load`; given
+``reload_trust``, the store reads it again at every login, so a revoked card
+is refused at once. Ending the sessions of an operator whose
 card was revoked is :meth:`OperatorStore.end_sessions`.
 """
 
@@ -38,7 +39,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,13 @@ from sqlalchemy import (
 from jukinet import passwords
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.db import Database
-from jukinet.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from jukinet.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from jukinet.identity import Identity, Kind, parse_identity_uri
 from jukinet.pki import (
     CA_CERT,
@@ -401,9 +408,13 @@ class OperatorStore:
         clock: Clock = SYSTEM_CLOCK,
         policy: LoginPolicy | None = None,
         hasher: PasswordHasher = passwords.HASHER,
+        reload_trust: Callable[[], CardTrust] | None = None,
     ) -> None:
         Identity.operator(org, "x")  # validates org
         self.hasher = hasher
+        # Read again at every login (a few small files), so that a card revoked
+        # in the operator CA's CRL is refused at once, without a restart.
+        self.reload_trust = reload_trust
         self.db = db
         self.t = tables
         self.trust = trust
@@ -571,6 +582,12 @@ class OperatorStore:
         """
         self._check_terminal(terminal)
         challenge = await self._take_challenge(terminal, nonce)
+        if self.reload_trust is not None:
+            try:
+                self.trust = await asyncio.to_thread(self.reload_trust)
+            except (OSError, ValueError) as exc:
+                # Fail closed: a CRL that cannot be read could hide a revocation.
+                raise Unavailable(f"the card trust cannot be read: {exc}") from None
         now = self.clock.now()
         operator, cert = self.trust.verify_card(card_certificate, terminal, now)
         if operator != challenge.operator:

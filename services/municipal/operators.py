@@ -51,6 +51,9 @@ def operator_store(
             time_cost=config.password_hash_time_cost,
             memory_kib=config.password_hash_memory_kib,
         ),
+        reload_trust=lambda: CardTrust.load(
+            config.card_trust_dir(), (config.local_government_code,)
+        ),
     )
 
 
