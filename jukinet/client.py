@@ -39,8 +39,15 @@ def connect(
 class Signer(Protocol):
     """What logs an operator in: an open operator card (:class:`jukinet.card.Card`)."""
 
-    certificate: x509.Certificate
-    identity: Identity
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The card's operator certificate."""
+        ...
+
+    @property
+    def identity(self) -> Identity:
+        """The operator the card names."""
+        ...
 
     def sign(self, data: bytes) -> bytes:
         """The card's signature of ``data``."""

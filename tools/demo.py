@@ -10,7 +10,12 @@ What it does, in order:
 
 1. creates a private PKI in the work folder (a certificate per node, an
    ``admin`` operator per organisation, and two agencies: 日本年金機構
-   ``nenkin`` and the passport office ``mofa-passport``);
+   ``nenkin`` and the passport office ``mofa-passport``), with each
+   municipality's operator CA and two counter terminals (``desk1``,
+   ``desk2``); a SoftHSM2 in the work folder holds an IC card for each
+   municipality's administrator, clerk, supervisor and auditor (keys made on
+   the card, certificates from the operator CA), all enrolled in the
+   municipality's node (:mod:`tools.localfed`);
 2. starts a :class:`tools.localfed.LocalFederation`: a TOML config per node
    (own SQLite file, own certificate, free ports on 127.0.0.1 for gRPC and
    Prometheus), the national node, the agency gateway, the prefectures 31
@@ -18,9 +23,12 @@ What it does, in order:
    312029 and 千代田区 131016, each as its own process (output in
    ``logs/<node>.log``), waiting for each to answer a gRPC health check over
    mutual TLS;
-3. loads a realistic population (:mod:`tools.population`, households sharing
-   an address) through the bulk import (:func:`jukinet.cli.importer.import_csv`);
-4. runs a day of life through the operator API: births into existing
+3. the operators log in at the counter terminals with card and password
+   (changing the initial password at this first login); a supervisor loads a
+   realistic population (:mod:`tools.population`, households sharing an
+   address) through the bulk import (:func:`jukinet.cli.importer.import_csv`);
+4. runs a day of life through logged-in operators (clerks; a supervisor for
+   the resident-code change and the register exports): births into existing
    households, deaths, a household's relocation, a name change on marriage
    (with 旧氏), a resident-code change on request, moves within a prefecture
    and across prefectures (move-out at the old municipality, which issues and
@@ -40,6 +48,11 @@ What it does, in order:
 7. prints 渡邊 和子's disclosure as her municipality's counter gets it: the
    record the national node holds and every provision of it, refusals
    included, and checks that it lists exactly the provisions the demo caused.
+
+8. prints the operation log entries of 鳥取市's clerk, as its auditor reads
+   them (``ReadOperationLog``), and verifies every node's operation log end to
+   end and against the heads the tier above witnessed
+   (:func:`jukinet.cli.audit.verify_node`), one line per node.
 
 It prints "all tiers agree with the municipal registers" and "the disclosure
 lists exactly the provisions made and refused", or every difference and
@@ -82,12 +95,15 @@ from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
 from jukinet import localgov, movecert
+from jukinet.cli.audit import log_table, read_log, verify_node
 from jukinet.cli.csvfile import CsvFormatError
 from jukinet.cli.importer import ImportSummary, import_csv
-from jukinet.client import describe_error
+from jukinet.client import describe_error, tls_files
+from jukinet.config import MunicipalConfig, NationalConfig, PrefectureConfig, load_config
 from jukinet.errors import ConfigError
 from jukinet.purposes import load_registry
 from jukinet.textwidth import pad
+from jukinet.tls import secure_channel
 from jukinet.v1 import (
     common_pb2,
     delivery_pb2,
@@ -96,6 +112,7 @@ from jukinet.v1 import (
     municipal_pb2,
     municipal_pb2_grpc,
     national_pb2_grpc,
+    operator_pb2_grpc,
     prefecture_pb2_grpc,
     provision_pb2,
 )
@@ -179,20 +196,51 @@ def municipality_name(code: str) -> str:
 
 
 class Operators:
-    """Operator channels (the admin of each organisation) to the demo's nodes."""
+    """Channels to the demo's nodes: logged-in operators at each municipality's
+    counter terminals (:meth:`log_in`), the admin of each upper tier."""
 
     def __init__(self, fed: LocalFederation) -> None:
         self._fed = fed
         self._channels: list[grpc.aio.Channel] = []
-        self.municipal = {
-            code: municipal_pb2_grpc.MunicipalServiceStub(self.channel(f"municipality-{code}"))
-            for code in MUNICIPALITIES
-        }
+        # Clerks do the everyday work; a supervisor the bulk and ex-officio work.
+        self.municipal: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
+        self.supervisor: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
+        self.supervisor_channel: dict[str, grpc.aio.Channel] = {}
+        self.auditor: dict[str, operator_pb2_grpc.OperatorServiceAsyncStub] = {}
+        self._tokens: dict[tuple[str, str], str] = {}
         self.prefecture = {
             code: prefecture_pb2_grpc.PrefectureServiceStub(self.channel(f"prefecture-{code}"))
             for code in PREFECTURES
         }
         self.national = national_pb2_grpc.NationalServiceStub(self.channel("national"))
+
+    async def log_in(self) -> None:
+        """Log each municipality's clerk, supervisor and auditor in at its terminals."""
+        for code in MUNICIPALITIES:
+            for who in ("clerk", "supervisor", "auditor"):
+                self._tokens[(code, who)] = await self._fed.session(code, who)
+            self.municipal[code] = municipal_pb2_grpc.MunicipalServiceStub(
+                self.counter(code, "clerk")
+            )
+            self.supervisor_channel[code] = self.counter(code, "supervisor")
+            self.supervisor[code] = municipal_pb2_grpc.MunicipalServiceStub(
+                self.supervisor_channel[code]
+            )
+            self.auditor[code] = operator_pb2_grpc.OperatorServiceStub(
+                self.counter(code, "auditor")
+            )
+
+    def counter(self, code: str, operator_id: str) -> grpc.aio.Channel:
+        """A channel from ``operator_id``'s terminal at ``code``, in their session."""
+        fed = self._fed
+        node = fed.nodes[f"municipality-{code}"]
+        ch = secure_channel(
+            node.target,
+            tls_files(fed.pki_dir, fed.terminal(code, operator_id)),
+            session=self._tokens[(code, operator_id)],
+        )
+        self._channels.append(ch)
+        return ch
 
     def channel(self, node: str, cert: str | None = None) -> grpc.aio.Channel:
         """A new channel to ``node``, as its admin or as certificate ``cert``."""
@@ -618,7 +666,8 @@ async def code_change(day: Day) -> None:
         reg.people(day.used, lambda r: day.age(r) >= 18),
         reg.people(day.used, lambda r: True),
     )
-    changed = await day.m[CHIYODA].ChangeResidentCode(
+    # A code change is a supervisor's (the counter's clerk cannot).
+    changed = await day.ops.supervisor[CHIYODA].ChangeResidentCode(
         municipal_pb2.ChangeResidentCodeRequest(
             resident_code=asker.resident_code, ex_officio=False, effective_date=day.date.isoformat()
         ),
@@ -756,7 +805,7 @@ SCENES: tuple[Scene, ...] = (
 async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
     """Births, deaths, a relocation, a marriage, a code change, moves, arrivals."""
     registers = {
-        code: _Register(await export_register(ops.municipal[code])) for code in MUNICIPALITIES
+        code: _Register(await export_register(ops.supervisor[code])) for code in MUNICIPALITIES
     }
     day = Day(ops, seed, out, registers, random.Random(f"tools.demo/{seed}"))
     for scene in SCENES:
@@ -1238,7 +1287,7 @@ async def _load(
         summaries = await asyncio.gather(
             *(
                 import_csv(
-                    ops.channel(f"municipality-{code}"),
+                    ops.supervisor_channel[code],
                     workdir / "import" / f"{code}.csv",
                     progress=not args.quiet,
                     progress_position=i,
@@ -1258,7 +1307,7 @@ async def _reconcile(
 ) -> tuple[dict[str, list[municipal_pb2.Resident]], list[Difference]]:
     """What each tier holds, one moved resident's history, and how the tiers differ
     from the registers; returns the registers and the differences."""
-    registers = {c: await export_register(ops.municipal[c]) for c in MUNICIPALITIES}
+    registers = {c: await export_register(ops.supervisor[c]) for c in MUNICIPALITIES}
     prefectures = {p: await export_holdings(ops.prefecture[p]) for p in PREFECTURES}
     national = await export_holdings(ops.national)
     print("\nwhat each tier holds (records by the municipality they belong to)", file=out)
@@ -1301,6 +1350,15 @@ async def _main(
     await _start(args, fed, counts, timings, out)
     ops = Operators(fed)
     try:
+        with timings.phase("login"):
+            await ops.log_in()
+        print(
+            "\noperators logged in at the counter terminals (IC card + password): "
+            + ", ".join(
+                f"{municipality_name(c)} clerk, supervisor, auditor" for c in MUNICIPALITIES
+            ),
+            file=out,
+        )
         await _load(args, ops, fed.workdir, counts, timings, out)
 
         print(f"\na day of life ({today().isoformat()})", file=out, flush=True)
@@ -1324,13 +1382,57 @@ async def _main(
         with timings.phase("agencies"):
             disclosure = await agency_lookups(ops, registers, day, out)
 
+        with timings.phase("audit"):
+            await print_operation_log(ops, out)
+            unsound = await verify_logs(fed, out)
+
         _verdict(differences, disclosure, out)
+        if unsound:
+            print(f"{unsound} operation log(s) failed verification", file=out)
+        else:
+            print(LOGS_VERIFIED, file=out)
         print(f"\ndemo took {timings.describe()}", file=out, flush=True)
         if args.keep_running:
             await _keep_running(fed, out)
-        return 1 if differences or disclosure else 0
+        return 1 if differences or disclosure or unsound else 0
     finally:
         await ops.close()
+
+
+LOGS_VERIFIED = "every node's operation log verifies against the heads witnessed upstream"
+
+
+async def print_operation_log(ops: Operators, out: IO[str], code: str = TOTTORI) -> None:
+    """The clerk's entries in ``code``'s operation log, as its auditor reads them."""
+    entries = await read_log(ops.auditor[code], operator_id="clerk")
+    shown = entries[-12:]
+    print(
+        f"\nthe operation log of {municipality_name(code)}: the clerk's last {len(shown)} of "
+        f"{len(entries)} entries, read by the auditor (jukinet audit log --operator clerk)",
+        file=out,
+    )
+    for line in log_table(shown):
+        print(f"  {line}", file=out)
+
+
+async def verify_logs(fed: LocalFederation, out: IO[str]) -> int:
+    """Verify every node's operation log against the heads held upstream; how many fail.
+
+    The heads travel up at the nodes' intervals: the newest entries may not be
+    witnessed yet, which the verifier accepts.
+    """
+    print("\noperation logs (jukinet audit verify)", file=out)
+    unsound = 0
+    for node in fed.nodes.values():
+        if node.tier not in ("municipal", "prefecture", "national"):
+            continue
+        kind = {"municipal": MunicipalConfig, "prefecture": PrefectureConfig}.get(
+            node.tier, NationalConfig
+        )
+        report = await verify_node(node.tier, load_config(kind, node.config_path))
+        unsound += not report.ok
+        print(f"  {pad(node.label, 24)}{report.line}", file=out)
+    return unsound
 
 
 async def _keep_running(fed: LocalFederation, out: IO[str]) -> None:
@@ -1349,7 +1451,11 @@ async def _keep_running(fed: LocalFederation, out: IO[str]) -> None:
     gw = fed.nodes["gateway"]
     pki = fed.pki_dir
     print(
-        "try:\n"
+        "try (the card PIN is "
+        f"{localfed.CARD_PIN}, the password {localfed.PASSWORD}):\n"
+        f"  export SOFTHSM2_CONF={fed.softhsm.config}\n"
+        f"  jukinet login --target {m.target} --pki {pki} --as {m.operator} "
+        f"--card {localfed.card_label(TOTTORI, 'clerk')}\n"
         f"  jukinet resident status --target {m.target} --pki {pki} --as {m.operator}\n"
         f"  jukinet identity status --tier national --target {nat.target} --pki {pki} "
         f"--as {nat.operator}\n"

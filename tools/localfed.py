@@ -19,6 +19,17 @@ stopping it (the node's ``--parent-pid``). ``JUKINET_*`` variables of the
 caller's environment are not passed on: a node's settings come from its
 config file alone.
 
+Operators log in at the municipal nodes as they do at a counter: with a
+counter terminal's certificate (``terminal-<code>-desk1``), an IC card (a
+SoftHSM2 token in ``<workdir>/softhsm``) and a password. :meth:`prepare`
+provisions a card for every operator of :data:`STAFF` in every municipality
+and enrolls them in its database; :meth:`LocalFederation.session` logs one in
+(once per run; the sessions live in the node's database, so they survive a
+restart) and :meth:`LocalFederation.channel` of a municipal node carries the
+session of ``counter`` (clerk and supervisor), logged in when the
+municipalities start. The password hash is cheap in this federation
+(``password_hash_time_cost`` 1, 8 MiB): logins are not what it measures.
+
 Nodes are spawned without any Python code running between ``fork`` and
 ``exec`` (no ``preexec_fn``; only options the C side of :mod:`subprocess`
 applies): the caller usually holds gRPC channels, and Python in the forked
@@ -28,7 +39,9 @@ child runs gRPC's fork handlers, which crash the child now and then.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -49,11 +62,20 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from jukinet import localgov, pki
-from jukinet.client import tls_files
+from jukinet import card, localgov, pki
+from jukinet.client import log_in, tls_files
 from jukinet.db import Database
+from jukinet.errors import error_metadata
+from jukinet.identity import Identity
 from jukinet.tls import secure_channel
-from jukinet.v1 import delivery_pb2, municipal_pb2, municipal_pb2_grpc, national_pb2_grpc
+from jukinet.v1 import (
+    delivery_pb2,
+    municipal_pb2,
+    municipal_pb2_grpc,
+    national_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 """Where the ``jukinet``, ``services`` and ``gateway`` packages are."""
@@ -64,6 +86,44 @@ PG_SERVER: str = os.environ.get(
 """The PostgreSQL server that tests, demo and benchmark create their databases on:
 a libpq URL of a database to connect to (``JUKINET_TEST_PG_DSN``; default the
 local server, user ``postgres``)."""
+
+
+@dataclass(frozen=True)
+class Staff:
+    """An operator of every municipality of a local federation: id, roles, terminal."""
+
+    operator_id: str
+    roles: tuple[operator_pb2.Role.ValueType, ...]
+    terminal: str = "desk1"
+
+
+STAFF: tuple[Staff, ...] = (
+    Staff("admin", (operator_pb2.ROLE_ADMINISTRATOR,)),
+    Staff("counter", (operator_pb2.ROLE_CLERK, operator_pb2.ROLE_SUPERVISOR)),
+    Staff("clerk", (operator_pb2.ROLE_CLERK,)),
+    Staff("supervisor", (operator_pb2.ROLE_CLERK, operator_pb2.ROLE_SUPERVISOR)),
+    Staff("auditor", (operator_pb2.ROLE_AUDITOR,), "desk2"),
+)
+"""Who works at each municipality of a local federation (``counter`` serves
+:meth:`LocalFederation.channel`)."""
+
+DEFAULT_OPERATOR = "counter"
+CARD_PIN = "246810"
+CARD_SO_PIN = "so-135791"
+INITIAL_PASSWORD = "Initial-pass-2026"
+PASSWORD = "Tottori-Sakyu-2026"
+"""Every operator's password after the first login (the initial one is changed then)."""
+
+TERMINALS = ("desk1", "desk2")
+MUNICIPAL_SETTINGS: dict[str, Any] = {
+    "password_hash_time_cost": 1,
+    "password_hash_memory_kib": 8 * 1024,
+}
+
+
+def card_label(code: str, operator_id: str) -> str:
+    """The SoftHSM2 token label of an operator's card (at most 32 characters)."""
+    return f"{code}-{operator_id}"[:32]
 
 
 class NodeFailed(RuntimeError):
@@ -388,10 +448,14 @@ class Node:
 
     @property
     def operator(self) -> str:
-        """The certificate name of this node's operator (the gateway has none:
-        the national operator, who may check its health but call nothing else)."""
+        """The certificate name a client of this node presents: its operator's (the
+        gateway has none: the national operator, who may check its health but
+        call nothing else); a municipal node's counter terminal ``desk1`` (a node
+        posing as municipal under another organisation's code: that one's operator)."""
         if self.tier == "gateway":
             return "operator-national-admin"
+        if self.tier == "municipal" and len(self.code) == 6 and self.code.isdigit():
+            return f"terminal-{self.code}-desk1"
         return f"operator-{self.code}-admin"
 
     @property
@@ -498,6 +562,15 @@ class LocalFederation:
         self._settings = settings or {}
         self._node_settings = node_settings or {}
         self.nodes: dict[str, Node] = {}
+        self.staff = STAFF
+        self.softhsm = card.SoftHsm(
+            workdir / "softhsm" / "softhsm2.conf", workdir / "softhsm" / "tokens"
+        )
+        self._tokens: dict[tuple[str, str], str] = {}
+        # Operators enrolled by this federation who have not logged in yet.
+        self._first_login: set[tuple[str, str]] = set()
+        self._client_channels: list[grpc.aio.Channel] = []
+        self._cards: concurrent.futures.Future[card.SoftHsm] | None = None
 
     # -- set-up --------------------------------------------------------------
 
@@ -534,6 +607,133 @@ class LocalFederation:
             )
         if self.with_gateway:
             await self._add("gateway", "gateway", "gateway", {"national_target": national})
+        await self._prepare_counters()
+
+    async def _prepare_counters(self) -> None:
+        """Terminals, operator CAs and cards of every municipality; its staff enrolled."""
+        from jukinet.config import MunicipalConfig, load_config
+        from services.municipal.operators import enroll_operators
+
+        for code in self.municipality_codes:
+            for desk in TERMINALS:
+                identity = Identity.terminal(code, desk)
+                if not (self.pki_dir / f"{pki.cert_name(identity)}.pem").exists():
+                    pki.issue(self.pki_dir, identity, pki.cert_name(identity), pki.NODE_DAYS)
+            if not (pki.operator_ca_dir(self.pki_dir, code) / pki.CA_CERT).exists():
+                pki.create_operator_ca(self.pki_dir, code)
+        # The cards are made on a thread of their own while the staff is enrolled
+        # and the nodes start (the nodes do not need them; the first login waits).
+        pool = concurrent.futures.ThreadPoolExecutor(1, "cards")
+        self._cards = pool.submit(self._provision_cards)
+        pool.shutdown(wait=False)  # the thread ends with the provisioning
+
+        # Before the nodes start: an enrolment appends to the node's operation log.
+        # One municipality at a time: Alembic's migration context is one per process.
+        for code in self.municipality_codes:
+            config = load_config(MunicipalConfig, self.nodes[f"municipality-{code}"].config_path)
+            await enroll_operators(
+                config, [(m.operator_id, INITIAL_PASSWORD, m.roles) for m in self.staff]
+            )
+            self._first_login.update((code, m.operator_id) for m in self.staff)
+
+    async def cards_ready(self) -> card.SoftHsm:
+        """The SoftHSM2 reader with every staff member's card, once provisioned."""
+        if self._cards is not None:
+            future, self._cards = self._cards, None
+            self.softhsm = await asyncio.wrap_future(future)
+        return self.softhsm
+
+    def _provision_cards(self) -> card.SoftHsm:
+        hsm = card.SoftHsm.create(self.workdir / "softhsm")
+        for code in self.municipality_codes:
+            for member in self.staff:
+                hsm.init_token(card_label(code, member.operator_id), CARD_SO_PIN, CARD_PIN)
+        hsm.activate()
+        lib = card.load_module()
+        for code in self.municipality_codes:
+            for member in self.staff:
+                operator = Identity.operator(code, member.operator_id)
+                card.provision_card(
+                    lib,
+                    CARD_PIN,
+                    functools.partial(self._certify, operator),
+                    label=card_label(code, member.operator_id),
+                )
+        return hsm
+
+    def _certify(self, operator: Identity, key: Any) -> Any:
+        return pki.issue_card_certificate(self.pki_dir, operator, key, force=True)
+
+    def member(self, operator_id: str) -> Staff:
+        """The staff member ``operator_id``."""
+        for member in self.staff:
+            if member.operator_id == operator_id:
+                return member
+        raise KeyError(f"no operator {operator_id!r} in this federation's staff")
+
+    def terminal(self, code: str, operator_id: str = DEFAULT_OPERATOR) -> str:
+        """The certificate name of the terminal ``operator_id`` works at in ``code``."""
+        return f"terminal-{code}-{self.member(operator_id).terminal}"
+
+    async def session(self, code: str, operator_id: str = DEFAULT_OPERATOR) -> str:
+        """The session token of ``operator_id`` at municipality ``code``, logged in
+        on first use with the card and the password (changed at that first login)."""
+        key = (code, operator_id)
+        if key in self._tokens:
+            return self._tokens[key]
+        node = self.nodes[f"municipality-{code}"]
+        channel = secure_channel(node.target, tls_files(self.pki_dir, self.terminal(*key)))
+        try:
+            (await self.cards_ready()).activate()
+            with card.open_card(
+                card.load_module(), CARD_PIN, label=card_label(code, operator_id)
+            ) as operator_card:
+                # The first login changes the enrolled password; a later one (or
+                # one after a restart of the caller) uses the changed one.
+                first = key in self._first_login
+                try:
+                    answer = await self._log_in(channel, operator_card, first=first)
+                except grpc.aio.AioRpcError as exc:
+                    if error_metadata(exc).get("jukinet-reason") not in (
+                        "wrong-password",
+                        "password-expired",
+                    ):
+                        raise
+                    answer = await self._log_in(channel, operator_card, first=not first)
+                self._first_login.discard(key)
+        finally:
+            await channel.close(grace=None)
+        self._tokens[key] = answer.session_token
+        return answer.session_token
+
+    @staticmethod
+    async def _log_in(
+        channel: grpc.aio.Channel, operator_card: card.Card, *, first: bool
+    ) -> operator_pb2.LoginResponse:
+        if first:
+            return await log_in(channel, operator_card, INITIAL_PASSWORD, new_password=PASSWORD)
+        return await log_in(channel, operator_card, PASSWORD)
+
+    async def log_in_counters(self) -> None:
+        """Log ``counter`` in at every municipality (what :meth:`channel` uses)."""
+        for code in self.municipality_codes:
+            await self.session(code)
+
+    async def counter(
+        self, code: str, operator_id: str = DEFAULT_OPERATOR
+    ) -> tuple[municipal_pb2_grpc.MunicipalServiceStub, operator_pb2_grpc.OperatorServiceStub]:
+        """Stubs of both services of municipality ``code`` in ``operator_id``'s session
+        (their channel is closed with the federation's other client channels)."""
+        token = await self.session(code, operator_id)
+        node = self.nodes[f"municipality-{code}"]
+        channel = secure_channel(
+            node.target, tls_files(self.pki_dir, self.terminal(code, operator_id)), session=token
+        )
+        self._client_channels.append(channel)
+        return (
+            municipal_pb2_grpc.MunicipalServiceStub(channel),
+            operator_pb2_grpc.OperatorServiceStub(channel),
+        )
 
     async def _add(self, name: str, tier: str, code: str, settings: dict[str, Any]) -> None:
         node = Node(
@@ -548,6 +748,7 @@ class LocalFederation:
             log_path=self.logs / f"{name}.log",
             settings={
                 **settings,
+                **(MUNICIPAL_SETTINGS if tier == "municipal" else {}),
                 **self._settings.get(tier, {}),
                 **self._node_settings.get(name, {}),
             },
@@ -641,6 +842,7 @@ class LocalFederation:
             for name in group:
                 if on_ready is not None:
                     on_ready(self.nodes[name])
+        await self.log_in_counters()
 
     def pause(self, *names: str) -> None:
         """SIGSTOP: the nodes hold their sockets but answer nothing until resumed."""
@@ -681,16 +883,27 @@ class LocalFederation:
         self.stop(*reversed(list(self.nodes)), grace=grace)
 
     async def close(self, grace: float = 10.0) -> None:
-        """Stop every node, then drop the PostgreSQL databases made for them."""
+        """Close the client channels, stop every node, then drop the PostgreSQL
+        databases made for them."""
+        for channel in self._client_channels:
+            await channel.close(grace=None)
+        self._client_channels.clear()
         self.stop_all(grace)
         await self.databases.drop_all()
 
     # -- clients -------------------------------------------------------------
 
     def channel(self, name: str, cert: str | None = None) -> grpc.aio.Channel:
-        """An mTLS channel to node ``name``, by default as its operator."""
+        """An mTLS channel to node ``name``, by default as its operator: at a
+        municipal node, ``counter`` in its session at ``desk1`` (once logged in:
+        :meth:`start_all` does it)."""
         node = self.nodes[name]
-        return secure_channel(node.target, tls_files(self.pki_dir, cert or node.operator))
+        token = None
+        if node.tier == "municipal" and cert is None:
+            token = self._tokens.get((node.code, DEFAULT_OPERATOR))
+        return secure_channel(
+            node.target, tls_files(self.pki_dir, cert or node.operator), session=token
+        )
 
     async def wait_delivered(self, within: float = 30.0) -> Delivery:
         """Until the national node has applied every municipal notification."""

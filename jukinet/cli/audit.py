@@ -1,9 +1,17 @@
 """``jukinet audit verify``: check a node's operation log end to end and against
-the heads the tier above holds and cosigned; ``jukinet audit check-proof``:
-check a resident's disclosure with proofs offline.
+the heads the tier above holds and cosigned; ``jukinet audit log``: an
+auditor reads a municipal node's log entries at a counter terminal;
+``jukinet audit check-proof``: check a resident's disclosure with proofs
+offline.
 
     jukinet audit verify municipal --config municipality-312011.toml
+    jukinet audit log --target 127.0.0.1:50311 --pki pki --as terminal-312011-desk2 \
+        [--operator t.tanaka] [--resident 12345678903] [--start N] [--limit N]
     jukinet audit check-proof disclosure.json --verifiers pki/log-verifiers
+
+``audit log`` runs in an auditor's session (``jukinet login``) and prints one
+line per entry: time (JST), operator, terminal, operation, residents touched,
+outcome and the reason of a refusal.
 
 Run on the node's host with the node's own config: it reads the node's
 database and log key file, and asks the tier above (over mTLS, with the
@@ -27,6 +35,7 @@ import grpc
 from google.protobuf import json_format
 
 from jukinet.audit import log_key_path, origin_of, read_log_keys, read_verifiers, read_witness_keys
+from jukinet.cli.common import counter_options, in_jst, run_call
 from jukinet.config import LoggedNodeConfig, MunicipalConfig, NationalConfig, PrefectureConfig
 from jukinet.db import Database
 from jukinet.errors import ConfigError
@@ -34,8 +43,16 @@ from jukinet.identity import Identity
 from jukinet.oplog import disclosure, note
 from jukinet.oplog.log import OperationLog, OplogTables
 from jukinet.oplog.verify import verify_log
+from jukinet.textwidth import table
 from jukinet.tls import secure_channel
-from jukinet.v1 import national_pb2_grpc, oplog_pb2, prefecture_pb2_grpc, provision_pb2
+from jukinet.v1 import (
+    national_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    oplog_pb2,
+    prefecture_pb2_grpc,
+    provision_pb2,
+)
 
 
 @dataclass(frozen=True)
@@ -125,10 +142,100 @@ _CONFIGS: dict[str, type[LoggedNodeConfig]] = {
 }
 
 
+# Read at most this many pages of the log in one command (a bounded loop).
+_MAX_PAGES = 10_000
+
+
+def _short(uri: str) -> str:
+    """An identity URI without ``jukinet://`` (``operator/312011/t.tanaka``)."""
+    return uri.removeprefix("jukinet://")
+
+
+def log_table(entries: list[operator_pb2.OperationLogEntry]) -> list[str]:
+    """The lines of a table of log entries, as ``audit log`` prints them."""
+    headers = (
+        "#",
+        "time (JST)",
+        "operator",
+        "terminal",
+        "operation",
+        "residents",
+        "outcome",
+        "reason",
+    )
+    rows = [
+        (
+            str(e.index),
+            in_jst(e.time.ToJsonString())[:19].replace("T", " ") if e.HasField("time") else "",
+            _short(e.operator),
+            _short(e.terminal) or "-",
+            e.operation.rsplit("/", 1)[-1],
+            " ".join(e.resident_codes) or "-",
+            e.outcome,
+            e.reason or "-",
+        )
+        for e in entries
+    ]
+    return table(headers, rows)
+
+
+async def read_log(
+    stub: Any, *, operator_id: str = "", resident_code: str = "", start: int = 0, limit: int = 0
+) -> list[operator_pb2.OperationLogEntry]:
+    """The entries of the log from ``start`` that match, every page (at most ``limit``, 0: all)."""
+    found: list[operator_pb2.OperationLogEntry] = []
+    for _ in range(_MAX_PAGES):
+        want = 0 if not limit else limit - len(found)
+        answer = await stub.ReadOperationLog(
+            operator_pb2.ReadOperationLogRequest(
+                operator_id=operator_id, resident_code=resident_code, start=start, limit=want
+            )
+        )
+        found.extend(answer.entries)
+        if not answer.entries or (limit and len(found) >= limit):
+            break
+        start = answer.entries[-1].index + 1
+        if start >= answer.size:
+            break
+    return found[:limit] if limit else found
+
+
 def register_cli(sub: Any) -> None:
-    """Add ``audit verify <tier> --config FILE`` to the ``jukinet`` parser."""
-    group = sub.add_parser("audit", help="check a node's operation log")
+    """Add ``audit verify <tier> --config FILE`` and ``audit log`` to the ``jukinet`` parser."""
+    group = sub.add_parser("audit", help="check a node's operation log, read its entries")
     actions = group.add_subparsers(dest="audit_command", required=True)
+
+    log = actions.add_parser("log", help="an auditor reads the operation log's entries")
+    counter_options(log)
+    log.add_argument("--operator", default="", metavar="ID", help="only this operator's entries")
+    log.add_argument(
+        "--resident", default="", metavar="CODE", help="only entries touching this resident"
+    )
+    log.add_argument("--start", type=int, default=0, help="from this entry on (default 0)")
+    log.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+
+    async def do_log(ch: grpc.aio.Channel, a: argparse.Namespace) -> list[str]:
+        entries = await read_log(
+            operator_pb2_grpc.OperatorServiceStub(ch),
+            operator_id=a.operator,
+            resident_code=a.resident,
+            start=a.start,
+            limit=a.limit,
+        )
+        return log_table(entries) if entries else []
+
+    def show_log(lines: list[str]) -> None:
+        print("\n".join(lines) if lines else "no entries")
+
+    log.set_defaults(
+        func=lambda a: run_call(
+            a,
+            do_log,
+            show_log,
+            service="jukinet.v1.OperatorService",
+            flags={"operator_id": "--operator", "resident_code": "--resident"},
+        )
+    )
     verify = actions.add_parser("verify", help="verify a node's log end to end and upstream")
     verify.add_argument("tier", choices=sorted(_CONFIGS))
     verify.add_argument("--config", required=True, help="the node's TOML config file")

@@ -22,8 +22,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from jukinet.cli import session as sessions
 from jukinet.client import connect, describe_error
-from jukinet.errors import ConfigError
+from jukinet.errors import ConfigError, error_metadata
 from jukinet.v1 import common_pb2, municipal_pb2
 
 SEX: dict[str, common_pb2.Sex.ValueType] = {
@@ -110,6 +111,93 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
         default=env.get("JUKINET_AS"),
         help="certificate name in the PKI folder, e.g. operator-312011-admin",
     )
+
+
+def counter_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options of a command an operator runs at a counter terminal:
+    ``--target`` (the municipal node), ``--pki``, ``--as`` (the terminal's
+    certificate) and ``--session`` (the session file ``jukinet login`` wrote).
+
+    Defaults come from JUKINET_TARGET, JUKINET_PKI, JUKINET_TERMINAL (else
+    JUKINET_AS) and JUKINET_SESSION.
+    """
+    env = os.environ
+    parser.add_argument(
+        "--target", default=env.get("JUKINET_TARGET"), help="host:port of the municipal node"
+    )
+    parser.add_argument("--pki", default=env.get("JUKINET_PKI", "pki"), help="PKI folder")
+    parser.add_argument(
+        "--as",
+        "--terminal",
+        dest="identity",
+        default=env.get("JUKINET_TERMINAL") or env.get("JUKINET_AS"),
+        help="the counter terminal's certificate name in the PKI folder, "
+        "e.g. terminal-312011-desk1",
+    )
+    parser.add_argument(
+        "--session",
+        dest="session_file",
+        default=env.get(sessions.SESSION_ENV),
+        metavar="FILE",
+        help="the session file (default: one per node and terminal in "
+        "$XDG_STATE_HOME/jukinet/, else ~/.local/state/jukinet/)",
+    )
+    parser.set_defaults(counter=True)
+
+
+def login_command(args: argparse.Namespace) -> str:
+    """The ``jukinet login`` line for this command's node and terminal."""
+    line = f"jukinet login --target {args.target} --pki {args.pki} --as {args.identity}"
+    if getattr(args, "session_file", None):
+        line += f" --session {args.session_file}"
+    return line
+
+
+def load_session(args: argparse.Namespace) -> sessions.SavedSession:
+    """The session of this command's node and terminal; SessionFileError says what to do."""
+    path = sessions.chosen_path(args)
+    saved = sessions.load(path, login_hint=login_command(args))
+    if saved.target != args.target or saved.terminal != args.identity:
+        raise sessions.NoSession(
+            f"the session in {path} is of {saved.terminal} at {saved.target}, not of "
+            f"{args.identity} at {args.target}: log in first: {login_command(args)}"
+        )
+    return saved
+
+
+# Reasons of a refused session: the operator has to log in (again).
+_LOG_IN_AGAIN = {
+    "session-required": "log in first",
+    "session-invalid": "the session has ended: log in again",
+    "session-expired": "the session has expired: log in again",
+    "wrong-terminal": "the session was ended (its token came from another terminal): log in again",
+}
+
+
+def counter_trouble(
+    args: argparse.Namespace, exc: grpc.aio.AioRpcError, saved: sessions.SavedSession | None
+) -> str:
+    """What the operator should do about a refused counter call ("" if nothing to add).
+
+    A session the node no longer knows is removed from the session file.
+    """
+    reason = error_metadata(exc).get("jukinet-reason", "")
+    if reason in _LOG_IN_AGAIN:
+        if reason != "session-required":
+            sessions.remove(sessions.chosen_path(args))
+        return f"{_LOG_IN_AGAIN[reason]}: {login_command(args)}"
+    if reason == "login-required":
+        return (
+            "an operator works at a counter terminal: give the terminal's certificate "
+            "(--as terminal-<code>-desk1) and log in with the card: jukinet login ..."
+        )
+    if reason == "role-missing" and saved is not None:
+        roles = ", ".join(saved.roles) or "none"
+        return (
+            f"{saved.operator} holds: {roles}; an administrator grants roles "
+            "(jukinet operator grant ID ROLE)"
+        )
+    return ""
 
 
 # Stub calls are typed loosely by the generated stubs; each returns a response message.
@@ -200,13 +288,21 @@ def run_call(
         )
         return 2
 
+    saved: sessions.SavedSession | None = None
+
     async def go() -> int:
-        channel = connect(args.target, args.pki, args.identity)
+        channel = connect(
+            args.target, args.pki, args.identity, session=saved.token if saved else None
+        )
         try:
             result = await call(channel, args)
         except grpc.aio.AioRpcError as exc:
             line = await explain(channel, args.target, exc, service, flags)
             print(f"jukinet: {line}", file=sys.stderr)
+            if getattr(args, "counter", False):
+                hint = counter_trouble(args, exc, saved)
+                if hint:
+                    print(f"jukinet: {hint}", file=sys.stderr)
             return 1
         finally:
             await channel.close(grace=None)
@@ -215,6 +311,8 @@ def run_call(
         return 0
 
     try:
+        if getattr(args, "counter", False):
+            saved = load_session(args)
         return asyncio.run(go())
     except ConfigError as exc:
         print(f"jukinet: {exc}", file=sys.stderr)

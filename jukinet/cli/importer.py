@@ -3,7 +3,10 @@ r"""Bulk import of an existing municipal register from CSV.
 ::
 
     jukinet import register.csv --target 127.0.0.1:50311 --pki pki \
-        --as operator-312011-admin [--batch 1000] [--rejects rejected.csv]
+        --as terminal-312011-desk1 [--batch 1000] [--rejects rejected.csv]
+
+A supervisor's session at a counter terminal (``jukinet login``) imports:
+the import is bulk work (ImportResidents needs the supervisor role).
 
 The CSV format
 --------------
@@ -74,7 +77,6 @@ import asyncio
 import contextlib
 import csv
 import itertools
-import os
 import sys
 import time
 from collections import deque
@@ -86,7 +88,14 @@ from typing import IO, Any, cast
 
 import grpc
 
-from jukinet.cli.common import RELATIONSHIPS, explain_now, plain
+from jukinet.cli.common import (
+    RELATIONSHIPS,
+    counter_options,
+    counter_trouble,
+    explain_now,
+    load_session,
+    plain,
+)
 from jukinet.cli.csvfile import (
     CsvFormatError,
     ProgressBar,
@@ -95,6 +104,7 @@ from jukinet.cli.csvfile import (
     progress_bar,
     read_csv,
 )
+from jukinet.cli.session import SavedSession
 from jukinet.client import connect, wait_until_accepted
 from jukinet.errors import ConfigError
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc
@@ -411,7 +421,7 @@ async def import_csv(
 ) -> ImportSummary:
     """Import the CSV at ``path`` into the municipality ``channel`` leads to.
 
-    ``channel`` must present an operator certificate of that municipality.
+    ``channel`` must be a counter terminal's, with a supervisor's session of that municipality.
     At most ``window`` batches of ``batch`` rows are unacknowledged at any
     time. With ``progress`` a tqdm bar (rows, rows/s) runs on stderr;
     ``progress_position`` stacks several bars. Pass your own ``summary`` to
@@ -508,8 +518,8 @@ def _batch_size(text: str) -> int:
     return value
 
 
-async def _connect_and_import(args: argparse.Namespace, summary: ImportSummary) -> None:
-    channel = connect(args.target, args.pki, args.identity)
+async def _connect_and_import(args: argparse.Namespace, summary: ImportSummary, token: str) -> None:
+    channel = connect(args.target, args.pki, args.identity, session=token)
     try:
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout=args.connect_timeout)
@@ -547,13 +557,15 @@ def _report(summary: ImportSummary, rejects: Path | None, out: IO[str]) -> None:
 def _cmd_import(args: argparse.Namespace) -> int:
     if not args.target or not args.identity:
         print(
-            "jukinet import: --target and --as are required (or JUKINET_TARGET / JUKINET_AS)",
+            "jukinet import: --target and --as are required (or JUKINET_TARGET / JUKINET_TERMINAL)",
             file=sys.stderr,
         )
         return 2
     summary = ImportSummary()
+    saved: SavedSession | None = None
     try:
-        asyncio.run(_connect_and_import(args, summary))
+        saved = load_session(args)
+        asyncio.run(_connect_and_import(args, summary, saved.token))
     except KeyboardInterrupt:
         print(
             f"\njukinet import: interrupted after {summary.rows_done} acknowledged rows "
@@ -567,6 +579,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         line = explain_now(args, exc, "jukinet.v1.MunicipalService")
         print(f"jukinet import: {line}", file=sys.stderr)
+        hint = counter_trouble(args, exc, saved)
+        if hint:
+            print(f"jukinet import: {hint}", file=sys.stderr)
         if summary.batches_acknowledged:
             print(
                 f"jukinet import: {summary.imported + summary.already_present} rows were in "
@@ -580,7 +595,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``import`` to a ``jukinet`` subcommand parser."""
-    env = os.environ
     p = subparsers.add_parser(
         "import",
         help="bulk import an existing register from CSV",
@@ -588,14 +602,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", type=Path, help="CSV file (see the format above)")
-    p.add_argument("--target", default=env.get("JUKINET_TARGET"), help="host:port of the node")
-    p.add_argument("--pki", default=env.get("JUKINET_PKI", "pki"), help="PKI folder")
-    p.add_argument(
-        "--as",
-        dest="identity",
-        default=env.get("JUKINET_AS"),
-        help="operator certificate in the PKI folder, e.g. operator-312011-admin",
-    )
+    counter_options(p)
     p.add_argument(
         "--batch",
         type=_batch_size,

@@ -2,7 +2,8 @@ r"""The jukinet command: certificates, nodes, the register, agencies.
 
     jukinet pki federation --dir pki --municipality 312011 --operators --agency nenkin
     jukinet run municipal --config municipality-312011.toml
-    jukinet resident birth --target 127.0.0.1:50311 --pki pki --as operator-312011-admin \
+    jukinet login --target 127.0.0.1:50311 --pki pki --as terminal-312011-desk1
+    jukinet resident birth --target 127.0.0.1:50311 --pki pki --as terminal-312011-desk1 \
         --name "鳥取　花子" --kana "トットリ　ハナコ" --birth-date 2026-11-01 --sex female \
         --address "鳥取県鳥取市東町一丁目220番地"
     jukinet resident disclose 12345678903 --format table ...
@@ -10,9 +11,13 @@ r"""The jukinet command: certificates, nodes, the register, agencies.
         --pki pki --as operator-national-admin
     jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 12345678903 \
         --target 127.0.0.1:50400 --pki pki --as agency-nenkin
-    jukinet import register.csv --target 127.0.0.1:50311 --pki pki --as operator-312011-admin
+    jukinet import register.csv --target 127.0.0.1:50311 --pki pki --as terminal-312011-desk1
+    jukinet logout --target 127.0.0.1:50311 --pki pki --as terminal-312011-desk1
 
-Connection options may come from JUKINET_TARGET, JUKINET_PKI and JUKINET_AS.
+Connection options may come from JUKINET_TARGET, JUKINET_PKI and JUKINET_AS
+(JUKINET_TERMINAL for the counter terminal, JUKINET_SESSION for its session
+file). Counter commands (resident, import, operator, audit log) run in the
+session `jukinet login` opened at the terminal (docs/operators.md).
 
 What each command prints on stdout: resident, identity and agency commands
 print the answer as JSON (times in JST, with their offset); agency verify-batch
@@ -32,7 +37,7 @@ import sys
 from typing import NoReturn
 
 from jukinet import pki
-from jukinet.cli import agency, audit, identity, importer, node, resident
+from jukinet.cli import agency, audit, card, counter, identity, importer, node, operator, resident
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     pki.register_cli(sub)
-    for group in (node, resident, identity, agency, importer, audit):
+    for group in (node, counter, resident, operator, card, identity, agency, importer, audit):
         group.register_cli(sub)
     return parser
 

@@ -16,7 +16,7 @@ from jukinet.cli.common import (
     RELATIONSHIPS,
     SEX,
     Call,
-    connection_options,
+    counter_options,
     print_message,
     run_call,
 )
@@ -139,7 +139,7 @@ def _op(
 ) -> argparse.ArgumentParser:
     """Add the subcommand ``name`` that makes ``call`` on the municipal node."""
     p: argparse.ArgumentParser = ops.add_parser(name, help=help, description=help)
-    connection_options(p)
+    counter_options(p)
     p.set_defaults(func=lambda a: run_call(a, call, service=SERVICE, flags=flags))
     return p
 

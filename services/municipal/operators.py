@@ -75,6 +75,14 @@ async def enroll_operator(
     node's newest schema first. The enrolment is an entry of the node's
     operation log (terminal ``host``).
     """
+    await enroll_operators(config, [(operator_id, password, roles)])
+
+
+async def enroll_operators(
+    config: MunicipalConfig, operators: Sequence[tuple[str, str, Sequence[int]]]
+) -> None:
+    """:func:`enroll_operator` for each (operator id, password, roles) of ``operators``,
+    in order, over one connection to the database (a local federation's staff)."""
     db = Database(config.database_url)
     try:
         await db.migrate(MIGRATIONS)
@@ -88,13 +96,8 @@ async def enroll_operator(
             verifiers=verifiers_path(config.log_verifiers, config.tls.ca),
             interval=config.checkpoint_interval,
         )
-        await enroll(
-            operator_store(config, db),
-            granted_roles(config, db),
-            log.oplog,
-            operator_id,
-            password,
-            roles,
-        )
+        store, roles_granted = operator_store(config, db), granted_roles(config, db)
+        for operator_id, password, roles in operators:
+            await enroll(store, roles_granted, log.oplog, operator_id, password, roles)
     finally:
         await db.close()

@@ -91,6 +91,22 @@ def environment() -> dict[str, str]:
     return env
 
 
+def session_files(workdir: Path) -> dict[str, int]:
+    """The session files ``jukinet login`` left in ``workdir``'s state folder, with their modes."""
+    state = workdir / "state" / "jukinet"
+    if not state.is_dir():
+        return {}
+    return {f.name: f.stat().st_mode & 0o777 for f in state.iterdir()}
+
+
+def counter_environment(workdir: Path) -> dict[str, str]:
+    """:func:`environment`, with the session files of ``jukinet login`` in ``workdir``
+    (``$XDG_STATE_HOME``) rather than in the home folder of whoever runs the tests."""
+    env = environment()
+    env["XDG_STATE_HOME"] = str(workdir / "state")
+    return env
+
+
 class Nodes:
     """Node processes started from ``jukinet run`` lines; stopped with SIGTERM."""
 
@@ -169,10 +185,11 @@ def run_shell(script: str, workdir: Path, env: dict[str, str]) -> subprocess.Com
 @pytest.mark.timeout(600)  # four nodes started and stopped by hand, several CLI blocks
 def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
     text = with_free_ports(section((ROOT / "README.md").read_text(encoding="utf-8"), SECTION))
-    env = environment()
+    env = counter_environment(tmp_path)
     found = blocks(text)
-    assert [b.language for b in found] == ["sh", *["toml"] * 5, "sh", "sh", "sh"]
+    assert [b.language for b in found] == ["sh", *["toml"] * 5, "sh", "sh", "sh", "sh"]
     outputs: list[str] = []
+    sessions: list[dict[str, int]] = []  # the session files (and modes) after each block
     for block in found:
         if block.language == "toml":
             first, _, _ = block.text.partition("\n")
@@ -189,10 +206,21 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
         done = run_shell(block.text, tmp_path, env)
         assert done.returncode == 0, (block.text, done.stdout, done.stderr)
         outputs.append(done.stdout)
+        sessions.append(session_files(tmp_path))
 
-    pki_out, cli_out, move_out = outputs
+    pki_out, login_out, cli_out, move_out = outputs
     assert "wrote pki/agency-nenkin.pem" in pki_out
     assert "wrote pki/operator-312011-admin.pem" in pki_out
+    assert "wrote pki/terminal-312011-desk1.pem" in pki_out
+    # The administrator enrolled on the host, the cards issued, the clerk added
+    # and logged in; the session file kept out of others' reach.
+    assert "issued the card of jukinet://operator/312011/t.tanaka" in login_out
+    assert "logged in: jukinet://operator/312011/t.tanaka" in login_out
+    assert '"operator": "jukinet://operator/312011/t.tanaka"' in login_out  # whoami
+    state = tmp_path / "state" / "jukinet"
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert list(sessions[1].values()) == [0o600], sessions
+    assert sessions[-1] == {}, sessions  # every login was followed by its logout
     # The birth, the relocation seen by the national node, the pension
     # service's verification, and the disclosure that lists it.
     assert '"name": "鳥取\u3000花子"' in cli_out
@@ -223,8 +251,8 @@ def test_four_nodes_by_hand(tmp_path: Path, nodes: Nodes) -> None:
         and "is already in use" in second.stderr
     ), second.stderr
     again = run_shell(
-        "jukinet resident status --pki pki --as operator-312011-admin --target "
-        + re.findall(r'listen = "([^"]+)"', text)[2],
+        "jukinet identity status --tier national --pki pki --as operator-national-admin "
+        "--target " + re.findall(r'listen = "([^"]+)"', text)[0],
         tmp_path,
         env,
     )

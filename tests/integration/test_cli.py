@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
 import uuid
 from collections.abc import Sequence
@@ -27,26 +28,37 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from jukinet import movecert
+from jukinet import card, movecert
 from jukinet.cli import csvfile
+from jukinet.cli import session as sessions
 from jukinet.cli.agency import verify_batch
 from jukinet.cli.common import in_jst
 from jukinet.cli.csvfile import NoBar, progress_bar
 from jukinet.cli.main import build_parser, main
 from jukinet.client import connect, tls_files
 from jukinet.client import one_line as one_line_details
+from jukinet.clock import Clock as NodeClock
 from jukinet.codes import new_resident_code
 from jukinet.config import NationalConfig
 from jukinet.db import Database
 from jukinet.errors import ConfigError
+from jukinet.identity import Identity
 from jukinet.metrics import NationalMetrics
 from jukinet.purposes import PurposeRegistry, load_registry
 from jukinet.server import start_server
 from jukinet.textwidth import display_width, table
-from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, provision_pb2
+from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, operator_pb2, provision_pb2
 from jukinet.vocabulary import operation_label, operation_of, result_label, result_of
 from services.national.app import MIGRATIONS as NATIONAL_MIGRATIONS
-from tests.federation import PG_ADMIN_DSN, Federation
+from tests.cards import Cards
+from tests.federation import (
+    CARD_PIN,
+    COUNTER_OPERATOR,
+    INITIAL_PASSWORD,
+    PASSWORD,
+    PG_ADMIN_DSN,
+    Federation,
+)
 
 TIMEOUT = 15
 TOTTORI = "312011"
@@ -83,6 +95,15 @@ async def gw(fed: Federation) -> Federation:
     return fed
 
 
+@pytest.fixture(autouse=True)
+def session_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own session folder ($XDG_STATE_HOME), and no JUKINET_SESSION."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv(sessions.SESSION_ENV, raising=False)
+    return state / "jukinet"
+
+
 @pytest.fixture
 def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No JUKINET_* variable of the caller's shell reaches the CLI."""
@@ -117,16 +138,35 @@ def as_agency(fed: Federation, agency: str) -> list[str]:
     ]
 
 
-def at_counter(fed: Federation) -> list[str]:
-    """CLI options to call Tottori's municipal node as its administrator."""
-    return [
-        "--target",
-        f"127.0.0.1:{fed.municipal_ports[TOTTORI]}",
-        "--pki",
-        str(fed.pki_dir),
-        "--as",
-        f"operator-{TOTTORI}-admin",
-    ]
+def at_counter(fed: Federation, code: str = TOTTORI) -> list[str]:
+    """CLI options to call municipality ``code``'s node from its counter terminal desk1,
+    in the session of its counter operator (a clerk and supervisor logged in with a
+    card; the session file the CLI reads is written here as ``jukinet login`` would)."""
+    target = f"127.0.0.1:{fed.municipal_ports[code]}"
+    return in_session(target, fed.pki_dir, code, fed.sessions[code])
+
+
+def in_session(
+    target: str, pki_dir: Path, code: str, token: str, terminal: str | None = None
+) -> list[str]:
+    """CLI options to call ``target`` from ``code``'s terminal desk1 (or the certificate
+    ``terminal``) with session ``token`` (its session file written as ``jukinet login``
+    would)."""
+    terminal = terminal or f"terminal-{code}-desk1"
+    sessions.save(
+        sessions.session_path(target, terminal),
+        sessions.SavedSession(
+            target=target,
+            terminal=terminal,
+            token=token,
+            operator=Identity.operator(code, COUNTER_OPERATOR).uri,
+            terminal_uri=Identity.terminal(code, "desk1").uri,
+            roles=("clerk", "supervisor"),
+            expires_at="",
+            idle_expires_at="",
+        ),
+    )
+    return ["--target", target, "--pki", str(pki_dir), "--as", terminal]
 
 
 async def register(
@@ -669,13 +709,11 @@ async def test_disclose_lists_exactly_the_provisions_made(
     assert run.code == 0, run.err
     assert "No provision of this record to any agency." in run.out
 
-    # Only the municipality's operators may ask; an agency may not.
-    run = await jukinet(
-        capsys,
-        "resident", "disclose", code,
-        "--target", f"127.0.0.1:{gw.municipal_ports[TOTTORI]}", "--pki", str(gw.pki_dir),
-        "--as", "agency-nenkin",
-    )  # fmt: skip
+    # Only the municipality's operators may ask; an agency may not, even holding
+    # an operator's session token.
+    target = f"127.0.0.1:{gw.municipal_ports[TOTTORI]}"
+    as_nenkin = in_session(target, gw.pki_dir, TOTTORI, gw.sessions[TOTTORI], "agency-nenkin")
+    run = await jukinet(capsys, "resident", "disclose", code, *as_nenkin)
     assert run.code == 1
     assert run.err.startswith("jukinet: PERMISSION_DENIED")
 
@@ -705,8 +743,9 @@ async def test_the_wrong_tier_says_who_answers_there(
     pki = ["--pki", str(fed.pki_dir)]
     national = f"127.0.0.1:{fed.national_port}"
     municipal = f"127.0.0.1:{fed.municipal_ports[TOTTORI]}"
+    # A counter terminal's session sent to the national node by mistake.
     run = await jukinet(
-        capsys, "resident", "status", "--target", national, *pki, "--as", "operator-national-admin"
+        capsys, "resident", "status", *in_session(national, fed.pki_dir, TOTTORI, "token")
     )
     assert run.code == 1
     line = one_line(run)
@@ -767,10 +806,10 @@ async def test_an_unreachable_node_is_one_line(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # free once closed: nothing listens there
+    target = f"127.0.0.1:{port}"
     run = await jukinet(
-        capsys, "resident", "status", "--target", f"127.0.0.1:{port}", "--pki", str(pki_dir),
-        "--as", f"operator-{TOTTORI}-admin",
-    )  # fmt: skip
+        capsys, "resident", "status", *in_session(target, pki_dir, TOTTORI, "token")
+    )
     assert run.code == 1
     assert one_line(run).startswith("jukinet: UNAVAILABLE: ")
 
@@ -781,7 +820,7 @@ async def test_a_nested_rpc_error_is_reduced_to_its_details(pki_dir: Path) -> No
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    channel = connect(f"127.0.0.1:{port}", pki_dir, f"operator-{TOTTORI}-admin")
+    channel = connect(f"127.0.0.1:{port}", pki_dir, f"terminal-{TOTTORI}-desk1")
     try:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await municipal_pb2_grpc.MunicipalServiceStub(channel).GetStatus(
@@ -1009,15 +1048,8 @@ async def test_nodes_refuse_to_share_a_port(pki_dir: Path) -> None:
 
 
 def at(fed: Federation, municipality: str) -> list[str]:
-    """CLI options to call a municipal node as its administrator."""
-    return [
-        "--target",
-        f"127.0.0.1:{fed.municipal_ports[municipality]}",
-        "--pki",
-        str(fed.pki_dir),
-        "--as",
-        f"operator-{municipality}-admin",
-    ]
+    """CLI options to call a municipal node from its counter terminal, in session."""
+    return at_counter(fed, municipality)
 
 
 async def test_a_move_through_the_certificate_file(
@@ -1210,3 +1242,399 @@ async def test_households_at_the_counter(
         capsys, "resident", "household", "show", household, "--id", *at_counter(fed)
     )
     assert [m["resident_code"] for m in by_id.json()["household"]["members"]] == [head_code]
+
+
+# --- operator cards: issued on the card, revoked in the operator CA's CRL --------------
+
+
+def test_card_issue_show_and_revoke(
+    cards: Cards, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jukinet import card as card_module
+    from jukinet import pki as pki_module
+    from tests.cards import PIN
+
+    monkeypatch.setenv("JUKINET_CARD_PIN", PIN)
+    cards.blank("t.tanaka")
+    code = _main(
+        [
+            "card",
+            "issue",
+            "--pki",
+            str(cards.pki),
+            "--operator",
+            "312011/t.tanaka",
+            "--card",
+            "t.tanaka",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "issued the card of jukinet://operator/312011/t.tanaka" in out
+    with card_module.open_card(card_module.load_module(), PIN, label="t.tanaka") as c:
+        assert c.identity.uri == "jukinet://operator/312011/t.tanaka"
+        serial = c.certificate.serial_number
+    assert _main(["card", "show", "--card", "t.tanaka"]) == 0
+    assert "jukinet://operator/312011/t.tanaka" in capsys.readouterr().out
+
+    # A card that holds a key already is refused, and nothing changes on it.
+    assert (
+        _main(
+            [
+                "card",
+                "issue",
+                "--pki",
+                str(cards.pki),
+                "--operator",
+                "312011/t.tanaka",
+                "--card",
+                "t.tanaka",
+            ]
+        )
+        == 1
+    )
+    assert "holds a key already" in capsys.readouterr().err
+
+    assert _main(["card", "revoke", "--pki", str(cards.pki), "--operator", "312011/t.tanaka"]) == 0
+    assert f"serial {serial:x}" in capsys.readouterr().out
+    crl = pki_module.operator_ca_dir(cards.pki, "312011") / pki_module.CRL_FILE
+    assert serial in pki_module.load_revoked_serials(crl)
+
+
+def test_card_commands_refuse_bad_input(
+    cards: Cards, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.cards import PIN
+
+    monkeypatch.setenv("JUKINET_CARD_PIN", PIN)
+    # Not an operator.
+    assert (
+        _main(["card", "revoke", "--pki", str(cards.pki), "--operator", "municipality/312011"]) == 2
+    )
+    capsys.readouterr()
+    # No card in the reader with that label.
+    cards.blank("other")
+    assert (
+        _main(
+            ["card", "issue", "--pki", str(cards.pki), "--operator", "312011/x.y", "--card", "none"]
+        )
+        == 1
+    )
+    assert "no card labelled 'none'" in capsys.readouterr().err
+    # A wrong PIN.
+    monkeypatch.setenv("JUKINET_CARD_PIN", "000000")
+    assert (
+        _main(
+            [
+                "card",
+                "issue",
+                "--pki",
+                str(cards.pki),
+                "--operator",
+                "312011/x.y",
+                "--card",
+                "other",
+            ]
+        )
+        == 1
+    )
+    assert "wrong PIN" in capsys.readouterr().err
+
+
+def test_no_session_says_to_log_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    code = _main(
+        [
+            "resident",
+            "status",
+            "--target",
+            "127.0.0.1:1",
+            "--pki",
+            str(tmp_path),
+            "--as",
+            "terminal-312011-desk1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        "log in first: jukinet login --target 127.0.0.1:1 --pki "
+        f"{tmp_path} --as terminal-312011-desk1" in err
+    )
+
+
+# --- the counter's session: jukinet login, whoami, passwd, logout ----------------------
+
+CLERK = operator_pb2.ROLE_CLERK
+AUDITOR = operator_pb2.ROLE_AUDITOR
+ADMINISTRATOR = operator_pb2.ROLE_ADMINISTRATOR
+
+
+@pytest.fixture
+def reader(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> Federation:
+    """The CLI reads the federation's SoftHSM2 cards, PIN from the environment."""
+    assert fed.cards is not None
+    monkeypatch.setenv("SOFTHSM2_CONF", str(fed.cards.hsm.config))
+    monkeypatch.setenv("JUKINET_CARD_PIN", CARD_PIN)
+    for name in ("JUKINET_PASSWORD", "JUKINET_NEW_PASSWORD", "JUKINET_INITIAL_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    return fed
+
+
+def desk(fed: Federation, terminal: str = "desk2", code: str = TOTTORI) -> list[str]:
+    """CLI options of ``code``'s counter terminal ``terminal`` (its session file: the default)."""
+    return [
+        "--target",
+        f"127.0.0.1:{fed.municipal_ports[code]}",
+        "--pki",
+        str(fed.pki_dir),
+        "--as",
+        f"terminal-{code}-{terminal}",
+    ]
+
+
+async def issue_card(fed: Federation, operator_id: str, roles: Sequence[int]) -> str:
+    """Enroll ``operator_id`` at Tottori (initial password) and put their card in the
+    reader; the card's label."""
+    assert fed.cards is not None
+    await fed.enroll(TOTTORI, operator_id, roles)
+    label = fed.cards.card(Identity.operator(TOTTORI, operator_id)).label
+    card.rescan()  # the CLI sees the new card
+    return label
+
+
+async def first_login(
+    fed: Federation,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    operator_id: str,
+    roles: Sequence[int],
+    terminal: str = "desk2",
+) -> Run:
+    """``operator_id``'s first ``jukinet login`` (changing the initial password) at
+    ``terminal``."""
+    label = await issue_card(fed, operator_id, roles)
+    monkeypatch.setenv("JUKINET_PASSWORD", INITIAL_PASSWORD)
+    monkeypatch.setenv("JUKINET_NEW_PASSWORD", PASSWORD)
+    run = await jukinet(capsys, "login", "--card", label, *desk(fed, terminal))
+    monkeypatch.delenv("JUKINET_NEW_PASSWORD")
+    monkeypatch.setenv("JUKINET_PASSWORD", PASSWORD)
+    assert run.code == 0, run.err
+    return run
+
+
+def listing(folder: Path) -> list[Path]:
+    """The files in ``folder`` (hidden ones too)."""
+    return sorted(folder.iterdir())
+
+
+def mode(path: Path) -> int:
+    """The permission bits of ``path``."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_login_whoami_passwd_and_logout(
+    reader: Federation,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    session_folder: Path,
+) -> None:
+    fed = reader
+    # The first login: the enrolled password has to be changed, and is.
+    run = await first_login(fed, capsys, monkeypatch, "t.tanaka", [CLERK])
+    assert "the password has expired" in run.err
+    assert "logged in: jukinet://operator/312011/t.tanaka at jukinet://terminal/312011/desk2" in (
+        run.out
+    )
+    assert "(roles: clerk)" in run.out
+    [saved] = listing(session_folder)  # and no temporary file left beside it
+    assert f"session kept in {saved}" in run.out
+    assert mode(session_folder) == 0o700
+    assert mode(saved) == 0o600
+
+    who = await jukinet(capsys, "whoami", *desk(fed))
+    assert who.code == 0, who.err
+    assert who.json()["operator"] == "jukinet://operator/312011/t.tanaka"
+    assert who.json()["terminal"] == "jukinet://terminal/312011/desk2"
+    assert who.json()["roles"] == ["ROLE_CLERK"]
+    local = await jukinet(capsys, "whoami", "--local", *desk(fed))
+    assert local.out.startswith("jukinet://operator/312011/t.tanaka at "), local
+    # Every counter command uses the session.
+    status = await jukinet(capsys, "resident", "status", *desk(fed))
+    assert status.code == 0, status.err
+
+    # A session file others may read is refused, and not sent.
+    saved.chmod(0o640)
+    unsafe = await jukinet(capsys, "resident", "status", *desk(fed))
+    assert unsafe.code == 2
+    assert f"session file {saved} may be read by others (mode 0640): refused" in unsafe.err
+    saved.chmod(0o600)
+
+    # passwd: the current password, then the new one.
+    monkeypatch.setenv("JUKINET_NEW_PASSWORD", "Karo-Port-2027!")
+    changed = await jukinet(capsys, "passwd", *desk(fed))
+    assert changed.code == 0, changed.err
+    assert "password changed for jukinet://operator/312011/t.tanaka" in changed.out
+    weak = await jukinet(capsys, "passwd", *desk(fed))  # the old one is no longer it
+    assert weak.code == 1 and "wrong-password" in weak.err, weak
+
+    out = await jukinet(capsys, "logout", *desk(fed))
+    assert out.code == 0, out.err
+    assert f"logged out: jukinet://operator/312011/t.tanaka; removed {saved}" in out.out
+    assert not saved.exists()
+    gone = await jukinet(capsys, "whoami", *desk(fed))
+    assert gone.code == 2
+    assert gone.err.strip() == (
+        "jukinet whoami: no session at this terminal: log in first: jukinet login "
+        f"--target 127.0.0.1:{fed.municipal_ports[TOTTORI]} --pki {fed.pki_dir} "
+        "--as terminal-312011-desk2"
+    )
+
+    # A later login: the changed password, no new one asked.
+    monkeypatch.setenv("JUKINET_PASSWORD", "Karo-Port-2027!")
+    monkeypatch.delenv("JUKINET_NEW_PASSWORD")
+    again = await jukinet(capsys, "login", "--card", "312011-t.tanaka", *desk(fed))
+    assert again.code == 0, again.err
+    assert "expired" not in again.err
+    # A wrong password: refused with its reason, the session file untouched.
+    before = saved.read_bytes()
+    monkeypatch.setenv("JUKINET_PASSWORD", "Not-the-password-1")
+    wrong = await jukinet(capsys, "login", "--card", "312011-t.tanaka", *desk(fed))
+    assert wrong.code == 1
+    assert "UNAUTHENTICATED" in wrong.err and "wrong-password" in wrong.err, wrong.err
+    assert saved.read_bytes() == before
+    assert (await jukinet(capsys, "logout", *desk(fed))).code == 0
+
+
+async def test_an_expired_session_says_to_log_in_again(
+    reader: Federation,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    session_folder: Path,
+) -> None:
+    fed = reader
+    clock = NodeClock()
+    await fed.municipalities[TOTTORI].stop()
+    await fed.start_municipality(TOTTORI, clock=clock, session_idle=60, session_max=600)
+    await first_login(fed, capsys, monkeypatch, "k.sato", [CLERK])
+    assert (await jukinet(capsys, "resident", "status", *desk(fed))).code == 0
+    clock.offset += dt.timedelta(seconds=61)
+    run = await jukinet(capsys, "resident", "status", *desk(fed))
+    assert run.code == 1
+    first, hint = run.err.strip().splitlines()
+    assert first.startswith("jukinet: UNAUTHENTICATED: ") and "session-expired" in first
+    assert hint == (
+        "jukinet: the session has expired: log in again: jukinet login "
+        f"--target 127.0.0.1:{fed.municipal_ports[TOTTORI]} --pki {fed.pki_dir} "
+        "--as terminal-312011-desk2"
+    )
+    assert listing(session_folder) == []  # the ended session's file is removed
+
+
+async def test_a_role_missing_names_the_roles_held(
+    reader: Federation, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = reader
+    await first_login(fed, capsys, monkeypatch, "y.kato", [CLERK])
+    for argv in (["operator", "list"], ["audit", "log"]):
+        run = await jukinet(capsys, *argv, *desk(fed))
+        assert run.code == 1, (argv, run)
+        first, hint = run.err.strip().splitlines()
+        assert first.startswith("jukinet: PERMISSION_DENIED: ") and "role-missing" in first
+        assert hint == (
+            "jukinet: jukinet://operator/312011/y.kato holds: clerk; an administrator "
+            "grants roles (jukinet operator grant ID ROLE)"
+        )
+
+
+async def test_operator_administration_and_its_refusals(
+    reader: Federation, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = reader
+    await first_login(fed, capsys, monkeypatch, "k.suzuki", [ADMINISTRATOR], "desk1")
+    at = desk(fed, "desk1")
+    monkeypatch.setenv("JUKINET_INITIAL_PASSWORD", "Initial-clerk-2026")
+    added = await jukinet(capsys, "operator", "add", "h.sato", "--role", "clerk", *at)
+    assert added.code == 0, added.err
+    assert added.out.strip() == "h.sato: clerk (must change the password at the next login)"
+    granted = await jukinet(capsys, "operator", "grant", "h.sato", "supervisor", *at)
+    assert granted.code == 0, granted.err
+    listed = await jukinet(capsys, "operator", "list", *at)
+    assert listed.code == 0, listed.err
+    header, _rule, *rows = listed.out.splitlines()
+    assert header.split("  ")[0] == "operator" and "must change" in header
+    row = next(r for r in rows if r.startswith("h.sato "))
+    assert "clerk, supervisor" in row and " yes " in row, row
+    assert any(r.startswith("k.suzuki ") and "administrator" in r for r in rows), rows
+    withdrawn = await jukinet(capsys, "operator", "withdraw", "h.sato", "supervisor", *at)
+    assert withdrawn.code == 0, withdrawn.err
+    reset = await jukinet(capsys, "operator", "reset-password", "h.sato", *at)
+    assert reset.code == 0, reset.err
+
+    # The refusals: one line with the status and the reason, nothing changed.
+    cases = [
+        (["grant", "k.suzuki", "clerk"], "PERMISSION_DENIED", "self-grant"),
+        (["withdraw", "k.suzuki", "administrator"], "PERMISSION_DENIED", "self-grant"),
+        (["reset-password", "k.suzuki"], "PERMISSION_DENIED", "self-grant"),
+        (["grant", "nobody", "clerk"], "NOT_FOUND", ""),
+        (["add", "h.sato", "--role", "clerk"], "ALREADY_EXISTS", ""),
+    ]
+    for argv, status, reason in cases:
+        run = await jukinet(capsys, "operator", *argv, *at)
+        assert run.code == 1, (argv, run)
+        assert run.err.startswith(f"jukinet: {status}: "), (argv, run.err)
+        assert reason in run.err, (argv, run.err)
+    monkeypatch.setenv("JUKINET_INITIAL_PASSWORD", "short")
+    weak = await jukinet(capsys, "operator", "add", "m.ito", "--role", "clerk", *at)
+    assert weak.code == 1 and "weak-password" in weak.err, weak
+    unknown = await jukinet(capsys, "operator", "grant", "h.sato", "janitor", *at)
+    assert unknown.code == 2 and "one of clerk, supervisor, auditor, administrator" in unknown.err
+    after = await jukinet(capsys, "operator", "list", *at)
+    assert not any(line.startswith("m.ito ") for line in after.out.splitlines())
+    sato = next(r for r in after.out.splitlines() if r.startswith("h.sato "))
+    assert re.split(r"\s{2,}", sato)[1] == "clerk", sato  # the withdrawal held
+
+    # An administrator never reads a resident.
+    code = await register(fed, "境港　一郎", "サカイミナト　イチロウ", "1960-04-01")
+    shown = await jukinet(capsys, "resident", "show", code, *at)
+    assert shown.code == 1 and "role-missing" in shown.err, shown
+    assert "holds: administrator" in shown.err
+
+
+async def test_the_audit_log_as_the_auditor_reads_it(
+    reader: Federation, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = reader
+    code = await register(fed, "倉吉　次郎", "クラヨシ　ジロウ", "1970-08-08")
+    await first_login(fed, capsys, monkeypatch, "a.mori", [CLERK], "desk1")
+    refused = await jukinet(capsys, "operator", "list", *desk(fed, "desk1"))
+    assert refused.code == 1
+    assert (await jukinet(capsys, "logout", *desk(fed, "desk1"))).code == 0
+    await first_login(fed, capsys, monkeypatch, "s.auditor", [AUDITOR])
+
+    run = await jukinet(capsys, "audit", "log", "--operator", COUNTER_OPERATOR, *desk(fed))
+    assert run.code == 0, run.err
+    header, rule, *rows = run.out.splitlines()
+    assert header.split() == [
+        "#", "time", "(JST)", "operator", "terminal", "operation", "residents", "outcome", "reason"
+    ]  # fmt: skip
+    assert set(rule.replace(" ", "")) == {"-"}
+    born = next(r for r in rows if " RegisterBirth " in r)
+    assert "operator/312011/counter" in born and "terminal/312011/desk1" in born
+    assert code in born and " ok " in born
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", born), born
+    assert all("operator/312011/counter" in r for r in rows)
+
+    # Of one resident: the birth and nothing else.
+    one = await jukinet(capsys, "audit", "log", "--resident", code, *desk(fed))
+    assert one.code == 0, one.err
+    assert [r.split()[5] for r in one.out.splitlines()[2:]] == ["RegisterBirth"]
+    # A refused call is on record with its reason.
+    clerk = await jukinet(capsys, "audit", "log", "--operator", "a.mori", *desk(fed))
+    listing = next(r for r in clerk.out.splitlines() if " ListOperators " in r)
+    assert " refused " in listing and "role-missing" in listing, listing
+    assert "terminal/312011/desk1" in listing
+    none = await jukinet(capsys, "audit", "log", "--operator", "nobody", *desk(fed))
+    assert (none.code, none.out.strip()) == (0, "no entries")

@@ -26,7 +26,6 @@ from tests.federation import Federation
 from tools.sample import sample_rows, write_sample
 
 CODE = "312011"
-OPERATOR = f"operator-{CODE}-admin"
 
 
 def _write(path: Path, lines: Sequence[Sequence[str]], *, bom: bool = False) -> None:
@@ -68,6 +67,11 @@ def _file_with_bad_rows(path: Path, good: int) -> tuple[list[dict[str, str]], di
     return kept, expected
 
 
+def _counter(fed: Federation, code: str) -> grpc.aio.Channel:
+    """A channel from ``code``'s counter terminal, in its supervisor's session."""
+    return fed.terminal_channel(code, session=fed.sessions[code])
+
+
 async def _register(fed: Federation) -> list[municipal_pb2.Resident]:
     out: list[municipal_pb2.Resident] = []
     pages = fed.operator(CODE).ExportResidents(municipal_pb2.ExportResidentsRequest())
@@ -87,7 +91,7 @@ def _residents(residents: Sequence[municipal_pb2.Resident]) -> Counter[tuple[str
 async def test_bad_rows_are_reported_and_good_rows_load(fed: Federation, tmp_path: Path) -> None:
     path = tmp_path / "register.csv"
     kept, expected = _file_with_bad_rows(path, 40)
-    channel = fed.channel(fed.municipal_ports[CODE], OPERATOR)
+    channel = _counter(fed, CODE)
 
     summary = await import_csv(channel, path, batch=7, window=2, progress=False)
 
@@ -114,9 +118,7 @@ async def test_bad_rows_are_reported_and_good_rows_load(fed: Federation, tmp_pat
 async def test_households_share_their_id_and_address(fed: Federation, tmp_path: Path) -> None:
     path = tmp_path / "sample.csv"
     assert write_sample(path, CODE, 120, seed=3) == 120
-    summary = await import_csv(
-        fed.channel(fed.municipal_ports[CODE], OPERATOR), path, batch=50, progress=False
-    )
+    summary = await import_csv(_counter(fed, CODE), path, batch=50, progress=False)
     assert (summary.imported, summary.rejected) == (120, [])
     residents = await _register(fed)
     households: dict[str, set[str]] = {}
@@ -152,9 +154,7 @@ async def test_relationships_and_domicile_are_imported_and_checked(
     path = tmp_path / "register.csv"
     lines = [list(COLUMNS), _row(head), _row(spouse), _row(second_head), _row(lonely_child)]
     _write(path, [*lines, _row(unknown)])
-    summary = await import_csv(
-        fed.channel(fed.municipal_ports[CODE], OPERATOR), path, batch=10, progress=False
-    )
+    summary = await import_csv(_counter(fed, CODE), path, batch=10, progress=False)
     assert summary.imported == 2
     by_line = {r.line: r for r in summary.rejected}
     assert (by_line[4].field, by_line[5].field, by_line[6].field) == (
@@ -181,7 +181,7 @@ async def test_interrupted_import_resumes_with_every_row_once(
     path = tmp_path / "big.csv"
     rows = list(sample_rows(CODE, 2000, seed=11))
     _write(path, [list(COLUMNS), *(_row(r) for r in rows)])
-    channel = fed.channel(fed.municipal_ports[CODE], OPERATOR)
+    channel = _counter(fed, CODE)
 
     first = ImportSummary()
     task = asyncio.create_task(
@@ -207,9 +207,7 @@ async def test_interrupted_import_resumes_with_every_row_once(
 async def test_imported_residents_reach_the_national_node(fed: Federation, tmp_path: Path) -> None:
     path = tmp_path / "register.csv"
     kept, _ = _file_with_bad_rows(path, 40)
-    await import_csv(
-        fed.channel(fed.municipal_ports[CODE], OPERATOR), path, batch=10, progress=False
-    )
+    await import_csv(_counter(fed, CODE), path, batch=10, progress=False)
     await fed.wait_delivered()
 
     held: list[delivery_pb2.IdentityState] = []
@@ -269,7 +267,7 @@ async def test_rows_of_another_municipality_are_refused_and_the_rest_loads(
     tottori_rows = list(sample_rows(CODE, 3, seed=11))
     tokyo = dict(tottori_rows[0], source_id="tokyo-1", address="東京都千代田区永田町1丁目7番1号")
     _write(path, [list(COLUMNS), *(_row(r) for r in tottori_rows), _row(tokyo)])
-    channel = fed.channel(fed.municipal_ports[chiyoda], f"operator-{chiyoda}-admin")
+    channel = _counter(fed, chiyoda)
     summary = await import_csv(channel, path, batch=2, progress=False)
     assert summary.imported == 1
     assert sorted((r.line, r.field) for r in summary.rejected) == [
@@ -291,14 +289,17 @@ async def test_rows_of_another_municipality_are_refused_and_the_rest_loads(
 async def test_an_import_by_a_foreign_operator_is_refused_whole_with_its_status(
     fed: Federation, tmp_path: Path
 ) -> None:
-    # An operator of another municipality: the node refuses the stream before
-    # reading a row. The client writes one batch and waits for its answer before
-    # opening the window, so the refusal arrives as PERMISSION_DENIED every time,
+    # An operator of another municipality, at a terminal of theirs: the node
+    # refuses the stream before reading a row. The client writes one batch and
+    # waits for its answer before opening the window, so the refusal arrives as
+    # PERMISSION_DENIED every time,
     # not as the transport's INTERNAL of a client still writing (grpc/grpc#36066).
     path = tmp_path / "tottori.csv"
     write_sample(path, CODE, 400)
     before = len(await _register(fed))
-    channel = fed.channel(fed.municipal_ports[CODE], "operator-131016-admin")
+    channel = fed.channel(
+        fed.municipal_ports[CODE], "terminal-131016-desk1", session=fed.sessions["131016"]
+    )
     for _ in range(10):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await import_csv(channel, path, batch=10, window=8, progress=False)
