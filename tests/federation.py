@@ -20,6 +20,7 @@ from cryptography import x509
 from gateway.app import GatewayApp
 from gateway.quotas import Clock
 from jukinet import card, pki
+from jukinet.cli import session as sessions
 from jukinet.client import log_in, tls_files
 from jukinet.clock import SYSTEM_CLOCK
 from jukinet.clock import Clock as WallClock
@@ -559,3 +560,31 @@ def trailers(err: grpc.RpcError) -> dict[str, str]:
     # grpc-stubs types RpcError.trailing_metadata() as a tuple of objects with
     # .key/.value; grpc.aio really returns a Metadata of (key, value) pairs, or None.
     return text_metadata(cast(grpc.aio.Metadata | None, err.trailing_metadata()))
+
+
+def session_options(
+    target: str,
+    pki_dir: Path,
+    code: str,
+    token: str,
+    terminal: str | None = None,
+    path: Path | None = None,
+) -> list[str]:
+    """Counter CLI options to call ``target`` from ``code``'s terminal desk1 (or the
+    certificate ``terminal``) in the counter operator's session ``token``: its
+    session file is written as ``jukinet login`` would, at its default place (under
+    ``$XDG_STATE_HOME``) or at ``path`` (then passed as ``--session``)."""
+    terminal = terminal or f"terminal-{code}-desk1"
+    saved = sessions.SavedSession(
+        target=target,
+        terminal=terminal,
+        token=token,
+        operator=Identity.operator(code, COUNTER_OPERATOR).uri,
+        terminal_uri=Identity.terminal(code, "desk1").uri,
+        roles=("clerk", "supervisor"),
+        expires_at="",
+        idle_expires_at="",
+    )
+    sessions.save(path or sessions.session_path(target, terminal), saved)
+    options = ["--target", target, "--pki", str(pki_dir), "--as", terminal]
+    return [*options, "--session", str(path)] if path is not None else options

@@ -58,6 +58,7 @@ from tests.federation import (
     PASSWORD,
     PG_ADMIN_DSN,
     Federation,
+    session_options,
 )
 
 TIMEOUT = 15
@@ -143,30 +144,7 @@ def at_counter(fed: Federation, code: str = TOTTORI) -> list[str]:
     in the session of its counter operator (a clerk and supervisor logged in with a
     card; the session file the CLI reads is written here as ``jukinet login`` would)."""
     target = f"127.0.0.1:{fed.municipal_ports[code]}"
-    return in_session(target, fed.pki_dir, code, fed.sessions[code])
-
-
-def in_session(
-    target: str, pki_dir: Path, code: str, token: str, terminal: str | None = None
-) -> list[str]:
-    """CLI options to call ``target`` from ``code``'s terminal desk1 (or the certificate
-    ``terminal``) with session ``token`` (its session file written as ``jukinet login``
-    would)."""
-    terminal = terminal or f"terminal-{code}-desk1"
-    sessions.save(
-        sessions.session_path(target, terminal),
-        sessions.SavedSession(
-            target=target,
-            terminal=terminal,
-            token=token,
-            operator=Identity.operator(code, COUNTER_OPERATOR).uri,
-            terminal_uri=Identity.terminal(code, "desk1").uri,
-            roles=("clerk", "supervisor"),
-            expires_at="",
-            idle_expires_at="",
-        ),
-    )
-    return ["--target", target, "--pki", str(pki_dir), "--as", terminal]
+    return session_options(target, fed.pki_dir, code, fed.sessions[code])
 
 
 async def register(
@@ -712,7 +690,7 @@ async def test_disclose_lists_exactly_the_provisions_made(
     # Only the municipality's operators may ask; an agency may not, even holding
     # an operator's session token.
     target = f"127.0.0.1:{gw.municipal_ports[TOTTORI]}"
-    as_nenkin = in_session(target, gw.pki_dir, TOTTORI, gw.sessions[TOTTORI], "agency-nenkin")
+    as_nenkin = session_options(target, gw.pki_dir, TOTTORI, gw.sessions[TOTTORI], "agency-nenkin")
     run = await jukinet(capsys, "resident", "disclose", code, *as_nenkin)
     assert run.code == 1
     assert run.err.startswith("jukinet: PERMISSION_DENIED")
@@ -745,7 +723,7 @@ async def test_the_wrong_tier_says_who_answers_there(
     municipal = f"127.0.0.1:{fed.municipal_ports[TOTTORI]}"
     # A counter terminal's session sent to the national node by mistake.
     run = await jukinet(
-        capsys, "resident", "status", *in_session(national, fed.pki_dir, TOTTORI, "token")
+        capsys, "resident", "status", *session_options(national, fed.pki_dir, TOTTORI, "token")
     )
     assert run.code == 1
     line = one_line(run)
@@ -808,7 +786,7 @@ async def test_an_unreachable_node_is_one_line(
         port = s.getsockname()[1]  # free once closed: nothing listens there
     target = f"127.0.0.1:{port}"
     run = await jukinet(
-        capsys, "resident", "status", *in_session(target, pki_dir, TOTTORI, "token")
+        capsys, "resident", "status", *session_options(target, pki_dir, TOTTORI, "token")
     )
     assert run.code == 1
     assert one_line(run).startswith("jukinet: UNAVAILABLE: ")

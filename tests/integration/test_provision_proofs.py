@@ -32,7 +32,7 @@ from jukinet.v1 import gateway_pb2 as G
 from jukinet.v1 import national_pb2_grpc, oplog_pb2
 from jukinet.v1 import provision_pb2 as P
 from services.national.app import NationalApp
-from tests.federation import Federation, trailers
+from tests.federation import Federation, session_options, trailers
 from tests.integration.test_gateway import (
     EXISTENCE,
     NENKIN,
@@ -154,6 +154,10 @@ async def test_provisions_are_logged_witnessed_and_proven_to_the_resident(
 
     # From the command line: the counter writes the file, the resident checks it offline.
     out = tmp_path / "disclosure.json"
+    target = f"127.0.0.1:{gw.municipal_ports[TOTTORI]}"
+    counter = session_options(
+        target, gw.pki_dir, TOTTORI, gw.sessions[TOTTORI], path=tmp_path / "s" / "session.json"
+    )
     status, stdout, _ = await cli(
         gw,
         "resident",
@@ -162,10 +166,7 @@ async def test_provisions_are_logged_witnessed_and_proven_to_the_resident(
         "--proofs",
         "--out",
         str(out),
-        "--as",
-        "operator-312011-admin",
-        "--target",
-        f"127.0.0.1:{gw.municipal_ports[TOTTORI]}",
+        *counter,
     )
     assert status == 0, stdout
     assert "4 provisions, 2 with proofs" in stdout
@@ -179,10 +180,7 @@ async def test_provisions_are_logged_witnessed_and_proven_to_the_resident(
         "--proofs",
         "--out",
         str(out),
-        "--as",
-        "operator-312011-admin",
-        "--target",
-        f"127.0.0.1:{gw.municipal_ports[TOTTORI]}",
+        *counter,
     )
     assert status == 0
     status, stdout, stderr = await cli(
@@ -289,8 +287,6 @@ def tampering(other: P.DiscloseResponse) -> list[tuple[str, Any, str]]:
 async def cli(fed: Federation, *args: str) -> tuple[int, str, str]:
     """Run ``jukinet ARGS`` in a subprocess (the nodes it calls run in this event loop)."""
     command = [sys.executable, "-m", "jukinet.cli.main", *args]
-    if args[0] == "resident":
-        command += ["--pki", str(fed.pki_dir)]
     run = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
