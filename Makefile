@@ -101,10 +101,10 @@ system-deps:
 test-sqlite: $(STAMP) system-deps
 	JUKINET_TEST_PG=skip $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(BIN)/python -m tools.demo $(DEMO_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
