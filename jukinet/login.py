@@ -29,8 +29,10 @@ its :class:`~jukinet.reasons.Reason`, which a node raises as is. Time comes
 from the node's :class:`~jukinet.clock.Clock`. The card trust (root, operator
 CAs, CRLs) is read from a PKI directory by :meth:`CardTrust.load`; given
 ``reload_trust``, the store reads it again at every login, so a revoked card
-is refused at once. Ending the sessions of an operator whose
-card was revoked is :meth:`OperatorStore.end_sessions`.
+is refused at once, and at most every :data:`TRUST_RECHECK` seconds while
+sessions are used: a session remembers the serial of the card that opened
+it and ends (``card-revoked``) once that card or its operator CA is revoked.
+:meth:`OperatorStore.end_sessions` ends an operator's sessions at once.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +92,9 @@ from jukinet.reasons import Reason
 
 NONCE_BYTES = 32
 TOKEN_BYTES = 32
+TRUST_RECHECK = 5.0
+"""Seconds a session call trusts the card trust it read last: a card revoked
+(its CRL updated) ends its open sessions within this time."""
 _CHALLENGE_TAG = b"jukinet operator login v1"
 
 
@@ -356,6 +362,8 @@ def define_operator_tables(metadata: MetaData) -> OperatorTables:
         Column("org", String(8), nullable=False),
         Column("operator_id", String(64), nullable=False),
         Column("terminal", String(120), nullable=False),
+        # The serial (hex) of the card that logged in: a revoked card ends the session.
+        Column("card_serial", String(48), nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("last_seen_at", DateTime(timezone=True), nullable=False),
         Column("expires_at", DateTime(timezone=True), nullable=False),
@@ -415,6 +423,7 @@ class OperatorStore:
         # Read again at every login (a few small files), so that a card revoked
         # in the operator CA's CRL is refused at once, without a restart.
         self.reload_trust = reload_trust
+        self._trust_read = time.monotonic()
         self.db = db
         self.t = tables
         self.trust = trust
@@ -582,12 +591,7 @@ class OperatorStore:
         """
         self._check_terminal(terminal)
         challenge = await self._take_challenge(terminal, nonce)
-        if self.reload_trust is not None:
-            try:
-                self.trust = await asyncio.to_thread(self.reload_trust)
-            except (OSError, ValueError) as exc:
-                # Fail closed: a CRL that cannot be read could hide a revocation.
-                raise Unavailable(f"the card trust cannot be read: {exc}") from None
+        await self._reload_trust()
         now = self.clock.now()
         operator, cert = self.trust.verify_card(card_certificate, terminal, now)
         if operator != challenge.operator:
@@ -623,7 +627,7 @@ class OperatorStore:
                     .where(*self._account(operator))
                     .values(password_hash=hashed)
                 )
-        return await self._open_session(operator, terminal)
+        return await self._open_session(operator, terminal, cert.serial_number)
 
     def _account(self, operator: Identity) -> tuple[Any, Any]:
         c = self.t.operators.c
@@ -720,7 +724,30 @@ class OperatorStore:
 
     # sessions
 
-    async def _open_session(self, operator: Identity, terminal: Identity) -> Opened:
+    async def _reload_trust(self) -> None:
+        """Read the card trust again (a login does, and a session call at most every
+        :data:`TRUST_RECHECK`), so that a card revoked since is refused."""
+        if self.reload_trust is None:
+            return
+        try:
+            self.trust = await asyncio.to_thread(self.reload_trust)
+        except (OSError, ValueError) as exc:
+            # Fail closed: a CRL that cannot be read could hide a revocation.
+            raise Unavailable(f"the card trust cannot be read: {exc}") from None
+        self._trust_read = time.monotonic()
+
+    async def _revoked(self, operator: Identity, card_serial: str) -> bool:
+        """Whether the card a session was opened with (or its operator CA) is revoked now."""
+        if time.monotonic() - self._trust_read >= TRUST_RECHECK:
+            await self._reload_trust()
+        ca = self.trust.operator_cas.get(operator.org)
+        if ca is None or ca.certificate.serial_number in self.trust.root_revoked:
+            return True
+        return int(card_serial, 16) in ca.revoked
+
+    async def _open_session(
+        self, operator: Identity, terminal: Identity, card_serial: int
+    ) -> Opened:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         now = self.clock.now()
         session = Session(operator, terminal, now, now, now + self.policy.session_max)
@@ -731,6 +758,7 @@ class OperatorStore:
                     org=operator.org,
                     operator_id=operator.operator_id,
                     terminal=terminal.uri,
+                    card_serial=f"{card_serial:x}",
                     created_at=now,
                     last_seen_at=now,
                     expires_at=session.expires_at,
@@ -773,6 +801,12 @@ class OperatorStore:
         elif now >= _utc(row.last_seen_at) + self.policy.session_idle:
             refusal = Unauthenticated(
                 "the session was idle too long: log in again", reason=Reason.SESSION_EXPIRED
+            )
+        elif await self._revoked(Identity.operator(row.org, row.operator_id), row.card_serial):
+            refusal = Unauthenticated(
+                f"the card this session was opened with (serial {row.card_serial}) is "
+                "revoked; the session is ended",
+                reason=Reason.CARD_REVOKED,
             )
         last_seen = _utc(row.last_seen_at) if row is not None else now
         if refusal is not None and row is not None:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from jukinet import pki
+from jukinet import login, pki
 from jukinet.client import log_in
 from jukinet.clock import Clock
 from jukinet.identity import Identity
@@ -194,6 +194,28 @@ async def test_a_revoked_card_is_refused(fed: Federation) -> None:
     )
     assert await register_state(fed) == before
     assert await sessions_of(fed, operator.operator_id) == 0
+
+
+async def test_a_session_ends_when_its_card_is_revoked(fed: Federation, backend: str) -> None:
+    lost = f"card-lost-{backend}"  # the PKI (and its CRL) is the test session's
+    opened = await fed.session(TOTTORI, [CLERK], operator_id=lost)
+    await opened.municipal.GetStatus(STATUS, timeout=TIMEOUT)
+    pki.revoke_card(fed.pki_dir, opened.operator)
+    store = fed.municipalities[TOTTORI].operators
+    store._trust_read -= login.TRUST_RECHECK  # as if the recheck interval had passed
+    before = await register_state(fed)
+    await refused(
+        opened.municipal.GetStatus(STATUS, timeout=TIMEOUT),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "card-revoked",
+    )
+    assert await sessions_of(fed, lost) == 0  # ended, not only refused
+    await refused(
+        opened.municipal.GetStatus(STATUS, timeout=TIMEOUT),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "session-invalid",
+    )
+    assert await register_state(fed) == before
 
 
 async def test_a_card_of_another_municipality_is_refused(fed: Federation) -> None:

@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("org", sa.String(length=8), nullable=False),
         sa.Column("operator_id", sa.String(length=64), nullable=False),
         sa.Column("terminal", sa.String(length=120), nullable=False),
+        sa.Column("card_serial", sa.String(length=48), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
