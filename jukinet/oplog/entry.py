@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -93,7 +94,11 @@ class Operation:
     @property
     def time_us(self) -> int:
         """The time in microseconds since the Unix epoch."""
-        return (self.time - _EPOCH) // dt.timedelta(microseconds=1)
+        t = self.time.astimezone(dt.UTC) if self.time.tzinfo is not dt.UTC else self.time
+        return (
+            calendar.timegm((t.year, t.month, t.day, t.hour, t.minute, t.second)) * 1_000_000
+            + t.microsecond
+        )
 
 
 @dataclass(frozen=True)

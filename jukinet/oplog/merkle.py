@@ -32,6 +32,9 @@ class ProofError(ValueError):
     """A proof that does not prove what it is said to prove, or cannot be asked for."""
 
 
+_sha256 = hashlib.sha256
+
+
 def leaf_hash(entry: bytes) -> bytes:
     """The hash of a leaf holding ``entry``."""
     return hashlib.sha256(_LEAF_PREFIX + entry).digest()
@@ -184,21 +187,29 @@ class Frontier:
 
     def append(self, leaf: bytes) -> Frontier:
         """The frontier after one more leaf: each pair of equal subtrees merges."""
+        if len(leaf) != HASH_SIZE:
+            raise ValueError("a leaf hash is not 32 bytes")
         stack = list(self.hashes)
         h, n = leaf, self.size
         while n & 1:
-            h = node_hash(stack.pop(), h)
+            h = _sha256(_NODE_PREFIX + stack.pop() + h).digest()
             n >>= 1
         stack.append(h)
-        return Frontier(self.size + 1, tuple(stack))
+        # Built from a valid frontier and a checked leaf: valid, so not checked again
+        # (an append is on the path of every logged operation).
+        grown = object.__new__(Frontier)
+        object.__setattr__(grown, "size", self.size + 1)
+        object.__setattr__(grown, "hashes", tuple(stack))
+        return grown
 
     def root(self) -> bytes:
         """The root of the tree of the current size."""
         if not self.hashes:
             return EMPTY_ROOT
-        r = self.hashes[-1]
-        for h in reversed(self.hashes[:-1]):
-            r = node_hash(h, r)
+        hashes = self.hashes
+        r = hashes[-1]
+        for i in range(len(hashes) - 2, -1, -1):
+            r = _sha256(_NODE_PREFIX + hashes[i] + r).digest()
         return r
 
     def to_bytes(self) -> bytes:
