@@ -1429,7 +1429,12 @@ async def verify_logs(fed: LocalFederation, out: IO[str]) -> int:
         kind = {"municipal": MunicipalConfig, "prefecture": PrefectureConfig}.get(
             node.tier, NationalConfig
         )
-        report = await verify_node(node.tier, load_config(kind, node.config_path))
+        # The national log's witnesses are the prefectures.
+        prefectures = [fed.nodes[n].target for n in fed.names("prefecture")]
+        witnesses = prefectures if node.tier == "national" else []
+        report = await verify_node(
+            node.tier, load_config(kind, node.config_path), witnesses=witnesses
+        )
         unsound += not report.ok
         print(f"  {pad(node.label, 24)}{report.line}", file=out)
     return unsound

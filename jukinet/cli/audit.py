@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,39 @@ async def _upstream(
     return held, [note.parse_vkey(answer.witness_key)] if answer.witness_key else []
 
 
-async def verify_node(tier: str, config: LoggedNodeConfig, *, offline: bool = False) -> Report:
-    """Verify the log of the node ``config`` describes; ``offline``: not against upstream."""
+async def _witnessed_by(
+    witnesses: Sequence[str], config: LoggedNodeConfig, origin: str
+) -> tuple[list[note.Note], list[note.Verifier]]:
+    """The heads of the national log each prefecture at ``witnesses`` holds and cosigned
+    (the national node is the top tier: its witnesses are the prefectures)."""
+    heads: list[note.Note] = []
+    keys: list[note.Verifier] = []
+    for target in witnesses:
+        channel = secure_channel(target, config.tls)
+        try:
+            stub = prefecture_pb2_grpc.PrefectureServiceStub(channel)
+            answer = await stub.GetCheckpoints(oplog_pb2.GetCheckpointsRequest(origin=origin))
+        finally:
+            await channel.close(grace=None)
+        heads.extend(note.parse_note(text) for text in answer.checkpoints)
+        if answer.witness_key:
+            keys.append(note.parse_vkey(answer.witness_key))
+    heads.sort(key=lambda h: note.parse_checkpoint(h.text).size)
+    return heads, keys
+
+
+async def verify_node(
+    tier: str,
+    config: LoggedNodeConfig,
+    *,
+    offline: bool = False,
+    witnesses: Sequence[str] = (),
+) -> Report:
+    """Verify the log of the node ``config`` describes; ``offline``: not against upstream.
+
+    The national node has no tier above: ``witnesses`` are the addresses of
+    the prefecture nodes whose held heads of its log it is checked against.
+    """
     identity, tables, target = _node(tier, config)
     origin = origin_of(identity)
     keys = read_log_keys(log_key_path(config.log_key, config.tls.key), origin)
@@ -112,16 +144,18 @@ async def verify_node(tier: str, config: LoggedNodeConfig, *, offline: bool = Fa
     finally:
         await db.close()
     upstream: list[note.Note] = []
-    witnesses: list[note.Verifier] = []
+    cosigners: list[note.Verifier] = []
     if target and not offline:
-        upstream, witnesses = await _upstream(tier, target, config, origin)
+        upstream, cosigners = await _upstream(tier, target, config, origin)
+    elif witnesses and not offline:
+        upstream, cosigners = await _witnessed_by(witnesses, config, origin)
     verdict = verify_log(
         rows,
         heads,
         keys.log.verifier,
         state=frontier,
         upstream=upstream,
-        witnesses=witnesses,
+        witnesses=cosigners,
     )
     if verdict.problem is not None:
         return Report(False, f"{origin}: {verdict.problem}")
@@ -129,8 +163,8 @@ async def verify_node(tier: str, config: LoggedNodeConfig, *, offline: bool = Fa
     if upstream:
         newest = upstream[-1]
         size = note.parse_checkpoint(newest.text).size
-        line += f", head at size {size} cosigned by {', '.join(note.cosigners(newest, witnesses))}"
-    elif target and not offline:
+        line += f", head at size {size} cosigned by {', '.join(note.cosigners(newest, cosigners))}"
+    elif (target or witnesses) and not offline:
         line += ", no head held upstream yet"
     return Report(True, line)
 
@@ -242,19 +276,32 @@ def register_cli(sub: Any) -> None:
     verify.add_argument(
         "--offline", action="store_true", help="do not ask the tier above for its heads"
     )
+    verify.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="national: a prefecture node whose held heads of the national log to check "
+        "against (repeat for each; the national node has no tier above)",
+    )
 
     def go(a: argparse.Namespace) -> int:
         from jukinet.config import load_config
 
         try:
             config = load_config(_CONFIGS[a.tier], a.config)
-            report = asyncio.run(verify_node(a.tier, config, offline=a.offline))
+            if a.witness and a.tier != "national":
+                raise ConfigError("--witness: only the national log is checked against witnesses")
+            report = asyncio.run(
+                verify_node(a.tier, config, offline=a.offline, witnesses=a.witness)
+            )
         except ConfigError as exc:
             print(f"jukinet audit: {exc}", file=sys.stderr)
             return 2
         except grpc.aio.AioRpcError as exc:
             print(
-                f"jukinet audit: the tier above answered {exc.code().name}: {exc.details()}",
+                f"jukinet audit: the node holding the heads answered {exc.code().name}: "
+                f"{exc.details()}",
                 file=sys.stderr,
             )
             return 1

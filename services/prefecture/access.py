@@ -10,9 +10,11 @@ from __future__ import annotations
 from google.protobuf.descriptor import ServiceDescriptor
 
 from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
+from jukinet.identity import Identity
 from jukinet.interceptors import (
     Rule,
     any_of,
+    exactly,
     municipality_of_prefecture,
     operator_of,
     service_rules,
@@ -39,7 +41,9 @@ def rules(prefecture_code: str) -> dict[str, Rule]:
             "Disclose": own_municipality,
             # A municipality's own log; the witness checks the head is of the caller's.
             "SubmitCheckpoint": own_municipality,
-            "GetCheckpoints": any_of(own_municipality, own_operator),
+            # The national node reads the heads of its own log this prefecture
+            # witnessed (`jukinet audit verify national --witness`).
+            "GetCheckpoints": any_of(own_municipality, own_operator, exactly(Identity.national())),
         },
     )
 

@@ -29,7 +29,7 @@ from jukinet.oplog import note
 from jukinet.oplog.disclosure import NATIONAL_ORIGIN, check_disclosure
 from jukinet.oplog.entry import Operation, decode, encode
 from jukinet.v1 import gateway_pb2 as G
-from jukinet.v1 import national_pb2_grpc, oplog_pb2
+from jukinet.v1 import national_pb2_grpc, oplog_pb2, prefecture_pb2_grpc
 from jukinet.v1 import provision_pb2 as P
 from services.national.app import NationalApp
 from tests.federation import Federation, session_options, trailers
@@ -308,6 +308,10 @@ async def test_the_prefectures_refuse_a_forked_national_log(
 
     # Resent, the same head is cosigned again (nothing new is kept).
     assert await tottori.log.top.once()
+    witnesses = [f"127.0.0.1:{port}" for port in gw.prefecture_ports.values()]
+    sound = await verify_node("national", national.config, witnesses=witnesses)
+    assert sound.ok, sound.line
+    assert "cosigned by jukinet/prefecture/" in sound.line
 
     # The national log rewritten and re-signed with the national key: a fork.
     oplog = national.log.oplog
@@ -333,6 +337,21 @@ async def test_the_prefectures_refuse_a_forked_national_log(
     assert "does not extend" in caplog.text
     async with national.db.read() as conn:
         assert await oplog.witnessed_head(conn) is None  # nobody cosigned the fork
+    # Alone, the rewritten log agrees with itself; the heads the prefectures hold do not.
+    assert (await verify_node("national", national.config, offline=True)).ok
+    forked = await verify_node("national", national.config, witnesses=witnesses)
+    assert not forked.ok, forked.line
+    assert "jukinet/national:" in forked.line
+    # The national node reads the heads a prefecture holds of its own log, no other.
+    as_national = prefecture_pb2_grpc.PrefectureServiceStub(
+        gw.channel(gw.prefecture_ports["31"], "national")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await as_national.GetCheckpoints(
+            oplog_pb2.GetCheckpointsRequest(origin=f"jukinet/municipality/{TOTTORI}"),
+            timeout=TIMEOUT,
+        )
+    assert trailers(info.value)["jukinet-reason"] == "checkpoint-foreign"
 
     # Only a prefecture fetches heads and returns cosignatures, and only with its own key.
     as_town = national_pb2_grpc.NationalServiceStub(
