@@ -26,6 +26,7 @@ from jukinet.clock import SYSTEM_CLOCK
 from jukinet.clock import Clock as WallClock
 from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, PrefectureConfig
 from jukinet.identity import Identity
+from jukinet.operators import enroll
 from jukinet.purposes import PurposeRegistry
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
@@ -40,7 +41,6 @@ from jukinet.v1 import (
     prefecture_pb2_grpc,
 )
 from services.municipal.app import MunicipalApp
-from services.municipal.operators import enroll_operator
 from services.national.app import NationalApp
 from services.prefecture.app import PrefectureApp
 from tools.localfed import (
@@ -216,8 +216,11 @@ class Federation:
         """Enroll an operator into municipality ``code``'s node (on its host), once."""
         operator = Identity.operator(code, operator_id)
         if operator not in self.enrolled:
-            await enroll_operator(
-                self.municipalities[code].config, operator_id, INITIAL_PASSWORD, roles
+            # What `jukinet operator enroll` does on the host, through the running
+            # node's own store and log (the host command opens the database itself).
+            app = self.municipalities[code]
+            await enroll(
+                app.operators, app.roles, app.log.oplog, operator_id, INITIAL_PASSWORD, roles
             )
             self.enrolled.add(operator)
         return operator
