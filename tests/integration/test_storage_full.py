@@ -20,7 +20,6 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import grpc
@@ -221,32 +220,36 @@ async def refused_then_recovered(fed: Federation, filler: Path) -> None:
     after = await operator.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
     assert stored(after) == stored(before)
     assert sample(fed, "jukinet_storage_full_total") >= 1
-    # Still refused while the disk is full, and still nothing stored.
-    again = await _refusal(operator.RegisterBirth(birth(i), timeout=TIMEOUT))
-    assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert stored(await operator.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)) == (
-        stored(before)
-    )
+    # A retry while the disk is full is refused with nothing stored, or stored whole:
+    # PostgreSQL may put it in the pages the refused transaction left empty.
+    app = fed.municipalities[TOTTORI]
+    fitted = 0
+    try:
+        await operator.RegisterBirth(birth(i), timeout=TIMEOUT)
+    except grpc.aio.AioRpcError as again:
+        assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stored(
+            await operator.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
+        ) == stored(before)
+    else:
+        assert not app.db.is_sqlite, "SQLite stored a birth on a full disk"
+        fitted = 1
+        whole = await operator.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
+        assert whole.last_sequence == before.last_sequence + 1
+        assert whole.active_residents == before.active_residents + 1
 
     filler.unlink()  # noqa: ASYNC240 - one file, on a tmpfs
     born = await operator.RegisterBirth(birth(i), timeout=TIMEOUT)
-    assert born.notification_sequence == before.last_sequence + 1
+    assert born.notification_sequence == before.last_sequence + 1 + fitted
     now = await operator.GetStatus(M.GetMunicipalStatusRequest(), timeout=TIMEOUT)
-    assert now.active_residents == before.active_residents + 1
+    assert now.active_residents == before.active_residents + 1 + fitted
     # The log: an "ok" entry for each birth stored and none for a refused one,
     # whose refusal (kept in memory while the disk was full) is there too.
-    app = fed.municipalities[TOTTORI]
     await app.log.recorder.flush()
     assert app.log.recorder.held == []
     async with app.db.read() as conn:
         rows = await app.log.oplog.rows(conn)
     births = [(r.outcome, r.reason) for r in rows if r.operation == "RegisterBirth"]
     assert births.count(("ok", "")) == now.active_residents
-    assert births.count(("refused", Reason.STORAGE_FULL)) >= 2
+    assert births.count(("refused", Reason.STORAGE_FULL)) >= 2 - fitted
     assert [r.idx for r in rows] == list(range(len(rows)))
-
-
-async def _refusal(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
