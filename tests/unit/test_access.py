@@ -78,7 +78,8 @@ POLICY: dict[str, dict[str, set[str]]] = {
         "ExportIdentities": {"operator-of-prefecture"},
         "GetDeliveryStatus": {"operator-of-prefecture"},
         "SubmitCheckpoint": OWN_MUNICIPALITIES,
-        "GetCheckpoints": OWN_MUNICIPALITIES | {"operator-of-prefecture"},
+        # The national node reads the heads its witnesses hold of its own log.
+        "GetCheckpoints": OWN_MUNICIPALITIES | {"operator-of-prefecture", "national"},
     },
     "national": {
         "PushNotifications": {"prefecture", "prefecture-other"},
