@@ -159,7 +159,8 @@ class Challenge:
 # --- the card's certificate ----------------------------------------------------
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` with its time zone; a naive one (SQLite gives them) is UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
@@ -559,7 +560,7 @@ class OperatorStore:
         challenge = Challenge(
             parse_identity_uri(row.terminal),
             parse_identity_uri(row.operator),
-            _utc(row.expires_at),
+            as_utc(row.expires_at),
             nonce,
         )
         if challenge.terminal != terminal:
@@ -610,7 +611,7 @@ class OperatorStore:
             ) from None
         account = await self._check_password(operator, password)
         expired = bool(account.must_change) or (
-            now >= _utc(account.password_changed_at) + self.policy.password_max_age
+            now >= as_utc(account.password_changed_at) + self.policy.password_max_age
         )
         if new_password is not None:
             await self._change(operator, account, new_password)
@@ -645,10 +646,10 @@ class OperatorStore:
                 reason=Reason.WRONG_PASSWORD,
             )
         now = self.clock.now()
-        if account.locked_until is not None and now < _utc(account.locked_until):
+        if account.locked_until is not None and now < as_utc(account.locked_until):
             raise PermissionDenied(
                 f"{operator.uri} is locked out after {self.policy.max_failures} wrong passwords "
-                f"until {_utc(account.locked_until):%Y-%m-%d %H:%M} UTC",
+                f"until {as_utc(account.locked_until):%Y-%m-%d %H:%M} UTC",
                 reason=Reason.LOCKED_OUT,
             )
         if await asyncio.to_thread(
@@ -793,12 +794,12 @@ class OperatorStore:
                 f"the session belongs to another terminal ({row.terminal}); it is ended",
                 reason=Reason.WRONG_TERMINAL,
             )
-        elif now >= _utc(row.expires_at):
+        elif now >= as_utc(row.expires_at):
             refusal = Unauthenticated(
                 "the session reached its maximum length: log in again",
                 reason=Reason.SESSION_EXPIRED,
             )
-        elif now >= _utc(row.last_seen_at) + self.policy.session_idle:
+        elif now >= as_utc(row.last_seen_at) + self.policy.session_idle:
             refusal = Unauthenticated(
                 "the session was idle too long: log in again", reason=Reason.SESSION_EXPIRED
             )
@@ -808,7 +809,7 @@ class OperatorStore:
                 "revoked; the session is ended",
                 reason=Reason.CARD_REVOKED,
             )
-        last_seen = _utc(row.last_seen_at) if row is not None else now
+        last_seen = as_utc(row.last_seen_at) if row is not None else now
         if refusal is not None and row is not None:
             async with self.db.write() as conn:
                 await conn.execute(delete(self.t.sessions).where(c.token_hash == key))
@@ -824,9 +825,9 @@ class OperatorStore:
         return Session(
             Identity.operator(row.org, row.operator_id),
             terminal,
-            _utc(row.created_at),
+            as_utc(row.created_at),
             last_seen,
-            _utc(row.expires_at),
+            as_utc(row.expires_at),
         )
 
     def _touch_interval(self) -> dt.timedelta:

@@ -64,7 +64,7 @@ from jukinet.interceptors import (
     current_terminal,
     name_operator,
 )
-from jukinet.login import OperatorStore, Session
+from jukinet.login import OperatorStore, Session, as_utc
 from jukinet.oplog.entry import Operation
 from jukinet.oplog.log import OperationLog, OplogTables
 from jukinet.pki import certificate_identity
@@ -274,12 +274,8 @@ def _timestamp(value: dt.datetime | None) -> Timestamp | None:
     if value is None:
         return None
     ts = Timestamp()
-    ts.FromDatetime(value.astimezone(dt.UTC))
+    ts.FromDatetime(as_utc(value).astimezone(dt.UTC))
     return ts
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -523,9 +519,9 @@ def _account_message(row: Any, roles: Iterable[int]) -> operator_pb2.OperatorAcc
     return operator_pb2.OperatorAccount(
         operator_id=str(row.operator_id),
         roles=[operator_pb2.Role.ValueType(r) for r in sorted(roles)],
-        password_changed_at=_timestamp(_utc(row.password_changed_at)),
+        password_changed_at=_timestamp(row.password_changed_at),
         must_change_password=bool(row.must_change),
-        locked_until=_timestamp(_utc(locked)) if locked is not None else None,
+        locked_until=_timestamp(locked),
     )
 
 
