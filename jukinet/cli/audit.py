@@ -81,14 +81,16 @@ def _node(tier: str, config: LoggedNodeConfig) -> tuple[Identity, OplogTables, s
     return Identity.national(), national.oplog, ""
 
 
-async def _upstream(
-    tier: str, target: str, config: LoggedNodeConfig, origin: str
+async def _held_heads(
+    target: str, config: LoggedNodeConfig, origin: str, *, prefecture: bool
 ) -> tuple[list[note.Note], list[note.Verifier]]:
+    """The heads of log ``origin`` the node at ``target`` (a prefecture, or the
+    national node) holds and cosigned, and its witness key."""
     channel = secure_channel(target, config.tls)
     try:
         stub: Any = (
             prefecture_pb2_grpc.PrefectureServiceStub(channel)
-            if tier == "municipal"
+            if prefecture
             else national_pb2_grpc.NationalServiceStub(channel)
         )
         answer = await stub.GetCheckpoints(oplog_pb2.GetCheckpointsRequest(origin=origin))
@@ -106,15 +108,9 @@ async def _witnessed_by(
     heads: list[note.Note] = []
     keys: list[note.Verifier] = []
     for target in witnesses:
-        channel = secure_channel(target, config.tls)
-        try:
-            stub = prefecture_pb2_grpc.PrefectureServiceStub(channel)
-            answer = await stub.GetCheckpoints(oplog_pb2.GetCheckpointsRequest(origin=origin))
-        finally:
-            await channel.close(grace=None)
-        heads.extend(note.parse_note(text) for text in answer.checkpoints)
-        if answer.witness_key:
-            keys.append(note.parse_vkey(answer.witness_key))
+        held, key = await _held_heads(target, config, origin, prefecture=True)
+        heads.extend(held)
+        keys.extend(key)
     heads.sort(key=lambda h: note.parse_checkpoint(h.text).size)
     return heads, keys
 
@@ -146,7 +142,9 @@ async def verify_node(
     upstream: list[note.Note] = []
     cosigners: list[note.Verifier] = []
     if target and not offline:
-        upstream, cosigners = await _upstream(tier, target, config, origin)
+        upstream, cosigners = await _held_heads(
+            target, config, origin, prefecture=tier == "municipal"
+        )
     elif witnesses and not offline:
         upstream, cosigners = await _witnessed_by(witnesses, config, origin)
     verdict = verify_log(

@@ -72,5 +72,6 @@ class PrefectureServicer(prefecture_pb2_grpc.PrefectureServiceServicer):
     async def GetCheckpoints(
         self, request: oplog_pb2.GetCheckpointsRequest, context: Any
     ) -> oplog_pb2.GetCheckpointsResponse:
-        """The heads held for a log: its node itself, or this tier's operators."""
+        """The heads held for a log: its node itself (a municipality, or the national
+        node for the heads of its log this prefecture witnessed), or this tier's operators."""
         return await self._witness.checkpoints(current_identity(), request)
