@@ -450,11 +450,10 @@ class Node:
     def operator(self) -> str:
         """The certificate name a client of this node presents: its operator's (the
         gateway has none: the national operator, who may check its health but
-        call nothing else); a municipal node's counter terminal ``desk1`` (a node
-        posing as municipal under another organisation's code: that one's operator)."""
+        call nothing else); a municipal node's counter terminal ``desk1``."""
         if self.tier == "gateway":
             return "operator-national-admin"
-        if self.tier == "municipal" and len(self.code) == 6 and self.code.isdigit():
+        if self.tier == "municipal":
             return f"terminal-{self.code}-desk1"
         return f"operator-{self.code}-admin"
 

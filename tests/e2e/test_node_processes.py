@@ -38,7 +38,9 @@ async def test_pause_resume_and_stop_a_paused_node(tmp_path: Path) -> None:
         await fed.wait_delivered(within=10)
 
         # A node of another tier answering on a node's port is not that node ready.
-        fed.nodes["impostor"] = dataclasses.replace(node, tier="municipal", process=None)
+        fed.nodes["impostor"] = dataclasses.replace(
+            node, tier="municipal", code=MUNICIPALITY, process=None
+        )
         with pytest.raises(NodeFailed, match="not ready after 1 s"):
             await fed.wait_ready("impostor", within=1)
         del fed.nodes["impostor"]
