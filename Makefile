@@ -81,25 +81,42 @@ check: lint typecheck imports check-protos buf buf-breaking deploy-check
 
 # Runs the whole suite. PostgreSQL tests use JUKINET_TEST_PG_DSN (default: the
 # local server); set JUKINET_TEST_PG=skip on a machine without PostgreSQL.
-test: $(STAMP) system-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The tests are spread over TEST_WORKERS pytest-xdist processes (default: one
+# per CPU); tests that share a module's fixture stay on one worker (their
+# xdist_group). TEST_WORKERS=0 runs them all in the pytest process itself
+# (for --pdb, or to read one test's output as it comes).
+TEST_WORKERS ?= auto
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
-# The system package the tests need: SoftHSM2, the PKCS#11 token an operator
-# card is in the tests (jukinet/card.py). Installed with apt-get as root on
-# Debian or Ubuntu; anywhere else, the command to run is printed.
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
+
+# The system packages the tests need: SoftHSM2, the PKCS#11 token an operator
+# card is in the tests (jukinet/card.py), and the IPA fonts the copies of
+# resident records are printed with (jukinet/copydoc.py). Installed with
+# apt-get as root on Debian or Ubuntu, all in one call; anywhere else, the
+# command to run is printed.
+SYSTEM_PACKAGES := softhsm2 fonts-ipafont-gothic fonts-ipafont-mincho
+IPA_FONTS := /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf /usr/share/fonts/opentype/ipafont-mincho/ipam.ttf
+
 system-deps:
-	@command -v softhsm2-util >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v softhsm2-util >/dev/null 2>&1 || missing="softhsm2"; \
+	for font in $(IPA_FONTS); do [ -f "$$font" ] || missing="$$missing fonts"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing softhsm2 (Debian)"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q softhsm2; \
+	    echo "installing $(SYSTEM_PACKAGES) (Debian)"; \
+	    apt-get update -q || exit 1; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES) || exit 1; \
 	  else \
-	    echo "SoftHSM2 is missing: sudo apt-get install softhsm2 (Debian, Ubuntu)," \
-	      "or your system's softhsm2 package" >&2; \
+	    echo "missing system packages: sudo apt-get install $(SYSTEM_PACKAGES)" \
+	      "(Debian, Ubuntu), or your system's packages of SoftHSM2 and the IPA fonts" >&2; \
 	    exit 1; \
-	  fi; }
+	  fi; \
+	fi
 
 test-sqlite: $(STAMP) system-deps
-	JUKINET_TEST_PG=skip $(BIN)/python -m pytest $(PYTEST_ARGS)
+	JUKINET_TEST_PG=skip $(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 demo: $(STAMP) system-deps
 	$(BIN)/python -m tools.demo $(DEMO_ARGS)

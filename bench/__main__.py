@@ -3,7 +3,8 @@
 
 The delivery benchmark (:mod:`bench.delivery`) runs first, then the agency
 gateway's (:mod:`bench.gateway`), then the operation log's appends
-(:mod:`bench.oplog`); ``--only`` runs one of them and keeps the others'
+(:mod:`bench.oplog`), then the signed copies of resident records
+(:mod:`bench.copies`); ``--only`` runs one of them and keeps the others'
 figures in the results file.
 """
 
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import delivery, gateway, oplog, report
+from bench import copies, delivery, gateway, oplog, report
 from bench.common import REPO, BenchError, postgres_version, progress
 
 COMMAND = "python -m bench"
@@ -66,14 +67,19 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--only",
-        choices=["delivery", "gateway", "oplog"],
-        help="run one benchmark (default: delivery, then gateway, then oplog)",
+        choices=["delivery", "gateway", "oplog", "copies"],
+        help="run one benchmark (default: delivery, then gateway, then oplog, then copies)",
     )
     p.add_argument(
         "--oplog-entries",
         type=int,
         help="oplog: appends one per transaction (default 2000; quick 500), ten times as "
         "many in batches",
+    )
+    p.add_argument(
+        "--copies",
+        type=int,
+        help="copies: signed copies of resident records made (default 50; quick 10)",
     )
     gateway.add_arguments(p)
     return p
@@ -163,6 +169,25 @@ def run_oplog(args: argparse.Namespace, results: dict[str, Any]) -> int:
     return 0
 
 
+def run_copies(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """The signed copies' figures under ``copies`` in the results file (alone,
+    ``--only copies``, it keeps the file's other contents)."""
+    out, markdown = Path(args.out), Path(args.markdown)
+    if not results:
+        results = _earlier(out)
+    count = args.copies or (10 if args.quick else 50)
+    if not 1 <= count <= 10_000:
+        progress("FAILED: --copies: 1 to 10000")
+        return 2
+    try:
+        results["copies"] = {"command": _command(), **copies.run(count)}
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+    report.write(results, out, markdown)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks the options ask for; the exit status."""
     p = parser()
@@ -175,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_gateway(args, gateway_plan, {})
     if args.only == "oplog":
         return run_oplog(args, {})
+    if args.only == "copies":
+        return run_copies(args, {})
     error = delivery_options(args)
     if error is not None:
         p.error(error)
@@ -189,12 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "delivery":
         with contextlib.suppress(KeyError, TypeError):
             results["gateway"] = _earlier(Path(args.out))["gateway"]  # kept
-        with contextlib.suppress(KeyError, TypeError):
-            results["oplog"] = _earlier(Path(args.out))["oplog"]  # kept
+        for kept in ("oplog", "copies"):
+            with contextlib.suppress(KeyError, TypeError):
+                results[kept] = _earlier(Path(args.out))[kept]
         report.write(results, Path(args.out), Path(args.markdown))
         return 0
     code = run_gateway(args, gateway_plan, results)
-    return code or run_oplog(args, results)
+    return code or run_oplog(args, results) or run_copies(args, results)
 
 
 if __name__ == "__main__":

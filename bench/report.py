@@ -243,7 +243,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += _comparison(r)
     lines += ["", *_method(), t.head]
     lines += _cpu_rows(t)
-    lines += ["", *_gateway_section(r), *_oplog_section(r)]
+    lines += ["", *_gateway_section(r), *_oplog_section(r), *_copies_section(r)]
     return "\n".join(lines) + "\n"
 
 
@@ -269,6 +269,7 @@ def render_document(r: dict[str, Any]) -> str:
         "",
         *_gateway_section(r),
         *_oplog_section(r),
+        *_copies_section(r),
     ]
     return "\n".join(lines) + "\n"
 
@@ -690,3 +691,27 @@ def _oplog_section(r: dict[str, Any]) -> list[str]:
     if LOG_COST:
         lines += ["", *LOG_COST["text"]]
     return lines
+
+
+def _copies_section(r: dict[str, Any]) -> list[str]:
+    """The signed copies' section (bench.copies), if it ran."""
+    c = r.get("copies")
+    if not isinstance(c, dict) or "copies_per_s" not in c:
+        return []
+    p = c["parameters"]
+    return [
+        "",
+        "## Signed copies of resident records (住民票の写し)",
+        "",
+        f"Command: `{c['command']}`. The method is in the docstring of `bench/copies.py`: "
+        f"{p['copies']:,} copies of a household of {p['persons']}, each rendered "
+        "(`render_copy`) and signed (`sign_copy`, PAdES B-B) in one process.",
+        "",
+        "| | |",
+        "|---|---:|",
+        f"| **copies/s (render and sign)** | **{_f(c['copies_per_s'], 1)}** |",
+        f"| … render, ms (p50) | {_f(c['render_ms_p50'])} |",
+        f"| … sign, ms (p50) | {_f(c['sign_ms_p50'])} |",
+        f"| verify, ms (p50) | {_f(c['verify_ms_p50'])} |",
+        f"| size of a signed copy, bytes (p50) | {_f(c['bytes_p50'])} |",
+    ]

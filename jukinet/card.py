@@ -1,4 +1,4 @@
-"""Operator IC cards as PKCS#11 tokens: provision one, open one, sign with it.
+"""IC cards as PKCS#11 tokens: operators' and residents'; provision one, open one, sign.
 
 An operator proves who they are with two factors: the card (a PKCS#11 token
 holding an EC P-256 key that never leaves it, and the certificate the
@@ -14,6 +14,15 @@ its token directory is) and the tokens in it when the module is initialised,
 so after changing either, :func:`rescan` re-initialises it (closing every
 session of the process on it).
 
+A resident card (住民基本台帳カード) is the same kind of token, certified by its
+municipality's resident card CA, with a PIN of exactly four digits. SoftHSM2
+does not count wrong PINs, so the card counts them itself, in a public data
+object on the token that every terminal reads and writes before and after
+presenting the PIN (:func:`open_resident_card`): three in a row lock the
+card wherever it is used, until the counter of its municipality sets a new
+PIN with the card's security officer PIN (:func:`unlock_resident_card`). A
+real card counts in its chip as well, and whichever count runs out first locks it.
+
 python-pkcs11 is synchronous and a card operation can take a while on real
 hardware: async callers run these functions in a thread
 (``await asyncio.to_thread(...)``), and one card is used by one thread at a
@@ -23,6 +32,7 @@ time.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -31,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pkcs11
 import pkcs11.exceptions as p11
@@ -44,7 +54,7 @@ from pkcs11.constants import CertificateType
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from jukinet.identity import Identity, Kind
-from jukinet.pki import certificate_identity
+from jukinet.pki import certificate_identity, parse_resident_card_uri, resident_card_uri
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Module
@@ -256,6 +266,14 @@ def find_card(lib: Module, label: str | None = None) -> pkcs11.Token:
 
 
 def _open(token: pkcs11.Token, pin: str, *, rw: bool = False) -> pkcs11.Session:
+    """Log in with ``pin``; on a card that counts its wrong PINs (a resident card),
+    counted (:func:`_open_counted`), whoever opens it."""
+    if _counts(token):
+        return _open_counted(token, pin, rw=rw)
+    return _login(token, pin, rw=rw)
+
+
+def _login(token: pkcs11.Token, pin: str, *, rw: bool = False) -> pkcs11.Session:
     try:
         return token.open(rw=rw, user_pin=pin)
     except (p11.PinIncorrect, p11.PinLenRange, p11.PinInvalid):
@@ -287,10 +305,11 @@ def _der_signature(raw: bytes) -> bytes:
     return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
 
 
-class Card:
-    """An open, PIN-unlocked card: its certificate, its identity, and signing.
+class _OpenCard:
+    """An open, PIN-unlocked card: its one key, its one certificate, and signing.
 
-    Made by :func:`open_card`; use as a context manager, or call :meth:`close`.
+    Subclasses check whose card it is (:meth:`_check`); use as a context
+    manager, or call :meth:`close`.
     """
 
     def __init__(self, token: pkcs11.Token, session: pkcs11.Session) -> None:
@@ -307,18 +326,13 @@ class Card:
                 raise CardError(
                     f"card {self.label!r}: its certificate is unreadable: {exc}"
                 ) from None
-            try:
-                self.identity: Identity = certificate_identity(self.certificate)
-            except ValueError as exc:
-                raise CardError(f"card {self.label!r}: {exc}") from None
-            if self.identity.kind is not Kind.OPERATOR:
-                raise CardError(
-                    f"card {self.label!r}: its certificate names {self.identity.uri}, "
-                    "not an operator"
-                )
+            self._check()
         except BaseException:
             session.close()
             raise
+
+    def _check(self) -> None:
+        """Refuse (CardError) a card whose certificate is not of this kind of card."""
 
     def sign(self, data: bytes) -> bytes:
         """An ECDSA P-256 / SHA-256 signature of ``data`` by the card's key, DER-encoded.
@@ -339,7 +353,7 @@ class Card:
         """Log out and close the session on the card."""
         self._session.close()
 
-    def __enter__(self) -> Card:
+    def __enter__(self) -> Self:
         """The card itself."""
         return self
 
@@ -351,6 +365,26 @@ class Card:
     ) -> None:
         """Close the card's session."""
         self.close()
+
+
+class Card(_OpenCard):
+    """An open operator card: its certificate, its operator, and signing.
+
+    Made by :func:`open_card`.
+    """
+
+    identity: Identity
+
+    def _check(self) -> None:
+        """Refuse a card whose certificate names no operator."""
+        try:
+            self.identity = certificate_identity(self.certificate)
+        except ValueError as exc:
+            raise CardError(f"card {self.label!r}: {exc}") from None
+        if self.identity.kind is not Kind.OPERATOR:
+            raise CardError(
+                f"card {self.label!r}: its certificate names {self.identity.uri}, not an operator"
+            )
 
 
 def _only(
@@ -389,6 +423,77 @@ Certify = Callable[[ec.EllipticCurvePublicKey], x509.Certificate]
 """Certifies a card's public key: e.g. :func:`jukinet.pki.issue_card_certificate`."""
 
 
+def _make_key(
+    session: pkcs11.Session, label: str, what: str
+) -> tuple[bytes, Any, Any, ec.EllipticCurvePublicKey]:
+    """A new P-256 key pair on the card (sensitive, never extractable): its id, both
+    objects and the public key."""
+    if any(True for _ in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):
+        raise AlreadyProvisioned(f"card {label!r} holds a key already")
+    key_id = secrets.token_bytes(16)
+    parameters = session.create_domain_parameters(
+        KeyType.EC,
+        {Attribute.EC_PARAMS: encode_named_curve_parameters(_P256_OID)},
+        local=True,
+    )
+    public, private = parameters.generate_keypair(
+        id=key_id,
+        label=what,
+        store=True,
+        public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
+        private_template={
+            Attribute.SIGN: True,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+        },
+    )
+    loaded = serialization.load_der_public_key(encode_ec_public_key(public))
+    if not isinstance(loaded, ec.EllipticCurvePublicKey):
+        raise CardError(f"card {label!r} made a key that is not EC")
+    return key_id, public, private, loaded
+
+
+def _store_certificate(
+    session: pkcs11.Session, key_id: bytes, what: str, cert: x509.Certificate
+) -> None:
+    session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.CERTIFICATE,
+            Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.LABEL: what,
+            Attribute.ID: key_id,
+            Attribute.SUBJECT: cert.subject.public_bytes(),
+            Attribute.ISSUER: cert.issuer.public_bytes(),
+            Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),
+        }
+    )
+
+
+def _certified(
+    session: pkcs11.Session,
+    label: str,
+    what: str,
+    certify: Callable[[ec.EllipticCurvePublicKey], x509.Certificate],
+) -> x509.Certificate:
+    """Make the card's key, have it certified and store the certificate; a refused
+    certification leaves the card blank again."""
+    key_id, public, private, loaded = _make_key(session, label, what)
+    try:
+        cert = certify(loaded)
+        if cert.public_key() != loaded:
+            raise CardError("the certificate returned does not certify the card's key")
+        _store_certificate(session, key_id, what, cert)
+    except BaseException:
+        for obj in (private, public):
+            obj.destroy()
+        raise
+    return cert
+
+
 def provision_card(
     lib: Module, pin: str, certify: Certify, *, label: str | None = None
 ) -> x509.Certificate:
@@ -398,48 +503,225 @@ def provision_card(
     can sign and can never be read out. ``certify`` gets the public key and
     returns its certificate (from the operator CA), which is written to the
     card under the key's id. A card that holds a key already is refused
-    (:class:`AlreadyProvisioned`).
+    (:class:`AlreadyProvisioned`); a refused certification leaves the card blank.
     """
     token = find_card(lib, label)
     with _open(token, pin, rw=True) as session:
-        if any(True for _ in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})):
-            raise AlreadyProvisioned(f"card {token.label!r} holds a key already")
-        key_id = secrets.token_bytes(16)
-        parameters = session.create_domain_parameters(
-            KeyType.EC,
-            {Attribute.EC_PARAMS: encode_named_curve_parameters(_P256_OID)},
-            local=True,
-        )
-        public, _private = parameters.generate_keypair(
-            id=key_id,
-            label="operator",
-            store=True,
-            public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
-            private_template={
-                Attribute.SIGN: True,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-            },
-        )
-        loaded = serialization.load_der_public_key(encode_ec_public_key(public))
-        if not isinstance(loaded, ec.EllipticCurvePublicKey):
-            raise CardError(f"card {token.label!r} made a key that is not EC")
-        cert = certify(loaded)
-        if cert.public_key() != loaded:
-            raise CardError("the certificate returned does not certify the card's key")
-        session.create_object(
-            {
-                Attribute.CLASS: ObjectClass.CERTIFICATE,
-                Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: False,
-                Attribute.LABEL: "operator",
-                Attribute.ID: key_id,
-                Attribute.SUBJECT: cert.subject.public_bytes(),
-                Attribute.ISSUER: cert.issuer.public_bytes(),
-                Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),
-            }
-        )
+        return _certified(session, token.label, "operator", certify)
+
+
+# --- resident cards (住民基本台帳カード) ---------------------------------------------
+
+RESIDENT_PIN_TRIES = 3
+"""Wrong PINs in a row that lock a resident card (until the counter unlocks it)."""
+_RESIDENT_PIN_RE = re.compile(r"[0-9]{4}")
+_RESIDENT_LABEL = "resident-card"
+# The card's own count of wrong PINs in a row, a public data object on the token.
+_FAILURES_LABEL = "pin-failures"
+_APPLICATION = "jukinet"
+
+ResidentCertify = Callable[[ec.EllipticCurvePublicKey], tuple[x509.Certificate, str]]
+"""Certifies a resident card's public key: its certificate and the card's new
+security officer PIN (the issuing node gives both)."""
+
+
+class BadPin(CardError):
+    """A resident card's new PIN is not exactly four digits."""
+
+
+def check_resident_pin(pin: str) -> str:
+    """``pin`` if it is exactly four ASCII digits, else :class:`BadPin`."""
+    if _RESIDENT_PIN_RE.fullmatch(pin) is None:
+        raise BadPin("a resident card's PIN is exactly 4 digits (0-9)")
+    return pin
+
+
+class ResidentCard(_OpenCard):
+    """An open resident card: its certificate, the card it names, and signing.
+
+    Made by :func:`open_resident_card`, which counts wrong PINs on the card.
+    """
+
+    municipality: str
+    card_id: str
+
+    def _check(self) -> None:
+        """Refuse a card whose certificate names no resident card."""
+        try:
+            san = self.certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value
+            uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+            if len(uris) != 1:
+                raise ValueError(f"certificate has {len(uris)} URI SANs, expected 1")
+            self.municipality, self.card_id = parse_resident_card_uri(uris[0])
+        except (ValueError, x509.ExtensionNotFound) as exc:
+            raise CardError(f"card {self.label!r} is not a resident card: {exc}") from None
+
+    @property
+    def uri(self) -> str:
+        """The card's URI, ``jukinet://resident-card/<code>/<card id>``."""
+        return resident_card_uri(self.municipality, self.card_id)
+
+
+def _failure_objects(session: pkcs11.Session) -> list[Any]:
+    # Bounded: a card holds one, or two for a moment (see _set_failures).
+    found = []
+    for obj in session.get_objects(
+        {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: _FAILURES_LABEL}
+    ):
+        found.append(obj)
+        if len(found) >= _MAX_SLOTS:
+            break
+    return found
+
+
+def _count(obj: Any) -> int:
+    value = bytes(obj[Attribute.VALUE])
+    # An unreadable count is a tampered one: count it as locked.
+    return value[0] if len(value) == 1 else RESIDENT_PIN_TRIES
+
+
+def _counts(token: pkcs11.Token) -> bool:
+    """Whether the card keeps its own count of wrong PINs."""
+    try:
+        with token.open() as session:
+            return bool(_failure_objects(session))
+    except p11.PKCS11Error:
+        return False
+
+
+def pin_failures(session: pkcs11.Session) -> int:
+    """The wrong PINs in a row the card has counted (0 on a card that never counted)."""
+    return max((_count(obj) for obj in _failure_objects(session)), default=0)
+
+
+def _set_failures(session: pkcs11.Session, count: int) -> None:
+    """Write the count: a new object first, then the old ones go.
+
+    Tokens may keep a data object's value read-only, so the count is replaced
+    rather than changed; a card pulled out in between holds both, and the
+    higher one counts.
+    """
+    old = _failure_objects(session)
+    session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.DATA,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.LABEL: _FAILURES_LABEL,
+            Attribute.APPLICATION: _APPLICATION,
+            Attribute.VALUE: bytes([min(count, 255)]),
+        }
+    )
+    for obj in old:
+        obj.destroy()
+
+
+def _locked(token: pkcs11.Token) -> CardLocked:
+    return CardLocked(
+        f"card {token.label!r} is locked after {RESIDENT_PIN_TRIES} wrong PINs: "
+        "the holder takes it to the counter of the municipality that issued it"
+    )
+
+
+def _open_counted(token: pkcs11.Token, pin: str, *, rw: bool = False) -> pkcs11.Session:
+    """Log in to a resident card with ``pin``, counting the try on the card itself.
+
+    The count is a public data object on the token, so it travels with the
+    card: a card locked at one terminal is locked at every other. The try is
+    counted before the PIN is presented and forgiven after it was right, so
+    that a card pulled out in between has spent it. A card whose count
+    reached :data:`RESIDENT_PIN_TRIES` is not even asked: it signs nothing.
+    """
+    try:
+        public = token.open(rw=True)
+    except p11.PKCS11Error as exc:
+        raise CardError(f"card {token.label!r} cannot be read: {type(exc).__name__}") from None
+    with public:
+        failures = pin_failures(public)
+        if failures >= RESIDENT_PIN_TRIES:
+            raise _locked(token)
+        _set_failures(public, failures + 1)
+        try:
+            session = _login(token, pin, rw=rw)
+        except WrongPin:
+            left = RESIDENT_PIN_TRIES - failures - 1
+            if left <= 0:
+                raise _locked(token) from None
+            raise WrongPin(
+                f"card {token.label!r}: wrong PIN ({left} {'try' if left == 1 else 'tries'} "
+                "left before the card locks)"
+            ) from None
+        _set_failures(public, 0)
+    return session
+
+
+def open_resident_card(lib: Module, pin: str, *, label: str | None = None) -> ResidentCard:
+    """Find the resident card (:func:`find_card`), unlock it with ``pin`` (counted on
+    the card: :data:`RESIDENT_PIN_TRIES` wrong ones lock it) and read it."""
+    token = find_card(lib, label)
+    return ResidentCard(token, _open_counted(token, pin))
+
+
+def provision_resident_card(
+    lib: Module, pin: str, so_pin: str, certify: ResidentCertify, *, label: str | None = None
+) -> x509.Certificate:
+    """Make a resident card's key pair on a blank card, have it certified, store the
+    certificate and give the card the security officer PIN its municipality chose.
+
+    ``pin`` is the holder's PIN the blank card was initialised with (exactly
+    four digits, :class:`BadPin` otherwise), ``so_pin`` the blank card's
+    security officer PIN, checked before anything is made. ``certify`` gets
+    the public key and returns the certificate and the card's new security
+    officer PIN (which only the issuing node can work out again, to unlock it).
+    """
+    check_resident_pin(pin)
+    token = find_card(lib, label)
+    try:
+        token.open(rw=True, so_pin=so_pin).close()
+    except (p11.PinIncorrect, p11.PinLenRange, p11.PinInvalid):
+        raise WrongPin(f"card {token.label!r}: wrong security officer PIN") from None
+    except p11.PinLocked:
+        raise CardLocked(f"card {token.label!r}: its security officer PIN is locked") from None
+    new_so_pin: list[str] = []
+
+    def certify_once(key: ec.EllipticCurvePublicKey) -> x509.Certificate:
+        cert, chosen = certify(key)
+        new_so_pin.append(chosen)
         return cert
+
+    with _open_counted(token, pin, rw=True) as session:
+        cert = _certified(session, token.label, _RESIDENT_LABEL, certify_once)
+    with token.open(rw=True, so_pin=so_pin) as officer:
+        officer.set_pin(so_pin, new_so_pin[0])
+    return cert
+
+
+def unlock_resident_card(
+    lib: Module, so_pin: str, new_pin: str, *, label: str | None = None
+) -> None:
+    """At the counter: set a new PIN (four digits) with the card's security officer PIN
+    and forgive its wrong PINs, which unlocks it."""
+    check_resident_pin(new_pin)
+    token = find_card(lib, label)
+    try:
+        officer = token.open(rw=True, so_pin=so_pin)
+    except (p11.PinIncorrect, p11.PinLenRange, p11.PinInvalid):
+        raise WrongPin(f"card {token.label!r}: wrong security officer PIN") from None
+    except p11.PinLocked:
+        raise CardLocked(f"card {token.label!r}: its security officer PIN is locked") from None
+    with officer:
+        officer.init_pin(new_pin)
+        _set_failures(officer, 0)
+
+
+def resident_card_certificate(lib: Module, *, label: str | None = None) -> x509.Certificate:
+    """The certificate on a resident card, read without its PIN (it is public)."""
+    token = find_card(lib, label)
+    with token.open() as session:
+        obj = _only(session, ObjectClass.CERTIFICATE, "certificate", token.label)
+        try:
+            return x509.load_der_x509_certificate(obj[Attribute.VALUE])
+        except ValueError as exc:
+            raise CardError(f"card {token.label!r}: its certificate is unreadable: {exc}") from None

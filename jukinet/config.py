@@ -40,6 +40,11 @@ from jukinet.tls import TlsFiles
 if TYPE_CHECKING:
     from jukinet.login import LoginPolicy
 
+# Debian's IPA fonts (fonts-ipafont-mincho, fonts-ipafont-gothic), which the
+# copies of resident records are printed with (jukinet.copydoc).
+IPA_MINCHO = "/usr/share/fonts/opentype/ipafont-mincho/ipam.ttf"
+IPA_GOTHIC = "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf"
+
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 
@@ -112,14 +117,25 @@ class LoggedNodeConfig(NodeConfig):
     Absent: every head from below is refused."""
     checkpoint_interval: int = 10
     """Seconds between signed heads of the log (when it grew), each sent upward."""
+    directory_refresh_interval: int = 300
+    """Seconds between checks for a newer relay directory: the national node re-reads
+    its ``directory`` file (and re-signs before expiry), the others ask the tier above."""
+    card_crl_interval: int = 30
+    """Seconds between exchanges of resident card CRLs with the tier above (a
+    municipality publishes a revocation at once and a prefecture passes it up at
+    once; the CRLs a node lacks are fetched this often)."""
 
     path_settings: ClassVar[tuple[str, ...]] = ("log_key", "log_verifiers")
 
     def __post_init__(self) -> None:
-        """Also refuse a checkpoint interval outside 1 to 3600 seconds."""
+        """Also refuse a checkpoint or directory refresh interval outside 1 to 3600 seconds."""
         super().__post_init__()
         if not 1 <= self.checkpoint_interval <= 3600:
             raise ConfigError("checkpoint_interval: must be between 1 and 3600 seconds")
+        if not 1 <= self.directory_refresh_interval <= 3600:
+            raise ConfigError("directory_refresh_interval: must be between 1 and 3600 seconds")
+        if not 1 <= self.card_crl_interval <= 24 * 3600:
+            raise ConfigError("card_crl_interval: must be between 1 second and 1 day")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,8 +146,16 @@ class NationalConfig(LoggedNodeConfig):
     """The largest resident-code pool one request may ask for."""
     purposes: str = ""
     """The purpose registry file (TOML), the same as the gateway's; empty: the packaged one."""
+    directory: str = ""
+    """The administered relay directory file (TOML, one ``[[node]]`` table per node:
+    identity, address, certificate PEM path); empty: no directory is signed and
+    nothing is relayed between municipalities."""
 
-    path_settings: ClassVar[tuple[str, ...]] = ("purposes", *LoggedNodeConfig.path_settings)
+    path_settings: ClassVar[tuple[str, ...]] = (
+        "purposes",
+        "directory",
+        *LoggedNodeConfig.path_settings,
+    )
 
     def __post_init__(self) -> None:
         """Also refuse a pool size outside 1 to 1,000,000."""
@@ -184,6 +208,11 @@ class MunicipalConfig(LoggedNodeConfig):
     """The PKI folder operator cards are checked against: the root ``ca.pem``
     and ``crl.pem`` and ``operator-ca-<code>/`` (its ``ca.pem`` and
     ``crl.pem``); empty: the folder of ``tls.ca``."""
+    resident_card_ca: str = ""
+    """The folder of this municipality's resident card CA (its ``ca.pem``,
+    ``ca.key``, ``crl.pem`` and ``card-secret.key``, on this node's host: the
+    node signs its residents' cards and its CRL with it); empty:
+    ``resident-card-ca-<code>/`` in the card trust folder."""
     session_idle: int = 15 * 60
     """Seconds without a call after which an operator's session ends."""
     session_max: int = 9 * 3600
@@ -198,8 +227,40 @@ class MunicipalConfig(LoggedNodeConfig):
     """Argon2id passes per password hash (RFC 9106's second option: 3)."""
     password_hash_memory_kib: int = 64 * 1024
     """Argon2id memory per password hash, in KiB (RFC 9106's second option: 65536)."""
+    document_key: str = ""
+    """The key that signs the copies of resident records this municipality issues;
+    empty: ``<tls key>.doc.key`` beside the TLS key (``jukinet pki`` writes it)."""
+    document_certificate: str = ""
+    """Its document-signing certificate; empty: ``<tls cert>.doc.pem`` beside the
+    TLS certificate."""
+    copy_font_mincho: str = IPA_MINCHO
+    """The Mincho font (TrueType) the copies are printed with."""
+    copy_font_gothic: str = IPA_GOTHIC
+    """The Gothic font (TrueType) of the copies' headings."""
 
-    path_settings: ClassVar[tuple[str, ...]] = ("log_key", "log_verifiers", "card_trust")
+    path_settings: ClassVar[tuple[str, ...]] = (
+        "log_key",
+        "log_verifiers",
+        "card_trust",
+        "document_key",
+        "document_certificate",
+        "copy_font_mincho",
+        "copy_font_gothic",
+        "resident_card_ca",
+    )
+
+    def document_files(self) -> tuple[Path, Path]:
+        """The document-signing key and certificate (the settings, else beside the TLS files)."""
+        from jukinet import pki  # here: config stays below the PKI code
+
+        return (
+            Path(self.document_key)
+            if self.document_key
+            else pki.default_document_key_path(Path(self.tls.key)),
+            Path(self.document_certificate)
+            if self.document_certificate
+            else pki.default_document_certificate_path(Path(self.tls.cert)),
+        )
 
     def login_policy(self) -> LoginPolicy:
         """The limits of logins and sessions these settings give."""
@@ -216,6 +277,13 @@ class MunicipalConfig(LoggedNodeConfig):
     def card_trust_dir(self) -> Path:
         """The folder of the card trust (``card_trust``, else the folder of ``tls.ca``)."""
         return Path(self.card_trust) if self.card_trust else Path(self.tls.ca).parent
+
+    def resident_card_ca_dir(self) -> Path:
+        """The folder of the resident card CA (``resident_card_ca``, else
+        ``resident-card-ca-<code>/`` in the card trust folder)."""
+        if self.resident_card_ca:
+            return Path(self.resident_card_ca)
+        return self.card_trust_dir() / f"resident-card-ca-{self.local_government_code}"
 
     def __post_init__(self) -> None:
         """Also refuse a bad local government code, prefecture address, pool, batching or

@@ -136,24 +136,133 @@ def _refuse_card(reason: Reason, message: str) -> Unauthenticated | PermissionDe
 
 @dataclass(frozen=True)
 class Challenge:
-    """What the card signs: bound to a terminal, an operator, an expiry and a nonce."""
+    """What a card signs: bound to a terminal, a subject, an expiry and a nonce.
+
+    The subject is the URI of whose card is to sign (an operator's), or
+    empty when any card may answer (a resident card's proof of identity);
+    the tag says what the signature is for, so that a signature made for one
+    purpose never serves another.
+    """
 
     terminal: Identity
-    operator: Identity
+    subject: str
     expires_at: dt.datetime
     nonce: bytes
+    tag: bytes = _CHALLENGE_TAG
+
+    @property
+    def operator(self) -> Identity:
+        """The operator whose card is to sign (a login's subject)."""
+        return parse_identity_uri(self.subject)
 
     def message(self) -> bytes:
         """The exact bytes the card signs (one field a line, nothing left to interpret)."""
         return b"\n".join(
             (
-                _CHALLENGE_TAG,
+                self.tag,
                 self.terminal.uri.encode(),
-                self.operator.uri.encode(),
+                self.subject.encode(),
                 self.expires_at.astimezone(dt.UTC).isoformat(timespec="microseconds").encode(),
                 self.nonce.hex().encode(),
             )
         )
+
+
+def define_challenge_table(metadata: MetaData, name: str, subject_column: str) -> Table:
+    """A table of single-use challenges (:class:`ChallengeBook`) in a node's metadata."""
+    return Table(
+        name,
+        metadata,
+        # SHA-256 of the nonce: the nonce itself is only in the signed message.
+        Column("nonce_hash", LargeBinary(32), primary_key=True),
+        Column("terminal", String(120), nullable=False),
+        Column(subject_column, String(120), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Index(f"ix_{name}_expires", "expires_at"),
+    )
+
+
+class ChallengeBook:
+    """Single-use challenges of one purpose (its ``tag``), kept in one table.
+
+    :meth:`issue` makes one for a terminal and a subject; :meth:`take`
+    removes it (a challenge is used once, right or wrong) and checks that it
+    is the presenting terminal's and has not expired.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        table: Table,
+        *,
+        subject_column: str,
+        tag: bytes,
+        ttl: dt.timedelta,
+        clock: Clock = SYSTEM_CLOCK,
+        what: str = "login challenge",
+    ) -> None:
+        self.db = db
+        self.table = table
+        self._subject = table.c[subject_column]
+        self.tag = tag
+        self.ttl = ttl
+        self.clock = clock
+        self.what = what
+
+    async def issue(self, terminal: Identity, subject: str) -> Challenge:
+        """A new challenge for ``subject``'s card at ``terminal``.
+
+        Expired challenges are purged at the same time, so the table holds
+        at most what was issued within one ``ttl``.
+        """
+        now = self.clock.now()
+        challenge = Challenge(
+            terminal, subject, now + self.ttl, secrets.token_bytes(NONCE_BYTES), self.tag
+        )
+        async with self.db.write() as conn:
+            await conn.execute(delete(self.table).where(self.table.c.expires_at < now))
+            await conn.execute(
+                insert(self.table).values(
+                    {
+                        self.table.c.nonce_hash: _digest(challenge.nonce),
+                        self.table.c.terminal: terminal.uri,
+                        self._subject: subject,
+                        self.table.c.expires_at: challenge.expires_at,
+                    }
+                )
+            )
+        return challenge
+
+    async def take(self, terminal: Identity, nonce: bytes) -> Challenge:
+        """The challenge of ``nonce``, removed (used once) and checked for ``terminal``."""
+        c = self.table.c
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(select(self.table).where(c.nonce_hash == _digest(nonce)))
+            ).first()
+            if row is not None:
+                await conn.execute(delete(self.table).where(c.nonce_hash == row.nonce_hash))
+        if row is None:
+            raise Unauthenticated(
+                f"{self.what} unknown or already used: ask for a new one",
+                reason=Reason.CHALLENGE_INVALID,
+            )
+        challenge = Challenge(
+            parse_identity_uri(row.terminal),
+            row._mapping[self._subject],
+            as_utc(row.expires_at),
+            nonce,
+            self.tag,
+        )
+        if challenge.terminal != terminal:
+            raise Unauthenticated(
+                f"{self.what} was issued to another terminal", reason=Reason.CHALLENGE_INVALID
+            )
+        if self.clock.now() > challenge.expires_at:
+            raise Unauthenticated(
+                f"{self.what} expired: ask for a new one", reason=Reason.CHALLENGE_INVALID
+            )
+        return challenge
 
 
 # --- the card's certificate ----------------------------------------------------
@@ -254,7 +363,7 @@ class CardTrust:
             raise _refuse_card(
                 Reason.CARD_INVALID, f"no operator CA of organisation {operator.org} is known here"
             )
-        problem = _chain_problem(cert, ca.certificate, self.root, now)
+        problem = chain_problem(cert, ca.certificate, self.root, now)
         if problem:
             raise _refuse_card(Reason.CARD_INVALID, f"card of {operator.uri}: {problem}")
         if ca.certificate.serial_number in self.root_revoked:
@@ -277,25 +386,35 @@ def _validity_problem(what: str, cert: x509.Certificate, now: dt.datetime) -> st
     return ""
 
 
-def _chain_problem(
-    card: x509.Certificate, ca: x509.Certificate, root: x509.Certificate, now: dt.datetime
+def chain_problem(
+    card: x509.Certificate,
+    ca: x509.Certificate,
+    root: x509.Certificate,
+    now: dt.datetime,
+    *,
+    ca_name: str = "operator CA",
+    issuer: str = "its organisation's operator CA",
 ) -> str:
-    """Why ``card`` -> ``ca`` -> ``root`` is not a card chain at ``now``, or ""."""
+    """Why ``card`` -> ``ca`` -> ``root`` is not a card chain at ``now``, or "".
+
+    ``ca_name`` and ``issuer`` name the CA in the answer (an operator CA, a
+    resident card CA).
+    """
     try:
         ca.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature):
-        return "its operator CA is not issued by the federation root"
+        return f"its {ca_name} is not issued by the federation root"
     try:
         constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
     except (x509.ExtensionNotFound, ValueError):
-        return "its operator CA has no basic constraints"
+        return f"its {ca_name} has no basic constraints"
     if not constraints.ca or constraints.path_length != 0:
-        return "its operator CA is not a CA of pathLen 0"
+        return f"its {ca_name} is not a CA of pathLen 0"
     try:
         card.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
-        return "certificate not issued by its organisation's operator CA"
-    for what, cert in (("operator CA", ca), ("certificate", card)):
+        return f"certificate not issued by {issuer}"
+    for what, cert in ((ca_name, ca), ("certificate", card)):
         problem = _validity_problem(what, cert, now)
         if problem:
             return problem
@@ -345,16 +464,7 @@ def define_operator_tables(metadata: MetaData) -> OperatorTables:
         Column("created_at", DateTime(timezone=True), nullable=False),
         PrimaryKeyConstraint("org", "operator_id", name="pk_operators"),
     )
-    challenges = Table(
-        "operator_challenges",
-        metadata,
-        # SHA-256 of the nonce: the nonce itself is only in the signed message.
-        Column("nonce_hash", LargeBinary(32), primary_key=True),
-        Column("terminal", String(120), nullable=False),
-        Column("operator", String(120), nullable=False),
-        Column("expires_at", DateTime(timezone=True), nullable=False),
-        Index("ix_operator_challenges_expires", "expires_at"),
-    )
+    challenges = define_challenge_table(metadata, "operator_challenges", "operator")
     sessions = Table(
         "operator_sessions",
         metadata,
@@ -431,6 +541,14 @@ class OperatorStore:
         self.org = org
         self.clock = clock
         self.policy = policy or LoginPolicy()
+        self.challenges = ChallengeBook(
+            db,
+            tables.challenges,
+            subject_column="operator",
+            tag=_CHALLENGE_TAG,
+            ttl=self.policy.challenge_ttl,
+            clock=clock,
+        )
 
     def _check_terminal(self, terminal: Identity) -> None:
         if terminal.kind is not Kind.TERMINAL:
@@ -518,60 +636,10 @@ class OperatorStore:
     # challenges
 
     async def issue_challenge(self, terminal: Identity, operator: Identity) -> Challenge:
-        """A new single-use challenge for ``operator``'s card at ``terminal``.
-
-        Expired challenges are purged at the same time, so the table holds
-        at most what was issued within one :attr:`LoginPolicy.challenge_ttl`.
-        """
+        """A new single-use challenge for ``operator``'s card at ``terminal``."""
         self._check_terminal(terminal)
         self._check_operator(operator)
-        now = self.clock.now()
-        challenge = Challenge(
-            terminal, operator, now + self.policy.challenge_ttl, secrets.token_bytes(NONCE_BYTES)
-        )
-        async with self.db.write() as conn:
-            await conn.execute(
-                delete(self.t.challenges).where(self.t.challenges.c.expires_at < now)
-            )
-            await conn.execute(
-                insert(self.t.challenges).values(
-                    nonce_hash=_digest(challenge.nonce),
-                    terminal=terminal.uri,
-                    operator=operator.uri,
-                    expires_at=challenge.expires_at,
-                )
-            )
-        return challenge
-
-    async def _take_challenge(self, terminal: Identity, nonce: bytes) -> Challenge:
-        """The challenge of ``nonce``, removed (used once) and checked for ``terminal``."""
-        c = self.t.challenges.c
-        async with self.db.write() as conn:
-            row = (
-                await conn.execute(select(self.t.challenges).where(c.nonce_hash == _digest(nonce)))
-            ).first()
-            if row is not None:
-                await conn.execute(delete(self.t.challenges).where(c.nonce_hash == row.nonce_hash))
-        if row is None:
-            raise Unauthenticated(
-                "login challenge unknown or already used: ask for a new one",
-                reason=Reason.CHALLENGE_INVALID,
-            )
-        challenge = Challenge(
-            parse_identity_uri(row.terminal),
-            parse_identity_uri(row.operator),
-            as_utc(row.expires_at),
-            nonce,
-        )
-        if challenge.terminal != terminal:
-            raise Unauthenticated(
-                "login challenge was issued to another terminal", reason=Reason.CHALLENGE_INVALID
-            )
-        if self.clock.now() > challenge.expires_at:
-            raise Unauthenticated(
-                "login challenge expired: ask for a new one", reason=Reason.CHALLENGE_INVALID
-            )
-        return challenge
+        return await self.challenges.issue(terminal, operator.uri)
 
     # login
 
@@ -591,7 +659,7 @@ class OperatorStore:
         expired (or administrator-set) password requires.
         """
         self._check_terminal(terminal)
-        challenge = await self._take_challenge(terminal, nonce)
+        challenge = await self.challenges.take(terminal, nonce)
         await self._reload_trust()
         now = self.clock.now()
         operator, cert = self.trust.verify_card(card_certificate, terminal, now)

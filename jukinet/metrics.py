@@ -353,6 +353,33 @@ class StorageMetrics:
         self.storage_full.inc()
 
 
+RELAY_KINDS = ("move-in-notice", "move-out-data", "copy")
+"""The kinds of relayed request a label names (jukinet.relay.header.KIND_LABELS)."""
+RELAY_OUTCOMES = ("ok", "refused", "failed")
+"""How a relayed request ended at a node: answered (or passed on and answered),
+refused (by this node or a later one, or answered with a refusal), failed
+(a node further on could not be reached)."""
+
+
+class RelayMetrics:
+    """Requests relayed between municipalities, as seen by one node (every tier)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.kind_label = LabelSet(RELAY_KINDS)
+        self.outcome_label = LabelSet(RELAY_OUTCOMES)
+        self.requests = Counter(
+            "jukinet_relayed_requests",
+            "Requests relayed between municipalities that this node sent, passed on or "
+            "answered, by kind and outcome",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+
+    def count(self, kind: str, outcome: str) -> None:
+        """Count one request of ``kind`` that ended in ``outcome`` here."""
+        self.requests.labels(self.kind_label(kind), self.outcome_label(outcome)).inc()
+
+
 def _codes_issued(registry: CollectorRegistry) -> Counter:
     return Counter(
         "jukinet_codes_issued", "Resident codes minted or handed down", registry=registry
@@ -375,6 +402,7 @@ class MunicipalMetrics(NodeMetrics):
         )
         self.delivery = DeliveryMetrics(r)
         self.storage = StorageMetrics(r)
+        self.relay = RelayMetrics(r)
 
 
 class PrefectureMetrics(NodeMetrics):
@@ -388,6 +416,7 @@ class PrefectureMetrics(NodeMetrics):
         self.delivery = DeliveryMetrics(self.registry)
         self.codes_issued = _codes_issued(self.registry)
         self.storage = StorageMetrics(self.registry)
+        self.relay = RelayMetrics(self.registry)
 
 
 class AgencyMetrics(NodeMetrics):
@@ -428,6 +457,7 @@ class NationalMetrics(AgencyMetrics):
         self.receiver = ReceiverMetrics(self.registry, peers=PREFECTURE_CODES)
         self.codes_issued = _codes_issued(self.registry)
         self.storage = StorageMetrics(self.registry)
+        self.relay = RelayMetrics(self.registry)
 
 
 class GatewayMetrics(AgencyMetrics):

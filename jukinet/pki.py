@@ -28,6 +28,26 @@ certificates out of mTLS; the login verifier (:mod:`jukinet.login`) checks
 the two links of a card's chain itself, the root being its trust anchor
 (RFC 5280, 6.1: a trust anchor's own constraints do not bind the path).
 
+Each municipality also gets a document-signing certificate
+(``<node>.doc.pem`` / ``<node>.doc.key`` beside its TLS files) for the copies
+of resident records it issues (:mod:`jukinet.copydoc`). Its one URI SAN is
+``jukinet://document-signer/<code>``, a name :func:`parse_identity_uri` does
+not know, and its only extended key usage is documentSigning (RFC 9336), so
+that it can never stand for a caller in TLS, and a node's TLS certificate is
+never taken for a document signer. Key usage digitalSignature and
+nonRepudiation (contentCommitment), as PAdES signers carry.
+
+A municipality's resident card CA (``resident-card-ca-<code>/``: ``ca.pem``,
+``ca.key``, ``crl.pem`` and ``card-secret.key``) is made the same way
+(:func:`create_sub_ca`), constrained to URIs of host ``resident-card``. Its
+key lives on the municipal node's host: the node signs the certificate of
+every card it issues, keeps the record of its cards in its database, and
+re-signs the CRL from that record. A resident card certificate names the card
+(``jukinet://resident-card/<code>/<random card id>``), never its holder. A
+URI name constraint binds the host only (RFC 5280, 4.2.1.10), so that the
+card's municipality in the URI is the CA's own (its OU) is checked by the
+verifier (:mod:`jukinet.residentcard`).
+
 Private keys are written with mode 0600 via a temporary file and an atomic
 rename, so a crash never leaves a half-written or world-readable key.
 """
@@ -36,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import enum
 import ipaddress
 import os
 import re
@@ -75,7 +96,14 @@ _RESERVED_NAMES = frozenset({"ca", "crl"})
 _SERVER_KINDS = frozenset({Kind.MUNICIPALITY, Kind.PREFECTURE, Kind.NATIONAL, Kind.GATEWAY})
 # Leaves that only ever call: their certificate allows clientAuth alone.
 _CLIENT_ONLY_KINDS = frozenset({Kind.TERMINAL})
+# The nodes requests between municipalities are sealed to (jukinet.relay.seal).
+_NODE_KINDS = frozenset({Kind.MUNICIPALITY, Kind.PREFECTURE, Kind.NATIONAL})
 _LOCAL_HOSTS = ("localhost", "127.0.0.1")
+# RFC 9336: the extended key usage of a certificate that signs documents.
+DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")
+DOCUMENT_SIGNER_PREFIX = "jukinet://document-signer/"
+# The suffix of a node's document-signing files: municipality-312011.doc.pem/.key.
+_DOCUMENT_SUFFIX = ".doc"
 _ORGANIZATION = "jukinet"
 
 
@@ -287,61 +315,69 @@ def issue(
         x509.UniformResourceIdentifier(identity.uri),
         *_host_names(hosts),
     ]
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
-            # X.509 caps commonName at 64 characters; the URI SAN, not the
-            # CN, is what identifies the caller, so truncating is harmless.
-            x509.NameAttribute(NameOID.COMMON_NAME, name[:64]),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            # ECDHE supplies the key exchange, so the leaf key only signs.
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH]
-                if identity.kind in _CLIENT_ONLY_KINDS
-                else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        # Critical: the URI SAN is the identity, and the subject carries no
-        # host name, so a verifier that cannot read SANs must refuse it.
-        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    cert = _sign_leaf(
+        ca_cert,
+        ca_key,
+        common_name=name,
+        public_key=key.public_key(),
+        not_after=not_after,
+        # ECDHE supplies the TLS key exchange; a node's key also agrees keys
+        # (ECDH) for the bodies relayed to it sealed (jukinet.relay.seal).
+        key_usage=_key_usage(sign=True, ca=False, agree=identity.kind in _NODE_KINDS),
+        extended=[ExtendedKeyUsageOID.CLIENT_AUTH]
+        if identity.kind in _CLIENT_ONLY_KINDS
+        else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        sans=sans,
     )
     # Key before certificate: readers pair them by name, and a new
     # certificate next to an old key would fail every handshake.
     _write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return Issued(name, identity, cert_path, key_path, cert.serial_number, not_after)
+
+
+def _sign_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    common_name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    not_after: dt.datetime,
+    key_usage: x509.KeyUsage,
+    extended: Sequence[x509.ObjectIdentifier],
+    sans: Sequence[x509.GeneralName],
+) -> x509.Certificate:
+    """A leaf certificate of the root: what TLS leaves and document signers share."""
+    now = _now()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+            # X.509 caps commonName at 64 characters; the URI SAN, not the
+            # CN, is what identifies the holder, so truncating is harmless.
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+        ]
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage(extended), critical=False)
+        # Critical: the URI SAN is the identity, and the subject carries no
+        # host name, so a verifier that cannot read SANs must refuse it.
+        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
 
 
 def certificate_identity(cert: x509.Certificate) -> Identity:
@@ -495,7 +531,9 @@ class FederationSpec:
     in at a terminal with their card). Every municipality also gets its
     operator CA (``operator-ca-<code>/``, which issues its cards) and a
     counter terminal certificate for each of ``terminals``
-    (``terminal-<code>-desk1``, identity ``jukinet://terminal/<code>/desk1``).
+    (``terminal-<code>-desk1``, identity ``jukinet://terminal/<code>/desk1``)
+    and, with ``resident_cards``, its resident card CA
+    (``resident-card-ca-<code>/``, which its node signs residents' cards with).
     """
 
     prefectures: Sequence[str] = ()
@@ -503,6 +541,7 @@ class FederationSpec:
     agencies: Sequence[str] = ()
     operators: bool = False
     operator_id: str = "admin"
+    resident_cards: bool = True
     terminals: Sequence[str] = ("desk1", "desk2")
     extra: Sequence[Identity] = field(default_factory=tuple)
 
@@ -531,14 +570,30 @@ def _still_good(
 ) -> Issued | None:
     """The existing ``<name>`` certificate if it can be kept as is, else None."""
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert = _keepable(cert_path, key_path, ca_cert, revoked)
+    try:
+        if cert is None or certificate_identity(cert) != identity:
+            return None
+    except ValueError:
+        return None
+    if identity.kind in _NODE_KINDS and not _agrees_keys(cert):
+        return None  # issued before relayed bodies were sealed to node keys
+    return Issued(
+        name, identity, cert_path, key_path, cert.serial_number, cert.not_valid_after_utc, False
+    )
+
+
+def _keepable(
+    cert_path: Path, key_path: Path, ca_cert: x509.Certificate, revoked: frozenset[int]
+) -> x509.Certificate | None:
+    """The certificate at ``cert_path`` if it is this CA's, matches its key, is not
+    revoked and not due for renewal; else None."""
     if not cert_path.exists() or not key_path.exists():
         return None
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert.verify_directly_issued_by(ca_cert)
-        if certificate_identity(cert) != identity:
-            return None
     except (ValueError, TypeError, InvalidSignature):
         return None
     if key.public_key() != cert.public_key():
@@ -547,9 +602,14 @@ def _still_good(
         return None
     if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
         return None
-    return Issued(
-        name, identity, cert_path, key_path, cert.serial_number, cert.not_valid_after_utc, False
-    )
+    return cert
+
+
+def _agrees_keys(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_agreement)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def issue_federation(
@@ -560,6 +620,10 @@ def issue_federation(
     ca_common_name: str = "jukinet root CA",
 ) -> list[Issued]:
     """Create the CA if needed and every certificate ``spec`` lists.
+
+    Every municipality also gets its document-signing certificate
+    (:func:`issue_document_signer`), kept and renewed by the same rule; it is
+    not among the results (it is no caller's certificate).
 
     Idempotent: a certificate already present, issued by this CA, for the
     same identity, with a matching key, not revoked and not close to expiry
@@ -581,11 +645,19 @@ def issue_federation(
         )
         if identity.kind in (Kind.MUNICIPALITY, Kind.PREFECTURE, Kind.NATIONAL):
             _ensure_log_key(directory, name, identity)
+        if identity.kind is Kind.MUNICIPALITY:
+            _ensure_document_signer(directory, identity.code, ca_cert, revoked, days)
         if (
             identity.kind is Kind.MUNICIPALITY
             and not (operator_ca_dir(directory, identity.code) / CA_CERT).exists()
         ):
             create_operator_ca(directory, identity.code)
+        if (
+            identity.kind is Kind.MUNICIPALITY
+            and spec.resident_cards
+            and not (resident_card_ca_dir(directory, identity.code) / CA_CERT).exists()
+        ):
+            create_resident_card_ca(directory, identity.code)
     write_log_verifiers(directory)
     return results
 
@@ -630,25 +702,136 @@ def _node_identity(name: str) -> Identity | None:
     return None
 
 
+# --- document signers ---------------------------------------------------------
+
+
+def document_signer_uri(code: str) -> str:
+    """The URI SAN of municipality ``code``'s document-signing certificate."""
+    Identity.municipality(code)  # validates the code (ValueError)
+    return f"{DOCUMENT_SIGNER_PREFIX}{code}"
+
+
+def default_document_key_path(tls_key: Path) -> Path:
+    """Where a node's document-signing key is when ``document_key`` is not set."""
+    return tls_key.with_suffix(_DOCUMENT_SUFFIX + ".key")
+
+
+def default_document_certificate_path(tls_cert: Path) -> Path:
+    """Where a node's document-signing certificate is when ``document_certificate``
+    is not set."""
+    return tls_cert.with_suffix(_DOCUMENT_SUFFIX + ".pem")
+
+
+def issue_document_signer(
+    directory: Path | str, code: str, days: int = NODE_DAYS, *, force: bool = False
+) -> x509.Certificate:
+    """Issue municipality ``code``'s document-signing certificate and key as
+    ``municipality-<code>.doc.pem`` / ``.doc.key`` beside ``ca.pem``.
+
+    URI SAN ``jukinet://document-signer/<code>``, key usage digitalSignature
+    and nonRepudiation, extended key usage documentSigning alone. An existing
+    one is refused (FileExistsError) unless ``force``, which revokes it.
+    """
+    directory = Path(directory)
+    uri = document_signer_uri(code)
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    ca_cert, ca_key = _load_ca(directory)
+    name = cert_name(Identity.municipality(code))
+    cert_path = default_document_certificate_path(directory / f"{name}.pem")
+    key_path = default_document_key_path(directory / f"{name}.key")
+    existing = [path for path in (cert_path, key_path) if path.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{existing[0]} already exists: refusing to replace it")
+    if cert_path.exists():
+        _revoke_replaced(directory, cert_path, ca_cert, ca_key)
+    key = _new_key()
+    cert = _sign_leaf(
+        ca_cert,
+        ca_key,
+        common_name=f"{name} document signer",
+        public_key=key.public_key(),
+        not_after=min(_now() + dt.timedelta(days=days), ca_cert.not_valid_after_utc),
+        key_usage=_key_usage(sign=True, ca=False, commit=True),
+        extended=[DOCUMENT_SIGNING],
+        sans=[x509.UniformResourceIdentifier(uri)],
+    )
+    _write_private(key_path, _key_pem(key))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+def _ensure_document_signer(
+    directory: Path, code: str, ca_cert: x509.Certificate, revoked: frozenset[int], days: int
+) -> None:
+    """Keep municipality ``code``'s document signer if it is still good, else issue it."""
+    name = cert_name(Identity.municipality(code))
+    cert_path = default_document_certificate_path(directory / f"{name}.pem")
+    key_path = default_document_key_path(directory / f"{name}.key")
+    cert = _keepable(cert_path, key_path, ca_cert, revoked)
+    try:
+        if cert is not None and document_signer_code(cert) == code:
+            return
+    except ValueError:
+        pass
+    issue_document_signer(directory, code, days, force=True)
+
+
+def document_signer_code(cert: x509.Certificate) -> str:
+    """The municipality a document-signing certificate speaks for; ValueError (saying
+    why) for any certificate that is not one.
+
+    It must be an end-entity certificate with exactly one URI SAN,
+    ``jukinet://document-signer/<valid code>``, key usage digitalSignature
+    and nonRepudiation, and documentSigning among its extended key usages.
+    Who issued it is the caller's question (the chain to the federation's root).
+    """
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        extended = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ValueError(
+            "not a document-signing certificate (it lacks basic constraints, key usage, "
+            "extended key usage or subjectAltName)"
+        ) from None
+    if basic.ca:
+        raise ValueError("not a document-signing certificate (it is a CA)")
+    if DOCUMENT_SIGNING not in extended:
+        raise ValueError("not a document-signing certificate (no documentSigning usage)")
+    if not (usage.digital_signature and usage.content_commitment):
+        raise ValueError(
+            "not a document-signing certificate (key usage lacks digitalSignature "
+            "or nonRepudiation)"
+        )
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1 or not uris[0].startswith(DOCUMENT_SIGNER_PREFIX):
+        raise ValueError("not a document-signing certificate (no document-signer URI)")
+    code = uris[0].removeprefix(DOCUMENT_SIGNER_PREFIX)
+    try:
+        Identity.municipality(code)
+    except ValueError:
+        raise ValueError(f"document-signer URI names no municipality: {uris[0]!r}") from None
+    return code
+
+
 # --- operator CAs and card certificates ---------------------------------------
 
 OPERATOR_CA_DAYS = 1825
 # A card is lent to one person for years; its certificate is renewed with the card.
 CARD_DAYS = 1095
-# The host of every operator identity URI (jukinet://operator/...): the one URI
-# subtree an operator CA's name constraints permit (RFC 5280, 4.2.1.10).
-_OPERATOR_URI_HOST = "operator"
 # The subject O of an operator CA names the organisation it serves.
 _OPERATOR_CA_CN = "jukinet operator CA"
 
 
-def _key_usage(*, sign: bool, ca: bool) -> x509.KeyUsage:
+def _key_usage(*, sign: bool, ca: bool, commit: bool = False, agree: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=sign,
-        content_commitment=False,
+        content_commitment=commit,
         key_encipherment=False,
         data_encipherment=False,
-        key_agreement=False,
+        key_agreement=agree,
         key_cert_sign=ca,
         crl_sign=ca,
         encipher_only=False,
@@ -658,9 +841,7 @@ def _key_usage(*, sign: bool, ca: bool) -> x509.KeyUsage:
 
 def operator_ca_dir(directory: Path | str, org: str) -> Path:
     """The directory of ``org``'s operator CA inside the PKI directory ``directory``."""
-    # Validates org (ValueError) before it becomes part of a path.
-    Identity.operator(org, "ca")
-    return Path(directory) / f"operator-ca-{org}"
+    return sub_ca_dir(directory, SubCaKind.OPERATOR, org)
 
 
 def operator_ca_org(cert: x509.Certificate) -> str:
@@ -677,33 +858,66 @@ def operator_ca_org(cert: x509.Certificate) -> str:
     return org
 
 
-def create_operator_ca(
-    directory: Path | str, org: str, *, days: int = OPERATOR_CA_DAYS
-) -> x509.Certificate:
-    """Create ``org``'s operator CA under the root of ``directory``, with an empty CRL.
+class SubCaKind(enum.Enum):
+    """The kinds of CA the root signs under itself, each for one organisation.
 
-    Its certificate is signed by the root, is a CA of pathLen 0 (it signs card
-    certificates only), may sign certificates and CRLs only, and is
-    name-constrained to ``jukinet://operator/...`` URIs. Refuses
-    (FileExistsError) to replace an existing operator CA.
+    The value is the host of every URI the CA may certify (its name
+    constraint) and the prefix of its directory in the PKI directory.
+    """
+
+    OPERATOR = "operator"
+    """An organisation's operator CA: its staff's IC cards."""
+    RESIDENT_CARD = "resident-card"
+    """A municipality's resident card CA (住民基本台帳カード): its residents' cards."""
+
+
+_SUB_CA_CN = {
+    SubCaKind.OPERATOR: _OPERATOR_CA_CN,
+    SubCaKind.RESIDENT_CARD: "jukinet resident card CA",
+}
+_SUB_CA_DAYS = {SubCaKind.OPERATOR: OPERATOR_CA_DAYS, SubCaKind.RESIDENT_CARD: 3650}
+
+
+def sub_ca_dir(directory: Path | str, kind: SubCaKind, org: str) -> Path:
+    """The directory of ``org``'s CA of ``kind`` inside the PKI directory ``directory``."""
+    # Validates org (ValueError) before it becomes part of a path: any
+    # organisation has operators, only a municipality issues resident cards.
+    if kind is SubCaKind.RESIDENT_CARD:
+        Identity.municipality(org)
+    else:
+        Identity.operator(org, "ca")
+    return Path(directory) / f"{kind.value}-ca-{org}"
+
+
+def create_sub_ca(
+    directory: Path | str, kind: SubCaKind, org: str, *, days: int | None = None
+) -> x509.Certificate:
+    """Create ``org``'s CA of ``kind`` under the root of ``directory``, with an empty CRL.
+
+    Its certificate is signed by the root, is a CA of pathLen 0 (it signs
+    card certificates only), may sign certificates and CRLs only, names its
+    organisation in its subject's OU and is name-constrained to
+    ``jukinet://<kind>/...`` URIs. Refuses (FileExistsError) to replace an
+    existing CA.
     """
     root_cert, root_key = _load_ca(Path(directory))
-    where = operator_ca_dir(directory, org)
+    where = sub_ca_dir(directory, kind, org)
     where.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = where / CA_CERT, where / CA_KEY
     for path in (cert_path, key_path):
         if path.exists():
-            raise FileExistsError(f"{path} already exists: refusing to replace the operator CA")
+            raise FileExistsError(f"{path} already exists: refusing to replace the CA")
     key = _new_key()
     now = _now()
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, org),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{_OPERATOR_CA_CN} {org}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{_SUB_CA_CN[kind]} {org}"),
         ]
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    lifetime = dt.timedelta(days=_SUB_CA_DAYS[kind] if days is None else days)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -711,12 +925,12 @@ def create_operator_ca(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(min(now + dt.timedelta(days=days), root_cert.not_valid_after_utc))
+        .not_valid_after(min(now + lifetime, root_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(sign=False, ca=True), critical=True)
         .add_extension(
             x509.NameConstraints(
-                permitted_subtrees=[x509.UniformResourceIdentifier(_OPERATOR_URI_HOST)],
+                permitted_subtrees=[x509.UniformResourceIdentifier(kind.value)],
                 excluded_subtrees=None,
             ),
             critical=True,
@@ -732,6 +946,54 @@ def create_operator_ca(
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     _write_crl(where, cert, key, [], crl_number=1)
     return cert
+
+
+def create_operator_ca(
+    directory: Path | str, org: str, *, days: int = OPERATOR_CA_DAYS
+) -> x509.Certificate:
+    """Create ``org``'s operator CA (:func:`create_sub_ca` of kind operator)."""
+    return create_sub_ca(directory, SubCaKind.OPERATOR, org, days=days)
+
+
+def _card_certificate(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    uri: str,
+    subject: x509.Name,
+    days: int,
+) -> x509.Certificate:
+    """A card certificate: digitalSignature only, no extended key usage, one URI SAN."""
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(sign=True, ca=False), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _check_card_key(public_key: ec.EllipticCurvePublicKey, days: int) -> None:
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise ValueError("a card key must be EC P-256")
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
 
 
 def issue_card_certificate(
@@ -753,12 +1015,7 @@ def issue_card_certificate(
     """
     if identity.kind is not Kind.OPERATOR:
         raise ValueError(f"an operator CA certifies operators only, not {identity.uri}")
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-        public_key.curve, ec.SECP256R1
-    ):
-        raise ValueError("a card key must be EC P-256")
-    if days < 1:
-        raise ValueError(f"days must be at least 1, got {days}")
+    _check_card_key(public_key, days)
     where = operator_ca_dir(directory, identity.org)
     ca_cert, ca_key = _load_ca(where)
     if operator_ca_org(ca_cert) != identity.org:
@@ -772,38 +1029,141 @@ def issue_card_certificate(
                 "(use force to revoke the old card certificate)"
             )
         _revoke_replaced(where, cert_path, ca_cert, ca_key)
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.org),
-                    x509.NameAttribute(NameOID.COMMON_NAME, name[:64]),
-                ]
-            )
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(sign=True, ca=False), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.org),
+            x509.NameAttribute(NameOID.COMMON_NAME, name[:64]),
+        ]
     )
+    cert = _card_certificate(ca_cert, ca_key, public_key, identity.uri, subject, days)
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert
+
+
+# --- resident cards (住民基本台帳カード) ------------------------------------------
+
+# Assumed: ten years, the validity of a resident card (a card lent for years
+# is renewed with a new card, and so a new key and certificate).
+RESIDENT_CARD_DAYS = 3650
+CARD_SECRET_FILE = "card-secret.key"
+"""Beside a resident card CA's key: the secret its cards' security officer PINs
+derive from (:func:`jukinet.residentcard.card_so_pin`)."""
+_CARD_ID_RE = re.compile(r"[0-9a-f]{32}")
+_RESIDENT_CARD_PREFIX = f"jukinet://{SubCaKind.RESIDENT_CARD.value}/"
+
+
+def resident_card_ca_dir(directory: Path | str, code: str) -> Path:
+    """The directory of municipality ``code``'s resident card CA inside ``directory``."""
+    return sub_ca_dir(directory, SubCaKind.RESIDENT_CARD, code)
+
+
+def create_resident_card_ca(directory: Path | str, code: str) -> x509.Certificate:
+    """Create municipality ``code``'s resident card CA (:func:`create_sub_ca`) and the
+    secret its cards' security officer PINs derive from."""
+    cert = create_sub_ca(directory, SubCaKind.RESIDENT_CARD, code)
+    _write_private(
+        resident_card_ca_dir(directory, code) / CARD_SECRET_FILE, os.urandom(32).hex().encode()
+    )
+    return cert
+
+
+def resident_card_uri(code: str, card_id: str) -> str:
+    """``jukinet://resident-card/<code>/<card id>``: a card, by its municipality and id."""
+    Identity.municipality(code)
+    if _CARD_ID_RE.fullmatch(card_id) is None:
+        raise ValueError(f"a card id is 32 lowercase hex digits, got {card_id!r}")
+    return f"{_RESIDENT_CARD_PREFIX}{code}/{card_id}"
+
+
+def parse_resident_card_uri(uri: str) -> tuple[str, str]:
+    """The municipality code and card id of a resident card URI; ValueError otherwise."""
+    code, slash, card_id = uri.removeprefix(_RESIDENT_CARD_PREFIX).partition("/")
+    if not uri.startswith(_RESIDENT_CARD_PREFIX) or not slash:
+        raise ValueError(f"{uri!r} is not a resident card URI")
+    try:
+        resident_card_uri(code, card_id)
+    except ValueError as exc:
+        raise ValueError(f"{uri!r}: {exc}") from None
+    return code, card_id
+
+
+def sub_ca_org(cert: x509.Certificate, kind: SubCaKind) -> str:
+    """The organisation a CA certificate of ``kind`` serves; ValueError if it is none.
+
+    The CA names its organisation in its subject's organizational unit, and
+    its name constraint permits exactly the URIs of ``kind``.
+    """
+    org = operator_ca_org(cert)
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        raise ValueError("CA certificate has no name constraints") from None
+    if constraints.excluded_subtrees or list(constraints.permitted_subtrees or ()) != [
+        x509.UniformResourceIdentifier(kind.value)
+    ]:
+        raise ValueError(f"CA certificate is not constrained to {kind.value} URIs")
+    if kind is SubCaKind.RESIDENT_CARD:
+        Identity.municipality(org)
+    return org
+
+
+def load_ca(directory: Path | str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The certificate and key of the CA in ``directory`` (``ca.pem``, ``ca.key``)."""
+    return _load_ca(Path(directory))
+
+
+def issue_resident_card_certificate(
+    ca_dir: Path | str,
+    code: str,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    days: int = RESIDENT_CARD_DAYS,
+) -> tuple[x509.Certificate, str]:
+    """Certify a resident card's ``public_key`` (made on the card) by municipality
+    ``code``'s resident card CA in ``ca_dir``; the certificate and the card's new id.
+
+    The card id is random (128 bits); the certificate names the card by its
+    URI SAN ``jukinet://resident-card/<code>/<card id>`` and its subject
+    (CN the card id), and carries nothing about its holder: no resident code,
+    no name. A CA that does not serve ``code`` refuses (ValueError).
+    """
+    _check_card_key(public_key, days)
+    ca_cert, ca_key = _load_ca(Path(ca_dir))
+    if sub_ca_org(ca_cert, SubCaKind.RESIDENT_CARD) != code:
+        raise ValueError(f"{ca_dir}: the resident card CA does not serve municipality {code}")
+    card_id = os.urandom(16).hex()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, code),
+            x509.NameAttribute(NameOID.COMMON_NAME, card_id),
+        ]
+    )
+    uri = resident_card_uri(code, card_id)
+    return _card_certificate(ca_cert, ca_key, public_key, uri, subject, days), card_id
+
+
+def write_card_crl(
+    ca_dir: Path | str, revoked: Iterable[tuple[int, dt.datetime, x509.ReasonFlags]]
+) -> x509.CertificateRevocationList:
+    """Re-sign the CRL of the CA in ``ca_dir`` listing exactly ``revoked`` (serial,
+    revocation time, reason), numbered after the CRL it replaces; the new CRL."""
+    where = Path(ca_dir)
+    ca_cert, ca_key = _load_ca(where)
+    _, number = _crl_entries(where)
+    entries = [
+        x509.RevokedCertificateBuilder()
+        .serial_number(serial)
+        .revocation_date(when)
+        .add_extension(x509.CRLReason(reason), critical=False)
+        .build()
+        for serial, when, reason in revoked
+    ]
+    _write_crl(where, ca_cert, ca_key, entries, crl_number=number)
+    crl = _read_crl(where)
+    assert crl is not None
+    return crl
 
 
 def revoke_card(directory: Path | str, identity: Identity) -> int:

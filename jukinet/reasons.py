@@ -91,6 +91,10 @@ class Reason(enum.StrEnum):
     # The login challenge is unknown, used, expired, of another terminal, or its
     # signature does not verify against the card's certificate.
     CHALLENGE_INVALID = "challenge-invalid"
+    # Resident cards (住民基本台帳カード).
+    CARD_LAPSED = "card-lapsed"  # the card lapsed: its holder moved out (or was removed)
+    CARD_HELD = "card-held"  # the resident holds a valid card already: one card per resident
+    CONTINUATION_TOO_LATE = "continuation-too-late"  # past 90 days after the move-in
     WRONG_PASSWORD = "wrong-password"  # the password does not match (or no such account)
     LOCKED_OUT = "locked-out"  # too many wrong passwords: the account waits a while
     PASSWORD_EXPIRED = "password-expired"  # the password must be changed to log in
@@ -112,3 +116,16 @@ class Reason(enum.StrEnum):
         "checkpoint-inconsistent"  # a head that does not extend the one held (a forked log)
     )
     LOG_KEY_UNKNOWN = "log-key-unknown"  # no log verifier key is configured for the origin
+
+    # Requests relayed between municipalities (jukinet.relay).
+    DIRECTORY_INVALID = "directory-invalid"  # a directory not signed by the national node's key
+    # No directory held, or the one held is past its expiry and grace: nothing is relayed.
+    DIRECTORY_EXPIRED = "directory-expired"
+    RELAY_WRONG_HOP = "relay-wrong-hop"  # the caller may not hand this envelope to this node
+    RELAY_UNKNOWN_DESTINATION = "relay-unknown-destination"  # the directory lists no such node
+    # A sealed body that does not open here, or whose signature or signer does not verify.
+    RELAY_SEAL_INVALID = "relay-seal-invalid"
+    # A request id seen before with another source, kind or body.
+    RELAY_REQUEST_CONFLICT = "relay-request-conflict"
+    # A move-in notice that does not fit a move-out certificate this municipality issued.
+    MOVE_IN_NOTICE_MISMATCH = "move-in-notice-mismatch"

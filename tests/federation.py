@@ -28,6 +28,7 @@ from jukinet.config import GatewayConfig, MunicipalConfig, NationalConfig, Prefe
 from jukinet.identity import Identity
 from jukinet.operators import enroll
 from jukinet.purposes import PurposeRegistry
+from jukinet.relay.directory import write_source
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
     common_pb2,
@@ -79,11 +80,16 @@ TEST_LOGIN_SETTINGS: dict[str, Any] = {
 }
 """Municipal settings of a test federation (a test overrides them to try the policy)."""
 
+DIRECTORY_REFRESH = 1
+"""Seconds between relay directory refreshes in a test federation (300 by default)."""
+CARD_CRL_INTERVAL = 1
+"""Seconds between resident card CRL exchanges in a test federation (each tier)."""
+
 _hsm_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _activated(hsm: card.SoftHsm) -> Iterator[Any]:
+def activated(hsm: card.SoftHsm) -> Iterator[Any]:
     """``hsm`` as this process's card reader for a while, the previous one after."""
     with _hsm_lock:
         saved = os.environ.get("SOFTHSM2_CONF")
@@ -109,7 +115,7 @@ class TestCard:
 
     def sign(self, data: bytes) -> bytes:
         """The card's signature of ``data`` (the card's own key, on the SoftHSM2 token)."""
-        with _activated(self.hsm) as lib, card.open_card(lib, CARD_PIN, label=self.label) as c:
+        with activated(self.hsm) as lib, card.open_card(lib, CARD_PIN, label=self.label) as c:
             return c.sign(data)
 
 
@@ -132,9 +138,9 @@ class OperatorCards:
         if found is not None:
             return found
         label = f"{operator.org}-{operator.operator_id}"[:32]
-        with _activated(self.hsm):
+        with activated(self.hsm):
             self.hsm.init_token(label, CARD_SO_PIN, CARD_PIN)
-        with _activated(self.hsm) as lib:
+        with activated(self.hsm) as lib:
             cert = card.provision_card(
                 lib,
                 CARD_PIN,
@@ -178,6 +184,43 @@ class Federation:
     # The session token of each municipality's counter operator (at desk1).
     sessions: dict[str, str] = field(default_factory=dict)
     enrolled: set[Identity] = field(default_factory=set)
+
+    @property
+    def directory_file(self) -> Path:
+        """The relay directory file the national node signs: the nodes running, their ports."""
+        return self.databases.folder / "directory.toml"
+
+    async def publish_directory(self) -> None:
+        """Write the directory file with every prefecture and municipality started so far
+        and have the national node sign it now (it re-reads it when it changes)."""
+        nodes = [
+            (
+                Identity.prefecture(code),
+                f"127.0.0.1:{port}",
+                self.pki_dir / f"prefecture-{code}.pem",
+            )
+            for code, port in sorted(self.prefecture_ports.items())
+        ] + [
+            (
+                Identity.municipality(code),
+                f"127.0.0.1:{port}",
+                self.pki_dir / f"municipality-{code}.pem",
+            )
+            for code, port in sorted(self.municipal_ports.items())
+        ]
+        write_source(self.directory_file, nodes)
+        if self.national is None or not self.national_running:
+            return
+        await self.national.directory.refresh()
+        # Every node holds it before the test goes on: nothing is written by the
+        # background refresh afterwards (tests compare whole databases).
+        keepers = [p.directory for p in self.prefectures.values()]
+        keepers += [m.directory for m in self.municipalities.values()]
+        for keeper in keepers:
+            with contextlib.suppress(Exception):  # a node a test stopped
+                await keeper.refresh()
+
+    national_running: bool = False
 
     def channel(self, port: int, cert_name: str, *, session: str | None = None) -> grpc.aio.Channel:
         """A mutual-TLS channel to ``port`` as ``cert_name`` (with a session token),
@@ -335,14 +378,25 @@ class Federation:
         clock: WallClock = SYSTEM_CLOCK,
     ) -> None:
         """Start the national node (on its former port after a restart), on ``clock``."""
+        if not self.directory_file.exists():
+            write_source(self.directory_file, [])
         config = NationalConfig(
             listen=f"127.0.0.1:{self.national_port}",
             database_url=await self._url("national"),
             tls=self._tls("national"),
             purposes=str(purposes) if purposes is not None else "",
+            directory=str(self.directory_file),
+            directory_refresh_interval=DIRECTORY_REFRESH,
         )
         self.national = NationalApp(config, registry=registry, clock=clock)
         self.national_port = await self.national.start()
+        self.national_running = True
+
+    async def stop_national(self) -> None:
+        """Stop the national node (:meth:`start_national` starts it again)."""
+        if self.national is not None and self.national_running:
+            await self.national.stop()
+        self.national_running = False
 
     async def start_prefecture(
         self, code: str, port: int = 0, *, clock: WallClock = SYSTEM_CLOCK
@@ -355,10 +409,13 @@ class Federation:
             prefecture_code=code,
             national_target=f"127.0.0.1:{self.national_port}",
             push_batch_size=200,
+            directory_refresh_interval=DIRECTORY_REFRESH,
+            card_crl_interval=CARD_CRL_INTERVAL,
         )
         app = PrefectureApp(config, clock=clock)
         self.prefectures[code] = app
         self.prefecture_ports[code] = await app.start()
+        await self.publish_directory()
 
     async def start_municipality(
         self, code: str, *, clock: WallClock = SYSTEM_CLOCK, **overrides: Any
@@ -369,11 +426,14 @@ class Federation:
             "pool_low_watermark": 20,
             "pool_refill_size": 100,
             "push_batch_size": 200,
+            "card_crl_interval": CARD_CRL_INTERVAL,
             "prefecture_target": f"127.0.0.1:{self.prefecture_ports[code[:2]]}",
+            "directory_refresh_interval": DIRECTORY_REFRESH,
         }
         settings.update(overrides)
         config = MunicipalConfig(
-            listen="127.0.0.1:0",
+            # On its former port after a restart: the directory lists it there.
+            listen=f"127.0.0.1:{self.municipal_ports.get(code, 0)}",
             database_url=await self._url(f"municipality-{code}"),
             tls=self._tls(f"municipality-{code}"),
             local_government_code=code,
@@ -382,6 +442,7 @@ class Federation:
         app = MunicipalApp(config, clock=clock)
         self.municipalities[code] = app
         self.municipal_ports[code] = await app.start()
+        await self.publish_directory()
         if self.cards is not None and code not in self.sessions:
             first = Identity.operator(code, COUNTER_OPERATOR) not in self.enrolled
             await self.enroll(code, COUNTER_OPERATOR, COUNTER_ROLES)
@@ -408,8 +469,7 @@ class Federation:
             await m.stop()
         for p in self.prefectures.values():
             await p.stop()
-        if self.national is not None:
-            await self.national.stop()
+        await self.stop_national()
 
     async def wait_delivered(self, within: float = 30.0) -> None:
         """Until the national node has applied every municipal notification."""
@@ -448,9 +508,19 @@ async def federation(
     (:meth:`Federation.operator`)."""
     dbs = Databases(backend, tmp)
     fed = Federation(pki_dir=pki_dir, databases=dbs, cards=cards)
+    prefectures = sorted({m[:2] for m in municipalities})
     try:
+        # Every node's database first, side by side: a PostgreSQL CREATE DATABASE
+        # mostly waits on the disk. The nodes then start one by one (each runs
+        # its migrations at start, and Alembic's context is one per process).
+        nodes = [
+            "national",
+            *(f"prefecture-{p}" for p in prefectures),
+            *(f"municipality-{m}" for m in municipalities),
+        ]
+        fed._urls.update(await dbs.urls(nodes))
         await fed.start_national()
-        for pref in sorted({m[:2] for m in municipalities}):
+        for pref in prefectures:
             await fed.start_prefecture(pref)
         for m in municipalities:
             await fed.start_municipality(m)

@@ -67,6 +67,7 @@ from jukinet.client import log_in, tls_files
 from jukinet.db import Database
 from jukinet.errors import error_metadata
 from jukinet.identity import Identity
+from jukinet.relay.directory import write_source
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
     delivery_pb2,
@@ -230,17 +231,51 @@ class Databases:
         base = self.server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
         return f"{base}/{name}"
 
+    async def urls(self, nodes: Sequence[str]) -> dict[str, str]:
+        """A new database for each of ``nodes`` (as :meth:`url`), made side by side:
+        a PostgreSQL ``CREATE DATABASE`` mostly waits on the disk.
+
+        The tiers' templates are made first, one after the other: Alembic keeps
+        one migration context per process.
+        """
+        if self.templates:
+            for migrations in dict.fromkeys(tier_migrations(n) for n in nodes):
+                if migrations is None:
+                    continue
+                if self.backend == "sqlite":
+                    await _sqlite_template(migrations)
+                else:
+                    await _pg_template(self.server, migrations)
+        # Every creation ends before a failure is raised, so that drop_all
+        # finds every database that was made.
+        made = await asyncio.gather(*(self.url(n) for n in nodes), return_exceptions=True)
+        urls: dict[str, str] = {}
+        for node, url in zip(nodes, made, strict=True):
+            if isinstance(url, BaseException):
+                raise url
+            urls[node] = url
+        return urls
+
     async def drop_all(self) -> None:
         """Drop every PostgreSQL database created here (SQLite files stay)."""
         if not self.created:
             return
-        conn = await asyncpg.connect(self.server, timeout=10)
-        try:
-            for name in self.created:
+
+        async def drop(name: str) -> None:
+            conn = await asyncpg.connect(self.server, timeout=10)
+            try:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-        self.created.clear()
+            finally:
+                await conn.close()
+
+        # Side by side: a DROP DATABASE mostly waits on the disk. Each is tried;
+        # those that failed stay listed, and the first failure is raised.
+        names = list(self.created)
+        results = await asyncio.gather(*(drop(n) for n in names), return_exceptions=True)
+        self.created = [n for n, r in zip(names, results, strict=True) if r is not None]
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
 
 _NODE_PACKAGES = {"national": "national", "prefecture": "prefecture", "municipality": "municipal"}
@@ -585,7 +620,7 @@ class LocalFederation:
                 operators=True,
             ),
         )
-        await self._add("national", "national", "national", {})
+        await self._add("national", "national", "national", {"directory": str(self.directory_file)})
         national = self.nodes["national"].target
         for p in self.prefecture_codes:
             await self._add(
@@ -606,10 +641,34 @@ class LocalFederation:
             )
         if self.with_gateway:
             await self._add("gateway", "gateway", "gateway", {"national_target": national})
+        self.write_directory()
         await self._prepare_counters()
 
+    @property
+    def directory_file(self) -> Path:
+        """The relay directory file the national node signs (its ``directory`` setting)."""
+        return self.workdir / "config" / "directory.toml"
+
+    def write_directory(self) -> None:
+        """List every prefecture and municipality at its port (chosen ahead) in the
+        directory file; the national node re-reads it when it changes."""
+        write_source(
+            self.directory_file,
+            [
+                (identity, node.target, self.pki_dir / f"{node.name}.pem")
+                for node in self.nodes.values()
+                if node.tier in ("prefecture", "municipal")
+                for identity in [
+                    Identity.prefecture(node.code)
+                    if node.tier == "prefecture"
+                    else Identity.municipality(node.code)
+                ]
+            ],
+        )
+
     async def _prepare_counters(self) -> None:
-        """Terminals, operator CAs and cards of every municipality; its staff enrolled."""
+        """Terminals, operator and resident card CAs and cards of every municipality; its
+        staff enrolled."""
         from jukinet.config import MunicipalConfig, load_config
         from services.municipal.operators import enroll_operators
 
@@ -620,6 +679,9 @@ class LocalFederation:
                     pki.issue(self.pki_dir, identity, pki.cert_name(identity), pki.NODE_DAYS)
             if not (pki.operator_ca_dir(self.pki_dir, code) / pki.CA_CERT).exists():
                 pki.create_operator_ca(self.pki_dir, code)
+            # A PKI made before resident cards: the node signs its cards with this CA.
+            if not (pki.resident_card_ca_dir(self.pki_dir, code) / pki.CA_CERT).exists():
+                pki.create_resident_card_ca(self.pki_dir, code)
         # The cards are made on a thread of their own while the staff is enrolled
         # and the nodes start (the nodes do not need them; the first login waits).
         pool = concurrent.futures.ThreadPoolExecutor(1, "cards")

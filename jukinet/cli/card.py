@@ -7,6 +7,26 @@ r"""``jukinet card``: operator IC cards, issued and revoked by the card administ
     jukinet card show [--card t.tanaka] [--pin-file F]
     jukinet card revoke --pki pki --operator 312011/t.tanaka
 
+Resident cards (住民基本台帳カード), at a counter terminal in an operator's
+session (``jukinet login`` first; the usual ``--target``, ``--pki``, ``--as``)::
+
+    jukinet card issue-resident --resident CODE [--card LABEL] [--pin-file F] [--so-pin-file F]
+    jukinet card verify [--card LABEL] [--pin-file F]
+    jukinet card unlock --card-id ID [--card LABEL] [--new-pin-file F]
+    jukinet card revoke-resident --resident CODE --reason lost|stolen|returned
+
+``issue-resident`` makes the key pair on a blank card (initialised with the
+resident's 4-digit PIN and the card maker's security officer PIN), has the
+node sign its certificate with the municipality's resident card CA and
+stores it on the card, with the card's new security officer PIN. ``verify``
+is the proof of identity at any counter: the card signs the node's challenge
+after its PIN. Three wrong PINs lock the card wherever it is used; ``unlock``
+(a supervisor, at the issuing municipality) sets a new PIN. ``revoke-resident``
+revokes a lost card: every node refuses it once the CRL reached it. The
+resident's PIN comes from ``--pin-file``, ``JUKINET_RESIDENT_PIN`` or the
+terminal, the new one of ``unlock`` from ``--new-pin-file``,
+``JUKINET_NEW_RESIDENT_PIN`` or the terminal (twice).
+
 ``issue`` generates the operator's key pair on a blank card (it never leaves
 the card), has the organisation's operator CA (``<pki>/operator-ca-<org>/``)
 certify it and stores the certificate on the card; ``--force`` replaces (and
@@ -26,19 +46,34 @@ export so that every later command sees it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from jukinet import card as cards
 from jukinet import pki
-from jukinet.cli.common import plain
+from jukinet.cli.common import counter_options, plain, run_call
 from jukinet.cli.counter import PIN_ENV, read_secret
 from jukinet.errors import ConfigError
 from jukinet.identity import Identity, Kind, parse_identity_uri
+from jukinet.v1 import card_pb2, card_pb2_grpc
 
 SO_PIN_ENV = "JUKINET_CARD_SO_PIN"
+RESIDENT_PIN_ENV = "JUKINET_RESIDENT_PIN"
+NEW_RESIDENT_PIN_ENV = "JUKINET_NEW_RESIDENT_PIN"
+CARD_SERVICE = "jukinet.v1.ResidentCardService"
+_REASONS = {
+    "lost": card_pb2.CARD_REVOCATION_REASON_LOST,
+    "stolen": card_pb2.CARD_REVOCATION_REASON_STOLEN,
+    "returned": card_pb2.CARD_REVOCATION_REASON_RETURNED,
+}
 
 
 def operator_identity(text: str) -> Identity:
@@ -111,6 +146,163 @@ def _cmd_softhsm(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- resident cards, at the counter ---------------------------------------------------
+
+
+def _resident_pin(args: argparse.Namespace) -> str:
+    return read_secret(
+        "resident's card PIN", file=args.pin_file, env=RESIDENT_PIN_ENV, file_option="--pin-file"
+    )
+
+
+def _stub(channel: grpc.aio.Channel) -> Any:
+    return card_pb2_grpc.ResidentCardServiceStub(channel)
+
+
+async def _issue_resident(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
+    pin = _resident_pin(args)
+    so_pin = read_secret(
+        "blank card's security officer PIN",
+        file=args.so_pin_file,
+        env=SO_PIN_ENV,
+        file_option="--so-pin-file",
+    )
+    loop = asyncio.get_running_loop()
+    issued: list[card_pb2.IssueCardResponse] = []
+
+    async def ask(public_key: bytes) -> card_pb2.IssueCardResponse:
+        answer: card_pb2.IssueCardResponse = await _stub(channel).IssueCard(
+            card_pb2.IssueCardRequest(resident_code=args.resident, public_key=public_key)
+        )
+        issued.append(answer)
+        return answer
+
+    def certify(key: ec.EllipticCurvePublicKey) -> tuple[x509.Certificate, str]:
+        der = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        answer = asyncio.run_coroutine_threadsafe(ask(der), loop).result()
+        return x509.load_der_x509_certificate(answer.certificate), answer.security_officer_pin
+
+    def provision() -> x509.Certificate:
+        return cards.provision_resident_card(
+            cards.load_module(), pin, so_pin, certify, label=args.card
+        )
+
+    cert = await asyncio.to_thread(provision)
+    print(
+        f"issued resident card {issued[0].card_id} to {args.resident} (serial "
+        f"{cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d})"
+    )
+    return None
+
+
+async def _verify(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
+    pin = _resident_pin(args)
+    stub = _stub(channel)
+    begun = await stub.BeginCardProof(card_pb2.BeginCardProofRequest())
+
+    def sign() -> tuple[bytes, bytes]:
+        with cards.open_resident_card(cards.load_module(), pin, label=args.card) as card:
+            return card.sign(begun.challenge), card.certificate.public_bytes(
+                serialization.Encoding.DER
+            )
+
+    signature, certificate = await asyncio.to_thread(sign)
+    return await stub.ProveCard(
+        card_pb2.ProveCardRequest(
+            nonce=begun.nonce, card_certificate=certificate, signature=signature
+        )
+    )
+
+
+async def _unlock(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
+    new_pin = cards.check_resident_pin(
+        read_secret(
+            "resident's new card PIN",
+            file=args.new_pin_file,
+            env=NEW_RESIDENT_PIN_ENV,
+            file_option="--new-pin-file",
+            confirm=True,
+        )
+    )
+    answer = await _stub(channel).UnlockCard(card_pb2.UnlockCardRequest(card_id=args.card_id))
+    await asyncio.to_thread(
+        cards.unlock_resident_card,
+        cards.load_module(),
+        answer.security_officer_pin,
+        new_pin,
+        label=args.card,
+    )
+    print(f"resident card {args.card_id} unlocked with its new PIN")
+    return None
+
+
+async def _revoke_resident(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
+    return await _stub(channel).RevokeCard(
+        card_pb2.RevokeCardRequest(resident_code=args.resident, reason=_REASONS[args.reason])
+    )
+
+
+def _counter_command(
+    ops: Any, name: str, help: str, call: Any, flags: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = ops.add_parser(name, help=help, description=help)
+    counter_options(p)
+    p.set_defaults(func=_friendly(lambda a: run_call(a, call, service=CARD_SERVICE, flags=flags)))
+    return p
+
+
+def _resident_card_commands(ops: Any) -> None:
+    resident_flags = {"resident_code": "--resident", "public_key": "--card"}
+
+    def card_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--card", metavar="LABEL", help="the card's label, when several are present")
+
+    issue = _counter_command(
+        ops,
+        "issue-resident",
+        "issue a resident card: key on the card, certificate from the municipal node",
+        _issue_resident,
+        resident_flags,
+    )
+    issue.add_argument("--resident", required=True, metavar="CODE", help="the resident code")
+    card_option(issue)
+    issue.add_argument("--pin-file", metavar="FILE", help=f"the PIN (else ${RESIDENT_PIN_ENV})")
+    issue.add_argument(
+        "--so-pin-file", metavar="FILE", help=f"the blank card's SO PIN (else ${SO_PIN_ENV})"
+    )
+
+    verify = _counter_command(
+        ops, "verify", "a resident card's proof of identity, at any counter", _verify
+    )
+    card_option(verify)
+    verify.add_argument("--pin-file", metavar="FILE", help=f"the PIN (else ${RESIDENT_PIN_ENV})")
+
+    unlock = _counter_command(
+        ops,
+        "unlock",
+        "unlock a resident card with a new PIN (a supervisor, at the issuing municipality)",
+        _unlock,
+        {"card_id": "--card-id"},
+    )
+    unlock.add_argument("--card-id", required=True, help="the card's id (32 hex digits)")
+    card_option(unlock)
+    unlock.add_argument(
+        "--new-pin-file", metavar="FILE", help=f"the new PIN (else ${NEW_RESIDENT_PIN_ENV})"
+    )
+
+    revoke = _counter_command(
+        ops,
+        "revoke-resident",
+        "revoke a resident's card (lost, stolen, returned); every node refuses it",
+        _revoke_resident,
+        {"resident_code": "--resident", "reason": "--reason"},
+    )
+    revoke.add_argument("--resident", required=True, metavar="CODE", help="the resident code")
+    revoke.add_argument("--reason", required=True, choices=sorted(_REASONS))
+
+
 def _friendly(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -124,10 +316,11 @@ def _friendly(func: Any) -> Any:
 
 
 def register_cli(sub: Any) -> None:
-    """Add ``card softhsm|issue|show|revoke`` to the ``jukinet`` parser."""
+    """Add ``card softhsm|issue|show|revoke`` and the resident card commands
+    (``issue-resident|verify|unlock|revoke-resident``) to the ``jukinet`` parser."""
     group = sub.add_parser(
         "card",
-        help="operator IC cards: issue, show, revoke",
+        help="IC cards: operators' (issue, show, revoke) and residents' (at the counter)",
         description=plain(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -166,3 +359,4 @@ def register_cli(sub: Any) -> None:
         help=f"the security officer PIN's file (else ${SO_PIN_ENV})",
     )
     soft.set_defaults(func=_friendly(_cmd_softhsm))
+    _resident_card_commands(ops)

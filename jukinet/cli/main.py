@@ -12,6 +12,7 @@ r"""The jukinet command: certificates, nodes, the register, agencies.
     jukinet agency verify --purpose NENKIN-EXISTENCE-CHECK --code 12345678903 \
         --target 127.0.0.1:50400 --pki pki --as agency-nenkin
     jukinet import register.csv --target 127.0.0.1:50311 --pki pki --as terminal-312011-desk1
+    jukinet copy verify copy.pdf --ca pki/ca.pem
     jukinet logout --target 127.0.0.1:50311 --pki pki --as terminal-312011-desk1
 
 Connection options may come from JUKINET_TARGET, JUKINET_PKI and JUKINET_AS
@@ -37,7 +38,18 @@ import sys
 from typing import NoReturn
 
 from jukinet import pki
-from jukinet.cli import agency, audit, card, counter, identity, importer, node, operator, resident
+from jukinet.cli import (
+    agency,
+    audit,
+    card,
+    copydoc,
+    counter,
+    identity,
+    importer,
+    node,
+    operator,
+    resident,
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,7 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     pki.register_cli(sub)
-    for group in (node, counter, resident, operator, card, identity, agency, importer, audit):
+    for group in (
+        node,
+        counter,
+        resident,
+        operator,
+        card,
+        identity,
+        agency,
+        importer,
+        audit,
+        copydoc,
+    ):
         group.register_cli(sub)
     return parser
 

@@ -126,6 +126,7 @@ def register_cli(sub: Any) -> None:
         _domicile,
         _status,
         _disclose,
+        _unconfirmed,
     ):
         build(ops)
 
@@ -391,6 +392,24 @@ def _death(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = _op(ops, "death", "record a death (死亡)", death)
     p.add_argument("code")
     p.add_argument("--date", required=True)
+
+
+def _unconfirmed(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident unconfirmed`` to ``ops``."""
+
+    def unconfirmed(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        return _municipal(ch).ListUnconfirmedMoveOuts(
+            municipal_pb2.ListUnconfirmedMoveOutsRequest(as_of=a.as_of or "")
+        )
+
+    p = _op(
+        ops,
+        "unconfirmed",
+        "list move-outs the new municipality has not confirmed (転入通知) within the "
+        "statutory period (planned move-out date + 14 days)",
+        unconfirmed,
+    )
+    p.add_argument("--as-of", help="judge on this day (YYYY-MM-DD); default: today in Japan")
 
 
 def _change_code(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -23,6 +23,12 @@ when there is no provision" keeps the form canonical, and :func:`decode`
 refuses an entry that holds the key in any other shape. The purpose is
 there rather than folded into ``operation`` or ``reason`` because those keep
 their meaning for every entry (what was done; why it was refused).
+
+An envelope relayed between municipalities (:mod:`jukinet.relay`) is logged at
+every hop with one key more, ``relay``: the request id, kind, source and
+destination of its header, by the same rule (present only in such entries,
+refused by :func:`decode` in any other shape). The caller that handed the
+envelope to the node is the entry's operator; its outcome is the hop's.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ _KEYS = frozenset(
 )
 _PROVISION_KEY = "provision"
 _PROVISION_KEYS = frozenset({"id", "purpose", "result", "fields"})
+_RELAY_KEY = "relay"
+_RELAY_KEYS = frozenset({"request_id", "kind", "source", "destination"})
+_OPTIONAL_KEYS = frozenset({_PROVISION_KEY, _RELAY_KEY})
 
 
 class EntryError(ValueError):
@@ -68,6 +77,22 @@ class Provided:
 
 
 @dataclass(frozen=True)
+class Relayed:
+    """What an entry of a relayed envelope adds: its header's request id, kind, source
+    and destination."""
+
+    request_id: str
+    kind: str
+    source: str
+    destination: str
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot be one."""
+        if not self.request_id or not self.kind or not self.source or not self.destination:
+            raise EntryError("a relay entry names its request id, kind, source and destination")
+
+
+@dataclass(frozen=True)
 class Operation:
     """What an operator did: the part of an entry the caller gives."""
 
@@ -79,6 +104,7 @@ class Operation:
     outcome: str
     reason: str = ""
     provision: Provided | None = None
+    relay: Relayed | None = None
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot be one."""
@@ -143,6 +169,14 @@ def encode(entry: Entry) -> bytes:
             "result": p.result,
             "fields": list(p.fields),
         }
+    if op.relay is not None:
+        r = op.relay
+        doc[_RELAY_KEY] = {
+            "request_id": r.request_id,
+            "kind": r.kind,
+            "source": r.source,
+            "destination": r.destination,
+        }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -152,7 +186,7 @@ def decode(data: bytes) -> Entry:
         doc = json.loads(data.decode())
         if (
             not isinstance(doc, dict)
-            or set(doc) - {_PROVISION_KEY} != _KEYS
+            or set(doc) - _OPTIONAL_KEYS != _KEYS
             or doc["v"] != FORMAT_VERSION
         ):
             raise EntryError("the bytes are not a version 1 entry")
@@ -167,6 +201,7 @@ def decode(data: bytes) -> Entry:
                 outcome=_str(doc["outcome"]),
                 reason=_str(doc["reason"]),
                 provision=_provided(doc.get(_PROVISION_KEY)),
+                relay=_relayed(doc.get(_RELAY_KEY)),
             ),
             prev_root=base64.b64decode(_str(doc["prev"]), validate=True),
         )
@@ -187,6 +222,19 @@ def _provided(value: object) -> Provided | None:
         purpose=_str(value["purpose"]),
         result=_str(value["result"]),
         fields=tuple(_str(f) for f in _list(value["fields"])),
+    )
+
+
+def _relayed(value: object) -> Relayed | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != _RELAY_KEYS:
+        raise EntryError("the relay field is not a relayed envelope")
+    return Relayed(
+        request_id=_str(value["request_id"]),
+        kind=_str(value["kind"]),
+        source=_str(value["source"]),
+        destination=_str(value["destination"]),
     )
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from jukinet.oplog import entry as entries
 from jukinet.oplog import merkle, note
-from jukinet.oplog.entry import Entry, EntryError, Operation, Provided
+from jukinet.oplog.entry import Entry, EntryError, Operation
 from jukinet.oplog.merkle import Frontier, ProofError
 
 ALTERED = "altered"
@@ -264,9 +264,10 @@ def self_fault(row: Row, decoded: Entry | None) -> str | None:
     if merkle.leaf_hash(row.entry) != row.leaf_hash:
         return "its leaf hash is not the hash of its logged bytes"
     try:
-        # A provision's id, purpose, result and fields live in the logged bytes
-        # only (the provision table is their queryable copy).
-        from_columns = _columns_entry(row, decoded.index, decoded.operation.provision)
+        # A provision's id, purpose, result and fields, and a relayed envelope's
+        # header, live in the logged bytes only (the provision table is their
+        # queryable copy).
+        from_columns = _columns_entry(row, decoded.index, decoded.operation)
     except EntryError as exc:
         return f"its columns are not an entry ({exc})"
     if entries.encode(from_columns) != row.entry:
@@ -274,7 +275,7 @@ def self_fault(row: Row, decoded: Entry | None) -> str | None:
     return None
 
 
-def _columns_entry(row: Row, index: int, provision: Provided | None) -> Entry:
+def _columns_entry(row: Row, index: int, logged: Operation) -> Entry:
     codes = tuple(row.resident_codes.split(",")) if row.resident_codes else ()
     operation = Operation(
         time=entries.time_from_us(row.recorded_us),
@@ -284,7 +285,8 @@ def _columns_entry(row: Row, index: int, provision: Provided | None) -> Entry:
         resident_codes=codes,
         outcome=row.outcome,
         reason=row.reason,
-        provision=provision,
+        provision=logged.provision,
+        relay=logged.relay,
     )
     return Entry(index, operation, row.prev_root)
 

@@ -197,6 +197,8 @@ class _RegisterChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Regist
     """続柄の変更・修正"""
     REGISTER_CHANGE_DOMICILE: _RegisterChange.ValueType  # 5
     """本籍・筆頭者の変更"""
+    REGISTER_CHANGE_MOVE_OUT_CONFIRMED: _RegisterChange.ValueType  # 6
+    """転出確定: the new municipality's move-in notice came"""
 
 class RegisterChange(_RegisterChange, metaclass=_RegisterChangeEnumTypeWrapper):
     """Why a register-only item changed (no identity item changed, nothing goes upward)."""
@@ -212,6 +214,8 @@ REGISTER_CHANGE_RELATIONSHIP: RegisterChange.ValueType  # 4
 """続柄の変更・修正"""
 REGISTER_CHANGE_DOMICILE: RegisterChange.ValueType  # 5
 """本籍・筆頭者の変更"""
+REGISTER_CHANGE_MOVE_OUT_CONFIRMED: RegisterChange.ValueType  # 6
+"""転出確定: the new municipality's move-in notice came"""
 Global___RegisterChange: _TypeAlias = RegisterChange  # noqa: Y015
 
 @_typing.final
@@ -1538,3 +1542,85 @@ class GetMunicipalStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMunicipalStatusResponse: _TypeAlias = GetMunicipalStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListUnconfirmedMoveOutsRequest(_message.Message):
+    """Move-outs to another municipality whose move-in notice (転入通知) has not come
+    although the statutory period (planned move-out date + 14 days) is over.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_FIELD_NUMBER: _builtins.int
+    as_of: _builtins.str
+    """YYYY-MM-DD, the day to judge by; empty: today in Japan"""
+    def __init__(
+        self,
+        *,
+        as_of: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnconfirmedMoveOutsRequest: _TypeAlias = ListUnconfirmedMoveOutsRequest  # noqa: Y015
+
+@_typing.final
+class UnconfirmedMoveOut(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NUMBER_FIELD_NUMBER: _builtins.int
+    PLANNED_MOVE_OUT_DATE_FIELD_NUMBER: _builtins.int
+    DESTINATION_LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
+    OVERDUE_SINCE_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    name: _builtins.str
+    certificate_number: _builtins.str
+    planned_move_out_date: _builtins.str
+    """YYYY-MM-DD"""
+    destination_local_government_code: _builtins.str
+    overdue_since: _builtins.str
+    """YYYY-MM-DD: the first day past the statutory period"""
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        certificate_number: _builtins.str = ...,
+        planned_move_out_date: _builtins.str = ...,
+        destination_local_government_code: _builtins.str = ...,
+        overdue_since: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_number", b"certificate_number", "destination_local_government_code", b"destination_local_government_code", "name", b"name", "overdue_since", b"overdue_since", "planned_move_out_date", b"planned_move_out_date", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnconfirmedMoveOut: _TypeAlias = UnconfirmedMoveOut  # noqa: Y015
+
+@_typing.final
+class ListUnconfirmedMoveOutsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVE_OUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def move_outs(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnconfirmedMoveOut]:
+        """oldest planned date first"""
+
+    def __init__(
+        self,
+        *,
+        move_outs: _abc.Iterable[Global___UnconfirmedMoveOut] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["move_outs", b"move_outs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnconfirmedMoveOutsResponse: _TypeAlias = ListUnconfirmedMoveOutsResponse  # noqa: Y015

@@ -130,6 +130,11 @@ class MunicipalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
                 _registered_method=True)
+        self.ListUnconfirmedMoveOuts = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/ListUnconfirmedMoveOuts',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsResponse.FromString,
+                _registered_method=True)
 
 
 class MunicipalServiceServicer:
@@ -252,6 +257,13 @@ class MunicipalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnconfirmedMoveOuts(self, request, context):
+        """Move-outs not made final by a move-in notice within the statutory period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MunicipalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -349,6 +361,11 @@ def add_MunicipalServiceServicer_to_server(servicer, server):
                     servicer.DiscloseProvisions,
                     request_deserializer=jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.SerializeToString,
+            ),
+            'ListUnconfirmedMoveOuts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnconfirmedMoveOuts,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -864,6 +881,33 @@ class MunicipalService:
             '/jukinet.v1.MunicipalService/DiscloseProvisions',
             jukinet_dot_v1_dot_provision__pb2.DiscloseRequest.SerializeToString,
             jukinet_dot_v1_dot_provision__pb2.DiscloseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnconfirmedMoveOuts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/ListUnconfirmedMoveOuts',
+            jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsResponse.FromString,
             options,
             channel_credentials,
             insecure,

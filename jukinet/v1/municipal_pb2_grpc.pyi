@@ -58,6 +58,8 @@ class MunicipalServiceStub:
     """For a resident (current or former) at the counter: their record as the
     national node holds it and who received it, when, why.
     """
+    ListUnconfirmedMoveOuts: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ListUnconfirmedMoveOutsRequest, _municipal_pb2.ListUnconfirmedMoveOutsResponse]
+    """Move-outs not made final by a move-in notice within the statutory period."""
 
 @_typing.type_check_only
 class MunicipalServiceAsyncStub(MunicipalServiceStub):
@@ -85,6 +87,8 @@ class MunicipalServiceAsyncStub(MunicipalServiceStub):
     """For a resident (current or former) at the counter: their record as the
     national node holds it and who received it, when, why.
     """
+    ListUnconfirmedMoveOuts: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ListUnconfirmedMoveOutsRequest, _municipal_pb2.ListUnconfirmedMoveOutsResponse]  # type: ignore[assignment]
+    """Move-outs not made final by a move-in notice within the statutory period."""
 
 class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -223,5 +227,13 @@ class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
         """For a resident (current or former) at the counter: their record as the
         national node holds it and who received it, when, why.
         """
+
+    @_abc_1.abstractmethod
+    def ListUnconfirmedMoveOuts(
+        self,
+        request: _municipal_pb2.ListUnconfirmedMoveOutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.ListUnconfirmedMoveOutsResponse, _abc.Awaitable[_municipal_pb2.ListUnconfirmedMoveOutsResponse]]:
+        """Move-outs not made final by a move-in notice within the statutory period."""
 
 def add_MunicipalServiceServicer_to_server(servicer: MunicipalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,15 +17,19 @@ from __future__ import annotations
 from google.protobuf.descriptor import ServiceDescriptor
 
 from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
-from jukinet.identity import Kind
-from jukinet.interceptors import Rule, allow, operator_of, service_rules
+from jukinet.identity import Identity, Kind
+from jukinet.interceptors import Rule, allow, exactly, operator_of, service_rules
 from jukinet.operators import ANY_OPERATOR, NO_SESSION, Permissions
-from jukinet.v1 import municipal_pb2, operator_pb2
+from jukinet.v1 import card_pb2, municipal_pb2, operator_pb2, relay_pb2
 
 SERVICE: ServiceDescriptor = municipal_pb2.DESCRIPTOR.services_by_name["MunicipalService"]
 OPERATOR_SERVICE: ServiceDescriptor = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
-SERVICES: tuple[ServiceDescriptor, ...] = (SERVICE, OPERATOR_SERVICE)
-"""Every service a municipal node serves."""
+CARD_SERVICE: ServiceDescriptor = card_pb2.DESCRIPTOR.services_by_name["ResidentCardService"]
+RELAY_SERVICE: ServiceDescriptor = relay_pb2.DESCRIPTOR.services_by_name["RelayService"]
+OPERATOR_SERVICES: tuple[ServiceDescriptor, ...] = (SERVICE, OPERATOR_SERVICE, CARD_SERVICE)
+"""The services its operators call (at a terminal, with roles: :func:`permissions`)."""
+SERVICES: tuple[ServiceDescriptor, ...] = (*OPERATOR_SERVICES, RELAY_SERVICE)
+"""Every service a municipal node serves (RelayService: node to node, no operator)."""
 
 CLERK: frozenset[str] = frozenset(
     {
@@ -44,16 +48,26 @@ CLERK: frozenset[str] = frozenset(
         "ChangeDomicile",
         "DiscloseProvisions",
         "GetStatus",
+        "ListUnconfirmedMoveOuts",
+        # ResidentCardService
+        "IssueCard",
+        "BeginCardProof",
+        "ProveCard",
+        "RevokeCard",
+        "ContinueCard",
     }
 )
-"""The counter's everyday notifications and reads (MunicipalService)."""
+"""The counter's everyday notifications and reads (MunicipalService), and its
+resident cards (ResidentCardService) but for unlocking one."""
 SUPERVISOR: frozenset[str] = CLERK | {
     "ChangeResidentCode",
     "RemoveExOfficio",
     "ExportResidents",
     "ImportResidents",
+    "UnlockCard",
 }
-"""A clerk's methods, the ex-officio code change and removal, and bulk work."""
+"""A clerk's methods, the ex-officio code change and removal, bulk work, and
+unlocking a resident card."""
 AUDITOR: frozenset[str] = frozenset({"ReadOperationLog"})
 """The operation log, and nothing else."""
 ADMINISTRATOR: frozenset[str] = frozenset(
@@ -75,9 +89,10 @@ ROLE_METHODS: dict[int, frozenset[str]] = {
 
 
 def permissions() -> Permissions:
-    """Full method name -> the roles that may call it, for every method of :data:`SERVICES`."""
+    """Full method name -> the roles that may call it, for every method of
+    :data:`OPERATOR_SERVICES` (a terminal's call to any other is refused by its rule)."""
     table: dict[str, frozenset[int] | None] = {}
-    for service in SERVICES:
+    for service in OPERATOR_SERVICES:
         for method in service.methods_by_name:
             path = f"/{service.full_name}/{method}"
             if method in BEFORE_SESSION:
@@ -113,31 +128,55 @@ def rules(local_government_code: str) -> dict[str, Rule]:
             "ReadOperationLog": own_operator,
         },
     )
+    # Requests from other municipalities come through its own prefecture only,
+    # addressed to it (jukinet.relay.route.municipal_accept); no operator calls them.
+    own_prefecture = exactly(Identity.prefecture(local_government_code[:2]))
+    relay_rules = service_rules(
+        RELAY_SERVICE, {"Relay": own_prefecture, "GetDirectory": own_prefecture}
+    )
+    card_rules = service_rules(
+        CARD_SERVICE,
+        {
+            "IssueCard": own_operator,
+            "BeginCardProof": own_operator,
+            # Any municipality's card, but at this municipality's own counter.
+            "ProveCard": own_operator,
+            "UnlockCard": own_operator,
+            "RevokeCard": own_operator,
+            "ContinueCard": own_operator,
+        },
+    )
     # Listed one by one rather than "every method": a new method must get a
     # rule of its own, chosen on purpose, or the rule-coverage test fails.
-    return operator_rules | service_rules(
-        SERVICE,
-        {
-            "RegisterBirth": own_operator,
-            "MoveIn": own_operator,
-            "Relocate": own_operator,
-            "ChangeName": own_operator,
-            "MoveOut": own_operator,
-            "ReissueMoveOutCertificate": own_operator,
-            "RecordDeath": own_operator,
-            "ChangeResidentCode": own_operator,
-            "EnterExOfficio": own_operator,
-            "Amend": own_operator,
-            "RemoveExOfficio": own_operator,
-            "GetResident": own_operator,
-            "GetHousehold": own_operator,
-            "ChangeHousehold": own_operator,
-            "ChangeDomicile": own_operator,
-            "ExportResidents": own_operator,
-            "ImportResidents": own_operator,
-            "GetStatus": own_operator,
-            "DiscloseProvisions": own_operator,
-        },
+    return (
+        operator_rules
+        | relay_rules
+        | card_rules
+        | service_rules(
+            SERVICE,
+            {
+                "RegisterBirth": own_operator,
+                "MoveIn": own_operator,
+                "Relocate": own_operator,
+                "ChangeName": own_operator,
+                "MoveOut": own_operator,
+                "ReissueMoveOutCertificate": own_operator,
+                "RecordDeath": own_operator,
+                "ChangeResidentCode": own_operator,
+                "EnterExOfficio": own_operator,
+                "Amend": own_operator,
+                "RemoveExOfficio": own_operator,
+                "GetResident": own_operator,
+                "GetHousehold": own_operator,
+                "ChangeHousehold": own_operator,
+                "ChangeDomicile": own_operator,
+                "ExportResidents": own_operator,
+                "ImportResidents": own_operator,
+                "GetStatus": own_operator,
+                "DiscloseProvisions": own_operator,
+                "ListUnconfirmedMoveOuts": own_operator,
+            },
+        )
     )
 
 
@@ -162,27 +201,50 @@ def audited() -> dict[str, Extractor]:
             "ReadOperationLog": none,
         },
     )
-    return operator_methods | audit_table(
-        SERVICE,
+    relay_methods = audit_table(
+        RELAY_SERVICE,
+        # Node-to-node: each envelope is logged by the relay itself.
+        {"Relay": none, "GetDirectory": none},
+    )
+    card_methods = audit_table(
+        CARD_SERVICE,
         {
-            "RegisterBirth": codes,
-            "MoveIn": codes,
-            "Relocate": codes,
-            "ChangeName": codes,
-            "MoveOut": codes,
-            "ReissueMoveOutCertificate": codes,
-            "RecordDeath": codes,
-            "ChangeResidentCode": codes,
-            "EnterExOfficio": codes,
-            "Amend": codes,
-            "RemoveExOfficio": codes,
-            "GetResident": codes,
-            "GetHousehold": codes,
-            "ChangeHousehold": codes,
-            "ChangeDomicile": codes,
-            "ExportResidents": codes,
-            "ImportResidents": codes,
-            "GetStatus": no_residents,
-            "DiscloseProvisions": codes,
+            "IssueCard": codes,
+            "BeginCardProof": none,
+            # The holder's code, at the node that holds the card's record.
+            "ProveCard": codes,
+            "UnlockCard": none,
+            "RevokeCard": codes,
+            "ContinueCard": codes,
         },
+    )
+    return (
+        operator_methods
+        | relay_methods
+        | card_methods
+        | audit_table(
+            SERVICE,
+            {
+                "RegisterBirth": codes,
+                "MoveIn": codes,
+                "Relocate": codes,
+                "ChangeName": codes,
+                "MoveOut": codes,
+                "ReissueMoveOutCertificate": codes,
+                "RecordDeath": codes,
+                "ChangeResidentCode": codes,
+                "EnterExOfficio": codes,
+                "Amend": codes,
+                "RemoveExOfficio": codes,
+                "GetResident": codes,
+                "GetHousehold": codes,
+                "ChangeHousehold": codes,
+                "ChangeDomicile": codes,
+                "ExportResidents": codes,
+                "ImportResidents": codes,
+                "GetStatus": no_residents,
+                "DiscloseProvisions": codes,
+                "ListUnconfirmedMoveOuts": codes,
+            },
+        )
     )

@@ -6,9 +6,6 @@ import asyncio
 import contextlib
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from jukinet.audit import NodeLog, log_key_path, verifiers_path
 from jukinet.clock import SYSTEM_CLOCK, Clock
@@ -20,33 +17,66 @@ from jukinet.errors import ConfigError
 from jukinet.identity import Identity
 from jukinet.metrics import MunicipalMetrics
 from jukinet.operators import OperationLogReader, OperatorServicer, OperatorSessions
+from jukinet.relay.endpoint import RelayClient, RelayEndpoint, RelayHandlers
+from jukinet.relay.node import FetchingKeeper, NodeKeys, RelayRecorder, RelayServicer
+from jukinet.relay.store import AnswerStore, DirectoryStore
+from jukinet.residentcard import CardTrust
 from jukinet.server import RunningServer, start_server
-from jukinet.tls import RevocationList, TlsFiles, secure_channel
-from jukinet.v1 import municipal_pb2_grpc, operator_pb2_grpc, prefecture_pb2_grpc
+from jukinet.tls import TlsFiles, secure_channel
+from jukinet.v1 import (
+    card_pb2_grpc,
+    municipal_pb2_grpc,
+    operator_pb2_grpc,
+    prefecture_pb2_grpc,
+    relay_pb2,
+    relay_pb2_grpc,
+)
 from services.municipal import models
 from services.municipal.access import audited, permissions, rules
+from services.municipal.cards import CardCrlKeeper, ResidentCards
+from services.municipal.notices import NoticeSender
 from services.municipal.operators import MIGRATIONS, granted_roles, operator_store
 from services.municipal.pool import PoolKeeper
 from services.municipal.service import CertificateKeys, MunicipalService
-from services.municipal.servicer import MunicipalServicer
+from services.municipal.servicer import MunicipalServicer, ResidentCardServicer
 
 SERVICE = "jukinet.v1.MunicipalService"
 OPERATOR_SERVICE = "jukinet.v1.OperatorService"
-__all__ = ["MIGRATIONS", "MunicipalApp", "certificate_keys"]
+RELAY_SERVICE = "jukinet.v1.RelayService"
+CARD_SERVICE = "jukinet.v1.ResidentCardService"
+__all__ = ["MIGRATIONS", "MunicipalApp", "certificate_keys", "resident_cards"]
 
 
 def certificate_keys(files: TlsFiles) -> CertificateKeys:
     """The node's own key and certificate (move-out certificates are signed with
     them) and the CA and CRL others' certificates are checked against."""
-    material = files.load(usage="server")
-    key = serialization.load_pem_private_key(material.key, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"tls.key: {files.key}: move-out certificates need an EC key")
+    return _certificate_keys(NodeKeys.from_tls(files))
+
+
+def _certificate_keys(keys: NodeKeys) -> CertificateKeys:
     return CertificateKeys(
-        key=key,
-        certificate=x509.load_pem_x509_certificates(material.cert)[0],
-        ca=x509.load_pem_x509_certificate(material.ca),
-        revoked=RevocationList(files) if files.crl else frozenset(),
+        key=keys.key, certificate=keys.certificate, ca=keys.trust.ca, revoked=keys.trust.revoked
+    )
+
+
+def resident_cards(
+    config: MunicipalConfig, db: Database, *, clock: Clock = SYSTEM_CLOCK
+) -> ResidentCards:
+    """The node's resident cards: its card CA (on this host) and the card trust,
+    from the root alone until the CRLs of the card CAs arrive."""
+    ca_dir = config.resident_card_ca_dir()
+    try:
+        trust = CardTrust.from_files(config.tls.ca, config.tls.crl)
+        if not (ca_dir / "ca.key").is_file():
+            raise FileNotFoundError(f"no {ca_dir / 'ca.key'}")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"resident_card_ca: {ca_dir}: {exc}") from None
+    return ResidentCards(
+        db=db,
+        municipality=config.local_government_code,
+        ca_dir=ca_dir,
+        trust=trust,
+        clock=clock,
     )
 
 
@@ -71,18 +101,56 @@ class MunicipalApp:
         )
         self.operators = operator_store(config, self.db, clock=clock)
         self.roles = granted_roles(config, self.db, clock=clock)
+        # Requests to and from other municipalities, through the prefecture.
+        self.relay_keys = NodeKeys.from_tls(config.tls)
+        self.directory = FetchingKeeper(
+            db=self.db,
+            store=DirectoryStore(models.relay_directory),
+            trust=self.relay_keys.trust,
+            clock=clock,
+            interval=config.directory_refresh_interval,
+        )
+        recorder = RelayRecorder(self.db, self.log.oplog, self.metrics.relay, clock)
+        self.relay_handlers = RelayHandlers()
+        """Register a handler per kind of request this node answers (before start)."""
+        self.relay_endpoint = RelayEndpoint(
+            municipality=config.local_government_code,
+            keys=self.relay_keys,
+            handlers=self.relay_handlers,
+            answers=AnswerStore(models.relay_answers),
+            db=self.db,
+            recorder=recorder,
+            clock=clock,
+        )
+        self.relay_client = RelayClient(
+            municipality=config.local_government_code,
+            keys=self.relay_keys,
+            directory=self.directory,
+            recorder=recorder,
+            clock=clock,
+        )
+        """Sends requests to other municipalities (once started)."""
+        self.notices = NoticeSender(db=self.db, client=self.relay_client, clock=clock)
         self._channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: RunningServer | None = None
         self.pusher: Pusher | None = None
         self.service: MunicipalService | None = None
+        self.cards = resident_cards(config, self.db, clock=clock)
 
     async def start(self) -> int:
-        """Migrate the database, serve, start the pusher and the pool keeper; returns the port."""
+        """Migrate the database, serve, start the pusher, the pool keeper and the card
+        CRL keeper; returns the port."""
         await self.db.migrate(MIGRATIONS)
+        # The CRL from the record, before a card is checked here.
+        await self.cards.resign()
         channel = secure_channel(self.config.prefecture_target, self.config.tls)
         self._channel = channel
         prefecture = prefecture_pb2_grpc.PrefectureServiceStub(channel)
+        prefecture_relay = relay_pb2_grpc.RelayServiceStub(channel)
+        self.directory.fetch = prefecture_relay.GetDirectory
+        self.relay_client.prefecture = prefecture_relay
+        await self.directory.load()
         self.log.keeper.submit = prefecture.SubmitCheckpoint
         pool = PoolKeeper(
             db=self.db,
@@ -112,10 +180,20 @@ class MunicipalApp:
             prefecture=prefecture,
             municipality=self.config.local_government_code,
             metrics=self.metrics,
-            keys=certificate_keys(self.config.tls),
+            keys=_certificate_keys(self.relay_keys),
             clock=self.clock,
+            notices_queued=self.notices.wake,
+            cards=self.cards,
         )
         self.service = service
+        self.relay_handlers.register(relay_pb2.RELAY_KIND_MOVE_IN_NOTICE, service.move_in_noticed)
+        card_crls = card_pb2_grpc.CardRevocationServiceStub(channel)
+        crl_keeper = CardCrlKeeper(
+            self.cards,
+            card_crls.PublishCardCrls,
+            card_crls.ListCardCrls,
+            interval=self.config.card_crl_interval,
+        )
 
         def add(server: grpc.aio.Server) -> None:
             municipal_pb2_grpc.add_MunicipalServiceServicer_to_server(
@@ -127,12 +205,18 @@ class MunicipalApp:
                 ),
                 server,
             )
+            relay_pb2_grpc.add_RelayServiceServicer_to_server(
+                RelayServicer(self.relay_endpoint.relay, self.directory), server
+            )
+            card_pb2_grpc.add_ResidentCardServiceServicer_to_server(
+                ResidentCardServicer(self.cards), server
+            )
 
         self._server = await start_server(
             config=self.config,
             rules=rules(self.config.local_government_code),
             register=add,
-            service_names=[SERVICE, OPERATOR_SERVICE],
+            service_names=[SERVICE, OPERATOR_SERVICE, CARD_SERVICE, RELAY_SERVICE],
             metrics=self.metrics,
             audit=self.log.recorder,
             sessions=OperatorSessions(self.operators, self.roles, permissions()),
@@ -141,6 +225,9 @@ class MunicipalApp:
         self._tasks = [
             asyncio.create_task(pusher.run(), name="pusher"),
             asyncio.create_task(pool.run(), name="pool-keeper"),
+            asyncio.create_task(self.directory.run(), name="relay-directory"),
+            asyncio.create_task(self.notices.run(), name="notice-sender"),
+            asyncio.create_task(crl_keeper.run(), name="card-crls"),
         ]
         return self._server.port
 

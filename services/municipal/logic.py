@@ -333,3 +333,35 @@ def removal_reason(
         return REMOVAL_REASON[ground]
     except KeyError:
         raise InvalidArgument("ground", f"unknown or unset value {ground}") from None
+
+
+# -- the move-out made final (転出確定) ------------------------------------------
+
+MOVE_IN_PERIOD = dt.timedelta(days=14)
+"""How long after the planned move-out date the new municipality's move-in notice
+may take before the move-out counts as unconfirmed (assumed: 住民基本台帳法 第22条
+gives 14 days to file the move-in after moving, counted here from the planned
+move-out date the certificate names)."""
+
+
+def overdue_since(planned: str) -> dt.date:
+    """The first day a move-out planned for ``planned`` is past the statutory period."""
+    return dt.date.fromisoformat(planned) + MOVE_IN_PERIOD + dt.timedelta(days=1)
+
+
+def check_notice_fits(
+    notice_code: str, issued_code: str, destination: str, source: str, number: str
+) -> None:
+    """A move-in notice from ``source`` fits a certificate issued here for ``issued_code``
+    towards ``destination``; :class:`FailedPrecondition` (``move-in-notice-mismatch``)
+    otherwise."""
+    if notice_code != issued_code:
+        raise FailedPrecondition(
+            f"certificate {number} was issued for another resident code",
+            reason=Reason.MOVE_IN_NOTICE_MISMATCH,
+        )
+    if destination != source:
+        raise FailedPrecondition(
+            f"certificate {number} names another destination than {source}",
+            reason=Reason.MOVE_IN_NOTICE_MISMATCH,
+        )

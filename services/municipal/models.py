@@ -13,12 +13,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from jukinet.delivery.outbox import define_outbox
-from jukinet.login import define_operator_tables
+from jukinet.login import define_challenge_table, define_operator_tables
 from jukinet.operators import define_role_table
 from jukinet.oplog.log import define_oplog_tables
+from jukinet.relay.store import define_answer_table, define_directory_table
 from jukinet.vocabulary import person_columns
 
 metadata = MetaData()
@@ -124,6 +126,11 @@ move_out_certificates = Table(
     Column("move_out_sequence", BigInteger, nullable=False, unique=True),
     Column("certificate", LargeBinary, nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
+    # The move-out made final (転出確定) by the new municipality's move-in notice:
+    # the day here, by whom, and the move-in date it gave (NULL until then).
+    Column("confirmed_on", String(10), nullable=True),
+    Column("confirmed_by", String(6), nullable=True),
+    Column("moved_in_on", String(10), nullable=True),
     Index("ix_move_out_certificates_resident", "resident_id"),
 )
 
@@ -154,3 +161,60 @@ oplog = define_oplog_tables(metadata)
 # Operator accounts, login challenges, sessions, and the roles granted.
 operator_tables = define_operator_tables(metadata)
 operator_roles = define_role_table(metadata)
+
+# The newest relay directory this node verified, and the answer given to each
+# request relayed to it (a request id seen again gets the same answer).
+relay_directory = define_directory_table(metadata)
+relay_answers = define_answer_table(metadata)
+
+# Requests to other municipalities written in the transaction of the change they
+# follow (a move-in's notice to the old municipality), delivered by the notice
+# sender until answered: ``pending``, then ``delivered`` or ``refused`` (kept,
+# with the refusal's reason and message).
+relay_outbox = Table(
+    "relay_outbox",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("request_id", String(32), nullable=False, unique=True),
+    Column("kind", SmallInteger, nullable=False),
+    Column("destination", String(6), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("refusal_reason", String(64), nullable=False, server_default=""),
+    Column("refusal_message", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_relay_outbox_state", "state", "next_attempt_at"),
+)
+# The resident cards this node issued or continued (住民基本台帳カード), by the
+# resident's row (a code change keeps the card). Status "valid", "revoked" or
+# "lapsed"; the card CA's CRL is re-signed from the rows that are not valid.
+# One valid card per resident: a partial unique index says so.
+resident_cards = Table(
+    "resident_cards",
+    metadata,
+    Column("card_id", String(32), primary_key=True),
+    Column("serial", String(40), nullable=False, unique=True),
+    Column("resident_id", BigInteger, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("issued_on", String(10), nullable=False),
+    # The card's former URI when it was continued here after a move-in.
+    Column("continued_from", String(120), nullable=False, server_default=""),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revocation_reason", String(32), nullable=False, server_default=""),
+    Index("ix_resident_cards_resident", "resident_id"),
+    Index(
+        "ux_resident_cards_one_valid",
+        "resident_id",
+        unique=True,
+        sqlite_where=text("status = 'valid'"),
+        postgresql_where=text("status = 'valid'"),
+    ),
+)
+
+# The challenges of resident cards' proofs of identity (single use, short-lived).
+card_challenges = define_challenge_table(metadata, "card_challenges", "subject")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -481,3 +482,232 @@ async def use_certificate(
             used_at=_now(),
         )
     )
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A move-out certificate this node issued, and whether its move-out is final."""
+
+    resident_id: int
+    resident_code: str
+    certificate: bytes
+    confirmed_on: str | None
+
+
+async def issued_certificate(conn: AsyncConnection, number: str) -> IssuedCertificate | None:
+    """The certificate numbered ``number`` this node issued, if any."""
+    row = (
+        await conn.execute(
+            select(C.c.resident_id, C.c.resident_code, C.c.certificate, C.c.confirmed_on).where(
+                C.c.certificate_number == number
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return IssuedCertificate(int(row[0]), str(row[1]), bytes(row[2]), row[3])
+
+
+async def confirm_certificate(
+    conn: AsyncConnection, number: str, *, confirmed_on: str, by: str, moved_in_on: str
+) -> None:
+    """Record the move-out of certificate ``number`` as final (転出確定)."""
+    await conn.execute(
+        update(C)
+        .where(C.c.certificate_number == number, C.c.confirmed_on.is_(None))
+        .values(confirmed_on=confirmed_on, confirmed_by=by, moved_in_on=moved_in_on)
+    )
+
+
+async def unconfirmed_move_outs(conn: AsyncConnection) -> list[tuple[str, str, str, bytes]]:
+    """(resident code, name, planned date, certificate bytes) of each resident removed here
+    by a move-out whose latest certificate is not confirmed, oldest planned date first."""
+    latest = (
+        select(C.c.resident_id, func.max(C.c.move_out_sequence).label("seq"))
+        .group_by(C.c.resident_id)
+        .subquery()
+    )
+    rows = await conn.execute(
+        select(R.c.resident_code, R.c.name, R.c.removed_on, C.c.certificate)
+        .select_from(
+            C.join(
+                latest,
+                and_(
+                    latest.c.resident_id == C.c.resident_id,
+                    latest.c.seq == C.c.move_out_sequence,
+                ),
+            ).join(R, R.c.id == C.c.resident_id)
+        )
+        .where(
+            C.c.confirmed_on.is_(None),
+            R.c.status == REMOVED,
+            R.c.last_reason == common_pb2.CHANGE_REASON_MOVE_OUT,
+        )
+        .order_by(R.c.removed_on, R.c.resident_code)
+    )
+    return [(str(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+
+# -- requests relayed to other municipalities (the relay outbox) -------------
+
+RO = models.relay_outbox
+PENDING, DELIVERED, REFUSED = "pending", "delivered", "refused"
+
+
+@dataclass(frozen=True)
+class OutgoingRequest:
+    """A row of the relay outbox due for delivery."""
+
+    id: int
+    request_id: str
+    kind: int
+    destination: str
+    body: bytes
+    attempts: int
+
+
+async def queue_relay_request(
+    conn: AsyncConnection,
+    *,
+    request_id: str,
+    kind: int,
+    destination: str,
+    body: bytes,
+    now: dt.datetime,
+) -> None:
+    """Queue a request to another municipality, due at once."""
+    await conn.execute(
+        insert(RO).values(
+            request_id=request_id,
+            kind=kind,
+            destination=destination,
+            body=body,
+            state=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+async def due_relay_requests(
+    conn: AsyncConnection, now: dt.datetime, limit: int
+) -> list[OutgoingRequest]:
+    """Pending requests whose next attempt is due, oldest first."""
+    rows = await conn.execute(
+        select(RO.c.id, RO.c.request_id, RO.c.kind, RO.c.destination, RO.c.body, RO.c.attempts)
+        .where(RO.c.state == PENDING, RO.c.next_attempt_at <= now)
+        .order_by(RO.c.id)
+        .limit(limit)
+    )
+    return [
+        OutgoingRequest(int(r[0]), str(r[1]), int(r[2]), str(r[3]), bytes(r[4]), int(r[5]))
+        for r in rows
+    ]
+
+
+async def next_relay_attempt(conn: AsyncConnection) -> dt.datetime | None:
+    """When the earliest pending request is due, if any is pending."""
+    found: dt.datetime | None = await conn.scalar(
+        select(func.min(RO.c.next_attempt_at)).where(RO.c.state == PENDING)
+    )
+    return found
+
+
+async def finish_relay_request(
+    conn: AsyncConnection,
+    row_id: int,
+    *,
+    state: str,
+    now: dt.datetime,
+    reason: str = "",
+    message: str = "",
+) -> None:
+    """Mark a request delivered or refused (with the refusal's reason and message)."""
+    await conn.execute(
+        update(RO)
+        .where(RO.c.id == row_id, RO.c.state == PENDING)
+        .values(state=state, finished_at=now, refusal_reason=reason, refusal_message=message)
+    )
+
+
+async def postpone_relay_request(
+    conn: AsyncConnection, row_id: int, *, attempts: int, until: dt.datetime
+) -> None:
+    """Count a failed attempt and set when the next is due."""
+    await conn.execute(
+        update(RO).where(RO.c.id == row_id).values(attempts=attempts, next_attempt_at=until)
+    )
+
+
+async def relay_requests(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every row of the relay outbox (state, reason ...), oldest first."""
+    rows = await conn.execute(select(RO).order_by(RO.c.id))
+    return [dict(r._mapping) for r in rows]
+
+
+# --- resident cards ------------------------------------------------------------
+
+CARDS = models.resident_cards
+CARD_VALID = "valid"
+CARD_REVOKED = "revoked"
+CARD_LAPSED = "lapsed"
+
+
+async def valid_card_of(conn: AsyncConnection, resident_id: int) -> Any | None:
+    """The resident's valid card row, or None."""
+    return (
+        await conn.execute(
+            select(CARDS).where(CARDS.c.resident_id == resident_id, CARDS.c.status == CARD_VALID)
+        )
+    ).first()
+
+
+async def card_by_id(conn: AsyncConnection, card_id: str) -> Any | None:
+    """The card row of ``card_id``, or None."""
+    return (await conn.execute(select(CARDS).where(CARDS.c.card_id == card_id))).first()
+
+
+async def insert_card(
+    conn: AsyncConnection,
+    *,
+    card_id: str,
+    serial: int,
+    resident_id: int,
+    issued_on: str,
+    continued_from: str = "",
+) -> None:
+    """Record a valid card (the partial unique index refuses a second valid one)."""
+    await conn.execute(
+        insert(CARDS).values(
+            card_id=card_id,
+            serial=f"{serial:x}",
+            resident_id=resident_id,
+            status=CARD_VALID,
+            issued_on=issued_on,
+            continued_from=continued_from,
+            revoked_at=None,
+            revocation_reason="",
+        )
+    )
+
+
+async def end_card(
+    conn: AsyncConnection, card_id: str, status: str, reason: str, at: dt.datetime
+) -> None:
+    """Mark a valid card revoked or lapsed, with why and when."""
+    await conn.execute(
+        update(CARDS)
+        .where(CARDS.c.card_id == card_id, CARDS.c.status == CARD_VALID)
+        .values(status=status, revocation_reason=reason, revoked_at=at)
+    )
+
+
+async def ended_cards(conn: AsyncConnection) -> list[Any]:
+    """Every card no longer valid (what the CRL lists), oldest first."""
+    rows = await conn.execute(
+        select(CARDS.c.serial, CARDS.c.revoked_at, CARDS.c.revocation_reason)
+        .where(CARDS.c.status != CARD_VALID)
+        .order_by(CARDS.c.revoked_at, CARDS.c.serial)
+    )
+    return list(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from jukinet import movecert
-from jukinet.clock import SYSTEM_CLOCK, Clock
+from jukinet.clock import SYSTEM_CLOCK, Clock, japan_date
 from jukinet.codes import check_resident_code
 from jukinet.db import Database, touched
 from jukinet.delivery.outbox import Outbox, PendingEntry
@@ -35,13 +37,16 @@ from jukinet.errors import (
     Unavailable,
     from_upstream,
 )
+from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import MunicipalMetrics
 from jukinet.reasons import Reason
-from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2
+from jukinet.relay.header import new_request_id
+from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2, relay_pb2
 from jukinet.validation import (
     check_address,
     check_birth_date,
+    check_date,
     check_effective_date,
     check_kana,
     check_known_local_government,
@@ -50,6 +55,7 @@ from jukinet.validation import (
 )
 from jukinet.vocabulary import Person, person_values
 from services.municipal import repository as repo
+from services.municipal.cards import ResidentCards
 from services.municipal.logic import (
     ACTIVE,
     HEAD,
@@ -66,6 +72,7 @@ from services.municipal.logic import (
     check_dated_change,
     check_domicile,
     check_not_before_birth,
+    check_notice_fits,
     check_person,
     check_register,
     check_relationship,
@@ -73,6 +80,7 @@ from services.municipal.logic import (
     event_changes,
     move_in_person,
     move_in_reason,
+    overdue_since,
     removal_reason,
 )
 from services.municipal.pool import PoolKeeper
@@ -132,9 +140,17 @@ class MunicipalService:
         metrics: MunicipalMetrics,
         keys: CertificateKeys,
         clock: Clock = SYSTEM_CLOCK,
+        notices_queued: Callable[[], None] | None = None,
+        cards: ResidentCards | None = None,
     ) -> None:
         self.db = db
+        # Told when a move-in queued its notice to the old municipality (the sender).
+        self._notices_queued = notices_queued
         self.keys = keys
+        # A removal lapses the resident's card in its transaction; the CRL is
+        # re-signed after the commit.
+        self.cards = cards
+        self._lapse_pending = False
         self._clock = clock
         self.outbox = outbox
         self.pool = pool
@@ -166,6 +182,9 @@ class MunicipalService:
 
     def _committed(self, codes_used: int = 0) -> None:
         self._pusher.wake()
+        if self._lapse_pending and self.cards is not None:
+            self._lapse_pending = False
+            self.cards.lapsed()
         if codes_used:
             self.pool.consumed(codes_used)
 
@@ -447,6 +466,22 @@ class MunicipalService:
                 conn, [Change(code, person, reason, effective, certificate=signed)]
             )
             if cert is not None:
+                # 転入通知: to the old municipality, delivered once this commits.
+                notice = relay_pb2.MoveInNotice(
+                    certificate_number=cert.certificate_number,
+                    resident_code=code,
+                    move_in_date=effective,
+                    new_address=person.address,
+                    move_in_sequence=seq,
+                )
+                await repo.queue_relay_request(
+                    conn,
+                    request_id=new_request_id(),
+                    kind=relay_pb2.RELAY_KIND_MOVE_IN_NOTICE,
+                    destination=cert.issuing_local_government_code,
+                    body=notice.SerializeToString(),
+                    now=self._clock.now(),
+                )
                 try:
                     await repo.use_certificate(
                         conn,
@@ -463,7 +498,85 @@ class MunicipalService:
                         f"certificate {cert.certificate_number} was used for a move-in here",
                     ) from None
         self._committed(codes_used=0 if given_code else 1)
+        if cert is not None and self._notices_queued is not None:
+            self._notices_queued()
         return resident, seq
+
+    async def move_in_noticed(self, source: str, body: bytes) -> relay_pb2.MoveInNoticeAnswer:
+        """The new municipality ``source`` (verified by the relay) noticed a move-in resting
+        on a certificate issued here: the move-out is made final (転出確定) once, with
+        a register event by ``source``'s node; the same notice again answers the same day."""
+        try:
+            notice = relay_pb2.MoveInNotice.FromString(body)
+        except DecodeError:
+            raise InvalidArgument("body", "is not a MoveInNotice") from None
+        check_resident_code(notice.resident_code)
+        moved_in_on = check_date(notice.move_in_date, "move_in_date").isoformat()
+        number = notice.certificate_number
+        async with self.db.write() as conn:
+            issued = await repo.issued_certificate(conn, number)
+            if issued is None:
+                raise FailedPrecondition(
+                    f"no move-out certificate {number} was issued by {self.municipality}",
+                    reason=Reason.MOVE_IN_NOTICE_MISMATCH,
+                )
+            cert = common_pb2.MoveOutCertificate.FromString(issued.certificate)
+            check_notice_fits(
+                notice.resident_code,
+                issued.resident_code,
+                cert.destination_local_government_code,
+                source,
+                number,
+            )
+            if issued.confirmed_on is not None:
+                return relay_pb2.MoveInNoticeAnswer(confirmed_on=issued.confirmed_on)
+            today = japan_date(self._clock.now()).isoformat()
+            await repo.confirm_certificate(
+                conn, number, confirmed_on=today, by=source, moved_in_on=moved_in_on
+            )
+            await repo.insert_events(
+                conn,
+                [
+                    {
+                        "resident_id": issued.resident_id,
+                        "resident_code": issued.resident_code,
+                        "reason": R.CHANGE_REASON_MOVE_OUT,
+                        "register_change": municipal_pb2.REGISTER_CHANGE_MOVE_OUT_CONFIRMED,
+                        "effective_date": cert.planned_move_out_date,
+                        "operator": Identity.municipality(source).uri,
+                        "changes": json.dumps(
+                            [{"field": "move_in", "before": "", "after": moved_in_on}]
+                        ),
+                    }
+                ],
+            )
+        log.info("move-out %s made final by %s's move-in notice", number, source)
+        return relay_pb2.MoveInNoticeAnswer(confirmed_on=today)
+
+    async def unconfirmed_move_outs(self, as_of: str) -> list[municipal_pb2.UnconfirmedMoveOut]:
+        """Move-outs from here without a move-in notice past the statutory period on
+        ``as_of`` (empty: today in Japan)."""
+        day = check_date(as_of, "as_of") if as_of else japan_date(self._clock.now())
+        async with self.db.read() as conn:
+            rows = await repo.unconfirmed_move_outs(conn)
+        found = []
+        for code, name, planned, body in rows:
+            since = overdue_since(planned)
+            if since > day:
+                continue
+            cert = common_pb2.MoveOutCertificate.FromString(body)
+            found.append(
+                municipal_pb2.UnconfirmedMoveOut(
+                    resident_code=code,
+                    name=name,
+                    certificate_number=cert.certificate_number,
+                    planned_move_out_date=planned,
+                    destination_local_government_code=cert.destination_local_government_code,
+                    overdue_since=since.isoformat(),
+                )
+            )
+        touched(m.resident_code for m in found)
+        return found
 
     # -- amendments ----------------------------------------------------------
 
@@ -614,6 +727,8 @@ class MunicipalService:
         await repo.update_resident(
             conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
         )
+        if self.cards is not None and await self.cards.lapse_in(conn, resident.id):
+            self._lapse_pending = True
         removed = dataclasses.replace(
             resident, status=REMOVED, removed_on=effective, last_reason=reason
         )

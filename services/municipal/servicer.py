@@ -3,12 +3,18 @@ register's use cases (:mod:`services.municipal.service`) and maps the answer."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
 from jukinet.client import STREAM_READY
+from jukinet.errors import PermissionDenied
+from jukinet.identity import Identity
+from jukinet.interceptors import current_terminal
+from jukinet.reasons import Reason
+from jukinet.v1 import card_pb2, card_pb2_grpc, municipal_pb2_grpc, provision_pb2
 from jukinet.v1 import municipal_pb2 as pb
-from jukinet.v1 import municipal_pb2_grpc, provision_pb2
+from services.municipal.cards import ResidentCards
 from services.municipal.service import MunicipalService
 
 
@@ -185,3 +191,84 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
             active_residents=status.active_residents,
             removed_residents=status.removed_residents,
         )
+
+    async def ListUnconfirmedMoveOuts(
+        self, request: pb.ListUnconfirmedMoveOutsRequest, context: Any
+    ) -> pb.ListUnconfirmedMoveOutsResponse:
+        """Move-outs without the new municipality's move-in notice past the statutory
+        period; its operators only (clerk, supervisor)."""
+        found = await self._r.unconfirmed_move_outs(request.as_of)
+        return pb.ListUnconfirmedMoveOutsResponse(move_outs=found)
+
+
+def _terminal() -> Identity:
+    terminal = current_terminal()
+    if terminal is None:
+        raise PermissionDenied("only a counter terminal calls this", reason=Reason.WRONG_IDENTITY)
+    return terminal
+
+
+class ResidentCardServicer(card_pb2_grpc.ResidentCardServiceServicer):
+    """The ResidentCardService RPCs: the counter's resident cards."""
+
+    def __init__(self, cards: ResidentCards) -> None:
+        self._c = cards
+
+    async def IssueCard(
+        self, request: card_pb2.IssueCardRequest, context: Any
+    ) -> card_pb2.IssueCardResponse:
+        """Certify a key made on a blank card for a resident here; its operators only."""
+        card_id, certificate, so_pin = await self._c.issue(
+            request.resident_code, request.public_key
+        )
+        return card_pb2.IssueCardResponse(
+            card_id=card_id, certificate=certificate, security_officer_pin=so_pin
+        )
+
+    async def BeginCardProof(
+        self, request: card_pb2.BeginCardProofRequest, context: Any
+    ) -> card_pb2.BeginCardProofResponse:
+        """A proof-of-identity challenge bound to the calling terminal."""
+        challenge = await self._c.begin_proof(_terminal())
+        return card_pb2.BeginCardProofResponse(
+            challenge=challenge.message(),
+            nonce=challenge.nonce,
+            expires_at=challenge.expires_at.astimezone(dt.UTC).isoformat(),
+        )
+
+    async def ProveCard(
+        self, request: card_pb2.ProveCardRequest, context: Any
+    ) -> card_pb2.ProveCardResponse:
+        """Check a card's signed challenge: any municipality's card."""
+        holder, resident_code = await self._c.prove(
+            _terminal(), request.nonce, request.card_certificate, request.signature
+        )
+        return card_pb2.ProveCardResponse(
+            card_id=holder.card_id,
+            issuing_local_government_code=holder.municipality,
+            resident_code=resident_code,
+        )
+
+    async def UnlockCard(
+        self, request: card_pb2.UnlockCardRequest, context: Any
+    ) -> card_pb2.UnlockCardResponse:
+        """The security officer PIN of a card of this node's record; supervisors only."""
+        return card_pb2.UnlockCardResponse(
+            security_officer_pin=await self._c.unlock(request.card_id)
+        )
+
+    async def RevokeCard(
+        self, request: card_pb2.RevokeCardRequest, context: Any
+    ) -> card_pb2.RevokeCardResponse:
+        """Revoke a resident's card; the CRL is re-signed and published."""
+        card_id, serial, number = await self._c.revoke(request.resident_code, request.reason)
+        return card_pb2.RevokeCardResponse(card_id=card_id, serial=f"{serial:x}", crl_number=number)
+
+    async def ContinueCard(
+        self, request: card_pb2.ContinueCardRequest, context: Any
+    ) -> card_pb2.ContinueCardResponse:
+        """Continue the card of a resident who moved in here."""
+        card_id, certificate = await self._c.continue_card(
+            request.resident_code, request.card_certificate
+        )
+        return card_pb2.ContinueCardResponse(card_id=card_id, certificate=certificate)

@@ -5,6 +5,7 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, S
 
 from jukinet.delivery.store import define_identity_tables
 from jukinet.oplog.log import define_oplog_tables
+from jukinet.relay.store import define_directory_table
 
 metadata = MetaData()
 identities = define_identity_tables(metadata)
@@ -33,3 +34,7 @@ provisions = Table(
     Index("ix_provisions_resident", "resident_code", "provided_at"),
     Index("ix_provisions_time", "provided_at"),
 )
+
+# The newest relay directory this node signed, and the digest of the file it was
+# signed from.
+relay_directory = define_directory_table(metadata)

@@ -59,6 +59,10 @@ from tests.federation import Databases, Federation
 # Every async test here runs on the loop of the module's federation.
 ON_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 
+# Under pytest-xdist the module's tests stay on one worker: its federation and
+# PKI are made once, not on every worker that got a share of the cases.
+pytestmark = pytest.mark.xdist_group("authorization-matrix")
+
 SOME_CODE = "12345678903"  # valid check digit
 
 

@@ -79,9 +79,21 @@ async def test_every_node_lists_its_services_to_a_certificate_holder(
         ),
         (nodes.gateway_port, "agency-nenkin", "jukinet.v1.GatewayService"),
     ]
+    # The services each node serves beside its own (resident cards and their CRLs,
+    # and the relay between municipalities on every node but the gateway).
+    relay = "jukinet.v1.RelayService"
+    besides = {
+        "jukinet.v1.NationalService": {"jukinet.v1.NationalCardRevocationService", relay},
+        "jukinet.v1.PrefectureService": {"jukinet.v1.CardRevocationService", relay},
+        "jukinet.v1.MunicipalService": {
+            "jukinet.v1.OperatorService",
+            "jukinet.v1.ResidentCardService",
+            relay,
+        },
+    }
     for port, cert, service in cases:
         services = await asyncio.to_thread(_services, pki_dir, port, cert)
-        beside = {"jukinet.v1.OperatorService"} if service.endswith("MunicipalService") else set()
+        beside = besides.get(service, set())
         assert set(services) == {service, HEALTH, REFLECTION} | beside, (cert, services)
         assert {"Check", "Watch"} <= set(services[HEALTH])
         assert services[service], service

@@ -58,6 +58,11 @@ from jukinet.login import PasswordReused, WeakPassword
 from jukinet.movecert import CertificateMissing, CertificateRefused
 from jukinet.purposes import Operation, PurposeDenied
 from jukinet.reasons import DOMAIN, Reason
+from jukinet.relay.directory import DirectoryExpired, DirectoryInvalid
+from jukinet.relay.endpoint import RelayRequestConflict
+from jukinet.relay.node import UnknownDestination
+from jukinet.relay.route import WrongHop
+from jukinet.relay.seal import SealInvalid
 from jukinet.tls import secure_channel, server_credentials
 from jukinet.v1 import (
     common_pb2,
@@ -295,6 +300,18 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: Unauthenticated("refused", reason=Reason.CARD_REVOKED),
         grpc.StatusCode.UNAUTHENTICATED,
     ),
+    Reason.CARD_LAPSED: (
+        lambda: Unauthenticated("refused", reason=Reason.CARD_LAPSED),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.CARD_HELD: (
+        lambda: FailedPrecondition("refused", reason=Reason.CARD_HELD),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.CONTINUATION_TOO_LATE: (
+        lambda: FailedPrecondition("refused", reason=Reason.CONTINUATION_TOO_LATE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     Reason.FOREIGN_CARD: (
         lambda: PermissionDenied("refused", reason=Reason.FOREIGN_CARD),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -381,6 +398,32 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
     ),
     Reason.LOG_KEY_UNKNOWN: (
         lambda: FailedPrecondition("refused", reason=Reason.LOG_KEY_UNKNOWN),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    # Relayed requests (tests/integration/test_relay.py provokes them through real hops).
+    Reason.DIRECTORY_INVALID: (
+        lambda: DirectoryInvalid("signed by another key"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.DIRECTORY_EXPIRED: (
+        lambda: DirectoryExpired("past grace"),
+        grpc.StatusCode.UNAVAILABLE,
+    ),
+    Reason.RELAY_WRONG_HOP: (lambda: WrongHop("not the source"), grpc.StatusCode.PERMISSION_DENIED),
+    Reason.RELAY_UNKNOWN_DESTINATION: (
+        lambda: UnknownDestination("not listed"),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    Reason.RELAY_SEAL_INVALID: (
+        lambda: SealInvalid("does not open"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.RELAY_REQUEST_CONFLICT: (
+        lambda: RelayRequestConflict("answered before"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.MOVE_IN_NOTICE_MISMATCH: (
+        lambda: FailedPrecondition("not issued here", reason=Reason.MOVE_IN_NOTICE_MISMATCH),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
 }

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
@@ -13,7 +14,9 @@ from sqlalchemy.exc import DBAPIError
 
 from jukinet.db import Database
 from jukinet.migrate import alembic_config
+from tools import localfed
 from tools.localfed import (
+    PG_SERVER,
     Cursors,
     Databases,
     Delivery,
@@ -142,3 +145,35 @@ def test_a_template_is_named_by_its_migrations(tmp_path: Path) -> None:
     assert _digest(copy) == _digest(source)
     (copy / "zz_new_revision.py").write_text("# a new revision\n")
     assert _digest(copy) != _digest(source)
+
+
+async def test_databases_made_side_by_side_each_start_migrated_and_are_all_dropped(
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No SQLite template made yet in this process: the tiers' templates are
+    # migrated first, one at a time (Alembic's context is one per process).
+    monkeypatch.setattr(localfed, "_templates", {})
+    nodes = ["national", "prefecture-31", "municipality-312011", "municipality-312029"]
+    dbs = Databases(backend, tmp_path / "data")
+    try:
+        urls = await dbs.urls(nodes)
+        assert list(urls) == nodes
+        assert len(set(urls.values())) == len(nodes)
+        for node, url in urls.items():
+            migrations = tier_migrations(node)
+            assert migrations is not None
+            assert await migrated_heads(url) == {head_of(migrations)}
+    finally:
+        created = list(dbs.created)
+        await dbs.drop_all()
+    assert dbs.created == []
+    if backend == "postgres":
+        assert len(created) == len(nodes)
+        conn = await asyncpg.connect(PG_SERVER, timeout=10)
+        try:
+            left = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname = ANY($1::text[])", created
+            )
+        finally:
+            await conn.close()
+        assert left == []

@@ -48,11 +48,16 @@ RECEIVER = {
 FAMILIES: dict[str, set[str]] = {
     "municipal": COMMON
     | DELIVERY
-    | {"jukinet_notifications_written", "jukinet_code_pool_available", "jukinet_storage_full"},
-    "prefecture": COMMON | DELIVERY | RECEIVER | {"jukinet_codes_issued", "jukinet_storage_full"},
+    | {"jukinet_notifications_written", "jukinet_code_pool_available", "jukinet_storage_full"}
+    | {"jukinet_relayed_requests"},
+    "prefecture": COMMON
+    | DELIVERY
+    | RECEIVER
+    | {"jukinet_codes_issued", "jukinet_storage_full", "jukinet_relayed_requests"},
     "national": COMMON
     | RECEIVER
-    | {"jukinet_codes_issued", "jukinet_provisions", "jukinet_storage_full"},
+    | {"jukinet_codes_issued", "jukinet_provisions", "jukinet_storage_full"}
+    | {"jukinet_relayed_requests"},
     "gateway": COMMON
     | {"jukinet_provisions", "jukinet_gateway_denials", "jukinet_gateway_operation_seconds"},
 }

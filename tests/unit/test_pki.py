@@ -76,6 +76,8 @@ def test_node_leaf_contents(ca_dir: Path) -> None:
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ku.digital_signature and not ku.key_cert_sign and not ku.crl_sign
+    # A node's key also agrees the keys of the bodies relayed to it sealed.
+    assert ku.key_agreement and not ku.encipher_only and not ku.decipher_only
     bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert not bc.ca
     assert 396 < days(leaf) < 398

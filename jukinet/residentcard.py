@@ -1,0 +1,328 @@
+"""Resident cards (住民基本台帳カード): the rules, the trust, the proof of identity.
+
+A resident card is a PKCS#11 token (:mod:`jukinet.card`) holding a P-256 key
+made on it, and the certificate its municipality's resident card CA signed
+(:func:`jukinet.pki.issue_resident_card_certificate`): the certificate names
+the card (``jukinet://resident-card/<code>/<random card id>``), never its
+holder. Which resident holds which card is known only to the issuing node.
+
+Proof of identity at any counter: the node gives a challenge bound to the
+terminal, with a nonce and an expiry (:class:`jukinet.login.ChallengeBook`);
+the card signs it after its PIN; :func:`verify_card_proof` checks the
+signature, the chain to the federation root through the resident card CA of
+the card's own municipality, and that neither the card nor that CA is
+revoked, or the card lapsed.
+
+Revocation reaches every node as the CA's CRL, carried with the CA's
+certificate (:class:`CardCrl`): both are signed (by the CA, by the root), so
+any path may carry them and a node takes a CRL only when it verifies and is
+newer than the one it holds (:meth:`CardTrust.accept`). A lost card is on its
+CRL with reason keyCompromise (or superseded, returned); a lapsed one (its
+holder moved out, abroad, died, was removed) with cessationOfOperation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from jukinet.errors import FailedPrecondition, Unauthenticated, Unavailable
+from jukinet.login import Challenge, chain_problem
+from jukinet.pki import (
+    CARD_SECRET_FILE,
+    SubCaKind,
+    load_revoked_serials,
+    parse_resident_card_uri,
+    sub_ca_org,
+)
+from jukinet.reasons import Reason
+
+CONTINUE_WITHIN = dt.timedelta(days=90)
+"""Assumed: a card stays usable after its holder moved only if continued at the new
+municipality within this time of the move-in (継続利用)."""
+PROOF_TAG = b"jukinet resident card proof v1"
+"""What a card's signature of a proof-of-identity challenge is for."""
+LAPSED = x509.ReasonFlags.cessation_of_operation
+"""The CRL reason of a lapsed card."""
+
+
+class CardState(enum.Enum):
+    """What a card is worth now."""
+
+    VALID = "valid"
+    REVOKED = "revoked"  # lost, stolen or returned: on the CRL for good
+    LAPSED = "lapsed"  # its holder moved out (or was removed) and it was not continued
+    CONTINUABLE = "continuable"  # lapsed, but the new municipality may still continue it
+
+
+def card_state(
+    *,
+    revoked: bool,
+    removed_on: dt.date | None,
+    moved_in_on: dt.date | None = None,
+    continued_on: dt.date | None = None,
+    today: dt.date,
+) -> CardState:
+    """The state of a card from its holder's story (one rule, in one place).
+
+    ``removed_on``: when the holder left the issuing municipality's register
+    (moved out, abroad, died, removed), None while they live there.
+    ``moved_in_on``: their move-in at the new municipality, once known there;
+    ``continued_on``: when the new municipality continued the card. A card
+    lapses with its holder's removal, unless continued within
+    :data:`CONTINUE_WITHIN` of the move-in; until then it may be.
+    """
+    if revoked:
+        return CardState.REVOKED
+    if removed_on is None:
+        return CardState.VALID
+    if moved_in_on is None:
+        return CardState.LAPSED
+    deadline = moved_in_on + CONTINUE_WITHIN
+    if continued_on is not None:
+        return CardState.VALID if continued_on <= deadline else CardState.LAPSED
+    return CardState.CONTINUABLE if today <= deadline else CardState.LAPSED
+
+
+def check_continuation(moved_in_on: dt.date, today: dt.date) -> None:
+    """Refuse (``continuation-too-late``) a continuation past :data:`CONTINUE_WITHIN`."""
+    state = card_state(revoked=False, removed_on=today, moved_in_on=moved_in_on, today=today)
+    if state is not CardState.CONTINUABLE:
+        raise FailedPrecondition(
+            f"the card can be continued until {moved_in_on + CONTINUE_WITHIN} "
+            f"({CONTINUE_WITHIN.days} days after the move-in on {moved_in_on})",
+            reason=Reason.CONTINUATION_TOO_LATE,
+        )
+
+
+def card_so_pin(ca_dir: Path | str, card_id: str) -> str:
+    """The security officer PIN of card ``card_id``, from its CA's card secret.
+
+    Only the issuing node (which holds the secret beside its card CA key) can
+    work it out, to set it at issue and to unlock the card at its counter.
+    """
+    secret = (Path(ca_dir) / CARD_SECRET_FILE).read_bytes().strip()
+    return hmac.new(secret, card_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CardHolder:
+    """Who proved their identity: a card, by its id and its issuing municipality.
+
+    The resident behind it is known only to that municipality's node.
+    """
+
+    card_id: str
+    municipality: str
+    serial: int
+
+
+# --- the trust: the root and every municipality's card CA with its CRL --------------
+
+
+@dataclass(frozen=True)
+class CardCrl:
+    """A resident card CA's certificate and its CRL, both DER: what travels between nodes."""
+
+    ca_certificate: bytes
+    crl: bytes
+
+
+@dataclass(frozen=True)
+class CardAuthority:
+    """One municipality's resident card CA, and the CRL of it a node holds."""
+
+    municipality: str
+    certificate: x509.Certificate
+    crl_number: int
+    revoked: Mapping[int, x509.ReasonFlags]
+    carried: CardCrl
+
+
+def _reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags:
+    try:
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return x509.ReasonFlags.unspecified
+
+
+def read_card_crl(carried: CardCrl, root: x509.Certificate) -> CardAuthority:
+    """Check a carried CRL: its CA is a resident card CA the root signed, and signed it.
+
+    ValueError says what does not verify.
+    """
+    try:
+        ca = x509.load_der_x509_certificate(carried.ca_certificate)
+        crl = x509.load_der_x509_crl(carried.crl)
+    except ValueError as exc:
+        raise ValueError(f"unreadable card CA certificate or CRL: {exc}") from None
+    try:
+        ca.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ValueError("the card CA is not issued by the federation root") from None
+    municipality = sub_ca_org(ca, SubCaKind.RESIDENT_CARD)
+    key = ca.public_key()
+    if crl.issuer != ca.subject or not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"the CRL is not of the card CA of {municipality}")
+    if not crl.is_signature_valid(key):
+        raise ValueError(
+            f"the CRL's signature does not verify against the card CA of {municipality}"
+        )
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        raise ValueError("the CRL has no number") from None
+    revoked = {entry.serial_number: _reason(entry) for entry in crl}
+    return CardAuthority(municipality, ca, number, revoked, carried)
+
+
+def carry(ca_certificate: x509.Certificate, crl: x509.CertificateRevocationList) -> CardCrl:
+    """A CA certificate and its CRL as they travel."""
+    return CardCrl(
+        ca_certificate.public_bytes(serialization.Encoding.DER),
+        crl.public_bytes(serialization.Encoding.DER),
+    )
+
+
+@dataclass
+class CardTrust:
+    """What resident cards are checked against at a node: the root, its CRL, and the
+    newest verified CRL of each municipality's card CA (with the CA's certificate)."""
+
+    root: x509.Certificate
+    root_revoked: frozenset[int] = frozenset()
+    authorities: dict[str, CardAuthority] = field(default_factory=dict)
+
+    @classmethod
+    def from_files(cls, ca: Path | str, crl: Path | str | None = None) -> CardTrust:
+        """A trust of no card CA yet, from the root's certificate (and its CRL) files."""
+        root = x509.load_pem_x509_certificate(Path(ca).read_bytes())
+        revoked = load_revoked_serials(crl, ca=ca) if crl else frozenset()
+        return cls(root, revoked)
+
+    def accept(self, carried: CardCrl) -> bool:
+        """Take ``carried`` if it verifies and is newer than the CRL held of its CA.
+
+        True if it was taken; ValueError if it does not verify. A CRL of the
+        same number as the one held is a repetition (False); an older one
+        never replaces a newer. A new CA of the municipality (a renewed one)
+        replaces the old with its own CRL.
+        """
+        authority = read_card_crl(carried, self.root)
+        held = self.authorities.get(authority.municipality)
+        if held is not None and held.certificate == authority.certificate:
+            if authority.crl_number <= held.crl_number:
+                return False
+        elif held is not None and (
+            authority.certificate.not_valid_before_utc <= held.certificate.not_valid_before_utc
+        ):
+            return False
+        self.authorities[authority.municipality] = authority
+        return True
+
+    def accept_all(self, carried: Iterable[CardCrl]) -> int:
+        """:meth:`accept` each; how many were taken (one that does not verify is skipped)."""
+        taken = 0
+        for one in carried:
+            try:
+                taken += self.accept(one)
+            except ValueError:
+                continue
+        return taken
+
+    def known(self) -> dict[str, int]:
+        """Municipality code -> the number of the CRL held of its card CA."""
+        return {code: a.crl_number for code, a in self.authorities.items()}
+
+    def newer_than(
+        self, known: Mapping[str, int], municipalities: Iterable[str] | None = None
+    ) -> list[CardCrl]:
+        """The CRLs held that are newer than ``known`` says (of ``municipalities`` only)."""
+        wanted = None if municipalities is None else frozenset(municipalities)
+        return [
+            a.carried
+            for code, a in sorted(self.authorities.items())
+            if (wanted is None or code in wanted) and a.crl_number > known.get(code, 0)
+        ]
+
+
+# --- the proof of identity -------------------------------------------------------------
+
+
+def _refuse(reason: Reason, message: str) -> Unauthenticated:
+    return Unauthenticated(message, reason=reason)
+
+
+def verify_card_proof(
+    card_certificate_der: bytes,
+    challenge: Challenge,
+    signature: bytes,
+    *,
+    trust: CardTrust,
+    now: dt.datetime,
+) -> CardHolder:
+    """The card that signed ``challenge`` (its proof of identity), checked in full.
+
+    The challenge must be a proof-of-identity one, not expired at ``now``;
+    the certificate a resident card's, issued by the card CA of the
+    municipality its URI names, that CA by the root, both valid at ``now``;
+    the signature the card key's over ``challenge.message()``. Refusals are
+    :class:`~jukinet.errors.Unauthenticated`: ``challenge-invalid``,
+    ``card-invalid``, ``card-revoked`` (the card or its CA), ``card-lapsed``;
+    :class:`~jukinet.errors.Unavailable` when no CRL of the card's CA has
+    reached this node yet (a card is never taken on trust).
+    """
+    if challenge.tag != PROOF_TAG:
+        raise _refuse(Reason.CHALLENGE_INVALID, "the challenge is not a card proof's")
+    if now > challenge.expires_at:
+        raise _refuse(Reason.CHALLENGE_INVALID, "the card proof's challenge expired")
+    try:
+        cert = x509.load_der_x509_certificate(card_certificate_der)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        if len(uris) != 1:
+            raise ValueError(f"{len(uris)} URI SANs, expected 1")
+        municipality, card_id = parse_resident_card_uri(uris[0])
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise _refuse(Reason.CARD_INVALID, f"not a resident card's certificate: {exc}") from None
+    authority = trust.authorities.get(municipality)
+    if authority is None:
+        raise Unavailable(
+            f"no CRL of the resident card CA of {municipality} has reached this node yet"
+        )
+    problem = chain_problem(
+        cert,
+        authority.certificate,
+        trust.root,
+        now,
+        ca_name="resident card CA",
+        issuer=f"the resident card CA of {municipality}",
+    )
+    if problem:
+        raise _refuse(Reason.CARD_INVALID, f"resident card {card_id}: {problem}")
+    if authority.certificate.serial_number in trust.root_revoked:
+        raise _refuse(Reason.CARD_REVOKED, f"the resident card CA of {municipality} is revoked")
+    reason = authority.revoked.get(cert.serial_number)
+    if reason is LAPSED:
+        raise _refuse(Reason.CARD_LAPSED, f"resident card {card_id} has lapsed")
+    if reason is not None:
+        raise _refuse(Reason.CARD_REVOKED, f"resident card {card_id} is revoked ({reason.value})")
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # checked by chain_problem
+    try:
+        key.verify(signature, challenge.message(), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        raise _refuse(
+            Reason.CHALLENGE_INVALID, "the card's signature of the challenge does not verify"
+        ) from None
+    return CardHolder(card_id, municipality, cert.serial_number)
