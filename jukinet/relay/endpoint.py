@@ -57,10 +57,11 @@ _TRANSIENT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
 )
 
-Handler = Callable[[str, bytes], Awaitable[Message]]
-"""A relayed request's handler at B: (verified source code, inner request bytes) ->
-the inner answer; a :class:`~jukinet.errors.JukinetError` raised becomes a refusal
-answer with its reason (an unavailable or internal one fails the call instead)."""
+Handler = Callable[[Header, bytes], Awaitable[Message]]
+"""A relayed request's handler at B: (the verified header: source, request id,
+sending time; the inner request bytes) -> the inner answer; a
+:class:`~jukinet.errors.JukinetError` raised becomes a refusal answer with its
+reason (an unavailable or internal one fails the call instead)."""
 
 
 class RelayRefused(JukinetError):
@@ -168,7 +169,7 @@ class RelayEndpoint:
             answer.refusal_message = f"{self.municipality} answers no {header.kind_label} requests"
         else:
             try:
-                answer.body = (await handler(header.source, body)).SerializeToString()
+                answer.body = (await handler(header, body)).SerializeToString()
             except JukinetError as exc:
                 if exc.code in _TRANSIENT:
                     raise

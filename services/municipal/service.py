@@ -41,7 +41,7 @@ from jukinet.identity import Identity
 from jukinet.interceptors import current_identity
 from jukinet.metrics import MunicipalMetrics
 from jukinet.reasons import Reason
-from jukinet.relay.header import new_request_id
+from jukinet.relay.header import Header, new_request_id
 from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2, relay_pb2
 from jukinet.validation import (
     check_address,
@@ -502,10 +502,11 @@ class MunicipalService:
             self._notices_queued()
         return resident, seq
 
-    async def move_in_noticed(self, source: str, body: bytes) -> relay_pb2.MoveInNoticeAnswer:
-        """The new municipality ``source`` (verified by the relay) noticed a move-in resting
+    async def move_in_noticed(self, header: Header, body: bytes) -> relay_pb2.MoveInNoticeAnswer:
+        """The new municipality ``header.source`` (verified by the relay) noticed a move-in resting
         on a certificate issued here: the move-out is made final (転出確定) once, with
         a register event by ``source``'s node; the same notice again answers the same day."""
+        source = header.source
         try:
             notice = relay_pb2.MoveInNotice.FromString(body)
         except DecodeError:

@@ -16,6 +16,7 @@ from jukinet.reasons import Reason
 from jukinet.relay import header as headers
 from jukinet.relay.directory import GRACE, VALIDITY
 from jukinet.relay.endpoint import RelayRefused
+from jukinet.relay.header import Header
 from jukinet.relay.seal import Direction, seal, sign_body
 from jukinet.v1 import relay_pb2, relay_pb2_grpc
 from tests.federation import Federation, trailers
@@ -32,8 +33,9 @@ class Echo:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    async def __call__(self, source: str, body: bytes) -> Message:
+    async def __call__(self, header: Header, body: bytes) -> Message:
         """Answer the code asked about (a refusal for the all-zero code)."""
+        source = header.source
         asked = relay_pb2.CopyRequest.FromString(body)
         self.calls.append((source, asked.resident_code))
         if asked.resident_code == "00000000000":
