@@ -124,7 +124,9 @@ def read_source(path: Path) -> Source:
 
 def write_source(path: Path, nodes: list[tuple[Identity, str, Path]]) -> None:
     """Write a directory file listing ``nodes`` (identity, host:port, certificate PEM
-    path), replacing it at once (a reader sees the old file or the new one)."""
+    path), replacing it at once (a reader sees the old file or the new one); its
+    folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# The relay directory the national node signs (README: directory).", ""]
     for identity, address, certificate in nodes:
         lines += [

@@ -26,7 +26,7 @@ TIMEOUT = 20
 
 async def counter(fed: LocalFederation, code: str) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
     """The municipality's service in its counter operator's session (on a grpc.aio channel)."""
-    return cast(municipal_pb2_grpc.MunicipalServiceAsyncStub, (await fed.counter(code))[0])
+    return cast("municipal_pb2_grpc.MunicipalServiceAsyncStub", (await fed.counter(code))[0])
 
 
 async def moved_out(fed: LocalFederation) -> tuple[str, common_pb2.SignedMoveOutCertificate]:
