@@ -244,6 +244,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += ["", *_method(), t.head]
     lines += _cpu_rows(t)
     lines += ["", *_gateway_section(r), *_oplog_section(r), *_copies_section(r)]
+    lines += _relay_section(r)
     return "\n".join(lines) + "\n"
 
 
@@ -270,6 +271,7 @@ def render_document(r: dict[str, Any]) -> str:
         *_gateway_section(r),
         *_oplog_section(r),
         *_copies_section(r),
+        *_relay_section(r),
     ]
     return "\n".join(lines) + "\n"
 
@@ -715,3 +717,75 @@ def _copies_section(r: dict[str, Any]) -> list[str]:
         f"| verify, ms (p50) | {_f(c['verify_ms_p50'])} |",
         f"| size of a signed copy, bytes (p50) | {_f(c['bytes_p50'])} |",
     ]
+
+
+def _relay_section(r: dict[str, Any]) -> list[str]:
+    """The relayed requests' section (bench.relay), if it ran."""
+    rel = r.get("relay")
+    if not isinstance(rel, dict) or not rel.get("backends"):
+        return []
+    names = list(rel["backends"])
+    cells = [rel["backends"][b] for b in names]
+
+    def row(label: str, get: Callable[[dict[str, Any]], str]) -> str:
+        return f"| {label} | " + " | ".join(get(c) for c in cells) + " |"
+
+    def ms(*keys: str) -> Callable[[dict[str, Any]], str]:
+        return lambda c: _f(_get(c, *keys), 2)
+
+    lines = [
+        "",
+        "## Relayed requests between municipalities: round trip",
+        "",
+        f"Command: `{rel['command']}`. The method is in the docstring of `bench/relay.py`: "
+        f"a move-in notice (転入通知) for a real issued move-out certificate, sent again "
+        f"{rel['parameters']['requests']:,} times under new request ids from 鳥取市's relay "
+        "client to 米子市 (one prefecture) and to 千代田区 (two prefectures), one at a time, "
+        f"interleaved in rounds of {rel['parameters']['round']} with as many bare unary mTLS "
+        "calls of `RelayService/Relay` carrying the same envelope to a server that answers "
+        "with it.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        row("bare unary mTLS call, p50 / p99 ms", lambda c: _pair(c, "baseline")),
+        row(
+            "**鳥取市 → 鳥取県 → 米子市** (2 calls), p50 / p99 ms",
+            lambda c: "**" + _pair(c, "one_prefecture") + "**",
+        ),
+        row(
+            "**鳥取市 → 鳥取県 → national → 東京都 → 千代田区** (4 calls), p50 / p99 ms",
+            lambda c: "**" + _pair(c, "two_prefectures") + "**",
+        ),
+        row(
+            "per hop, one prefecture: (p50 − bare p50) / 2, ms", ms("one_prefecture", "per_hop_ms")
+        ),
+        row(
+            "per hop, two prefectures: (p50 − bare p50) / 4, ms",
+            ms("two_prefectures", "per_hop_ms"),
+        ),
+        row("**each extra hop: (two − one prefecture p50) / 2, ms**", ms("extra_hop_ms")),
+        row("… ÷ bare call p50", lambda c: _f(c.get("extra_hop_vs_baseline"), 2)),
+        row(
+            "envelope / answer bytes",
+            lambda c: f"{_f(c.get('envelope_bytes'))} / {_f(c.get('answer_bytes'))}",
+        ),
+        row(
+            "load average before / after",
+            lambda c: (
+                f"{_f(c.get('load_average_before'), 2)} / {_f(c.get('load_average_after'), 2)}"
+            ),
+        ),
+        "",
+        "What a relayed request does beyond the bare calls: the sender seals the body to the "
+        "destination's node key and signs it; the destination opens it, checks the signature "
+        "and the sender's certificate, runs its handler in a write transaction and stores the "
+        "answer by request id; every node on the way, both ends included, appends the "
+        "envelope to its operation log. An extra hop (the route through the national node "
+        "has two more) adds one unary call and one log append: the *each extra hop* row, "
+        "beside one bare call.",
+    ]
+    return lines
+
+
+def _pair(c: dict[str, Any], key: str) -> str:
+    return f"{_f(_get(c, key, 'p50_ms'), 2)} / {_f(_get(c, key, 'p99_ms'), 2)}"
