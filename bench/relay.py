@@ -93,7 +93,7 @@ class _Capture:
 
 
 async def _counter(fed: LocalFederation, code: str) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
-    return cast(municipal_pb2_grpc.MunicipalServiceAsyncStub, (await fed.counter(code))[0])
+    return cast("municipal_pb2_grpc.MunicipalServiceAsyncStub", (await fed.counter(code))[0])
 
 
 async def _moved_notice(
