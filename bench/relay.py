@@ -38,6 +38,7 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -149,6 +150,40 @@ async def _moved_notice(
         new_address=moved_in.resident.person.address,
         move_in_sequence=0,
     )
+
+
+def _relayed(fed: LocalFederation, name: str) -> int:
+    """The relayed requests node ``name`` counted (its metrics, every kind and outcome)."""
+    url = f"http://127.0.0.1:{fed.nodes[name].metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return round(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("jukinet_relayed_requests_total{")
+        )
+    )
+
+
+async def _check_relayed(fed: LocalFederation, sent: dict[str, int]) -> dict[str, int]:
+    """Each relaying node's count of relayed requests; :class:`BenchError` if a node on a
+    route counted fewer than were sent along it (the requests did not go the whole way)."""
+    names = ["prefecture-31", "national", "prefecture-13", f"municipality-{YONAGO}"]
+    names.append(f"municipality-{CHIYODA}")
+    counted = {n: await asyncio.to_thread(_relayed, fed, n) for n in names}
+    both = sent["one_prefecture"] + sent["two_prefectures"]
+    least = {
+        "prefecture-31": both,
+        "national": sent["two_prefectures"],
+        "prefecture-13": sent["two_prefectures"],
+        f"municipality-{YONAGO}": sent["one_prefecture"],
+        f"municipality-{CHIYODA}": sent["two_prefectures"],
+    }
+    for name, count in counted.items():
+        if count < least[name]:
+            raise BenchError(f"{name} counted {count} relayed requests, fewer than {least[name]}")
+    return counted
 
 
 def _figures(seconds: list[float]) -> dict[str, float]:
@@ -267,8 +302,13 @@ async def measure(backend: str, requests: int, workdir: Path) -> dict[str, Any]:
                     )
                 )
         seconds = time.monotonic() - started
+        # Every request of a route is counted by every node on it (the warm-up's and
+        # the set-up's too).
+        sent = {route: len(times[route]) + WARM_UP for route in ROUTES}
+        counted = await _check_relayed(fed, sent)
         result: dict[str, Any] = {
             "seconds": round(seconds, 1),
+            "relayed_requests_counted": counted,
             "load_average_before": round(load_before, 2),
             "load_average_after": round(os.getloadavg()[0], 2),
             "envelope_bytes": envelope.ByteSize(),
