@@ -46,14 +46,14 @@ from typing import Any, cast
 import grpc
 
 from bench.common import BenchError, percentile, progress
-from bench.processes import BaselineServer
+from bench.processes import BaselineServer, machine_cpu, postgres_cpu
 from jukinet import localgov
 from jukinet.client import tls_files
 from jukinet.config import MunicipalConfig, load_config
 from jukinet.tls import secure_channel
 from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, relay_pb2
 from services.municipal.app import MunicipalApp
-from tools.localfed import Databases, LocalFederation
+from tools.localfed import Databases, LocalFederation, process_cpu_seconds
 
 TOTTORI, YONAGO, CHIYODA = "312011", "312029", "131016"
 ROUTES: dict[str, tuple[str, int, str]] = {
@@ -186,6 +186,53 @@ async def _check_relayed(fed: LocalFederation, sent: dict[str, int]) -> dict[str
     return counted
 
 
+# The relaying node processes, and the timed requests each one handles per round of
+# one request of each kind (鳥取県 is on both routes).
+_NODE_SHARE = {
+    "prefecture-31": 2,
+    "national": 1,
+    "prefecture-13": 1,
+    f"municipality-{YONAGO}": 1,
+    f"municipality-{CHIYODA}": 1,
+}
+
+
+class _CpuSample:
+    """CPU seconds of the node processes, the bare server, PostgreSQL and the whole
+    machine at the start of the timed part, for :meth:`per_request` at its end."""
+
+    def __init__(self, fed: LocalFederation, baseline_pid: int, backend: str) -> None:
+        self.fed = fed
+        self.baseline_pid = baseline_pid
+        self.backend = backend
+        self.start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        sample = {n: self.fed.nodes[n].cpu_seconds() for n in _NODE_SHARE}
+        sample["bare server"] = process_cpu_seconds(self.baseline_pid)
+        sample["machine"] = machine_cpu()[0]
+        if self.backend == "postgres":
+            sample["postgresql"] = postgres_cpu()
+        return sample
+
+    def per_request(self, requests: int, seconds: float) -> dict[str, float]:
+        """CPU ms per request each node handled (the bare server: per call;
+        PostgreSQL: per relayed request of either route), and the machine's busy
+        cores over the ``seconds`` of the timed part."""
+        end = self._sample()
+        used = {k: end[k] - self.start[k] for k in end}
+        out = {
+            f"{name}_ms": round(used[name] / (share * requests) * 1e3, 3)
+            for name, share in _NODE_SHARE.items()
+        }
+        out["bare server_ms"] = round(used["bare server"] / requests * 1e3, 3)
+        if "postgresql" in used:
+            out["postgresql_ms"] = round(used["postgresql"] / (2 * requests) * 1e3, 3)
+        out["machine_busy_cores"] = round(used["machine"] / seconds, 2)
+        out["machine_cores"] = os.cpu_count() or 0
+        return out
+
+
 def _figures(seconds: list[float]) -> dict[str, float]:
     s = sorted(seconds)
     return {
@@ -286,6 +333,7 @@ async def measure(backend: str, requests: int, workdir: Path) -> dict[str, Any]:
             await _timed(call, WARM_UP, [])
         progress(f"relay {backend}: {requests} requests of each kind, one at a time")
         load_before = os.getloadavg()[0]
+        cpu = _CpuSample(fed, baseline.pid, backend)
         started = time.monotonic()
         done, shown = 0, 0
         while done < requests:
@@ -302,6 +350,7 @@ async def measure(backend: str, requests: int, workdir: Path) -> dict[str, Any]:
                     )
                 )
         seconds = time.monotonic() - started
+        used = cpu.per_request(requests, seconds)
         # Every request of a route is counted by every node on it (the warm-up's and
         # the set-up's too).
         sent = {route: len(times[route]) + WARM_UP for route in ROUTES}
@@ -309,6 +358,7 @@ async def measure(backend: str, requests: int, workdir: Path) -> dict[str, Any]:
         result: dict[str, Any] = {
             "seconds": round(seconds, 1),
             "relayed_requests_counted": counted,
+            "cpu": used,
             "load_average_before": round(load_before, 2),
             "load_average_after": round(os.getloadavg()[0], 2),
             "envelope_bytes": envelope.ByteSize(),

@@ -766,6 +766,34 @@ def _relay_section(r: dict[str, Any]) -> list[str]:
         row("**each extra hop: (two − one prefecture p50) / 2, ms**", ms("extra_hop_ms")),
         row("… ÷ bare call p50", lambda c: _f(c.get("extra_hop_vs_baseline"), 2)),
         row(
+            "CPU ms per request: national (a hop) / the bare server (a call)",
+            lambda c: (
+                f"{_f(_get(c, 'cpu', 'national_ms'), 2)} / "
+                f"{_f(_get(c, 'cpu', 'bare server_ms'), 2)}"
+            ),
+        ),
+        row(
+            "CPU ms per request: 鳥取県 / 東京都 (hops), 米子市 / 千代田区 (destinations)",
+            lambda c: (
+                " / ".join(
+                    _f(_get(c, "cpu", f"{n}_ms"), 2)
+                    for n in ("prefecture-31", "prefecture-13", "municipality-312029")
+                )
+                + f" / {_f(_get(c, 'cpu', 'municipality-131016_ms'), 2)}"
+            ),
+        ),
+        row(
+            "PostgreSQL CPU ms per relayed request (every node's database)",
+            lambda c: _f(_get(c, "cpu", "postgresql_ms"), 2),
+        ),
+        row(
+            "machine cores busy while timed, of all its cores",
+            lambda c: (
+                f"{_f(_get(c, 'cpu', 'machine_busy_cores'), 2)} of "
+                f"{_f(_get(c, 'cpu', 'machine_cores'))}"
+            ),
+        ),
+        row(
             "envelope / answer bytes",
             lambda c: f"{_f(c.get('envelope_bytes'))} / {_f(c.get('answer_bytes'))}",
         ),
