@@ -4,7 +4,8 @@
 The delivery benchmark (:mod:`bench.delivery`) runs first, then the agency
 gateway's (:mod:`bench.gateway`), then the operation log's appends
 (:mod:`bench.oplog`), then the signed copies of resident records
-(:mod:`bench.copies`); ``--only`` runs one of them and keeps the others'
+(:mod:`bench.copies`), then the relayed requests' round trip
+(:mod:`bench.relay`); ``--only`` runs one of them and keeps the others'
 figures in the results file.
 """
 
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import copies, delivery, gateway, oplog, report
+from bench import copies, delivery, gateway, oplog, relay, report
 from bench.common import REPO, BenchError, postgres_version, progress
 
 COMMAND = "python -m bench"
@@ -67,8 +68,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--only",
-        choices=["delivery", "gateway", "oplog", "copies"],
-        help="run one benchmark (default: delivery, then gateway, then oplog, then copies)",
+        choices=["delivery", "gateway", "oplog", "copies", "relay"],
+        help="run one benchmark (default: delivery, then gateway, then oplog, then copies, "
+        "then relay)",
     )
     p.add_argument(
         "--oplog-entries",
@@ -80,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
         "--copies",
         type=int,
         help="copies: signed copies of resident records made (default 50; quick 10)",
+    )
+    p.add_argument(
+        "--relay-requests",
+        type=int,
+        help="relay: relayed requests timed per route, and bare calls (default 500; quick 100)",
     )
     gateway.add_arguments(p)
     return p
@@ -188,6 +195,40 @@ def run_copies(args: argparse.Namespace, results: dict[str, Any]) -> int:
     return 0
 
 
+def _backends(args: argparse.Namespace) -> list[str]:
+    """The backends ``--backend`` names (both: SQLite alone when no PostgreSQL answers)."""
+    if args.backend in ("sqlite", "postgres"):
+        return [args.backend]
+    if not asyncio.run(postgres_version()):
+        return ["sqlite"]
+    return ["sqlite", "postgres"]
+
+
+def run_relay(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """The relayed requests' round trip under ``relay`` in the results file (alone,
+    ``--only relay``, it keeps the file's other contents)."""
+    out, markdown = Path(args.out), Path(args.markdown)
+    if not results:
+        results = _earlier(out)
+    count = args.relay_requests or (100 if args.quick else 500)
+    if not 1 <= count <= 100_000:
+        progress("FAILED: --relay-requests: 1 to 100000")
+        return 2
+    try:
+        results["relay"] = {
+            "command": _command(),
+            **relay.run(_backends(args), count, keep=args.keep),
+        }
+    except BenchError as exc:
+        progress(f"FAILED: relay: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+    report.write(results, out, markdown)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks the options ask for; the exit status."""
     p = parser()
@@ -202,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_oplog(args, {})
     if args.only == "copies":
         return run_copies(args, {})
+    if args.only == "relay":
+        return run_relay(args, {})
     error = delivery_options(args)
     if error is not None:
         p.error(error)
@@ -216,13 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "delivery":
         with contextlib.suppress(KeyError, TypeError):
             results["gateway"] = _earlier(Path(args.out))["gateway"]  # kept
-        for kept in ("oplog", "copies"):
+        for kept in ("oplog", "copies", "relay"):
             with contextlib.suppress(KeyError, TypeError):
                 results[kept] = _earlier(Path(args.out))[kept]
         report.write(results, Path(args.out), Path(args.markdown))
         return 0
     code = run_gateway(args, gateway_plan, results)
-    return code or run_oplog(args, results) or run_copies(args, results)
+    return code or run_oplog(args, results) or run_copies(args, results) or run_relay(args, results)
 
 
 if __name__ == "__main__":

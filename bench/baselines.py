@@ -4,12 +4,14 @@
   and stores nothing (the delivery benchmark's baseline (a));
 * ``verify``: a grpc.aio mTLS server that answers GatewayService/Verify with a
   constant (the gateway benchmark's baseline);
+* ``relay``: a grpc.aio mTLS server that answers RelayService/Relay with the
+  envelope it was sent (the relay benchmark's baseline);
 * the national node's rows written straight into a database by executemany,
   no gRPC (the delivery benchmark's baseline (b)).
 
 The servers run as their own processes::
 
-    python -m bench.baselines push|verify PORT --pki DIR
+    python -m bench.baselines push|verify|relay PORT --pki DIR
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from bench.processes import BaselineServer
 from jukinet.client import tls_files
 from jukinet.db import Database
 from jukinet.tls import secure_channel, server_credentials
-from jukinet.v1 import common_pb2, delivery_pb2, gateway_pb2
+from jukinet.v1 import common_pb2, delivery_pb2, gateway_pb2, relay_pb2
 from jukinet.vocabulary import person_values
 from services.national import models
 from services.national.app import MIGRATIONS
@@ -102,8 +104,28 @@ def _verify_handler() -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
+def _relay_handler() -> grpc.GenericRpcHandler[Any, Any]:
+    async def relay(request: relay_pb2.RelayRequest, context: Any) -> relay_pb2.RelayResponse:
+        return relay_pb2.RelayResponse(header=request.header, sealed=request.sealed)
+
+    return grpc.method_handlers_generic_handler(
+        "jukinet.v1.RelayService",
+        {
+            "Relay": grpc.unary_unary_rpc_method_handler(
+                relay,
+                request_deserializer=relay_pb2.RelayRequest.FromString,
+                response_serializer=relay_pb2.RelayResponse.SerializeToString,
+            )
+        },
+    )
+
+
 # What each kind of server serves, and the certificate it presents.
-SERVERS = {"push": (_push_handler, "national"), "verify": (_verify_handler, "gateway")}
+SERVERS = {
+    "push": (_push_handler, "national"),
+    "verify": (_verify_handler, "gateway"),
+    "relay": (_relay_handler, "prefecture-31"),
+}
 
 
 async def serve(kind: str, port: int, pki_dir: Path) -> None:
@@ -122,7 +144,7 @@ async def serve(kind: str, port: int, pki_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.baselines push|verify PORT --pki DIR``."""
+    """``python -m bench.baselines push|verify|relay PORT --pki DIR``."""
     parser = argparse.ArgumentParser(prog="python -m bench.baselines")
     parser.add_argument("kind", choices=sorted(SERVERS))
     parser.add_argument("port", type=int)

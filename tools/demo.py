@@ -34,7 +34,13 @@ What it does, in order:
    and across prefectures (move-out at the old municipality, which issues and
    prints its signed move-out certificate; move-in at the new one with that
    certificate, whose identity items it registers) and two move-ins from abroad, one of them
-   渡邊 和子, whose surname is registered with a variant kanji;
+   渡邊 和子, whose surname is registered with a variant kanji; a resident card
+   (住民基本台帳カード, a SoftHSM2 token of its own, key made on the card) issued
+   at 鳥取市 and proved at the counter with its PIN, and another one proved at
+   千代田区, reported lost, revoked at 鳥取市 and refused at 千代田区 once the
+   new CRL has reached it (:mod:`jukinet.cardclient`, as ``jukinet card``
+   does); the day ends once every move-out of the day is final (転出確定) at
+   the old municipality by the move-in notice the new one sent;
 5. waits until the national node has applied every municipal notification,
    prints what each tier holds and one moved resident's history as the
    national node holds it, and reconciles: every municipal register entry must
@@ -94,7 +100,7 @@ from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
-from jukinet import localgov, movecert
+from jukinet import cardclient, localgov, movecert
 from jukinet.cli.audit import log_table, read_log, verify_node
 from jukinet.cli.csvfile import CsvFormatError
 from jukinet.cli.importer import ImportSummary, import_csv
@@ -106,11 +112,13 @@ from jukinet.config import (
     PrefectureConfig,
     load_config,
 )
-from jukinet.errors import ConfigError
+from jukinet.errors import ConfigError, error_metadata
 from jukinet.purposes import load_registry
 from jukinet.textwidth import pad
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
+    card_pb2,
+    card_pb2_grpc,
     common_pb2,
     delivery_pb2,
     gateway_pb2,
@@ -213,6 +221,8 @@ class Operators:
         self.supervisor: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
         self.supervisor_channel: dict[str, grpc.aio.Channel] = {}
         self.auditor: dict[str, operator_pb2_grpc.OperatorServiceAsyncStub] = {}
+        self.cards: dict[str, card_pb2_grpc.ResidentCardServiceAsyncStub] = {}
+        """Each municipality's ResidentCardService, at its clerk's terminal."""
         self._tokens: dict[tuple[str, str], str] = {}
         self.prefecture = {
             code: prefecture_pb2_grpc.PrefectureServiceStub(self.channel(f"prefecture-{code}"))
@@ -235,6 +245,11 @@ class Operators:
             self.auditor[code] = operator_pb2_grpc.OperatorServiceStub(
                 self.counter(code, "auditor")
             )
+            self.cards[code] = card_pb2_grpc.ResidentCardServiceStub(self.counter(code, "clerk"))
+
+    async def blank_resident_card(self, resident_code: str, pin: str) -> str:
+        """A blank card for ``resident_code`` in the counters' card reader; its label."""
+        return await self._fed.blank_resident_card(resident_code, pin)
 
     def counter(self, code: str, operator_id: str) -> grpc.aio.Channel:
         """A channel from ``operator_id``'s terminal at ``code``, in their session."""
@@ -455,6 +470,9 @@ class DayOfLife:
 
     moved_resident: str = ""
     returnee: str = ""  # 渡邊 和子, back from abroad: the agencies look her up
+    move_outs: list[tuple[str, str]] = field(default_factory=list)
+    """(old municipality, resident code) of each domestic move-out of the day: the new
+    municipality's move-in notice makes it final (転出確定) by the end of the day."""
     lines: list[str] = field(default_factory=list)
 
 
@@ -711,6 +729,7 @@ async def moves(day: Day) -> None:
             ),
             timeout=_RPC_TIMEOUT,
         )
+        day.result.move_outs.append((old, code))
         across = "same prefecture" if old[:2] == new[:2] else "another prefecture"
         day.say(
             "転出 move out",
@@ -787,6 +806,165 @@ async def homecoming(day: Day) -> None:
     )
 
 
+RESIDENT_PIN = "4821"
+"""The PIN of the demo's resident cards."""
+CARD_PROVED = "proved with its PIN"
+CARD_REFUSED = "refused: card-revoked"
+CRL_WAIT = 30.0
+"""Seconds a scene waits for a card CA's CRL to reach another prefecture's node (the
+demo's nodes exchange CRLs every second: :data:`CARD_CRLS_EVERY`)."""
+
+
+async def _issue_card(day: Day, holder: municipal_pb2.Resident) -> str:
+    """A card issued to ``holder`` at 鳥取市, said; its label."""
+    code = holder.resident_code
+    label = await day.ops.blank_resident_card(code, RESIDENT_PIN)
+    issued = await cardclient.issue_card(
+        day.ops.cards[TOTTORI],
+        code,
+        pin=RESIDENT_PIN,
+        so_pin=localfed.RESIDENT_CARD_SO_PIN,
+        label=label,
+        call_timeout=_RPC_TIMEOUT,
+    )
+    day.say(
+        "カード交付",
+        TOTTORI,
+        f"{holder.person.name} ({code}) gets resident card {issued.card_id} "
+        f"(certificate serial {issued.certificate.serial_number:x}, key made on the card)",
+    )
+    return label
+
+
+async def _prove(day: Day, at: str, label: str) -> card_pb2.ProveCardResponse:
+    return await cardclient.prove_card(
+        day.ops.cards[at], pin=RESIDENT_PIN, label=label, call_timeout=_RPC_TIMEOUT
+    )
+
+
+async def resident_card(day: Day) -> None:
+    """A resident of 鳥取市 gets a resident card and proves who they are at the counter
+    with it and its PIN."""
+    reg = day.registers[TOTTORI]
+    holder = day.pick(
+        "resident to get a card",
+        reg.people(day.used, lambda r: day.age(r) >= 15),
+        reg.people(day.used, lambda r: True),
+    )
+    label = await _issue_card(day, holder)
+    proof = await _prove(day, TOTTORI, label)
+    if proof.resident_code != holder.resident_code:
+        raise DemoError(f"{day.scene}: the card proved {proof.resident_code or 'no one'}")
+    day.say(
+        "カード本人確認",
+        TOTTORI,
+        f"card {proof.card_id} {CARD_PROVED}: the holder is {proof.resident_code}",
+    )
+
+
+async def _until_proved_or_refused(
+    day: Day, at: str, label: str, *, refused: bool
+) -> tuple[float, str]:
+    """Seconds until the card proves at ``at`` (``refused``: is refused there as revoked),
+    waiting for the CRL of 鳥取市's card CA; the reason of the refusal."""
+    started = time.monotonic()
+    while True:
+        try:
+            await _prove(day, at, label)
+            if not refused:
+                return time.monotonic() - started, ""
+        except grpc.aio.AioRpcError as exc:
+            reason = error_metadata(exc).get("jukinet-reason", "")
+            if refused and reason == "card-revoked":
+                return time.monotonic() - started, reason
+            if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+        if time.monotonic() - started > CRL_WAIT:
+            what = "refused" if refused else "proved"
+            raise DemoError(
+                f"{day.scene}: the card not {what} at {municipality_name(at)} "
+                f"within {CRL_WAIT:g} s (no CRL of 鳥取市's card CA there)"
+            )
+        await asyncio.sleep(0.25)
+
+
+async def lost_card(day: Day) -> None:
+    """A resident of 鳥取市 loses their card: revoked at home, it is refused at a counter
+    of another prefecture (千代田区) once the CRL has reached that node."""
+    reg = day.registers[TOTTORI]
+    holder = day.pick(
+        "resident to lose a card",
+        reg.people(day.used, lambda r: day.age(r) >= 15),
+        reg.people(day.used, lambda r: True),
+    )
+    label = await _issue_card(day, holder)
+    waited, _ = await _until_proved_or_refused(day, CHIYODA, label, refused=False)
+    day.say(
+        "カード本人確認",
+        CHIYODA,
+        f"the card {CARD_PROVED} (another prefecture; 鳥取市's card CRL came in {waited:.1f} s)",
+    )
+    revoked = await cardclient.revoke_card(
+        day.ops.cards[TOTTORI],
+        holder.resident_code,
+        card_pb2.CARD_REVOCATION_REASON_LOST,
+        call_timeout=_RPC_TIMEOUT,
+    )
+    day.say(
+        "カード紛失",
+        TOTTORI,
+        f"{holder.person.name} reports the card lost: revoked (serial {revoked.serial})",
+    )
+    waited, _ = await _until_proved_or_refused(day, CHIYODA, label, refused=True)
+    day.say(
+        "カード本人確認",
+        CHIYODA,
+        f"the lost card {CARD_REFUSED} ({waited:.1f} s after the revocation, with the new CRL)",
+    )
+
+
+CONFIRM_WAIT = 60.0
+"""Seconds the end of the day waits for the move-in notices to make the day's move-outs
+final."""
+CONFIRMED = "move-outs made final by the new municipality's move-in notice (転入通知)"
+
+
+async def move_outs_confirmed(day: Day) -> None:
+    """Until each of the day's move-outs is final (転出確定) at its old municipality,
+    by the move-in notice the new one sent (at most :data:`CONFIRM_WAIT` seconds); says
+    how many are."""
+    pending = list(dict.fromkeys(day.result.move_outs))
+    final: set[tuple[str, str]] = set()
+    started = time.monotonic()
+    while True:
+        for old, code in pending:
+            if (old, code) in final:
+                continue
+            got = await day.m[old].GetResident(
+                municipal_pb2.GetResidentRequest(resident_code=code), timeout=_RPC_TIMEOUT
+            )
+            if any(
+                e.register_change == municipal_pb2.REGISTER_CHANGE_MOVE_OUT_CONFIRMED
+                for e in got.events
+            ):
+                final.add((old, code))
+                day.say("転出確定", old, f"{code}: the move-in notice came, the move-out is final")
+        if len(final) == len(pending) or time.monotonic() - started > CONFIRM_WAIT:
+            break
+        await asyncio.sleep(0.2)
+    line = (
+        f"  転出確定: {len(final)} of the day's {len(pending)} {CONFIRMED} "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+    day.result.lines.append(line)
+    print(line, file=day.out, flush=True)
+    if len(final) != len(pending):
+        late = ", ".join(
+            f"{c} at {municipality_name(o)}" for o, c in pending if (o, c) not in final
+        )
+        raise DemoError(f"move-outs not final after {CONFIRM_WAIT:g} s: {late}")
+
+
 @dataclass(frozen=True)
 class Scene:
     """One part of the day: a title, and what happens."""
@@ -804,6 +982,8 @@ SCENES: tuple[Scene, ...] = (
     Scene("転出・転入 moves within and across prefectures", moves),
     Scene("国外からの転入 a foreign resident's arrival", arrival_from_abroad),
     Scene("国外からの転入 a citizen's homecoming", homecoming),
+    Scene("住民基本台帳カード a resident card issued and proved", resident_card),
+    Scene("カード紛失 a lost card revoked", lost_card),
 )
 """The day of life, in order (later scenes pick among those not yet in one)."""
 
@@ -817,6 +997,8 @@ async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
     for scene in SCENES:
         day.scene = scene.title
         await scene.play(day)
+    day.scene = "転出確定 the day's move-outs made final"
+    await move_outs_confirmed(day)
     return day.result
 
 
@@ -1409,6 +1591,9 @@ LOGS_VERIFIED = "every node's operation log verifies against the heads witnessed
 HEADS_EVERY = {"checkpoint_interval": 1}
 """The demo's nodes sign a head of their log every second (10 s by default): the
 day is short, and its end checks each log against a head the tier above holds."""
+CARD_CRLS_EVERY = {"card_crl_interval": 1}
+"""The demo's nodes exchange resident card CRLs every second (30 s by default): a lost
+card is refused in another prefecture within the day's few seconds."""
 WITNESS_WAIT = 8.0
 """Seconds the end of the demo waits for a node's newest head to be cosigned upstream."""
 
@@ -1511,7 +1696,10 @@ def run_demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         workdir,
         MUNICIPALITIES,
         settings={
-            tier: {"log_level": "INFO", **({} if tier == "gateway" else HEADS_EVERY)}
+            tier: {
+                "log_level": "INFO",
+                **({} if tier == "gateway" else {**HEADS_EVERY, **CARD_CRLS_EVERY}),
+            }
             for tier in TIERS
         },
         agencies=AGENCIES,

@@ -122,9 +122,19 @@ MUNICIPAL_SETTINGS: dict[str, Any] = {
 }
 
 
+RESIDENT_CARD_SO_PIN = "blank-so-2468"
+"""The security officer PIN a blank resident card comes with from the card maker (the
+issuing node gives the card its own)."""
+
+
 def card_label(code: str, operator_id: str) -> str:
     """The SoftHSM2 token label of an operator's card (at most 32 characters)."""
     return f"{code}-{operator_id}"[:32]
+
+
+def resident_card_label(resident_code: str) -> str:
+    """The SoftHSM2 token label of a resident's card."""
+    return f"resident-{resident_code}"
 
 
 class NodeFailed(RuntimeError):
@@ -703,6 +713,17 @@ class LocalFederation:
             future, self._cards = self._cards, None
             self.softhsm = await asyncio.wrap_future(future)
         return self.softhsm
+
+    async def blank_resident_card(self, resident_code: str, pin: str) -> str:
+        """A blank resident card for ``resident_code`` in the federation's card reader
+        (a SoftHSM2 token initialised with the resident's 4-digit ``pin`` and
+        :data:`RESIDENT_CARD_SO_PIN`), the reader active in this process; its label, to
+        issue it with :func:`jukinet.cardclient.issue_card`."""
+        hsm = await self.cards_ready()
+        label = resident_card_label(resident_code)
+        await asyncio.to_thread(hsm.init_token, label, RESIDENT_CARD_SO_PIN, pin)
+        await asyncio.to_thread(hsm.activate)
+        return label
 
     def _provision_cards(self) -> card.SoftHsm:
         hsm = card.SoftHsm.create(self.workdir / "softhsm")

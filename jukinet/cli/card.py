@@ -46,19 +46,15 @@ export so that every later command sees it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from jukinet import card as cards
-from jukinet import pki
+from jukinet import cardclient, pki
 from jukinet.cli.common import counter_options, plain, run_call
 from jukinet.cli.counter import PIN_ENV, read_secret
 from jukinet.errors import ConfigError
@@ -167,53 +163,19 @@ async def _issue_resident(channel: grpc.aio.Channel, args: argparse.Namespace) -
         env=SO_PIN_ENV,
         file_option="--so-pin-file",
     )
-    loop = asyncio.get_running_loop()
-    issued: list[card_pb2.IssueCardResponse] = []
-
-    async def ask(public_key: bytes) -> card_pb2.IssueCardResponse:
-        answer: card_pb2.IssueCardResponse = await _stub(channel).IssueCard(
-            card_pb2.IssueCardRequest(resident_code=args.resident, public_key=public_key)
-        )
-        issued.append(answer)
-        return answer
-
-    def certify(key: ec.EllipticCurvePublicKey) -> tuple[x509.Certificate, str]:
-        der = key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        answer = asyncio.run_coroutine_threadsafe(ask(der), loop).result()
-        return x509.load_der_x509_certificate(answer.certificate), answer.security_officer_pin
-
-    def provision() -> x509.Certificate:
-        return cards.provision_resident_card(
-            cards.load_module(), pin, so_pin, certify, label=args.card
-        )
-
-    cert = await asyncio.to_thread(provision)
+    issued = await cardclient.issue_card(
+        _stub(channel), args.resident, pin=pin, so_pin=so_pin, label=args.card
+    )
+    cert = issued.certificate
     print(
-        f"issued resident card {issued[0].card_id} to {args.resident} (serial "
+        f"issued resident card {issued.card_id} to {args.resident} (serial "
         f"{cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d})"
     )
     return None
 
 
 async def _verify(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
-    pin = _resident_pin(args)
-    stub = _stub(channel)
-    begun = await stub.BeginCardProof(card_pb2.BeginCardProofRequest())
-
-    def sign() -> tuple[bytes, bytes]:
-        with cards.open_resident_card(cards.load_module(), pin, label=args.card) as card:
-            return card.sign(begun.challenge), card.certificate.public_bytes(
-                serialization.Encoding.DER
-            )
-
-    signature, certificate = await asyncio.to_thread(sign)
-    return await stub.ProveCard(
-        card_pb2.ProveCardRequest(
-            nonce=begun.nonce, card_certificate=certificate, signature=signature
-        )
-    )
+    return await cardclient.prove_card(_stub(channel), pin=_resident_pin(args), label=args.card)
 
 
 async def _unlock(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
@@ -226,22 +188,13 @@ async def _unlock(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
             confirm=True,
         )
     )
-    answer = await _stub(channel).UnlockCard(card_pb2.UnlockCardRequest(card_id=args.card_id))
-    await asyncio.to_thread(
-        cards.unlock_resident_card,
-        cards.load_module(),
-        answer.security_officer_pin,
-        new_pin,
-        label=args.card,
-    )
+    await cardclient.unlock_card(_stub(channel), args.card_id, new_pin, label=args.card)
     print(f"resident card {args.card_id} unlocked with its new PIN")
     return None
 
 
 async def _revoke_resident(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
-    return await _stub(channel).RevokeCard(
-        card_pb2.RevokeCardRequest(resident_code=args.resident, reason=_REASONS[args.reason])
-    )
+    return await cardclient.revoke_card(_stub(channel), args.resident, _REASONS[args.reason])
 
 
 def _counter_command(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from jukinet.v1 import common_pb2, delivery_pb2, municipal_pb2, provision_pb2
 from jukinet.vocabulary import operation_of, person_values, result_of
 from tools.demo import (
     AGREE,
+    CARD_PROVED,
+    CARD_REFUSED,
+    CONFIRMED,
     DISCLOSED,
     SCENES,
     Day,
@@ -65,6 +69,17 @@ def test_demo_tiers_agree(tmp_path: Path) -> None:
     assert AGREE in result.stdout, output
     assert DISCLOSED in result.stdout, output
     assert "転入" in result.stdout and "国外からの転入" in result.stdout
+    # The resident cards: one proved at home with its PIN, one proved in another
+    # prefecture, revoked as lost and then refused there.
+    day = result.stdout.split("a day of life", 1)[1]
+    proved = [line for line in day.splitlines() if CARD_PROVED in line]
+    assert len(proved) == 2 and "鳥取市" in proved[0] and "千代田区" in proved[1], output
+    assert day.count("カード交付") == 2 and "カード紛失" in day, output
+    (refused,) = [line for line in day.splitlines() if CARD_REFUSED in line]
+    assert "千代田区" in refused, output
+    # Every move-out of the day made final by its move-in notice.
+    final = re.search(rf"転出確定: (\d+) of the day's (\d+) {re.escape(CONFIRMED)}", day)
+    assert final is not None and final[1] == final[2] and int(final[1]) >= 2, output
     # The passport office finds 渡邊 from 渡辺; each agency is refused a purpose
     # it does not hold; the disclosure lists the refusals.
     assert "Search → 渡邊\u3000和子" in result.stdout, output
