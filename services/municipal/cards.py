@@ -46,6 +46,7 @@ from jukinet.residentcard import (
 from jukinet.v1 import card_pb2, common_pb2
 from services.municipal import models
 from services.municipal import repository as repo
+from services.municipal.logic import ResidentState
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,27 @@ class ResidentCards:
         if holder.municipality != self.municipality:
             return holder, ""
         async with self.db.read() as conn:
-            row = await repo.card_by_id(conn, holder.card_id)
-            resident = None if row is None else await repo.resident_by_id(conn, row.resident_id)
-        # The record is ahead of the CRL: a card ended here is refused at once.
+            resident = await self.holder_of(conn, holder.card_id)
+        return holder, resident.resident_code
+
+    async def holder_of(self, conn: AsyncConnection, card_id: str) -> ResidentState:
+        """The resident (current or removed) who holds card ``card_id`` of this node's
+        record, for a card the record says is valid. The record is ahead of the CRL:
+        a card ended here is refused at once (``card-revoked``, ``card-lapsed``)."""
+        row = await repo.card_by_id(conn, card_id)
+        resident = None if row is None else await repo.resident_by_id(conn, row.resident_id)
         if row is None or resident is None or row.status != repo.CARD_VALID:
             status = "unknown" if row is None else row.status
             raise PermissionDenied(
-                f"resident card {holder.card_id} is {status} in the record of {self.municipality}",
+                f"resident card {card_id} is {status} in the record of {self.municipality}",
                 reason=Reason.CARD_LAPSED if status == repo.CARD_LAPSED else Reason.CARD_REVOKED,
             )
-        return holder, resident.resident_code
+        return resident
+
+    async def lapse_card_in(self, conn: AsyncConnection, card_id: str) -> None:
+        """Inside a transaction: card ``card_id`` lapses if valid (the caller then calls
+        :meth:`lapsed` after the commit)."""
+        await repo.end_card(conn, card_id, repo.CARD_LAPSED, _LAPSE_REASON, self.clock.now())
 
     # unlock
 
