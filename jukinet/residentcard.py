@@ -23,11 +23,12 @@ holder moved out, abroad, died, was removed) with cessationOfOperation.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
 
 from jukinet.errors import FailedPrecondition, Unauthenticated, Unavailable
 from jukinet.login import Challenge, chain_problem
@@ -46,6 +48,7 @@ from jukinet.pki import (
     sub_ca_org,
 )
 from jukinet.reasons import Reason
+from jukinet.v1 import municipal_pb2
 
 CONTINUE_WITHIN = dt.timedelta(days=90)
 """Assumed: a card stays usable after its holder moved only if continued at the new
@@ -374,6 +377,51 @@ SPECIAL_MOVE_IN_AFTER_PLANNED = dt.timedelta(days=30)
 def filing_message(filing: bytes) -> bytes:
     """The exact bytes a card signs for a serialized move-out filing."""
     return FILING_TAG + b"\n" + filing
+
+
+FILING_ARMOR_BEGIN = "-----BEGIN JUKINET MOVE-OUT FILING-----"
+FILING_ARMOR_END = "-----END JUKINET MOVE-OUT FILING-----"
+
+
+def sign_filing(
+    sign: Callable[[bytes], bytes],
+    card_certificate_der: bytes,
+    *,
+    destination: str,
+    planned: str,
+    new_address: str,
+    signed_on: str,
+    abroad: bool = False,
+) -> municipal_pb2.SignedMoveOutFiling:
+    """A move-out filing (付記転出届) signed by the card's ``sign`` (after its PIN)."""
+    filing = municipal_pb2.MoveOutFiling(
+        card_certificate=card_certificate_der,
+        planned_move_out_date=planned,
+        destination_local_government_code=destination,
+        new_address=new_address,
+        abroad=abroad,
+        signed_on=signed_on,
+    ).SerializeToString()
+    return municipal_pb2.SignedMoveOutFiling(filing=filing, signature=sign(filing_message(filing)))
+
+
+def armor_filing(signed: municipal_pb2.SignedMoveOutFiling) -> str:
+    """A signed filing as the text file the resident posts."""
+    body = base64.b64encode(signed.SerializeToString()).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join([FILING_ARMOR_BEGIN, *lines, FILING_ARMOR_END]) + "\n"
+
+
+def dearmor_filing(text: str) -> municipal_pb2.SignedMoveOutFiling:
+    """Read a file written by :func:`armor_filing`; ValueError says what is wrong."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 2 or lines[0] != FILING_ARMOR_BEGIN or lines[-1] != FILING_ARMOR_END:
+        raise ValueError("not a move-out filing file")
+    try:
+        raw = base64.b64decode("".join(lines[1:-1]), validate=True)
+        return municipal_pb2.SignedMoveOutFiling.FromString(raw)
+    except (ValueError, DecodeError):
+        raise ValueError("the move-out filing file is damaged") from None
 
 
 def verify_filing(

@@ -19,13 +19,14 @@ import pytest
 from cryptography import x509
 
 from jukinet import card
+from jukinet.cli.main import main
 from jukinet.clock import japan_date
 from jukinet.reasons import Reason
 from jukinet.relay.endpoint import RelayRefused
-from jukinet.residentcard import filing_message
+from jukinet.residentcard import sign_filing
 from jukinet.v1 import card_pb2, common_pb2, municipal_pb2, relay_pb2
 from services.municipal import repository as repo
-from tests.federation import Federation, move_in
+from tests.federation import Federation, activated, move_in, session_options
 from tests.integration.test_move_in_notice import ADDRESS, born, until_final
 from tests.integration.test_resident_cards import (
     PIN,
@@ -71,16 +72,14 @@ def signed_filing(
     abroad: bool = False,
 ) -> M.SignedMoveOutFiling:
     """The resident's card signs a move-out filing (what they post)."""
-    filing = M.MoveOutFiling(
-        card_certificate=reader.certificate(label),
-        planned_move_out_date=planned,
-        destination_local_government_code="" if abroad else destination,
+    return sign_filing(
+        lambda data: reader.sign(label, pin, data),
+        reader.certificate(label),
+        destination="" if abroad else destination,
+        planned=planned,
         new_address="" if abroad else ADDRESS[destination],
-        abroad=abroad,
         signed_on=today().isoformat(),
-    ).SerializeToString()
-    return M.SignedMoveOutFiling(
-        filing=filing, signature=reader.sign(label, pin, filing_message(filing))
+        abroad=abroad,
     )
 
 
@@ -373,3 +372,60 @@ async def test_a_card_that_filed_nothing_is_sent_to_the_certificate_route(
     assert (await refused(special_move_in(fed, TOTTORI, reader, "s-none", moved_in=days(0))))[
         0
     ] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_commands_sign_post_and_move_in_with_the_card(
+    fed: Federation,
+    reader: Reader,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("JUKINET_SESSION", raising=False)
+    monkeypatch.setenv("JUKINET_RESIDENT_PIN", PIN)
+    code = await holder(fed, reader, "s-cli")
+    old = reader.certificate("s-cli")
+
+    def counter(at: str) -> list[str]:
+        target = f"127.0.0.1:{fed.municipal_ports[at]}"
+        return session_options(target, fed.pki_dir, at, fed.sessions[at])
+
+    async def jukinet(*argv: str) -> tuple[int, str, str]:
+        def run() -> int:
+            with activated(reader.hsm):
+                return main(list(argv))
+
+        capsys.readouterr()
+        status = await asyncio.to_thread(run)
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    filing = tmp_path / "filing.txt"
+    status, out, err = await jukinet(
+        "card", "sign-move-out", "--card", "s-cli", "--to", YONAGO, "--date", days(0),
+        "--address", ADDRESS[YONAGO], "--out", str(filing),
+    )  # fmt: skip
+    assert status == 0 and filing.read_text().startswith("-----BEGIN JUKINET MOVE-OUT FILING"), err
+    status, out, err = await jukinet(
+        "resident", "move-out-by-post", code, "--filing", str(filing), *counter(TOTTORI)
+    )
+    assert status == 0 and "certificate_number" in out, err
+    # A wrong PIN: one line, nothing registered.
+    monkeypatch.setenv("JUKINET_RESIDENT_PIN", "9999")
+    status, out, err = await jukinet(
+        "resident", "special-move-in", "--card", "s-cli", "--date", days(0), *counter(YONAGO)
+    )
+    assert status == 1 and "PIN" in err and "Traceback" not in err, err
+    monkeypatch.setenv("JUKINET_RESIDENT_PIN", PIN)
+    await until(crl_held(fed, YONAGO, TOTTORI), PROPAGATION)
+    status, out, err = await jukinet(
+        "resident", "special-move-in", "--card", "s-cli", "--date", days(0), "--continue-card",
+        *counter(YONAGO),
+    )  # fmt: skip
+    assert status == 0 and code in out, err
+    # The card now carries the certificate of Yonago's card CA, for the same key.
+    renewed = reader.certificate("s-cli")
+    assert renewed != old
+    proof = await prove(fed, YONAGO, reader, "s-cli")
+    assert (proof.issuing_local_government_code, proof.resident_code) == (YONAGO, code)
