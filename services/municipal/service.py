@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -380,13 +380,20 @@ class MunicipalService:
             )
         return verified
 
-    async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
+    async def move_in(
+        self,
+        req: municipal_pb2.MoveInRequest,
+        *,
+        then: Callable[[AsyncConnection, str], Awaitable[None]] | None = None,
+    ) -> tuple[ResidentState, int]:
         """Register a move-in (転入) from another municipality or from abroad.
 
         From another municipality (転入, 特例転入) it rests on the old
         municipality's move-out certificate: the person is registered with the
         certificate's identity items and the operator's new address, the
         certificate is used once here, and the notification carries it.
+        ``then`` (the connection, the resident code) runs last in the move-in's
+        transaction: what it refuses undoes the move-in.
         """
         reason = move_in_reason(req.origin)
         effective = check_effective_date(req.effective_date, reason=reason).isoformat()
@@ -508,6 +515,8 @@ class MunicipalService:
                         Reason.MOVE_OUT_CERTIFICATE_REPLAYED,
                         f"certificate {cert.certificate_number} was used for a move-in here",
                     ) from None
+            if then is not None:
+                await then(conn, code)
         self._committed(codes_used=0 if given_code else 1)
         if cert is not None and self._notices_queued is not None:
             self._notices_queued()
@@ -1031,9 +1040,9 @@ class MunicipalService:
         registered through :meth:`move_in` with that certificate, as a special
         move-in: the same code, the same checks above, the move-in notice to
         the old municipality. With ``continue_card`` the card is continued
-        here (:meth:`ResidentCards.continue_card`). Returns the entry, the
-        notification's sequence, the certificate number and, when continued,
-        the new card id and certificate.
+        here, in the move-in's transaction (:meth:`ResidentCards.continue_in`).
+        Returns the entry, the notification's sequence, the certificate number
+        and, when continued, the new card id and certificate.
         """
         cards = self._cards()
         if self._relay is None:
@@ -1046,6 +1055,9 @@ class MunicipalService:
             raise InvalidArgument(
                 "card_certificate", "a card of this municipality: a move within it is Relocate"
             )
+        # Checked before anything is asked, so that the continuation cannot fail
+        # for want of the old card CA's CRL once the move-in is made.
+        continuing = cards.continuable(req.card_certificate) if req.continue_card else None
         challenge = await cards.challenges.take(terminal, req.nonce)
         try:
             answered = await self._relay.send(
@@ -1072,6 +1084,12 @@ class MunicipalService:
         person = municipal_pb2.PersonDetails()
         person.CopyFrom(req.person)
         person.address = person.address or data.new_address
+        continued: list[tuple[str, bytes]] = []
+
+        async def continue_card(conn: AsyncConnection, code: str) -> None:
+            assert continuing is not None
+            continued.append(await cards.continue_in(conn, code, continuing))
+
         resident, seq = await self.move_in(
             municipal_pb2.MoveInRequest(
                 person=person,
@@ -1081,16 +1099,13 @@ class MunicipalService:
                 effective_date=moved_in.isoformat(),
                 move_out_certificate=data.certificate,
                 register=req.register,
-            )
+            ),
+            then=continue_card if continuing is not None else None,
         )
         number = common_pb2.MoveOutCertificate.FromString(
             data.certificate.certificate
         ).certificate_number
-        card_id, certificate = "", b""
-        if req.continue_card:
-            card_id, certificate = await cards.continue_card(
-                resident.resident_code, req.card_certificate
-            )
+        card_id, certificate = continued[0] if continued else ("", b"")
         return resident, seq, number, card_id, certificate
 
     async def record_death(
