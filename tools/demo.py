@@ -90,11 +90,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
-from jukinet import localgov, movecert
+from jukinet import card, localgov, movecert
 from jukinet.cli.audit import log_table, read_log, verify_node
 from jukinet.cli.csvfile import CsvFormatError
 from jukinet.cli.importer import ImportSummary, import_csv
@@ -108,9 +110,12 @@ from jukinet.config import (
 )
 from jukinet.errors import ConfigError
 from jukinet.purposes import load_registry
+from jukinet.residentcard import sign_filing
 from jukinet.textwidth import pad
 from jukinet.tls import secure_channel
 from jukinet.v1 import (
+    card_pb2,
+    card_pb2_grpc,
     common_pb2,
     delivery_pb2,
     gateway_pb2,
@@ -146,6 +151,9 @@ MUNICIPALITIES: tuple[str, ...] = (TOTTORI, YONAGO, CHIYODA)
 PREFECTURES: tuple[str, ...] = ("31", "13")
 TIERS = ("national", "prefecture", "municipal", "gateway")
 AGREE = "all tiers agree with the municipal registers"
+SPECIAL_MOVE_DONE = "the resident card is continued at the new municipality"
+_CARD_TRUST_WAIT = 60.0
+"""Seconds the card's scene waits for the new municipality to hold the card CA's CRL."""
 DISCLOSED = "the disclosure lists exactly the provisions made and refused"
 
 # How the population is split, roughly as the three registers compare in size
@@ -213,6 +221,7 @@ class Operators:
         self.supervisor: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
         self.supervisor_channel: dict[str, grpc.aio.Channel] = {}
         self.auditor: dict[str, operator_pb2_grpc.OperatorServiceAsyncStub] = {}
+        self.cards: dict[str, card_pb2_grpc.ResidentCardServiceAsyncStub] = {}
         self._tokens: dict[tuple[str, str], str] = {}
         self.prefecture = {
             code: prefecture_pb2_grpc.PrefectureServiceStub(self.channel(f"prefecture-{code}"))
@@ -235,6 +244,11 @@ class Operators:
             self.auditor[code] = operator_pb2_grpc.OperatorServiceStub(
                 self.counter(code, "auditor")
             )
+            self.cards[code] = card_pb2_grpc.ResidentCardServiceStub(self.counter(code, "clerk"))
+
+    async def blank_resident_card(self, label: str) -> None:
+        """A blank resident card labelled ``label`` in the counters' card reader."""
+        await self._fed.blank_resident_card(label)
 
     def counter(self, code: str, operator_id: str) -> grpc.aio.Channel:
         """A channel from ``operator_id``'s terminal at ``code``, in their session."""
@@ -787,6 +801,134 @@ async def homecoming(day: Day) -> None:
     )
 
 
+async def _issue_resident_card(day: Day, code: str, resident: str, label: str) -> None:
+    """The home municipality issues a card to ``resident``: a key made on a blank
+    card, its certificate signed by the municipality's card CA."""
+    await day.ops.blank_resident_card(label)
+    loop = asyncio.get_running_loop()
+    stub = day.ops.cards[code]
+
+    async def ask(public_key: bytes) -> card_pb2.IssueCardResponse:
+        answer: card_pb2.IssueCardResponse = await stub.IssueCard(
+            card_pb2.IssueCardRequest(resident_code=resident, public_key=public_key),
+            timeout=_RPC_TIMEOUT,
+        )
+        return answer
+
+    def certify(key: Any) -> tuple[x509.Certificate, str]:
+        der = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        answer = asyncio.run_coroutine_threadsafe(ask(der), loop).result(_RPC_TIMEOUT)
+        return x509.load_der_x509_certificate(answer.certificate), answer.security_officer_pin
+
+    def provision() -> x509.Certificate:
+        return card.provision_resident_card(
+            card.load_module(),
+            localfed.RESIDENT_CARD_PIN,
+            localfed.RESIDENT_CARD_SO_PIN,
+            certify,
+            label=label,
+        )
+
+    await asyncio.to_thread(provision)
+
+
+def _card_sign(label: str, data: bytes) -> tuple[bytes, bytes]:
+    """The card's signature of ``data`` after its PIN, and its certificate (DER)."""
+    with card.open_resident_card(card.load_module(), localfed.RESIDENT_CARD_PIN, label=label) as c:
+        return c.sign(data), c.certificate.public_bytes(serialization.Encoding.DER)
+
+
+async def moving_with_the_card(day: Day) -> None:
+    """A card holder of 鳥取市 moves to 千代田区 the card's way (転出・転入の特例): the
+    move-out filed by post with the card's signature, the move-in with card and PIN,
+    the card continued."""
+    holder = day.pick(
+        "resident to move with the card",
+        day.registers[TOTTORI].people(day.used, lambda r: 20 <= day.age(r) <= 60),
+        day.registers[TOTTORI].people(day.used, lambda r: True),
+    )
+    code = holder.resident_code
+    label = f"resident-{code}"
+    await _issue_resident_card(day, TOTTORI, code, label)
+    day.say("カード交付 card", TOTTORI, f"{holder.person.name} ({code}) gets a resident card")
+    when = day.date.isoformat()
+    address = day.fresh_address(CHIYODA, 77)
+    filing = await asyncio.to_thread(
+        lambda: sign_filing(
+            lambda data: _card_sign(label, data)[0],
+            card.resident_card_certificate(card.load_module(), label=label).public_bytes(
+                serialization.Encoding.DER
+            ),
+            destination=CHIYODA,
+            planned=when,
+            new_address=address,
+            signed_on=when,
+        )
+    )
+    posted = await day.m[TOTTORI].MoveOutByPost(
+        municipal_pb2.MoveOutByPostRequest(resident_code=code, filing=filing),
+        timeout=_RPC_TIMEOUT,
+    )
+    day.say(
+        "付記転出届 by post",
+        TOTTORI,
+        f"{holder.person.name} files the move-out to {municipality_name(CHIYODA)} on {when} "
+        f"by post, signed by the card; certificate {posted.certificate_number} kept, "
+        "none handed out",
+    )
+    # The card CA's CRL of 鳥取市 travels to 千代田区 through both prefectures and the
+    # national node; until it has come, the new counter cannot continue the card.
+    deadline = time.monotonic() + _CARD_TRUST_WAIT
+    while True:
+        begun = await day.ops.cards[CHIYODA].BeginCardProof(
+            card_pb2.BeginCardProofRequest(), timeout=_RPC_TIMEOUT
+        )
+        signature, certificate = await asyncio.to_thread(_card_sign, label, begun.challenge)
+        try:
+            moved = await day.m[CHIYODA].SpecialMoveIn(
+                municipal_pb2.SpecialMoveInRequest(
+                    nonce=begun.nonce,
+                    card_certificate=certificate,
+                    card_signature=signature,
+                    effective_date=when,
+                    continue_card=True,
+                ),
+                timeout=_RPC_TIMEOUT,
+            )
+            break
+        except grpc.aio.AioRpcError as exc:
+            waiting = exc.code() in (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.UNAVAILABLE,
+            ) and "has reached this node yet" in (exc.details() or "")
+            if not waiting or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+    r = moved.resident
+    day.say(
+        "特例転入 card + PIN",
+        CHIYODA,
+        f"{r.person.name} ({r.resident_code}) moved in with the card and PIN; the move-out "
+        f"data came from {municipality_name(TOTTORI)} over the network "
+        f"(certificate {moved.certificate_number}), {r.person.address}",
+    )
+    await asyncio.to_thread(
+        card.store_continued_certificate,
+        card.load_module(),
+        localfed.RESIDENT_CARD_PIN,
+        x509.load_der_x509_certificate(moved.card_certificate),
+        label=label,
+    )
+    day.say(
+        "継続利用 card",
+        CHIYODA,
+        f"{SPECIAL_MOVE_DONE}: card {moved.card_id} of {municipality_name(CHIYODA)} "
+        "on the same card key",
+    )
+
+
 @dataclass(frozen=True)
 class Scene:
     """One part of the day: a title, and what happens."""
@@ -804,6 +946,7 @@ SCENES: tuple[Scene, ...] = (
     Scene("転出・転入 moves within and across prefectures", moves),
     Scene("国外からの転入 a foreign resident's arrival", arrival_from_abroad),
     Scene("国外からの転入 a citizen's homecoming", homecoming),
+    Scene("転出・転入の特例 moving with the resident card", moving_with_the_card),
 )
 """The day of life, in order (later scenes pick among those not yet in one)."""
 
@@ -1409,6 +1552,9 @@ LOGS_VERIFIED = "every node's operation log verifies against the heads witnessed
 HEADS_EVERY = {"checkpoint_interval": 1}
 """The demo's nodes sign a head of their log every second (10 s by default): the
 day is short, and its end checks each log against a head the tier above holds."""
+CRLS_EVERY = {"card_crl_interval": 2}
+"""The demo's nodes trade resident card CRLs every 2 seconds (30 s by default), so that
+the card of 鳥取市 is known at 千代田区 soon after the nodes start."""
 WITNESS_WAIT = 8.0
 """Seconds the end of the demo waits for a node's newest head to be cosigned upstream."""
 
@@ -1511,7 +1657,7 @@ def run_demo(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         workdir,
         MUNICIPALITIES,
         settings={
-            tier: {"log_level": "INFO", **({} if tier == "gateway" else HEADS_EVERY)}
+            tier: {"log_level": "INFO", **({} if tier == "gateway" else HEADS_EVERY | CRLS_EVERY)}
             for tier in TIERS
         },
         agencies=AGENCIES,

@@ -111,6 +111,10 @@ STAFF: tuple[Staff, ...] = (
 DEFAULT_OPERATOR = "counter"
 CARD_PIN = "246810"
 CARD_SO_PIN = "so-135791"
+RESIDENT_CARD_PIN = "1357"
+"""The PIN of every demo resident's card (a resident card's PIN is 4 digits)."""
+RESIDENT_CARD_SO_PIN = "blank-so-2468"
+"""The security officer PIN of a blank resident card, until its municipality issues it."""
 INITIAL_PASSWORD = "Initial-pass-2026"
 PASSWORD = "Tottori-Sakyu-2026"
 """Every operator's password after the first login (the initial one is changed then)."""
@@ -720,6 +724,14 @@ class LocalFederation:
                     functools.partial(self._certify, operator),
                     label=card_label(code, member.operator_id),
                 )
+        return hsm
+
+    async def blank_resident_card(self, label: str) -> card.SoftHsm:
+        """A blank resident card labelled ``label`` in the federation's card reader,
+        initialised with :data:`RESIDENT_CARD_PIN` (its municipality then issues it)."""
+        hsm = await self.cards_ready()
+        await asyncio.to_thread(hsm.init_token, label, RESIDENT_CARD_SO_PIN, RESIDENT_CARD_PIN)
+        hsm.activate()
         return hsm
 
     def _certify(self, operator: Identity, key: Any) -> Any:

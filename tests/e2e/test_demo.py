@@ -20,6 +20,7 @@ from tools.demo import (
     AGREE,
     DISCLOSED,
     SCENES,
+    SPECIAL_MOVE_DONE,
     Day,
     DemoError,
     Expected,
@@ -65,6 +66,9 @@ def test_demo_tiers_agree(tmp_path: Path) -> None:
     assert AGREE in result.stdout, output
     assert DISCLOSED in result.stdout, output
     assert "転入" in result.stdout and "国外からの転入" in result.stdout
+    # A card holder of 鳥取市 moved to 千代田区 with the card: by post, card + PIN, continued.
+    assert "付記転出届" in result.stdout and "特例転入" in result.stdout, output
+    assert SPECIAL_MOVE_DONE in result.stdout, output
     # The passport office finds 渡邊 from 渡辺; each agency is refused a purpose
     # it does not hold; the disclosure lists the refusals.
     assert "Search → 渡邊\u3000和子" in result.stdout, output
