@@ -872,7 +872,7 @@ async def moving_with_the_card(day: Day) -> None:
         timeout=_RPC_TIMEOUT,
     )
     day.say(
-        "付記転出届 by post",
+        "付記転出届 post",
         TOTTORI,
         f"{holder.person.name} files the move-out to {municipality_name(CHIYODA)} on {when} "
         f"by post, signed by the card; certificate {posted.certificate_number} kept, "
@@ -908,7 +908,7 @@ async def moving_with_the_card(day: Day) -> None:
             await asyncio.sleep(1)
     r = moved.resident
     day.say(
-        "特例転入 card + PIN",
+        "特例転入 card+PIN",
         CHIYODA,
         f"{r.person.name} ({r.resident_code}) moved in with the card and PIN; the move-out "
         f"data came from {municipality_name(TOTTORI)} over the network "
