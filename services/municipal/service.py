@@ -928,6 +928,8 @@ class MunicipalService:
             reason=R.CHANGE_REASON_MOVE_OUT,
         ).isoformat()
         new_address = check_address(filing.new_address, "filing.new_address", destination)
+        if filing.signed_on:
+            check_date(filing.signed_on, "filing.signed_on")
         holder = verify_filing(
             req.filing.filing,
             req.filing.signature,

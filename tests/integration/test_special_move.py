@@ -23,7 +23,7 @@ from jukinet.cli.main import main
 from jukinet.clock import japan_date
 from jukinet.reasons import Reason
 from jukinet.relay.endpoint import RelayRefused
-from jukinet.residentcard import sign_filing
+from jukinet.residentcard import filing_message, sign_filing
 from jukinet.v1 import card_pb2, common_pb2, municipal_pb2, relay_pb2
 from services.municipal import repository as repo
 from tests.federation import Federation, activated, move_in, session_options
@@ -429,3 +429,119 @@ async def test_the_commands_sign_post_and_move_in_with_the_card(
     assert renewed != old
     proof = await prove(fed, YONAGO, reader, "s-cli")
     assert (proof.issuing_local_government_code, proof.resident_code) == (YONAGO, code)
+
+
+async def test_bad_input_is_refused_with_its_field_and_writes_nothing(
+    fed: Federation, reader: Reader
+) -> None:
+    code = await holder(fed, reader, "s-bad")
+    good = signed_filing(reader, "s-bad", destination=YONAGO, planned=days(0))
+
+    def filing(**change: object) -> M.SignedMoveOutFiling:
+        """``good`` with fields changed, signed again by the card."""
+        f = M.MoveOutFiling.FromString(good.filing)
+        for name, value in change.items():
+            setattr(f, name, value)
+        raw = f.SerializeToString()
+        return M.SignedMoveOutFiling(
+            filing=raw, signature=reader.sign("s-bad", PIN, filing_message(raw))
+        )
+
+    for bad, field in [
+        (M.SignedMoveOutFiling(), "filing.filing"),
+        (M.SignedMoveOutFiling(filing=b"\xff\xff", signature=good.signature), "filing.filing"),
+        (filing(destination_local_government_code=TOTTORI), "filing."),
+        (filing(destination_local_government_code="999999"), "filing."),
+        (filing(new_address=ADDRESS[CHIYODA]), "filing.new_address"),
+        (filing(planned_move_out_date="2026-02-30"), "filing.planned_move_out_date"),
+        (filing(signed_on="yesterday"), "filing.signed_on"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await by_post(fed, code, bad)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert field in (info.value.details() or ""), info.value.details()
+    # A card of another municipality signs nothing for Tottori.
+    yonago = await born(fed, YONAGO)
+    await reader.issue(fed, YONAGO, yonago, "s-bad-yonago")
+    await until(crl_held(fed, TOTTORI, YONAGO), PROPAGATION)
+    foreign = signed_filing(reader, "s-bad-yonago", destination=CHIYODA, planned=days(0))
+    assert await refused(by_post(fed, code, foreign)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        Reason.CARD_INVALID,
+    )
+    assert await status_at(fed, TOTTORI, code) == M.RESIDENT_STATUS_ACTIVE
+
+    # The special move-in's own input.
+    chiyoda = fed.operator(CHIYODA)
+    certificate = reader.certificate("s-bad")
+    for request, status, reason in [
+        (
+            M.SpecialMoveInRequest(card_certificate=certificate, effective_date=days(0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.INVALID_ARGUMENT,
+        ),
+        (
+            M.SpecialMoveInRequest(
+                nonce=b"n" * 32, card_certificate=certificate, effective_date="2026-13-01"
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.INVALID_ARGUMENT,
+        ),
+        (
+            M.SpecialMoveInRequest(
+                nonce=b"n" * 32, card_certificate=b"junk", effective_date=days(0)
+            ),
+            grpc.StatusCode.UNAUTHENTICATED,
+            Reason.CARD_INVALID,
+        ),
+        (
+            M.SpecialMoveInRequest(
+                nonce=b"n" * 32, card_certificate=certificate, effective_date=days(0)
+            ),
+            grpc.StatusCode.UNAUTHENTICATED,
+            Reason.CHALLENGE_INVALID,
+        ),
+    ]:
+        assert await refused(chiyoda.SpecialMoveIn(request, timeout=TIMEOUT)) == (
+            status,
+            reason,
+        ), request
+
+    # The relayed request's own input, as Tottori answers it.
+    client = fed.municipalities[CHIYODA].relay_client
+    begun = await cards_of(fed, CHIYODA).BeginCardProof(card_pb2.BeginCardProofRequest())
+    for raw, reason in [
+        (b"\xff\xff", Reason.INVALID_ARGUMENT),
+        (
+            relay_pb2.MoveOutDataRequest(
+                card_certificate=certificate, challenge=b"not a challenge"
+            ).SerializeToString(),
+            Reason.INVALID_ARGUMENT,
+        ),
+        (
+            relay_pb2.MoveOutDataRequest(
+                card_certificate=reader.certificate("s-bad-yonago"),
+                challenge=begun.challenge,
+                card_signature=reader.sign("s-bad-yonago", PIN, begun.challenge),
+            ).SerializeToString(),
+            Reason.CARD_INVALID,
+        ),
+    ]:
+        with pytest.raises(RelayRefused) as caught:
+            await client.send(
+                TOTTORI,
+                relay_pb2.RELAY_KIND_MOVE_OUT_DATA,
+                _Raw(request),  # type: ignore[arg-type]
+            )
+        assert caught.value.wire_reason == reason, raw
+
+
+class _Raw:
+    """Bytes sent as they are, where the relay client takes a message."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        """The bytes, as the protobuf method is named."""
+        return self.data
