@@ -186,6 +186,13 @@ async def test_move_out_by_post_and_special_move_in_with_the_card(
     # The notification carried the certificate to the upper tiers like a paper move-in.
     got = await fed.operator(new).GetResident(M.GetResidentRequest(resident_code=code))
     assert got.notifications[-1].HasField("move_out_certificate")
+    # Each counter's operation log names the resident of its operation.
+    for at, operation in ((TOTTORI, "MoveOutByPost"), (new, "SpecialMoveIn")):
+        async with fed.municipalities[at].db.read() as conn:
+            rows = await fed.municipalities[at].log.oplog.rows(conn)
+        assert [
+            r.outcome for r in rows if r.operation == operation and code in r.resident_codes
+        ] == ["ok"], (at, operation)
 
 
 async def _statuses(fed: Federation, code: str, expected: list[str]) -> bool:
