@@ -116,6 +116,16 @@ FLAGS: dict[str, str] = {
 }
 
 
+BY_POST_FLAGS = {**FLAGS, "filing": "--filing"}
+SPECIAL_FLAGS = {
+    **FLAGS,
+    "card_certificate": "--card",
+    "card_signature": "--card",
+    "nonce": "--card",
+    "person.address": "--address",
+}
+
+
 def _municipal(channel: grpc.aio.Channel) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
     return municipal_pb2_grpc.MunicipalServiceStub(channel)
 
@@ -304,7 +314,7 @@ def _move_out_by_post(ops: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "enter a move-out filed by post with the resident card's signature (付記転出届): "
         "the move-out is recorded and its certificate kept for the new municipality",
         by_post,
-        {**FLAGS, "filing": "--filing"},
+        BY_POST_FLAGS,
     )
     p.add_argument("code", help="the resident code the filing names")
     p.add_argument("--filing", required=True, metavar="FILE", help="the posted filing file")
@@ -359,7 +369,7 @@ def _special_move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "register a move in with the resident card and its PIN (特例転入) after a move-out "
         "filed by post: the move-out data comes from the old municipality over the network",
         special,
-        {**FLAGS, "card_certificate": "--card", "card_signature": "--card"},
+        SPECIAL_FLAGS,
     )
     p.add_argument("--card", metavar="LABEL", help="the card's label, when several are present")
     p.add_argument("--pin-file", metavar="FILE", help=f"the PIN (else ${RESIDENT_PIN_ENV})")
