@@ -725,3 +725,29 @@ def resident_card_certificate(lib: Module, *, label: str | None = None) -> x509.
             return x509.load_der_x509_certificate(obj[Attribute.VALUE])
         except ValueError as exc:
             raise CardError(f"card {token.label!r}: its certificate is unreadable: {exc}") from None
+
+
+def store_continued_certificate(
+    lib: Module, pin: str, certificate: x509.Certificate, *, label: str | None = None
+) -> None:
+    """After a continuation (継続利用) at the new municipality: replace the certificate
+    on the resident card with the new one, which must certify the same key.
+
+    The new certificate is written first, then the old one goes, so a card pulled
+    out in between holds both and is re-written at the next try.
+    """
+    token = find_card(lib, label)
+    with _open_counted(token, pin, rw=True) as session:
+        old = _only(session, ObjectClass.CERTIFICATE, "certificate", token.label)
+        try:
+            current = x509.load_der_x509_certificate(old[Attribute.VALUE])
+        except ValueError as exc:
+            raise CardError(f"card {token.label!r}: its certificate is unreadable: {exc}") from None
+        if current.public_key() != certificate.public_key():
+            raise CardError(
+                f"card {token.label!r}: the continued certificate certifies another key"
+            )
+        if current == certificate:
+            return
+        _store_certificate(session, bytes(old[Attribute.ID]), _RESIDENT_LABEL, certificate)
+        old.destroy()

@@ -6,6 +6,11 @@ terminal's reader and the node's ``ResidentCardService``, used together.
   the certificate and takes the security officer PIN the node chose;
 - :func:`prove_card`: the proof of identity at any counter: the node's
   challenge, signed on the card after its PIN (counted on the card);
+  :func:`card_proof` is that signature alone, for a request that carries it;
+- :func:`sign_move_out`: at home, a move-out filed by post (付記転出届)
+  signed by the card after its PIN (no node);
+- :func:`special_move_in`: the move-in with the card and PIN (特例転入) at the
+  new municipality, the card's certificate renewed there when it is continued;
 - :func:`unlock_card`: at the issuing municipality, a new PIN set with the
   security officer PIN the node gives back;
 - :func:`revoke_card`: a lost (stolen, returned) card revoked; every node
@@ -28,12 +33,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from jukinet import card as cards
-from jukinet.v1 import card_pb2
+from jukinet.residentcard import sign_filing
+from jukinet.v1 import card_pb2, municipal_pb2
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Module
 
     from jukinet.v1.card_pb2_grpc import ResidentCardServiceAsyncStub as Stub
+    from jukinet.v1.municipal_pb2_grpc import MunicipalServiceAsyncStub
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,40 @@ async def issue_card(
     return IssuedCard(issued[0].card_id, certificate)
 
 
+@dataclass(frozen=True)
+class CardProof:
+    """The card's signature of a node's challenge, with the challenge's nonce and the
+    card's certificate (DER): what a request proving the card carries."""
+
+    nonce: bytes
+    certificate: bytes
+    signature: bytes
+
+
+async def card_proof(
+    stub: Stub,
+    *,
+    pin: str,
+    label: str | None = None,
+    lib: Module | None = None,
+    call_timeout: float | None = None,
+) -> CardProof:
+    """A new challenge of the counter ``stub`` reaches, signed on the card after ``pin``;
+    the card refuses a wrong PIN (:class:`~jukinet.card.WrongPin`,
+    :class:`~jukinet.card.CardLocked`)."""
+    begun = await stub.BeginCardProof(card_pb2.BeginCardProofRequest(), timeout=call_timeout)
+
+    def sign() -> CardProof:
+        with cards.open_resident_card(lib or cards.load_module(), pin, label=label) as card:
+            return CardProof(
+                begun.nonce,
+                card.certificate.public_bytes(serialization.Encoding.DER),
+                card.sign(begun.challenge),
+            )
+
+    return await asyncio.to_thread(sign)
+
+
 async def prove_card(
     stub: Stub,
     *,
@@ -92,23 +133,73 @@ async def prove_card(
     call_timeout: float | None = None,
 ) -> card_pb2.ProveCardResponse:
     """The card's proof of identity at the counter ``stub`` reaches; the card refuses a
-    wrong PIN (:class:`~jukinet.card.WrongPin`, :class:`~jukinet.card.CardLocked`),
-    the node a revoked, lapsed or unknown card."""
-    begun = await stub.BeginCardProof(card_pb2.BeginCardProofRequest(), timeout=call_timeout)
-
-    def sign() -> tuple[bytes, bytes]:
-        with cards.open_resident_card(lib or cards.load_module(), pin, label=label) as card:
-            return card.sign(begun.challenge), card.certificate.public_bytes(
-                serialization.Encoding.DER
-            )
-
-    signature, certificate = await asyncio.to_thread(sign)
+    wrong PIN, the node a revoked, lapsed or unknown card."""
+    proof = await card_proof(stub, pin=pin, label=label, lib=lib, call_timeout=call_timeout)
     answer: card_pb2.ProveCardResponse = await stub.ProveCard(
         card_pb2.ProveCardRequest(
-            nonce=begun.nonce, card_certificate=certificate, signature=signature
+            nonce=proof.nonce, card_certificate=proof.certificate, signature=proof.signature
         ),
         timeout=call_timeout,
     )
+    return answer
+
+
+def sign_move_out(
+    *,
+    pin: str,
+    destination: str,
+    planned: str,
+    new_address: str,
+    signed_on: str,
+    abroad: bool = False,
+    label: str | None = None,
+    lib: Module | None = None,
+) -> municipal_pb2.SignedMoveOutFiling:
+    """A move-out filed by post (付記転出届) to ``destination`` (a local government code;
+    empty with ``abroad``) on ``planned``, signed by the card after ``pin``. Blocks (the
+    card's PKCS#11 calls)."""
+    with cards.open_resident_card(lib or cards.load_module(), pin, label=label) as card:
+        return sign_filing(
+            card.sign,
+            card.certificate.public_bytes(serialization.Encoding.DER),
+            destination=destination,
+            planned=planned,
+            new_address=new_address,
+            signed_on=signed_on,
+            abroad=abroad,
+        )
+
+
+async def special_move_in(
+    municipal: MunicipalServiceAsyncStub,
+    stub: Stub,
+    request: municipal_pb2.SpecialMoveInRequest,
+    *,
+    pin: str,
+    label: str | None = None,
+    lib: Module | None = None,
+    call_timeout: float | None = None,
+) -> municipal_pb2.SpecialMoveInResponse:
+    """Register the move-in ``request`` (without its proof) with the card and ``pin`` at
+    the new municipality; with ``continue_card``, the certificate the node gives back is
+    stored on the card."""
+    proof = await card_proof(stub, pin=pin, label=label, lib=lib, call_timeout=call_timeout)
+    sent = municipal_pb2.SpecialMoveInRequest()
+    sent.CopyFrom(request)
+    sent.nonce = proof.nonce
+    sent.card_certificate = proof.certificate
+    sent.card_signature = proof.signature
+    answer: municipal_pb2.SpecialMoveInResponse = await municipal.SpecialMoveIn(
+        sent, timeout=call_timeout
+    )
+    if answer.card_certificate:
+        await asyncio.to_thread(
+            cards.store_continued_certificate,
+            lib or cards.load_module(),
+            pin,
+            x509.load_der_x509_certificate(answer.card_certificate),
+            label=label,
+        )
     return answer
 
 
@@ -150,4 +241,14 @@ async def revoke_card(
     return answer
 
 
-__all__ = ["IssuedCard", "issue_card", "prove_card", "revoke_card", "unlock_card"]
+__all__ = [
+    "CardProof",
+    "IssuedCard",
+    "card_proof",
+    "issue_card",
+    "prove_card",
+    "revoke_card",
+    "sign_move_out",
+    "special_move_in",
+    "unlock_card",
+]

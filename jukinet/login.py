@@ -155,6 +155,28 @@ class Challenge:
         """The operator whose card is to sign (a login's subject)."""
         return parse_identity_uri(self.subject)
 
+    @classmethod
+    def parse(cls, message: bytes) -> Challenge:
+        """The challenge whose :meth:`message` is ``message`` (ValueError if none is):
+        what a node that did not issue it reads from the signed bytes."""
+        parts = message.split(b"\n")
+        if len(parts) != 5:
+            raise ValueError(f"{len(parts)} lines, expected 5")
+        tag, terminal, subject, expires, nonce = parts
+        try:
+            parsed = cls(
+                parse_identity_uri(terminal.decode()),
+                subject.decode(),
+                dt.datetime.fromisoformat(expires.decode()),
+                bytes.fromhex(nonce.decode()),
+                tag,
+            )
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not text: {exc}") from None
+        if parsed.expires_at.tzinfo is None or parsed.message() != message:
+            raise ValueError("not in the form a node writes")
+        return parsed
+
     def message(self) -> bytes:
         """The exact bytes the card signs (one field a line, nothing left to interpret)."""
         return b"\n".join(

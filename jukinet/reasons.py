@@ -129,3 +129,14 @@ class Reason(enum.StrEnum):
     RELAY_REQUEST_CONFLICT = "relay-request-conflict"
     # A move-in notice that does not fit a move-out certificate this municipality issued.
     MOVE_IN_NOTICE_MISMATCH = "move-in-notice-mismatch"
+
+    # Moving with the resident card (転出・転入の特例).
+    MOVE_ABROAD_BY_POST = "move-abroad-by-post"  # a move abroad is not filed by post
+    # The card's signature of a posted move-out filing does not verify.
+    FILING_SIGNATURE_INVALID = "filing-signature-invalid"
+    CARD_NOT_HOLDERS = "card-not-holders"  # the card is not the named resident's
+    NO_MOVE_OUT_FILED = "no-move-out-filed"  # no move-out was filed by post with this card
+    # The move-out data of a card asked by another municipality than the filed destination.
+    NOT_FILED_DESTINATION = "not-filed-destination"
+    # Past 14 days after the move-in or 30 days after the planned move-out date.
+    SPECIAL_MOVE_IN_TOO_LATE = "special-move-in-too-late"

@@ -23,11 +23,12 @@ holder moved out, abroad, died, was removed) with cessationOfOperation.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
 
 from jukinet.errors import FailedPrecondition, Unauthenticated, Unavailable
 from jukinet.login import Challenge, chain_problem
@@ -46,6 +48,7 @@ from jukinet.pki import (
     sub_ca_org,
 )
 from jukinet.reasons import Reason
+from jukinet.v1 import municipal_pb2
 
 CONTINUE_WITHIN = dt.timedelta(days=90)
 """Assumed: a card stays usable after its holder moved only if continued at the new
@@ -263,29 +266,12 @@ def _refuse(reason: Reason, message: str) -> Unauthenticated:
     return Unauthenticated(message, reason=reason)
 
 
-def verify_card_proof(
-    card_certificate_der: bytes,
-    challenge: Challenge,
-    signature: bytes,
-    *,
-    trust: CardTrust,
-    now: dt.datetime,
-) -> CardHolder:
-    """The card that signed ``challenge`` (its proof of identity), checked in full.
+def card_of_certificate(card_certificate_der: bytes) -> tuple[x509.Certificate, str, str]:
+    """A resident card's certificate, its municipality and its card id, read (not checked).
 
-    The challenge must be a proof-of-identity one, not expired at ``now``;
-    the certificate a resident card's, issued by the card CA of the
-    municipality its URI names, that CA by the root, both valid at ``now``;
-    the signature the card key's over ``challenge.message()``. Refusals are
-    :class:`~jukinet.errors.Unauthenticated`: ``challenge-invalid``,
-    ``card-invalid``, ``card-revoked`` (the card or its CA), ``card-lapsed``;
-    :class:`~jukinet.errors.Unavailable` when no CRL of the card's CA has
-    reached this node yet (a card is never taken on trust).
+    :class:`~jukinet.errors.Unauthenticated` (``card-invalid``) when it is no
+    resident card's certificate.
     """
-    if challenge.tag != PROOF_TAG:
-        raise _refuse(Reason.CHALLENGE_INVALID, "the challenge is not a card proof's")
-    if now > challenge.expires_at:
-        raise _refuse(Reason.CHALLENGE_INVALID, "the card proof's challenge expired")
     try:
         cert = x509.load_der_x509_certificate(card_certificate_der)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -295,6 +281,30 @@ def verify_card_proof(
         municipality, card_id = parse_resident_card_uri(uris[0])
     except (ValueError, x509.ExtensionNotFound) as exc:
         raise _refuse(Reason.CARD_INVALID, f"not a resident card's certificate: {exc}") from None
+    return cert, municipality, card_id
+
+
+def verify_card_signature(
+    card_certificate_der: bytes,
+    message: bytes,
+    signature: bytes,
+    *,
+    trust: CardTrust,
+    now: dt.datetime,
+    bad_signature: Reason = Reason.CHALLENGE_INVALID,
+    what: str = "the signed message",
+) -> CardHolder:
+    """The card whose key signed ``message``, its certificate checked in full.
+
+    The certificate must be a resident card's, issued by the card CA of the
+    municipality its URI names, that CA by the root, both valid at ``now``,
+    neither revoked nor the card lapsed; the signature the card key's over
+    ``message``. Refusals are :class:`~jukinet.errors.Unauthenticated`:
+    ``card-invalid``, ``card-revoked`` (the card or its CA), ``card-lapsed``,
+    ``bad_signature``; :class:`~jukinet.errors.Unavailable` when no CRL of the
+    card's CA has reached this node yet (a card is never taken on trust).
+    """
+    cert, municipality, card_id = card_of_certificate(card_certificate_der)
     authority = trust.authorities.get(municipality)
     if authority is None:
         raise Unavailable(
@@ -320,9 +330,136 @@ def verify_card_proof(
     key = cert.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)  # checked by chain_problem
     try:
-        key.verify(signature, challenge.message(), ec.ECDSA(hashes.SHA256()))
+        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError):
-        raise _refuse(
-            Reason.CHALLENGE_INVALID, "the card's signature of the challenge does not verify"
-        ) from None
+        raise _refuse(bad_signature, f"the card's signature of {what} does not verify") from None
     return CardHolder(card_id, municipality, cert.serial_number)
+
+
+def verify_card_proof(
+    card_certificate_der: bytes,
+    challenge: Challenge,
+    signature: bytes,
+    *,
+    trust: CardTrust,
+    now: dt.datetime,
+) -> CardHolder:
+    """The card that signed ``challenge`` (its proof of identity), checked in full.
+
+    The challenge must be a proof-of-identity one, not expired at ``now``;
+    the card and its signature as :func:`verify_card_signature` checks them
+    (a signature that does not verify: ``challenge-invalid``).
+    """
+    if challenge.tag != PROOF_TAG:
+        raise _refuse(Reason.CHALLENGE_INVALID, "the challenge is not a card proof's")
+    if now > challenge.expires_at:
+        raise _refuse(Reason.CHALLENGE_INVALID, "the card proof's challenge expired")
+    return verify_card_signature(
+        card_certificate_der,
+        challenge.message(),
+        signature,
+        trust=trust,
+        now=now,
+        what="the challenge",
+    )
+
+
+# --- moving with the card (転出・転入の特例) ------------------------------------------
+
+FILING_TAG = b"jukinet move-out filing v1"
+"""What a card's signature of a move-out filed by post (付記転出届) is for."""
+SPECIAL_MOVE_IN_WITHIN = dt.timedelta(days=14)
+"""A special move-in (特例転入) is made within this time of moving in (転入届の期間) ..."""
+SPECIAL_MOVE_IN_AFTER_PLANNED = dt.timedelta(days=30)
+"""... and within this time of the planned move-out date the filing gave."""
+
+
+def filing_message(filing: bytes) -> bytes:
+    """The exact bytes a card signs for a serialized move-out filing."""
+    return FILING_TAG + b"\n" + filing
+
+
+FILING_ARMOR_BEGIN = "-----BEGIN JUKINET MOVE-OUT FILING-----"
+FILING_ARMOR_END = "-----END JUKINET MOVE-OUT FILING-----"
+
+
+def sign_filing(
+    sign: Callable[[bytes], bytes],
+    card_certificate_der: bytes,
+    *,
+    destination: str,
+    planned: str,
+    new_address: str,
+    signed_on: str,
+    abroad: bool = False,
+) -> municipal_pb2.SignedMoveOutFiling:
+    """A move-out filing (付記転出届) signed by the card's ``sign`` (after its PIN)."""
+    filing = municipal_pb2.MoveOutFiling(
+        card_certificate=card_certificate_der,
+        planned_move_out_date=planned,
+        destination_local_government_code=destination,
+        new_address=new_address,
+        abroad=abroad,
+        signed_on=signed_on,
+    ).SerializeToString()
+    return municipal_pb2.SignedMoveOutFiling(filing=filing, signature=sign(filing_message(filing)))
+
+
+def armor_filing(signed: municipal_pb2.SignedMoveOutFiling) -> str:
+    """A signed filing as the text file the resident posts."""
+    body = base64.b64encode(signed.SerializeToString()).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join([FILING_ARMOR_BEGIN, *lines, FILING_ARMOR_END]) + "\n"
+
+
+def dearmor_filing(text: str) -> municipal_pb2.SignedMoveOutFiling:
+    """Read a file written by :func:`armor_filing`; ValueError says what is wrong."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 2 or lines[0] != FILING_ARMOR_BEGIN or lines[-1] != FILING_ARMOR_END:
+        raise ValueError("not a move-out filing file")
+    try:
+        raw = base64.b64decode("".join(lines[1:-1]), validate=True)
+        return municipal_pb2.SignedMoveOutFiling.FromString(raw)
+    except (ValueError, DecodeError):
+        raise ValueError("the move-out filing file is damaged") from None
+
+
+def verify_filing(
+    filing: bytes,
+    signature: bytes,
+    card_certificate_der: bytes,
+    *,
+    trust: CardTrust,
+    now: dt.datetime,
+) -> CardHolder:
+    """The card that signed a move-out filing, checked as :func:`verify_card_signature`
+    does (a signature that does not verify: ``filing-signature-invalid``)."""
+    return verify_card_signature(
+        card_certificate_der,
+        filing_message(filing),
+        signature,
+        trust=trust,
+        now=now,
+        bad_signature=Reason.FILING_SIGNATURE_INVALID,
+        what="the move-out filing",
+    )
+
+
+def special_move_in_deadline(planned: dt.date, moved_in: dt.date) -> dt.date:
+    """The last day a special move-in may be made: 14 days after the move-in and
+    30 days after the planned move-out date, whichever comes first."""
+    return min(moved_in + SPECIAL_MOVE_IN_WITHIN, planned + SPECIAL_MOVE_IN_AFTER_PLANNED)
+
+
+def check_special_move_in(planned: dt.date, moved_in: dt.date, today: dt.date) -> None:
+    """Refuse (``special-move-in-too-late``) a special move-in made past its deadline;
+    the signed move-out certificate (paper) route stays open."""
+    deadline = special_move_in_deadline(planned, moved_in)
+    if today > deadline:
+        raise FailedPrecondition(
+            f"the special move-in could be made until {deadline} (within "
+            f"{SPECIAL_MOVE_IN_WITHIN.days} days of the move-in on {moved_in} and "
+            f"{SPECIAL_MOVE_IN_AFTER_PLANNED.days} days of the planned move-out on {planned}): "
+            "move in with the move-out certificate of the former municipality instead",
+            reason=Reason.SPECIAL_MOVE_IN_TOO_LATE,
+        )

@@ -154,6 +154,7 @@ MUNICIPALITIES: tuple[str, ...] = (TOTTORI, YONAGO, CHIYODA)
 PREFECTURES: tuple[str, ...] = ("31", "13")
 TIERS = ("national", "prefecture", "municipal", "gateway")
 AGREE = "all tiers agree with the municipal registers"
+SPECIAL_MOVE_DONE = "the resident card is continued at the new municipality"
 DISCLOSED = "the disclosure lists exactly the provisions made and refused"
 
 # How the population is split, roughly as the three registers compare in size
@@ -923,6 +924,79 @@ async def lost_card(day: Day) -> None:
     )
 
 
+async def moving_with_the_card(day: Day) -> None:
+    """A card holder of 鳥取市 moves to 千代田区 the card's way (転出・転入の特例): the
+    move-out filed by post with the card's signature, the move-in with card and PIN,
+    the card continued."""
+    holder = day.pick(
+        "resident to move with the card",
+        day.registers[TOTTORI].people(day.used, lambda r: 20 <= day.age(r) <= 60),
+        day.registers[TOTTORI].people(day.used, lambda r: True),
+    )
+    code = holder.resident_code
+    label = await _issue_card(day, holder)
+    when = day.date.isoformat()
+    address = day.fresh_address(CHIYODA, 77)
+    filing = await asyncio.to_thread(
+        lambda: cardclient.sign_move_out(
+            pin=RESIDENT_PIN,
+            label=label,
+            destination=CHIYODA,
+            planned=when,
+            new_address=address,
+            signed_on=when,
+        )
+    )
+    posted = await day.m[TOTTORI].MoveOutByPost(
+        municipal_pb2.MoveOutByPostRequest(resident_code=code, filing=filing),
+        timeout=_RPC_TIMEOUT,
+    )
+    day.say(
+        "付記転出届 post",
+        TOTTORI,
+        f"{holder.person.name} files the move-out to {municipality_name(CHIYODA)} on {when} "
+        f"by post, signed by the card; certificate {posted.certificate_number} kept, "
+        "none handed out",
+    )
+    # The card CA's CRL of 鳥取市 travels to 千代田区 through both prefectures and the
+    # national node; until it has come, the new counter cannot continue the card.
+    deadline = time.monotonic() + CRL_WAIT
+    while True:
+        try:
+            moved = await cardclient.special_move_in(
+                day.m[CHIYODA],
+                day.ops.cards[CHIYODA],
+                municipal_pb2.SpecialMoveInRequest(effective_date=when, continue_card=True),
+                pin=RESIDENT_PIN,
+                label=label,
+                call_timeout=_RPC_TIMEOUT,
+            )
+            break
+        except grpc.aio.AioRpcError as exc:
+            waiting = exc.code() in (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.UNAVAILABLE,
+            ) and "has reached this node yet" in (exc.details() or "")
+            if not waiting or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+    day.result.move_outs.append((TOTTORI, code))
+    r = moved.resident
+    day.say(
+        "特例転入 card+PIN",
+        CHIYODA,
+        f"{r.person.name} ({r.resident_code}) moved in with the card and PIN; the move-out "
+        f"data came from {municipality_name(TOTTORI)} over the network "
+        f"(certificate {moved.certificate_number}), {r.person.address}",
+    )
+    day.say(
+        "継続利用 card",
+        CHIYODA,
+        f"{SPECIAL_MOVE_DONE}: card {moved.card_id} of {municipality_name(CHIYODA)} "
+        "on the same card key",
+    )
+
+
 CONFIRM_WAIT = 60.0
 """Seconds the end of the day waits for the move-in notices to make the day's move-outs
 final."""
@@ -984,6 +1058,7 @@ SCENES: tuple[Scene, ...] = (
     Scene("国外からの転入 a citizen's homecoming", homecoming),
     Scene("住民基本台帳カード a resident card issued and proved", resident_card),
     Scene("カード紛失 a lost card revoked", lost_card),
+    Scene("転出・転入の特例 moving with the resident card", moving_with_the_card),
 )
 """The day of life, in order (later scenes pick among those not yet in one)."""
 

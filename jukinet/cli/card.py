@@ -15,6 +15,15 @@ session (``jukinet login`` first; the usual ``--target``, ``--pki``, ``--as``)::
     jukinet card unlock --card-id ID [--card LABEL] [--new-pin-file F]
     jukinet card revoke-resident --resident CODE --reason lost|stolen|returned
 
+The resident at home, with the card in a reader (no node)::
+
+    jukinet card sign-move-out --to CODE --date YYYY-MM-DD --address ADDRESS --out FILE
+        [--card LABEL] [--pin-file F]
+
+``sign-move-out`` writes a move-out filed by post (付記転出届): the card signs
+the planned move after its PIN, and the file goes to the home municipality,
+whose counter enters it (``jukinet resident move-out-by-post``).
+
 ``issue-resident`` makes the key pair on a blank card (initialised with the
 resident's 4-digit PIN and the card maker's security officer PIN), has the
 node sign its certificate with the municipality's resident card CA and
@@ -46,6 +55,7 @@ export so that every later command sees it.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -57,8 +67,10 @@ from jukinet import card as cards
 from jukinet import cardclient, pki
 from jukinet.cli.common import counter_options, plain, run_call
 from jukinet.cli.counter import PIN_ENV, read_secret
+from jukinet.clock import japan_date
 from jukinet.errors import ConfigError
 from jukinet.identity import Identity, Kind, parse_identity_uri
+from jukinet.residentcard import armor_filing
 from jukinet.v1 import card_pb2, card_pb2_grpc
 
 SO_PIN_ENV = "JUKINET_CARD_SO_PIN"
@@ -256,6 +268,31 @@ def _resident_card_commands(ops: Any) -> None:
     revoke.add_argument("--reason", required=True, choices=sorted(_REASONS))
 
 
+def _cmd_sign_move_out(args: argparse.Namespace) -> int:
+    pin = _resident_pin(args)
+
+    def sign() -> str:
+        signed = cardclient.sign_move_out(
+            pin=pin,
+            label=args.card,
+            destination="" if args.abroad else args.to,
+            planned=args.date,
+            new_address=args.address,
+            signed_on=japan_date(dt.datetime.now(dt.UTC)).isoformat(),
+            abroad=args.abroad,
+        )
+        return armor_filing(signed)
+
+    text = sign()
+    try:
+        Path(args.out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--out: {args.out}: cannot write ({exc.strerror})") from None
+    where = "abroad" if args.abroad else f"to {args.to}"
+    print(f"move-out {where} on {args.date} signed by the card; post {args.out} to the counter")
+    return 0
+
+
 def _friendly(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -312,4 +349,17 @@ def register_cli(sub: Any) -> None:
         help=f"the security officer PIN's file (else ${SO_PIN_ENV})",
     )
     soft.set_defaults(func=_friendly(_cmd_softhsm))
+
+    post = ops.add_parser(
+        "sign-move-out",
+        help="the resident's card signs a move-out filed by post (付記転出届), into a file",
+    )
+    post.add_argument("--to", default="", metavar="CODE", help="local government code moved to")
+    post.add_argument("--abroad", action="store_true", help="a move abroad (refused by post)")
+    post.add_argument("--date", required=True, help="planned date of moving YYYY-MM-DD")
+    post.add_argument("--address", default="", help="the new address")
+    post.add_argument("--out", required=True, metavar="FILE", help="the filing file to post")
+    post.add_argument("--card", metavar="LABEL", help="the card's label, when several are present")
+    post.add_argument("--pin-file", metavar="FILE", help=f"the PIN (else ${RESIDENT_PIN_ENV})")
+    post.set_defaults(func=_friendly(_cmd_sign_move_out))
     _resident_card_commands(ops)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from jukinet import movecert
+from jukinet import card as cards
+from jukinet import cardclient, movecert
+from jukinet.cli.card import RESIDENT_PIN_ENV
 from jukinet.cli.common import (
     PERSON_FLAGS,
     RELATIONSHIPS,
@@ -20,8 +23,16 @@ from jukinet.cli.common import (
     print_message,
     run_call,
 )
+from jukinet.cli.counter import read_secret
 from jukinet.errors import ConfigError, JukinetError
-from jukinet.v1 import common_pb2, municipal_pb2, municipal_pb2_grpc, provision_pb2
+from jukinet.residentcard import dearmor_filing
+from jukinet.v1 import (
+    card_pb2_grpc,
+    common_pb2,
+    municipal_pb2,
+    municipal_pb2_grpc,
+    provision_pb2,
+)
 
 
 def _person_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -101,6 +112,16 @@ FLAGS: dict[str, str] = {
 }
 
 
+BY_POST_FLAGS = {**FLAGS, "filing": "--filing"}
+SPECIAL_FLAGS = {
+    **FLAGS,
+    "card_certificate": "--card",
+    "card_signature": "--card",
+    "nonce": "--card",
+    "person.address": "--address",
+}
+
+
 def _municipal(channel: grpc.aio.Channel) -> municipal_pb2_grpc.MunicipalServiceAsyncStub:
     return municipal_pb2_grpc.MunicipalServiceStub(channel)
 
@@ -115,6 +136,8 @@ def register_cli(sub: Any) -> None:
         _relocate,
         _rename,
         _move_out,
+        _move_out_by_post,
+        _special_move_in,
         _reissue_certificate,
         _death,
         _change_code,
@@ -244,6 +267,98 @@ def _move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--household", default="", help="join this household (default: a new one)")
     p.add_argument("--date", required=True, help="effective date YYYY-MM-DD (the day of moving)")
     _register_options(p)
+
+
+def _card_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run``, with a card that cannot be used (wrong PIN, locked, absent) as one line."""
+
+    def checked(a: argparse.Namespace) -> int:
+        try:
+            return run(a)
+        except (cards.CardError, ConfigError) as exc:
+            print(f"jukinet: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ConfigError) else 1
+
+    return checked
+
+
+def read_filing(path: str) -> municipal_pb2.SignedMoveOutFiling:
+    """The move-out filing in the file at ``path`` (as ``card sign-move-out`` wrote it)."""
+    try:
+        return dearmor_filing(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--filing: {path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--filing: {path}: not a move-out filing file") from None
+    except OSError as exc:
+        raise ConfigError(f"--filing: {path}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--filing: {path}: {exc}") from None
+
+
+def _move_out_by_post(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident move-out-by-post`` to ``ops``."""
+
+    def by_post(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        return _municipal(ch).MoveOutByPost(
+            municipal_pb2.MoveOutByPostRequest(resident_code=a.code, filing=read_filing(a.filing))
+        )
+
+    p = _op(
+        ops,
+        "move-out-by-post",
+        "enter a move-out filed by post with the resident card's signature (付記転出届): "
+        "the move-out is recorded and its certificate kept for the new municipality",
+        by_post,
+        BY_POST_FLAGS,
+    )
+    p.add_argument("code", help="the resident code the filing names")
+    p.add_argument("--filing", required=True, metavar="FILE", help="the posted filing file")
+    p.set_defaults(func=_card_errors(lambda a: run_call(a, by_post, service=SERVICE, flags=FLAGS)))
+
+
+def _special_move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``resident special-move-in`` to ``ops``."""
+
+    async def special(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
+        pin = read_secret(
+            "resident's card PIN", file=a.pin_file, env=RESIDENT_PIN_ENV, file_option="--pin-file"
+        )
+        details = municipal_pb2.PersonDetails(address=a.address)
+        return await cardclient.special_move_in(
+            _municipal(ch),
+            card_pb2_grpc.ResidentCardServiceStub(ch),
+            municipal_pb2.SpecialMoveInRequest(
+                effective_date=a.date,
+                person=details,
+                household_id=a.household,
+                register=_register(a),
+                continue_card=a.continue_card,
+            ),
+            pin=pin,
+            label=a.card,
+        )
+
+    p = _op(
+        ops,
+        "special-move-in",
+        "register a move in with the resident card and its PIN (特例転入) after a move-out "
+        "filed by post: the move-out data comes from the old municipality over the network",
+        special,
+        SPECIAL_FLAGS,
+    )
+    p.add_argument("--card", metavar="LABEL", help="the card's label, when several are present")
+    p.add_argument("--pin-file", metavar="FILE", help=f"the PIN (else ${RESIDENT_PIN_ENV})")
+    p.add_argument("--date", required=True, help="effective date YYYY-MM-DD (the day of moving)")
+    p.add_argument("--address", default="", help="the new address (default: the filing's)")
+    p.add_argument("--household", default="", help="join this household (default: a new one)")
+    p.add_argument(
+        "--continue-card",
+        action="store_true",
+        help="continue the card here (継続利用): its certificate is renewed on the card",
+    )
+    _register_options(p)
+    p.set_defaults(func=_card_errors(lambda a: run_call(a, special, service=SERVICE, flags=FLAGS)))
 
 
 def _relocate(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

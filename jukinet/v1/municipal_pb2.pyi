@@ -1624,3 +1624,217 @@ class ListUnconfirmedMoveOutsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUnconfirmedMoveOutsResponse: _TypeAlias = ListUnconfirmedMoveOutsResponse  # noqa: Y015
+
+@_typing.final
+class MoveOutFiling(_message.Message):
+    """付記転出届: a move-out filed by post by a resident card holder, signed by the
+    card after its PIN (jukinet card sign-move-out). Only to another
+    municipality: a move abroad is filed at the counter.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    PLANNED_MOVE_OUT_DATE_FIELD_NUMBER: _builtins.int
+    DESTINATION_LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
+    NEW_ADDRESS_FIELD_NUMBER: _builtins.int
+    ABROAD_FIELD_NUMBER: _builtins.int
+    SIGNED_ON_FIELD_NUMBER: _builtins.int
+    card_certificate: _builtins.bytes
+    """the resident card's X.509 certificate, DER"""
+    planned_move_out_date: _builtins.str
+    """YYYY-MM-DD"""
+    destination_local_government_code: _builtins.str
+    new_address: _builtins.str
+    """at the destination, as the resident wrote it"""
+    abroad: _builtins.bool
+    """refused: no move abroad by post"""
+    signed_on: _builtins.str
+    """YYYY-MM-DD, the day the card signed it"""
+    def __init__(
+        self,
+        *,
+        card_certificate: _builtins.bytes = ...,
+        planned_move_out_date: _builtins.str = ...,
+        destination_local_government_code: _builtins.str = ...,
+        new_address: _builtins.str = ...,
+        abroad: _builtins.bool = ...,
+        signed_on: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abroad", b"abroad", "card_certificate", b"card_certificate", "destination_local_government_code", b"destination_local_government_code", "new_address", b"new_address", "planned_move_out_date", b"planned_move_out_date", "signed_on", b"signed_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveOutFiling: _TypeAlias = MoveOutFiling  # noqa: Y015
+
+@_typing.final
+class SignedMoveOutFiling(_message.Message):
+    """A filing and the card's signature of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILING_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    filing: _builtins.bytes
+    """a serialized MoveOutFiling, as signed"""
+    signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256 by the card over "jukinet move-out filing v1" + LF + filing."""
+    def __init__(
+        self,
+        *,
+        filing: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filing", b"filing", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedMoveOutFiling: _TypeAlias = SignedMoveOutFiling  # noqa: Y015
+
+@_typing.final
+class MoveOutByPostRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    FILING_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    """the resident the posted filing names; the card must be theirs"""
+    @_builtins.property
+    def filing(self) -> Global___SignedMoveOutFiling: ...
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        filing: Global___SignedMoveOutFiling | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filing", b"filing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filing", b"filing", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveOutByPostRequest: _TypeAlias = MoveOutByPostRequest  # noqa: Y015
+
+@_typing.final
+class MoveOutByPostResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NUMBER_FIELD_NUMBER: _builtins.int
+    notification_sequence: _builtins.int
+    certificate_number: _builtins.str
+    """The move-out certificate made and kept for the new municipality (no paper is handed out)."""
+    @_builtins.property
+    def resident(self) -> Global___Resident:
+        """removed: moved out on the planned date"""
+
+    def __init__(
+        self,
+        *,
+        resident: Global___Resident | None = ...,
+        notification_sequence: _builtins.int = ...,
+        certificate_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resident", b"resident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_number", b"certificate_number", "notification_sequence", b"notification_sequence", "resident", b"resident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveOutByPostResponse: _TypeAlias = MoveOutByPostResponse  # noqa: Y015
+
+@_typing.final
+class SpecialMoveInRequest(_message.Message):
+    """特例転入: the card holder at the new municipality's counter. The card signed a
+    challenge of this terminal (ResidentCardService.BeginCardProof) after its PIN;
+    the node pulls the move-out data from the card's municipality over the relay.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    CARD_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CARD_SIGNATURE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
+    PERSON_FIELD_NUMBER: _builtins.int
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    REGISTER_FIELD_NUMBER: _builtins.int
+    CONTINUE_CARD_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """of the challenge the card signed"""
+    card_certificate: _builtins.bytes
+    """DER, read from the card"""
+    card_signature: _builtins.bytes
+    """the card's signature of the challenge (DER)"""
+    effective_date: _builtins.str
+    """the move-in date"""
+    household_id: _builtins.str
+    continue_card: _builtins.bool
+    """continue the card here (継続利用)"""
+    @_builtins.property
+    def person(self) -> Global___PersonDetails:
+        """The new address (empty: the one of the filing); the identity items come
+        from the move-out certificate, as for MoveIn.
+        """
+
+    @_builtins.property
+    def register(self) -> Global___RegisterItems: ...
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        card_certificate: _builtins.bytes = ...,
+        card_signature: _builtins.bytes = ...,
+        effective_date: _builtins.str = ...,
+        person: Global___PersonDetails | None = ...,
+        household_id: _builtins.str = ...,
+        register: Global___RegisterItems | None = ...,
+        continue_card: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person", "register", b"register"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_certificate", b"card_certificate", "card_signature", b"card_signature", "continue_card", b"continue_card", "effective_date", b"effective_date", "household_id", b"household_id", "nonce", b"nonce", "person", b"person", "register", b"register"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpecialMoveInRequest: _TypeAlias = SpecialMoveInRequest  # noqa: Y015
+
+@_typing.final
+class SpecialMoveInResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NUMBER_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    CARD_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    notification_sequence: _builtins.int
+    certificate_number: _builtins.str
+    """the move-out certificate the move-in rests on"""
+    card_id: _builtins.str
+    """with continue_card: the continued card's new id"""
+    card_certificate: _builtins.bytes
+    """with continue_card: its certificate by this node's card CA (DER)"""
+    @_builtins.property
+    def resident(self) -> Global___Resident: ...
+    def __init__(
+        self,
+        *,
+        resident: Global___Resident | None = ...,
+        notification_sequence: _builtins.int = ...,
+        certificate_number: _builtins.str = ...,
+        card_id: _builtins.str = ...,
+        card_certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resident", b"resident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_certificate", b"card_certificate", "card_id", b"card_id", "certificate_number", b"certificate_number", "notification_sequence", b"notification_sequence", "resident", b"resident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpecialMoveInResponse: _TypeAlias = SpecialMoveInResponse  # noqa: Y015

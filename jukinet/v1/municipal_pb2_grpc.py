@@ -135,6 +135,16 @@ class MunicipalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsResponse.FromString,
                 _registered_method=True)
+        self.MoveOutByPost = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/MoveOutByPost',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutByPostRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutByPostResponse.FromString,
+                _registered_method=True)
+        self.SpecialMoveIn = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/SpecialMoveIn',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInResponse.FromString,
+                _registered_method=True)
 
 
 class MunicipalServiceServicer:
@@ -264,6 +274,20 @@ class MunicipalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveOutByPost(self, request, context):
+        """A move-out filed by post with the resident card's signature (付記転出届).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SpecialMoveIn(self, request, context):
+        """A move-in with the resident card and PIN after a move-out by post (特例転入).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MunicipalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -366,6 +390,16 @@ def add_MunicipalServiceServicer_to_server(servicer, server):
                     servicer.ListUnconfirmedMoveOuts,
                     request_deserializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsResponse.SerializeToString,
+            ),
+            'MoveOutByPost': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveOutByPost,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutByPostRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.MoveOutByPostResponse.SerializeToString,
+            ),
+            'SpecialMoveIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpecialMoveIn,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -908,6 +942,60 @@ class MunicipalService:
             '/jukinet.v1.MunicipalService/ListUnconfirmedMoveOuts',
             jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsRequest.SerializeToString,
             jukinet_dot_v1_dot_municipal__pb2.ListUnconfirmedMoveOutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveOutByPost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/MoveOutByPost',
+            jukinet_dot_v1_dot_municipal__pb2.MoveOutByPostRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.MoveOutByPostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpecialMoveIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/SpecialMoveIn',
+            jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,10 @@ class MunicipalServiceStub:
     """
     ListUnconfirmedMoveOuts: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ListUnconfirmedMoveOutsRequest, _municipal_pb2.ListUnconfirmedMoveOutsResponse]
     """Move-outs not made final by a move-in notice within the statutory period."""
+    MoveOutByPost: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.MoveOutByPostRequest, _municipal_pb2.MoveOutByPostResponse]
+    """A move-out filed by post with the resident card's signature (付記転出届)."""
+    SpecialMoveIn: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.SpecialMoveInRequest, _municipal_pb2.SpecialMoveInResponse]
+    """A move-in with the resident card and PIN after a move-out by post (特例転入)."""
 
 @_typing.type_check_only
 class MunicipalServiceAsyncStub(MunicipalServiceStub):
@@ -89,6 +93,10 @@ class MunicipalServiceAsyncStub(MunicipalServiceStub):
     """
     ListUnconfirmedMoveOuts: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ListUnconfirmedMoveOutsRequest, _municipal_pb2.ListUnconfirmedMoveOutsResponse]  # type: ignore[assignment]
     """Move-outs not made final by a move-in notice within the statutory period."""
+    MoveOutByPost: _aio.UnaryUnaryMultiCallable[_municipal_pb2.MoveOutByPostRequest, _municipal_pb2.MoveOutByPostResponse]  # type: ignore[assignment]
+    """A move-out filed by post with the resident card's signature (付記転出届)."""
+    SpecialMoveIn: _aio.UnaryUnaryMultiCallable[_municipal_pb2.SpecialMoveInRequest, _municipal_pb2.SpecialMoveInResponse]  # type: ignore[assignment]
+    """A move-in with the resident card and PIN after a move-out by post (特例転入)."""
 
 class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -235,5 +243,21 @@ class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_municipal_pb2.ListUnconfirmedMoveOutsResponse, _abc.Awaitable[_municipal_pb2.ListUnconfirmedMoveOutsResponse]]:
         """Move-outs not made final by a move-in notice within the statutory period."""
+
+    @_abc_1.abstractmethod
+    def MoveOutByPost(
+        self,
+        request: _municipal_pb2.MoveOutByPostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.MoveOutByPostResponse, _abc.Awaitable[_municipal_pb2.MoveOutByPostResponse]]:
+        """A move-out filed by post with the resident card's signature (付記転出届)."""
+
+    @_abc_1.abstractmethod
+    def SpecialMoveIn(
+        self,
+        request: _municipal_pb2.SpecialMoveInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.SpecialMoveInResponse, _abc.Awaitable[_municipal_pb2.SpecialMoveInResponse]]:
+        """A move-in with the resident card and PIN after a move-out by post (特例転入)."""
 
 def add_MunicipalServiceServicer_to_server(servicer: MunicipalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -335,16 +335,20 @@ class MoveOutDataAnswer(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATE_FIELD_NUMBER: _builtins.int
+    NEW_ADDRESS_FIELD_NUMBER: _builtins.int
+    new_address: _builtins.str
+    """the new address the filing gave"""
     @_builtins.property
     def certificate(self) -> _common_pb2.SignedMoveOutCertificate: ...
     def __init__(
         self,
         *,
         certificate: _common_pb2.SignedMoveOutCertificate | None = ...,
+        new_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "new_address", b"new_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

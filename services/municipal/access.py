@@ -49,6 +49,8 @@ CLERK: frozenset[str] = frozenset(
         "DiscloseProvisions",
         "GetStatus",
         "ListUnconfirmedMoveOuts",
+        "MoveOutByPost",
+        "SpecialMoveIn",
         # ResidentCardService
         "IssueCard",
         "BeginCardProof",
@@ -175,6 +177,10 @@ def rules(local_government_code: str) -> dict[str, Rule]:
                 "GetStatus": own_operator,
                 "DiscloseProvisions": own_operator,
                 "ListUnconfirmedMoveOuts": own_operator,
+                # The posted filing entered at the counter; the card must be its resident's.
+                "MoveOutByPost": own_operator,
+                # Any municipality's card, at this municipality's own counter.
+                "SpecialMoveIn": own_operator,
             },
         )
     )
@@ -245,6 +251,8 @@ def audited() -> dict[str, Extractor]:
                 "GetStatus": no_residents,
                 "DiscloseProvisions": codes,
                 "ListUnconfirmedMoveOuts": codes,
+                "MoveOutByPost": codes,
+                "SpecialMoveIn": codes,
             },
         )
     )

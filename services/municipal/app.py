@@ -184,9 +184,11 @@ class MunicipalApp:
             clock=self.clock,
             notices_queued=self.notices.wake,
             cards=self.cards,
+            relay=self.relay_client,
         )
         self.service = service
         self.relay_handlers.register(relay_pb2.RELAY_KIND_MOVE_IN_NOTICE, service.move_in_noticed)
+        self.relay_handlers.register(relay_pb2.RELAY_KIND_MOVE_OUT_DATA, service.move_out_data)
         card_crls = card_pb2_grpc.CardRevocationServiceStub(channel)
         crl_keeper = CardCrlKeeper(
             self.cards,

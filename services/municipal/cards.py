@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from jukinet.residentcard import (
 from jukinet.v1 import card_pb2, common_pb2
 from services.municipal import models
 from services.municipal import repository as repo
+from services.municipal.logic import ResidentState
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +166,27 @@ class ResidentCards:
         if holder.municipality != self.municipality:
             return holder, ""
         async with self.db.read() as conn:
-            row = await repo.card_by_id(conn, holder.card_id)
-            resident = None if row is None else await repo.resident_by_id(conn, row.resident_id)
-        # The record is ahead of the CRL: a card ended here is refused at once.
+            resident = await self.holder_of(conn, holder.card_id)
+        return holder, resident.resident_code
+
+    async def holder_of(self, conn: AsyncConnection, card_id: str) -> ResidentState:
+        """The resident (current or removed) who holds card ``card_id`` of this node's
+        record, for a card the record says is valid. The record is ahead of the CRL:
+        a card ended here is refused at once (``card-revoked``, ``card-lapsed``)."""
+        row = await repo.card_by_id(conn, card_id)
+        resident = None if row is None else await repo.resident_by_id(conn, row.resident_id)
         if row is None or resident is None or row.status != repo.CARD_VALID:
             status = "unknown" if row is None else row.status
             raise PermissionDenied(
-                f"resident card {holder.card_id} is {status} in the record of {self.municipality}",
+                f"resident card {card_id} is {status} in the record of {self.municipality}",
                 reason=Reason.CARD_LAPSED if status == repo.CARD_LAPSED else Reason.CARD_REVOKED,
             )
-        return holder, resident.resident_code
+        return resident
+
+    async def lapse_card_in(self, conn: AsyncConnection, card_id: str) -> None:
+        """Inside a transaction: card ``card_id`` lapses if valid (the caller then calls
+        :meth:`lapsed` after the commit)."""
+        await repo.end_card(conn, card_id, repo.CARD_LAPSED, _LAPSE_REASON, self.clock.now())
 
     # unlock
 
@@ -261,6 +274,14 @@ class ResidentCards:
     async def continue_card(self, resident_code: str, certificate: bytes) -> tuple[str, bytes]:
         """Continue the card of a resident who moved in here at most 90 days ago: its
         key, certified by this node's card CA; the new card id and certificate."""
+        continuing = self.continuable(certificate)
+        async with self.db.operation() as conn:
+            return await self.continue_in(conn, resident_code, continuing)
+
+    def continuable(self, certificate: bytes) -> Continuing:
+        """Another municipality's card this node may continue: its certificate a
+        resident card's of a card CA whose CRL this node holds, neither revoked
+        (a lapsed card is what is continued) nor failing its chain."""
         try:
             old = x509.load_der_x509_certificate(certificate)
             san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -295,34 +316,45 @@ class ResidentCards:
             )
         key = old.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
-        uri = uris[0]
-        async with self.db.operation() as conn:
-            resident = await self._resident(conn, resident_code)
-            resident.require_active()
-            if resident.entry_reason not in _MOVED_IN:
-                raise FailedPrecondition(
-                    f"resident {resident_code} did not move in here", reason=Reason.NOT_REGISTERED
-                )
-            check_continuation(
-                dt.date.fromisoformat(resident.registered_on), self.clock.now().date()
+        return Continuing(key, uris[0])
+
+    async def continue_in(
+        self, conn: AsyncConnection, resident_code: str, continuing: Continuing
+    ) -> tuple[str, bytes]:
+        """Inside ``conn``'s transaction (a continuation's own, or a special move-in's):
+        certify the card of :meth:`continuable` for a resident who moved in here."""
+        resident = await self._resident(conn, resident_code)
+        resident.require_active()
+        if resident.entry_reason not in _MOVED_IN:
+            raise FailedPrecondition(
+                f"resident {resident_code} did not move in here", reason=Reason.NOT_REGISTERED
             )
-            if await repo.valid_card_of(conn, resident.id) is not None:
-                raise FailedPrecondition(
-                    f"resident {resident_code} holds a valid card here", reason=Reason.CARD_HELD
-                )
-            async with self._ca_lock:
-                cert, card_id = await asyncio.to_thread(
-                    pki.issue_resident_card_certificate, self.ca_dir, self.municipality, key
-                )
-            await repo.insert_card(
-                conn,
-                card_id=card_id,
-                serial=cert.serial_number,
-                resident_id=resident.id,
-                issued_on=self._today(),
-                continued_from=uri,
+        check_continuation(dt.date.fromisoformat(resident.registered_on), self.clock.now().date())
+        if await repo.valid_card_of(conn, resident.id) is not None:
+            raise FailedPrecondition(
+                f"resident {resident_code} holds a valid card here", reason=Reason.CARD_HELD
             )
+        async with self._ca_lock:
+            cert, card_id = await asyncio.to_thread(
+                pki.issue_resident_card_certificate, self.ca_dir, self.municipality, continuing.key
+            )
+        await repo.insert_card(
+            conn,
+            card_id=card_id,
+            serial=cert.serial_number,
+            resident_id=resident.id,
+            issued_on=self._today(),
+            continued_from=continuing.uri,
+        )
         return card_id, cert.public_bytes(serialization.Encoding.DER)
+
+
+@dataclass(frozen=True)
+class Continuing:
+    """A card another municipality issued, checked to be continued here: its key and URI."""
+
+    key: ec.EllipticCurvePublicKey
+    uri: str
 
 
 class CardCrlKeeper:

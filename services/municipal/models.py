@@ -218,3 +218,22 @@ resident_cards = Table(
 
 # The challenges of resident cards' proofs of identity (single use, short-lived).
 card_challenges = define_challenge_table(metadata, "card_challenges", "subject")
+
+# Move-outs filed by post with a resident card's signature (付記転出届): the card
+# that signed the filing, the certificate the move-out issued (kept for the new
+# municipality to pull over the relay with the card), and the filing as signed.
+# The card stays valid until the move-in notice makes the move-out final.
+posted_move_outs = Table(
+    "posted_move_outs",
+    metadata,
+    Column("certificate_number", String(64), primary_key=True),
+    Column("card_id", String(32), nullable=False),
+    Column("resident_id", BigInteger, nullable=False),
+    Column("destination", String(6), nullable=False),
+    Column("planned_on", String(10), nullable=False),
+    Column("new_address", String(200), nullable=False),
+    Column("filing", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("filed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_posted_move_outs_card", "card_id"),
+)

@@ -711,3 +711,82 @@ async def ended_cards(conn: AsyncConnection) -> list[Any]:
         .order_by(CARDS.c.revoked_at, CARDS.c.serial)
     )
     return list(rows)
+
+
+# --- move-outs filed by post (付記転出届) ------------------------------------------
+
+POSTED = models.posted_move_outs
+
+
+async def insert_posted_move_out(
+    conn: AsyncConnection,
+    *,
+    number: str,
+    card_id: str,
+    resident_id: int,
+    destination: str,
+    planned_on: str,
+    new_address: str,
+    filing: bytes,
+    signature: bytes,
+    at: dt.datetime,
+) -> None:
+    """Record a move-out filed by post, by the certificate its move-out issued."""
+    await conn.execute(
+        insert(POSTED).values(
+            certificate_number=number,
+            card_id=card_id,
+            resident_id=resident_id,
+            destination=destination,
+            planned_on=planned_on,
+            new_address=new_address,
+            filing=filing,
+            signature=signature,
+            filed_at=at,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PostedMoveOut:
+    """A move-out filed by post and the certificate it issued (bytes as signed)."""
+
+    certificate_number: str
+    card_id: str
+    destination: str
+    planned_on: str
+    new_address: str
+    certificate: bytes
+    confirmed_on: str | None
+
+
+async def posted_move_out_of_card(conn: AsyncConnection, card_id: str) -> PostedMoveOut | None:
+    """The latest move-out filed by post with card ``card_id``, if any."""
+    row = (
+        await conn.execute(
+            select(
+                POSTED.c.certificate_number,
+                POSTED.c.card_id,
+                POSTED.c.destination,
+                POSTED.c.planned_on,
+                POSTED.c.new_address,
+                C.c.certificate,
+                C.c.confirmed_on,
+            )
+            .join(C, C.c.certificate_number == POSTED.c.certificate_number)
+            .where(POSTED.c.card_id == card_id)
+            .order_by(C.c.move_out_sequence.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return None
+    return PostedMoveOut(
+        str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), bytes(row[5]), row[6]
+    )
+
+
+async def posted_card_of_certificate(conn: AsyncConnection, number: str) -> str | None:
+    """The card that filed the move-out of certificate ``number`` by post, if it was."""
+    found = await conn.scalar(select(POSTED.c.card_id).where(POSTED.c.certificate_number == number))
+    return None if found is None else str(found)

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -37,11 +37,19 @@ from jukinet.errors import (
     Unavailable,
     from_upstream,
 )
-from jukinet.identity import Identity
+from jukinet.identity import Identity, Kind
 from jukinet.interceptors import current_identity
+from jukinet.login import Challenge
 from jukinet.metrics import MunicipalMetrics
 from jukinet.reasons import Reason
+from jukinet.relay.endpoint import RelayClient
 from jukinet.relay.header import Header, new_request_id
+from jukinet.residentcard import (
+    card_of_certificate,
+    check_special_move_in,
+    verify_card_proof,
+    verify_filing,
+)
 from jukinet.v1 import common_pb2, municipal_pb2, prefecture_pb2_grpc, provision_pb2, relay_pb2
 from jukinet.validation import (
     check_address,
@@ -142,8 +150,11 @@ class MunicipalService:
         clock: Clock = SYSTEM_CLOCK,
         notices_queued: Callable[[], None] | None = None,
         cards: ResidentCards | None = None,
+        relay: RelayClient | None = None,
     ) -> None:
         self.db = db
+        # Sends requests to other municipalities (a special move-in's pull).
+        self._relay = relay
         # Told when a move-in queued its notice to the old municipality (the sender).
         self._notices_queued = notices_queued
         self.keys = keys
@@ -369,13 +380,20 @@ class MunicipalService:
             )
         return verified
 
-    async def move_in(self, req: municipal_pb2.MoveInRequest) -> tuple[ResidentState, int]:
+    async def move_in(
+        self,
+        req: municipal_pb2.MoveInRequest,
+        *,
+        then: Callable[[AsyncConnection, str], Awaitable[None]] | None = None,
+    ) -> tuple[ResidentState, int]:
         """Register a move-in (転入) from another municipality or from abroad.
 
         From another municipality (転入, 特例転入) it rests on the old
         municipality's move-out certificate: the person is registered with the
         certificate's identity items and the operator's new address, the
         certificate is used once here, and the notification carries it.
+        ``then`` (the connection, the resident code) runs last in the move-in's
+        transaction: what it refuses undoes the move-in.
         """
         reason = move_in_reason(req.origin)
         effective = check_effective_date(req.effective_date, reason=reason).isoformat()
@@ -497,6 +515,8 @@ class MunicipalService:
                         Reason.MOVE_OUT_CERTIFICATE_REPLAYED,
                         f"certificate {cert.certificate_number} was used for a move-in here",
                     ) from None
+            if then is not None:
+                await then(conn, code)
         self._committed(codes_used=0 if given_code else 1)
         if cert is not None and self._notices_queued is not None:
             self._notices_queued()
@@ -535,6 +555,10 @@ class MunicipalService:
             await repo.confirm_certificate(
                 conn, number, confirmed_on=today, by=source, moved_in_on=moved_in_on
             )
+            # A move-out filed by post kept its card for the move-in: it lapses now.
+            posted_card = await repo.posted_card_of_certificate(conn, number)
+            if posted_card is not None and self.cards is not None:
+                await self.cards.lapse_card_in(conn, posted_card)
             await repo.insert_events(
                 conn,
                 [
@@ -551,6 +575,8 @@ class MunicipalService:
                     }
                 ],
             )
+        if posted_card is not None and self.cards is not None:
+            self.cards.lapsed()
         log.info("move-out %s made final by %s's move-in notice", number, source)
         return relay_pb2.MoveInNoticeAnswer(confirmed_on=today)
 
@@ -720,15 +746,25 @@ class MunicipalService:
         reason: common_pb2.ChangeReason.ValueType,
         effective: str,
         field: str = "effective_date",
+        *,
+        keep_card: bool = False,
     ) -> tuple[ResidentState, int]:
-        """Remove a resident inside ``conn``'s transaction and write its notification."""
+        """Remove a resident inside ``conn``'s transaction and write its notification.
+
+        The resident's card lapses with it, unless ``keep_card`` (a move-out filed
+        by post: the card is presented at the new municipality's counter, and
+        lapses when the move-in notice makes the move-out final)."""
         resident = await self._resident(conn, code)
         resident.require_active()
         check_dated_change(effective, resident, field)
         await repo.update_resident(
             conn, resident.id, status=REMOVED, removed_on=effective, last_reason=reason
         )
-        if self.cards is not None and await self.cards.lapse_in(conn, resident.id):
+        if (
+            not keep_card
+            and self.cards is not None
+            and await self.cards.lapse_in(conn, resident.id)
+        ):
             self._lapse_pending = True
         removed = dataclasses.replace(
             resident, status=REMOVED, removed_on=effective, last_reason=reason
@@ -770,36 +806,55 @@ class MunicipalService:
                 *await self._remove(req.resident_code, R.CHANGE_REASON_MOVE_ABROAD, effective),
                 None,
             )
-        destination = req.destination_local_government_code
-        check_known_local_government(destination, "destination_local_government_code")
-        if destination == self.municipality:
-            raise InvalidArgument(
-                "destination_local_government_code",
-                "a move within the municipality is Relocate",
-            )
+        destination = self._destination(
+            req.destination_local_government_code, "destination_local_government_code"
+        )
         async with self.db.operation() as conn:
-            removed, seq = await self._removal(
-                conn, req.resident_code, R.CHANGE_REASON_MOVE_OUT, effective
-            )
-            cert = movecert.build(
-                issuer=self.municipality,
-                resident_code=removed.resident_code,
-                person=removed.person,
-                planned_date=effective,
-                destination=destination,
-                move_out_sequence=seq,
-                issued_at=self._clock.now(),
-            )
-            signed = movecert.sign(cert, self.keys.key, self.keys.certificate)
-            await repo.insert_certificate(
-                conn,
-                number=cert.certificate_number,
-                resident_id=removed.id,
-                resident_code=removed.resident_code,
-                move_out_sequence=seq,
-                certificate=signed.certificate,
+            removed, seq, signed = await self._move_out_to(
+                conn, req.resident_code, destination, effective
             )
         self._committed()
+        return removed, seq, signed
+
+    def _destination(self, destination: str, field: str) -> str:
+        """The destination of a move-out: another municipality the federation knows."""
+        check_known_local_government(destination, field)
+        if destination == self.municipality:
+            raise InvalidArgument(field, "a move within the municipality is Relocate")
+        return destination
+
+    async def _move_out_to(
+        self,
+        conn: AsyncConnection,
+        code: str,
+        destination: str,
+        effective: str,
+        *,
+        keep_card: bool = False,
+    ) -> tuple[ResidentState, int, common_pb2.SignedMoveOutCertificate]:
+        """Inside ``conn``'s transaction: remove ``code`` moving to ``destination``
+        on ``effective``, and issue and keep the signed move-out certificate."""
+        removed, seq = await self._removal(
+            conn, code, R.CHANGE_REASON_MOVE_OUT, effective, keep_card=keep_card
+        )
+        cert = movecert.build(
+            issuer=self.municipality,
+            resident_code=removed.resident_code,
+            person=removed.person,
+            planned_date=effective,
+            destination=destination,
+            move_out_sequence=seq,
+            issued_at=self._clock.now(),
+        )
+        signed = movecert.sign(cert, self.keys.key, self.keys.certificate)
+        await repo.insert_certificate(
+            conn,
+            number=cert.certificate_number,
+            resident_id=removed.id,
+            resident_code=removed.resident_code,
+            move_out_sequence=seq,
+            certificate=signed.certificate,
+        )
         return removed, seq, signed
 
     async def reissue_certificate(self, code: str) -> common_pb2.SignedMoveOutCertificate:
@@ -817,6 +872,10 @@ class MunicipalService:
                 "municipality (no move-out certificate to re-issue)",
                 reason=Reason.NOT_MOVED_OUT,
             )
+        return self._signed_again(body)
+
+    def _signed_again(self, body: bytes) -> common_pb2.SignedMoveOutCertificate:
+        """A stored move-out certificate, signed again with this node's current key."""
         signed = movecert.sign(
             common_pb2.MoveOutCertificate.FromString(body), self.keys.key, self.keys.certificate
         )
@@ -824,6 +883,232 @@ class MunicipalService:
             # The stored bytes are what was certified; never sign anything else.
             raise RuntimeError("a stored move-out certificate does not re-serialize to itself")
         return signed
+
+    # -- moving with the resident card (転出・転入の特例) -------------------------
+
+    def _cards(self) -> ResidentCards:
+        if self.cards is None:
+            raise Unavailable(f"{self.municipality} serves no resident cards")
+        return self.cards
+
+    async def move_out_by_post(
+        self, req: municipal_pb2.MoveOutByPostRequest
+    ) -> tuple[ResidentState, int, str]:
+        """A move-out filed by post with the resident card's signature (付記転出届).
+
+        The filing must be signed by a valid card of this municipality that
+        the named resident holds, for a move to another municipality (a move
+        abroad is filed at the counter). The move-out is the one a counter
+        records (:meth:`_move_out_to`: the resident leaves the register, the
+        notification goes upward, the certificate is issued and kept), with
+        nothing handed out: the certificate waits for the new municipality to
+        pull it with the card (:meth:`move_out_data`), and the card stays valid
+        until the move-in notice makes the move-out final. Returns the removed
+        entry, the notification's sequence and the certificate's number.
+        """
+        cards = self._cards()
+        check_resident_code(req.resident_code)
+        if not req.filing.filing:
+            raise InvalidArgument("filing.filing", "required: the filing the card signed")
+        try:
+            filing = municipal_pb2.MoveOutFiling.FromString(req.filing.filing)
+        except DecodeError:
+            raise InvalidArgument("filing.filing", "is not a MoveOutFiling") from None
+        if filing.abroad:
+            raise FailedPrecondition(
+                "a move abroad is filed at the counter, not by post",
+                reason=Reason.MOVE_ABROAD_BY_POST,
+            )
+        destination = self._destination(
+            filing.destination_local_government_code, "filing.destination_local_government_code"
+        )
+        effective = check_effective_date(
+            filing.planned_move_out_date,
+            "filing.planned_move_out_date",
+            reason=R.CHANGE_REASON_MOVE_OUT,
+        ).isoformat()
+        new_address = check_address(filing.new_address, "filing.new_address", destination)
+        if filing.signed_on:
+            check_date(filing.signed_on, "filing.signed_on")
+        holder = verify_filing(
+            req.filing.filing,
+            req.filing.signature,
+            filing.card_certificate,
+            trust=cards.trust,
+            now=self._clock.now(),
+        )
+        if holder.municipality != self.municipality:
+            raise PermissionDenied(
+                f"the filing is signed by a card of {holder.municipality}, not of "
+                f"{self.municipality}",
+                reason=Reason.CARD_INVALID,
+            )
+        async with self.db.operation() as conn:
+            resident = await self._resident(conn, req.resident_code)
+            held_by = await cards.holder_of(conn, holder.card_id)
+            if held_by.id != resident.id:
+                raise PermissionDenied(
+                    f"resident card {holder.card_id} is not the card of resident "
+                    f"{req.resident_code}",
+                    reason=Reason.CARD_NOT_HOLDERS,
+                )
+            removed, seq, signed = await self._move_out_to(
+                conn, req.resident_code, destination, effective, keep_card=True
+            )
+            number = common_pb2.MoveOutCertificate.FromString(signed.certificate).certificate_number
+            await repo.insert_posted_move_out(
+                conn,
+                number=number,
+                card_id=holder.card_id,
+                resident_id=removed.id,
+                destination=destination,
+                planned_on=effective,
+                new_address=new_address,
+                filing=req.filing.filing,
+                signature=req.filing.signature,
+                at=self._clock.now(),
+            )
+        self._committed()
+        log.info("move-out %s filed by post with a resident card", number)
+        return removed, seq, number
+
+    async def move_out_data(self, header: Header, body: bytes) -> relay_pb2.MoveOutDataAnswer:
+        """The new municipality ``header.source`` (verified by the relay) pulls the
+        move-out filed by post with a card of this municipality (転出証明書情報),
+        with the card's signature of a challenge of one of its terminals: the
+        signed move-out certificate, for the filed destination only. Reads only,
+        so the same request answers the same again."""
+        cards = self._cards()
+        try:
+            req = relay_pb2.MoveOutDataRequest.FromString(body)
+        except DecodeError:
+            raise InvalidArgument("body", "is not a MoveOutDataRequest") from None
+        try:
+            challenge = Challenge.parse(req.challenge)
+        except ValueError as exc:
+            raise InvalidArgument("challenge", f"not a card proof's challenge: {exc}") from None
+        terminal = challenge.terminal
+        if terminal.kind is not Kind.TERMINAL or terminal.code != header.source:
+            raise PermissionDenied(
+                f"the challenge is of {terminal.uri}, not of a terminal of {header.source}",
+                reason=Reason.CHALLENGE_INVALID,
+            )
+        holder = verify_card_proof(
+            req.card_certificate,
+            challenge,
+            req.card_signature,
+            trust=cards.trust,
+            now=self._clock.now(),
+        )
+        if holder.municipality != self.municipality:
+            raise PermissionDenied(
+                f"a card of {holder.municipality}: ask that municipality",
+                reason=Reason.CARD_INVALID,
+            )
+        async with self.db.read() as conn:
+            await cards.holder_of(conn, holder.card_id)
+            posted = await repo.posted_move_out_of_card(conn, holder.card_id)
+        if posted is None:
+            raise FailedPrecondition(
+                f"no move-out was filed by post with this card at {self.municipality}: move "
+                "in with the move-out certificate",
+                reason=Reason.NO_MOVE_OUT_FILED,
+            )
+        if posted.destination != header.source:
+            log.warning(
+                "move-out data of %s asked by %s, filed for %s",
+                posted.certificate_number,
+                header.source,
+                posted.destination,
+            )
+            raise PermissionDenied(
+                f"the move-out was filed for another municipality than {header.source}",
+                reason=Reason.NOT_FILED_DESTINATION,
+            )
+        return relay_pb2.MoveOutDataAnswer(
+            certificate=self._signed_again(posted.certificate), new_address=posted.new_address
+        )
+
+    async def special_move_in(
+        self, req: municipal_pb2.SpecialMoveInRequest, terminal: Identity
+    ) -> tuple[ResidentState, int, str, str, bytes]:
+        """A card holder who filed their move-out by post moves in here (特例転入).
+
+        The card signed this terminal's challenge after its PIN; the challenge,
+        the card's certificate and signature go to the card's municipality over
+        the relay, which answers the signed move-out certificate it keeps
+        (:meth:`move_out_data`). Within the deadlines
+        (:func:`jukinet.residentcard.check_special_move_in`) the resident is
+        registered through :meth:`move_in` with that certificate, as a special
+        move-in: the same code, the same checks above, the move-in notice to
+        the old municipality. With ``continue_card`` the card is continued
+        here, in the move-in's transaction (:meth:`ResidentCards.continue_in`).
+        Returns the entry, the notification's sequence, the certificate number
+        and, when continued, the new card id and certificate.
+        """
+        cards = self._cards()
+        if self._relay is None:
+            raise Unavailable(f"{self.municipality} sends no relayed requests")
+        moved_in = check_effective_date(req.effective_date, reason=R.CHANGE_REASON_SPECIAL_MOVE_IN)
+        if not req.nonce:
+            raise InvalidArgument("nonce", "required: the challenge the card signed")
+        _, old, _ = card_of_certificate(req.card_certificate)
+        if old == self.municipality:
+            raise InvalidArgument(
+                "card_certificate", "a card of this municipality: a move within it is Relocate"
+            )
+        # Checked before anything is asked, so that the continuation cannot fail
+        # for want of the old card CA's CRL once the move-in is made.
+        continuing = cards.continuable(req.card_certificate) if req.continue_card else None
+        challenge = await cards.challenges.take(terminal, req.nonce)
+        try:
+            answered = await self._relay.send(
+                old,
+                relay_pb2.RELAY_KIND_MOVE_OUT_DATA,
+                relay_pb2.MoveOutDataRequest(
+                    card_certificate=req.card_certificate,
+                    challenge=challenge.message(),
+                    card_signature=req.card_signature,
+                ),
+            )
+            data = relay_pb2.MoveOutDataAnswer.FromString(answered)
+            planned = check_date(
+                common_pb2.MoveOutCertificate.FromString(
+                    data.certificate.certificate
+                ).planned_move_out_date,
+                "planned_move_out_date",
+            )
+        except (DecodeError, InvalidArgument):
+            raise movecert.CertificateRefused(
+                Reason.MOVE_OUT_CERTIFICATE_INVALID, f"{old} answered no move-out certificate"
+            ) from None
+        check_special_move_in(planned, moved_in, japan_date(self._clock.now()))
+        person = municipal_pb2.PersonDetails()
+        person.CopyFrom(req.person)
+        person.address = person.address or data.new_address
+        continued: list[tuple[str, bytes]] = []
+
+        async def continue_card(conn: AsyncConnection, code: str) -> None:
+            assert continuing is not None
+            continued.append(await cards.continue_in(conn, code, continuing))
+
+        resident, seq = await self.move_in(
+            municipal_pb2.MoveInRequest(
+                person=person,
+                origin=municipal_pb2.MOVE_IN_ORIGIN_DOMESTIC_SPECIAL,
+                previous_local_government_code=old,
+                household_id=req.household_id,
+                effective_date=moved_in.isoformat(),
+                move_out_certificate=data.certificate,
+                register=req.register,
+            ),
+            then=continue_card if continuing is not None else None,
+        )
+        number = common_pb2.MoveOutCertificate.FromString(
+            data.certificate.certificate
+        ).certificate_number
+        card_id, certificate = continued[0] if continued else ("", b"")
+        return resident, seq, number, card_id, certificate
 
     async def record_death(
         self, req: municipal_pb2.RecordDeathRequest

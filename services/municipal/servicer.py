@@ -200,6 +200,34 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
         found = await self._r.unconfirmed_move_outs(request.as_of)
         return pb.ListUnconfirmedMoveOutsResponse(move_outs=found)
 
+    async def MoveOutByPost(
+        self, request: pb.MoveOutByPostRequest, context: Any
+    ) -> pb.MoveOutByPostResponse:
+        """A move-out filed by post with the resident card's signature (付記転出届); its
+        operators only, for a card of this municipality its resident holds."""
+        resident, seq, number = await self._r.move_out_by_post(request)
+        return pb.MoveOutByPostResponse(
+            resident=resident.to_proto(self._lg),
+            notification_sequence=seq,
+            certificate_number=number,
+        )
+
+    async def SpecialMoveIn(
+        self, request: pb.SpecialMoveInRequest, context: Any
+    ) -> pb.SpecialMoveInResponse:
+        """A move-in with the resident card and its PIN after a move-out by post (特例転入);
+        its operators only, at a counter terminal."""
+        resident, seq, number, card_id, certificate = await self._r.special_move_in(
+            request, _terminal()
+        )
+        return pb.SpecialMoveInResponse(
+            resident=resident.to_proto(self._lg),
+            notification_sequence=seq,
+            certificate_number=number,
+            card_id=card_id,
+            card_certificate=certificate,
+        )
+
 
 def _terminal() -> Identity:
     terminal = current_terminal()

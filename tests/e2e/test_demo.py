@@ -24,6 +24,7 @@ from tools.demo import (
     CONFIRMED,
     DISCLOSED,
     SCENES,
+    SPECIAL_MOVE_DONE,
     Day,
     DemoError,
     Expected,
@@ -74,12 +75,15 @@ def test_demo_tiers_agree(tmp_path: Path) -> None:
     day = result.stdout.split("a day of life", 1)[1]
     proved = [line for line in day.splitlines() if CARD_PROVED in line]
     assert len(proved) == 2 and "鳥取市" in proved[0] and "千代田区" in proved[1], output
-    assert day.count("カード交付") == 2 and "カード紛失" in day, output
+    assert day.count("カード交付") == 3 and "カード紛失" in day, output
     (refused,) = [line for line in day.splitlines() if CARD_REFUSED in line]
     assert "千代田区" in refused, output
     # Every move-out of the day made final by its move-in notice.
     final = re.search(rf"転出確定: (\d+) of the day's (\d+) {re.escape(CONFIRMED)}", day)
     assert final is not None and final[1] == final[2] and int(final[1]) >= 2, output
+    # A card holder of 鳥取市 moved to 千代田区 with the card: by post, card + PIN, continued.
+    assert "付記転出届" in result.stdout and "特例転入" in result.stdout, output
+    assert SPECIAL_MOVE_DONE in result.stdout, output
     # The passport office finds 渡邊 from 渡辺; each agency is refused a purpose
     # it does not hold; the disclosure lists the refusals.
     assert "Search → 渡邊\u3000和子" in result.stdout, output

@@ -426,6 +426,31 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: FailedPrecondition("not issued here", reason=Reason.MOVE_IN_NOTICE_MISMATCH),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
+    # Moving with the card (tests/integration/test_special_move.py provokes them).
+    Reason.MOVE_ABROAD_BY_POST: (
+        lambda: FailedPrecondition("abroad", reason=Reason.MOVE_ABROAD_BY_POST),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.FILING_SIGNATURE_INVALID: (
+        lambda: Unauthenticated("tampered", reason=Reason.FILING_SIGNATURE_INVALID),
+        grpc.StatusCode.UNAUTHENTICATED,
+    ),
+    Reason.CARD_NOT_HOLDERS: (
+        lambda: PermissionDenied("another's card", reason=Reason.CARD_NOT_HOLDERS),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.NO_MOVE_OUT_FILED: (
+        lambda: FailedPrecondition("none filed", reason=Reason.NO_MOVE_OUT_FILED),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    Reason.NOT_FILED_DESTINATION: (
+        lambda: PermissionDenied("another destination", reason=Reason.NOT_FILED_DESTINATION),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    Reason.SPECIAL_MOVE_IN_TOO_LATE: (
+        lambda: FailedPrecondition("too late", reason=Reason.SPECIAL_MOVE_IN_TOO_LATE),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
 }
 
 

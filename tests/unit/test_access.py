@@ -48,6 +48,8 @@ ALL_MUNICIPAL = {
     "GetStatus",
     "DiscloseProvisions",
     "ListUnconfirmedMoveOuts",
+    "MoveOutByPost",
+    "SpecialMoveIn",
     # ResidentCardService
     "IssueCard",
     "BeginCardProof",

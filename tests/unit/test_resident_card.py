@@ -25,7 +25,11 @@ from jukinet.residentcard import (
     card_state,
     carry,
     check_continuation,
+    check_special_move_in,
+    filing_message,
+    special_move_in_deadline,
     verify_card_proof,
+    verify_filing,
 )
 from tests.cards import require_softhsm
 
@@ -163,6 +167,61 @@ def test_continuation_within_90_days_of_the_move_in() -> None:
     with pytest.raises(FailedPrecondition) as info:
         check_continuation(D(2026, 4, 2), D(2026, 7, 2))
     assert info.value.reason is Reason.CONTINUATION_TOO_LATE
+
+
+@pytest.mark.parametrize(
+    ("planned", "moved_in", "last"),
+    [
+        # 14 days after the move-in come first.
+        (D(2026, 4, 1), D(2026, 4, 1), D(2026, 4, 15)),
+        # 30 days after the planned date come first (a move-in long after it).
+        (D(2026, 4, 1), D(2026, 4, 25), D(2026, 5, 1)),
+        # A move-in before the planned date: its 14 days.
+        (D(2026, 4, 10), D(2026, 4, 5), D(2026, 4, 19)),
+    ],
+)
+def test_the_special_move_in_deadline(planned: D, moved_in: D, last: D) -> None:
+    assert special_move_in_deadline(planned, moved_in) == last
+    check_special_move_in(planned, moved_in, last)
+    check_special_move_in(planned, moved_in, moved_in)
+    with pytest.raises(FailedPrecondition) as info:
+        check_special_move_in(planned, moved_in, last + dt.timedelta(days=1))
+    assert info.value.reason is Reason.SPECIAL_MOVE_IN_TOO_LATE
+    assert str(last) in str(info.value)
+
+
+def test_a_filing_signature_serves_no_proof_and_no_proof_serves_a_filing(pki_dir: Path) -> None:
+    key, cert = issued(pki_dir)
+    now = dt.datetime.now(dt.UTC)
+    trust = trust_of(pki_dir, TOTTORI)
+    filing = b"a serialized MoveOutFiling"
+    signature = key.sign(filing_message(filing), ec.ECDSA(hashes.SHA256()))
+    holder = verify_filing(filing, signature, der(cert), trust=trust, now=now)
+    assert (holder.municipality, holder.serial) == (TOTTORI, cert.serial_number)
+    with pytest.raises(JukinetError) as info:
+        verify_filing(filing + b"!", signature, der(cert), trust=trust, now=now)
+    assert info.value.reason is Reason.FILING_SIGNATURE_INVALID
+    c = challenge(now)
+    with pytest.raises(JukinetError) as info:
+        verify_filing(c.message(), sign(key, c), der(cert), trust=trust, now=now)
+    assert info.value.reason is Reason.FILING_SIGNATURE_INVALID
+    with pytest.raises(JukinetError) as info:
+        verify_card_proof(der(cert), c, signature, trust=trust, now=now)
+    assert info.value.reason is Reason.CHALLENGE_INVALID
+
+
+def test_a_challenge_reads_back_from_the_bytes_a_card_signed() -> None:
+    c = challenge(dt.datetime.now(dt.UTC))
+    assert Challenge.parse(c.message()) == c
+    for bad in (
+        b"",
+        c.message() + b"\nmore",
+        c.message().replace(b"jukinet://", b"http://"),
+        c.message().replace(b"+00:00", b""),
+        c.message()[:-1] + b"x",
+    ):
+        with pytest.raises(ValueError):
+            Challenge.parse(bad)
 
 
 @pytest.mark.parametrize("pin", ["123", "12345", "12a4", "１２３４", " 1234", ""])
