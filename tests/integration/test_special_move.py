@@ -538,7 +538,7 @@ async def test_bad_input_is_refused_with_its_field_and_writes_nothing(
             await client.send(
                 TOTTORI,
                 relay_pb2.RELAY_KIND_MOVE_OUT_DATA,
-                _Raw(request),  # type: ignore[arg-type]
+                _Raw(raw),  # type: ignore[arg-type]
             )
         assert caught.value.wire_reason == reason, raw
 
