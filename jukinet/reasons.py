@@ -129,3 +129,8 @@ class Reason(enum.StrEnum):
     RELAY_REQUEST_CONFLICT = "relay-request-conflict"
     # A move-in notice that does not fit a move-out certificate this municipality issued.
     MOVE_IN_NOTICE_MISMATCH = "move-in-notice-mismatch"
+
+    # Copies of the resident record issued at any municipality (広域交付).
+    # A resident asked for is not a current member of the applicant's household.
+    NOT_HOUSEHOLD_MEMBER = "not-household-member"
+    CARD_NOT_HOLDERS = "card-not-holders"  # the card is not the named resident's

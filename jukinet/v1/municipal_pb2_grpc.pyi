@@ -60,6 +60,8 @@ class MunicipalServiceStub:
     """
     ListUnconfirmedMoveOuts: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.ListUnconfirmedMoveOutsRequest, _municipal_pb2.ListUnconfirmedMoveOutsResponse]
     """Move-outs not made final by a move-in notice within the statutory period."""
+    IssueCopy: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.IssueCopyRequest, _municipal_pb2.IssueCopyResponse]
+    """A copy of a resident record issued here for a resident of any municipality (広域交付)."""
 
 @_typing.type_check_only
 class MunicipalServiceAsyncStub(MunicipalServiceStub):
@@ -89,6 +91,8 @@ class MunicipalServiceAsyncStub(MunicipalServiceStub):
     """
     ListUnconfirmedMoveOuts: _aio.UnaryUnaryMultiCallable[_municipal_pb2.ListUnconfirmedMoveOutsRequest, _municipal_pb2.ListUnconfirmedMoveOutsResponse]  # type: ignore[assignment]
     """Move-outs not made final by a move-in notice within the statutory period."""
+    IssueCopy: _aio.UnaryUnaryMultiCallable[_municipal_pb2.IssueCopyRequest, _municipal_pb2.IssueCopyResponse]  # type: ignore[assignment]
+    """A copy of a resident record issued here for a resident of any municipality (広域交付)."""
 
 class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -235,5 +239,13 @@ class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_municipal_pb2.ListUnconfirmedMoveOutsResponse, _abc.Awaitable[_municipal_pb2.ListUnconfirmedMoveOutsResponse]]:
         """Move-outs not made final by a move-in notice within the statutory period."""
+
+    @_abc_1.abstractmethod
+    def IssueCopy(
+        self,
+        request: _municipal_pb2.IssueCopyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.IssueCopyResponse, _abc.Awaitable[_municipal_pb2.IssueCopyResponse]]:
+        """A copy of a resident record issued here for a resident of any municipality (広域交付)."""
 
 def add_MunicipalServiceServicer_to_server(servicer: MunicipalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,7 +14,10 @@ and the tests fail until it is listed):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
 from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
 from jukinet.identity import Identity, Kind
@@ -49,6 +52,7 @@ CLERK: frozenset[str] = frozenset(
         "DiscloseProvisions",
         "GetStatus",
         "ListUnconfirmedMoveOuts",
+        "IssueCopy",
         # ResidentCardService
         "IssueCard",
         "BeginCardProof",
@@ -175,9 +179,18 @@ def rules(local_government_code: str) -> dict[str, Rule]:
                 "GetStatus": own_operator,
                 "DiscloseProvisions": own_operator,
                 "ListUnconfirmedMoveOuts": own_operator,
+                # For a resident of any municipality: the home municipality checks them.
+                "IssueCopy": own_operator,
             },
         )
     )
+
+
+def copy_codes(message: Message) -> Iterable[str]:
+    """The applicant's code and the household members' a copy request names."""
+    yield from resident_codes_in(message)
+    if isinstance(message, municipal_pb2.IssueCopyRequest):
+        yield from message.member_resident_codes
 
 
 def audited() -> dict[str, Extractor]:
@@ -245,6 +258,7 @@ def audited() -> dict[str, Extractor]:
                 "GetStatus": no_residents,
                 "DiscloseProvisions": codes,
                 "ListUnconfirmedMoveOuts": codes,
+                "IssueCopy": copy_codes,
             },
         )
     )

@@ -56,6 +56,7 @@ from jukinet.validation import (
 from jukinet.vocabulary import Person, person_values
 from services.municipal import repository as repo
 from services.municipal.cards import ResidentCards
+from services.municipal.copies import Copies
 from services.municipal.logic import (
     ACTIVE,
     HEAD,
@@ -142,8 +143,11 @@ class MunicipalService:
         clock: Clock = SYSTEM_CLOCK,
         notices_queued: Callable[[], None] | None = None,
         cards: ResidentCards | None = None,
+        copies: Copies | None = None,
     ) -> None:
         self.db = db
+        # The copies answered for issue elsewhere, listed in a resident's disclosure.
+        self.copies = copies
         # Told when a move-in queued its notice to the old municipality (the sender).
         self._notices_queued = notices_queued
         self.keys = keys
@@ -1276,7 +1280,8 @@ class MunicipalService:
         self, request: provision_pb2.DiscloseRequest
     ) -> provision_pb2.DiscloseResponse:
         """For a resident of this municipality at the counter: the national record
-        and who received it (asked through the prefecture). Only for a resident
+        and who received it (asked through the prefecture), and the copies of
+        their record this register answered (who asked, where, when). Only for a resident
         in this register (registered now, or removed from it): the national node
         then answers only if no other municipality registers them since."""
         if request.municipality_code and request.municipality_code != self.municipality:
@@ -1298,4 +1303,6 @@ class MunicipalService:
             )
         except grpc.aio.AioRpcError as exc:
             raise from_upstream(exc, "prefecture node") from exc
+        if self.copies is not None:
+            response.copies.extend(await self.copies.disclosed(resident))
         return response
