@@ -1,8 +1,8 @@
 """A resident's disclosure (本人確認情報の提供状況の開示) as text: the identity
 record as the national node holds it, then every provision of it, with the
 agency and the purpose named, and (at the home municipality) every copy of
-the resident record issued at a municipality: who asked, where and when. The counter prints it for the resident; the demo
-shows it.
+the resident record issued at a municipality: who asked, where and when.
+The counter prints it for the resident; the demo shows it.
 
 Every text printed passes through :func:`jukinet.validation.visible`: the
 nodes refuse bidi controls, line separators and invisible characters in what a

@@ -150,9 +150,7 @@ def _cmd_softhsm(args: argparse.Namespace) -> int:
 
 
 def _resident_pin(args: argparse.Namespace) -> str:
-    return read_secret(
-        "resident's card PIN", file=args.pin_file, env=RESIDENT_PIN_ENV, file_option="--pin-file"
-    )
+    return resident_pin(args.pin_file)
 
 
 def _stub(channel: grpc.aio.Channel) -> Any:
@@ -197,23 +195,35 @@ async def _issue_resident(channel: grpc.aio.Channel, args: argparse.Namespace) -
     return None
 
 
-async def _verify(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
-    pin = _resident_pin(args)
-    stub = _stub(channel)
-    begun = await stub.BeginCardProof(card_pb2.BeginCardProofRequest())
+async def card_proof(
+    channel: grpc.aio.Channel, pin: str, label: str | None
+) -> card_pb2.ProveCardRequest:
+    """A resident card's proof of identity at the counter of ``channel``: the node's
+    challenge, signed by the card (``label``) after ``pin``."""
+    begun = await _stub(channel).BeginCardProof(card_pb2.BeginCardProofRequest())
 
     def sign() -> tuple[bytes, bytes]:
-        with cards.open_resident_card(cards.load_module(), pin, label=args.card) as card:
+        with cards.open_resident_card(cards.load_module(), pin, label=label) as card:
             return card.sign(begun.challenge), card.certificate.public_bytes(
                 serialization.Encoding.DER
             )
 
     signature, certificate = await asyncio.to_thread(sign)
-    return await stub.ProveCard(
-        card_pb2.ProveCardRequest(
-            nonce=begun.nonce, card_certificate=certificate, signature=signature
-        )
+    return card_pb2.ProveCardRequest(
+        nonce=begun.nonce, card_certificate=certificate, signature=signature
     )
+
+
+def resident_pin(pin_file: str | None) -> str:
+    """The resident's card PIN: from ``pin_file``, else $JUKINET_RESIDENT_PIN, else asked."""
+    return read_secret(
+        "resident's card PIN", file=pin_file, env=RESIDENT_PIN_ENV, file_option="--pin-file"
+    )
+
+
+async def _verify(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
+    proof = await card_proof(channel, _resident_pin(args), args.card)
+    return await _stub(channel).ProveCard(proof)
 
 
 async def _unlock(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:

@@ -1698,7 +1698,9 @@ class IssueCopyRequest(_message.Message):
     resident_code: _builtins.str
     """the applicant"""
     home_local_government_code: _builtins.str
-    """the municipality the applicant is registered at"""
+    """The municipality the applicant is registered at; with RESIDENT_CARD it may be
+    left empty: the card's municipality.
+    """
     include_relationship: _builtins.bool
     """続柄, only when specially asked"""
     include_resident_code: _builtins.bool

@@ -152,9 +152,9 @@ class Copies:
         """Issue a copy at this counter: the contents from the applicant's home
         municipality (here, or over the relay), printed and signed here."""
         check_resident_code(req.resident_code)
-        home = check_local_government_code(
-            req.home_local_government_code, "home_local_government_code"
-        )
+        home = req.home_local_government_code
+        if home or req.identification != _RESIDENT_CARD:
+            check_local_government_code(home, "home_local_government_code")
         members = [
             check_resident_code(code, f"member_resident_codes[{i}]")
             for i, code in enumerate(req.member_resident_codes)
@@ -185,6 +185,9 @@ class Copies:
             holder, _ = await self.cards.prove(
                 terminal, proof.nonce, proof.card_certificate, proof.signature
             )
+            # A valid card is its holder's home municipality's (a card continued
+            # after a move is certified again by the new one).
+            home = home or holder.municipality
             if holder.municipality != home:
                 raise PermissionDenied(
                     f"the card was issued by {holder.municipality}, not by the applicant's "

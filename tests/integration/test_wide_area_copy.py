@@ -21,7 +21,7 @@ from jukinet.cli.main import main
 from jukinet.reasons import Reason
 from jukinet.v1 import card_pb2, common_pb2, municipal_pb2, operator_pb2, provision_pb2
 from services.municipal.copies import ANSWER_OPERATION
-from tests.federation import Federation, trailers
+from tests.federation import Federation, activated, session_options, trailers
 from tests.integration.test_resident_cards import (
     PIN,
     PROPAGATION,
@@ -291,9 +291,7 @@ async def test_with_the_resident_card(fed: Federation, reader: Reader) -> None:
     answer = await clerk.IssueCopy(
         with_card(head, await card_proof(fed, YONAGO, reader, "r-head")), timeout=TIMEOUT
     )
-    assert (await verified(fed, answer.document)).answer.entries[0].name == (
-        "千代田 一郎"
-    )
+    assert (await verified(fed, answer.document)).answer.entries[0].name == ("千代田 一郎")
     # The wife's card is not the head's.
     proof = await card_proof(fed, YONAGO, reader, "r-wife")
     assert await refused(clerk.IssueCopy(with_card(head, proof), timeout=TIMEOUT)) == (
@@ -337,3 +335,57 @@ async def test_a_tampered_copy_fails_verify(
     bad.write_bytes(bytes(data))
     assert await asyncio.to_thread(main, ["copy", "verify", str(bad), "--ca", ca]) == 1
     assert "NOT VALID" in capsys.readouterr().err
+
+
+async def test_the_counter_command(
+    fed: Federation,
+    reader: Reader,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("JUKINET_SESSION", raising=False)
+    monkeypatch.setenv("JUKINET_RESIDENT_PIN", PIN)
+    head, wife, other = await household(fed, TOTTORI)
+    await reader.issue(fed, TOTTORI, wife, "r-cli")
+    await until(crl_held(fed, CHIYODA, TOTTORI), PROPAGATION)
+    target = f"127.0.0.1:{fed.municipal_ports[CHIYODA]}"
+    at_counter = session_options(target, fed.pki_dir, CHIYODA, fed.sessions[CHIYODA])
+
+    async def jukinet(*argv: str) -> tuple[int, str, str]:
+        def run() -> int:
+            with activated(reader.hsm):
+                return main(list(argv))
+
+        capsys.readouterr()
+        status = await asyncio.to_thread(run)
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    out_file = tmp_path / "copy.pdf"
+    status, out, err = await jukinet(
+        "copy", "issue", "--applicant", head, "--home", TOTTORI, "--member", head,
+        "--member", wife, "--relationship", "--photo-id", "--out", str(out_file), *at_counter,
+    )  # fmt: skip
+    assert status == 0, err
+    assert "it verifies" in out and "千代田 花子" in out and "続柄 妻" in out
+    assert (await verified(fed, out_file.read_bytes())).signer_code == CHIYODA
+    # With the card: the home municipality is the card's.
+    status, out, err = await jukinet(
+        "copy", "issue", "--applicant", wife, "--card", "r-cli", "--resident-code",
+        "--out", str(out_file), *at_counter,
+    )  # fmt: skip
+    assert status == 0, err
+    assert f"住民票コード {wife}" in out
+    # Refusals are one line naming the reason.
+    status, out, err = await jukinet(
+        "copy", "issue", "--applicant", head, "--home", TOTTORI, "--member", other,
+        "--photo-id", "--out", str(out_file), *at_counter,
+    )  # fmt: skip
+    assert status == 1 and Reason.NOT_HOUSEHOLD_MEMBER in err, err
+    status, out, err = await jukinet(
+        "copy", "issue", "--applicant", "123", "--home", TOTTORI, "--photo-id",
+        "--out", str(out_file), *at_counter,
+    )  # fmt: skip
+    assert status == 1 and "--applicant" in err, err
