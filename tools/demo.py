@@ -33,8 +33,12 @@ What it does, in order:
    (with 旧氏), a resident-code change on request, moves within a prefecture
    and across prefectures (move-out at the old municipality, which issues and
    prints its signed move-out certificate; move-in at the new one with that
-   certificate, whose identity items it registers) and two move-ins from abroad, one of them
-   渡邊 和子, whose surname is registered with a variant kanji;
+   certificate, whose identity items it registers), two move-ins from abroad, one of them
+   渡邊 和子, whose surname is registered with a variant kanji, and a resident
+   of 千代田区 who asks 米子市 for a copy of their record (広域交付): 米子市 asks
+   千代田区 over the relay and signs the Japanese PDF, which the demo writes
+   to ``copies/`` in the work folder and verifies (its path and the
+   verification printed);
 5. waits until the national node has applied every municipal notification,
    prints what each tier holds and one moved resident's history as the
    national node holds it, and reconciles: every municipal register entry must
@@ -90,11 +94,12 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 import grpc
+from cryptography import x509
 from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
-from jukinet import localgov, movecert
+from jukinet import copydoc, localgov, movecert
 from jukinet.cli.audit import log_table, read_log, verify_node
 from jukinet.cli.csvfile import CsvFormatError
 from jukinet.cli.importer import ImportSummary, import_csv
@@ -208,6 +213,8 @@ class Operators:
     def __init__(self, fed: LocalFederation) -> None:
         self._fed = fed
         self._channels: list[grpc.aio.Channel] = []
+        self.federation = fed
+        """The running federation (its work folder and PKI)."""
         # Clerks do the everyday work; a supervisor the bulk and ex-officio work.
         self.municipal: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
         self.supervisor: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
@@ -455,6 +462,7 @@ class DayOfLife:
 
     moved_resident: str = ""
     returnee: str = ""  # 渡邊 和子, back from abroad: the agencies look her up
+    copy_file: Path | None = None  # the copy of a 千代田区 record issued at 米子市
     lines: list[str] = field(default_factory=list)
 
 
@@ -787,6 +795,46 @@ async def homecoming(day: Day) -> None:
     )
 
 
+async def wide_area_copy(day: Day) -> None:
+    """A resident of 千代田区 asks 米子市 for a copy of their record (広域交付): 米子市 asks
+    千代田区 over the relay, prints and signs the copy; the demo writes it into the work
+    folder and verifies it as ``jukinet copy verify`` does."""
+    reg = day.registers[CHIYODA]
+    applicant = day.pick(
+        "resident asking for a copy",
+        reg.people(day.used, lambda r: day.age(r) >= 18),
+        reg.people(day.used, lambda r: True),
+    )
+    issued = await day.m[YONAGO].IssueCopy(
+        municipal_pb2.IssueCopyRequest(
+            resident_code=applicant.resident_code,
+            home_local_government_code=CHIYODA,
+            include_relationship=True,
+            identification=municipal_pb2.APPLICANT_IDENTIFICATION_PHOTO_ID,
+        ),
+        timeout=_RPC_TIMEOUT,
+    )
+    fed = day.ops.federation
+    folder = fed.workdir / "copies"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{applicant.resident_code}-{YONAGO}.pdf"
+    path.write_bytes(issued.document)
+    day.result.copy_file = path
+    day.say(
+        "広域交付 copy",
+        YONAGO,
+        f"{applicant.person.name} of {municipality_name(CHIYODA)} asked for a copy of their "
+        f"record; 米子市 asked 千代田区 over the relay and wrote {path}",
+    )
+    ca = x509.load_pem_x509_certificate((fed.pki_dir / "ca.pem").read_bytes())
+    try:
+        verified = await asyncio.to_thread(copydoc.verify_copy, issued.document, ca=ca)
+    except copydoc.CopyVerificationError as exc:
+        raise DemoError(f"the copy {path} does not verify: {exc}") from None
+    day.say("広域交付 copy", YONAGO, f"jukinet copy verify {path.name}: valid")
+    day.show("\n".join(verified.describe()))
+
+
 @dataclass(frozen=True)
 class Scene:
     """One part of the day: a title, and what happens."""
@@ -804,12 +852,13 @@ SCENES: tuple[Scene, ...] = (
     Scene("転出・転入 moves within and across prefectures", moves),
     Scene("国外からの転入 a foreign resident's arrival", arrival_from_abroad),
     Scene("国外からの転入 a citizen's homecoming", homecoming),
+    Scene("広域交付 a copy of a 千代田区 record issued at 米子市", wide_area_copy),
 )
 """The day of life, in order (later scenes pick among those not yet in one)."""
 
 
 async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
-    """Births, deaths, a relocation, a marriage, a code change, moves, arrivals."""
+    """Births, deaths, a relocation, a marriage, a code change, moves, arrivals, a copy."""
     registers = {
         code: _Register(await export_register(ops.supervisor[code])) for code in MUNICIPALITIES
     }
