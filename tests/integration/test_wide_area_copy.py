@@ -18,8 +18,9 @@ from cryptography import x509
 
 from jukinet import copydoc
 from jukinet.cli.main import main
+from jukinet.errors import InvalidArgument
 from jukinet.reasons import Reason
-from jukinet.v1 import card_pb2, common_pb2, municipal_pb2, operator_pb2, provision_pb2
+from jukinet.v1 import card_pb2, common_pb2, municipal_pb2, operator_pb2, provision_pb2, relay_pb2
 from services.municipal.copies import ANSWER_OPERATION
 from tests.federation import Federation, activated, session_options, trailers
 from tests.integration.test_resident_cards import (
@@ -389,3 +390,51 @@ async def test_the_counter_command(
         "--out", str(out_file), *at_counter,
     )  # fmt: skip
     assert status == 1 and "--applicant" in err, err
+
+
+async def test_the_home_municipality_records_a_request_once_and_checks_its_words(
+    fed: Federation,
+) -> None:
+    head, wife, _ = await household(fed, CHIYODA)
+    home = fed.municipalities[CHIYODA].copies
+    asked = relay_pb2.CopyRequest(
+        resident_code=head,
+        member_codes=[wife],
+        operator=f"jukinet://operator/{YONAGO}/counter",
+        terminal=f"jukinet://terminal/{YONAGO}/desk1",
+    )
+    request_id = "ab" * 16
+    # The same request answered again (a retry after a crash): one record, one entry.
+    first = await home.answer(asked, YONAGO, request_id)
+    again = await home.answer(asked, YONAGO, request_id)
+    assert first.entries == again.entries
+    assert len(await entries(fed, CHIYODA, ANSWER_OPERATION)) == 1
+    await fed.wait_delivered()
+    disclosed = await fed.operator(CHIYODA).DiscloseProvisions(
+        provision_pb2.DiscloseRequest(resident_code=wife), timeout=TIMEOUT
+    )
+    assert [c.request_id for c in disclosed.copies] == [request_id]
+    # An issuer names only its own operator and terminal, and a well-formed card id.
+    for field, value in (
+        ("operator", f"jukinet://operator/{TOTTORI}/counter"),
+        ("operator", f"jukinet://terminal/{YONAGO}/desk1"),
+        ("terminal", f"jukinet://terminal/{TOTTORI}/desk1"),
+        ("card_id", "not-a-card"),
+    ):
+        forged = relay_pb2.CopyRequest()
+        forged.CopyFrom(asked)
+        setattr(forged, field, value)
+        with pytest.raises(InvalidArgument) as caught:
+            await home.answer(forged, YONAGO, "cd" * 16)
+        assert caught.value.field == field
+    # A resident who left is no longer answered for.
+    await fed.operator(CHIYODA).RecordDeath(
+        M.RecordDeathRequest(resident_code=wife, date_of_death=dt.date.today().isoformat()),
+        timeout=TIMEOUT,
+    )
+    assert await refused(
+        fed.operator(YONAGO).IssueCopy(photo_id(wife, CHIYODA), timeout=TIMEOUT)
+    ) == (grpc.StatusCode.FAILED_PRECONDITION, Reason.NOT_REGISTERED)
+    assert await refused(
+        fed.operator(YONAGO).IssueCopy(photo_id(head, CHIYODA, head, wife), timeout=TIMEOUT)
+    ) == (grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_HOUSEHOLD_MEMBER)

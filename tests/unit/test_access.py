@@ -48,6 +48,7 @@ ALL_MUNICIPAL = {
     "GetStatus",
     "DiscloseProvisions",
     "ListUnconfirmedMoveOuts",
+    "IssueCopy",
     # ResidentCardService
     "IssueCard",
     "BeginCardProof",
