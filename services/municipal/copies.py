@@ -103,18 +103,22 @@ def _member_of(uri: str, kind: Kind, source: str, field: str) -> str:
     return identity.uri
 
 
+def check_members(codes: Sequence[str], field: str) -> list[str]:
+    """The household members a copy asks for: resident codes, each once, at most
+    :data:`MAX_COPY_MEMBERS`."""
+    members = [check_resident_code(code, f"{field}[{i}]") for i, code in enumerate(codes)]
+    if len(members) > MAX_COPY_MEMBERS:
+        raise InvalidArgument(field, f"at most {MAX_COPY_MEMBERS} on one copy")
+    if len(set(members)) != len(members):
+        raise InvalidArgument(field, "a resident is asked for twice")
+    return members
+
+
 def check_copy_request(request: relay_pb2.CopyRequest, source: str) -> list[str]:
     """The residents a copy request asks for, checked (the applicant's code, the
     members', an issuer's operator and terminal of ``source``, a card id)."""
     check_resident_code(request.resident_code)
-    members = [
-        check_resident_code(code, f"member_codes[{i}]")
-        for i, code in enumerate(request.member_codes)
-    ]
-    if len(members) > MAX_COPY_MEMBERS:
-        raise InvalidArgument("member_codes", f"at most {MAX_COPY_MEMBERS} on one copy")
-    if len(set(members)) != len(members):
-        raise InvalidArgument("member_codes", "a resident is asked for twice")
+    members = check_members(request.member_codes, "member_codes")
     _member_of(request.operator, Kind.OPERATOR, source, "operator")
     _member_of(request.terminal, Kind.TERMINAL, source, "terminal")
     if request.card_id and not _CARD_ID.fullmatch(request.card_id):
@@ -155,14 +159,7 @@ class Copies:
         home = req.home_local_government_code
         if home or req.identification != _RESIDENT_CARD:
             check_local_government_code(home, "home_local_government_code")
-        members = [
-            check_resident_code(code, f"member_resident_codes[{i}]")
-            for i, code in enumerate(req.member_resident_codes)
-        ]
-        if len(members) > MAX_COPY_MEMBERS:
-            raise InvalidArgument("member_resident_codes", f"at most {MAX_COPY_MEMBERS}")
-        if len(set(members)) != len(members):
-            raise InvalidArgument("member_resident_codes", "a resident is asked for twice")
+        members = check_members(req.member_resident_codes, "member_resident_codes")
         if req.identification == _PHOTO_ID:
             if req.HasField("card_proof"):
                 raise InvalidArgument("card_proof", "only with identification RESIDENT_CARD")
