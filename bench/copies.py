@@ -1,4 +1,6 @@
-"""The signed copies of resident records: copies/s of :func:`jukinet.copydoc.render_copy`
+"""The signed copies of resident records, two figures side by side.
+
+**Render and sign** (``copies_per_s``): :func:`jukinet.copydoc.render_copy`
 followed by :func:`jukinet.copydoc.sign_copy`, in one process, one after the other.
 
 A throw-away PKI is made (the issuing municipality 131016 and the home
@@ -9,11 +11,24 @@ first as a warm-up (the local government registry is read then). Each copy's
 render and sign times are taken separately, and each signed copy is then
 verified (:func:`jukinet.copydoc.verify_copy`), timed apart from the
 copies/s.
+
+**Issued** (``issued``): copies issued through the real ``IssueCopy`` path. A
+:class:`tools.localfed.LocalFederation` (node processes, SQLite) of the issuing
+municipality 131016 and the home municipality 312011, in two prefectures: the
+counter operator at 131016 asks for a copy of a household of three registered
+at 312011 (relationship and resident code asked for), identified by a photo
+ID; 131016 asks 312011 over the relay (131016 -> 東京都 -> national -> 鳥取県 ->
+312011 and back, sealed end to end), renders and signs the PDF in a thread and
+answers it. Measured one after the other (``copies_per_s``, the latency of
+each call) and four at a time (``concurrent_copies_per_s``); each copy's
+signature is then verified.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +39,14 @@ from cryptography import x509
 from bench.common import percentile, progress
 from jukinet import copydoc, pki
 from jukinet.identity import Identity
-from jukinet.v1 import common_pb2, relay_pb2
+from jukinet.v1 import common_pb2, municipal_pb2, relay_pb2
+from tools.localfed import Databases, LocalFederation
 
 ISSUER = "131016"
 HOME = "312011"
+CONCURRENCY = 4
+"""Copies asked for at once in the concurrent phase of the issued figure."""
+_RPC_TIMEOUT = 60
 
 
 def sample_answer() -> relay_pb2.CopyAnswer:
@@ -84,6 +103,111 @@ def issue_copies(
     return copies, render, sign
 
 
+async def _household(stub: Any) -> tuple[str, list[str]]:
+    """A household of three at the home municipality: the head's code and everyone's."""
+    address = "鳥取県鳥取市東町一丁目220番地"
+    people = [
+        ("鳥取　太郎", "トットリ　タロウ", "1980-04-01", common_pb2.SEX_MALE, 0),
+        ("鳥取　花子", "トットリ　ハナコ", "1982-12-24", common_pb2.SEX_FEMALE, 2),
+        ("鳥取　一郎", "トットリ　イチロウ", "2012-07-07", common_pb2.SEX_MALE, 6),
+    ]
+    codes: list[str] = []
+    household = ""
+    for name, kana, born, sex, relationship in people:
+        answer = await stub.RegisterBirth(
+            municipal_pb2.RegisterBirthRequest(
+                person=municipal_pb2.PersonDetails(
+                    name=name, name_kana=kana, birth_date=born, sex=sex, address=address
+                ),
+                household_id=household,
+                register=municipal_pb2.RegisterItems(
+                    relationship=municipal_pb2.Relationship.ValueType(relationship),
+                    domicile="鳥取県鳥取市東町一丁目220番地",
+                    domicile_head="鳥取　太郎",
+                ),
+            ),
+            timeout=_RPC_TIMEOUT,
+        )
+        household = answer.resident.household_id
+        codes.append(answer.resident.resident_code)
+    return codes[0], codes
+
+
+async def _measure_issued(count: int, workdir: Path) -> dict[str, Any]:
+    fed = LocalFederation(
+        workdir, (ISSUER, HOME), databases=Databases("sqlite", workdir / "data", prefix="jkbench")
+    )
+    try:
+        progress("copies: a federation of 131016 and 312011 (node processes, SQLite)")
+        await fed.prepare()
+        # A loaded machine starts node processes slowly: this is no readiness test.
+        await fed.start_all(within=120.0)
+        # The async stubs of the counters (localfed types them as the sync ones).
+        home: Any = (await fed.counter(HOME))[0]
+        issuer: Any = (await fed.counter(ISSUER))[0]
+        head, codes = await _household(home)
+        request = municipal_pb2.IssueCopyRequest(
+            resident_code=head,
+            home_local_government_code=HOME,
+            member_resident_codes=codes,
+            include_relationship=True,
+            include_resident_code=True,
+            identification=municipal_pb2.APPLICANT_IDENTIFICATION_PHOTO_ID,
+        )
+
+        async def issue() -> tuple[float, bytes]:
+            t0 = time.perf_counter()
+            answer = await issuer.IssueCopy(request, timeout=_RPC_TIMEOUT)
+            return time.perf_counter() - t0, answer.document
+
+        await issue()  # warm-up: channels, directory, fonts' first subsets
+        progress(f"copies: {count} copies issued through IssueCopy, one after the other")
+        t0 = time.perf_counter()
+        timed = [await issue() for _ in range(count)]
+        sequential = time.perf_counter() - t0
+        progress(f"copies: {count} copies issued, {CONCURRENCY} at a time")
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def gated() -> tuple[float, bytes]:
+            async with gate:
+                return await issue()
+
+        t0 = time.perf_counter()
+        together = await asyncio.gather(*(gated() for _ in range(count)))
+        concurrent = time.perf_counter() - t0
+        ca = x509.load_pem_x509_certificate((fed.pki_dir / pki.CA_CERT).read_bytes())
+        for _, document in [*timed, *together]:
+            await asyncio.to_thread(copydoc.verify_copy, document, ca=ca)
+        latency = sorted(seconds for seconds, _ in timed)
+        return {
+            "route": f"{ISSUER} -> 13 -> national -> 31 -> {HOME}",
+            "backend": "sqlite",
+            "persons": len(codes),
+            "copies_per_s": count / sequential,
+            "concurrent_copies_per_s": count / concurrent,
+            "concurrency": CONCURRENCY,
+            "latency_ms_p50": percentile(latency, 50) * 1e3,
+            "latency_ms_p99": percentile(latency, 99) * 1e3,
+        }
+    finally:
+        await fed.close(grace=5.0)
+
+
+def measure_issued(count: int) -> dict[str, Any]:
+    """The issued figure of ``count`` copies (see the module)."""
+    root = Path(tempfile.mkdtemp(prefix="jukinet-bench-issue-"))
+    ok = False
+    try:
+        result = asyncio.run(_measure_issued(count, root))
+        ok = True
+        return result
+    finally:
+        if ok:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            progress(f"copies: work files (configs, node logs) kept in {root}")
+
+
 def run(count: int) -> dict[str, Any]:
     """The figures of ``count`` copies, for the results file."""
     with tempfile.TemporaryDirectory(prefix="jukinet-bench-copies-") as folder:
@@ -115,4 +239,5 @@ def run(count: int) -> dict[str, Any]:
         "sign_ms_p50": percentile(sorted(sign), 50) * 1e3,
         "verify_ms_p50": percentile(sorted(verify), 50) * 1e3,
         "bytes_p50": percentile(sorted(float(len(c)) for c in copies), 50),
+        "issued": measure_issued(count),
     }

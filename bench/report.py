@@ -716,6 +716,21 @@ def _copies_section(r: dict[str, Any]) -> list[str]:
         f"| … sign, ms (p50) | {_f(c['sign_ms_p50'])} |",
         f"| verify, ms (p50) | {_f(c['verify_ms_p50'])} |",
         f"| size of a signed copy, bytes (p50) | {_f(c['bytes_p50'])} |",
+        *_issued_rows(c.get("issued")),
+    ]
+
+
+def _issued_rows(issued: Any) -> list[str]:
+    """The copies issued through IssueCopy (federation, relay, signing), if measured."""
+    if not isinstance(issued, dict):
+        return []
+    return [
+        f"| **copies/s issued through `IssueCopy`** ({issued['route']}, "
+        f"{issued['backend']}, one at a time) | **{_f(issued['copies_per_s'], 1)}** |",
+        f"| … {issued['concurrency']} at a time, copies/s | "
+        f"{_f(issued['concurrent_copies_per_s'], 1)} |",
+        f"| … one call, ms (p50 / p99) | {_f(issued['latency_ms_p50'])} / "
+        f"{_f(issued['latency_ms_p99'])} |",
     ]
 
 

@@ -1,7 +1,8 @@
 """A resident's disclosure (本人確認情報の提供状況の開示) as text: the identity
 record as the national node holds it, then every provision of it, with the
-agency and the purpose named. The counter prints it for the resident; the demo
-shows it.
+agency and the purpose named, and (at the home municipality) every copy of
+the resident record issued at a municipality: who asked, where and when.
+The counter prints it for the resident; the demo shows it.
 
 Every text printed passes through :func:`jukinet.validation.visible`: the
 nodes refuse bidi controls, line separators and invisible characters in what a
@@ -77,7 +78,8 @@ def format_disclosure(
 ) -> str:
     """A disclosure as the counter prints it: the record, then every provision
     of it, agencies and purposes named as ``registry`` (by default the packaged
-    one) names them."""
+    one) names them, then the copies of the resident record a municipality
+    issued (at the home municipality: who asked, where and when)."""
     registry = registry or _registry()
     state = response.identity
     record = state.record
@@ -107,10 +109,59 @@ def format_disclosure(
     lines = ["The identity record as the national node holds it", ""]
     lines += [f"  {ljust(label, label_width)}{visible(value)}" for label, value in items if value]
     lines.append("")
-    provisions = list(response.provisions)
+    lines += _provision_lines(list(response.provisions), registry)
+    lines += _copy_lines(list(response.copies))
+    return "\n".join(lines)
+
+
+def _copy_lines(copies: Sequence[provision_pb2.CopyGiven]) -> list[str]:
+    """The copies of the record the home municipality answered (広域交付): who asked,
+    where and when; nothing when the disclosure is not a municipality's."""
+    if not copies:
+        return []
+    headers = ["when (JST)", "issued at", "operator", "terminal", "applicant", "items"]
+    rows = []
+    for c in copies:
+        where = lookup(c.issuing_local_government_code)
+        place = c.issuing_local_government_code + (
+            f" {where.prefecture_name}{where.name}" if where is not None else ""
+        )
+        items = [
+            label
+            for label, shown in (
+                ("relationship", c.relationship_shown),
+                ("resident code", c.code_shown),
+            )
+            if shown
+        ]
+        identified = "resident card" if c.resident_card else "photo ID"
+        rows.append(
+            [
+                visible(cell)
+                for cell in (
+                    _jst(c.requested_at),
+                    place,
+                    c.operator,
+                    c.terminal,
+                    f"{c.applicant_code} ({identified})",
+                    ", ".join(items) or "-",
+                )
+            ]
+        )
+    lines = ["", f"Copies of this record issued at a municipality, oldest first ({len(copies)}):"]
+    lines.append("")
+    lines += [f"  {line}".rstrip() for line in table(headers, rows)]
+    return lines
+
+
+def _provision_lines(
+    provisions: list[provision_pb2.Provision], registry: PurposeRegistry | None
+) -> list[str]:
+    """Every provision of the record to agencies, agencies and purposes named."""
+    lines: list[str] = []
     if not provisions:
         lines.append("No provision of this record to any agency.")
-        return "\n".join(lines)
+        return lines
     several_codes = len({p.resident_code for p in provisions}) > 1
     headers = ["when (JST)", "agency", "purpose", "operation", "fields", "result"]
     if several_codes:  # the record's earlier codes, before a code change
@@ -128,4 +179,4 @@ def format_disclosure(
     if registry is not None:
         lines += _legend("Agencies:", _agency_names(registry, provisions))
         lines += _legend("Purposes:", _purpose_tasks(registry, provisions))
-    return "\n".join(lines)
+    return lines

@@ -6,7 +6,8 @@ terminal's reader and the node's ``ResidentCardService``, used together.
   the certificate and takes the security officer PIN the node chose;
 - :func:`prove_card`: the proof of identity at any counter: the node's
   challenge, signed on the card after its PIN (counted on the card);
-  :func:`card_proof` is that signature alone, for a request that carries it;
+  :func:`card_proof` is that signature alone (a ``CardProof``), for a request
+  that carries it (``IssueCopy``, ``SpecialMoveIn``);
 - :func:`sign_move_out`: at home, a move-out filed by post (付記転出届)
   signed by the card after its PIN (no node);
 - :func:`special_move_in`: the move-in with the card and PIN (特例転入) at the
@@ -90,16 +91,6 @@ async def issue_card(
     return IssuedCard(issued[0].card_id, certificate)
 
 
-@dataclass(frozen=True)
-class CardProof:
-    """The card's signature of a node's challenge, with the challenge's nonce and the
-    card's certificate (DER): what a request proving the card carries."""
-
-    nonce: bytes
-    certificate: bytes
-    signature: bytes
-
-
 async def card_proof(
     stub: Stub,
     *,
@@ -107,18 +98,18 @@ async def card_proof(
     label: str | None = None,
     lib: Module | None = None,
     call_timeout: float | None = None,
-) -> CardProof:
+) -> municipal_pb2.CardProof:
     """A new challenge of the counter ``stub`` reaches, signed on the card after ``pin``;
     the card refuses a wrong PIN (:class:`~jukinet.card.WrongPin`,
     :class:`~jukinet.card.CardLocked`)."""
     begun = await stub.BeginCardProof(card_pb2.BeginCardProofRequest(), timeout=call_timeout)
 
-    def sign() -> CardProof:
+    def sign() -> municipal_pb2.CardProof:
         with cards.open_resident_card(lib or cards.load_module(), pin, label=label) as card:
-            return CardProof(
-                begun.nonce,
-                card.certificate.public_bytes(serialization.Encoding.DER),
-                card.sign(begun.challenge),
+            return municipal_pb2.CardProof(
+                nonce=begun.nonce,
+                card_certificate=card.certificate.public_bytes(serialization.Encoding.DER),
+                signature=card.sign(begun.challenge),
             )
 
     return await asyncio.to_thread(sign)
@@ -137,7 +128,7 @@ async def prove_card(
     proof = await card_proof(stub, pin=pin, label=label, lib=lib, call_timeout=call_timeout)
     answer: card_pb2.ProveCardResponse = await stub.ProveCard(
         card_pb2.ProveCardRequest(
-            nonce=proof.nonce, card_certificate=proof.certificate, signature=proof.signature
+            nonce=proof.nonce, card_certificate=proof.card_certificate, signature=proof.signature
         ),
         timeout=call_timeout,
     )
@@ -186,9 +177,7 @@ async def special_move_in(
     proof = await card_proof(stub, pin=pin, label=label, lib=lib, call_timeout=call_timeout)
     sent = municipal_pb2.SpecialMoveInRequest()
     sent.CopyFrom(request)
-    sent.nonce = proof.nonce
-    sent.card_certificate = proof.certificate
-    sent.card_signature = proof.signature
+    sent.card_proof.CopyFrom(proof)
     answer: municipal_pb2.SpecialMoveInResponse = await municipal.SpecialMoveIn(
         sent, timeout=call_timeout
     )
@@ -242,7 +231,6 @@ async def revoke_card(
 
 
 __all__ = [
-    "CardProof",
     "IssuedCard",
     "card_proof",
     "issue_card",

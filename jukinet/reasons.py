@@ -140,3 +140,6 @@ class Reason(enum.StrEnum):
     NOT_FILED_DESTINATION = "not-filed-destination"
     # Past 14 days after the move-in or 30 days after the planned move-out date.
     SPECIAL_MOVE_IN_TOO_LATE = "special-move-in-too-late"
+    # Copies of the resident record issued at any municipality (広域交付).
+    # A resident asked for is not a current member of the applicant's household.
+    NOT_HOUSEHOLD_MEMBER = "not-household-member"

@@ -40,7 +40,11 @@ What it does, in order:
    千代田区, reported lost, revoked at 鳥取市 and refused at 千代田区 once the
    new CRL has reached it (:mod:`jukinet.cardclient`, as ``jukinet card``
    does); the day ends once every move-out of the day is final (転出確定) at
-   the old municipality by the move-in notice the new one sent;
+   the old municipality by the move-in notice the new one sent; and a resident
+   of 千代田区 who asks 米子市 for a copy of their record (広域交付): 米子市 asks
+   千代田区 over the relay and signs the Japanese PDF, which the demo writes
+   to ``copies/`` in the work folder and verifies (its path and the
+   verification printed);
 5. waits until the national node has applied every municipal notification,
    prints what each tier holds and one moved resident's history as the
    national node holds it, and reconciles: every municipal register entry must
@@ -96,11 +100,12 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 import grpc
+from cryptography import x509
 from faker.providers.person.ja_JP import Provider as _JaPersonProvider
 from tqdm import tqdm
 
 from gateway.disclosure import format_disclosure
-from jukinet import cardclient, localgov, movecert
+from jukinet import cardclient, copydoc, localgov, movecert
 from jukinet.cli.audit import log_table, read_log, verify_node
 from jukinet.cli.csvfile import CsvFormatError
 from jukinet.cli.importer import ImportSummary, import_csv
@@ -217,6 +222,8 @@ class Operators:
     def __init__(self, fed: LocalFederation) -> None:
         self._fed = fed
         self._channels: list[grpc.aio.Channel] = []
+        self.federation = fed
+        """The running federation (its work folder and PKI)."""
         # Clerks do the everyday work; a supervisor the bulk and ex-officio work.
         self.municipal: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
         self.supervisor: dict[str, municipal_pb2_grpc.MunicipalServiceAsyncStub] = {}
@@ -474,6 +481,7 @@ class DayOfLife:
     move_outs: list[tuple[str, str]] = field(default_factory=list)
     """(old municipality, resident code) of each domestic move-out of the day: the new
     municipality's move-in notice makes it final (転出確定) by the end of the day."""
+    copy_file: Path | None = None  # the copy of a 千代田区 record issued at 米子市
     lines: list[str] = field(default_factory=list)
 
 
@@ -997,6 +1005,46 @@ async def moving_with_the_card(day: Day) -> None:
     )
 
 
+async def wide_area_copy(day: Day) -> None:
+    """A resident of 千代田区 asks 米子市 for a copy of their record (広域交付): 米子市 asks
+    千代田区 over the relay, prints and signs the copy; the demo writes it into the work
+    folder and verifies it as ``jukinet copy verify`` does."""
+    reg = day.registers[CHIYODA]
+    applicant = day.pick(
+        "resident asking for a copy",
+        reg.people(day.used, lambda r: day.age(r) >= 18),
+        reg.people(day.used, lambda r: True),
+    )
+    issued = await day.m[YONAGO].IssueCopy(
+        municipal_pb2.IssueCopyRequest(
+            resident_code=applicant.resident_code,
+            home_local_government_code=CHIYODA,
+            include_relationship=True,
+            identification=municipal_pb2.APPLICANT_IDENTIFICATION_PHOTO_ID,
+        ),
+        timeout=_RPC_TIMEOUT,
+    )
+    fed = day.ops.federation
+    folder = fed.workdir / "copies"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{applicant.resident_code}-{YONAGO}.pdf"
+    path.write_bytes(issued.document)
+    day.result.copy_file = path
+    day.say(
+        "広域交付 copy",
+        YONAGO,
+        f"{applicant.person.name} of {municipality_name(CHIYODA)} asked for a copy of their "
+        f"record; 米子市 asked 千代田区 over the relay and wrote {path}",
+    )
+    ca = x509.load_pem_x509_certificate((fed.pki_dir / "ca.pem").read_bytes())
+    try:
+        verified = await asyncio.to_thread(copydoc.verify_copy, issued.document, ca=ca)
+    except copydoc.CopyVerificationError as exc:
+        raise DemoError(f"the copy {path} does not verify: {exc}") from None
+    day.say("広域交付 copy", YONAGO, f"jukinet copy verify {path.name}: valid")
+    day.show("\n".join(verified.describe()))
+
+
 CONFIRM_WAIT = 60.0
 """Seconds the end of the day waits for the move-in notices to make the day's move-outs
 final."""
@@ -1059,12 +1107,13 @@ SCENES: tuple[Scene, ...] = (
     Scene("住民基本台帳カード a resident card issued and proved", resident_card),
     Scene("カード紛失 a lost card revoked", lost_card),
     Scene("転出・転入の特例 moving with the resident card", moving_with_the_card),
+    Scene("広域交付 a copy of a 千代田区 record issued at 米子市", wide_area_copy),
 )
 """The day of life, in order (later scenes pick among those not yet in one)."""
 
 
 async def day_of_life(ops: Operators, seed: int, out: IO[str]) -> DayOfLife:
-    """Births, deaths, a relocation, a marriage, a code change, moves, arrivals."""
+    """Births, deaths, a relocation, a marriage, a code change, moves, arrivals, a copy."""
     registers = {
         code: _Register(await export_register(ops.supervisor[code])) for code in MUNICIPALITIES
     }

@@ -158,9 +158,7 @@ def _cmd_softhsm(args: argparse.Namespace) -> int:
 
 
 def _resident_pin(args: argparse.Namespace) -> str:
-    return read_secret(
-        "resident's card PIN", file=args.pin_file, env=RESIDENT_PIN_ENV, file_option="--pin-file"
-    )
+    return resident_pin(args.pin_file)
 
 
 def _stub(channel: grpc.aio.Channel) -> Any:
@@ -188,6 +186,13 @@ async def _issue_resident(channel: grpc.aio.Channel, args: argparse.Namespace) -
 
 async def _verify(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:
     return await cardclient.prove_card(_stub(channel), pin=_resident_pin(args), label=args.card)
+
+
+def resident_pin(pin_file: str | None) -> str:
+    """The resident's card PIN: from ``pin_file``, else $JUKINET_RESIDENT_PIN, else asked."""
+    return read_secret(
+        "resident's card PIN", file=pin_file, env=RESIDENT_PIN_ENV, file_option="--pin-file"
+    )
 
 
 async def _unlock(channel: grpc.aio.Channel, args: argparse.Namespace) -> Any:

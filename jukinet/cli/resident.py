@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from jukinet import card as cards
 from jukinet import cardclient, movecert
-from jukinet.cli.card import RESIDENT_PIN_ENV
+from jukinet.cli.card import RESIDENT_PIN_ENV, resident_pin
 from jukinet.cli.common import (
     PERSON_FLAGS,
     RELATIONSHIPS,
@@ -23,7 +23,6 @@ from jukinet.cli.common import (
     print_message,
     run_call,
 )
-from jukinet.cli.counter import read_secret
 from jukinet.errors import ConfigError, JukinetError
 from jukinet.residentcard import dearmor_filing
 from jukinet.v1 import (
@@ -115,9 +114,9 @@ FLAGS: dict[str, str] = {
 BY_POST_FLAGS = {**FLAGS, "filing": "--filing"}
 SPECIAL_FLAGS = {
     **FLAGS,
-    "card_certificate": "--card",
-    "card_signature": "--card",
-    "nonce": "--card",
+    "card_proof.card_certificate": "--card",
+    "card_proof.signature": "--card",
+    "card_proof.nonce": "--card",
     "person.address": "--address",
 }
 
@@ -321,9 +320,7 @@ def _special_move_in(ops: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """Add ``resident special-move-in`` to ``ops``."""
 
     async def special(ch: grpc.aio.Channel, a: argparse.Namespace) -> Any:
-        pin = read_secret(
-            "resident's card PIN", file=a.pin_file, env=RESIDENT_PIN_ENV, file_option="--pin-file"
-        )
+        pin = resident_pin(a.pin_file)
         details = municipal_pb2.PersonDetails(address=a.address)
         return await cardclient.special_move_in(
             _municipal(ch),

@@ -91,11 +91,14 @@ class RelayHandlers:
     def __init__(self) -> None:
         self._handlers: dict[int, Handler] = {}
 
-    def register(self, kind: relay_pb2.RelayKind.ValueType, handler: Handler) -> None:
-        """Answer requests of ``kind`` with ``handler`` (one handler a kind)."""
+    def register(
+        self, kind: relay_pb2.RelayKind.ValueType, handler: Handler, *, replace: bool = False
+    ) -> None:
+        """Answer requests of ``kind`` with ``handler`` (one handler a kind; ``replace``:
+        in the place of the one registered, as a test's stand-in)."""
         if kind not in headers.KIND_LABELS:
             raise ValueError(f"{kind} is not a relayed kind")
-        if kind in self._handlers:
+        if kind in self._handlers and not replace:
             raise ValueError(f"kind {headers.KIND_LABELS[kind]} has a handler already")
         self._handlers[kind] = handler
 

@@ -218,6 +218,28 @@ REGISTER_CHANGE_MOVE_OUT_CONFIRMED: RegisterChange.ValueType  # 6
 """転出確定: the new municipality's move-in notice came"""
 Global___RegisterChange: _TypeAlias = RegisterChange  # noqa: Y015
 
+class _ApplicantIdentification:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApplicantIdentificationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApplicantIdentification.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPLICANT_IDENTIFICATION_UNSPECIFIED: _ApplicantIdentification.ValueType  # 0
+    APPLICANT_IDENTIFICATION_PHOTO_ID: _ApplicantIdentification.ValueType  # 1
+    """a photo ID the operator saw (運転免許証, 旅券 ...)"""
+    APPLICANT_IDENTIFICATION_RESIDENT_CARD: _ApplicantIdentification.ValueType  # 2
+    """the resident card: its proof is checked"""
+
+class ApplicantIdentification(_ApplicantIdentification, metaclass=_ApplicantIdentificationEnumTypeWrapper):
+    """How the counter identified the applicant of a copy (本人確認)."""
+
+APPLICANT_IDENTIFICATION_UNSPECIFIED: ApplicantIdentification.ValueType  # 0
+APPLICANT_IDENTIFICATION_PHOTO_ID: ApplicantIdentification.ValueType  # 1
+"""a photo ID the operator saw (運転免許証, 旅券 ...)"""
+APPLICANT_IDENTIFICATION_RESIDENT_CARD: ApplicantIdentification.ValueType  # 2
+"""the resident card: its proof is checked"""
+Global___ApplicantIdentification: _TypeAlias = ApplicantIdentification  # noqa: Y015
+
 @_typing.final
 class PersonDetails(_message.Message):
     """The identifying details an operator enters for a person."""
@@ -1757,25 +1779,21 @@ class SpecialMoveInRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NONCE_FIELD_NUMBER: _builtins.int
-    CARD_CERTIFICATE_FIELD_NUMBER: _builtins.int
-    CARD_SIGNATURE_FIELD_NUMBER: _builtins.int
+    CARD_PROOF_FIELD_NUMBER: _builtins.int
     EFFECTIVE_DATE_FIELD_NUMBER: _builtins.int
     PERSON_FIELD_NUMBER: _builtins.int
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
     REGISTER_FIELD_NUMBER: _builtins.int
     CONTINUE_CARD_FIELD_NUMBER: _builtins.int
-    nonce: _builtins.bytes
-    """of the challenge the card signed"""
-    card_certificate: _builtins.bytes
-    """DER, read from the card"""
-    card_signature: _builtins.bytes
-    """the card's signature of the challenge (DER)"""
     effective_date: _builtins.str
     """the move-in date"""
     household_id: _builtins.str
     continue_card: _builtins.bool
     """continue the card here (継続利用)"""
+    @_builtins.property
+    def card_proof(self) -> Global___CardProof:
+        """the card's signature of this terminal's challenge"""
+
     @_builtins.property
     def person(self) -> Global___PersonDetails:
         """The new address (empty: the one of the filing); the identity items come
@@ -1787,18 +1805,16 @@ class SpecialMoveInRequest(_message.Message):
     def __init__(
         self,
         *,
-        nonce: _builtins.bytes = ...,
-        card_certificate: _builtins.bytes = ...,
-        card_signature: _builtins.bytes = ...,
+        card_proof: Global___CardProof | None = ...,
         effective_date: _builtins.str = ...,
         person: Global___PersonDetails | None = ...,
         household_id: _builtins.str = ...,
         register: Global___RegisterItems | None = ...,
         continue_card: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_proof", b"card_proof", "person", b"person", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_certificate", b"card_certificate", "card_signature", b"card_signature", "continue_card", b"continue_card", "effective_date", b"effective_date", "household_id", b"household_id", "nonce", b"nonce", "person", b"person", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_proof", b"card_proof", "continue_card", b"continue_card", "effective_date", b"effective_date", "household_id", b"household_id", "person", b"person", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1838,3 +1854,119 @@ class SpecialMoveInResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpecialMoveInResponse: _TypeAlias = SpecialMoveInResponse  # noqa: Y015
+
+@_typing.final
+class CardProof(_message.Message):
+    """A resident card's proof of identity at this counter: the card signed the
+    challenge of ResidentCardService.BeginCardProof after its PIN.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    CARD_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """of the challenge the card signed"""
+    card_certificate: _builtins.bytes
+    """DER, read from the card"""
+    signature: _builtins.bytes
+    """the card's signature of the challenge (DER)"""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        card_certificate: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_certificate", b"card_certificate", "nonce", b"nonce", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CardProof: _TypeAlias = CardProof  # noqa: Y015
+
+@_typing.final
+class IssueCopyRequest(_message.Message):
+    """広域交付: a copy of the applicant's resident record, or of members of their
+    household, asked from the applicant's home municipality over the relay (or
+    answered here when this is the home municipality), issued here as a signed PDF.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    HOME_LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
+    MEMBER_RESIDENT_CODES_FIELD_NUMBER: _builtins.int
+    INCLUDE_RELATIONSHIP_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    IDENTIFICATION_FIELD_NUMBER: _builtins.int
+    CARD_PROOF_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    """the applicant"""
+    home_local_government_code: _builtins.str
+    """The municipality the applicant is registered at; with RESIDENT_CARD it may be
+    left empty: the card's municipality.
+    """
+    include_relationship: _builtins.bool
+    """続柄, only when specially asked"""
+    include_resident_code: _builtins.bool
+    """住民票コード, only when specially asked"""
+    identification: Global___ApplicantIdentification.ValueType
+    @_builtins.property
+    def member_resident_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The household members whose entries the copy shows (the applicant's own code
+        may be among them); empty: the applicant's entry only.
+        """
+
+    @_builtins.property
+    def card_proof(self) -> Global___CardProof:
+        """required with RESIDENT_CARD, refused otherwise"""
+
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        home_local_government_code: _builtins.str = ...,
+        member_resident_codes: _abc.Iterable[_builtins.str] | None = ...,
+        include_relationship: _builtins.bool = ...,
+        include_resident_code: _builtins.bool = ...,
+        identification: Global___ApplicantIdentification.ValueType = ...,
+        card_proof: Global___CardProof | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_proof", b"card_proof"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_proof", b"card_proof", "home_local_government_code", b"home_local_government_code", "identification", b"identification", "include_relationship", b"include_relationship", "include_resident_code", b"include_resident_code", "member_resident_codes", b"member_resident_codes", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCopyRequest: _TypeAlias = IssueCopyRequest  # noqa: Y015
+
+@_typing.final
+class IssueCopyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    document: _builtins.bytes
+    """the copy: a PDF signed by this municipality (PAdES)"""
+    request_id: _builtins.str
+    """of the request to the home municipality"""
+    issued_at: _builtins.str
+    """RFC 3339, UTC"""
+    def __init__(
+        self,
+        *,
+        document: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+        issued_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "issued_at", b"issued_at", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCopyResponse: _TypeAlias = IssueCopyResponse  # noqa: Y015

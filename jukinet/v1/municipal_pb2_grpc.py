@@ -145,6 +145,11 @@ class MunicipalServiceStub:
                 request_serializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInRequest.SerializeToString,
                 response_deserializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInResponse.FromString,
                 _registered_method=True)
+        self.IssueCopy = channel.unary_unary(
+                '/jukinet.v1.MunicipalService/IssueCopy',
+                request_serializer=jukinet_dot_v1_dot_municipal__pb2.IssueCopyRequest.SerializeToString,
+                response_deserializer=jukinet_dot_v1_dot_municipal__pb2.IssueCopyResponse.FromString,
+                _registered_method=True)
 
 
 class MunicipalServiceServicer:
@@ -288,6 +293,13 @@ class MunicipalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueCopy(self, request, context):
+        """A copy of a resident record issued here for a resident of any municipality (広域交付).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MunicipalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -400,6 +412,11 @@ def add_MunicipalServiceServicer_to_server(servicer, server):
                     servicer.SpecialMoveIn,
                     request_deserializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInRequest.FromString,
                     response_serializer=jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInResponse.SerializeToString,
+            ),
+            'IssueCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCopy,
+                    request_deserializer=jukinet_dot_v1_dot_municipal__pb2.IssueCopyRequest.FromString,
+                    response_serializer=jukinet_dot_v1_dot_municipal__pb2.IssueCopyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -996,6 +1013,33 @@ class MunicipalService:
             '/jukinet.v1.MunicipalService/SpecialMoveIn',
             jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInRequest.SerializeToString,
             jukinet_dot_v1_dot_municipal__pb2.SpecialMoveInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jukinet.v1.MunicipalService/IssueCopy',
+            jukinet_dot_v1_dot_municipal__pb2.IssueCopyRequest.SerializeToString,
+            jukinet_dot_v1_dot_municipal__pb2.IssueCopyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,8 @@ class MunicipalServiceStub:
     """A move-out filed by post with the resident card's signature (付記転出届)."""
     SpecialMoveIn: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.SpecialMoveInRequest, _municipal_pb2.SpecialMoveInResponse]
     """A move-in with the resident card and PIN after a move-out by post (特例転入)."""
+    IssueCopy: _grpc.UnaryUnaryMultiCallable[_municipal_pb2.IssueCopyRequest, _municipal_pb2.IssueCopyResponse]
+    """A copy of a resident record issued here for a resident of any municipality (広域交付)."""
 
 @_typing.type_check_only
 class MunicipalServiceAsyncStub(MunicipalServiceStub):
@@ -97,6 +99,8 @@ class MunicipalServiceAsyncStub(MunicipalServiceStub):
     """A move-out filed by post with the resident card's signature (付記転出届)."""
     SpecialMoveIn: _aio.UnaryUnaryMultiCallable[_municipal_pb2.SpecialMoveInRequest, _municipal_pb2.SpecialMoveInResponse]  # type: ignore[assignment]
     """A move-in with the resident card and PIN after a move-out by post (特例転入)."""
+    IssueCopy: _aio.UnaryUnaryMultiCallable[_municipal_pb2.IssueCopyRequest, _municipal_pb2.IssueCopyResponse]  # type: ignore[assignment]
+    """A copy of a resident record issued here for a resident of any municipality (広域交付)."""
 
 class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -259,5 +263,13 @@ class MunicipalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_municipal_pb2.SpecialMoveInResponse, _abc.Awaitable[_municipal_pb2.SpecialMoveInResponse]]:
         """A move-in with the resident card and PIN after a move-out by post (特例転入)."""
+
+    @_abc_1.abstractmethod
+    def IssueCopy(
+        self,
+        request: _municipal_pb2.IssueCopyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_municipal_pb2.IssueCopyResponse, _abc.Awaitable[_municipal_pb2.IssueCopyResponse]]:
+        """A copy of a resident record issued here for a resident of any municipality (広域交付)."""
 
 def add_MunicipalServiceServicer_to_server(servicer: MunicipalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

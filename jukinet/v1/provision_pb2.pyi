@@ -413,6 +413,7 @@ class DiscloseResponse(_message.Message):
     PROVISIONS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     PROOFS_FIELD_NUMBER: _builtins.int
+    COPIES_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """With with_proofs: the national log head the proofs are against, as a signed note
     (C2SP tlog-checkpoint) with the witnesses' cosignatures (tlog-cosignature);
@@ -432,6 +433,13 @@ class DiscloseResponse(_message.Message):
         provisions (a provision newer than the head has none yet).
         """
 
+    @_builtins.property
+    def copies(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopyGiven]:
+        """At a municipal node: the copies of the resident's record its register
+        answered for issue at a municipality (広域交付): who asked, where, when.
+        Oldest first; the national node leaves it empty.
+        """
+
     def __init__(
         self,
         *,
@@ -439,14 +447,68 @@ class DiscloseResponse(_message.Message):
         provisions: _abc.Iterable[Global___Provision] | None = ...,
         checkpoint: _builtins.str = ...,
         proofs: _abc.Iterable[Global___ProvisionProof] | None = ...,
+        copies: _abc.Iterable[Global___CopyGiven] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "identity", b"identity", "proofs", b"proofs", "provisions", b"provisions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "copies", b"copies", "identity", b"identity", "proofs", b"proofs", "provisions", b"provisions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscloseResponse: _TypeAlias = DiscloseResponse  # noqa: Y015
+
+@_typing.final
+class CopyGiven(_message.Message):
+    """A copy of a resident record the home municipality answered (広域交付)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    ISSUING_LOCAL_GOVERNMENT_CODE_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    TERMINAL_FIELD_NUMBER: _builtins.int
+    APPLICANT_CODE_FIELD_NUMBER: _builtins.int
+    RELATIONSHIP_SHOWN_FIELD_NUMBER: _builtins.int
+    CODE_SHOWN_FIELD_NUMBER: _builtins.int
+    RESIDENT_CARD_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    requested_at: _builtins.str
+    """RFC 3339, UTC: when the home municipality answered"""
+    issuing_local_government_code: _builtins.str
+    """where: the municipality that issued the copy"""
+    operator: _builtins.str
+    """who: identity URI of the issuing operator"""
+    terminal: _builtins.str
+    """identity URI of the issuing counter terminal"""
+    applicant_code: _builtins.str
+    """the applicant's resident code (the resident, or a household member)"""
+    relationship_shown: _builtins.bool
+    """続柄 was on the copy"""
+    code_shown: _builtins.bool
+    """住民票コード was on the copy"""
+    resident_card: _builtins.bool
+    """the applicant proved their identity with the resident card"""
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        requested_at: _builtins.str = ...,
+        issuing_local_government_code: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        terminal: _builtins.str = ...,
+        applicant_code: _builtins.str = ...,
+        relationship_shown: _builtins.bool = ...,
+        code_shown: _builtins.bool = ...,
+        resident_card: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_code", b"applicant_code", "code_shown", b"code_shown", "issuing_local_government_code", b"issuing_local_government_code", "operator", b"operator", "relationship_shown", b"relationship_shown", "request_id", b"request_id", "requested_at", b"requested_at", "resident_card", b"resident_card", "terminal", b"terminal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyGiven: _TypeAlias = CopyGiven  # noqa: Y015
 
 @_typing.final
 class ProvisionProof(_message.Message):

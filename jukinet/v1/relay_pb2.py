@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from jukinet.v1 import common_pb2 as jukinet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16jukinet/v1/relay.proto\x12\njukinet.v1\x1a\x17jukinet/v1/common.proto\"|\n\x0bRelayHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.jukinet.v1.RelayKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x0f\n\x07sent_at\x18\x05 \x01(\t\"s\n\nSealedBody\x12\x1c\n\x14\x65phemeral_public_key\x18\x01 \x01(\x0c\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12$\n\x1crecipient_certificate_sha256\x18\x04 \x01(\x0c\"I\n\nSignedBody\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1a\n\x12signer_certificate\x18\x03 \x01(\x0c\"F\n\x0cRelayRequest\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12&\n\x06sealed\x18\x02 \x01(\x0b\x32\x16.jukinet.v1.SealedBody\"G\n\rRelayResponse\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12&\n\x06sealed\x18\x02 \x01(\x0b\x32\x16.jukinet.v1.SealedBody\"L\n\x0bRelayAnswer\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x16\n\x0erefusal_reason\x18\x02 \x01(\t\x12\x17\n\x0frefusal_message\x18\x03 \x01(\t\"\x86\x01\n\x0cMoveInNotice\x12\x1a\n\x12\x63\x65rtificate_number\x18\x01 \x01(\t\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\x14\n\x0cmove_in_date\x18\x03 \x01(\t\x12\x13\n\x0bnew_address\x18\x04 \x01(\t\x12\x18\n\x10move_in_sequence\x18\x05 \x01(\x04\"*\n\x12MoveInNoticeAnswer\x12\x14\n\x0c\x63onfirmed_on\x18\x01 \x01(\t\"Y\n\x12MoveOutDataRequest\x12\x18\n\x10\x63\x61rd_certificate\x18\x01 \x01(\x0c\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63\x61rd_signature\x18\x03 \x01(\x0c\"c\n\x11MoveOutDataAnswer\x12\x39\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32$.jukinet.v1.SignedMoveOutCertificate\x12\x13\n\x0bnew_address\x18\x02 \x01(\t\"\x9b\x01\n\x0b\x43opyRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x14\n\x0cmember_codes\x18\x02 \x03(\t\x12\x1c\n\x14include_relationship\x18\x03 \x01(\x08\x12\x1d\n\x15include_resident_code\x18\x04 \x01(\x08\x12\x10\n\x08operator\x18\x05 \x01(\t\x12\x10\n\x08terminal\x18\x06 \x01(\t\"\x90\x01\n\nCopyAnswer\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.jukinet.v1.CopyEntry\x12\x19\n\x11household_address\x18\x02 \x01(\t\x12\x11\n\thead_name\x18\x03 \x01(\t\x12\x1d\n\x15local_government_code\x18\x04 \x01(\t\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\"\xf4\x01\n\tCopyEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tname_kana\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x1c\n\x03sex\x18\x04 \x01(\x0e\x32\x0f.jukinet.v1.Sex\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x15\n\rregistered_on\x18\x06 \x01(\t\x12\x14\n\x0crelationship\x18\x07 \x01(\t\x12\x15\n\rresident_code\x18\x08 \x01(\t\x12\x18\n\x10previous_address\x18\t \x01(\t\x12\x16\n\x0e\x66ormer_surname\x18\n \x01(\t\x12\r\n\x05\x61lias\x18\x0b \x01(\t\"o\n\tDirectory\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\x11\n\tissued_at\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\t\x12+\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1a.jukinet.v1.DirectoryEntry\"H\n\x0e\x44irectoryEntry\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"S\n\x0fSignedDirectory\x12\x11\n\tdirectory\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1a\n\x12signer_certificate\x18\x03 \x01(\x0c\")\n\x13GetDirectoryRequest\x12\x12\n\nnewer_than\x18\x01 \x01(\x04\"F\n\x14GetDirectoryResponse\x12.\n\tdirectory\x18\x01 \x01(\x0b\x32\x1b.jukinet.v1.SignedDirectory*y\n\tRelayKind\x12\x1a\n\x16RELAY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19RELAY_KIND_MOVE_IN_NOTICE\x10\x01\x12\x1c\n\x18RELAY_KIND_MOVE_OUT_DATA\x10\x02\x12\x13\n\x0fRELAY_KIND_COPY\x10\x03\x32\x9f\x01\n\x0cRelayService\x12<\n\x05Relay\x12\x18.jukinet.v1.RelayRequest\x1a\x19.jukinet.v1.RelayResponse\x12Q\n\x0cGetDirectory\x12\x1f.jukinet.v1.GetDirectoryRequest\x1a .jukinet.v1.GetDirectoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16jukinet/v1/relay.proto\x12\njukinet.v1\x1a\x17jukinet/v1/common.proto\"|\n\x0bRelayHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.jukinet.v1.RelayKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x0f\n\x07sent_at\x18\x05 \x01(\t\"s\n\nSealedBody\x12\x1c\n\x14\x65phemeral_public_key\x18\x01 \x01(\x0c\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12$\n\x1crecipient_certificate_sha256\x18\x04 \x01(\x0c\"I\n\nSignedBody\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1a\n\x12signer_certificate\x18\x03 \x01(\x0c\"F\n\x0cRelayRequest\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12&\n\x06sealed\x18\x02 \x01(\x0b\x32\x16.jukinet.v1.SealedBody\"G\n\rRelayResponse\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12&\n\x06sealed\x18\x02 \x01(\x0b\x32\x16.jukinet.v1.SealedBody\"L\n\x0bRelayAnswer\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x16\n\x0erefusal_reason\x18\x02 \x01(\t\x12\x17\n\x0frefusal_message\x18\x03 \x01(\t\"\x86\x01\n\x0cMoveInNotice\x12\x1a\n\x12\x63\x65rtificate_number\x18\x01 \x01(\t\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\x14\n\x0cmove_in_date\x18\x03 \x01(\t\x12\x13\n\x0bnew_address\x18\x04 \x01(\t\x12\x18\n\x10move_in_sequence\x18\x05 \x01(\x04\"*\n\x12MoveInNoticeAnswer\x12\x14\n\x0c\x63onfirmed_on\x18\x01 \x01(\t\"Y\n\x12MoveOutDataRequest\x12\x18\n\x10\x63\x61rd_certificate\x18\x01 \x01(\x0c\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63\x61rd_signature\x18\x03 \x01(\x0c\"c\n\x11MoveOutDataAnswer\x12\x39\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0b\x32$.jukinet.v1.SignedMoveOutCertificate\x12\x13\n\x0bnew_address\x18\x02 \x01(\t\"\xac\x01\n\x0b\x43opyRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x14\n\x0cmember_codes\x18\x02 \x03(\t\x12\x1c\n\x14include_relationship\x18\x03 \x01(\x08\x12\x1d\n\x15include_resident_code\x18\x04 \x01(\x08\x12\x10\n\x08operator\x18\x05 \x01(\t\x12\x10\n\x08terminal\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x07 \x01(\t\"\x90\x01\n\nCopyAnswer\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.jukinet.v1.CopyEntry\x12\x19\n\x11household_address\x18\x02 \x01(\t\x12\x11\n\thead_name\x18\x03 \x01(\t\x12\x1d\n\x15local_government_code\x18\x04 \x01(\t\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\"\xf4\x01\n\tCopyEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tname_kana\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x1c\n\x03sex\x18\x04 \x01(\x0e\x32\x0f.jukinet.v1.Sex\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x15\n\rregistered_on\x18\x06 \x01(\t\x12\x14\n\x0crelationship\x18\x07 \x01(\t\x12\x15\n\rresident_code\x18\x08 \x01(\t\x12\x18\n\x10previous_address\x18\t \x01(\t\x12\x16\n\x0e\x66ormer_surname\x18\n \x01(\t\x12\r\n\x05\x61lias\x18\x0b \x01(\t\"o\n\tDirectory\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\x11\n\tissued_at\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\t\x12+\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1a.jukinet.v1.DirectoryEntry\"H\n\x0e\x44irectoryEntry\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"S\n\x0fSignedDirectory\x12\x11\n\tdirectory\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x1a\n\x12signer_certificate\x18\x03 \x01(\x0c\")\n\x13GetDirectoryRequest\x12\x12\n\nnewer_than\x18\x01 \x01(\x04\"F\n\x14GetDirectoryResponse\x12.\n\tdirectory\x18\x01 \x01(\x0b\x32\x1b.jukinet.v1.SignedDirectory*y\n\tRelayKind\x12\x1a\n\x16RELAY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19RELAY_KIND_MOVE_IN_NOTICE\x10\x01\x12\x1c\n\x18RELAY_KIND_MOVE_OUT_DATA\x10\x02\x12\x13\n\x0fRELAY_KIND_COPY\x10\x03\x32\x9f\x01\n\x0cRelayService\x12<\n\x05Relay\x12\x18.jukinet.v1.RelayRequest\x1a\x19.jukinet.v1.RelayResponse\x12Q\n\x0cGetDirectory\x12\x1f.jukinet.v1.GetDirectoryRequest\x1a .jukinet.v1.GetDirectoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jukinet.v1.relay_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RELAYKIND']._serialized_start=1916
-  _globals['_RELAYKIND']._serialized_end=2037
+  _globals['_RELAYKIND']._serialized_start=1933
+  _globals['_RELAYKIND']._serialized_end=2054
   _globals['_RELAYHEADER']._serialized_start=63
   _globals['_RELAYHEADER']._serialized_end=187
   _globals['_SEALEDBODY']._serialized_start=189
@@ -55,21 +55,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MOVEOUTDATAANSWER']._serialized_start=876
   _globals['_MOVEOUTDATAANSWER']._serialized_end=975
   _globals['_COPYREQUEST']._serialized_start=978
-  _globals['_COPYREQUEST']._serialized_end=1133
-  _globals['_COPYANSWER']._serialized_start=1136
-  _globals['_COPYANSWER']._serialized_end=1280
-  _globals['_COPYENTRY']._serialized_start=1283
-  _globals['_COPYENTRY']._serialized_end=1527
-  _globals['_DIRECTORY']._serialized_start=1529
-  _globals['_DIRECTORY']._serialized_end=1640
-  _globals['_DIRECTORYENTRY']._serialized_start=1642
-  _globals['_DIRECTORYENTRY']._serialized_end=1714
-  _globals['_SIGNEDDIRECTORY']._serialized_start=1716
-  _globals['_SIGNEDDIRECTORY']._serialized_end=1799
-  _globals['_GETDIRECTORYREQUEST']._serialized_start=1801
-  _globals['_GETDIRECTORYREQUEST']._serialized_end=1842
-  _globals['_GETDIRECTORYRESPONSE']._serialized_start=1844
-  _globals['_GETDIRECTORYRESPONSE']._serialized_end=1914
-  _globals['_RELAYSERVICE']._serialized_start=2040
-  _globals['_RELAYSERVICE']._serialized_end=2199
+  _globals['_COPYREQUEST']._serialized_end=1150
+  _globals['_COPYANSWER']._serialized_start=1153
+  _globals['_COPYANSWER']._serialized_end=1297
+  _globals['_COPYENTRY']._serialized_start=1300
+  _globals['_COPYENTRY']._serialized_end=1544
+  _globals['_DIRECTORY']._serialized_start=1546
+  _globals['_DIRECTORY']._serialized_end=1657
+  _globals['_DIRECTORYENTRY']._serialized_start=1659
+  _globals['_DIRECTORYENTRY']._serialized_end=1731
+  _globals['_SIGNEDDIRECTORY']._serialized_start=1733
+  _globals['_SIGNEDDIRECTORY']._serialized_end=1816
+  _globals['_GETDIRECTORYREQUEST']._serialized_start=1818
+  _globals['_GETDIRECTORYREQUEST']._serialized_end=1859
+  _globals['_GETDIRECTORYRESPONSE']._serialized_start=1861
+  _globals['_GETDIRECTORYRESPONSE']._serialized_end=1931
+  _globals['_RELAYSERVICE']._serialized_start=2057
+  _globals['_RELAYSERVICE']._serialized_end=2216
 # @@protoc_insertion_point(module_scope)

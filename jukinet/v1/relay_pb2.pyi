@@ -366,6 +366,7 @@ class CopyRequest(_message.Message):
     INCLUDE_RESIDENT_CODE_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     TERMINAL_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
     resident_code: _builtins.str
     """the applicant"""
     include_relationship: _builtins.bool
@@ -376,6 +377,11 @@ class CopyRequest(_message.Message):
     """identity URI of the issuing operator"""
     terminal: _builtins.str
     """identity URI of the issuing counter terminal"""
+    card_id: _builtins.str
+    """The applicant proved their identity at the issuing counter with their
+    resident card, whose id this is; empty: a photo ID was seen. The home
+    municipality checks it is the applicant's valid card.
+    """
     @_builtins.property
     def member_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """household members asked for (empty: the applicant only)"""
@@ -389,10 +395,11 @@ class CopyRequest(_message.Message):
         include_resident_code: _builtins.bool = ...,
         operator: _builtins.str = ...,
         terminal: _builtins.str = ...,
+        card_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_relationship", b"include_relationship", "include_resident_code", b"include_resident_code", "member_codes", b"member_codes", "operator", b"operator", "resident_code", b"resident_code", "terminal", b"terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "include_relationship", b"include_relationship", "include_resident_code", b"include_resident_code", "member_codes", b"member_codes", "operator", b"operator", "resident_code", b"resident_code", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,7 +14,10 @@ and the tests fail until it is listed):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
 from jukinet.audit import Extractor, audit_table, no_residents, resident_codes_in
 from jukinet.identity import Identity, Kind
@@ -51,6 +54,7 @@ CLERK: frozenset[str] = frozenset(
         "ListUnconfirmedMoveOuts",
         "MoveOutByPost",
         "SpecialMoveIn",
+        "IssueCopy",
         # ResidentCardService
         "IssueCard",
         "BeginCardProof",
@@ -181,9 +185,18 @@ def rules(local_government_code: str) -> dict[str, Rule]:
                 "MoveOutByPost": own_operator,
                 # Any municipality's card, at this municipality's own counter.
                 "SpecialMoveIn": own_operator,
+                # For a resident of any municipality: the home municipality checks them.
+                "IssueCopy": own_operator,
             },
         )
     )
+
+
+def copy_codes(message: Message) -> Iterable[str]:
+    """The applicant's code and the household members' a copy request names."""
+    yield from resident_codes_in(message)
+    if isinstance(message, municipal_pb2.IssueCopyRequest):
+        yield from message.member_resident_codes
 
 
 def audited() -> dict[str, Extractor]:
@@ -253,6 +266,7 @@ def audited() -> dict[str, Extractor]:
                 "ListUnconfirmedMoveOuts": codes,
                 "MoveOutByPost": codes,
                 "SpecialMoveIn": codes,
+                "IssueCopy": copy_codes,
             },
         )
     )

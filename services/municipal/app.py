@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import grpc
 
+from jukinet import copydoc
 from jukinet.audit import NodeLog, log_key_path, verifiers_path
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.config import MunicipalConfig
@@ -34,6 +36,7 @@ from jukinet.v1 import (
 from services.municipal import models
 from services.municipal.access import audited, permissions, rules
 from services.municipal.cards import CardCrlKeeper, ResidentCards
+from services.municipal.copies import Copies
 from services.municipal.notices import NoticeSender
 from services.municipal.operators import MIGRATIONS, granted_roles, operator_store
 from services.municipal.pool import PoolKeeper
@@ -137,6 +140,17 @@ class MunicipalApp:
         self.pusher: Pusher | None = None
         self.service: MunicipalService | None = None
         self.cards = resident_cards(config, self.db, clock=clock)
+        self.copies = Copies(
+            db=self.db,
+            municipality=config.local_government_code,
+            oplog=self.log.oplog,
+            cards=self.cards,
+            signer=copydoc.load_document_signer(*config.document_files(), Path(config.tls.ca)),
+            fonts=copydoc.Fonts.load(config.copy_font_mincho, config.copy_font_gothic),
+            relay=self.relay_client,
+            clock=clock,
+        )
+        """Copies of resident records issued here, and answered for issue elsewhere."""
 
     async def start(self) -> int:
         """Migrate the database, serve, start the pusher, the pool keeper and the card
@@ -185,10 +199,12 @@ class MunicipalApp:
             notices_queued=self.notices.wake,
             cards=self.cards,
             relay=self.relay_client,
+            copies=self.copies,
         )
         self.service = service
         self.relay_handlers.register(relay_pb2.RELAY_KIND_MOVE_IN_NOTICE, service.move_in_noticed)
         self.relay_handlers.register(relay_pb2.RELAY_KIND_MOVE_OUT_DATA, service.move_out_data)
+        self.relay_handlers.register(relay_pb2.RELAY_KIND_COPY, self.copies.answer_relayed)
         card_crls = card_pb2_grpc.CardRevocationServiceStub(channel)
         crl_keeper = CardCrlKeeper(
             self.cards,
@@ -199,7 +215,7 @@ class MunicipalApp:
 
         def add(server: grpc.aio.Server) -> None:
             municipal_pb2_grpc.add_MunicipalServiceServicer_to_server(
-                MunicipalServicer(service), server
+                MunicipalServicer(service, self.copies), server
             )
             operator_pb2_grpc.add_OperatorServiceServicer_to_server(
                 OperatorServicer(

@@ -278,21 +278,19 @@ class ResidentCards:
         async with self.db.operation() as conn:
             return await self.continue_in(conn, resident_code, continuing)
 
-    def continuable(self, certificate: bytes) -> Continuing:
-        """Another municipality's card this node may continue: its certificate a
-        resident card's of a card CA whose CRL this node holds, neither revoked
-        (a lapsed card is what is continued) nor failing its chain."""
+    def continuable(self, certificate: bytes, field: str = "card_certificate") -> Continuing:
+        """Another municipality's card this node may continue: its certificate (the
+        request's ``field``) a resident card's of a card CA whose CRL this node holds,
+        neither revoked (a lapsed card is what is continued) nor failing its chain."""
         try:
             old = x509.load_der_x509_certificate(certificate)
             san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             uris = san.get_values_for_type(x509.UniformResourceIdentifier)
             former, _ = pki.parse_resident_card_uri(uris[0] if len(uris) == 1 else "")
         except (ValueError, x509.ExtensionNotFound) as exc:
-            raise InvalidArgument("card_certificate", f"not a resident card's: {exc}") from None
+            raise InvalidArgument(field, f"not a resident card's: {exc}") from None
         if former == self.municipality:
-            raise InvalidArgument(
-                "card_certificate", "a card of this municipality needs no continuation"
-            )
+            raise InvalidArgument(field, "a card of this municipality needs no continuation")
         authority = self.trust.authorities.get(former)
         if authority is None:
             raise FailedPrecondition(

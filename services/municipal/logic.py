@@ -12,7 +12,7 @@ from typing import TypeAlias
 from jukinet.errors import BeforeRegistration, FailedPrecondition, InvalidArgument
 from jukinet.movecert import check_fits
 from jukinet.reasons import Reason
-from jukinet.v1 import common_pb2, municipal_pb2
+from jukinet.v1 import common_pb2, municipal_pb2, relay_pb2
 from jukinet.validation import (
     MAX_ADDRESS,
     REASON_KIND,
@@ -365,3 +365,25 @@ def check_notice_fits(
             f"certificate {number} names another destination than {source}",
             reason=Reason.MOVE_IN_NOTICE_MISMATCH,
         )
+
+
+def copy_entry(
+    resident: ResidentState, *, relationship: bool, resident_code: bool
+) -> relay_pb2.CopyEntry:
+    """A resident's entry as a copy of the record shows it (広域交付): never the
+    domicile (本籍) nor its head (筆頭者); the relationship (続柄) and the resident
+    code only when specially asked."""
+    p = resident.person
+    return relay_pb2.CopyEntry(
+        name=p.name,
+        name_kana=p.name_kana,
+        birth_date=p.birth_date,
+        sex=p.sex,
+        address=p.address,
+        registered_on=resident.registered_on,
+        relationship=RELATIONSHIP_LABELS[resident.register.relationship] if relationship else "",
+        resident_code=resident.resident_code if resident_code else "",
+        previous_address=resident.register.previous_address,
+        former_surname=p.former_surname,
+        alias=p.alias,
+    )

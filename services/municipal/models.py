@@ -3,6 +3,7 @@ and the outbox of notifications to the prefecture."""
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -236,4 +237,36 @@ posted_move_outs = Table(
     Column("signature", LargeBinary, nullable=False),
     Column("filed_at", DateTime(timezone=True), nullable=False),
     Index("ix_posted_move_outs_card", "card_id"),
+)
+
+# The copies of resident records this node's register answered (広域交付), for
+# the residents' disclosure: who asked (the issuing municipality's operator and
+# terminal), where (that municipality), when, and which entries the copy shows
+# (copy_request_residents, by the residents' rows: a code change keeps them).
+# One row per relayed request id: a request answered again is not counted twice.
+copy_requests = Table(
+    "copy_requests",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("request_id", String(32), nullable=False, unique=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("issuing_local_government_code", String(6), nullable=False),
+    Column("operator", String(200), nullable=False),
+    Column("terminal", String(200), nullable=False),
+    Column("applicant_id", BigInteger, nullable=False),
+    Column("applicant_code", String(11), nullable=False),
+    # The resident card the applicant proved their identity with ("": a photo ID).
+    Column("card_id", String(32), nullable=False, server_default=""),
+    Column("relationship_shown", Boolean, nullable=False),
+    Column("code_shown", Boolean, nullable=False),
+)
+copy_request_residents = Table(
+    "copy_request_residents",
+    metadata,
+    Column("copy_id", BigInteger, primary_key=True),
+    Column("resident_id", BigInteger, primary_key=True),
+    Column("resident_code", String(11), nullable=False),
+    Index("ix_copy_request_residents_resident", "resident_id"),
 )

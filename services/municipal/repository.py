@@ -790,3 +790,67 @@ async def posted_card_of_certificate(conn: AsyncConnection, number: str) -> str 
     """The card that filed the move-out of certificate ``number`` by post, if it was."""
     found = await conn.scalar(select(POSTED.c.card_id).where(POSTED.c.certificate_number == number))
     return None if found is None else str(found)
+
+
+# -- copies answered for issue elsewhere (広域交付) -----------------------------
+
+COPIES = models.copy_requests
+COPY_RESIDENTS = models.copy_request_residents
+
+
+async def copy_recorded(conn: AsyncConnection, request_id: str) -> bool:
+    """Whether the copy request ``request_id`` is recorded already."""
+    found = await conn.scalar(select(COPIES.c.id).where(COPIES.c.request_id == request_id))
+    return found is not None
+
+
+async def record_copy(
+    conn: AsyncConnection,
+    *,
+    request_id: str,
+    requested_at: dt.datetime,
+    issuer: str,
+    operator: str,
+    terminal: str,
+    applicant: ResidentState,
+    card_id: str,
+    relationship_shown: bool,
+    code_shown: bool,
+    residents: Sequence[ResidentState],
+) -> None:
+    """Record a copy answered: who asked, where, when, and whose entries it shows."""
+    result = await conn.execute(
+        insert(COPIES).values(
+            request_id=request_id,
+            requested_at=requested_at,
+            issuing_local_government_code=issuer,
+            operator=operator,
+            terminal=terminal,
+            applicant_id=applicant.id,
+            applicant_code=applicant.resident_code,
+            card_id=card_id,
+            relationship_shown=relationship_shown,
+            code_shown=code_shown,
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    copy_id = key[0]
+    await conn.execute(
+        insert(COPY_RESIDENTS),
+        [
+            {"copy_id": copy_id, "resident_id": r.id, "resident_code": r.resident_code}
+            for r in residents
+        ],
+    )
+
+
+async def copies_of(conn: AsyncConnection, resident_id: int) -> list[Any]:
+    """The copies answered that show the resident's entry, oldest first."""
+    rows = await conn.execute(
+        select(COPIES)
+        .join(COPY_RESIDENTS, COPY_RESIDENTS.c.copy_id == COPIES.c.id)
+        .where(COPY_RESIDENTS.c.resident_id == resident_id)
+        .order_by(COPIES.c.requested_at, COPIES.c.id)
+    )
+    return list(rows)

@@ -64,6 +64,7 @@ from jukinet.validation import (
 from jukinet.vocabulary import Person, person_values
 from services.municipal import repository as repo
 from services.municipal.cards import ResidentCards
+from services.municipal.copies import Copies
 from services.municipal.logic import (
     ACTIVE,
     HEAD,
@@ -151,10 +152,13 @@ class MunicipalService:
         notices_queued: Callable[[], None] | None = None,
         cards: ResidentCards | None = None,
         relay: RelayClient | None = None,
+        copies: Copies | None = None,
     ) -> None:
         self.db = db
         # Sends requests to other municipalities (a special move-in's pull).
         self._relay = relay
+        # The copies answered for issue elsewhere, listed in a resident's disclosure.
+        self.copies = copies
         # Told when a move-in queued its notice to the old municipality (the sender).
         self._notices_queued = notices_queued
         self.keys = keys
@@ -1050,25 +1054,31 @@ class MunicipalService:
         if self._relay is None:
             raise Unavailable(f"{self.municipality} sends no relayed requests")
         moved_in = check_effective_date(req.effective_date, reason=R.CHANGE_REASON_SPECIAL_MOVE_IN)
-        if not req.nonce:
-            raise InvalidArgument("nonce", "required: the challenge the card signed")
-        _, old, _ = card_of_certificate(req.card_certificate)
+        proof = req.card_proof
+        if not proof.nonce:
+            raise InvalidArgument("card_proof.nonce", "required: the challenge the card signed")
+        _, old, _ = card_of_certificate(proof.card_certificate)
         if old == self.municipality:
             raise InvalidArgument(
-                "card_certificate", "a card of this municipality: a move within it is Relocate"
+                "card_proof.card_certificate",
+                "a card of this municipality: a move within it is Relocate",
             )
         # Checked before anything is asked, so that the continuation cannot fail
         # for want of the old card CA's CRL once the move-in is made.
-        continuing = cards.continuable(req.card_certificate) if req.continue_card else None
-        challenge = await cards.challenges.take(terminal, req.nonce)
+        continuing = (
+            cards.continuable(proof.card_certificate, "card_proof.card_certificate")
+            if req.continue_card
+            else None
+        )
+        challenge = await cards.challenges.take(terminal, proof.nonce)
         try:
             answered = await self._relay.send(
                 old,
                 relay_pb2.RELAY_KIND_MOVE_OUT_DATA,
                 relay_pb2.MoveOutDataRequest(
-                    card_certificate=req.card_certificate,
+                    card_certificate=proof.card_certificate,
                     challenge=challenge.message(),
-                    card_signature=req.card_signature,
+                    card_signature=proof.signature,
                 ),
             )
             data = relay_pb2.MoveOutDataAnswer.FromString(answered)
@@ -1561,7 +1571,8 @@ class MunicipalService:
         self, request: provision_pb2.DiscloseRequest
     ) -> provision_pb2.DiscloseResponse:
         """For a resident of this municipality at the counter: the national record
-        and who received it (asked through the prefecture). Only for a resident
+        and who received it (asked through the prefecture), and the copies of
+        their record this register answered (who asked, where, when). Only for a resident
         in this register (registered now, or removed from it): the national node
         then answers only if no other municipality registers them since."""
         if request.municipality_code and request.municipality_code != self.municipality:
@@ -1583,4 +1594,6 @@ class MunicipalService:
             )
         except grpc.aio.AioRpcError as exc:
             raise from_upstream(exc, "prefecture node") from exc
+        if self.copies is not None:
+            response.copies.extend(await self.copies.disclosed(resident))
         return response

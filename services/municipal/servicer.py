@@ -15,15 +15,17 @@ from jukinet.reasons import Reason
 from jukinet.v1 import card_pb2, card_pb2_grpc, municipal_pb2_grpc, provision_pb2
 from jukinet.v1 import municipal_pb2 as pb
 from services.municipal.cards import ResidentCards
+from services.municipal.copies import Copies
 from services.municipal.service import MunicipalService
 
 
 class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
     """The MunicipalService RPCs."""
 
-    def __init__(self, service: MunicipalService) -> None:
+    def __init__(self, service: MunicipalService, copies: Copies) -> None:
         self._r = service
         self._lg = service.municipality
+        self._copies = copies
 
     async def RegisterBirth(
         self, request: pb.RegisterBirthRequest, context: Any
@@ -227,6 +229,11 @@ class MunicipalServicer(municipal_pb2_grpc.MunicipalServiceServicer):
             card_id=card_id,
             card_certificate=certificate,
         )
+
+    async def IssueCopy(self, request: pb.IssueCopyRequest, context: Any) -> pb.IssueCopyResponse:
+        """A copy of a resident record (広域交付) from the applicant's home municipality,
+        signed here; its operators only (clerk, supervisor)."""
+        return await self._copies.issue(request)
 
 
 def _terminal() -> Identity:

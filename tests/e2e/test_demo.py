@@ -84,6 +84,11 @@ def test_demo_tiers_agree(tmp_path: Path) -> None:
     # A card holder of 鳥取市 moved to 千代田区 with the card: by post, card + PIN, continued.
     assert "付記転出届" in result.stdout and "特例転入" in result.stdout, output
     assert SPECIAL_MOVE_DONE in result.stdout, output
+    # The copy of a 千代田区 record issued at 米子市, written and verified.
+    (copy,) = (workdir / "copies").glob("*-312029.pdf")
+    assert f"wrote {copy}" in result.stdout, output
+    assert f"jukinet copy verify {copy.name}: valid" in result.stdout, output
+    assert "signed by 鳥取県米子市 (312029)" in result.stdout, output
     # The passport office finds 渡邊 from 渡辺; each agency is refused a purpose
     # it does not hold; the disclosure lists the refusals.
     assert "Search → 渡邊\u3000和子" in result.stdout, output

@@ -118,9 +118,9 @@ async def special_move_in(
     signature = await asyncio.to_thread(reader.sign, label, pin, begun.challenge)
     answer: M.SpecialMoveInResponse = await fed.operator(at).SpecialMoveIn(
         M.SpecialMoveInRequest(
-            nonce=begun.nonce,
-            card_certificate=reader.certificate(label),
-            card_signature=signature,
+            card_proof=M.CardProof(
+                nonce=begun.nonce, card_certificate=reader.certificate(label), signature=signature
+            ),
             effective_date=moved_in,
             continue_card=continue_card,
         ),
@@ -483,27 +483,32 @@ async def test_bad_input_is_refused_with_its_field_and_writes_nothing(
     certificate = reader.certificate("s-bad")
     for request, status, reason in [
         (
-            M.SpecialMoveInRequest(card_certificate=certificate, effective_date=days(0)),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            Reason.INVALID_ARGUMENT,
-        ),
-        (
             M.SpecialMoveInRequest(
-                nonce=b"n" * 32, card_certificate=certificate, effective_date="2026-13-01"
+                card_proof=M.CardProof(card_certificate=certificate), effective_date=days(0)
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
             Reason.INVALID_ARGUMENT,
         ),
         (
             M.SpecialMoveInRequest(
-                nonce=b"n" * 32, card_certificate=b"junk", effective_date=days(0)
+                card_proof=M.CardProof(nonce=b"n" * 32, card_certificate=certificate),
+                effective_date="2026-13-01",
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.INVALID_ARGUMENT,
+        ),
+        (
+            M.SpecialMoveInRequest(
+                card_proof=M.CardProof(nonce=b"n" * 32, card_certificate=b"junk"),
+                effective_date=days(0),
             ),
             grpc.StatusCode.UNAUTHENTICATED,
             Reason.CARD_INVALID,
         ),
         (
             M.SpecialMoveInRequest(
-                nonce=b"n" * 32, card_certificate=certificate, effective_date=days(0)
+                card_proof=M.CardProof(nonce=b"n" * 32, card_certificate=certificate),
+                effective_date=days(0),
             ),
             grpc.StatusCode.UNAUTHENTICATED,
             Reason.CHALLENGE_INVALID,

@@ -50,6 +50,7 @@ ALL_MUNICIPAL = {
     "ListUnconfirmedMoveOuts",
     "MoveOutByPost",
     "SpecialMoveIn",
+    "IssueCopy",
     # ResidentCardService
     "IssueCard",
     "BeginCardProof",

@@ -2,7 +2,7 @@
 
 Revision ID: c5e2a7d1b904
 Revises: d3a9c51e7f20
-Create Date: 2027-01-20 10:00:00.000000
+Create Date: 2026-12-03 10:00:00.000000
 
 """
 

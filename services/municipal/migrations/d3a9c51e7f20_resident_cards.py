@@ -2,7 +2,7 @@
 
 Revision ID: d3a9c51e7f20
 Revises: f7a01b5d2e43
-Create Date: 2027-01-10 10:00:00.000000
+Create Date: 2026-12-03 10:00:00.000000
 
 """
 

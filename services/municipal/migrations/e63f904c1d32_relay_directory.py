@@ -2,7 +2,7 @@
 
 Revision ID: e63f904c1d32
 Revises: b7e1c5d2f901
-Create Date: 2027-01-10 10:00:00.000000
+Create Date: 2026-12-03 10:00:00.000000
 
 """
 

@@ -2,7 +2,7 @@
 
 Revision ID: f7a01b5d2e43
 Revises: e63f904c1d32
-Create Date: 2027-01-10 11:00:00.000000
+Create Date: 2026-12-03 11:00:00.000000
 
 """
 
