@@ -451,6 +451,11 @@ RAISED: dict[Reason, tuple[Callable[[], BaseException], grpc.StatusCode]] = {
         lambda: FailedPrecondition("too late", reason=Reason.SPECIAL_MOVE_IN_TOO_LATE),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
+    # Copies issued anywhere (tests/integration/test_wide_area_copy.py provokes it).
+    Reason.NOT_HOUSEHOLD_MEMBER: (
+        lambda: PermissionDenied("not of the household", reason=Reason.NOT_HOUSEHOLD_MEMBER),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
 }
 
 
