@@ -102,6 +102,10 @@ class RelayHandlers:
             raise ValueError(f"kind {headers.KIND_LABELS[kind]} has a handler already")
         self._handlers[kind] = handler
 
+    def withdraw(self, kind: relay_pb2.RelayKind.ValueType) -> None:
+        """Answer ``kind`` no more (a node of an older release that does not know it)."""
+        self._handlers.pop(kind, None)
+
     def get(self, kind: int) -> Handler | None:
         """The handler of ``kind``, if registered."""
         return self._handlers.get(kind)

@@ -96,9 +96,11 @@ async def test_a_refusal_at_b_comes_back_with_its_reason(fed: Federation) -> Non
 
 
 async def test_a_kind_b_does_not_answer_is_refused(fed: Federation) -> None:
+    # Yonago as a node of a release without wide-area copies.
+    fed.municipalities[YONAGO].relay_handlers.withdraw(KIND)
     with pytest.raises(RelayRefused) as refused:
         await fed.municipalities[TOTTORI].relay_client.send(
-            YONAGO, relay_pb2.RELAY_KIND_MOVE_OUT_DATA, relay_pb2.MoveOutDataRequest()
+            YONAGO, KIND, relay_pb2.CopyRequest(resident_code="12345678903")
         )
     assert refused.value.wire_reason == Reason.UNIMPLEMENTED
 
