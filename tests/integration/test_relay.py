@@ -5,6 +5,7 @@ at B, refused at every hop that is not on the envelope's route."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from google.protobuf.message import Message
 
 from jukinet.clock import Clock
 from jukinet.errors import JukinetError, NotFound
+from jukinet.oplog import entry as entries
 from jukinet.reasons import Reason
 from jukinet.relay import header as headers
 from jukinet.relay.directory import GRACE, VALIDITY
@@ -50,8 +52,17 @@ def echo_at(fed: Federation, code: str) -> Echo:
     return handler
 
 
-def logged_relays(entries: list[tuple[str, str, str]]) -> list[str]:
-    return [outcome for _operator, _op, outcome in entries]
+async def relayed_entries(fed: Federation, node: str) -> list[entries.Operation]:
+    """The relay entries in the operation log of ``node`` ("31", "national", a municipality)."""
+    app: Any = (
+        fed.national
+        if node == "national"
+        else fed.prefectures.get(node) or fed.municipalities[node]
+    )
+    async with app.db.read() as conn:
+        rows = await app.log.oplog.rows(conn)
+    logged = [entries.decode(r.entry).operation for r in rows]
+    return [op for op in logged if op.relay is not None]
 
 
 @pytest.mark.parametrize("destination", [YONAGO, CHIYODA], ids=["same-prefecture", "other"])
@@ -83,6 +94,46 @@ async def test_a_request_is_answered_once_through_the_hops(
             "jukinet_relayed_requests_total", {"kind": "copy", "outcome": "ok"}
         )
         assert sample == 2, hop  # the conflict counts as refused
+
+
+@pytest.mark.parametrize("destination", [YONAGO, CHIYODA], ids=["same-prefecture", "other"])
+async def test_every_node_on_the_way_logs_the_envelope_and_no_body(
+    fed: Federation, destination: str
+) -> None:
+    echo_at(fed, destination)
+    request_id = headers.new_request_id()
+    await fed.municipalities[TOTTORI].relay_client.send(
+        destination, KIND, relay_pb2.CopyRequest(resident_code="12345678903"), request_id=request_id
+    )
+    hops = ["31"] if destination[:2] == "31" else ["31", "national", "13"]
+    callers = dict(
+        zip(
+            [*hops, destination],
+            [
+                f"jukinet://municipality/{TOTTORI}",
+                *(
+                    "jukinet://national" if h == "national" else f"jukinet://prefecture/{h}"
+                    for h in hops
+                ),
+            ],
+            strict=True,
+        )
+    )
+    for node in [TOTTORI, *hops, destination]:
+        ours = [
+            op
+            for op in await relayed_entries(fed, node)
+            if op.relay is not None and op.relay.request_id == request_id
+        ]
+        assert len(ours) == 1, node
+        (op,) = ours
+        assert op.relay == entries.Relayed(request_id, "copy", TOTTORI, destination), node
+        assert op.outcome == "ok", node
+        if node != TOTTORI:
+            assert op.operator == callers[node], node  # who handed this node the envelope
+        # The envelope only: the resident code inside the sealed body is not in a hop's entry.
+        if node in hops:
+            assert op.resident_codes == (), node
 
 
 async def test_a_refusal_at_b_comes_back_with_its_reason(fed: Federation) -> None:
