@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import pytest
 from cryptography import x509
 
 from gateway.app import GatewayApp
 from gateway.quotas import Clock
 from jukinet import card, pki
 from jukinet.cli import session as sessions
+from jukinet.cli.main import main
 from jukinet.client import log_in, tls_files
 from jukinet.clock import SYSTEM_CLOCK
 from jukinet.clock import Clock as WallClock
@@ -102,6 +104,22 @@ def activated(hsm: card.SoftHsm) -> Iterator[Any]:
             else:
                 os.environ["SOFTHSM2_CONF"] = saved
             card.rescan()
+
+
+async def run_cli(
+    capsys: pytest.CaptureFixture[str], hsm: card.SoftHsm, *argv: str
+) -> tuple[int, str, str]:
+    """``jukinet argv`` as a user runs it at a counter whose card reader is ``hsm``: its
+    exit status, standard output and standard error."""
+
+    def run() -> int:
+        with activated(hsm):
+            return main(list(argv))
+
+    capsys.readouterr()
+    status = await asyncio.to_thread(run)
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 @dataclass

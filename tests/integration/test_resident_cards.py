@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import subprocess
 import sys
@@ -23,7 +24,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from jukinet import card
-from jukinet.cli.main import main
 from jukinet.v1 import card_pb2, card_pb2_grpc, municipal_pb2
 from tests.federation import (
     CARD_CRL_INTERVAL,
@@ -31,6 +31,7 @@ from tests.federation import (
     activated,
     move_in,
     move_out,
+    run_cli,
     session_options,
     trailers,
 )
@@ -355,15 +356,7 @@ async def test_the_counter_commands(
     target = f"127.0.0.1:{fed.municipal_ports[TOTTORI]}"
     at_counter = session_options(target, fed.pki_dir, TOTTORI, fed.sessions[TOTTORI])
 
-    async def jukinet(*argv: str) -> tuple[int, str, str]:
-        def run() -> int:
-            with activated(reader.hsm):
-                return main(list(argv))
-
-        capsys.readouterr()
-        status = await asyncio.to_thread(run)
-        out, err = capsys.readouterr()
-        return status, out, err
+    jukinet = functools.partial(run_cli, capsys, reader.hsm)
 
     status, out, err = await jukinet(
         "card", "issue-resident", "--resident", code, "--card", "r-cli", *at_counter

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from pathlib import Path
 
 import grpc
@@ -19,14 +20,13 @@ import pytest
 from cryptography import x509
 
 from jukinet import card
-from jukinet.cli.main import main
 from jukinet.clock import japan_date
 from jukinet.reasons import Reason
 from jukinet.relay.endpoint import RelayRefused
 from jukinet.residentcard import filing_message, sign_filing
 from jukinet.v1 import card_pb2, common_pb2, municipal_pb2, relay_pb2
 from services.municipal import repository as repo
-from tests.federation import Federation, activated, move_in, session_options
+from tests.federation import Federation, move_in, run_cli, session_options
 from tests.integration.test_move_in_notice import ADDRESS, born, until_final
 from tests.integration.test_resident_cards import (
     PIN,
@@ -398,15 +398,7 @@ async def test_the_commands_sign_post_and_move_in_with_the_card(
         target = f"127.0.0.1:{fed.municipal_ports[at]}"
         return session_options(target, fed.pki_dir, at, fed.sessions[at])
 
-    async def jukinet(*argv: str) -> tuple[int, str, str]:
-        def run() -> int:
-            with activated(reader.hsm):
-                return main(list(argv))
-
-        capsys.readouterr()
-        status = await asyncio.to_thread(run)
-        out, err = capsys.readouterr()
-        return status, out, err
+    jukinet = functools.partial(run_cli, capsys, reader.hsm)
 
     filing = tmp_path / "filing.txt"
     status, out, err = await jukinet(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from jukinet.errors import InvalidArgument
 from jukinet.reasons import Reason
 from jukinet.v1 import card_pb2, common_pb2, municipal_pb2, operator_pb2, provision_pb2, relay_pb2
 from services.municipal.copies import ANSWER_OPERATION
-from tests.federation import Federation, activated, session_options, trailers
+from tests.federation import Federation, run_cli, session_options, trailers
 from tests.integration.test_resident_cards import (
     PIN,
     PROPAGATION,
@@ -354,15 +355,7 @@ async def test_the_counter_command(
     target = f"127.0.0.1:{fed.municipal_ports[CHIYODA]}"
     at_counter = session_options(target, fed.pki_dir, CHIYODA, fed.sessions[CHIYODA])
 
-    async def jukinet(*argv: str) -> tuple[int, str, str]:
-        def run() -> int:
-            with activated(reader.hsm):
-                return main(list(argv))
-
-        capsys.readouterr()
-        status = await asyncio.to_thread(run)
-        out, err = capsys.readouterr()
-        return status, out, err
+    jukinet = functools.partial(run_cli, capsys, reader.hsm)
 
     out_file = tmp_path / "copy.pdf"
     status, out, err = await jukinet(
