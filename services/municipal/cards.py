@@ -29,7 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from jukinet import pki
 from jukinet.clock import SYSTEM_CLOCK, Clock
 from jukinet.db import Database
-from jukinet.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from jukinet.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from jukinet.identity import Identity
 from jukinet.login import Challenge, ChallengeBook, as_utc, chain_problem
 from jukinet.reasons import Reason
@@ -39,6 +45,7 @@ from jukinet.residentcard import (
     CardCrl,
     CardHolder,
     CardTrust,
+    card_of_certificate,
     card_so_pin,
     carry,
     check_continuation,
@@ -283,12 +290,9 @@ class ResidentCards:
         request's ``field``) a resident card's of a card CA whose CRL this node holds,
         neither revoked (a lapsed card is what is continued) nor failing its chain."""
         try:
-            old = x509.load_der_x509_certificate(certificate)
-            san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-            former, _ = pki.parse_resident_card_uri(uris[0] if len(uris) == 1 else "")
-        except (ValueError, x509.ExtensionNotFound) as exc:
-            raise InvalidArgument(field, f"not a resident card's: {exc}") from None
+            old, former, card_id = card_of_certificate(certificate)
+        except Unauthenticated as exc:
+            raise InvalidArgument(field, exc.message) from None
         if former == self.municipality:
             raise InvalidArgument(field, "a card of this municipality needs no continuation")
         authority = self.trust.authorities.get(former)
@@ -314,7 +318,7 @@ class ResidentCards:
             )
         key = old.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
-        return Continuing(key, uris[0])
+        return Continuing(key, pki.resident_card_uri(former, card_id))
 
     async def continue_in(
         self, conn: AsyncConnection, resident_code: str, continuing: Continuing
